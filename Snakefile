@@ -1,0 +1,21 @@
+# atmorep: acquire -> normalize -> shard -> pretrain -> evaluate
+# Run: snakemake --profile profiles/local   (or `make run`); dry run: snakemake -n
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/acquire.smk"
+include: "workflow/rules/normalize.smk"
+include: "workflow/rules/shard.smk"
+include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/evaluate.smk"
+
+
+rule all:
+    input:
+        rules.evaluate.output,

