@@ -38,6 +38,8 @@ PARAMS: dict[str, tuple[int, str]] = {
     "d": (155, "hybrid"),
 }
 
+MISSING = 9999.0  # GRIB missingValue used with a bitmap for NaN points
+
 _LEVEL_DIMS = ("hybrid", "isobaricInhPa", "level", "model_level_number")
 
 
@@ -79,7 +81,12 @@ def write_grib(path: Path, name: str, data_TLYX: np.ndarray, times: np.ndarray, 
                                        ("jScansPositively", int(lats[1] > lats[0])),
                                        ("bitsPerValue", bits_per_value)):
                         eccodes.codes_set(gid, key, value)
-                    eccodes.codes_set_values(gid, np.ascontiguousarray(data_TLYX[it, il], dtype=float).ravel())
+                    values = np.ascontiguousarray(data_TLYX[it, il], dtype=float).ravel()
+                    if np.isnan(values).any():  # missing points go into the GRIB bitmap
+                        eccodes.codes_set(gid, "missingValue", MISSING)
+                        eccodes.codes_set(gid, "bitmapPresent", 1)
+                        values = np.where(np.isnan(values), MISSING, values)
+                    eccodes.codes_set_values(gid, values)
                     eccodes.codes_write(gid, out)
                 finally:
                     eccodes.codes_release(gid)

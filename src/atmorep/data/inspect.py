@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +52,9 @@ def open_any(path: Path) -> list[xr.Dataset]:
 def describe(path: str | Path) -> str:
     """A human-readable summary; raises :class:`DataError` when the input cannot be used."""
     path = Path(path)
-    datasets = open_any(path)
+    with warnings.catch_warnings():  # library chatter about merges and foreign files in stores
+        warnings.simplefilter("ignore")
+        datasets = open_any(path)
     lines = [f"{path} ({kind(path)})"]
     for ds in datasets:
         for name, da in ds.data_vars.items():
@@ -73,6 +76,8 @@ def _describe_var(da: xr.DataArray) -> str:
         parts.append(f"levels {lev}={[v.item() for v in vals]}")
     else:
         parts.append("levels surface")
+    if "number" in da.dims:
+        parts.append(f"{da.sizes['number']} ensemble members")
     parts.append(_grid(da))
     parts.append(_times(da))
     return "; ".join(p for p in parts if p)
@@ -102,4 +107,7 @@ def _times(da: xr.DataArray) -> str:
                 step = "" if not len(steps) else f", step {'/'.join(map(str, steps[:4]))} h"
                 return f"{len(t)} time steps {str(t[0])[:16]} .. {str(t[-1])[:16]}{step}"
             return f"{len(t)} time steps ({name} as {t.dtype})"
+    dim = next((d for d in da.dims if "time" in str(d)), None)
+    if dim is not None:
+        return f"{da.sizes[dim]} time steps ({dim}, not decoded as dates: see the store's attributes)"
     return "no time axis"

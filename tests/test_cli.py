@@ -1,0 +1,57 @@
+"""The console script as users call it: help, inspect, clean one-line errors."""
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+
+def run(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "atmorep", *map(str, args)], capture_output=True, text=True,
+                          **kwargs)
+
+
+def test_help_lists_every_stage():
+    out = run("--help").stdout
+    for cmd in ("acquire", "normalize", "shard", "train", "evaluate", "inspect"):
+        assert cmd in out
+
+
+def test_inspect_reports_fields_levels_grid_and_times(shared_data):
+    r = run("inspect", shared_data / "era5-sfc-natl-hourly" / "era5.grib",
+            shared_data / "ncep-air-temperature-6h" / "air_temperature.nc",
+            shared_data / "ncep-air-temperature-6h" / "air_temperature.zarr",
+            shared_data / "era5-ens-pl-tz" / "era5-levels-members.grib")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "u10: 10 metre U wind component" in out
+    assert "grid 81x89 0.25°x0.25°" in out and "72 time steps 2011-01-01T00:00 .. 2011-01-03T23:00, step 1 h" in out
+    assert out.count("air: ") == 2 and "2920 time steps" in out and "step 6 h" in out
+    assert "levels isobaricInhPa=[850.0, 500.0]; 10 ensemble members" in out
+
+
+def test_inspect_rejects_unusable_input_with_one_line(tmp_path, shared_data):
+    cut = tmp_path / "cut.grib"
+    cut.write_bytes((shared_data / "era5-t2m-uk-hourly" / "era5-2mt-2019-03-uk.grib").read_bytes()[:3000])
+    text = tmp_path / "notes.txt"
+    text.write_text("not data\n")
+    for path, why in ((cut, "truncated"), (text, "not GRIB, NetCDF or zarr"), (tmp_path / "nope", "no such file"),
+                      (tmp_path, "not a zarr store")):
+        r = run("inspect", path)
+        assert r.returncode == 1
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and why in lines[0] and str(path) in lines[0], r.stderr
+        assert "Traceback" not in r.stderr
+
+
+def test_stage_errors_are_one_line_without_traceback(tmp_path):
+    r = run("acquire", "--params", '{"data": {"fields": {"t2m": {}}, "start": "2026-03-25", "end": "2026-03-26"},'
+            ' "acquire": {"sorce": "sample"}}', "--field", "t2m", "--month", "2026-03", "--output", tmp_path / "x")
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [
+        "atmorep acquire: error: unknown config key 'acquire.sorce' (allowed: source)"]
+    r = run("normalize", "--config", REPO / "config" / "config.yaml", "--field", "t2m", "--month", "2026-03",
+            "--input", tmp_path / "missing.grib", "--output", tmp_path / "o.zarr")
+    assert r.returncode == 1 and "missing.grib: no such file" in r.stderr and "Traceback" not in r.stderr
