@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import xarray as xr
@@ -53,4 +54,6 @@ def write_dataset(ds: xr.Dataset, out: str | Path, encoding: dict | None = None)
 
 def open_dataset(path: str | Path) -> xr.Dataset:
     """Open a store for random access (no dask: one dask task per chunk would be very slow)."""
-    return xr.open_zarr(path, consolidated=False, chunks=None, zarr_format=3)
+    with warnings.catch_warnings():  # Snakemake leaves a .snakemake_timestamp in directory outputs
+        warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr hierarchy")
+        return xr.open_zarr(path, consolidated=False, chunks=None, zarr_format=3)
