@@ -50,8 +50,9 @@ def test_stage_errors_are_one_line_without_traceback(tmp_path):
     r = run("acquire", "--params", '{"data": {"fields": {"t2m": {}}, "start": "2026-03-25", "end": "2026-03-26"},'
             ' "acquire": {"sorce": "sample"}}', "--field", "t2m", "--month", "2026-03", "--output", tmp_path / "x")
     assert r.returncode == 1
-    assert r.stderr.strip().splitlines() == [
-        "atmorep acquire: error: unknown config key 'acquire.sorce' (allowed: source)"]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("atmorep acquire: error: unknown config key 'acquire.sorce'")
+    assert "source" in lines[0]  # names what is allowed
     r = run("normalize", "--config", REPO / "config" / "config.yaml", "--field", "t2m", "--month", "2026-03",
             "--input", tmp_path / "missing.grib", "--output", tmp_path / "o.zarr")
     assert r.returncode == 1 and "missing.grib: no such file" in r.stderr and "Traceback" not in r.stderr

@@ -29,7 +29,19 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class FieldSpec:
+    """One field of the campaign: its vertical levels and what kind of levels they are."""
+
     levels: tuple[int, ...] = (0,)
+    levtype: str = "ml"
+
+    @property
+    def surface(self) -> bool:
+        return tuple(self.levels) == (0,)
+
+    @property
+    def kind(self) -> str:
+        """'sfc', 'ml' (ERA5 model levels) or 'pl' (pressure levels, hPa)."""
+        return "sfc" if self.surface else self.levtype
 
 
 @dataclass(frozen=True)
@@ -37,6 +49,9 @@ class DataConfig:
     fields: dict[str, FieldSpec]
     start: str
     end: str
+    step_hours: int = 0
+    grid: tuple[float, float] | None = None
+    area: tuple[float, float, float, float] | None = None
 
     @property
     def period(self) -> tuple[np.datetime64, np.datetime64]:
@@ -51,75 +66,214 @@ class DataConfig:
     def years(self) -> list[str]:
         return sorted({m[:4] for m in self.months()})
 
+    def times(self, month: str, step_hours: int | None = None) -> np.ndarray:
+        """Valid times of ``month`` inside the campaign, every ``step_hours`` from 00 UTC (datetime64[s]).
+
+        ``step_hours`` defaults to :attr:`step_hours`; it must be positive.
+        """
+        step = step_hours or self.step_hours
+        if step <= 0:
+            raise ConfigError("data.step_hours is 0 (irregular): the expected time steps are unknown")
+        first = np.datetime64(month, "M").astype("datetime64[s]")
+        after = (np.datetime64(month, "M") + 1).astype("datetime64[s]")
+        t = np.arange(first, after, np.timedelta64(step, "h"))
+        start, end = self.period
+        return t[(t >= start) & (t <= end)]
+
+
+@dataclass(frozen=True)
+class CdsConfig:
+    """The Copernicus Climate Data Store through ``cdsapi`` (credentials: ~/.cdsapirc or CDSAPI_URL/KEY)."""
+
+    max_concurrent: int = 2
+    slots_dir: str = ""
+    attempts: int = 5
+    http_retries: int = 10
+    backoff_s: float = 30.0
+    backoff_max_s: float = 900.0
+    poll_max_s: float = 120.0
+    timeout_s: float = 120.0
+    expver: str = "1"
+
+
+@dataclass(frozen=True)
+class FilesConfig:
+    """GRIB files an HPC centre mirrors: directories (searched recursively) or glob patterns."""
+
+    paths: tuple[str, ...] = ()
+    index_dir: str = ""
+
 
 @dataclass(frozen=True)
 class AcquireConfig:
     source: str = "sample"
+    cds: CdsConfig = field(default_factory=CdsConfig)
+    files: FilesConfig = field(default_factory=FilesConfig)
+    regrid: str = "none"
+    derive_vorticity: bool = False
+
+
+@dataclass(frozen=True)
+class ClimatologyConfig:
+    """Statistics over a training period instead of the month's own (no leakage of the month)."""
+
+    fields: tuple[str, ...] = ()
+    start: str | None = None
+    end: str | None = None
+    by_calendar_month: bool = True
+
+    def months(self) -> list[str]:
+        """The 'YYYY-MM' months whose statistics the climatology merges."""
+        if self.start is None or self.end is None:
+            raise ConfigError("normalize.climatology.start and .end are required when "
+                              "normalize.climatology.fields is not empty")
+        first, last = np.datetime64(self.start, "M"), np.datetime64(self.end, "M")
+        if last < first:
+            raise ConfigError(f"normalize.climatology: end {self.end} is before start {self.start}")
+        return [str(m) for m in np.arange(first, last + 1)]
+
+
+@dataclass(frozen=True)
+class QCConfig:
+    """The quality gate of the normalize stage."""
+
+    ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+    check_units: bool = True
 
 
 @dataclass(frozen=True)
 class NormalizeConfig:
     method: str = "global"
     local: tuple[str, ...] = ()
+    climatology: ClimatologyConfig = field(default_factory=ClimatologyConfig)
+    qc: QCConfig = field(default_factory=QCConfig)
+    memory_mb: int = 2048
+    block_mb: int = 256
+    scratch_dir: str = ""
 
     def method_for(self, field_name: str) -> str:
         return "local" if field_name in self.local else self.method
 
+    def statistics_for(self, field_name: str) -> str:
+        """'climatology' for the fields listed in ``climatology.fields``, else 'monthly' (AtmoRep)."""
+        return "climatology" if field_name in self.climatology.fields else "monthly"
+
 
 @dataclass(frozen=True)
 class ShardConfig:
+    """Token-aligned zarr v3 stores: one inner chunk per token position (all levels), many per file."""
+
     token_size: tuple[int, int, int] = (3, 9, 9)
-    shard_tokens: tuple[int, int, int] = (12, 6, 12)
+    field_token_size: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    shard_tokens: tuple[int, int, int] = (24, 16, 32)
+
+    def token_size_for(self, field_name: str) -> tuple[int, int, int]:
+        return self.field_token_size.get(field_name, self.token_size)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """The multiformer (spec §4); ``workflow/schemas/config.schema.yaml`` describes every key."""
+
     num_tokens: tuple[int, int, int] = (12, 6, 12)
     dim: int = 1024
+    field_dims: dict[str, int] = field(default_factory=dict)
     heads: int = 16
     encoder_layers: int = 6
     decoder_layers: int = 6
     coupling_heads: int = 1
     coupling: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    encoder_qk_norm: str = "plain"
+    decoder_qk_norm: str = "affine"
     ensemble: int = 16
     dropout: float = 0.05
+    attention: str = "sdpa"
+    checkpointing: bool = False
+    compat: bool = False
 
 
 @dataclass(frozen=True)
 class MaskingConfig:
+    """Which tokens become targets and how their inputs are altered (spec §5.1)."""
+
     strategy: str = "bert"
     rate: float = 0.5
+    p_mask: float = 0.9
+    p_noise: float = 0.2
+    p_coarsen: float = 0.05
+    noise_scale: float = 0.1
+    coarsen_max: float = 2.0
     forecast_tokens: int = 1
+    interpolation_slabs: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
 class LossConfig:
+    """Loss terms and per-field weights (spec §5.2)."""
+
     terms: tuple[str, ...] = ("mse_ensemble", "stats")
+    field_weights: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """Pretraining: engine, batch, AtmoRep's optimizer schedule, checkpoints (spec §5.3)."""
+
     start: str | None = None
     end: str | None = None
     steps: int = 1000
     batch_size: int = 8
-    lr: float = 1e-4
-    warmup_steps: int = 100
+    gradient_accumulation: int = 1
+    lr_start: float = 1e-5
+    lr: float = 2e-5
+    lr_min: float = 1e-5
+    lr_decay: float = 1.025
+    warmup_epochs: int = 3
+    epoch_steps: int = 512
     weight_decay: float = 0.025
+    gradient_clipping: float = 0.0
+    max_bad_steps: int = 10
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    engine: str = "deepspeed"
     zero_stage: int = 2
+    offload_optimizer: bool = False
+    offload_params: bool = False
     ranks: int = 2
+    workers: int = 0
+    checkpoint_every: int = 100
+    tensorboard: bool = True
+
+
+@dataclass(frozen=True)
+class AttentionCaptureConfig:
+    """Which attention maps evaluation records: softmax(q k^T) of the self heads, recomputed on request."""
+
+    fields: tuple[str, ...] = ()
+    layers: tuple[int, ...] = (0,)
+    heads: tuple[int, ...] = ()
+    samples: int = 1
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
+    """Inference on a held-out period, scores against baselines, attention maps (spec §6)."""
+
     start: str | None = None
     end: str | None = None
     mode: str = "forecast"
+    times: tuple[str, ...] = ()
     forecast_tokens: int = 1
+    interpolation_slabs: tuple[int, ...] = ()
+    bert_rate: float = 0.5
     samples: int = 64
     batch_size: int = 16
+    token_overlap: tuple[int, int] = (0, 0)
+    climatology_start: str | None = None
+    climatology_end: str | None = None
+    climatology_window_hours: int = 6
+    write_ensemble: bool = True
+    attention: AttentionCaptureConfig = field(default_factory=AttentionCaptureConfig)
 
 
 @dataclass(frozen=True)
@@ -133,6 +287,21 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+
+def tokens_per_field(cfg: "Config") -> dict[str, tuple[int, int, int]]:
+    """Tokens per sample and level of each field: ``model.num_tokens`` counts the finest tokens, and
+    every field covers the same neighbourhood (as the loader, :class:`atmorep.data.dataset.WindowDataset`)."""
+    sizes = np.array([cfg.shard.token_size_for(f) for f in cfg.data.fields])
+    extent = np.asarray(cfg.model.num_tokens) * sizes.min(axis=0)
+    out = {}
+    for f in cfg.data.fields:
+        size = np.asarray(cfg.shard.token_size_for(f))
+        if np.any(extent % size):
+            raise ConfigError(f"shard token size {size.tolist()} of field '{f}' does not tile the neighbourhood "
+                              f"{extent.tolist()} (model.num_tokens x the finest token size)")
+        out[f] = tuple(int(v) for v in extent // size)
+    return out
 
 
 #: The sections each stage reads; the CLI and Snakemake pass exactly these.

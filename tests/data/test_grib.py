@@ -76,3 +76,87 @@ def test_not_grib_is_rejected(tmp_path, content, message):
     p.write_bytes(content)
     with pytest.raises(DataError, match=message):
         grib.decode(p)
+
+
+# --- the streaming reader: editions, conventions, identity caches ------------------------------
+
+from builders import IFS, UK, messages, reencode  # noqa: E402
+
+
+def test_reader_canonicalises_grib2_and_south_to_north_real_messages(shared_data):
+    msgs = messages(shared_data.joinpath(*UK))[:4]
+    ref = grib.Decoder()
+    want = [h.grid.to_canonical(grib.values(g, h)) for h, g in ref.messages(shared_data.joinpath(*UK))][:4]
+    for variant in (dict(edition=2), dict(south_to_north=True), dict(edition=2, south_to_north=True)):
+        raw = [reencode(m, **variant) for m in msgs]
+        d = grib.Decoder()
+        for r, w in zip(raw, want):
+            import eccodes
+
+            gid = eccodes.codes_new_from_message(r)
+            try:
+                h = d.header(gid, grib.Raw(0, 0, len(r), r), shared_data)
+                got = h.grid.to_canonical(grib.values(gid, h))
+            finally:
+                eccodes.codes_release(gid)
+            assert h.param.name == "t2m" and h.level.kind == "sfc" and h.level.level == 0
+            assert h.grid.lats[0] == 58 and h.grid.lons[0] == 0 and np.all(np.diff(h.grid.lons) > 0)
+            np.testing.assert_allclose(got, w, atol=2e-3)  # re-packing at 16 bits
+
+
+def test_iter_raw_skips_junk_and_hashes_every_byte(tmp_path, shared_data):
+    import hashlib
+
+    msgs = messages(shared_data.joinpath(*IFS))[:5]
+    blob = b"junk" + msgs[0] + b"\0" * 7 + b"".join(msgs[1:]) + b"trailer"
+    p = tmp_path / "junk.grib"
+    p.write_bytes(blob)
+    h = hashlib.sha256()
+    raws = list(grib.iter_raw(p, h))
+    assert [r.data for r in raws] == msgs and raws[0].offset == 4
+    assert h.hexdigest() == hashlib.sha256(blob).hexdigest()
+
+
+def test_scan_names_fields_levels_members_and_valid_times(shared_data):
+    ens = grib.scan(shared_data / "era5-ens-pl-tz" / "era5-levels-members.grib")
+    assert {h.param.name for h in ens} == {"t", "z"} and {h.number for h in ens} == set(range(10))
+    assert {h.level.kind for h in ens} == {"pl"} and {h.level.level for h in ens} == {500, 850}
+    ifs = grib.scan(shared_data.joinpath(*IFS))  # forecasts at steps 0 and 6 h: valid times 6-hourly
+    assert len(np.unique([h.time for h in ifs])) == 8
+
+
+def test_decode_reports_ensembles_as_duplicates(shared_data):
+    with pytest.raises(DataError, match="appears twice"):
+        grib.decode(shared_data / "era5-ens-pl-tz" / "era5-levels-members.grib", "t")
+
+
+def test_bitmap_missing_values_decode_as_nan(tmp_path):
+    values, times, lat, lon = _field(T=1, L=1)
+    values[0, 0, 2, 3] = np.nan
+    p = tmp_path / "nan.grib"
+    grib.write_grib(p, "t2m", values, times, [0], lat, lon)
+    da = grib.decode(p)
+    assert np.isnan(da.values[0, 0, 2, 3]) and np.isfinite(da.values).sum() == values.size - 1
+
+
+@pytest.mark.parametrize("sample, why", [("sh_ml_grib2", "spherical-harmonic"), ("reduced_gg_sfc_grib1", "Gaussian")])
+def test_unusable_grids_are_named(tmp_path, sample, why):
+    from builders import sample_grid
+
+    p = sample_grid(sample, tmp_path / "x.grib")
+    with pytest.raises(DataError, match=why):
+        grib.decode(p)
+
+
+@pytest.mark.slow
+def test_grib1_message_over_8_mb_is_split_correctly(tmp_path):
+    # ECMWF encodes GRIB1 lengths over 8 MB in 120-byte units: the splitter must follow it
+    lat, lon = np.linspace(90, -90, 1801), np.arange(3600) * 0.1
+    x = (np.cos(np.deg2rad(lat))[:, None] * np.sin(np.deg2rad(lon))[None] * 10 + 280).astype(np.float32)
+    p = tmp_path / "big.grib"
+    grib.write_grib(p, "t2m", np.stack([x[None], x[None] + 1]), np.array(["2021-01-01T00", "2021-01-01T01"],
+                    "datetime64[h]"), [0], lat, lon, bits_per_value=16)
+    raws = list(grib.iter_raw(p))
+    assert len(raws) == 2 and raws[0].length > 8 << 20 and sum(r.length for r in raws) == p.stat().st_size
+    da = grib.decode(p)
+    np.testing.assert_allclose(da.values[1, 0], x + 1, atol=1e-3)

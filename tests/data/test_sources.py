@@ -36,3 +36,31 @@ def test_bad_requests_fail_clearly_and_leave_nothing(tmp_path, field, month, dat
     with pytest.raises(DataError, match=message):
         sources.acquire(data, AcquireConfig(), field, month, out)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_source_that_writes_the_wrong_thing_leaves_nothing(tmp_path, monkeypatch, shared_data):
+    """Whatever a source writes is validated before it is renamed into place."""
+    natl = (shared_data / "era5-sfc-natl-hourly" / "era5.grib").read_bytes()
+
+    class Wrong:
+        def fetch(self, data, cfg, field, month, out):
+            out.write_bytes(natl)
+
+    monkeypatch.setitem(sources.SOURCES, "sample", Wrong)
+    data = data_config(("msl",), start="2011-01-01T00", end="2011-01-03T23")
+    with pytest.raises(DataError, match=r"holds u10 \(paramId 165\), v10 \(paramId 166\); expected only field 'msl'"):
+        sources.acquire(data, AcquireConfig(), "msl", "2011-01", tmp_path / "msl.grib")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_verify_checks_completeness_with_a_time_step(tmp_path, shared_data):
+    from atmorep.config import DataConfig, FieldSpec
+
+    src = shared_data / "era5-t2m-uk-hourly" / "era5-2mt-2019-03-uk.grib"
+    data = DataConfig(fields={"t2m": FieldSpec()}, start="2019-03-01", end="2019-03-31T23", step_hours=1)
+    assert len(sources.verify(src, data, "t2m", "2019-03")) == 744
+    cut = tmp_path / "cut.grib"
+    cut.write_bytes(src.read_bytes()[: 3360 * 700])  # the first 700 of 744 hourly messages
+    with pytest.raises(DataError, match=r"has 700 messages, expected 744 .*44 of 744 time steps missing: "
+                                        r"2019-03-30T04:00"):
+        sources.verify(cut, data, "t2m", "2019-03")

@@ -1,15 +1,18 @@
 rule acquire:
-    """Fetch one (field, month) of ERA5 as GRIB from the configured source."""
+    """Fetch one (field, month) of ERA5 as GRIB from the configured source; validated, then renamed into place."""
     output:
-        "resources/grib/{field}/{month}.grib",
+        RES + "/grib/{field}/{month}.grib",
     params:
         cfg=stage_params("acquire"),
     log:
-        "logs/acquire/{field}_{month}.log",
+        LOGS + "/acquire/{field}_{month}.log",
     benchmark:
-        "logs/acquire/{field}_{month}.benchmark.tsv"
+        LOGS + "/acquire/{field}_{month}.benchmark.tsv"
     resources:
         mem_mb=1000,
+        # CDS requests in flight are capped by acquire.cds.max_concurrent (lock files); `--resources cds=N`
+        # caps the jobs Snakemake starts as well
+        cds=1 if CFG.acquire.source == "cds" else 0,
     shell:
         "atmorep acquire --params {params.cfg:q} --field {wildcards.field} --month {wildcards.month}"
         " --output {output} > {log} 2>&1"

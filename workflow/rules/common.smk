@@ -14,6 +14,9 @@ except atmorep_config.ConfigError as exc:
 validate(config, workflow.source_path("../schemas/config.schema.yaml"))  # also fills in defaults
 
 RUN = CFG.run
+# every product of a run lives under its name, so runs of several configurations never collide
+RES = f"resources/{RUN}"
+LOGS = f"logs/{RUN}"
 FIELDS = list(CFG.data.fields)
 MONTHS = CFG.data.months()
 YEARS = CFG.data.years()
@@ -29,4 +32,48 @@ def months_of(year):
 
 
 def shard_stores(wildcards=None):
-    return expand("resources/shards/{field}/{year}.zarr", field=FIELDS, year=YEARS)
+    return expand(RES + "/shards/{field}/{year}.zarr", field=FIELDS, year=YEARS)
+
+
+# --- acquire / normalize helpers --------------------------------------------------------------
+
+
+def normalize_params(*keys):
+    """The data section plus only ``keys`` of the normalize section, as JSON (for the moments and
+    climatology rules: a change of e.g. normalize.local does not recompute them)."""
+    raw = atmorep_config.stage_slice(config, "normalize")
+    norm = raw.get("normalize", {}) or {}
+    return json.dumps({"data": raw["data"], "normalize": {k: norm[k] for k in keys if k in norm}}, sort_keys=True)
+
+
+def climatology_months():
+    """Months of normalize.climatology (validated against the campaign at workflow start)."""
+    if not CFG.normalize.climatology.fields:
+        return []
+    try:
+        months = CFG.normalize.climatology.months()
+    except atmorep_config.ConfigError as exc:
+        raise WorkflowError(f"invalid configuration: {exc}")
+    outside = [m for m in months if m not in MONTHS]
+    if outside:
+        raise WorkflowError(f"invalid configuration: normalize.climatology months {outside[0]} .. {outside[-1]} "
+                            f"lie outside the campaign data.start .. data.end")
+    unknown = [f for f in CFG.normalize.climatology.fields if f not in FIELDS]
+    if unknown:
+        raise WorkflowError(f"invalid configuration: normalize.climatology.fields {unknown} are not in data.fields")
+    return months
+
+
+CLIMATOLOGY_MONTHS = climatology_months()
+
+
+def climatology_input(wildcards):
+    """The field's climatology store when it uses climatological statistics, else nothing."""
+    if wildcards.field in CFG.normalize.climatology.fields:
+        return f"{RES}/climatology/{wildcards.field}.zarr"
+    return []
+
+
+def normalize_mem_mb():
+    """A month up to normalize.memory_mb in memory, plus float64 blocks and the interpreter."""
+    return CFG.normalize.memory_mb + 3 * CFG.normalize.block_mb + 512

@@ -1,17 +1,59 @@
 rule normalize:
-    """Decode, check and normalize one (field, month) with AtmoRep's statistics."""
+    """Decode, check (QC) and normalize one (field, month) with AtmoRep's statistics."""
     input:
-        "resources/grib/{field}/{month}.grib",
+        grib=RES + "/grib/{field}/{month}.grib",
+        climatology=climatology_input,
     output:
-        directory("resources/normalized/{field}/{month}.zarr"),
+        data=directory(RES + "/normalized/{field}/{month}.zarr"),
+        qc=RES + "/qc/{field}/{month}.json",
     params:
         cfg=stage_params("normalize"),
+        climatology=lambda wildcards, input: f"--climatology {input.climatology}" if input.climatology else "",
     log:
-        "logs/normalize/{field}_{month}.log",
+        LOGS + "/normalize/{field}_{month}.log",
     benchmark:
-        "logs/normalize/{field}_{month}.benchmark.tsv"
+        LOGS + "/normalize/{field}_{month}.benchmark.tsv"
+    resources:
+        mem_mb=normalize_mem_mb(),
+    shell:
+        "atmorep normalize --params {params.cfg:q} --field {wildcards.field} --month {wildcards.month}"
+        " --input {input.grib} --output {output.data} --qc {output.qc} {params.climatology} > {log} 2>&1"
+
+
+rule moments:
+    """Count, mean and M2 per grid point of one (field, month) of the climatology period."""
+    input:
+        RES + "/grib/{field}/{month}.grib",
+    output:
+        directory(RES + "/moments/{field}/{month}.zarr"),
+    params:
+        cfg=normalize_params("qc", "memory_mb", "block_mb", "scratch_dir"),
+    log:
+        LOGS + "/moments/{field}_{month}.log",
+    benchmark:
+        LOGS + "/moments/{field}_{month}.benchmark.tsv"
+    resources:
+        mem_mb=normalize_mem_mb(),
+    shell:
+        "atmorep normalize --params {params.cfg:q} --field {wildcards.field} --month {wildcards.month} --moments"
+        " --input {input} --output {output} > {log} 2>&1"
+
+
+rule climatology:
+    """Statistics of a field over the climatology period (per calendar month or overall)."""
+    input:
+        lambda wildcards: expand(RES + "/moments/{field}/{month}.zarr", field=wildcards.field,
+                                 month=CLIMATOLOGY_MONTHS),
+    output:
+        directory(RES + "/climatology/{field}.zarr"),
+    params:
+        cfg=normalize_params("climatology"),
+    log:
+        LOGS + "/climatology/{field}.log",
+    benchmark:
+        LOGS + "/climatology/{field}.benchmark.tsv"
     resources:
         mem_mb=2000,
     shell:
-        "atmorep normalize --params {params.cfg:q} --field {wildcards.field} --month {wildcards.month}"
-        " --input {input} --output {output} > {log} 2>&1"
+        "atmorep normalize --params {params.cfg:q} --field {wildcards.field} --climatology-of {input}"
+        " --output {output} > {log} 2>&1"

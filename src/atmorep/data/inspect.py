@@ -1,24 +1,32 @@
-"""What is in a GRIB, NetCDF or zarr input: fields, levels, grid and time steps, or why it is unusable."""
+"""What is in an input the pipeline accepts, or why it cannot be used (one line).
+
+Inputs: a GRIB file (GRIB1 or GRIB2; regular lat/lon, or Gaussian when a regrid is configured), a
+directory of GRIB (the ``files`` source's mirror), a zarr store (the embedded sample, normalized
+and shard stores) and NetCDF. Rejected with one clear line: truncated or foreign files,
+spherical-harmonic coefficients, Gaussian grids without ``--regrid linear``, a field on mixed grids.
+"""
 
 from __future__ import annotations
 
 import warnings
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
-from atmorep.data.grib import DataError, _check_complete
+from atmorep.data import grib
+from atmorep.data.grib import DataError
 
 _LEVEL_NAMES = ("level", "hybrid", "isobaricInhPa", "model_level_number", "lev", "sigma")
 
 
 def kind(path: Path) -> str:
-    """'zarr', 'grib' or 'netcdf' from the content (not the name)."""
+    """'zarr', 'grib', 'grib-dir' or 'netcdf' from the content (not the name)."""
     if path.is_dir():
         if (path / "zarr.json").exists() or (path / ".zgroup").exists() or (path / ".zarray").exists():
             return "zarr"
-        raise DataError(f"{path}: a directory but not a zarr store (no zarr.json or .zgroup)")
+        return "grib-dir"
     if not path.exists():
         raise DataError(f"{path}: no such file")
     with open(path, "rb") as f:
@@ -32,38 +40,91 @@ def kind(path: Path) -> str:
     raise DataError(f"{path}: not GRIB, NetCDF or zarr (starts with {head[:4]!r})")
 
 
-def open_any(path: Path) -> list[xr.Dataset]:
-    k = kind(path)
-    try:
-        if k == "grib":
-            import cfgrib
-
-            _check_complete(path)
-            return cfgrib.open_datasets(str(path), backend_kwargs={"indexpath": ""}, decode_timedelta=True)
-        if k == "netcdf":
-            return [xr.open_dataset(path)]
-        return [xr.open_zarr(path, consolidated=False, chunks=None)]
-    except DataError:
-        raise
-    except Exception as exc:
-        raise DataError(f"{path}: cannot open as {k} ({type(exc).__name__}: {exc})") from None
-
-
-def describe(path: str | Path) -> str:
-    """A human-readable summary; raises :class:`DataError` when the input cannot be used."""
+def describe(path: str | Path, regrid: str = "none") -> str:
+    """A human-readable summary; raises :class:`DataError` (one line) when the input cannot be used."""
     path = Path(path)
+    k = kind(path)
+    if k == "grib":
+        return f"{path} (grib)\n" + _describe_grib({path: grib.scan(path)}, regrid)
+    if k == "grib-dir":
+        return _describe_dir(path, regrid)
     with warnings.catch_warnings():  # library chatter about merges and foreign files in stores
         warnings.simplefilter("ignore")
-        datasets = open_any(path)
-    lines = [f"{path} ({kind(path)})"]
-    for ds in datasets:
-        for name, da in ds.data_vars.items():
-            if da.ndim < 2:
-                continue
-            lines.append(f"  {name}: {_describe_var(da)}")
+        try:
+            ds = xr.open_dataset(path) if k == "netcdf" else xr.open_zarr(path, consolidated=False, chunks=None)
+        except Exception as exc:
+            raise DataError(f"{path}: cannot open as {k} ({type(exc).__name__}: {exc})") from None
+    lines = [f"{path} ({k})"]
+    for name, da in ds.data_vars.items():
+        if da.ndim < 2:
+            continue
+        lines.append(f"  {name}: {_describe_var(da)}")
     if len(lines) == 1:
         raise DataError(f"{path}: no gridded field found")
     return "\n".join(lines)
+
+
+def _describe_dir(path: Path, regrid: str) -> str:
+    from atmorep.data.files import expand
+
+    files = expand([str(path)])
+    if not files:
+        raise DataError(f"{path}: not a zarr store (no zarr.json or .zgroup) and holds no GRIB file")
+    try:
+        scanned = {f: grib.scan(f) for f in files}
+    except DataError as exc:
+        raise DataError(f"{path}: not a zarr store; as a GRIB directory: {exc}") from None
+    return f"{path} (directory of {len(files)} GRIB files)\n" + _describe_grib(scanned, regrid)
+
+
+def _describe_grib(scanned: dict[Path, list[grib.Header]], regrid: str) -> str:
+    by_field: dict[tuple, list[tuple[Path, grib.Header]]] = defaultdict(list)
+    for path, headers in scanned.items():
+        for h in headers:
+            by_field[(h.param.name, h.level.kind)].append((path, h))
+    lines = []
+    for (name, _), items in by_field.items():
+        first_path, h0 = items[0]
+        grids = {h.grid.key: (p, h.grid) for p, h in items}
+        if len(grids) > 1:
+            (p1, g1), (p2, g2) = list(grids.values())[:2]
+            raise DataError(f"{first_path}: field '{name}' is on mixed grids: {g1.describe()} ({p1.name}) and "
+                            f"{g2.describe()} ({p2.name}); one grid per field is required")
+        if (why := h0.grid.unusable(regrid)) is not None:
+            raise DataError(f"{first_path}: field '{name}' is on {why}")
+        lines.append(f"  {name}: {_grib_line([h for _, h in items], regrid)}")
+    return "\n".join(lines)
+
+
+def _grib_line(headers: list[grib.Header], regrid: str) -> str:
+    h0 = headers[0]
+    parts = [f"{h0.param.long_name} [{h0.param.units}]"]
+    levels = list(dict.fromkeys(h.level.level for h in headers))
+    if h0.level.kind == "sfc":
+        parts.append("levels surface")
+    else:
+        levels.sort(reverse=h0.level.kind == "pl")
+        parts.append(f"levels {h0.level.type_of_level}={[float(v) for v in levels]}")
+    members = {h.number for h in headers}
+    if len(members) > 1:
+        parts.append(f"{len(members)} ensemble members")
+    g = h0.grid
+    if g.regular:
+        lat = f"lat {max(g.file_lats):g}..{min(g.file_lats):g}"
+        parts.append(f"grid {g.describe()}, {lat}, lon {g.file_lons[0]:g}..{g.file_lons[1]:g}")
+    else:
+        parts.append(f"grid {g.describe()} (regridded {regrid})")
+    parts.append(_times_of(np.array([h.time for h in headers])))
+    editions = sorted({h.edition for h in headers})
+    parts.append("GRIB" + "+".join(map(str, editions)))
+    return "; ".join(parts)
+
+
+def _times_of(t: np.ndarray) -> str:
+    t = np.unique(t)
+    steps = np.unique(np.diff(t).astype("timedelta64[h]").astype(int)) if len(t) > 1 else []
+    step = "" if not len(steps) else f", step {'/'.join(map(str, steps[:4]))} h"
+    return f"{len(t)} time steps {str(t[0])[:16]} .. {str(t[-1])[:16]}{step}"
 
 
 def _describe_var(da: xr.DataArray) -> str:
@@ -87,9 +148,7 @@ def _grid(da: xr.DataArray) -> str:
     lat = next((c for c in ("latitude", "lat") if c in da.coords), None)
     lon = next((c for c in ("longitude", "lon") if c in da.coords), None)
     if lat is None or lon is None:
-        gt = da.attrs.get("GRIB_gridType")
-        raise DataError(f"field '{da.name}' is not on a regular lat/lon grid"
-                        + (f" (gridType {gt})" if gt else "") + "; regrid it first")
+        raise DataError(f"field '{da.name}' has no latitude/longitude coordinates: not on a regular lat/lon grid")
     la, lo = da[lat].values, da[lon].values
     if la.ndim != 1 or lo.ndim != 1:
         raise DataError(f"field '{da.name}' has 2-D coordinates (a curvilinear grid); regrid it first")
@@ -102,10 +161,7 @@ def _times(da: xr.DataArray) -> str:
         if name in da.coords:
             t = np.atleast_1d(da[name].values).ravel()
             if np.issubdtype(t.dtype, np.datetime64):
-                t = np.unique(t)
-                steps = np.unique(np.diff(t).astype("timedelta64[h]").astype(int)) if len(t) > 1 else []
-                step = "" if not len(steps) else f", step {'/'.join(map(str, steps[:4]))} h"
-                return f"{len(t)} time steps {str(t[0])[:16]} .. {str(t[-1])[:16]}{step}"
+                return _times_of(t)
             return f"{len(t)} time steps ({name} as {t.dtype})"
     dim = next((d for d in da.dims if "time" in str(d)), None)
     if dim is not None:

@@ -1,8 +1,11 @@
 """Acquire: data sources behind one interface, each writing GRIB for one (field, month).
 
 A source implements :class:`Source`. The registry :data:`SOURCES` maps the config's
-``acquire.source`` to a class. Every source writes to a temporary path, checks what it wrote by
-decoding it, and renames it into place, so an interrupted job leaves nothing that looks complete.
+``acquire.source`` to a class: ``sample`` (the embedded real ERA5 sample), ``files`` (GRIB an HPC
+centre mirrors, :mod:`atmorep.data.files`) and ``cds`` (the Copernicus Climate Data Store,
+:mod:`atmorep.data.cds`). Every source writes to a temporary path; :func:`acquire` validates what
+arrived (fields, level type, levels, times, grid, completeness) and only then renames it into
+place, so an interrupted or rejected job leaves nothing that looks complete.
 """
 
 from __future__ import annotations
@@ -20,12 +23,13 @@ import xarray as xr
 from atmorep.config import AcquireConfig, DataConfig
 from atmorep.data import grib
 from atmorep.data.grib import DataError
+from atmorep.data.inventory import Expectation, check_headers
 
 log = logging.getLogger(__name__)
 
 
 class Source(Protocol):
-    def fetch(self, data: DataConfig, field: str, month: str, out: Path) -> None:
+    def fetch(self, data: DataConfig, cfg: AcquireConfig, field: str, month: str, out: Path) -> None:
         """Write all messages of ``field`` for ``month`` ('YYYY-MM') inside the campaign to ``out``."""
 
 
@@ -54,7 +58,7 @@ class SampleSource:
         times = self.EPOCH + ds["time_index"].values.astype("timedelta64[h]")
         return ds.assign_coords(time_index=times).rename(time_index="time")
 
-    def fetch(self, data: DataConfig, field: str, month: str, out: Path) -> None:
+    def fetch(self, data: DataConfig, cfg: AcquireConfig, field: str, month: str, out: Path) -> None:
         if field not in self.FIELDS:
             raise DataError(f"field '{field}' is not in the embedded sample (it has {', '.join(self.FIELDS)})")
         levels = data.fields[field].levels
@@ -74,7 +78,19 @@ class SampleSource:
                         da["latitude"].values, da["longitude"].values)
 
 
-SOURCES: dict[str, type] = {"sample": SampleSource}
+def _files_source():
+    from atmorep.data.files import FilesSource
+
+    return FilesSource()
+
+
+def _cds_source():
+    from atmorep.data.cds import CdsSource
+
+    return CdsSource()
+
+
+SOURCES = {"sample": SampleSource, "files": _files_source, "cds": _cds_source}
 
 
 def acquire(data: DataConfig, cfg: AcquireConfig, field: str, month: str, out: str | Path) -> Path:
@@ -84,11 +100,14 @@ def acquire(data: DataConfig, cfg: AcquireConfig, field: str, month: str, out: s
         raise DataError(f"field '{field}' is not in data.fields ({', '.join(data.fields)})")
     if month not in data.months():
         raise DataError(f"month {month} is outside the campaign {data.start} … {data.end}")
+    if cfg.source not in SOURCES:
+        raise DataError(f"acquire.source '{cfg.source}' is unknown (known: {', '.join(SOURCES)})")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.part{os.getpid()}")
+    tmp.unlink(missing_ok=True)
     try:
-        SOURCES[cfg.source]().fetch(data, field, month, tmp)
-        verify(tmp, data, field, month)
+        SOURCES[cfg.source]().fetch(data, cfg, field, month, tmp)
+        verify(tmp, data, field, month, shown=out)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
@@ -96,14 +115,13 @@ def acquire(data: DataConfig, cfg: AcquireConfig, field: str, month: str, out: s
     return out
 
 
-def verify(path: Path, data: DataConfig, field: str, month: str) -> xr.DataArray:
-    """Check that a GRIB file holds ``field`` on the configured levels, only times of ``month``."""
-    da = grib.decode(path, field)
-    want = list(data.fields[field].levels)
-    got = [int(v) for v in da["level"].values]
-    if got != want:
-        raise DataError(f"{path}: field '{field}' has levels {got}, config expects {want}")
-    months = np.unique(da["time"].values.astype("datetime64[M]"))
-    if [str(m) for m in months] != [month]:
-        raise DataError(f"{path}: field '{field}' holds months {[str(m) for m in months]}, expected {month}")
-    return da
+def verify(path: Path, data: DataConfig, field: str, month: str, shown: Path | None = None) -> list[grib.Header]:
+    """Hold a GRIB file against the config for ``field`` and ``month``; return its headers.
+
+    Checks the field and nothing else, the level type and levels, that every time lies in the month
+    and campaign, one usable grid matching ``data.grid``/``data.area``, no duplicated (level, time),
+    and, with ``data.step_hours``, that no expected time step is missing.
+    """
+    headers = grib.scan(grib.check_file(path))
+    check_headers(headers, Expectation.for_month(data, field, month), str(shown or path))
+    return headers

@@ -1,0 +1,10 @@
+"""Helpers of the data tests (the fake CDS server, GRIB builders) are importable by name.
+
+Appended, not prepended, to sys.path: ``from conftest import ...`` must keep finding tests/conftest.py.
+"""
+
+import sys
+from pathlib import Path
+
+if str(Path(__file__).parent) not in sys.path:
+    sys.path.append(str(Path(__file__).parent))
