@@ -3,6 +3,7 @@ import pytest
 
 from atmorep.data.dataset import FieldStore, RankSampler, WindowDataset, tokenize, untokenize
 from atmorep.config import parse_time
+from shard_builders import synthetic  # noqa: F401 (fixture)
 
 
 def test_tokenize_roundtrip_and_layout():
@@ -68,3 +69,86 @@ def test_rank_sampler_is_disjoint_complete_and_seeded():
     assert list(again) == parts[0]
     again.set_epoch(1)
     assert list(again) != parts[0]
+
+
+def test_direct_token_reads_equal_zarr_reads_including_the_seam(dataset):
+    rng = np.random.default_rng(0)
+    for f in dataset.fields:
+        store = dataset.stores[f][0]
+        assert store.dense is not None
+        for t0, y0, x0 in [(2, 9, 342), (0, 0, 0), *((2 * rng.integers(7), 9 * rng.integers(17), 9 * rng.integers(40))
+                                                      for _ in range(5))]:
+            got = store.read_tokens(int(t0), int(y0), int(x0), 3, 3, 6)
+            want = tokenize(store.read(int(t0), 6, int(y0), 27, int(x0), 54), store.token_size)
+            np.testing.assert_array_equal(got, want)
+
+
+def test_window_grid_is_lazy_and_indexable(dataset):
+    grid = dataset.windows
+    assert len(grid) == len(dataset) and grid[-1] == grid[len(grid) - 1]
+    s, t, y, x = grid.locate(np.arange(len(grid)))
+    assert grid[123] == type(grid[0])(int(s[123]), int(t[123]), int(y[123]), int(x[123]))
+    assert len(set(zip(t.tolist(), y.tolist(), x.tolist()))) == len(grid)
+    with pytest.raises(IndexError):
+        grid[len(grid)]
+
+
+def test_fields_with_different_token_sizes_share_the_neighbourhood(synthetic):
+    stores = {f: [p] for f, p in synthetic["shards"].items()}
+    ds = WindowDataset(stores, (2, 4, 4), parse_time("2026-01-31T00"), parse_time("2026-02-01T23"))
+    assert ds.extent == (6, 16, 16) and ds.tokens == {"u": (2, 4, 4), "t": (2, 2, 2)}
+    assert ds.step == (3, 8, 8)  # origins on both token grids
+    sample = ds[len(ds) // 2 + 7]
+    assert sample["u"][0].shape == (2, 2, 4, 4, 48) and sample["t"][0].shape == (2, 2, 2, 2, 192)
+    assert sample["t"][1].shape == (2, 2, 2, 2, 8)
+    for i in (0, len(ds) // 3, len(ds) - 1):  # the same points, cut into different tokens
+        assert all(np.array_equal(a, b) for a, b in zip(ds.indices(i, "u"), ds.indices(i, "t")))
+        t, y, x = ds.indices(i, "u")
+        for f, size in (("u", (3, 4, 4)), ("t", (3, 8, 8))):
+            want = ds.stores[f][0].read(t[0], 6, y[0], 16, x[0], 16)
+            np.testing.assert_array_equal(untokenize(ds[i][f][0], size), want)
+    # token info of the coarse field: colatitude of its token centres
+    w = ds.windows[5]
+    colat = ds[5]["t"][1][0, 0, :, 0, 4] * 180
+    np.testing.assert_allclose(colat, 90 - ds.stores["t"][0].lats[w.y0 + 8 * np.arange(2) + 4])
+
+
+def test_stores_written_by_other_tools_are_read_through_zarr(synthetic, tmp_path):
+    import shutil
+
+    import zarr
+
+    from atmorep.data import zarrio
+
+    src = synthetic["shards"]["u"]
+    for name, kwargs in {"zstd": {}, "morton": {"compressors": None}}.items():
+        dst = tmp_path / f"{name}.zarr"
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("data"))
+        a = zarr.open_array(src / "data", mode="r")
+        with zarr.config.set({"codec_pipeline.path": "zarr.core.codec_pipeline.BatchedCodecPipeline"}):
+            b = zarr.create_array(dst / "data", shape=a.shape, dtype=a.dtype, chunks=a.chunks, shards=a.shards,
+                                  dimension_names=a.metadata.dimension_names, fill_value=np.nan, **kwargs)
+            b[:12, :, :24] = a[:12, :, :24]  # what the read below needs
+        store = FieldStore(dst)
+        assert (store.dense is None) == (name == "zstd")  # zarr-python stores inner chunks in Morton order
+        ref = FieldStore(src)
+        np.testing.assert_array_equal(store.read_tokens(3, 8, 136, 2, 3, 4), ref.read_tokens(3, 8, 136, 2, 3, 4))
+        assert store.dense is None
+        zarrio._MAPS.clear()
+
+
+def test_windows_of_several_stores_never_cross_a_store(synthetic, tmp_path):
+    from atmorep.data import shards
+
+    data, cfg = synthetic["data"], synthetic["shard"]
+    parts = [shards.shard(data, cfg, "u", f"part{k}", [m], tmp_path / f"u{k}.zarr")
+             for k, m in enumerate(synthetic["normalized"]["u"])]
+    ds = WindowDataset({"u": parts}, (2, 4, 4), parse_time("2026-01-31T00"), parse_time("2026-02-01T23"))
+    per_store = 7 * ds.grid.shape[1] * ds.grid.shape[2]  # (24 steps - 6) / 3 + 1 time origins each
+    assert ds.grid.t_origins[0].tolist() == ds.grid.t_origins[1].tolist() == list(range(0, 19, 3))
+    assert len(ds) == 2 * per_store and ds.windows[per_store - 1].store == 0 and ds.windows[per_store].store == 1
+    w = ds.windows[per_store + 5]
+    t, y, x = ds.indices(per_store + 5, "u")
+    np.testing.assert_array_equal(untokenize(ds[per_store + 5]["u"][0], (3, 4, 4)),
+                                  FieldStore(parts[1]).read(w.t0, 6, w.y0, 16, w.x0, 16))
+    assert ds.stores["u"][1].times[t[0]] >= np.datetime64("2026-02-01T00")

@@ -1,8 +1,15 @@
-"""Load: token-aligned windows of several fields from the shard stores, and a rank-aware sampler.
+"""Load: token-aligned windows of several fields from the shard stores, and the samplers that pick them.
 
-A *window* is the space-time neighbourhood of one sample: ``num_tokens * token_size`` points in
-(time, lat, lon) on every level, with periodic longitude. Window origins lie on the token grid, so a
-window reads whole chunks of the stores. Everything here is numpy; ``train/`` wraps it for torch.
+A *window* is the space-time neighbourhood of one sample, the same for every field: ``num_tokens *
+token_size`` points in (time, lat, lon) of the field with the finest tokens, on every level, with
+periodic longitude. A field with coarser tokens cuts the same neighbourhood into fewer tokens (AtmoRep:
+[12, 6, 12] x [3, 9, 9] and [12, 3, 6] x [3, 18, 18]). Window origins lie on the grid of every
+field's tokens, so a window reads whole chunks of the stores, through
+:class:`~atmorep.data.zarrio.DenseShards` (strided copies out of memory maps, no per-token work).
+
+Everything here is numpy; ``train/`` wraps it for torch. Training draws windows with
+:class:`SphereSampler` (area-weighted latitude, uniform time and longitude, distinct within an epoch,
+disjoint across ranks, resumable); evaluation indexes :class:`WindowDataset` deterministically.
 
 Legend: N windows, L levels, T/Y/X tokens in time/lat/lon, tt/ty/tx points per token,
 P = tt*ty*tx values per token, I = 8 token-info values.
@@ -11,11 +18,13 @@ P = tt*ty*tx values per token, I = 8 token-info values.
 from __future__ import annotations
 
 import logging
+import math
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import zarr
 
 from atmorep.data import zarrio
 from atmorep.data.grib import DataError
@@ -41,14 +50,34 @@ class FieldStore:
         self.months = ds["month"].values.astype("datetime64[M]")
         self.mean = ds["mean"].values
         self.std = ds["std"].values
-        self.data = zarr.open_array(self.path / "data", mode="r")
+        self._data, self._pid = zarrio.open_array(self.path / "data"), os.getpid()
+        self.dense = zarrio.DenseShards.open(self.path / "data")
+        tt, ty, tx = self.token_size
+        if self.dense is not None and (self.dense.chunk[0], self.dense.chunk[2], self.dense.chunk[3]) != (tt, ty, tx):
+            log.warning("%s: chunks %s are not tokens %s; reading through zarr", self.path, self.dense.chunk,
+                        self.token_size)
+            self.dense = None
+
+    @property
+    def data(self):
+        """The zarr array (reads of any origin); reopened fork-safe in a forked process."""
+        if self._pid != os.getpid():
+            log.warning("%s: not a dense token store; forked loader workers read it through zarr-python's "
+                        "slow pipeline (rewrite it with `atmorep shard`)", self.path)
+            self._data, self._pid = zarrio.open_array(self.path / "data", forked=True), os.getpid()
+        return self._data
 
     @property
     def resolution(self) -> float:
         return float(abs(self.lats[1] - self.lats[0]))
 
+    @property
+    def bytes_read(self) -> int:
+        """Bytes the direct reader took from the shard files in this process (index and chunks)."""
+        return self.dense.bytes_read if self.dense is not None else 0
+
     def read(self, t0: int, nt: int, y0: int, ny: int, x0: int, nx: int) -> np.ndarray:
-        """Values ``(L, nt, ny, nx)``; longitude wraps, costing at most two contiguous reads."""
+        """Values ``(L, nt, ny, nx)`` through zarr, any origin; longitude wraps (at most two reads)."""
         nlon = len(self.lons)
         x0 %= nlon
         if x0 + nx <= nlon:
@@ -56,6 +85,21 @@ class FieldStore:
         head = self.data[t0:t0 + nt, :, y0:y0 + ny, x0:]
         tail = self.data[t0:t0 + nt, :, y0:y0 + ny, :x0 + nx - nlon]
         return np.concatenate([head, tail], axis=-1).transpose(1, 0, 2, 3)
+
+    def read_tokens(self, t0: int, y0: int, x0: int, T: int, Y: int, X: int) -> np.ndarray:
+        """Tokens ``(L, T, Y, X, P)`` of the window at a token-grid origin; longitude wraps."""
+        tt, ty, tx = self.token_size
+        if self.dense is not None and not (t0 % tt or y0 % ty or x0 % tx):
+            try:  # chunks (T, Lc, Y, X, tt, cl, ty, tx): Lc chunks of cl levels each
+                blk = self.dense.read((t0 // tt, 0, y0 // ty, x0 // tx), (T, self.dense.grid[1], Y, X),
+                                      (False, False, False, True))
+            except zarrio.NotDense as exc:
+                log.warning("%s; reading through zarr", exc)
+                self.dense = None
+            else:
+                L = len(self.levels)
+                return blk.transpose(1, 5, 0, 2, 3, 4, 6, 7).reshape(-1, T, Y, X, tt * ty * tx)[:L]
+        return tokenize(self.read(t0, T * tt, y0, Y * ty, x0, X * tx), self.token_size)
 
     def denormalize(self, values_LTYX: np.ndarray, t_idx: np.ndarray, y_idx: np.ndarray,
                     x_idx: np.ndarray) -> np.ndarray:
@@ -97,10 +141,47 @@ class Window:
     x0: int
 
 
+class WindowGrid(Sequence):
+    """Every window origin of a dataset, enumerated lazily (store, then time, lat, lon; C order).
+
+    ``t_origins[s]`` are store ``s``'s time origins; ``y_origins``/``x_origins`` are shared.
+    ``weights`` (one per lat origin, summing to 1) is the area of the sphere each window centre
+    stands for: ``sin(c + h) - sin(c - h)`` for centre latitude c and half the origin spacing h.
+    """
+
+    def __init__(self, t_origins: list[np.ndarray], y_origins: np.ndarray, x_origins: np.ndarray,
+                 weights: np.ndarray):
+        self.t_origins = [np.asarray(t, np.int64) for t in t_origins]
+        self.y_origins, self.x_origins = np.asarray(y_origins, np.int64), np.asarray(x_origins, np.int64)
+        self.weights = np.asarray(weights, np.float64) / np.sum(weights)
+        self._store = np.concatenate([np.full(len(t), s) for s, t in enumerate(self.t_origins)]).astype(np.int64)
+        self._t = np.concatenate(self.t_origins) if self.t_origins else np.zeros(0, np.int64)
+        self.shape = (len(self._t), len(self.y_origins), len(self.x_origins))  # (time across stores, lat, lon)
+
+    def __len__(self) -> int:
+        return math.prod(self.shape)
+
+    def locate(self, flat) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(store, t0, y0, x0) of window indices ``flat`` (vectorized)."""
+        ti, yi, xi = np.unravel_index(np.asarray(flat, np.int64), self.shape)
+        return self._store[ti], self._t[ti], self.y_origins[yi], self.x_origins[xi]
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"window {i} of {len(self)}")
+        s, t, y, x = (int(v) for v in self.locate(i % len(self)))
+        return Window(s, t, y, x)
+
+
 class WindowDataset:
     """Windows of all fields over one period; ``dataset[i]`` is sample ``i`` as numpy arrays.
 
     ``stores`` maps field -> shard store paths (one per year, same years for every field).
+    ``num_tokens`` counts the tokens of the field(s) with the finest tokens; every field covers the
+    same neighbourhood (``extent`` grid points), so a field with coarser tokens has fewer of them
+    (``tokens[field]``).
     """
 
     def __init__(self, stores: dict[str, list[str | Path]], num_tokens, start: np.datetime64,
@@ -108,60 +189,86 @@ class WindowDataset:
         self.fields = list(stores)
         self.stores = {f: [FieldStore(p) for p in sorted(map(str, paths))] for f, paths in stores.items()}
         self.num_tokens = tuple(num_tokens)
+        self._check_grids()
+        sizes = np.array([self.stores[f][0].token_size for f in self.fields])
+        self.extent = tuple(int(v) for v in np.asarray(self.num_tokens) * sizes.min(axis=0))
+        self.tokens = {}
+        for f, size in zip(self.fields, sizes):
+            if any(e % s for e, s in zip(self.extent, size)):
+                raise DataError(f"field '{f}': tokens {tuple(size)} do not tile the neighbourhood {self.extent} "
+                                f"(num_tokens {self.num_tokens} of the finest tokens {tuple(sizes.min(axis=0))})")
+            self.tokens[f] = tuple(int(e // s) for e, s in zip(self.extent, size))
+        self.step = tuple(int(v) for v in np.lcm.reduce(sizes, axis=0))  # origins on every field's token grid
+        self.grid = self._grid(start, end)
+        self.windows = self.grid
+        if not len(self.grid):
+            raise DataError(f"no complete window of {self.extent[0]} time steps lies inside {start} … {end}")
+
+    def _check_grids(self) -> None:
         first = self.stores[self.fields[0]]
         for f in self.fields[1:]:
+            if len(self.stores[f]) != len(first):
+                raise DataError(f"fields '{self.fields[0]}' and '{f}' have {len(first)} and "
+                                f"{len(self.stores[f])} stores")
             for a, b in zip(first, self.stores[f]):
                 if not (np.array_equal(a.times, b.times) and np.array_equal(a.lats, b.lats)
                         and np.array_equal(a.lons, b.lons)):
                     raise DataError(f"fields '{first[0].field}' and '{f}' are not on the same grid and times "
                                     f"({a.path} vs {b.path})")
-        self.extent = {f: tuple(n * s for n, s in zip(self.num_tokens, self.stores[f][0].token_size))
-                       for f in self.fields}
-        self.windows = self._enumerate(start, end)
-        if not self.windows:
-            raise DataError(f"no complete window of {self.extent[self.fields[0]][0]} time steps lies inside "
-                            f"{start} … {end}")
 
-    def _enumerate(self, start, end) -> list[Window]:
-        # every field covers the same neighbourhood; origins on the coarsest token grid of all fields
-        step = np.lcm.reduce([self.stores[f][0].token_size for f in self.fields], axis=0)
-        nt, ny, _ = self.extent[self.fields[0]]
-        out = []
-        for s, store in enumerate(self.stores[self.fields[0]]):
-            ts = [t0 for t0 in range(0, len(store.times) - nt + 1, step[0])
-                  if store.times[t0] >= start and store.times[t0 + nt - 1] <= end]
-            ys = range(0, len(store.lats) - ny + 1, step[1])
-            xs = range(0, len(store.lons), step[2])
-            out += [Window(s, t, y, x) for t in ts for y in ys for x in xs]
-        return out
+    def _grid(self, start, end) -> WindowGrid:
+        nt, ny, _ = self.extent
+        st, sy, sx = self.step
+        ref = self.stores[self.fields[0]]
+        t_origins = []
+        for store in ref:
+            t = np.arange(0, len(store.times) - nt + 1, st)
+            t_origins.append(t[(store.times[t] >= start) & (store.times[t + nt - 1] <= end)])
+        lats, nlon = ref[0].lats, len(ref[0].lons)
+        if nlon % sx:
+            raise DataError(f"{nlon} longitudes are not a whole number of {sx}-point window steps (lcm of the "
+                            "fields' lon token sizes); longitude is periodic")
+        y = np.arange(0, len(lats) - ny + 1, sy)
+        centre = np.deg2rad((lats[y] + lats[y + ny - 1]) / 2)
+        half = np.deg2rad(sy * ref[0].resolution / 2)
+        hi, lo = np.minimum(centre + half, np.pi / 2), np.maximum(centre - half, -np.pi / 2)
+        return WindowGrid(t_origins, y, np.arange(0, nlon, sx), np.sin(hi) - np.sin(lo))
+
+    @property
+    def token_sizes(self) -> dict[str, tuple[int, int, int]]:
+        """Field -> (tt, ty, tx): what masking needs to coarsen tokens."""
+        return {f: self.stores[f][0].token_size for f in self.fields}
+
+    @property
+    def bytes_read(self) -> int:
+        """Bytes taken from the shard files by this process's direct reads."""
+        return sum(s.bytes_read for stores in self.stores.values() for s in stores)
 
     def __len__(self) -> int:
-        return len(self.windows)
+        return len(self.grid)
 
     def __getitem__(self, i: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """field -> (tokens ``(L, T, Y, X, P)``, token info ``(L, T, Y, X, I)``), float32."""
-        w = self.windows[i]
+        w = self.grid[int(i)]
         out = {}
         for f in self.fields:
             store = self.stores[f][w.store]
-            nt, ny, nx = self.extent[f]
-            values = store.read(w.t0, nt, w.y0, ny, w.x0, nx)
-            out[f] = (tokenize(values, store.token_size).astype(np.float32),
-                      self.token_info(store, w).astype(np.float32))
+            tokens = store.read_tokens(w.t0, w.y0, w.x0, *self.tokens[f])
+            out[f] = (tokens.astype(np.float32, copy=False), self.token_info(store, w).astype(np.float32))
         return out
 
     def indices(self, i: int, field: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Store indices (time, lat, lon) of every point of window ``i`` for ``field``."""
-        w = self.windows[i]
+        w = self.grid[int(i)]
         store = self.stores[field][w.store]
-        nt, ny, nx = self.extent[field]
+        nt, ny, nx = self.extent
         return (np.arange(w.t0, w.t0 + nt), np.arange(w.y0, w.y0 + ny),
                 np.arange(w.x0, w.x0 + nx) % len(store.lons))
 
     def token_info(self, store: FieldStore, w: Window) -> np.ndarray:
         """The 8 token-info values per token, scaled to O(1): ``(L, T, Y, X, I)``."""
         tt, ty, tx = store.token_size
-        T, Y, X = self.num_tokens
+        T, Y, X = (e // s for e, s in zip(self.extent, store.token_size))
         last = store.times[w.t0 + tt - 1 + tt * np.arange(T)]  # valid time of each token's last step
         year = last.astype("datetime64[Y]")
         doy = (last.astype("datetime64[D]") - year).astype(int)
@@ -178,6 +285,74 @@ class WindowDataset:
         info[..., 5] = (lon / 360.0)[None, None, None, :]
         info[..., 7] = store.resolution
         return info
+
+
+class SphereSampler:
+    """Training windows of one rank: per epoch ``samples`` distinct windows, drawn with the centre
+    uniform on the sphere (latitude origin with probability ``grid.weights``), time origin uniform
+    over the period (all stores) and longitude origin uniform.
+
+    The epoch's draw (:meth:`order`) depends only on ``(seed, epoch)``: every rank computes the same
+    one and takes every ``world``-th window, so ranks are disjoint and equally long; DataLoader
+    workers get disjoint batches of this rank's list. Draws repeat until ``samples`` distinct windows
+    are found (sequential sampling without replacement), so keep ``samples`` well below ``len(grid)``
+    or the weights flatten out.
+
+    Resume mid-epoch: the consumer counts what it used with :meth:`advance`; :meth:`state_dict` /
+    :meth:`load_state_dict` carry (epoch, position); iteration restarts at ``position``.
+    """
+
+    def __init__(self, grid: WindowGrid, samples: int, seed: int, rank: int = 0, world: int = 1):
+        if not world <= samples <= len(grid):
+            raise DataError(f"cannot draw {samples} distinct windows for {world} ranks from {len(grid)} windows")
+        self.grid, self.samples, self.seed, self.rank, self.world = grid, samples, seed, rank, world
+        self.epoch, self.position = 0, 0
+
+    def order(self, epoch: int) -> np.ndarray:
+        """The epoch's ``samples`` distinct window indices, in draw order (the same on every rank)."""
+        rng = np.random.default_rng([self.seed, epoch])
+        nt, ny, nx = self.grid.shape
+        chosen, count = [], 0
+        while count < self.samples:
+            k = 2 * (self.samples - count) + 64
+            flat = (rng.integers(nt, size=k) * ny + rng.choice(ny, size=k, p=self.grid.weights)) * nx \
+                + rng.integers(nx, size=k)
+            _, first = np.unique(flat, return_index=True)
+            flat = flat[np.sort(first)]  # first draws of each window, in draw order
+            if chosen:
+                flat = flat[~np.isin(flat, np.concatenate(chosen))]
+            chosen.append(flat[: self.samples - count])
+            count += len(chosen[-1])
+        return np.concatenate(chosen)
+
+    def indices(self, epoch: int | None = None) -> np.ndarray:
+        """This rank's windows of an epoch (default: the current one)."""
+        per_rank = self.samples // self.world
+        return self.order(self.epoch if epoch is None else epoch)[: per_rank * self.world][self.rank::self.world]
+
+    def __len__(self) -> int:
+        return self.samples // self.world
+
+    def __iter__(self):
+        return iter(self.indices()[self.position:].tolist())
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self.position = epoch, 0
+
+    def advance(self, n: int) -> None:
+        """Record that the consumer used ``n`` more windows of this epoch."""
+        self.position = min(self.position + n, len(self))
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "samples": self.samples, "world": self.world, "rank": self.rank,
+                "epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        mine = (self.seed, self.samples, self.world)
+        theirs = (state["seed"], state["samples"], state["world"])
+        if mine != theirs and state["position"]:
+            raise DataError(f"cannot resume mid-epoch: sampler (seed, samples, world) {theirs} saved, {mine} now")
+        self.epoch, self.position = state["epoch"], state["position"] if mine == theirs else 0
 
 
 class RankSampler:

@@ -1,15 +1,38 @@
 """Shard: one zarr v3 store per (field, year) whose chunks coincide with the model's tokens.
 
-Each inner chunk is one token of one level, ``(tt, 1, ty, tx)``; the sharding codec packs
-``shard_tokens`` of them into one file so a cluster file system sees few inodes. Latitude is cropped
-to a whole number of tokens, symmetrically, excluding both poles (AtmoRep never samples them);
-longitude must be a whole number of tokens because it is periodic. A sample whose origin lies on the
-token grid therefore reads whole chunks and nothing else.
+Layout, chosen by measurement (``benchmarks/loader.py``; 2.2 GB at 0.25°, 5 levels, AtmoRep's
+36 h x 54 x 108 samples of [3, 9, 9] and [3, 18, 18] tokens, 8.4 MB of tokens per sample, on this
+project's shared 2-core machine):
 
-Store layout: ``data (time, level, latitude, longitude)`` normalized float32; ``mean``/``std`` with
-a leading ``month`` dim (the statistics of each month, global ``(month, level)`` or local
-``(month, level, latitude, longitude)``); attrs ``field``, ``token_size``, ``normalization``,
-``provenance``.
+- an inner chunk is one token *position* of every level, ``(tt, L, ty, tx)``: a sample always reads
+  all levels of a field, so this reads exactly the sample's bytes while cutting the number of chunks
+  (and the per-chunk cost) by ``L``; each level is still its own token. Through zarrs, all-level
+  chunks read 32-48 windows/s vs 16-24 for one-level chunks;
+- chunks are stored uncompressed: zstd saved 10% on normalized noise-like floats and made zarrs
+  reads 30% slower; uncompressed chunks also allow the direct reader below;
+- every chunk of a shard file is present and in C order (written here, not by zarrs, which does
+  not keep that order for large shards), so :class:`~atmorep.data.zarrio.DenseShards` reads a sample
+  as strided slices of memory maps: 270-660 samples/s (2-5 GB/s) in one thread, vs 30-55 samples/s
+  for the same store through zarrs and 0.5-0.7 samples/s for one zstd chunk per time step (which
+  reads 166x the bytes used). Bytes taken from the files per byte used: 1.000 (shard indices are read
+  once per process; 1.003 over the first 200 samples); from a cold page cache the kernel reads 1.3x
+  (whole pages and read-around);
+- the sharding codec packs ``shard_tokens`` token positions into one file. Default (24, 16, 32): at
+  0.25° with 5 levels, 60 MB files, ~3,050 per field and year (~0.9 M inodes for 7 fields x 43
+  years); (12, 6, 12) gives 4 MB files and 48,000 per field-year; warm reads were fastest with big
+  shards (544 vs 271-307 samples/s for 2-3 MB shards: fewer pieces per sample, fewer maps).
+
+Latitude is cropped symmetrically to a whole number of tokens, excluding both poles (AtmoRep never
+samples them), using the least common multiple of every field's lat token size, so fields with
+different token sizes share one grid; longitude must be a whole number of tokens because it is
+periodic. A sample whose origin lies on the token grid therefore reads whole chunks and nothing else.
+
+Store layout: ``data (time, level, latitude, longitude)`` normalized float32 (fill NaN); ``mean``/``std``
+with a leading ``month`` dim (the statistics of each month, global ``(month, level)`` or local
+``(month, level, latitude, longitude)``); attrs ``field``, ``year``, ``token_size``, ``normalization``,
+``provenance`` (config slice, input checksums, source latitude rows), CF attributes on the coordinates.
+
+Legend: T time steps, L levels, Y latitude rows, X longitude columns.
 """
 
 from __future__ import annotations
@@ -17,16 +40,27 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
+import shutil
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
+from tqdm import tqdm
 
 from atmorep.config import DataConfig, ShardConfig
 from atmorep.data import zarrio
 from atmorep.data.grib import DataError
 
 log = logging.getLogger(__name__)
+
+DIMS = ("time", "level", "latitude", "longitude")
+CF = {
+    "time": {"standard_name": "time", "long_name": "valid time"},
+    "level": {"long_name": "vertical level (0: surface)", "positive": "down"},
+    "latitude": {"standard_name": "latitude", "long_name": "latitude", "units": "degrees_north"},
+    "longitude": {"standard_name": "longitude", "long_name": "longitude", "units": "degrees_east"},
+}
 
 
 def latitude_rows(nlat: int, token_lat: int) -> slice:
@@ -39,38 +73,189 @@ def latitude_rows(nlat: int, token_lat: int) -> slice:
     return slice(first, first + keep)
 
 
-def shard(data: DataConfig, cfg: ShardConfig, field: str, year: str, inputs: list[str | Path],
-          out: str | Path) -> Path:
-    """Concatenate the normalized months of ``field`` in ``year`` into a token-aligned store."""
-    if not inputs:
-        raise DataError(f"no normalized input for field '{field}' in {year}")
-    months = [zarrio.open_dataset(p) for p in sorted(map(str, inputs))]
-    methods = {m.attrs["normalization"] for m in months}
-    if len(methods) != 1:
-        raise DataError(f"field '{field}' {year}: months use different normalizations {sorted(methods)}")
-    tt, ty, tx = cfg.token_size
-    nlon = months[0].sizes["longitude"]
-    if nlon % tx:
-        raise DataError(f"field '{field}': {nlon} longitudes are not a whole number of {tx}-point tokens "
-                        "(longitude is periodic); choose shard.token_size[2] dividing it")
-    rows = latitude_rows(months[0].sizes["latitude"], ty)
-    ds = xr.concat([m[["data"]] for m in months], dim="time").isel(latitude=rows)
-    stats = xr.concat([m[["mean", "std"]] for m in months], dim="month")
-    if "latitude" in stats.dims:
-        stats = stats.isel(latitude=rows)
-    stats = stats.assign_coords(month=[np.datetime64(m.attrs["month"], "ns") for m in months])
-    ds = xr.merge([ds, stats])
-    ds.attrs = {
-        "field": field, "year": year, "token_size": [tt, ty, tx],
-        "normalization": methods.pop(),
-        "provenance": json.dumps({"config": {"data": dataclasses.asdict(data), "shard": dataclasses.asdict(cfg)},
-                                  "inputs": {m.attrs["month"]: m.attrs["source_sha256"] for m in months}}),
-    }
-    ds["data"].attrs = {"long_name": f"{field}, normalized per month", "units": "1"}
-    shape = [ds.sizes[d] for d in ("time", "level", "latitude", "longitude")]
-    chunk = (tt, 1, ty, tx)
+def lat_step(data: DataConfig, cfg: ShardConfig) -> int:
+    """Rows every field's latitudes are cropped to a multiple of: the lcm of the lat token sizes."""
+    return math.lcm(*(cfg.token_size_for(f)[1] for f in data.fields))
+
+
+def layout(cfg: ShardConfig, token_size, shape: tuple[int, int, int, int]):
+    """Inner chunk ``(tt, L, ty, tx)`` and shard shape (whole chunks, at most the array) of a store."""
+    tt, ty, tx = token_size
+    chunk = (tt, shape[1], ty, tx)
     per_shard = (cfg.shard_tokens[0], 1, cfg.shard_tokens[1], cfg.shard_tokens[2])
     shards = tuple(c * min(k, -(-n // c)) for c, k, n in zip(chunk, per_shard, shape))
-    zarrio.write_dataset(ds, out, encoding={"data": {"chunks": chunk, "shards": shards}})
+    return chunk, shards
+
+
+class Months:
+    """The normalized monthly stores of one field, opened lazily, as one time axis."""
+
+    def __init__(self, field: str, year: str, inputs: list[str | Path]):
+        if not inputs:
+            raise DataError(f"no normalized input for field '{field}' in {year}")
+        opened = sorted(((zarrio.open_dataset(p, threads=None), str(p)) for p in inputs),
+                        key=lambda mp: mp[0].attrs["month"])
+        self.months = [m for m, _ in opened]
+        self.paths = [p for _, p in opened]
+        methods = {m.attrs["normalization"] for m in self.months}
+        if len(methods) != 1:
+            raise DataError(f"field '{field}' {year}: months use different normalizations {sorted(methods)}")
+        self.method = methods.pop()
+        first = self.months[0]
+        for m, p in zip(self.months[1:], self.paths[1:]):
+            for c in ("level", "latitude", "longitude"):
+                if not np.array_equal(m[c].values, first[c].values):
+                    raise DataError(f"{p}: field '{field}' {c} differs from {self.paths[0]}")
+        self.times = np.concatenate([m["time"].values for m in self.months])
+        if np.any(np.diff(self.times) <= np.timedelta64(0)):
+            raise DataError(f"field '{field}' {year}: time steps of {self.paths} overlap or are unsorted")
+        self.offsets = np.cumsum([0] + [m.sizes["time"] for m in self.months])
+        self.first = first
+
+    def block(self, t0: int, t1: int, rows: slice) -> np.ndarray:
+        """Normalized values ``(t1 - t0, L, rows, X)`` across month boundaries."""
+        parts = []
+        for m, off in zip(self.months, self.offsets):
+            a, b = max(t0, off), min(t1, off + m.sizes["time"])
+            if a < b:
+                da = m["data"].transpose(*DIMS).isel(time=slice(a - off, b - off), latitude=rows)
+                parts.append(da.values)
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+
+def shard(data: DataConfig, cfg: ShardConfig, field: str, year: str, inputs: list[str | Path],
+          out: str | Path) -> Path:
+    """Write the normalized months of ``field`` in ``year`` as a token-aligned store, block by block.
+
+    Memory: one row of shards, ``shard_tokens[0]*tt`` steps x L x ``shard_tokens[1]*ty`` rows x X.
+    """
+    months = Months(field, year, inputs)
+    src = months.first
+    token = cfg.token_size_for(field)
+    nlon = src.sizes["longitude"]
+    if nlon % token[2]:
+        raise DataError(f"field '{field}': {nlon} longitudes are not a whole number of {token[2]}-point tokens "
+                        "(longitude is periodic); choose shard.token_size[2] dividing it")
+    rows = latitude_rows(src.sizes["latitude"], lat_step(data, cfg))
+    shape = (len(months.times), src.sizes["level"], rows.stop - rows.start, nlon)
+    chunk, shards = layout(cfg, token, shape)
+    tmp = zarrio.atomic_dir(out)
+    try:
+        _template(data, cfg, field, year, months, rows, token).to_zarr(tmp, zarr_format=3, consolidated=False, mode="w")
+        arr = zarrio.create_dense(tmp, "data", shape, chunk, shards, DIMS,
+                                  {"long_name": f"{field}, normalized per month", "units": "1"})
+        for t0, t1, y0, y1 in tqdm(list(_blocks(shape, shards)), desc=f"shard {field} {year}", disable=None,
+                                   mininterval=5):
+            values = months.block(t0, t1, slice(rows.start + y0, rows.start + y1))
+            arr.write((t0, 0, y0, 0), values)
+        zarrio.commit(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     log.info("sharded %s %s: %s, chunks %s, shards %s -> %s", field, year, shape, chunk, shards, out)
     return Path(out)
+
+
+def _blocks(shape, shards):
+    """(t0, t1, y0, y1) of every row of shards, all levels and longitudes."""
+    for t0 in range(0, shape[0], shards[0]):
+        for y0 in range(0, shape[2], shards[2]):
+            yield t0, min(t0 + shards[0], shape[0]), y0, min(y0 + shards[2], shape[2])
+
+
+def _template(data: DataConfig, cfg: ShardConfig, field: str, year: str, months: Months, rows: slice,
+              token) -> xr.Dataset:
+    """Everything but ``data``: coordinates (CF), monthly statistics, attributes and provenance."""
+    src = months.first.isel(latitude=rows)
+    stats = xr.concat([m[["mean", "std"]] for m in months.months], dim="month")
+    if "latitude" in stats.dims:
+        stats = stats.isel(latitude=rows)
+    stats = stats.assign_coords(month=[np.datetime64(m.attrs["month"], "ns") for m in months.months])
+    ds = stats.assign_coords(time=("time", months.times), latitude=src["latitude"].values,
+                             longitude=src["longitude"].values, level=src["level"].values)
+    for name, attrs in CF.items():
+        ds[name].attrs = {**src[name].attrs, **attrs} if name in src else dict(attrs)
+    ds.attrs = {
+        "Conventions": "CF-1.10",
+        "field": field, "year": year, "token_size": list(token),
+        "normalization": months.method,
+        "provenance": json.dumps({
+            "config": {"data": dataclasses.asdict(data), "shard": dataclasses.asdict(cfg)},
+            "inputs": {m.attrs["month"]: m.attrs["source_sha256"] for m in months.months},
+            "latitude_rows": [rows.start, rows.stop, months.first.sizes["latitude"]],
+        }),
+    }
+    return ds
+
+
+def verify(store: str | Path, field: str, inputs: list[str | Path], data: DataConfig | None = None,
+           cfg: ShardConfig | None = None) -> dict:
+    """Prove that ``store`` holds the normalized ``inputs`` bit for bit, token-aligned.
+
+    Checks coordinates, attributes, the statistics of every month, and every value twice: through
+    zarr (which also checks every shard index's CRC32C) and through the direct reader the loader uses
+    (after checking that every shard file is dense). With ``data`` and ``cfg``, also that the token
+    size and latitude crop are the configured ones. Raises :class:`DataError` at the first difference;
+    returns counts.
+    """
+    ds = zarrio.open_dataset(store, threads=None)
+    year = ds.attrs["year"]
+    months = Months(field, year, inputs)
+    src = months.first
+    if ds.attrs["field"] != field or ds.attrs["normalization"] != months.method:
+        raise DataError(f"{store}: holds {ds.attrs['field']} ({ds.attrs['normalization']}), "
+                        f"inputs are {field} ({months.method})")
+    first, stop, nlat = json.loads(ds.attrs["provenance"])["latitude_rows"]
+    rows = slice(first, stop)
+    token = tuple(ds.attrs["token_size"])
+    if cfg is not None and data is not None:
+        if token != tuple(cfg.token_size_for(field)) or rows != latitude_rows(nlat, lat_step(data, cfg)):
+            raise DataError(f"{store}: token size {token} / latitude rows {first}..{stop} are not the configured ones")
+    if first < 1 or stop > nlat - 1 or abs(first - (nlat - stop)) > 1 or (stop - first) % token[1]:
+        raise DataError(f"{store}: latitude rows {first}..{stop} of {nlat} are not whole tokens, centred, "
+                        "poles excluded")
+    _equal(store, "time", ds["time"].values, months.times)
+    _equal(store, "latitude", ds["latitude"].values, src["latitude"].values[rows])
+    for c in ("level", "longitude"):
+        _equal(store, c, ds[c].values, src[c].values)
+    for k, m in enumerate(months.months):
+        for s in ("mean", "std"):
+            want = m[s].isel(latitude=rows).values if "latitude" in m[s].dims else m[s].values
+            _equal(store, f"{s} of {m.attrs['month']}", ds[s].values[k], want)
+    arr = zarrio.open_array(Path(store) / "data")
+    shape = arr.shape
+    chunk, shards = tuple(arr.chunks), tuple(arr.shards)
+    if chunk != (token[0], shape[1], token[1], token[2]):
+        raise DataError(f"{store}: inner chunks {chunk} are not one token position {token} of all {shape[1]} levels")
+    try:
+        dense = zarrio.DenseShards(Path(store) / "data")
+        nshards = dense.check_all()
+    except zarrio.NotDense as exc:
+        raise DataError(f"{store}: not a dense token store: {exc}") from None
+    for t0, t1, y0, y1 in tqdm(list(_blocks(shape, shards)), desc=f"verify {Path(store).name}", disable=None,
+                               mininterval=5):
+        want = months.block(t0, t1, slice(first + y0, first + y1))
+        _equal(store, f"data[{t0}:{t1}, :, {y0}:{y1}] (zarr)", arr[t0:t1, :, y0:y1, :], want)
+        nt = -(-(t1 - t0) // chunk[0])
+        blk = dense.read((t0 // chunk[0], 0, y0 // chunk[2], 0), (nt, 1, (y1 - y0) // chunk[2], dense.grid[3]))
+        direct = blk.transpose(1, 5, 0, 4, 2, 6, 3, 7).reshape(shape[1], nt * chunk[0], y1 - y0, shape[3])
+        _equal(store, f"data[{t0}:{t1}, :, {y0}:{y1}] (direct)", direct.transpose(1, 0, 2, 3)[: t1 - t0], want)
+    summary = {"store": str(store), "values": int(np.prod(shape)), "months": len(months.months),
+               "shards": nshards, "chunk": list(chunk), "shard": list(shards)}
+    log.info("verified %s: %d values bit-identical to %d normalized months (%d dense shards)",
+             store, summary["values"], summary["months"], nshards)
+    return summary
+
+
+def _equal(store, what: str, got: np.ndarray, want: np.ndarray) -> None:
+    """Bit-for-bit equality (NaN-safe: compares the bits, not the values)."""
+    got, want = np.ascontiguousarray(got), np.ascontiguousarray(want)
+    if got.shape != want.shape or got.dtype != want.dtype:
+        raise DataError(f"{store}: {what} is {got.dtype}{list(got.shape)}, the source {want.dtype}{list(want.shape)}")
+    bits = f"u{got.dtype.itemsize}"
+    a, b = got.view(bits), want.view(bits)
+    if np.array_equal(a, b):
+        return
+    diff = a != b
+    where = tuple(int(i) for i in np.argwhere(diff)[0])
+    raise DataError(f"{store}: {what} differs from the normalized source at index {where}: "
+                    f"{got[where]!r} vs {want[where]!r} ({int(diff.sum())} values differ)")
