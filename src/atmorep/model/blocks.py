@@ -1,7 +1,7 @@
-"""Encoder and decoder blocks (pre-LayerNorm without affine) and the ensemble tail.
+"""Encoder and decoder blocks (pre-LayerNorm without affine parameters), AtmoRep spec §4.2.
 
-Legend: B batch, N tokens of this field, M tokens of another token set, D width, P values per token,
-K masked tokens, E ensemble members.
+Legend: B batch, N tokens of this field, M tokens of another token set, D width of this field,
+D_g width of a coupled field.
 """
 
 from __future__ import annotations
@@ -13,56 +13,61 @@ from atmorep.model.attention import MultiSourceAttention
 
 
 class MLP(nn.Module):
-    """``x + Linear(2D -> D)(Dropout(GELU(Linear(D -> 2D)(LN(x)))))``."""
+    """``x + Linear(2D -> D)(Dropout(GELU(Linear(D -> 2D)(LN(x)))))``.
 
-    def __init__(self, dim: int, dropout: float):
+    ``gelu_out`` adds the original's GELU after the second Linear (a quirk, spec §4.2); only for
+    reproducing released weights.
+    """
+
+    def __init__(self, dim: int, dropout: float, gelu_out: bool = False):
         super().__init__()
-        self.net = nn.Sequential(nn.LayerNorm(dim, elementwise_affine=False), nn.Linear(dim, 2 * dim), nn.GELU(),
-                                 nn.Dropout(dropout), nn.Linear(2 * dim, dim), nn.Dropout(dropout))
+        self.ln = nn.LayerNorm(dim, elementwise_affine=False)
+        self.fc1, self.fc2 = nn.Linear(dim, 2 * dim), nn.Linear(2 * dim, dim)
+        self.act, self.drop = nn.GELU(), nn.Dropout(dropout)
+        self.out = nn.GELU() if gelu_out else nn.Identity()
 
     def forward(self, x_BND: torch.Tensor) -> torch.Tensor:
-        return x_BND + self.net(x_BND)
+        return x_BND + self.out(self.fc2(self.drop(self.act(self.fc1(self.ln(x_BND))))))
 
 
 class EncoderBlock(nn.Module):
-    """Self heads plus ``coupling_heads`` heads per coupled field, then the MLP."""
+    """``heads`` self heads plus ``coupling_heads`` heads per coupled field, then the MLP.
+
+    Each coupled stream is normalised by its own LayerNorm (no affine); head width is ``D/heads``
+    for the self and the coupling heads alike.
+    """
 
     def __init__(self, dim: int, heads: int, coupled_dims: list[int], coupling_heads: int, dropout: float,
-                 qk_norm: bool = True):
+                 qk_norm: str = "plain", kernel: str = "sdpa", gelu_out: bool = False):
         super().__init__()
         self.ln = nn.LayerNorm(dim, elementwise_affine=False)
         self.ln_src = nn.ModuleList(nn.LayerNorm(d, elementwise_affine=False) for d in coupled_dims)
-        self.attn = MultiSourceAttention(dim, dim // heads, heads, coupled_dims, coupling_heads, qk_norm, dropout)
-        self.mlp = MLP(dim, dropout)
+        self.attn = MultiSourceAttention(dim, dim // heads, heads, coupled_dims, coupling_heads, qk_norm,
+                                         dropout, kernel)
+        self.mlp = MLP(dim, dropout, gelu_out)
 
     def forward(self, x_BND: torch.Tensor, coupled: list[torch.Tensor]) -> torch.Tensor:
+        """Next stream ``(B, N, D)`` from this field's stream and the coupled ones ``[(B, M_g, D_g)]``."""
         srcs = [ln(c) for ln, c in zip(self.ln_src, coupled)]
         return self.mlp(x_BND + self.attn(self.ln(x_BND), srcs))
 
 
 class DecoderBlock(nn.Module):
-    """Half the heads attend to the decoder stream, half to one encoder output; then the MLP."""
+    """``heads - heads//2`` self heads on the decoder stream and ``heads//2`` heads on one encoder
+    output of the same field (AtmoRep: 8 + 8), then the MLP. Head width is ``D/heads``.
+    """
 
-    def __init__(self, dim: int, heads: int, dropout: float, qk_norm: bool = True):
+    def __init__(self, dim: int, heads: int, dropout: float, qk_norm: str = "affine", kernel: str = "sdpa",
+                 gelu_out: bool = False):
         super().__init__()
+        if heads < 2:
+            raise ValueError(f"a decoder block needs at least 2 heads (self and cross), got {heads}")
         self.ln = nn.LayerNorm(dim, elementwise_affine=False)
         self.ln_enc = nn.LayerNorm(dim, elementwise_affine=False)
-        half = max(heads // 2, 1)
-        self.attn = MultiSourceAttention(dim, dim // heads, half, [dim], heads - half, qk_norm, dropout)
-        self.mlp = MLP(dim, dropout)
+        cross = heads // 2
+        self.attn = MultiSourceAttention(dim, dim // heads, heads - cross, [dim], cross, qk_norm, dropout, kernel)
+        self.mlp = MLP(dim, dropout, gelu_out)
 
     def forward(self, y_BND: torch.Tensor, enc_BND: torch.Tensor) -> torch.Tensor:
+        """Next decoder stream ``(B, N, D)``."""
         return self.mlp(y_BND + self.attn(self.ln(y_BND), [self.ln_enc(enc_BND)]))
-
-
-class EnsembleTail(nn.Module):
-    """``E`` independent heads ``LayerNorm(D) -> Linear(D -> P)`` on the masked tokens only."""
-
-    def __init__(self, dim: int, values_per_token: int, members: int):
-        super().__init__()
-        self.heads = nn.ModuleList(nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, values_per_token))
-                                   for _ in range(members))
-
-    def forward(self, x_KD: torch.Tensor) -> torch.Tensor:
-        """Ensemble ``(K, E, P)``."""
-        return torch.stack([h(x_KD) for h in self.heads], dim=1)

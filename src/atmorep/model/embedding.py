@@ -1,4 +1,4 @@
-"""Token embedding: field values and token info, plus the harmonic positional encoding.
+"""Token embedding: field values and token info, plus the fixed harmonic positional encoding.
 
 Legend: B batch, L levels, T/Y/X tokens in time/lat/lon, N = L*T*Y*X tokens, P values per token,
 I token-info values, D embedding width.
@@ -11,18 +11,22 @@ import math
 import torch
 from torch import nn
 
-TOKEN_INFO_DIM = 16  # width of the token-info embedding inside D (AtmoRep)
+TOKEN_INFO_DIM = 16  # width of the token-info embedding inside D (AtmoRep's size_token_info_net)
 
 
-def harmonic_encoding(num_levels: int, num_tokens: tuple[int, int, int], dim: int) -> torch.Tensor:
+def harmonic_encoding(num_levels: int, num_tokens: tuple[int, int, int], dim: int,
+                      lat_quirk: bool = False) -> torch.Tensor:
     """Fixed positional encoding ``(N, D)`` over (level, time, lat, lon), row-major over [L, T, Y, X].
 
-    Even dims carry 0.5*sin(8*lat*w) + sin(time*w), odd dims 0.5*cos(8*lon*w) + cos(level*w), with
-    w_j = 2*pi*2j/D (AtmoRep's form, with the latitude index computed correctly).
+    With ``w_j = 2*pi*2j/D``, even dims carry ``0.5*sin(8*lat*w) + sin(time*w)`` and odd dims
+    ``0.5*cos(8*lon*w) + cos(level*w)`` (AtmoRep, spec §3.5). ``lat_quirk`` reproduces the original's
+    latitude index ``(y*X + x) // Y`` (it divides by the wrong token count); the default is ``y``.
     """
     T, Y, X = num_tokens
     lev, t, lat, lon = torch.meshgrid(torch.arange(num_levels), torch.arange(T), torch.arange(Y),
                                       torch.arange(X), indexing="ij")
+    if lat_quirk:
+        lat = (lat * X + lon) // Y
     lev, t, lat, lon = (v.reshape(-1, 1).double() for v in (lev, t, lat, lon))
     w = 2 * math.pi * torch.arange(0, dim, 2, dtype=torch.float64)[None] / dim
     pe = torch.zeros(lev.shape[0], dim, dtype=torch.float64)
@@ -33,17 +37,34 @@ def harmonic_encoding(num_levels: int, num_tokens: tuple[int, int, int], dim: in
 
 class FieldEmbedding(nn.Module):
     """``Linear(P -> D-16)`` of the values, concatenated with a zero-initialised ``Linear(I -> 16)`` of
-    the token info, plus the positional encoding."""
+    the token info, plus the positional encoding (over all D dims, token-info dims included).
 
-    def __init__(self, values_per_token: int, info_dim: int, dim: int, num_levels: int,
-                 num_tokens: tuple[int, int, int]):
+    The encoding is computed from the input's token grid on first use and cached per grid, so one
+    model serves any number of levels and tokens (training windows, global tiles).
+    """
+
+    def __init__(self, values_per_token: int, info_dim: int, dim: int, lat_quirk: bool = False):
         super().__init__()
+        if dim <= TOKEN_INFO_DIM:
+            raise ValueError(f"model width {dim} must exceed the {TOKEN_INFO_DIM} token-info dims")
+        self.dim, self.lat_quirk = dim, lat_quirk
         self.values = nn.Linear(values_per_token, dim - TOKEN_INFO_DIM)
         self.info = nn.Linear(info_dim, TOKEN_INFO_DIM)
         nn.init.zeros_(self.info.weight)
         nn.init.zeros_(self.info.bias)
-        self.register_buffer("pe", harmonic_encoding(num_levels, num_tokens, dim), persistent=False)
+        self._pe: dict[tuple, torch.Tensor] = {}
 
-    def forward(self, tokens_BNP: torch.Tensor, info_BNI: torch.Tensor) -> torch.Tensor:
-        z = torch.cat([self.values(tokens_BNP), self.info(info_BNI)], dim=-1)
-        return z + self.pe
+    def positional(self, grid_LTYX: tuple[int, int, int, int], like: torch.Tensor) -> torch.Tensor:
+        """The cached encoding ``(N, D)`` for a token grid, on ``like``'s device and dtype."""
+        key = (*grid_LTYX, like.device, like.dtype)
+        if key not in self._pe:
+            L, T, Y, X = grid_LTYX
+            self._pe[key] = harmonic_encoding(L, (T, Y, X), self.dim, self.lat_quirk).to(like.device, like.dtype)
+        return self._pe[key]
+
+    def forward(self, tokens_BLTYXP: torch.Tensor, info_BLTYXI: torch.Tensor) -> torch.Tensor:
+        """Embedded tokens ``(B, N, D)``; inputs are cast to the weights' dtype (e.g. a bf16 model)."""
+        grid, dtype = tuple(tokens_BLTYXP.shape[1:5]), self.values.weight.dtype
+        values = self.values(tokens_BLTYXP.flatten(1, 4).to(dtype))
+        z_BND = torch.cat([values, self.info(info_BLTYXI.flatten(1, 4).to(dtype))], dim=-1)
+        return z_BND + self.positional(grid, z_BND)

@@ -1,4 +1,19 @@
-"""The multiformer: one encoder-decoder transformer per field, coupled in the encoder.
+"""The multiformer: one encoder-decoder transformer per field, coupled in the encoder (spec §4).
+
+Per field f (width D_f, heads H, dh = D_f/H):
+
+- embedding ``Linear(P -> D_f-16)`` ++ zero-initialised ``Linear(8 -> 16)`` of the token info, plus
+  the harmonic positional encoding;
+- encoder blocks: self heads plus ``coupling_heads`` heads per field that f attends to (directed graph
+  ``cfg.coupling``), all fields advancing one layer at a time from the same layer input;
+- decoder blocks: H/2 self heads and H/2 heads on encoder output ``L_enc-1-l`` (reverse order), the
+  decoder input being the last encoder output;
+- ensemble tail on the masked tokens only.
+
+``cfg.compat`` reproduces the original V2 code (clessig/atmorep @ 055f858): its parameter layout
+(the unused legacy token-info Linear, frozen here) and its numerical quirks (positional encoding's
+latitude index, GELU after the MLP's second Linear), for loading released weights and matching its
+logged parameter counts. Off by default: the correct behaviour.
 
 Legend: B batch, L levels, T/Y/X tokens in time/lat/lon, N = L*T*Y*X tokens per field and sample,
 P values per token, I token-info values, D width, K masked tokens (all samples), E ensemble members.
@@ -10,18 +25,25 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from atmorep.config import ModelConfig
-from atmorep.model.blocks import DecoderBlock, EncoderBlock, EnsembleTail
-from atmorep.model.embedding import FieldEmbedding
+from atmorep.model.blocks import DecoderBlock, EncoderBlock
+from atmorep.model.embedding import TOKEN_INFO_DIM, FieldEmbedding
+from atmorep.model.tail import Ensemble, EnsembleTail
 
 
 @dataclass(frozen=True)
 class FieldGeometry:
-    """What the model needs to know of a field's data: levels and points per token."""
+    """What the model needs to know of a field's data: levels and points per token.
+
+    ``num_tokens`` (time, lat, lon) is informational (size estimates); ``None`` means the model's
+    ``cfg.num_tokens``. The model itself takes the token grid from its input.
+    """
 
     levels: int
     token_size: tuple[int, int, int]
+    num_tokens: tuple[int, int, int] | None = None
 
     @property
     def values_per_token(self) -> int:
@@ -34,27 +56,40 @@ class Multiformer(nn.Module):
 
     ``forward`` takes per field the (masked) tokens ``(B, L, T, Y, X, P)``, the token info
     ``(B, L, T, Y, X, I)`` and the boolean target mask ``(B, L, T, Y, X)``, and returns per field the
-    ensemble for the masked tokens ``(K, E, P)`` in ``mask.nonzero()`` order.
+    ensemble for the masked tokens ``(K, E, P)`` in ``mask.nonzero()`` order. :meth:`predict` returns
+    the full :class:`Ensemble` (members, mean, std).
     """
 
     def __init__(self, cfg: ModelConfig, fields: dict[str, FieldGeometry], info_dim: int = 8):
         super().__init__()
         self.cfg, self.fields = cfg, dict(fields)
-        unknown = {g for f, gs in cfg.coupling.items() for g in (f, *gs)} - set(fields)
-        if unknown:
-            raise ValueError(f"model.coupling names fields not in the data: {sorted(unknown)}")
-        self.coupling = {f: tuple(cfg.coupling.get(f, ())) for f in fields}
-        D = cfg.dim
-        self.embed = nn.ModuleDict({f: FieldEmbedding(g.values_per_token, info_dim, D, g.levels, cfg.num_tokens)
+        self.coupling = coupling_graph(cfg, list(fields))
+        self.dims = field_dims(cfg, list(fields))
+        if cfg.decoder_layers > cfg.encoder_layers:
+            raise ValueError(f"model.decoder_layers ({cfg.decoder_layers}) exceeds model.encoder_layers "
+                             f"({cfg.encoder_layers}): each decoder layer pairs with one encoder output")
+        kw = dict(dropout=cfg.dropout, kernel=cfg.attention, gelu_out=cfg.compat)
+        self.embed = nn.ModuleDict({f: FieldEmbedding(g.values_per_token, info_dim, self.dims[f], cfg.compat)
                                     for f, g in fields.items()})
         self.encoders = nn.ModuleDict({
-            f: nn.ModuleList(EncoderBlock(D, cfg.heads, [D] * len(self.coupling[f]), cfg.coupling_heads,
-                                          cfg.dropout) for _ in range(cfg.encoder_layers))
+            f: nn.ModuleList(EncoderBlock(self.dims[f], cfg.heads, [self.dims[g] for g in self.coupling[f]],
+                                          cfg.coupling_heads, qk_norm=cfg.encoder_qk_norm, **kw)
+                             for _ in range(cfg.encoder_layers))
             for f in fields})
         self.decoders = nn.ModuleDict({
-            f: nn.ModuleList(DecoderBlock(D, cfg.heads, cfg.dropout) for _ in range(cfg.decoder_layers))
+            f: nn.ModuleList(DecoderBlock(self.dims[f], cfg.heads, qk_norm=cfg.decoder_qk_norm, **kw)
+                             for _ in range(cfg.decoder_layers))
             for f in fields})
-        self.tails = nn.ModuleDict({f: EnsembleTail(D, g.values_per_token, cfg.ensemble) for f, g in fields.items()})
+        self.tails = nn.ModuleDict({f: EnsembleTail(self.dims[f], g.values_per_token, cfg.ensemble)
+                                    for f, g in fields.items()})
+        if cfg.compat:  # the original's unused shared token-info Linear (weight 0): layout only
+            self.legacy_token_info = nn.Linear(info_dim, TOKEN_INFO_DIM).requires_grad_(False)
+            nn.init.zeros_(self.legacy_token_info.weight)
+
+    def _run(self, block: nn.Module, *args):
+        if self.cfg.checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(block, *args, use_reentrant=False)
+        return block(*args)
 
     def encode(self, tokens: dict[str, torch.Tensor], info: dict[str, torch.Tensor]) -> dict[str, list[torch.Tensor]]:
         """Per field the outputs of every encoder layer, ``[(B, N, D)] * layers``.
@@ -62,27 +97,56 @@ class Multiformer(nn.Module):
         All fields advance one layer at a time from the same layer input, so the result does not
         depend on the order of the fields.
         """
-        z = {f: self.embed[f](tokens[f].flatten(1, 4), info[f].flatten(1, 4)) for f in self.fields}
+        z = {f: self.embed[f](tokens[f], info[f]) for f in self.fields}
         outs: dict[str, list[torch.Tensor]] = {f: [] for f in self.fields}
         for layer in range(self.cfg.encoder_layers):
-            z = {f: self.encoders[f][layer](z[f], [z[g] for g in self.coupling[f]]) for f in self.fields}
+            z = {f: self._run(self.encoders[f][layer], z[f], [z[g] for g in self.coupling[f]]) for f in self.fields}
             for f in self.fields:
                 outs[f].append(z[f])
         return outs
 
     def decode(self, enc_outs: list[torch.Tensor], field: str) -> torch.Tensor:
-        """Decoder layer l cross-attends to encoder output L-1-l; input is the last encoder output."""
+        """Decoder output ``(B, N, D)``: layer l cross-attends to encoder output ``L_enc-1-l``; the
+        input is the last encoder output."""
         y = enc_outs[-1]
-        rev = enc_outs[::-1]
-        for layer, block in enumerate(self.decoders[field]):
-            y = block(y, rev[layer % len(rev)])
+        for block, enc in zip(self.decoders[field], enc_outs[::-1]):
+            y = self._run(block, y, enc)
         return y
 
     def forward(self, tokens: dict[str, torch.Tensor], info: dict[str, torch.Tensor],
                 mask: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per field the ensemble members ``(K, E, P)`` for the masked tokens (``mask.nonzero()`` order)."""
         enc = self.encode(tokens, info)
         out = {}
         for f in self.fields:
             y_BND = self.decode(enc[f], f)
-            out[f] = self.tails[f](y_BND[mask[f].flatten(1)])  # K E P
+            out[f] = self.tails[f](y_BND[mask[f].flatten(1)])
         return out
+
+    def predict(self, tokens: dict[str, torch.Tensor], info: dict[str, torch.Tensor],
+                mask: dict[str, torch.Tensor]) -> dict[str, Ensemble]:
+        """Per field the :class:`Ensemble` (members, mean, std) of the masked tokens."""
+        return {f: Ensemble.of(m) for f, m in self(tokens, info, mask).items()}
+
+
+def coupling_graph(cfg: ModelConfig, fields: list[str]) -> dict[str, tuple[str, ...]]:
+    """Field -> the fields its encoder attends to; checks that every name is a model field."""
+    unknown = {g for f, gs in cfg.coupling.items() for g in (f, *gs)} - set(fields)
+    if unknown:
+        raise ValueError(f"model.coupling names fields not in the data: {sorted(unknown)}")
+    loops = sorted(f for f, gs in cfg.coupling.items() if f in gs)
+    if loops:
+        raise ValueError(f"model.coupling: fields cannot attend to themselves: {loops}")
+    return {f: tuple(cfg.coupling.get(f, ())) for f in fields}
+
+
+def field_dims(cfg: ModelConfig, fields: list[str]) -> dict[str, int]:
+    """Width per field (``cfg.field_dims`` overrides ``cfg.dim``); checks divisibility by the heads."""
+    unknown = set(cfg.field_dims) - set(fields)
+    if unknown:
+        raise ValueError(f"model.field_dims names fields not in the data: {sorted(unknown)}")
+    dims = {f: cfg.field_dims.get(f, cfg.dim) for f in fields}
+    bad = {f: d for f, d in dims.items() if d % cfg.heads}
+    if bad:
+        raise ValueError(f"model widths {bad} are not divisible by model.heads = {cfg.heads}")
+    return dims

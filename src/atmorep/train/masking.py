@@ -1,62 +1,203 @@
-"""Masking strategies behind one interface: which tokens of each field become targets.
+"""Masking strategies behind one interface: which tokens of each field become targets, and how the
+model input of those tokens is altered (AtmoRep spec §5.1).
 
-A strategy maps a :class:`~atmorep.train.batch.Batch` and a generator to a boolean mask per field
-``(B, L, T, Y, X)``; :func:`apply` zeroes the masked tokens of the model input (zero is the mean in
-normalized space).
+A strategy maps a :class:`~atmorep.train.batch.Batch` and a generator to :class:`Masks`: per field a
+boolean target mask ``(B, L, T, Y, X)`` (a plain ``dict`` to its users), plus the random draws of the
+input corruption. :func:`apply` turns a batch into the model input; it is a pure function of the
+batch and the masks. Strategies are registered in :data:`STRATEGIES` by name.
+
+Legend: B batch, L levels, T/Y/X tokens in time/lat/lon, P values per token, tt/ty/tx points per
+token (P = tt*ty*tx), K tokens of one kind.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+import math
+from dataclasses import dataclass
+from typing import Callable, Protocol
 
 import torch
+import torch.nn.functional as F
 
 from atmorep.config import MaskingConfig
 from atmorep.train.batch import Batch
 
+@dataclass(frozen=True)
+class Corruption:
+    """How the masked tokens of one field enter the model (applied in this order).
+
+    - ``zero`` ``(B, L, T, Y, X)``: tokens set to 0, the mean in normalized space;
+    - ``noise`` ``(B, L, T, Y, X)``: tokens ``x <- (1 - w) x + a`` with ``noise_weight`` w ``(K,)`` and
+      the additive noise ``noise_add`` a ``(K, P)`` for the K noised tokens (``noise.nonzero()`` order);
+    - ``coarsen`` ``(B, L, T, Y, X)``: tokens area-averaged to ``coarse_size`` (ty', tx') points in
+      lat/lon and interpolated back to ``token_size`` (tt, ty, tx).
+    """
+
+    zero: torch.Tensor
+    noise: torch.Tensor
+    noise_weight: torch.Tensor
+    noise_add: torch.Tensor
+    coarsen: torch.Tensor
+    token_size: tuple[int, int, int]
+    coarse_size: tuple[int, int]
+
+
+class Masks(dict):
+    """field -> boolean target mask ``(B, L, T, Y, X)``; ``corruptions`` holds the input alterations per
+    field (a field without one has all its masked tokens zeroed)."""
+
+    def __init__(self, masks: dict[str, torch.Tensor], corruptions: dict[str, Corruption] | None = None):
+        super().__init__(masks)
+        self.corruptions = dict(corruptions or {})
+
 
 class Masking(Protocol):
-    def __call__(self, batch: Batch, gen: torch.Generator) -> dict[str, torch.Tensor]: ...
+    def __call__(self, batch: Batch, gen: torch.Generator | None = None) -> Masks: ...
 
 
-class BertMasking:
-    """Per sample, field and level a rate r ~ U(0, rate); ceil(r * tokens) tokens drawn uniformly."""
-
-    def __init__(self, rate: float):
-        self.rate = rate
-
-    def __call__(self, batch: Batch, gen: torch.Generator) -> dict[str, torch.Tensor]:
-        masks = {}
-        for f, t in batch.tokens.items():
-            B, L, T, Y, X, _ = t.shape
-            n = T * Y * X
-            count = torch.ceil(torch.rand(B, L, 1, generator=gen) * self.rate * n).clamp(min=1)
-            rank = torch.rand(B, L, n, generator=gen).argsort(dim=-1).argsort(dim=-1)
-            masks[f] = (rank < count).view(B, L, T, Y, X)
-        return masks
+def _slab_masks(batch: Batch, slabs: Callable[[int], list[int]]) -> Masks:
+    """Every token of the given time slabs (a function of T) of every field, level and sample."""
+    masks = {}
+    for f, t in batch.tokens.items():
+        m = torch.zeros(t.shape[:5], dtype=torch.bool, device=t.device)
+        T = t.shape[2]
+        chosen = slabs(T)
+        if any(not 0 <= s < T for s in chosen) or len(set(chosen)) >= T:
+            raise ValueError(f"field '{f}': cannot mask time slabs {chosen} of {T} (some context must remain)")
+        m[:, :, chosen] = True
+        masks[f] = m
+    return Masks(masks)
 
 
 class ForecastMasking:
-    """The last ``slabs`` time slabs of every field and level."""
+    """The last ``slabs`` time slabs of every field and level (AtmoRep ``forecast``)."""
 
     def __init__(self, slabs: int):
         self.slabs = slabs
 
-    def __call__(self, batch: Batch, gen: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        masks = {}
+    def __call__(self, batch: Batch, gen: torch.Generator | None = None) -> Masks:
+        return _slab_masks(batch, lambda T: list(range(T - self.slabs, T)))
+
+
+class GlobalForecastMasking(ForecastMasking):
+    """Forecast masking of the windows that tile the globe at one time (AtmoRep ``global_forecast``).
+
+    Every tile is masked like a forecast window; producing the tiles (196 per time at 0.25°) and
+    stitching them is the sampler's and the writer's job, not the mask's.
+    """
+
+
+class TemporalInterpolationMasking:
+    """Given time slabs of every field and level; none given: the middle slab ``T // 2`` (AtmoRep)."""
+
+    def __init__(self, slabs: tuple[int, ...] = ()):
+        self.slabs = tuple(slabs)
+
+    def __call__(self, batch: Batch, gen: torch.Generator | None = None) -> Masks:
+        return _slab_masks(batch, lambda T: list(self.slabs) or [T // 2])
+
+
+class BertMasking:
+    """AtmoRep's ``BERT`` pre-training masks, independently per sample, field and level.
+
+    A rate ``r ~ U(0, rate)`` is drawn and ``ceil(r * T*Y*X)`` tokens (at least one) are chosen
+    uniformly without replacement. Each chosen token is, independently, zeroed with ``p_mask``, noised
+    with ``p_noise`` and coarsened with ``p_coarsen``; chosen tokens hit by none stay as they are but
+    remain targets. Noise: ``x <- (1 - w) x + noise_scale * std * eps`` with ``w ~ U(0, 1)`` per token
+    and ``std`` the per-value standard deviation over the batch's tokens of that level. Coarsening:
+    one factor ``c ~ U(1, coarsen_max)`` per batch, ``ty' = max(1, floor(ty / c))`` (the original
+    up-sampled instead, a no-op smoothing, spec §5.1).
+
+    ``token_sizes`` (field -> (tt, ty, tx)) is needed for coarsening; a field without one is assumed
+    to have square lat/lon tokens (the largest square dividing P).
+    """
+
+    def __init__(self, cfg: MaskingConfig, token_sizes: dict[str, tuple[int, int, int]] | None = None):
+        self.cfg, self.token_sizes = cfg, dict(token_sizes or {})
+
+    def __call__(self, batch: Batch, gen: torch.Generator | None = None) -> Masks:
+        masks, corruptions = {}, {}
+        factor = 1 + torch.rand((), generator=gen).item() * (self.cfg.coarsen_max - 1)
         for f, t in batch.tokens.items():
-            m = torch.zeros(t.shape[:5], dtype=torch.bool)
-            m[:, :, -self.slabs:] = True
-            masks[f] = m
-        return masks
+            masks[f] = self._targets(t.shape[:5], gen).to(t.device)
+            corruptions[f] = self._corruption(f, t, masks[f], factor, gen)
+        return Masks(masks, corruptions)
+
+    def _targets(self, shape_BLTYX, gen) -> torch.Tensor:
+        B, L, T, Y, X = shape_BLTYX
+        n = T * Y * X
+        count = torch.ceil(torch.rand(B, L, 1, generator=gen) * self.cfg.rate * n).clamp(min=1)
+        rank = torch.rand(B, L, n, generator=gen).argsort(dim=-1).argsort(dim=-1)
+        return (rank < count).view(B, L, T, Y, X)
+
+    def _corruption(self, f: str, t: torch.Tensor, mask: torch.Tensor, factor: float, gen) -> Corruption:
+        cfg = self.cfg
+
+        def draw(p: float) -> torch.Tensor:
+            return mask & (torch.rand(mask.shape, generator=gen) < p).to(mask.device)
+
+        zero, noise, coarsen = draw(cfg.p_mask), draw(cfg.p_noise), draw(cfg.p_coarsen)
+        k = int(noise.sum())
+        std_LP = level_std(t)
+        level_K = noise.nonzero()[:, 1]
+        eps = torch.randn(k, t.shape[-1], generator=gen).to(t)
+        size = self.token_sizes.get(f) or square_token_size(t.shape[-1])
+        if math.prod(size) != t.shape[-1]:
+            raise ValueError(f"field '{f}': token size {tuple(size)} does not hold {t.shape[-1]} values per token")
+        coarse = tuple(max(1, math.floor(s / factor)) for s in size[1:])
+        return Corruption(zero, noise, torch.rand(k, generator=gen).to(t), cfg.noise_scale * std_LP[level_K] * eps,
+                          coarsen, tuple(size), coarse)
 
 
-def build(cfg: MaskingConfig) -> Masking:
-    strategies = {"bert": lambda: BertMasking(cfg.rate), "forecast": lambda: ForecastMasking(cfg.forecast_tokens)}
-    return strategies[cfg.strategy]()
+def level_std(tokens_BLTYXP: torch.Tensor) -> torch.Tensor:
+    """Per level and value, the standard deviation over the batch's tokens ``(L, P)`` (0 if undefined)."""
+    x = tokens_BLTYXP.transpose(0, 1).flatten(1, 4)  # L (B T Y X) P
+    return torch.nan_to_num(x.std(dim=1), nan=0.0)
+
+
+def square_token_size(values_per_token: int) -> tuple[int, int, int]:
+    """``(tt, s, s)`` with the largest ``s*s`` dividing P: the token shape when only P is known."""
+    s = max(d for d in range(1, math.isqrt(values_per_token) + 1) if values_per_token % (d * d) == 0)
+    return values_per_token // (s * s), s, s
+
+
+def coarsen(tokens_KP: torch.Tensor, token_size: tuple[int, int, int], coarse_size: tuple[int, int]) -> torch.Tensor:
+    """Tokens area-averaged to ``coarse_size`` in lat/lon and trilinearly interpolated back, ``(K, P)``."""
+    tt, ty, tx = token_size
+    x = tokens_KP.reshape(-1, 1, tt, ty, tx)
+    low = F.adaptive_avg_pool3d(x, (tt, *coarse_size))
+    return F.interpolate(low, size=(tt, ty, tx), mode="trilinear", align_corners=False).reshape(tokens_KP.shape)
+
+
+def corrupt(tokens_BLTYXP: torch.Tensor, c: Corruption) -> torch.Tensor:
+    """The model input of one field: zero, then noise, then coarsen (a new tensor)."""
+    x = tokens_BLTYXP.masked_fill(c.zero[..., None], 0.0)
+    if c.noise.any():
+        x[c.noise] = (1 - c.noise_weight[:, None]) * x[c.noise] + c.noise_add
+    if c.coarsen.any():
+        x[c.coarsen] = coarsen(x[c.coarsen], c.token_size, c.coarse_size)
+    return x
 
 
 def apply(batch: Batch, masks: dict[str, torch.Tensor]) -> Batch:
-    """The model input: masked tokens set to zero."""
-    return Batch({f: t.masked_fill(masks[f][..., None], 0.0) for f, t in batch.tokens.items()}, batch.info)
+    """The model input: masked tokens altered as ``masks.corruptions`` says, else set to zero."""
+    corruptions = getattr(masks, "corruptions", {})
+    tokens = {f: corrupt(t, corruptions[f]) if f in corruptions else t.masked_fill(masks[f][..., None], 0.0)
+              for f, t in batch.tokens.items()}
+    return Batch(tokens, batch.info)
 
+
+#: name -> factory(config, token sizes per field) of a strategy
+STRATEGIES: dict[str, Callable[[MaskingConfig, dict], Masking]] = {
+    "bert": lambda cfg, sizes: BertMasking(cfg, sizes),
+    "forecast": lambda cfg, sizes: ForecastMasking(cfg.forecast_tokens),
+    "global_forecast": lambda cfg, sizes: GlobalForecastMasking(cfg.forecast_tokens),
+    "temporal_interpolation": lambda cfg, sizes: TemporalInterpolationMasking(cfg.interpolation_slabs),
+}
+
+
+def build(cfg: MaskingConfig, token_sizes: dict[str, tuple[int, int, int]] | None = None) -> Masking:
+    """The configured strategy; ``token_sizes`` (field -> (tt, ty, tx)) lets ``bert`` coarsen exactly."""
+    if cfg.strategy not in STRATEGIES:
+        raise ValueError(f"train.masking.strategy: unknown '{cfg.strategy}' (known: {', '.join(STRATEGIES)})")
+    return STRATEGIES[cfg.strategy](cfg, dict(token_sizes or {}))
