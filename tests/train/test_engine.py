@@ -2,20 +2,52 @@ import pytest
 
 from atmorep.config import TrainConfig
 from atmorep.train.engine import deepspeed_config, schedule
+from atmorep.train.loop import StepBatches
 
 
-@pytest.mark.parametrize("stage, world, gpu", [(1, 2, False), (2, 4, True), (3, 1, False)])
-def test_deepspeed_config_is_derived_from_ours(stage, world, gpu):
-    cfg = TrainConfig(batch_size=6, zero_stage=stage)
+@pytest.mark.parametrize("stage, world, gpu, accum", [(1, 2, False, 1), (2, 4, True, 3), (3, 1, False, 2)])
+def test_deepspeed_config_is_derived_from_ours(stage, world, gpu, accum):
+    cfg = TrainConfig(batch_size=6, zero_stage=stage, gradient_accumulation=accum)
     ds = deepspeed_config(cfg, world, gpu)
-    assert ds["train_batch_size"] == ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] * world
-    assert ds["train_micro_batch_size_per_gpu"] == 6
-    assert ds["zero_optimization"]["stage"] == stage
+    assert ds["train_batch_size"] == 6 * accum * world
+    assert ds["train_micro_batch_size_per_gpu"] == 6 and ds["gradient_accumulation_steps"] == accum
+    assert ds["zero_optimization"] == {"stage": stage}
     assert ds["bf16"]["enabled"] is gpu
+    assert "gradient_clipping" not in ds
 
 
-def test_schedule_warms_up_then_decays():
-    f = schedule(TrainConfig(steps=100, warmup_steps=10))
-    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
-    assert f(10) == pytest.approx(1.0) and f(99) == pytest.approx(0.1, abs=0.01)
-    assert all(f(i) >= f(i + 1) for i in range(10, 99))
+def test_deepspeed_config_offload_and_clipping():
+    ds = deepspeed_config(TrainConfig(zero_stage=3, offload_optimizer=True, offload_params=True,
+                                      gradient_clipping=1.0), 2, False)
+    assert ds["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    assert ds["zero_optimization"]["offload_param"]["device"] == "cpu"
+    assert ds["gradient_clipping"] == 1.0
+    with pytest.raises(ValueError, match="zero_stage 3"):
+        deepspeed_config(TrainConfig(zero_stage=2, offload_params=True), 2, False)
+
+
+def test_schedule_is_atmoreps():
+    cfg = TrainConfig(lr_start=1e-5, lr=2e-5, lr_min=1.5e-5, lr_decay=1.025, warmup_epochs=3, epoch_steps=10)
+    lr = [cfg.lr * schedule(cfg)(s) for s in range(200)]
+    assert lr[0] == pytest.approx(1e-5)
+    assert lr[15] == pytest.approx(1.5e-5)  # halfway through the 30 warm-up steps
+    assert lr[30] == pytest.approx(2e-5 / 1.025)  # first epoch after warm-up: one division
+    assert lr[39] == lr[30] and lr[40] == pytest.approx(2e-5 / 1.025**2)  # constant within an epoch
+    assert min(lr[30:]) == pytest.approx(1.5e-5) and lr[-1] == pytest.approx(1.5e-5)  # the floor
+
+
+def test_step_batches_are_disjoint_across_ranks_and_world_invariant(sample_products):
+    from atmorep.config import parse_time
+    from atmorep.data.dataset import WindowDataset
+
+    stores = {f: [p] for f, p in sample_products["shards"].items()}
+    dataset = WindowDataset(stores, (3, 3, 6), parse_time("2026-03-25T00"), parse_time("2026-03-30T05"))
+    plan = StepBatches(dataset, seed=5, global_batch=8, epoch_steps=12)
+    for step in (0, 3, 11, 12, 13):  # 12 steps per epoch: 12 and 13 are in the second epoch
+        two = [plan.indices(step, r, 2, 1)[0] for r in range(2)]
+        assert not set(two[0]) & set(two[1]) and len(two[0]) == 4
+        one = plan.indices(step, 0, 1, 2)  # one rank, two micro-steps: the same global batch
+        assert sorted(one[0] + one[1]) == sorted(two[0] + two[1])
+    epoch0 = [i for s in range(12) for r in range(2) for i in plan.indices(s, r, 2, 1)[0]]
+    assert len(set(epoch0)) == 96  # no window twice within an epoch
+    assert plan.indices(12, 0, 2, 1) != plan.indices(0, 0, 2, 1)  # each epoch draws anew

@@ -1,22 +1,30 @@
 rule pretrain:
-    """Pretrain the multiformer with DeepSpeed ZeRO on train.ranks processes (torchrun, gloo on CPU)."""
+    """Pretrain the multiformer on train.ranks processes (DeepSpeed ZeRO; gloo on CPU, NCCL on GPU).
+
+    The launcher is the `mpi` resource: torchrun locally; profiles/slurm sets `srun`, so the ranks are
+    the job's SLURM tasks (`tasks`, or `nodes` x `tasks_per_node` on GPU nodes). A run stopped by
+    SIGTERM/SIGUSR1 saves a checkpoint and exits 75; running the rule again resumes from
+    results/{run}/train/checkpoints.
+    """
     input:
         shards=shard_stores(),
     output:
         model=f"results/{RUN}/train/model.pt",
         metrics=f"results/{RUN}/train/metrics.csv",
-        loss=f"results/{RUN}/train/loss.png",
+        loss=report(f"results/{RUN}/train/loss.png", caption="../report/loss.rst", category="Training",
+                    labels={"figure": "loss"}),
     params:
         cfg=stage_params("train"),
         outdir=f"results/{RUN}/train",
     log:
-        f"logs/pretrain/{RUN}.log",
+        f"{LOGS}/pretrain.log",
     benchmark:
-        f"logs/pretrain/{RUN}.benchmark.tsv"
+        f"{LOGS}/pretrain.benchmark.tsv"
     threads: CFG.train.ranks
     resources:
         tasks=CFG.train.ranks,
-        mem_mb=4000,
+        mpi="torchrun",
+        mem_mb_per_cpu=2000,
     shell:
-        "OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node {resources.tasks} -m atmorep train"
-        " --params {params.cfg:q} --shards {input.shards} --output-dir {params.outdir} > {log} 2>&1"
+        "atmorep launch --with {resources.mpi} --ranks {resources.tasks} -- train --params {params.cfg:q}"
+        " --shards {input.shards} --output-dir {params.outdir} > {log} 2>&1"

@@ -14,17 +14,36 @@ from atmorep.model.multiformer import FieldGeometry, Multiformer
 FORMAT = "atmorep-model/1"
 
 
-def save_model(path: str | Path, model: Multiformer, extra: dict | None = None) -> None:
-    """Write config, field geometry and fp32 weights to ``path`` atomically."""
+def versions() -> dict[str, str]:
+    """Versions of the packages that shape a trained model, saved with every checkpoint."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("atmorep", "torch", "deepspeed", "numpy", "zarr", "xarray"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def save_model(path: str | Path, model: Multiformer, state_dict: dict | None = None,
+               extra: dict | None = None) -> None:
+    """Write config, field geometry and fp32 weights to ``path`` atomically.
+
+    ``state_dict`` is the consolidated state (e.g. gathered from ZeRO-3 partitions); by default the
+    module's own.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.part{os.getpid()}")
+    state = state_dict if state_dict is not None else model.state_dict()
     torch.save({
+        **(extra or {}),
         "format": FORMAT,
         "model": dataclasses.asdict(model.cfg),
         "fields": {f: {"levels": g.levels, "token_size": list(g.token_size)} for f, g in model.fields.items()},
-        "state_dict": {k: v.detach().float().cpu() for k, v in model.state_dict().items()},
-        "versions": {"torch": torch.__version__},
-        **(extra or {}),
+        "state_dict": {k: v.detach().float().cpu() for k, v in state.items()},
+        "versions": versions(),
     }, tmp)
     os.replace(tmp, path)
 

@@ -1,12 +1,28 @@
-"""Process-group set-up from the launcher's environment (torchrun), or a single process."""
+"""Process-group set-up for every launcher: torchrun, mpirun (mpi4py), srun (SLURM), or none.
+
+The launcher is discovered from the environment, in this order:
+1. torchrun / deepspeed launcher: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT are set;
+2. MPI (``mpirun``/``mpiexec``, or ``srun --mpi=pmi2``): mpi4py gives rank, size and node-local
+   rank; rank 0's host name is broadcast as the master;
+3. SLURM without PMI (``srun``): SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID; the master is the first
+   host of SLURM_JOB_NODELIST (resolved with ``scontrol show hostnames``);
+4. nothing: a single process.
+The backend is NCCL on GPUs and gloo on CPUs; the same command line works on both.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import subprocess
 
 import torch
 import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+_MPI_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMI_RANK", "PMIX_RANK", "MPI_LOCALNRANKS", "HYDI_CONTROL_FD")
 
 
 def _free_port() -> int:
@@ -15,19 +31,53 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def init() -> tuple[int, int]:
-    """Join (or create) the process group; returns (rank, world size).
+def _port_from(text: str) -> str:
+    """A port in 20000..29999 that all ranks of one job derive alike (from the job id)."""
+    return str(20000 + sum(map(ord, text)) * 7919 % 10000)
 
-    torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; without them this is a
-    single-process group. The backend is NCCL on GPUs and gloo on CPUs.
-    """
-    if "RANK" not in os.environ:
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())))
+
+def discover() -> str:
+    """Fill RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT; returns the launcher found."""
+    env = os.environ
+    if all(k in env for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")):
+        return "torchrun"
+    if any(k in env for k in _MPI_VARS):
+        from mpi4py import MPI
+
+        comm = MPI.COMM_WORLD
+        local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+        single_node = comm.allreduce(int(local.Get_size() == comm.Get_size()), op=MPI.MIN) == 1
+        master = "127.0.0.1" if single_node else comm.bcast(socket.gethostname(), root=0)
+        port = comm.bcast(env.get("MASTER_PORT") or str(_free_port()), root=0)
+        env.update(RANK=str(comm.Get_rank()), WORLD_SIZE=str(comm.Get_size()), LOCAL_RANK=str(local.Get_rank()),
+                   MASTER_ADDR=env.get("MASTER_ADDR", master), MASTER_PORT=port)
+        return "mpi"
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env and "SLURM_STEP_ID" in env:
+        nodes = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST") or "localhost"
+        try:
+            master = subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True, text=True,
+                                    check=True).stdout.split()[0]
+        except (OSError, subprocess.CalledProcessError, IndexError):
+            master = "127.0.0.1"
+        if int(env.get("SLURM_NNODES", "1")) == 1:
+            master = "127.0.0.1"
+        env.update(RANK=env["SLURM_PROCID"], WORLD_SIZE=env["SLURM_NTASKS"],
+                   LOCAL_RANK=env.get("SLURM_LOCALID", "0"), MASTER_ADDR=env.get("MASTER_ADDR", master),
+                   MASTER_PORT=env.get("MASTER_PORT", _port_from(env.get("SLURM_JOB_ID", "0") + env["SLURM_STEP_ID"])))
+        return "srun"
+    env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+               MASTER_PORT=env.get("MASTER_PORT", str(_free_port())))
+    return "single"
+
+
+def init() -> tuple[int, int]:
+    """Join (or create) the process group; returns (rank, world size)."""
+    launcher = discover()
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    log.debug("rank %d of %d via %s", dist.get_rank(), dist.get_world_size(), launcher)
     return dist.get_rank(), dist.get_world_size()
 
 

@@ -1,14 +1,23 @@
-"""The DeepSpeed engine. This is the only module that imports deepspeed.
+"""Training engines behind one interface: DeepSpeed ZeRO, and plain torch (DDP) for debugging and as
+the benchmark baseline. This is the only module that imports deepspeed.
 
-:func:`deepspeed_config` turns our config into DeepSpeed's (a pure function: no hand-edited JSON).
+An engine wraps a plain ``nn.Module``: ``engine(*inputs)`` runs the forward, ``engine.step(loss)``
+does backward and update (or skips a non-finite step on every rank alike), ``save``/``load`` write
+and read a checkpoint directory, ``consolidated_state_dict()`` gathers full fp32 weights on rank 0.
+:func:`deepspeed_config` turns our config into DeepSpeed's: a pure function, no hand-edited JSON.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from atmorep.config import TrainConfig
 
@@ -16,42 +25,76 @@ log = logging.getLogger(__name__)
 
 
 def deepspeed_config(cfg: TrainConfig, world: int, gpu: bool) -> dict:
-    """DeepSpeed's config for ``cfg`` on ``world`` ranks (bf16 on GPUs, fp32 on CPUs)."""
-    return {
+    """DeepSpeed's config for ``cfg`` on ``world`` ranks (bf16 on GPUs, fp32 on CPUs).
+
+    micro-batch x gradient accumulation x world size = global batch.
+    """
+    zero: dict = {"stage": cfg.zero_stage}
+    if cfg.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": gpu}
+    if cfg.offload_params:
+        if cfg.zero_stage != 3:
+            raise ValueError("train.offload_params needs train.zero_stage 3")
+        zero["offload_param"] = {"device": "cpu", "pin_memory": gpu}
+    out = {
         "train_micro_batch_size_per_gpu": cfg.batch_size,
-        "gradient_accumulation_steps": 1,
-        "train_batch_size": cfg.batch_size * world,
-        "zero_optimization": {"stage": cfg.zero_stage},
+        "gradient_accumulation_steps": cfg.gradient_accumulation,
+        "train_batch_size": cfg.batch_size * cfg.gradient_accumulation * world,
+        "zero_optimization": zero,
         "zero_allow_untested_optimizer": True,  # a torch AdamW avoids JIT-compiling DeepSpeed's (+84 s on CPU)
         "bf16": {"enabled": gpu},
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,
     }
+    if cfg.gradient_clipping > 0:
+        out["gradient_clipping"] = cfg.gradient_clipping
+    return out
 
 
 def schedule(cfg: TrainConfig):
-    """Linear warm-up to the peak rate, then linear decay to a tenth of it at the last step."""
+    """AtmoRep's learning-rate schedule as a factor of ``cfg.lr`` per optimizer step.
+
+    Linear warm-up from ``lr_start`` to ``lr`` over ``warmup_epochs``, then ``lr`` divided by
+    ``lr_decay`` once per epoch, never below ``lr_min``. An epoch is ``epoch_steps`` optimizer steps.
+    """
+    warm = cfg.warmup_epochs * cfg.epoch_steps
+
     def factor(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        rest = max(cfg.steps - cfg.warmup_steps, 1)
-        return 1.0 - 0.9 * min(step - cfg.warmup_steps, rest) / rest
+        if step < warm:
+            return (cfg.lr_start + (cfg.lr - cfg.lr_start) * step / warm) / cfg.lr
+        epochs_after = step // cfg.epoch_steps - cfg.warmup_epochs + 1
+        return max(cfg.lr / cfg.lr_decay ** epochs_after, cfg.lr_min) / cfg.lr
     return factor
 
 
-class DeepSpeedEngine:
-    """ZeRO data parallelism around a plain ``nn.Module``: ``step(loss)`` does backward and update."""
+def _optimizer(model: torch.nn.Module, cfg: TrainConfig):
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(cfg))
 
-    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, world: int):
+
+def finite_everywhere(loss: torch.Tensor) -> bool:
+    """True when the loss is finite on every rank (all ranks then take the same branch)."""
+    bad = torch.tensor([0.0 if torch.isfinite(loss).all() else 1.0], device=loss.device)
+    if dist.is_initialized():
+        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+    return bool(bad.item() == 0)
+
+
+class DeepSpeedEngine:
+    """ZeRO data parallelism (stages 1-3, optional offload)."""
+
+    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, world: int, universal: bool = False):
         gpu = torch.cuda.is_available()
         os.environ.setdefault("DS_ACCELERATOR", "cuda" if gpu else "cpu")
         import deepspeed
 
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(cfg))
+        optimizer, scheduler = _optimizer(model, cfg)
+        ds_cfg = deepspeed_config(cfg, world, gpu)
+        if universal:
+            ds_cfg["checkpoint"] = {"load_universal": True}
+        self.cfg = cfg
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=scheduler,
-            config=deepspeed_config(cfg, world, gpu))
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg)
 
     @property
     def module(self) -> torch.nn.Module:
@@ -60,10 +103,131 @@ class DeepSpeedEngine:
     def __call__(self, *args, **kwargs):
         return self.engine(*args, **kwargs)
 
-    def step(self, loss: torch.Tensor) -> None:
+    def step(self, loss: torch.Tensor) -> bool:
+        if not finite_everywhere(loss):
+            return False
         self.engine.backward(loss)
         self.engine.step()
+        return True
 
     @property
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
+
+    def save(self, directory: Path, tag: str, client_state: dict) -> None:
+        # universal_checkpoint_info lets ds_to_universal convert the checkpoint for another world size
+        self.engine.save_checkpoint(str(directory), tag=tag,
+                                    client_state={**client_state, "universal_checkpoint_info": {}})
+
+    def load(self, directory: Path, tag: str) -> dict:
+        _, client = self.engine.load_checkpoint(str(directory), tag=tag, load_optimizer_states=True,
+                                                load_lr_scheduler_states=True)
+        if client is None:
+            raise FileNotFoundError(f"{directory}/{tag}: no DeepSpeed checkpoint")
+        return client
+
+    def consolidated_state_dict(self) -> dict | None:
+        """Full fp32 weights on rank 0 (None elsewhere), gathering ZeRO-3 partitions."""
+        if self.cfg.zero_stage == 3:
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(list(self.module.parameters()), modifier_rank=None):
+                state = {k: v.detach().float().cpu().clone() for k, v in self.module.state_dict().items()}
+        else:
+            state = {k: v.detach().float().cpu() for k, v in self.module.state_dict().items()}
+        return state if dist.get_rank() == 0 else None
+
+    @staticmethod
+    def universal_tag(tag: str) -> str:
+        return f"{tag}_universal"
+
+    @staticmethod
+    def convert_to_universal(directory: Path, tag: str) -> str:
+        """Rewrite checkpoint ``tag`` in DeepSpeed's universal format (any world size); returns its tag."""
+        out = DeepSpeedEngine.universal_tag(tag)
+        if not (directory / out).exists():
+            tmp = directory / f".{out}.part"
+            shutil.rmtree(tmp, ignore_errors=True)
+            subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
+                            str(directory / tag), "--output_folder", str(tmp)], check=True,
+                           stdout=subprocess.DEVNULL)
+            os.replace(tmp, directory / out)
+        return out
+
+
+class TorchEngine:
+    """Plain torch DistributedDataParallel with the same interface (baseline and debugging)."""
+
+    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, world: int, universal: bool = False):
+        self.cfg = cfg
+        self.model = model
+        self.ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+        self.optimizer, self.scheduler = _optimizer(model, cfg)
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.model
+
+    def __call__(self, *args, **kwargs):
+        return self.ddp(*args, **kwargs)
+
+    def step(self, loss: torch.Tensor) -> bool:
+        if not finite_everywhere(loss):
+            return False
+        loss.backward()
+        if self.cfg.gradient_clipping > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.gradient_clipping)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return True
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def save(self, directory: Path, tag: str, client_state: dict) -> None:
+        if dist.get_rank() == 0:
+            (directory / tag).mkdir(parents=True, exist_ok=True)
+            torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                        "scheduler": self.scheduler.state_dict(), "client": client_state},
+                       directory / tag / "torch_state.pt")
+            (directory / "latest").write_text(tag)
+        dist.barrier()
+
+    def load(self, directory: Path, tag: str) -> dict:
+        state = torch.load(directory / tag / "torch_state.pt", map_location="cpu", weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        return state["client"]
+
+    def consolidated_state_dict(self) -> dict | None:
+        if dist.get_rank() != 0:
+            return None
+        return {k: v.detach().float().cpu() for k, v in self.model.state_dict().items()}
+
+    @staticmethod
+    def universal_tag(tag: str) -> str:
+        return tag  # full replicas: any world size reads them as they are
+
+    @staticmethod
+    def convert_to_universal(directory: Path, tag: str) -> str:
+        return tag
+
+
+ENGINES = {"deepspeed": DeepSpeedEngine, "torch": TorchEngine}
+
+
+def optimizer_state_elements(engine) -> int:
+    """Adam state elements (exp_avg + exp_avg_sq) held by this rank: falls as 1/N under ZeRO."""
+    opt = engine.optimizer
+    inner = getattr(opt, "optimizer", opt)  # DeepSpeed's ZeRO optimizers wrap the torch one
+    total = 0
+    for state in inner.state.values():
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in state:
+                total += state[key].numel()
+    return total
+
+

@@ -1,14 +1,23 @@
 """Pretraining: the loop that ties loader, masking, model, loss and engine together.
 
-Rank 0 writes ``model.pt`` (consolidated weights), ``metrics.csv`` (one row per step) and
-``loss.png`` into the output directory.
+Everything a step needs is derived from ``(seed, step, rank)``: which windows it reads (a global
+batch cut from the epoch's window order, the same whatever the world size), the masks and the
+dropout draws. A checkpoint therefore needs only the engine state and the step, and a resumed run
+repeats an uninterrupted one bit for bit (same world size), or continues it on another world size.
+
+Products in the output directory (rank 0): ``model.pt`` (consolidated fp32 weights), ``metrics.csv``
+(one row per step), ``loss.png``, ``tensorboard/`` and ``checkpoints/`` (DeepSpeed or torch state,
+with the run's config and versions in every checkpoint).
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import logging
+import signal
+import sys
 import time
 from pathlib import Path
 
@@ -19,14 +28,21 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from atmorep.config import DataConfig, ModelConfig, TrainConfig, parse_time
-from atmorep.data.dataset import TOKEN_INFO, RankSampler, WindowDataset
+from atmorep.data.dataset import TOKEN_INFO, SphereSampler, WindowDataset
 from atmorep.model.multiformer import FieldGeometry, Multiformer
 from atmorep.train import distributed, masking
 from atmorep.train.batch import Batch
-from atmorep.train.checkpoint import save_model
+from atmorep.train.checkpoint import save_model, versions
+from atmorep.train.launch import EXIT_REQUEUE  # 75: "run me again, I will resume"
 from atmorep.train.losses import Loss
 
 log = logging.getLogger(__name__)
+
+
+
+
+class TooManyBadSteps(RuntimeError):
+    pass
 
 
 def period(cfg, data: DataConfig) -> tuple[np.datetime64, np.datetime64]:
@@ -38,64 +54,209 @@ def geometry(dataset: WindowDataset) -> dict[str, FieldGeometry]:
     return {f: FieldGeometry(len(s[0].levels), s[0].token_size) for f, s in dataset.stores.items()}
 
 
-def batches(dataset: WindowDataset, sampler: RankSampler, batch_size: int):
-    """Endless stream of :class:`Batch`, one epoch after another."""
-    epoch = 0
-    while True:
-        sampler.set_epoch(epoch)
-        loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True, num_workers=0)
-        for sample in loader:
-            yield Batch.from_numpy(sample)
-        epoch += 1
+class StepBatches:
+    """The windows of every (step, rank): a global batch per optimizer step, cut from each epoch's
+    draw of windows (centres uniform on the sphere, :class:`~atmorep.data.dataset.SphereSampler`);
+    rank r reads its own slice of each micro-step.
+
+    An epoch is ``epoch_steps`` optimizer steps (the schedule's epoch). The global batch
+    (batch_size x accumulation x world) and so the sequence of windows depend only on the seed and
+    the step, which makes resumption exact and world-size changes possible.
+    """
+
+    def __init__(self, dataset: WindowDataset, seed: int, global_batch: int, epoch_steps: int):
+        n = len(dataset.windows)
+        if n < global_batch:
+            raise ValueError(f"{n} training windows are fewer than one global batch of {global_batch}")
+        self.global_batch = global_batch
+        self.steps_per_epoch = min(epoch_steps, n // global_batch)
+        self.sampler = SphereSampler(dataset.grid, self.steps_per_epoch * global_batch, seed)
+
+    def order(self, epoch: int) -> np.ndarray:
+        return self.sampler.order(epoch)
+
+    def indices(self, step: int, rank: int, world: int, micro_steps: int) -> list[list[int]]:
+        """Window indices of ``rank`` for ``step``: one list per micro-step."""
+        epoch, pos = divmod(step, self.steps_per_epoch)
+        glob = self.order(epoch)[pos * self.global_batch:(pos + 1) * self.global_batch]
+        return [part.tolist() for part in np.array_split(glob.reshape(world, -1)[rank], micro_steps)]
+
+
+def _collate(samples: list[dict]) -> Batch:
+    return Batch.from_numpy({f: (np.stack([s[f][0] for s in samples]), np.stack([s[f][1] for s in samples]))
+                             for f in samples[0]})
+
+
+def loader(dataset: WindowDataset, plan: list[list[int]], workers: int):
+    """Batches for a list of micro-steps, read ahead by ``workers`` background processes."""
+    return DataLoader(dataset, batch_sampler=plan, collate_fn=_collate, num_workers=workers,
+                      prefetch_factor=4 if workers else None, persistent_workers=False,
+                      pin_memory=torch.cuda.is_available())
+
+
+class StopSignal:
+    """Remembers SIGTERM/SIGUSR1 (SLURM's warning before the time limit) until the step boundary."""
+
+    def __init__(self):
+        self.received = 0
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.received = signum
+
+    def agreed(self) -> bool:
+        flag = torch.tensor([1.0 if self.received else 0.0])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
 
 
 def train(seed: int, data: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig,
-          stores: dict[str, list[str]], out_dir: str | Path) -> Path:
-    """Train on ``cfg.ranks`` processes (as launched) and write the products to ``out_dir``."""
+          stores: dict[str, list[str]], out_dir: str | Path, fresh: bool = False) -> Path:
+    """Train on the launched ranks; resume from ``out_dir/checkpoints`` unless ``fresh``."""
     out_dir = Path(out_dir)
+    ckpt_dir = out_dir / "checkpoints"
     rank, world = distributed.init()
-    torch.manual_seed(seed)
+    stop = StopSignal()
+    if rank == 0:
+        (ckpt_dir / "REQUEUE").unlink(missing_ok=True)
     dataset = WindowDataset(stores, model_cfg.num_tokens, *period(cfg, data))
-    sampler = RankSampler(len(dataset), seed, rank, world)
-    if len(sampler) < cfg.batch_size:
-        raise ValueError(f"{len(dataset)} training windows are too few for {world} ranks x batch {cfg.batch_size}")
+    global_batch = cfg.batch_size * cfg.gradient_accumulation * world
+    plan = StepBatches(dataset, seed, global_batch, cfg.epoch_steps)
+    torch.manual_seed(seed)
     model = Multiformer(model_cfg, geometry(dataset), info_dim=len(TOKEN_INFO))
-    from atmorep.train.engine import DeepSpeedEngine  # the only deepspeed import
+    from atmorep.train.engine import ENGINES  # the only deepspeed import happens in there
 
-    engine = DeepSpeedEngine(model, cfg, world)
-    strategy, loss_fn = masking.build(cfg.masking), Loss(cfg.loss)
-    gen = torch.Generator().manual_seed(seed * 1000 + rank)
-    rows, stream = [], batches(dataset, sampler, cfg.batch_size)
-    bar = tqdm(range(cfg.steps), desc="train", disable=rank != 0, mininterval=2)
-    t0 = time.perf_counter()
+    meta = {"train": dataclasses.asdict(cfg), "model": dataclasses.asdict(model_cfg), "data": dataclasses.asdict(data),
+            "seed": seed, "versions": versions()}
+    tag, universal = _latest(ckpt_dir, world, meta) if not fresh else (None, False)
+    engine_cls = ENGINES[cfg.engine]
+    if tag is not None and universal:  # saved on another world size: DeepSpeed's universal format
+        if rank == 0:
+            engine_cls.convert_to_universal(ckpt_dir, tag)
+        dist.barrier()
+        tag = engine_cls.universal_tag(tag)
+    engine = engine_cls(model, cfg, world, universal=universal)
+    start, rows = 0, []
+    if tag is not None:
+        client = engine.load(ckpt_dir, tag)
+        start, rows = client["step"], client["metrics"]
+        if rank == 0:
+            log.info("resumed from %s at step %d (saved on %d ranks, now %d)", tag, start, client["world"], world)
+    strategy = masking.build(cfg.masking, {f: g.token_size for f, g in model.fields.items()})
+    loss_fn = Loss(cfg.loss)
+    writer = _tensorboard(out_dir, cfg) if rank == 0 else None
+    micro_plan = [m for s in range(start, cfg.steps) for m in plan.indices(s, rank, world, cfg.gradient_accumulation)]
+    batches = iter(loader(dataset, micro_plan, cfg.workers))
+    bad, t_loop = 0, time.perf_counter()
+    bar = tqdm(range(start, cfg.steps), desc="train", disable=rank != 0, mininterval=5,
+               file=sys.stderr, initial=start, total=cfg.steps)
     for step in bar:
-        batch = next(stream)
-        masks = strategy(batch, gen)
-        source = masking.apply(batch, masks)
-        ens = engine(source.tokens, source.info, masks)
-        targets = {f: batch.tokens[f][masks[f]] for f in ens}
-        loss, diag = loss_fn(ens, targets)
-        engine.step(loss)
-        value = loss.detach().clone()
+        t0 = time.perf_counter()
+        wait, losses, diags = 0.0, [], {}
+        for micro in range(cfg.gradient_accumulation):
+            tw = time.perf_counter()
+            batch = next(batches)
+            wait += time.perf_counter() - tw
+            gen = torch.Generator().manual_seed(_seed(seed, step, micro, rank, world))
+            torch.manual_seed(_seed(seed, step, micro, rank, world) + 1)  # dropout
+            masks = strategy(batch, gen)
+            source = masking.apply(batch, masks)
+            ens = engine(source.tokens, source.info, masks)
+            loss, diags = loss_fn(ens, {f: batch.tokens[f][masks[f]] for f in ens})
+            applied = engine.step(loss)
+            losses.append(loss.detach())
+        if not applied:
+            bad += 1
+            if bad >= cfg.max_bad_steps:
+                raise TooManyBadSteps(f"{bad} steps in a row had a non-finite loss (last at step {step})")
+        else:
+            bad = 0
+        value = torch.stack(losses).mean()
         dist.all_reduce(value)
-        elapsed = time.perf_counter() - t0
-        rows.append({"step": step, "loss": float(value) / world, "lr": engine.lr,
-                     "samples_per_s": (step + 1) * cfg.batch_size * world / elapsed, **diag})
+        dt = time.perf_counter() - t0
+        tokens = sum(int(t[0].numel() / t.shape[-1]) for t in batch.tokens.values()) * batch.size
+        rows.append({"step": step, "loss": float(value) / world, "lr": engine.lr, "skipped": int(not applied),
+                     "samples_per_s": global_batch / dt, "tokens_per_s": tokens * cfg.gradient_accumulation * world / dt,
+                     "loader_wait": wait / dt, **diags})
+        if writer:
+            for k, v in rows[-1].items():
+                if k != "step":
+                    writer.add_scalar(k, v, step)
         bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}")
+        done = step + 1
+        if stop.agreed():
+            _checkpoint(engine, ckpt_dir, done, rows, world, meta)
+            if rank == 0:
+                (ckpt_dir / "REQUEUE").write_text(f"signal {stop.received} at step {done}\n")
+                log.warning("signal %d: checkpoint at step %d saved; exiting %d to be requeued",
+                            stop.received, done, EXIT_REQUEUE)
+            distributed.finish()
+            sys.exit(EXIT_REQUEUE)
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            _checkpoint(engine, ckpt_dir, done, rows, world, meta)
+    state = engine.consolidated_state_dict()
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_metrics(rows, out_dir / "metrics.csv")
         plot_loss(rows, out_dir / "loss.png")
-        save_model(out_dir / "model.pt", engine.module,
-                   {"train": dataclasses.asdict(cfg), "seed": seed, "world": world})
-        log.info("trained %d steps on %d ranks: loss %.4f -> %.4f", cfg.steps, world, rows[0]["loss"], rows[-1]["loss"])
+        save_model(out_dir / "model.pt", engine.module, state, meta)
+        if writer:
+            writer.close()
+        log.info("trained %d steps on %d ranks in %.0f s: loss %.4f -> %.4f", cfg.steps, world,
+                 time.perf_counter() - t_loop, rows[0]["loss"], rows[-1]["loss"])
     distributed.finish()
     return out_dir / "model.pt"
 
 
+def _seed(seed: int, step: int, micro: int, rank: int, world: int) -> int:
+    """A distinct, reproducible seed per (run, step, micro-step, rank)."""
+    return int(np.random.SeedSequence([seed, step, micro, rank, world]).generate_state(1)[0])
+
+
+#: keys that may change between a checkpoint and its resumption (a longer run continues the old one)
+_RESUMABLE_CHANGES = {"steps", "checkpoint_every", "tensorboard", "ranks", "batch_size", "gradient_accumulation"}
+
+
+def _comparable(meta: dict) -> dict:
+    train = {k: v for k, v in meta["train"].items() if k not in _RESUMABLE_CHANGES}
+    return json.loads(json.dumps({**meta, "train": train, "versions": None}))
+
+
+def _latest(ckpt_dir: Path, world: int, meta: dict) -> tuple[str | None, bool]:
+    """The newest checkpoint made with this configuration, and whether it was saved on another
+    world size. A checkpoint of another configuration is not resumed."""
+    latest = ckpt_dir / "latest"
+    if not latest.exists():
+        return None, False
+    tag = latest.read_text().strip()
+    info = json.loads((ckpt_dir / tag / "atmorep.json").read_text())
+    if _comparable(info) != _comparable({**meta, "step": info["step"], "world": info["world"]}):
+        log.warning("%s was made with another configuration: starting afresh", ckpt_dir / tag)
+        return None, False
+    return tag, info["world"] != world
+
+
+def _checkpoint(engine, ckpt_dir: Path, step: int, rows: list, world: int, meta: dict) -> None:
+    tag = f"step{step:08d}"
+    engine.save(ckpt_dir, tag, {"step": step, "metrics": rows, "world": world, **meta})
+    if dist.get_rank() == 0:
+        (ckpt_dir / tag / "atmorep.json").write_text(json.dumps({"step": step, "world": world, **meta}, indent=1))
+    dist.barrier()
+
+
+def _tensorboard(out_dir: Path, cfg: TrainConfig):
+    if not cfg.tensorboard:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(out_dir / "tensorboard"))
+
+
 def write_metrics(rows: list[dict], path: Path) -> None:
+    fields = list(dict.fromkeys(k for r in rows for k in r))
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         w.writerows(rows)
 
@@ -106,10 +267,14 @@ def plot_loss(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps = [r["step"] for r in rows]
+    steps = np.array([r["step"] for r in rows])
+    loss = np.array([r["loss"] for r in rows])
+    k = max(1, len(loss) // 20)
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(steps, [r["loss"] for r in rows], lw=0.8, label="loss (mean over ranks)")
-    ax.set(xlabel="step", ylabel="loss", title="pretraining loss")
+    ax.plot(steps, loss, lw=0.6, alpha=0.5, label="loss (mean over ranks)")
+    if len(loss) > k:
+        ax.plot(steps[k - 1:], np.convolve(loss, np.ones(k) / k, mode="valid"), lw=1.5, label=f"running mean ({k})")
+    ax.set(xlabel="optimizer step", ylabel="loss", title="pretraining loss")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
