@@ -1,15 +1,15 @@
 rule shard:
     """One token-aligned, sharded zarr v3 store per (field, year)."""
     input:
-        lambda wc: expand("resources/normalized/{field}/{month}.zarr", field=wc.field, month=months_of(wc.year)),
+        lambda wc: expand(RES + "/normalized/{field}/{month}.zarr", field=wc.field, month=months_of(wc.year)),
     output:
-        directory("resources/shards/{field}/{year}.zarr"),
+        directory(RES + "/shards/{field}/{year}.zarr"),
     params:
         cfg=stage_params("shard"),
     log:
-        "logs/shard/{field}_{year}.log",
+        LOGS + "/shard/{field}_{year}.log",
     benchmark:
-        "logs/shard/{field}_{year}.benchmark.tsv"
+        LOGS + "/shard/{field}_{year}.benchmark.tsv"
     resources:
         mem_mb=2000,
     shell:

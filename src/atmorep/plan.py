@@ -1,0 +1,136 @@
+"""Capacity planner: what a campaign will cost before anything is submitted.
+
+``atmorep plan --config run.yaml`` (or ``snakemake plan``) prints the GRIB volume to download, the
+zarr bytes and inode count of the shard stores, core-hours per stage, GPU-hours of pretraining from
+the model's FLOPs at a stated MFU, and the number of SLURM jobs the profile submits.
+
+Per-unit costs of the CPU stages are throughputs measured on our CI machine (2 cores, AMD EPYC
+Zen 3); they are stated in the output so a site can scale them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from atmorep.config import Config, tokens_per_field
+
+#: GRIB1 bytes per message besides the packed values (sections 0, 1, 2, 4 header and 5), measured
+GRIB1_HEADER = 108
+#: ERA5 as the CDS delivers it packs 16 bits per value; our sample writer 24
+BITS = {"sample": 24, "cds": 16, "files": 16}
+#: core-seconds per GB of float32 data, measured on 2-core CI machines (logs/*/*.benchmark.tsv)
+CORE_S_PER_GB = {"acquire": 25.0, "normalize": 30.0, "shard": 12.0, "evaluate": 60.0}
+#: peak dense bf16 FLOP/s of one GPU (H100 SXM) used for GPU-hours
+GPU_PEAK_FLOPS = 989e12
+
+
+@dataclass(frozen=True)
+class Plan:
+    grib_bytes: int
+    grib_files: int
+    zarr_bytes: int
+    zarr_inodes: int
+    core_hours: dict[str, float]
+    train_flops: float
+    gpu_hours: float
+    slurm_jobs: dict[str, int]
+
+    def text(self, mfu: float) -> str:
+        rows = [
+            f"GRIB to download       {_size(self.grib_bytes)} in {self.grib_files} files",
+            f"zarr shard stores      {_size(self.zarr_bytes)} (uncompressed float32) in {self.zarr_inodes} inodes",
+            "core-hours per stage   " + ", ".join(f"{k} {v:.3g}" for k, v in self.core_hours.items()),
+            f"pretraining            {self.train_flops:.3g} FLOP = {self.gpu_hours:.3g} GPU-hours "
+            f"at {mfu:.0%} MFU of {GPU_PEAK_FLOPS / 1e12:.0f} TFLOP/s (bf16)",
+            "SLURM jobs             " + ", ".join(f"{k} {v}" for k, v in self.slurm_jobs.items())
+            + f" (total {sum(self.slurm_jobs.values())})",
+        ]
+        return "\n".join(rows)
+
+
+def time_steps(cfg: Config, month: str) -> int:
+    """Valid times of ``month`` the campaign holds (from the sample itself for the embedded source)."""
+    if cfg.acquire.source == "sample":
+        from atmorep.data.sources import SampleSource
+
+        t = SampleSource().open()["time"].values
+        start, end = cfg.data.period
+        return int(((t >= start) & (t <= end) & (t.astype("datetime64[M]") == np.datetime64(month, "M"))).sum())
+    return len(cfg.data.times(month))
+
+
+def grid(cfg: Config) -> tuple[int, int]:
+    """(latitudes, longitudes) of the global grid the source delivers."""
+    if cfg.acquire.source == "sample":
+        return 181, 360
+    dlat, dlon = cfg.data.grid or (0.25, 0.25)
+    return int(round(180 / dlat)) + 1, int(round(360 / dlon))
+
+
+def plan(cfg: Config, profile: dict | None = None, mfu: float = 0.45) -> Plan:
+    from atmorep.data import shards as S
+    from atmorep.model.multiformer import FieldGeometry
+    from atmorep.model.summary import forward_flops
+
+    nlat, nlon = grid(cfg)
+    months = cfg.data.months()
+    steps = {m: time_steps(cfg, m) for m in months}
+    bits = BITS.get(cfg.acquire.source, 16)
+    grib = sum(steps[m] * len(spec.levels) * (GRIB1_HEADER + math.ceil(nlat * nlon * bits / 8))
+               for spec in cfg.data.fields.values() for m in months)
+    rows = S.latitude_rows(nlat, S.lat_step(cfg.data, cfg.shard))
+    ny = rows.stop - rows.start
+    zarr_bytes, inodes = 0, 0
+    for f, spec in cfg.data.fields.items():
+        L = len(spec.levels)
+        for year in cfg.data.years():
+            T = sum(steps[m] for m in months if m.startswith(year))
+            shape = (T, L, ny, nlon)
+            _, shard_shape = S.layout(cfg.shard, cfg.shard.token_size_for(f), shape)
+            n_months = sum(1 for m in months if m.startswith(year))
+            stats = n_months * L * 2 * (ny * nlon if cfg.normalize.method_for(f) == "local" else 1)
+            zarr_bytes += 4 * (math.prod(shape) + stats)
+            inodes += math.prod(math.ceil(n / s) for n, s in zip(shape, shard_shape)) + STORE_FILES
+    data_gb = sum(steps[m] * len(s.levels) for s in cfg.data.fields.values() for m in months) * nlat * nlon * 4 / 1e9
+    core_hours = {stage: data_gb * rate / 3600 for stage, rate in CORE_S_PER_GB.items()}
+    tokens = tokens_per_field(cfg)
+    geometry = {f: FieldGeometry(len(s.levels), cfg.shard.token_size_for(f), tokens[f])
+                for f, s in cfg.data.fields.items()}
+    samples = cfg.train.steps * cfg.train.batch_size * cfg.train.gradient_accumulation * cfg.train.ranks
+    train_flops = 3 * forward_flops(cfg.model, geometry) * samples  # backward ~ 2x forward
+    return Plan(grib, len(cfg.data.fields) * len(months), zarr_bytes, inodes, core_hours, train_flops,
+                train_flops / (GPU_PEAK_FLOPS * mfu) / 3600, slurm_jobs(cfg, profile or {}))
+
+
+#: files of a shard store besides the data shards: zarr.json of the group and of 8 arrays, one chunk
+#: file for each of time, level, latitude, longitude, month, mean, std
+STORE_FILES = 9 + 7
+
+
+def slurm_jobs(cfg: Config, profile: dict) -> dict[str, int]:
+    """SLURM jobs per stage, with the profile's job grouping (``groups`` / ``group-components``)."""
+    units = {"acquire": len(cfg.data.fields) * len(cfg.data.months()),
+             "normalize": len(cfg.data.fields) * len(cfg.data.months()),
+             "shard": len(cfg.data.fields) * len(cfg.data.years()), "pretrain": 1, "evaluate": 1}
+    groups, sizes = profile.get("groups", {}), profile.get("group-components", {})
+    return {rule: math.ceil(n / sizes.get(groups.get(rule), 1)) for rule, n in units.items()}
+
+
+def load_profile(path: str | Path | None) -> dict:
+    if path is None:
+        return {}
+    p = Path(path)
+    return yaml.safe_load((p / "config.yaml" if p.is_dir() else p).read_text()) or {}
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if n < 1000 or unit == "PB":
+            return f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} PB"
