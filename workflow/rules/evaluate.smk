@@ -1,21 +1,49 @@
+# Evaluation (AtmoRep spec §6): one inference mode on the held-out period, WeatherBench 2 scores
+# against baselines, CF zarr products, figures and (opt-in) attention maps. Figures and tables carry
+# report() so that `snakemake --report report.html` gathers them with the captions in workflow/report/.
+EVAL = f"results/{RUN}/evaluate"
+ATTENTION_FIELDS = (
+    (list(CFG.evaluate.attention.fields) or FIELDS[:1])
+    if CFG.evaluate.attention.layers and CFG.evaluate.attention.samples
+    else []
+)
+WB2 = ["wb2_forecast", "wb2_ensemble", "wb2_truth"] if CFG.evaluate.mode == "global_forecast" else []
+
+
+def evaluate_figure(name, caption, subcategory, field=None):
+    labels = {"figure": subcategory, **({"field": field} if field else {})}
+    return report(f"{EVAL}/{name}.png", caption=f"../report/{caption}.rst", category="Evaluation",
+                  subcategory=subcategory, labels=labels)
+
+
 rule evaluate:
-    """Forecast held-out windows; scores against persistence, maps and an attention map."""
+    """Run evaluate.mode on held-out windows; scores vs persistence/climatology/linear, products, figures."""
     input:
         model=rules.pretrain.output.model,
         shards=shard_stores(),
     output:
-        scores=f"results/{RUN}/evaluate/scores.csv",
-        maps=expand(f"results/{RUN}/evaluate/forecast_{{field}}.png", field=FIELDS),
-        attention=f"results/{RUN}/evaluate/attention_{FIELDS[0]}.png",
+        scores=report(f"{EVAL}/scores.csv", caption="../report/scores.rst", category="Evaluation",
+                      subcategory="Tables", labels={"table": "scores"}),
+        rank_histograms=f"{EVAL}/rank_histogram.csv",
+        windows=directory(f"{EVAL}/windows.zarr"),
+        sample_scores=directory(f"{EVAL}/sample_scores.zarr"),
+        climatology=directory(f"{EVAL}/climatology.zarr"),
+        wb2=[directory(f"{EVAL}/{name}.zarr") for name in WB2],
+        maps=[evaluate_figure(f"forecast_{f}", "forecast_map", "Maps", f) for f in FIELDS],
+        leads=[evaluate_figure(f"scores_{f}", "scores_vs_lead", "Scores against lead", f) for f in FIELDS],
+        ranks=[evaluate_figure(f"rank_histogram_{f}", "rank_histogram", "Rank histograms", f) for f in FIELDS],
+        skill=evaluate_figure("skill", "skill", "Skill against baselines"),
+        attention=[evaluate_figure(f"attention_{f}", "attention", "Attention", f) for f in ATTENTION_FIELDS],
+        attention_maps=[directory(f"{EVAL}/attention.zarr")] if ATTENTION_FIELDS else [],
     params:
         cfg=stage_params("evaluate"),
-        outdir=f"results/{RUN}/evaluate",
+        outdir=EVAL,
     log:
-        f"logs/evaluate/{RUN}.log",
+        f"{LOGS}/evaluate.log",
     benchmark:
-        f"logs/evaluate/{RUN}.benchmark.tsv"
+        f"{LOGS}/evaluate.benchmark.tsv"
     resources:
-        mem_mb=2000,
+        mem_mb=3000,
     shell:
         "atmorep evaluate --params {params.cfg:q} --model {input.model} --shards {input.shards}"
         " --output-dir {params.outdir} > {log} 2>&1"

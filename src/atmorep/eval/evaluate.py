@@ -1,7 +1,16 @@
-"""Evaluate: forecast held-out windows, score them against persistence, draw maps and attention.
+"""Evaluate: run one inference mode on the held-out period, score it against baselines, write the
+products and figures, and (opt-in) attention maps.
 
-Writes into the output directory: ``scores.csv`` (tidy: field, level, lead, forecast, metric, value),
-``forecast_<field>.png`` and ``attention_<field>.png``.
+Writes into the output directory:
+
+- ``scores.csv`` (tidy: field, level, lead, lead_hours, forecast, metric, value, samples),
+  ``rank_histogram.csv``, ``sample_scores.zarr`` (per-sample scores, one group per field);
+- ``windows.zarr`` (sources, targets, predictions, ensemble, baselines in physical units, CF) and,
+  for ``global_forecast``, ``wb2_forecast.zarr``/``wb2_ensemble.zarr``/``wb2_truth.zarr``;
+- ``climatology.zarr`` (the training-period climatology used for ACC and the climatology baseline);
+- ``attention.zarr`` when attention capture is on;
+- figures: ``forecast_<field>.png``, ``scores_<field>.png``, ``rank_histogram_<field>.png``,
+  ``skill.png``, ``attention_<field>.png``.
 """
 
 from __future__ import annotations
@@ -10,14 +19,13 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+import torch
+import xarray as xr
 
-
-from atmorep.config import DataConfig, EvaluateConfig
-from atmorep.data.dataset import WindowDataset
-from atmorep.eval import attention, inference, metrics, plots
+from atmorep.config import DataConfig, EvaluateConfig, parse_time
+from atmorep.data.dataset import WindowDataset, untokenize
+from atmorep.eval import attention, climatology, inference, modes, outputs, plots, scores
 from atmorep.train import masking
-from atmorep.train.batch import Batch
 from atmorep.train.checkpoint import load_model
 from atmorep.train.loop import period
 
@@ -26,62 +34,114 @@ log = logging.getLogger(__name__)
 
 def evaluate(seed: int, data: DataConfig, cfg: EvaluateConfig, model_path: str | Path,
              stores: dict[str, list[str]], out_dir: str | Path) -> Path:
+    """Run ``cfg.mode`` on the held-out windows and write every product; returns ``scores.csv``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model, _ = load_model(model_path)
     missing = set(model.fields) - set(stores)
     if missing:
         raise ValueError(f"{model_path}: the model needs fields {sorted(missing)} that were not given")
-    dataset = WindowDataset({f: stores[f] for f in model.fields}, model.cfg.num_tokens, *period(cfg, data))
-    indices = inference.choose(len(dataset), cfg.samples, seed)
-    results = inference.forecast(model, dataset, indices, cfg.forecast_tokens, cfg.batch_size)
-    table = scores(results)
+    stores = {f: stores[f] for f in model.fields}
+    dataset = WindowDataset(stores, model.cfg.num_tokens, *period(cfg, data))
+    clims = climatologies(dataset, data, cfg)
+    outputs.write_groups(clims, out_dir / "climatology.zarr", annotate_cf=False)
+    results = run_mode(model, dataset, cfg, seed, clims)
+    write_products(results, cfg, out_dir)
+    per_sample = {f: scores.per_sample(ds, modes.get(cfg.mode).baselines) for f, ds in results.items()}
+    outputs.write_groups(per_sample, out_dir / "sample_scores.zarr", annotate_cf=False)
+    table = scores.table(per_sample)
     table.to_csv(out_dir / "scores.csv", index=False)
-    for f, ds in results.items():
-        plots.forecast_map(ds, 0, out_dir / f"forecast_{f}.png")
-    field = next(iter(model.fields))
-    attention_figure(model, dataset, int(indices[0]), field, cfg.forecast_tokens, out_dir / f"attention_{field}.png")
-    log.info("evaluated %d windows: %s", len(indices), out_dir)
+    hist = scores.rank_histograms(results, seed)
+    hist.to_csv(out_dir / "rank_histogram.csv", index=False)
+    figures(results, table, hist, out_dir)
+    attention_products(model, dataset, cfg, seed, out_dir)
+    log.info("evaluated %s on %d sample(s): %s", cfg.mode, next(iter(results.values())).sizes["sample"], out_dir)
     return out_dir / "scores.csv"
 
 
-def scores(results) -> pd.DataFrame:
-    """RMSE and bias of the forecast and of persistence, spread of the ensemble, per field/level/lead."""
-    rows = []
+def run_mode(model, dataset: WindowDataset, cfg: EvaluateConfig, seed: int,
+             clims: dict[str, xr.Dataset] | None = None) -> dict[str, xr.Dataset]:
+    """Windows of the mode, inference, baselines, post-processing (stitching): the window layout per field."""
+    mode = modes.get(cfg.mode)
+    selection = mode.select(dataset, cfg, seed)
+    results = inference.run(model, dataset, selection.indices, mode.masking(cfg, dataset.token_sizes),
+                            mode.target_slabs(cfg), cfg.batch_size, seed, mode.baselines, clims)
+    return mode.finish(dataset, selection, results, cfg)
+
+
+def climatology_period(data: DataConfig, cfg: EvaluateConfig) -> tuple[np.datetime64, np.datetime64]:
+    """``climatology_start``..``climatology_end``; by default the campaign up to the held-out period."""
+    start = parse_time(cfg.climatology_start or data.start)
+    if cfg.climatology_end:
+        return start, parse_time(cfg.climatology_end)
+    eval_start = parse_time(cfg.start or data.start)
+    return start, eval_start - np.timedelta64(1, "s")
+
+
+def climatologies(dataset: WindowDataset, data: DataConfig, cfg: EvaluateConfig) -> dict[str, xr.Dataset]:
+    start, end = climatology_period(data, cfg)
+    if end < start:
+        log.warning("no climatology: the period %s .. %s is empty (evaluate.start is the campaign start); "
+                    "ACC and the climatology baseline are left out", start, end)
+        return {}
+    return {f: climatology.climatology(dataset.stores[f], start, end, cfg.climatology_window_hours)
+            for f in dataset.fields}
+
+
+def write_products(results: dict[str, xr.Dataset], cfg: EvaluateConfig, out_dir: Path) -> None:
+    keep = {f: ds if cfg.write_ensemble else ds.drop_vars("ensemble") for f, ds in results.items()}
+    outputs.write_groups(keep, out_dir / "windows.zarr")
+    if cfg.mode == "global_forecast":
+        outputs.write_wb2(results, out_dir)
+
+
+def figures(results: dict[str, xr.Dataset], table, hist, out_dir: Path) -> None:
     for f, ds in results.items():
-        w = metrics.latitude_weights(ds["latitude"])
-        dims = ("sample", "y", "x")
-        table = {
-            ("atmorep", "rmse"): metrics.rmse(ds["forecast"], ds["truth"], w, dims),
-            ("atmorep", "bias"): metrics.bias(ds["forecast"], ds["truth"], w, dims),
-            ("atmorep", "spread"): metrics.spread(ds["ensemble"], w, dims),
-            ("persistence", "rmse"): metrics.rmse(ds["persistence"], ds["truth"], w, dims),
-            ("persistence", "bias"): metrics.bias(ds["persistence"], ds["truth"], w, dims),
-        }
-        for (name, metric), da in table.items():
-            for level in da["level"].values:
-                for lead in da["lead"].values:
-                    rows.append({"field": f, "level": int(level), "lead": int(lead), "forecast": name,
-                                 "metric": metric, "value": float(da.sel(level=level, lead=lead)),
-                                 "samples": ds.sizes["sample"]})
-    return pd.DataFrame(rows)
+        plots.forecast_map(ds, out_dir / f"forecast_{f}.png")
+        plots.scores_vs_lead(table, f, out_dir / f"scores_{f}.png")
+        plots.rank_histogram(hist, f, out_dir / f"rank_histogram_{f}.png")
+    plots.skill(table, out_dir / "skill.png")
 
 
-def attention_figure(model, dataset: WindowDataset, index: int, field: str, slabs: int, path: Path) -> Path:
-    """Layer-0 self-attention of the central forecast token of one window, mean over heads."""
-    batch = Batch.from_numpy({f: tuple(np.asarray(a)[None] for a in v) for f, v in dataset[index].items()})
-    masks = masking.ForecastMasking(slabs)(batch)
+def attention_products(model, dataset: WindowDataset, cfg: EvaluateConfig, seed: int, out_dir: Path) -> None:
+    """``attention.zarr`` and ``attention_<field>.png`` for the configured fields, layers, heads, samples."""
+    a = cfg.attention
+    fields = list(a.fields) or [dataset.fields[0]]
+    if not a.layers or not a.samples:
+        return
+    unknown = set(fields) - set(dataset.fields)
+    if unknown:
+        raise ValueError(f"evaluate.attention.fields: {sorted(unknown)} are not fields of the model")
+    mode = modes.get(cfg.mode)
+    indices = [int(i) for i in mode.select(dataset, cfg, seed).indices[:a.samples]]
+    batch = inference.collate([dataset[i] for i in indices])
+    masks = mode.masking(cfg, dataset.token_sizes)(batch, torch.Generator().manual_seed(seed))
     source = masking.apply(batch, masks)
-    w = attention.encoder_self_attention(model, field, 0, source.tokens, source.info)  # 1 H N N
-    L, T, Y, X = batch.tokens[field].shape[1:5]
-    q = (0, T - 1, Y // 2, X // 2)
-    flat = np.ravel_multi_index(q, (L, T, Y, X))
-    weights = w[0, :, flat].mean(0).reshape(L, T, Y, X).numpy()
+    heads = list(a.heads) or list(range(model.cfg.heads))
+    maps = attention.capture(model, source.tokens, source.info, {f: list(a.layers) for f in fields}, heads)
+    sets = {f: attention.to_dataset(maps[f].numpy(), dataset, indices, f, list(a.layers), heads) for f in fields}
+    outputs.write_groups(sets, out_dir / "attention.zarr", annotate_cf=False)
+    for f, ds in sets.items():
+        attention_figure(ds, dataset, indices[0], f, batch.tokens[f][0].numpy(), masks[f][0].numpy(),
+                         out_dir / f"attention_{f}.png")
+
+
+def attention_figure(ds: xr.Dataset, dataset: WindowDataset, index: int, field: str, tokens_LTYXP: np.ndarray,
+                     mask_LTYX: np.ndarray, path: Path) -> Path:
+    """Head-mean attention of the first layer of one target token near the window centre, on the map."""
+    one = ds.isel(sample=0, layer=0)
+    att = one.assign(attention=attention.head_mean(one["attention"]))
+    L, T, Y, X = mask_LTYX.shape
+    targets = np.argwhere(mask_LTYX)
+    centre = np.array([0, T - 1, Y // 2, X // 2])
+    q = tuple(targets[np.argmin(np.abs(targets - centre).sum(1))]) if len(targets) else (0, T - 1, Y // 2, X // 2)
+    flat = int(np.ravel_multi_index(q, (L, T, Y, X)))
+    t_idx, y_idx, x_idx = dataset.indices(index, field)
     store = dataset.stores[field][dataset.windows[index].store]
-    _, y_idx, x_idx = dataset.indices(index, field)
-    ty, tx = store.token_size[1:]
-    lats = store.lats[y_idx].reshape(Y, ty).mean(1)
-    lons = np.rad2deg(np.unwrap(np.deg2rad(store.lons[x_idx]))).reshape(X, tx).mean(1)
-    title = (f"{field}: encoder layer 0 self-attention of the forecast token at "
-             f"{lats[q[2]]:.1f}°N {lons[q[3]] % 360:.1f}°E (slab {q[1]})")
-    return plots.attention_map(weights, q, lats, lons, title, path)
+    truth = store.denormalize(untokenize(tokens_LTYXP, store.token_size), t_idx, y_idx, x_idx)[q[0]]
+    tt = store.token_size[0]
+    truth_TYX = truth.reshape(T, tt, *truth.shape[1:])[:, -1]
+    layer = int(ds["layer"][0])
+    title = (f"{field}: encoder layer {layer} self-attention (mean over {ds.sizes['head']} heads) of the token at "
+             f"{float(att['query_latitude'][flat]):.1f}°N {float(att['query_longitude'][flat]):.1f}°E, slab {q[1]}")
+    return plots.attention_map(att, flat, truth_TYX, store.lats[y_idx], store.lons[x_idx], title, path)

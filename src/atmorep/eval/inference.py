@@ -1,93 +1,129 @@
-"""Inference: forecast the last time slab(s) of held-out windows, in physical units.
+"""Inference: run the model on chosen windows with a masking strategy; results in physical units.
 
-Returns an xarray Dataset per field with dims ``(sample, level, lead, y, x)`` (``member`` for the
-ensemble) and coordinates ``latitude (sample, y)``, ``longitude (sample, x)``,
-``valid_time (sample, lead)``: truth, ensemble mean, ensemble, and the persistence baseline.
-Legend: B batch, L levels, T/Y/X tokens, P values per token, K masked tokens, E members.
+For every field, :func:`run` returns one :class:`xarray.Dataset` in the *window layout*:
+
+- dims ``sample`` (window), ``lead`` (target step, 1-based), ``level``, ``y``, ``x``, ``member``,
+  ``window_step`` (every step of the window);
+- ``target`` (truth), ``prediction`` (ensemble mean, NaN off the masked tokens), ``ensemble``
+  (members, last dim), ``mask`` (which points were targets), ``source`` (the model input over the whole
+  window, masked tokens at the climatological 0 -> the month's mean), ``baseline_<name>`` for each
+  baseline, ``climatology_mean``/``climatology_std``;
+- coordinates ``time (sample, lead)`` valid time, ``init_time (sample)`` the last context step before
+  the first target step, ``lead_time (sample, lead)``, ``latitude (sample, y)``, ``longitude (sample, x)``
+  in [0, 360), ``window_time (sample, window_step)``, ``level``, ``member``.
+
+``ds.isel(sample=i).swap_dims(lead="time", y="latitude", x="longitude")`` is one window with
+(time, level, latitude, longitude[, member]) dimension coordinates.
+
+Legend: B batch, L levels, T/Y/X tokens in time/lat/lon, P values per token, K masked tokens,
+E members, S target steps, nt/ny/nx window points.
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 import xarray as xr
-from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from atmorep.data.dataset import WindowDataset, untokenize
+from atmorep.eval import climatology as clim_
+from atmorep.eval.baselines import BASELINES, Context
 from atmorep.model.multiformer import Multiformer
 from atmorep.train import masking
 from atmorep.train.batch import Batch
 
 
-def choose(n: int, samples: int, seed: int) -> np.ndarray:
-    """``samples`` distinct window indices (all of them if there are fewer), seeded, sorted."""
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(n, size=min(samples, n), replace=False))
+def collate(samples: list[dict]) -> Batch:
+    return Batch.from_numpy({f: (np.stack([s[f][0] for s in samples]), np.stack([s[f][1] for s in samples]))
+                             for f in samples[0]})
 
 
 @torch.no_grad()
-def forecast(model: Multiformer, dataset: WindowDataset, indices: np.ndarray, slabs: int,
-             batch_size: int) -> dict[str, xr.Dataset]:
-    """Forecast the last ``slabs`` time-token slabs of each chosen window (other tokens are context)."""
-    strategy = masking.ForecastMasking(slabs)
-    parts: dict[str, list] = {f: [] for f in dataset.fields}
-    loader = DataLoader(Subset(dataset, indices.tolist()), batch_size=batch_size, shuffle=False)
-    for sample in tqdm(loader, desc="forecast", mininterval=2):
-        batch = Batch.from_numpy(sample)
-        masks = strategy(batch)
-        ens = model(**_inputs(masking.apply(batch, masks), masks))
+def run(model: Multiformer, dataset: WindowDataset, indices: np.ndarray, strategy: masking.Masking,
+        target_slabs: Callable[[int], list[int]], batch_size: int, seed: int, baselines: tuple[str, ...] = (),
+        climatologies: dict[str, xr.Dataset] | None = None) -> dict[str, xr.Dataset]:
+    """Mask, predict and denormalize every window of ``indices``; see the module docstring."""
+    model.eval()
+    parts: dict[str, list[dict]] = {f: [] for f in dataset.fields}
+    for b0 in tqdm(range(0, len(indices), batch_size), desc="inference", mininterval=2, disable=None):
+        idx = [int(i) for i in indices[b0:b0 + batch_size]]
+        batch = collate([dataset[i] for i in idx])
+        gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, b0]).generate_state(1)[0]))
+        masks = strategy(batch, gen)
+        source = masking.apply(batch, masks)
+        ens = model(source.tokens, source.info, masks)
         for f in dataset.fields:
-            parts[f].append(_fill(batch.tokens[f], masks[f], ens[f]))
-    out = {}
-    for f in dataset.fields:
-        truth, mean, members = (np.concatenate(x) for x in zip(*parts[f]))
-        out[f] = _dataset(dataset, f, indices, truth, mean, members, slabs)
-    return out
+            tokens = _filled(batch.tokens[f], masks[f], ens[f], source.tokens[f])
+            for b, i in enumerate(idx):
+                parts[f].append(_window(dataset, f, i, {k: v[b] for k, v in tokens.items()}, target_slabs,
+                                        baselines, (climatologies or {}).get(f)))
+    return {f: _stack(dataset, f, indices, parts[f], baselines) for f in dataset.fields}
 
 
-def _inputs(batch: Batch, masks) -> dict:
-    return {"tokens": batch.tokens, "info": batch.info, "mask": masks}
-
-
-def _fill(tokens_BLTYXP: torch.Tensor, mask_BLTYX: torch.Tensor, ens_KEP: torch.Tensor):
-    """Tokens with the masked ones replaced by the ensemble mean, and by each member."""
-    mean = tokens_BLTYXP.clone()
+def _filled(tokens_BLTYXP, mask_BLTYX, ens_KEP, source_BLTYXP) -> dict[str, np.ndarray]:
+    """Per sample token arrays: truth, input, ensemble mean and members (members ``B E L T Y X P``)."""
+    mean = torch.full_like(tokens_BLTYXP, float("nan"))
     mean[mask_BLTYX] = ens_KEP.mean(1)
     E = ens_KEP.shape[1]
-    members = tokens_BLTYXP[None].repeat(E, 1, 1, 1, 1, 1, 1)
+    members = torch.full((E, *tokens_BLTYXP.shape), float("nan"))
     members[:, mask_BLTYX] = ens_KEP.transpose(0, 1)
-    return tokens_BLTYXP.numpy(), mean.numpy(), members.transpose(0, 1).numpy()  # members: B E L T Y X P
+    point_mask = mask_BLTYX[..., None].expand_as(tokens_BLTYXP)
+    return {"truth": tokens_BLTYXP.numpy(), "source": source_BLTYXP.numpy(), "mean": mean.numpy(),
+            "members": members.transpose(0, 1).numpy(), "mask": point_mask.numpy()}
 
 
-def _dataset(dataset: WindowDataset, f: str, indices, truth, mean, members, slabs) -> xr.Dataset:
-    """Untokenize, keep the forecast steps, denormalize, label with coordinates."""
-    store = dataset.stores[f][0]
-    tt = store.token_size[0]
-    lead = slabs * tt
-    fields = {"truth": [], "forecast": [], "persistence": [], "ensemble": []}
-    lats, lons, times = [], [], []
-    for b, i in enumerate(indices):
-        t_idx, y_idx, x_idx = dataset.indices(int(i), f)
-        s = dataset.stores[f][dataset.windows[int(i)].store]
+def _window(dataset: WindowDataset, f: str, i: int, tok: dict, target_slabs, baselines, clim) -> dict:
+    """One window of one field in physical units, cut to its target steps."""
+    t_idx, y_idx, x_idx = dataset.indices(i, f)
+    store = dataset.stores[f][dataset.windows[i].store]
+    size = store.token_size
 
-        def phys(tokens_LTYXP):
-            return s.denormalize(untokenize(tokens_LTYXP, s.token_size), t_idx, y_idx, x_idx)
-        full_truth = phys(truth[b])
-        fields["truth"].append(full_truth[:, -lead:])
-        fields["forecast"].append(phys(mean[b])[:, -lead:])
-        fields["persistence"].append(np.repeat(full_truth[:, -lead - 1:-lead], lead, axis=1))
-        fields["ensemble"].append(np.stack([phys(m)[:, -lead:] for m in members[b]]))
-        lats.append(s.lats[y_idx])
-        lons.append(s.lons[x_idx])
-        times.append(s.times[t_idx[-lead:]])
-    dims = ("sample", "level", "lead", "y", "x")
-    ds = xr.Dataset(
-        {k: (("sample", "member", *dims[1:]) if k == "ensemble" else dims, np.stack(v).astype(np.float32))
-         for k, v in fields.items()},
-        coords={"sample": np.asarray(indices), "level": store.levels, "lead": np.arange(1, lead + 1),
-                "latitude": (("sample", "y"), np.stack(lats)), "longitude": (("sample", "x"), np.stack(lons)),
-                "valid_time": (("sample", "lead"), np.stack(times))},
-        attrs={"field": f, "lead_units": "time steps of the store"},
-    )
-    return ds
+    def phys(tokens_LTYXP):
+        return store.denormalize(untokenize(tokens_LTYXP, size), t_idx, y_idx, x_idx).astype(np.float32)
+
+    T = tok["truth"].shape[1]
+    steps = np.concatenate([np.arange(s * size[0], (s + 1) * size[0]) for s in sorted(target_slabs(T))])
+    truth = phys(tok["truth"])
+    times = store.times[t_idx]
+    if clim is not None:
+        c_mean, c_std = clim_.at(clim, times[steps], y_idx, x_idx)
+    else:
+        c_mean = c_std = np.full(truth[:, steps].shape, np.nan, np.float32)
+    ctx = Context(truth, times, steps, c_mean, c_std)
+    context_before = np.setdiff1d(np.arange(len(times)), steps)
+    context_before = context_before[context_before < steps[0]]
+    init = times[context_before[-1]] if len(context_before) else times[0]
+    return {
+        "target": truth[:, steps], "source": phys(tok["source"]),
+        "prediction": phys(tok["mean"])[:, steps],
+        "ensemble": np.stack([phys(m)[:, steps] for m in tok["members"]], axis=-1),
+        "mask": untokenize(tok["mask"], size)[:, steps],
+        "climatology_mean": c_mean.astype(np.float32), "climatology_std": c_std.astype(np.float32),
+        **{f"baseline_{b}": BASELINES[b](ctx).astype(np.float32) for b in baselines},
+        "time": times[steps], "window_time": times, "init_time": init,
+        "latitude": store.lats[y_idx], "longitude": store.lons[x_idx] % 360.0,
+    }
+
+
+def _stack(dataset: WindowDataset, f: str, indices, parts: list[dict], baselines) -> xr.Dataset:
+    levels = dataset.stores[f][0].levels
+    arrays = {k: np.stack([p[k] for p in parts]) for k in parts[0]}
+    grid = ("sample", "level", "lead", "y", "x")
+    data = {k: (grid, arrays[k]) for k in ("target", "prediction", "mask", "climatology_mean", "climatology_std",
+                                             *(f"baseline_{b}" for b in baselines))}
+    data["ensemble"] = ((*grid, "member"), arrays["ensemble"])
+    data["source"] = (("sample", "level", "window_step", "y", "x"), arrays["source"])
+    init = arrays["init_time"].astype("datetime64[ns]")
+    time = arrays["time"].astype("datetime64[ns]")
+    ds = xr.Dataset(data, coords={
+        "sample": np.asarray(indices, np.int64), "level": levels, "lead": np.arange(1, time.shape[1] + 1),
+        "member": np.arange(arrays["ensemble"].shape[-1]),
+        "time": (("sample", "lead"), time), "init_time": ("sample", init),
+        "lead_time": (("sample", "lead"), time - init[:, None]),
+        "window_time": (("sample", "window_step"), arrays["window_time"].astype("datetime64[ns]")),
+        "latitude": (("sample", "y"), arrays["latitude"]), "longitude": (("sample", "x"), arrays["longitude"]),
+    }, attrs={"field": f})
+    return ds.transpose("sample", "lead", "window_step", "level", "y", "x", "member")

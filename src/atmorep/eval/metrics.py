@@ -1,35 +1,122 @@
-"""Scores as pure xarray functions (WeatherBench 2 definitions): no I/O, no model.
+"""Scores as pure xarray functions, in WeatherBench 2 definitions: no I/O, no model, no loops over samples.
 
-Every function reduces over ``dims`` with latitude weights ``cos(lat)`` normalised to mean 1.
+Every spatial score reduces over ``dims`` with area weights (:func:`latitude_weights`) and skips
+missing values (points that are not targets, e.g. unmasked tokens in BERT mode, are NaN). Scores of
+one init time / window are computed first; averaging over samples is the caller's business, which
+gives WB2's "sqrt before time average" RMSE and spread.
+
+The ensemble dimension is ``member`` unless told otherwise. CRPS comes from ``scoringrules`` (the
+fair estimator, equal to WB2's probability-weighted-moment CRPS); nothing here hand-writes it.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import scoringrules as sr
 import xarray as xr
 
 
-def latitude_weights(latitude: xr.DataArray) -> xr.DataArray:
-    w = np.cos(np.deg2rad(latitude))
-    return w / w.mean()
+def latitude_weights(latitude: xr.DataArray, dim: str | None = None) -> xr.DataArray:
+    """Cell-area weights along ``dim`` (default: latitude's last dim), normalised to mean 1 there.
+
+    As WB2's ``get_lat_weights``: ``sin(upper bound) - sin(lower bound)`` with the bounds half-way
+    between neighbouring latitudes (the outer ones mirrored, clipped to the poles). Works for either
+    latitude order and for a per-sample latitude ``(sample, y)``.
+    """
+    dim = dim or latitude.dims[-1]
+    lat = np.deg2rad(latitude.transpose(..., dim).values)
+    if lat.shape[-1] == 1:
+        return xr.ones_like(latitude, dtype=float)
+    mid = (lat[..., 1:] + lat[..., :-1]) / 2
+    first = 2 * lat[..., :1] - mid[..., :1]
+    last = 2 * lat[..., -1:] - mid[..., -1:]
+    bounds = np.clip(np.concatenate([first, mid, last], axis=-1), -np.pi / 2, np.pi / 2)
+    w = np.abs(np.sin(bounds[..., 1:]) - np.sin(bounds[..., :-1]))
+    w = w / w.mean(axis=-1, keepdims=True)
+    return xr.DataArray(w, dims=latitude.transpose(..., dim).dims, coords=latitude.coords).transpose(*latitude.dims)
 
 
-def _wmean(x: xr.DataArray, weights: xr.DataArray, dims) -> xr.DataArray:
-    return (x * weights).sum(dims) / weights.broadcast_like(x).sum(dims)
+def weighted_mean(x: xr.DataArray, weights: xr.DataArray, dims) -> xr.DataArray:
+    """Weighted mean over ``dims``, skipping NaN (the weights of missing points do not count)."""
+    w = weights.broadcast_like(x).where(x.notnull())
+    return (x * w).sum(dims, skipna=True) / w.sum(dims)
+
+
+def mse(forecast: xr.DataArray, truth: xr.DataArray, weights: xr.DataArray, dims) -> xr.DataArray:
+    """Area-weighted mean squared error."""
+    return weighted_mean((forecast - truth) ** 2, weights, dims)
 
 
 def rmse(forecast: xr.DataArray, truth: xr.DataArray, weights: xr.DataArray, dims) -> xr.DataArray:
-    """Latitude-weighted root-mean-square error."""
-    return np.sqrt(_wmean((forecast - truth) ** 2, weights, dims))
+    """Area-weighted root-mean-square error (of one sample: average the result over samples)."""
+    return np.sqrt(mse(forecast, truth, weights, dims))
 
 
 def bias(forecast: xr.DataArray, truth: xr.DataArray, weights: xr.DataArray, dims) -> xr.DataArray:
-    """Latitude-weighted mean error (forecast - truth)."""
-    return _wmean(forecast - truth, weights, dims)
+    """Area-weighted mean error ``forecast - truth``."""
+    return weighted_mean(forecast - truth, weights, dims)
+
+
+def mae(forecast: xr.DataArray, truth: xr.DataArray, weights: xr.DataArray, dims) -> xr.DataArray:
+    """Area-weighted mean absolute error; the CRPS of a deterministic (point) forecast."""
+    return weighted_mean(abs(forecast - truth), weights, dims)
+
+
+def acc(forecast: xr.DataArray, truth: xr.DataArray, climatology: xr.DataArray, weights: xr.DataArray,
+        dims) -> xr.DataArray:
+    """Anomaly correlation coefficient (WB2's uncentred ACC) against ``climatology``."""
+    fa, ta = forecast - climatology, truth - climatology
+    valid = fa.notnull() & ta.notnull()
+    fa, ta = fa.where(valid), ta.where(valid)
+    return weighted_mean(fa * ta, weights, dims) / np.sqrt(
+        weighted_mean(fa**2, weights, dims) * weighted_mean(ta**2, weights, dims))
+
+
+def crps_ensemble(ensemble: xr.DataArray, truth: xr.DataArray, weights: xr.DataArray, dims,
+                  member: str = "member") -> xr.DataArray:
+    """Area-weighted CRPS of a finite ensemble (scoringrules, fair estimator)."""
+    point = xr.apply_ufunc(
+        lambda obs, fct: sr.crps_ensemble(obs, fct, m_axis=-1, estimator="fair", backend="numpy"),
+        truth, ensemble, input_core_dims=[[], [member]], dask="allowed")
+    return weighted_mean(point.where(truth.notnull()), weights, dims)
+
+
+def crps_normal(mean: xr.DataArray, std: xr.DataArray, truth: xr.DataArray, weights: xr.DataArray,
+                dims) -> xr.DataArray:
+    """Area-weighted CRPS of Gaussian forecasts ``N(mean, std)`` (scoringrules' closed form)."""
+    point = xr.apply_ufunc(lambda obs, mu, sigma: sr.crps_normal(obs, mu, np.maximum(sigma, 1e-12), backend="numpy"),
+                           truth, mean, std, dask="allowed")
+    return weighted_mean(point, weights, dims)
 
 
 def spread(ensemble: xr.DataArray, weights: xr.DataArray, dims, member: str = "member") -> xr.DataArray:
-    """Latitude-weighted ensemble spread sqrt(mean variance), with the finite-ensemble correction."""
-    n = ensemble.sizes[member]
-    var = ensemble.var(member, ddof=1) * (n + 1) / n
-    return np.sqrt(_wmean(var, weights, dims))
+    """Ensemble spread ``sqrt(weighted mean of the unbiased member variance)`` (WB2 EnsembleStddev)."""
+    return np.sqrt(weighted_mean(ensemble.var(member, ddof=1), weights, dims))
+
+
+def spread_skill_ratio(spread_: xr.DataArray, rmse_of_mean: xr.DataArray, members: int) -> xr.DataArray:
+    """``sqrt((M+1)/M) * spread / RMSE(ensemble mean)``: 1 for a perfectly calibrated M-member ensemble.
+
+    Takes the (sample-averaged) spread and RMSE so the caller decides how to average them.
+    """
+    return np.sqrt((members + 1) / members) * spread_ / rmse_of_mean
+
+
+def rank_histogram(ensemble: xr.DataArray, truth: xr.DataArray, dims, member: str = "member",
+                   seed: int = 0) -> xr.DataArray:
+    """Counts of the truth's rank among the members (0..M), reduced over ``dims``; ties broken at random.
+
+    A flat histogram means a calibrated ensemble; U-shaped, under-dispersive; dome-shaped, over-dispersive.
+    """
+    rng = np.random.default_rng(seed)
+    M = ensemble.sizes[member]
+
+    def ranks(obs, fct):
+        below = (fct < obs[..., None]).sum(-1)
+        ties = (fct == obs[..., None]).sum(-1)
+        r = below + np.floor(rng.random(obs.shape) * (ties + 1)).astype(int)
+        return np.where(np.isnan(obs), -1, r)
+
+    r = xr.apply_ufunc(ranks, truth, ensemble, input_core_dims=[[], [member]])
+    hist = xr.concat([(r == k).sum(dims) for k in range(M + 1)], dim="rank")
+    return hist.assign_coords(rank=np.arange(M + 1))

@@ -1,4 +1,7 @@
-"""Figures: maps of truth vs prediction, and attention maps on the map."""
+"""Figures: maps of truth, prediction, spread and error; scores against lead and against baselines;
+rank histograms; attention of one token over the map. Inputs are the products (window layout,
+score tables, attention datasets); nothing here computes a score.
+"""
 
 from __future__ import annotations
 
@@ -9,54 +12,156 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import xarray as xr  # noqa: E402
 
-
-def _extent(lats: np.ndarray, lons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    lons = np.unwrap(np.deg2rad(lons)) * 180 / np.pi  # continuous across 0°/360°
-    return lats, lons
+COLOURS = {"atmorep": "C0", "persistence": "C1", "climatology": "C2", "linear": "C3"}
+LABELS = {"rmse": "RMSE", "acc": "ACC", "crps": "CRPS", "ssr": "spread / skill", "bias": "bias"}
 
 
-def forecast_map(ds: xr.Dataset, sample: int, path: Path, lead: int = 1) -> Path:
-    """Truth, ensemble mean, persistence, error and spread of one window at one lead."""
-    s = ds.isel(sample=sample, level=0).sel(lead=lead)
-    lats, lons = _extent(s["latitude"].values, s["longitude"].values)
-    panels = [("truth", s["truth"]), ("AtmoRep ensemble mean", s["forecast"]), ("persistence", s["persistence"]),
-              ("error (mean - truth)", s["forecast"] - s["truth"]), ("ensemble spread", s["ensemble"].std("member"))]
-    vmin, vmax = float(s["truth"].min()), float(s["truth"].max())
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6), constrained_layout=True)
+def _continuous(lons: np.ndarray) -> np.ndarray:
+    return np.rad2deg(np.unwrap(np.deg2rad(lons)))  # continuous across 0°/360°
+
+
+def _coord(ds: xr.Dataset, name: str, sample: int) -> np.ndarray:
+    c = ds[name]
+    return (c.isel(sample=sample) if "sample" in c.dims else c).values
+
+
+def forecast_map(ds: xr.Dataset, path: Path, sample: int = 0, lead: int = 1, level: int = 0,
+                 baseline: str | None = None) -> Path:
+    """Truth, ensemble mean, a baseline, error and ensemble spread of one sample at one lead."""
+    s = ds.isel(sample=sample, level=level).sel(lead=lead)
+    lats, lons = _coord(ds, "latitude", sample), _continuous(_coord(ds, "longitude", sample))
+    baseline = baseline or next((v[9:] for v in ds.data_vars if v.startswith("baseline_")), None)
+    panels = [("truth", s["target"]), ("AtmoRep ensemble mean", s["prediction"])]
+    if baseline:
+        panels.append((baseline, s[f"baseline_{baseline}"]))
+    panels += [("error (mean - truth)", s["prediction"] - s["target"]),
+               ("ensemble spread", s["ensemble"].std("member", ddof=1))]
+    vmin, vmax = float(s["target"].min()), float(s["target"].max())
+    aspect = max(0.3, min(3.0, (lats.max() - lats.min() + 1) / (lons.max() - lons.min() + 1)))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 1.2 + 3.0 * aspect + 0.6),
+                             constrained_layout=True)
     for ax, (title, da) in zip(axes, panels):
-        same_scale = title in ("truth", "AtmoRep ensemble mean", "persistence")
-        m = ax.pcolormesh(lons, lats, da.values, shading="nearest", cmap="viridis" if same_scale else "RdBu_r",
-                          **({"vmin": vmin, "vmax": vmax} if same_scale else _symmetric(da.values)))
+        same = title in ("truth", "AtmoRep ensemble mean", baseline)
+        m = ax.pcolormesh(lons, lats, da.values, shading="nearest", cmap="viridis" if same else "RdBu_r",
+                          **({"vmin": vmin, "vmax": vmax} if same else _symmetric(da.values)))
         ax.set(title=title, xlabel="longitude [°E]", ylabel="latitude [°N]", aspect="equal")
-        fig.colorbar(m, ax=ax, shrink=0.8)
-    when = str(s["valid_time"].values)[:16]
-    fig.suptitle(f"{ds.attrs['field']} forecast, lead {lead} step(s), valid {when}")
+        fig.colorbar(m, ax=ax, shrink=0.8, label=ds["target"].attrs.get("units", ""))
+    when = str(s["time"].values)[:16]
+    fig.suptitle(f"{ds.attrs.get('field', '')}: lead {lead} step(s), valid {when}, level {int(s['level'])}")
     fig.savefig(path, dpi=90)
     plt.close(fig)
-    return path
+    return Path(path)
 
 
 def _symmetric(values: np.ndarray) -> dict:
-    v = float(np.nanmax(np.abs(values))) or 1.0
-    return {"vmin": -v, "vmax": v} if values.min() < 0 else {"vmin": 0, "vmax": v}
+    finite = values[np.isfinite(values)]
+    v = float(np.max(np.abs(finite))) if finite.size else 1.0
+    v = v or 1.0
+    return {"vmin": -v, "vmax": v} if finite.size and finite.min() < 0 else {"vmin": 0, "vmax": v}
 
 
-def attention_map(weights_LTYX: np.ndarray, query: tuple[int, int, int, int], lats_Y: np.ndarray,
+def scores_vs_lead(table: pd.DataFrame, field: str, path: Path, metrics=("rmse", "acc", "crps", "ssr")) -> Path:
+    """Score against lead for AtmoRep and every baseline (first level)."""
+    t = table[(table.field == field)]
+    t = t[t.level == t.level.min()]
+    metrics = [m for m in metrics if m in set(t.metric)]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.2), constrained_layout=True,
+                             squeeze=False)
+    x = "lead_hours" if t["lead_hours"].notna().all() else "lead"
+    for ax, m in zip(axes[0], metrics):
+        for forecast, g in t[t.metric == m].groupby("forecast"):
+            g = g.sort_values("lead")
+            ax.plot(g[x], g["value"], marker="o", label=forecast, color=COLOURS.get(forecast))
+        if m == "ssr":
+            ax.axhline(1.0, color="k", lw=0.8, ls="--")
+        ax.set(title=LABELS.get(m, m), xlabel="lead [h]" if x == "lead_hours" else "lead [steps]")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"{field}: scores against lead ({int(t['samples'].max()) if len(t) else 0} samples)")
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return Path(path)
+
+
+def skill(table: pd.DataFrame, path: Path, metrics=("rmse", "crps")) -> Path:
+    """AtmoRep's score divided by each baseline's (mean over levels and leads): below 1 beats it."""
+    rows = []
+    for (f, m), g in table[table.metric.isin(metrics)].groupby(["field", "metric"]):
+        ours = g[g.forecast == "atmorep"]["value"].mean()
+        for b, gb in g[g.forecast != "atmorep"].groupby("forecast"):
+            rows.append({"field": f, "metric": m, "baseline": b, "ratio": ours / gb["value"].mean()})
+    r = pd.DataFrame(rows)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.4), constrained_layout=True,
+                             squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        sub = r[r.metric == m] if len(r) else r
+        if len(sub):
+            piv = sub.pivot(index="field", columns="baseline", values="ratio")
+            piv.plot.bar(ax=ax, color=[COLOURS.get(c, None) for c in piv.columns], rot=0)
+        ax.axhline(1.0, color="k", lw=0.8)
+        ax.set(title=f"{LABELS.get(m, m)}: AtmoRep / baseline", ylabel="ratio (< 1: AtmoRep better)")
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return Path(path)
+
+
+def rank_histogram(hist: pd.DataFrame, field: str, path: Path) -> Path:
+    """Frequency of the truth's rank among the members (pooled over leads; first level)."""
+    h = hist[hist.field == field]
+    h = h[h.level == h.level.min()].groupby("rank")["count"].sum()
+    freq = h / max(h.sum(), 1)
+    fig, ax = plt.subplots(figsize=(5, 3.2), constrained_layout=True)
+    ax.bar(freq.index, freq.values, color="C0")
+    ax.axhline(1 / len(freq), color="k", ls="--", lw=0.8, label="calibrated")
+    ax.set(title=f"{field}: rank histogram", xlabel="rank of the truth among the members", ylabel="frequency")
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return Path(path)
+
+
+def attention_map(att: xr.Dataset, query: int, truth_TYX: np.ndarray | None, lats_Y: np.ndarray,
                   lons_X: np.ndarray, title: str, path: Path) -> Path:
-    """Where one query token looks: attention weight of every key token, one panel per time slab."""
-    L, T, Y, X = weights_LTYX.shape
-    lats, lons = _extent(lats_Y, lons_X)
+    """Where one query token looks: its weights over the key tokens (boxes at their footprints), one
+    panel per key time slab, over contours of the truth at that slab; the query's box in cyan.
+
+    ``att`` holds ``attention (query, key)`` of one sample (heads/layers aggregated) and the footprints
+    of :func:`atmorep.eval.attention.to_dataset`; ``truth_TYX`` is the window's truth per slab.
+    """
+    row = att.isel(query=query)
+    level0 = row["key_token_level_index"].values == int(row["query_token_level_index"])
+    keys = row.isel(key=np.flatnonzero(level0))
+    T = int(keys["key_token_t"].max()) + 1
+    vmax = float(keys["attention"].max())
     fig, axes = plt.subplots(1, T, figsize=(3.8 * T, 3.4), constrained_layout=True, squeeze=False)
-    vmax = float(weights_LTYX.max())
+    lon_ref = float(_continuous(lons_X)[0]) - abs(float(lons_X[1] - lons_X[0]))
     for t, ax in enumerate(axes[0]):
-        m = ax.pcolormesh(lons, lats, weights_LTYX[query[0], t], shading="nearest", cmap="magma", vmin=0, vmax=vmax)
-        if t == query[1]:
-            ax.plot(lons[query[3]], lats[query[2]], marker="x", color="cyan", ms=10, mew=2)
-        ax.set(title=f"key time slab {t}", xlabel="longitude [°E]", ylabel="latitude [°N]", aspect="equal")
-    fig.colorbar(m, ax=axes[0].tolist(), shrink=0.8, label="attention weight (mean over heads)")
+        sel = keys.isel(key=np.flatnonzero(keys["key_token_t"].values == t))
+        for w, lb, ob in zip(sel["attention"].values, sel["key_latitude_bnds"].values, sel["key_longitude_bnds"].values):
+            x0 = _near(ob[0], lon_ref)
+            ax.add_patch(plt.Rectangle((x0, lb[0]), (ob[1] - ob[0]) % 360 or 360, lb[1] - lb[0],
+                                       color=plt.cm.magma(w / vmax if vmax else 0), alpha=0.85, lw=0))
+        if truth_TYX is not None:
+            cs = ax.contour(_continuous(lons_X), lats_Y, truth_TYX[t], levels=8, colors="w", linewidths=0.7)
+            ax.clabel(cs, fontsize=6)
+        if t == int(row["query_token_t"]):
+            lb, ob = row["query_latitude_bnds"].values, row["query_longitude_bnds"].values
+            ax.add_patch(plt.Rectangle((_near(ob[0], lon_ref), lb[0]), (ob[1] - ob[0]) % 360, lb[1] - lb[0],
+                                       fill=False, ec="cyan", lw=2))
+        ax.autoscale_view()
+        ax.set(title=f"key slab {t} (valid {str(sel['key_time'].values[0])[:13]})", xlabel="longitude [°E]",
+               ylabel="latitude [°N]", aspect="equal")
+    sm = plt.cm.ScalarMappable(cmap="magma", norm=plt.Normalize(0, vmax))
+    fig.colorbar(sm, ax=axes[0].tolist(), shrink=0.8, label="attention weight")
     fig.suptitle(title)
     fig.savefig(path, dpi=90)
     plt.close(fig)
-    return path
+    return Path(path)
+
+
+def _near(lon: float, ref: float) -> float:
+    """``lon`` shifted by multiples of 360 to lie within [ref, ref + 360)."""
+    return ref + (lon - ref) % 360.0

@@ -1,0 +1,84 @@
+"""Climatology of the training period: mean and standard deviation per grid point and hour of day.
+
+The reference of the ACC and the climatology baseline (a Gaussian forecast ``N(mean, std)``, scored
+with the closed-form CRPS). WeatherBench 2 uses a day-of-year x hour climatology of 30 years; a
+campaign of weeks has no seasons to resolve, so this keeps the diurnal cycle: for hour h, the times
+whose hour of day lies within ``window_hours // 2`` of h (circularly) count. Computed in time blocks
+from the shard stores, in physical units; never from the held-out period (the caller's period).
+
+Legend: H hours of day (24), L levels, Y/X grid rows/columns of the store, T time steps.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import xarray as xr
+
+from atmorep.data.dataset import FieldStore
+
+log = logging.getLogger(__name__)
+
+HOURS = np.arange(24)
+
+
+def hour_of_day(times: np.ndarray) -> np.ndarray:
+    t = np.asarray(times).astype("datetime64[h]")
+    return (t - t.astype("datetime64[D]")).astype(int)
+
+
+def climatology(stores: list[FieldStore], start: np.datetime64, end: np.datetime64, window_hours: int,
+                block: int = 96) -> xr.Dataset:
+    """``mean`` and ``std`` ``(hour, level, latitude, longitude)`` over ``start``..``end`` (inclusive)."""
+    first = stores[0]
+    L, Y, X = len(first.levels), len(first.lats), len(first.lons)
+    count = np.zeros(24)
+    total = np.zeros((24, L, Y, X))
+    squares = np.zeros((24, L, Y, X))
+    y_idx, x_idx = np.arange(Y), np.arange(X)
+    for store in stores:
+        t_idx = np.flatnonzero((store.times >= start) & (store.times <= end))
+        for a in range(0, len(t_idx), block):
+            t = t_idx[a:a + block]
+            values = store.denormalize(store.read(int(t[0]), int(t[-1] - t[0] + 1), 0, Y, 0, X)[:, t - t[0]],
+                                       t, y_idx, x_idx)  # L T Y X
+            hours = hour_of_day(store.times[t])
+            for h in np.unique(hours):
+                v = values[:, hours == h].astype(np.float64)
+                count[h] += v.shape[1]
+                total[h] += v.sum(1)
+                squares[h] += (v * v).sum(1)
+    if not count.sum():
+        raise ValueError(f"no time step of field '{first.field}' lies in the climatology period {start} .. {end}")
+    kernel = _circular_window(window_hours)  # H H: which hour bins feed each hour
+    n = kernel @ count
+    if (n == 0).any():
+        log.warning("climatology of '%s': hours %s have no data within +-%d h; using all hours there",
+                    first.field, HOURS[n == 0].tolist(), window_hours // 2)
+        kernel[n == 0] = 1.0
+        n = kernel @ count
+    mean = np.tensordot(kernel, total, axes=1) / n[:, None, None, None]
+    var = np.tensordot(kernel, squares, axes=1) / n[:, None, None, None] - mean**2
+    coords = {"hour": HOURS, "level": first.levels, "latitude": first.lats, "longitude": first.lons}
+    dims = ("hour", "level", "latitude", "longitude")
+    return xr.Dataset(
+        {"mean": (dims, mean.astype(np.float32)), "std": (dims, np.sqrt(np.maximum(var, 0)).astype(np.float32)),
+         "count": ("hour", n.astype(np.int64))},
+        coords=coords,
+        attrs={"field": first.field, "period": f"{start} .. {end}", "window_hours": window_hours,
+               "description": "mean and std per grid point and hour of day (circular window)"})
+
+
+def _circular_window(window_hours: int) -> np.ndarray:
+    d = np.abs(HOURS[:, None] - HOURS[None, :])
+    d = np.minimum(d, 24 - d)
+    return (d <= window_hours // 2).astype(np.float64)
+
+
+def at(clim: xr.Dataset, times: np.ndarray, y_idx: np.ndarray, x_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Climatological mean and std ``(L, T, Y, X)`` for valid ``times`` at store rows/columns."""
+    h = hour_of_day(times)
+    mean = clim["mean"].values[h][:, :, y_idx][:, :, :, x_idx]
+    std = clim["std"].values[h][:, :, y_idx][:, :, :, x_idx]
+    return mean.transpose(1, 0, 2, 3), std.transpose(1, 0, 2, 3)

@@ -1,0 +1,173 @@
+"""Inference modes behind one interface (AtmoRep spec §6): which windows, which masks, which
+baselines, and what to do with the windows afterwards (``global_forecast`` stitches its tiles).
+
+The masks come from the training strategies (:data:`atmorep.train.masking.STRATEGIES`); a mode only
+says which time slabs its targets occupy so that outputs keep exactly those steps.
+
+Legend: S samples (windows or times), Y/X rows/columns, ny/nx window points.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import xarray as xr
+
+from atmorep.config import EvaluateConfig, MaskingConfig
+from atmorep.data.dataset import WindowDataset
+from atmorep.eval import windows as W
+from atmorep.train import masking
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The windows to run; ``tiles`` (per time position) when they tile the globe."""
+
+    indices: np.ndarray
+    tiles: dict[int, list[W.Tile]] = field(default_factory=dict)
+
+
+class Mode:
+    """A way to evaluate: masking strategy, target slabs, window choice, post-processing, baselines."""
+
+    name = ""
+    baselines: tuple[str, ...] = ()
+
+    def masking(self, cfg: EvaluateConfig, token_sizes: dict) -> masking.Masking:
+        mc = MaskingConfig(strategy=self.name, forecast_tokens=cfg.forecast_tokens,
+                           interpolation_slabs=cfg.interpolation_slabs, rate=cfg.bert_rate,
+                           p_mask=1.0, p_noise=0.0, p_coarsen=0.0)
+        return masking.build(mc, token_sizes)
+
+    def target_slabs(self, cfg: EvaluateConfig) -> Callable[[int], list[int]]:
+        """Time slabs (of a field with T of them) that hold targets: what the outputs keep."""
+        raise NotImplementedError
+
+    def select(self, dataset: WindowDataset, cfg: EvaluateConfig, seed: int) -> Selection:
+        positions = W.at_times(dataset, cfg.times)
+        return Selection(W.sample(dataset, positions, cfg.samples, seed))
+
+    def finish(self, dataset: WindowDataset, selection: Selection, results: dict[str, xr.Dataset],
+               cfg: EvaluateConfig) -> dict[str, xr.Dataset]:
+        return results
+
+
+class Forecast(Mode):
+    """The last ``forecast_tokens`` time slabs of random windows (AtmoRep ``forecast``)."""
+
+    name = "forecast"
+    baselines = ("persistence", "climatology")
+
+    def target_slabs(self, cfg):
+        return lambda T: list(range(T - cfg.forecast_tokens, T))
+
+
+class TemporalInterpolation(Mode):
+    """Middle (or configured) time slabs of random windows (AtmoRep ``temporal_interpolation``)."""
+
+    name = "temporal_interpolation"
+    baselines = ("linear", "persistence", "climatology")
+
+    def target_slabs(self, cfg):
+        return lambda T: list(cfg.interpolation_slabs) or [T // 2]
+
+
+class Bert(Mode):
+    """Random tokens of random windows (AtmoRep ``BERT``); outputs keep every step, NaN off the targets."""
+
+    name = "bert"
+    baselines = ("climatology",)
+
+    def target_slabs(self, cfg):
+        return lambda T: list(range(T))
+
+
+class GlobalForecast(Forecast):
+    """Forecast-masked tiles covering the globe at each time, stitched (AtmoRep ``global_forecast``)."""
+
+    name = "global_forecast"
+
+    def select(self, dataset, cfg, seed):
+        store = dataset.stores[dataset.fields[0]][0]
+        if abs(len(store.lons) * abs(store.lons[1] - store.lons[0]) - 360.0) > 1e-6:
+            raise ValueError("evaluate.mode global_forecast needs a global grid (longitudes spanning 360°)")
+        positions = W.at_times(dataset, cfg.times)
+        if not cfg.times:
+            positions = positions[:1]
+        tiles = {p.position: W.tiles(dataset, p, cfg.token_overlap) for p in positions}
+        indices = np.array([t.index for ts in tiles.values() for t in ts], np.int64)
+        log.info("global_forecast: %d time(s) x %d tiles", len(tiles), len(indices) // max(len(tiles), 1))
+        return Selection(indices, tiles)
+
+    def finish(self, dataset, selection, results, cfg):
+        return {f: stitch(ds, selection.tiles, dataset, f, cfg.token_overlap) for f, ds in results.items()}
+
+
+#: name -> mode
+MODES: dict[str, Mode] = {m.name: m for m in (Forecast(), TemporalInterpolation(), Bert(), GlobalForecast())}
+
+
+def get(name: str) -> Mode:
+    if name not in MODES:
+        raise ValueError(f"evaluate.mode: unknown '{name}' (known: {', '.join(MODES)})")
+    return MODES[name]
+
+
+def taper(n: int, ramp: int) -> np.ndarray:
+    """Blending weights along one tile axis: 1 inside, a linear ramp over ``ramp`` points at each edge."""
+    if ramp <= 0:
+        return np.ones(n)
+    i = np.arange(n) + 0.5
+    return np.clip(np.minimum(i, n - i) / ramp, 1e-3, 1.0)
+
+
+def stitch(ds: xr.Dataset, tiles: dict[int, list[W.Tile]], dataset: WindowDataset, f: str,
+           overlap_tokens: tuple[int, int]) -> xr.Dataset:
+    """Global fields per time from the tiles (window layout in, window layout out: one sample per time).
+
+    Overlapping tiles are averaged with :func:`taper` weights, so a point near a tile's edge takes
+    most of its value from the neighbouring tile's interior.
+    """
+    store = dataset.stores[f][0]
+    nlat, nlon = len(store.lats), len(store.lons)
+    _, ny, nx = dataset.extent
+    ty, tx = store.token_size[1:]
+    w_YX = np.outer(taper(ny, overlap_tokens[0] * ty), taper(nx, overlap_tokens[1] * tx))
+    by_index = {int(s): k for k, s in enumerate(ds["sample"].values)}
+    gridded = [v for v in ds.data_vars if {"y", "x"} <= set(ds[v].dims)]
+    out = []
+    for position, ts in tiles.items():
+        rows = [by_index[t.index] for t in ts]
+        acc = {}
+        for v in gridded:
+            da = ds[v].isel(sample=rows).transpose("sample", "y", "x", ...)
+            values = da.values.astype(np.float64)
+            num = np.zeros((nlat, nlon) + values.shape[3:])
+            den = np.zeros((nlat, nlon) + (1,) * (values.ndim - 3))
+            for k, t in enumerate(ts):
+                w = w_YX.reshape(w_YX.shape + (1,) * (values.ndim - 3))
+                cols = (t.x0 + np.arange(nx)) % nlon
+                v_k = np.nan_to_num(values[k]) if v != "mask" else values[k]
+                num[t.y0:t.y0 + ny, cols] += w * v_k
+                den[t.y0:t.y0 + ny, cols] += w
+            stitched = num / den
+            if v == "mask":
+                stitched = stitched > 0.5
+            acc[v] = (("y", "x", *da.dims[3:]), stitched.astype(ds[v].dtype))
+        first = ds.isel(sample=rows[0])
+        part = xr.Dataset(acc, coords={"latitude": ("y", store.lats), "longitude": ("x", store.lons % 360.0)})
+        part = part.expand_dims(sample=[position]).assign_coords(
+            {c: (("sample", *first[c].dims), first[c].values[None])
+             for c in ("time", "init_time", "lead_time", "window_time")})
+        out.append(part)
+    merged = xr.concat(out, dim="sample", coords="minimal", compat="equals", join="exact")
+    merged["prediction"] = merged["prediction"].where(merged["mask"])
+    merged["ensemble"] = merged["ensemble"].where(merged["mask"])
+    return merged.assign_coords(level=ds["level"], member=ds["member"], lead=ds["lead"]).transpose(
+        "sample", "lead", "window_step", "level", "y", "x", "member").assign_attrs(ds.attrs, stitched_tiles=len(
+            next(iter(tiles.values()))), token_overlap=list(overlap_tokens))

@@ -1,0 +1,135 @@
+"""Evaluation products on disk: zarr (v2 with consolidated metadata, so plain ``xarray.open_zarr`` and
+WeatherBench 2 read them) with CF attributes, one group per field where a store holds several.
+
+- ``windows.zarr/{field}``: the window layout of :mod:`atmorep.eval.inference` (sources, targets,
+  predictions = ensemble mean, the full ensemble, masks, baselines) in physical units;
+- ``wb2_forecast.zarr`` / ``wb2_ensemble.zarr`` / ``wb2_truth.zarr`` (``global_forecast``): the WB2
+  forecast schema ``(time = init time, prediction_timedelta, [level,] latitude increasing, longitude in
+  [0, 360)[, number])`` with WB2 variable names, and the truth as ``(time, [level,] latitude, longitude)``;
+- ``sample_scores.zarr/{field}``, ``climatology.zarr/{field}``, ``attention.zarr/{field}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from atmorep.eval import cf
+
+log = logging.getLogger(__name__)
+
+CONVENTIONS = {"Conventions": "CF-1.10", "source": "atmorep evaluate"}
+WHAT = {"target": "true", "prediction": "predicted (ensemble mean)", "ensemble": "ensemble member of",
+        "source": "model input (masked tokens at the mean)", "climatology_mean": "climatological mean of",
+        "climatology_std": "climatological standard deviation of"}
+
+
+def annotate(ds: xr.Dataset, field: str) -> xr.Dataset:
+    """CF attributes on every variable and coordinate of a dataset of ``field``."""
+    ds = ds.copy()
+    for v in ds.data_vars:
+        if v == "mask":
+            ds[v].attrs = {"long_name": "target point (masked token)", "flag_values": [0, 1],
+                           "flag_meanings": "context target"}
+        elif v.startswith("baseline_"):
+            ds[v].attrs = cf.attrs(field, f"{v[9:]} baseline forecast of")
+        elif v in WHAT:
+            ds[v].attrs = cf.attrs(field, WHAT[v])
+    for c in ds.coords:
+        if c in cf.COORDS:
+            ds[c].attrs = {**ds[c].attrs, **cf.COORDS[c]}
+    return ds.assign_attrs({**ds.attrs, **CONVENTIONS, "field": field})
+
+
+def write_groups(datasets: dict[str, xr.Dataset], path: Path, annotate_cf: bool = True) -> Path:
+    """One group per field, written afresh; consolidated at the root."""
+    import zarr
+
+    path = Path(path)
+    shutil.rmtree(path, ignore_errors=True)
+    zarr.open_group(str(path), mode="w", zarr_format=2)  # the root, even when there is nothing to write
+    for f, ds in datasets.items():
+        ds = annotate(ds, f) if annotate_cf else ds
+        _encoded(ds).to_zarr(path, group=f, mode="w", zarr_format=2, consolidated=False)
+    zarr.consolidate_metadata(str(path), zarr_format=2)
+    return path
+
+
+def _encoded(ds: xr.Dataset) -> xr.Dataset:
+    """Per-variable encodings: CF time units, bools as int8."""
+    for v in ds.variables:
+        ds[v].encoding = {}
+        if ds[v].dtype == bool:
+            ds[v] = ds[v].astype(np.int8).assign_attrs(ds[v].attrs)
+    for c in ("time", "init_time", "window_time"):
+        if c in ds.variables:
+            ds[c].encoding = {"units": "hours since 1970-01-01T00:00:00", "calendar": "proleptic_gregorian",
+                              "dtype": "float64"}
+    if "lead_time" in ds.variables:
+        ds["lead_time"].encoding = {"units": "hours", "dtype": "float64"}
+    return ds
+
+
+def window(ds: xr.Dataset, sample: int) -> xr.Dataset:
+    """One window of the window layout with (time, level, latitude, longitude[, member]) dimensions."""
+    one = ds.isel(sample=sample)
+    return one.swap_dims(lead="time", y="latitude", x="longitude").drop_dims("window_step", errors="ignore")
+
+
+def wb2(results: dict[str, xr.Dataset]) -> tuple[xr.Dataset, xr.Dataset, xr.Dataset]:
+    """Stitched global results as WB2 forecast (mean), ensemble (``number``) and truth datasets."""
+    mean, ens, truth = {}, {}, {}
+    first = next(iter(results.values()))
+    lead = _prediction_timedelta(first)
+    for f, ds in results.items():
+        name = cf.wb2_name(f)
+        g = ds.swap_dims(sample="init_time", y="latitude", x="longitude").drop_vars(["sample", "time", "lead_time"])
+        g = g.rename(init_time="time").assign_coords(lead=lead.values).rename(lead="prediction_timedelta")
+        g = g.sortby("latitude").sortby("longitude")
+        surface = list(ds["level"].values) == [0]
+        sel = (lambda da: da.squeeze("level", drop=True)) if surface else (lambda da: da)
+        attrs = cf.attrs(f)
+        mean[name] = sel(g["prediction"]).transpose("time", "prediction_timedelta", ...).assign_attrs(attrs)
+        ens[name] = sel(g["ensemble"]).rename(member="number").transpose(
+            "time", "number", "prediction_timedelta", ...).assign_attrs(attrs)
+        valid = ds["time"].values.reshape(-1)
+        t = g["target"].stack(valid=("time", "prediction_timedelta")).transpose("valid", ...)
+        t = t.drop_vars(["valid", "time", "prediction_timedelta"]).assign_coords(valid=valid).rename(valid="time")
+        truth[name] = sel(t.drop_duplicates("time").sortby("time")).assign_attrs(attrs)
+    out = []
+    for d in (mean, ens, truth):
+        x = xr.Dataset(d).drop_vars(["window_time", "mask"], errors="ignore")
+        x = x.drop_dims([dim for dim in ("window_step",) if dim in x.dims])
+        for c in ("latitude", "longitude", "level"):
+            if c in x.coords:
+                x[c].attrs = cf.COORDS[c] if c != "level" else {"long_name": "level", "units": "hPa or model level"}
+        out.append(x.assign_attrs(CONVENTIONS))
+    return tuple(out)
+
+
+def _prediction_timedelta(ds: xr.Dataset) -> xr.DataArray:
+    lt = ds["lead_time"]
+    first = lt.isel(sample=0)
+    if "sample" in lt.dims and not (lt == first).all():
+        log.warning("lead times differ between init times (irregular steps); WB2 prediction_timedelta uses the "
+                    "first init time's")
+    return first.drop_vars([c for c in first.coords])
+
+
+def write_wb2(results: dict[str, xr.Dataset], out_dir: Path) -> list[Path]:
+    """``wb2_forecast.zarr``, ``wb2_ensemble.zarr`` and ``wb2_truth.zarr``: v2, consolidated, one space chunk."""
+    paths = []
+    for name, ds in zip(("wb2_forecast", "wb2_ensemble", "wb2_truth"), wb2(results)):
+        path = Path(out_dir) / f"{name}.zarr"
+        shutil.rmtree(path, ignore_errors=True)
+        for v in ds.variables:
+            ds[v].encoding = {}
+        for v in ds.data_vars:  # one init (or valid) time per chunk, the whole globe in it
+            ds[v].encoding["chunks"] = tuple(1 if d == "time" else n for d, n in ds[v].sizes.items())
+        ds.to_zarr(path, mode="w", zarr_format=2, consolidated=True)
+        paths.append(path)
+    return paths

@@ -1,0 +1,37 @@
+"""Fixtures of the evaluation tests: shard stores from the embedded ERA5 sample (the session fixture
+``sample_products``: t2m local, u10 global, tokens 2x9x9) and a small untrained model saved as
+``atmorep train`` saves it. Builders are importable by name (``from eval_builders import ...``)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+if str(Path(__file__).parent) not in sys.path:
+    sys.path.append(str(Path(__file__).parent))
+
+from eval_builders import EVAL, NUM_TOKENS, tiny_model  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def stores(sample_products) -> dict[str, list[str]]:
+    return {f: [str(p)] for f, p in sample_products["shards"].items()}
+
+
+@pytest.fixture(scope="session")
+def model_path(tmp_path_factory):
+    from atmorep.train.checkpoint import save_model
+
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    save_model(path, tiny_model())
+    return path
+
+
+@pytest.fixture(scope="session")
+def dataset(stores):
+    from atmorep.data.dataset import WindowDataset
+
+    return WindowDataset(stores, NUM_TOKENS, np.datetime64(EVAL[0]), np.datetime64(EVAL[1]))

@@ -1,0 +1,115 @@
+"""The evaluate stage end to end on the embedded sample with a small untrained model: products,
+tables and figures are sane (no skill is expected)."""
+
+import json
+
+import matplotlib.image as mpimg
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from atmorep import cli
+from atmorep.config import AttentionCaptureConfig, DataConfig, FieldSpec
+from atmorep.eval import outputs
+from atmorep.eval.evaluate import evaluate
+from eval_builders import eval_config
+
+DATA = DataConfig(fields={"t2m": FieldSpec(), "u10": FieldSpec()}, start="2026-03-25T00", end="2026-03-31T23")
+
+
+@pytest.fixture(scope="module")
+def forecast(tmp_path_factory, model_path, stores):
+    out = tmp_path_factory.mktemp("forecast")
+    evaluate(3, DATA, eval_config(mode="forecast", samples=5), model_path, stores, out)
+    return out
+
+
+def test_scores_table_is_tidy_with_every_baseline(forecast):
+    scores = pd.read_csv(forecast / "scores.csv")
+    assert list(scores.columns) == ["field", "level", "lead", "lead_hours", "forecast", "metric", "value", "samples"]
+    assert set(scores.field) == {"t2m", "u10"}
+    assert set(scores.forecast) == {"atmorep", "persistence", "climatology"}
+    assert {"rmse", "bias", "acc", "crps", "spread", "ssr"} <= set(scores.metric)
+    assert np.isfinite(scores.value).all() and (scores.samples == 5).all()
+    rmse = scores[scores.metric == "rmse"]
+    assert len(rmse) == 2 * 2 * 3 and (rmse.value > 0).all()  # fields x leads x forecasts
+    assert set(scores[scores.metric == "ssr"].forecast) == {"atmorep"}
+    hist = pd.read_csv(forecast / "rank_histogram.csv")
+    assert set(hist["rank"]) == set(range(5))  # 4 members
+    assert (hist.groupby(["field", "level", "lead"])["count"].sum() == 5 * 27 * 54).all()
+
+
+def test_products_are_cf_zarr_readable_by_plain_xarray(forecast):
+    ds = xr.open_zarr(forecast / "windows.zarr", group="t2m")
+    assert {"source", "target", "prediction", "ensemble", "mask", "baseline_persistence"} <= set(ds.data_vars)
+    assert ds.attrs["Conventions"].startswith("CF")
+    assert ds["prediction"].attrs["standard_name"] == "air_temperature" and ds["prediction"].attrs["units"] == "K"
+    assert ds["latitude"].attrs["units"] == "degrees_north" and ds["init_time"].dtype.kind == "M"
+    one = outputs.window(ds, 0)
+    assert one["ensemble"].dims == ("time", "level", "latitude", "longitude", "member")
+    assert one["latitude"].dims == ("latitude",) and one["time"].dtype.kind == "M"
+    u = xr.open_zarr(forecast / "windows.zarr", group="u10")
+    assert u["target"].attrs["standard_name"] == "eastward_wind"
+    per = xr.open_zarr(forecast / "sample_scores.zarr", group="u10")
+    assert per["rmse"].dims == ("forecast", "sample", "lead", "level") and per.sizes["sample"] == 5
+    clim = xr.open_zarr(forecast / "climatology.zarr", group="t2m")
+    assert clim["mean"].dims == ("hour", "level", "latitude", "longitude")
+    att = xr.open_zarr(forecast / "attention.zarr", group="t2m")
+    assert att["attention"].dims == ("sample", "layer", "head", "query", "key")
+    assert {"query_latitude", "key_longitude", "query_time", "key_level"} <= set(att.coords)
+    assert "query_latitude_bnds" in att
+
+
+def test_figures_are_drawn(forecast):
+    names = {p.name for p in forecast.glob("*.png")}
+    assert names == {"forecast_t2m.png", "forecast_u10.png", "scores_t2m.png", "scores_u10.png",
+                     "rank_histogram_t2m.png", "rank_histogram_u10.png", "skill.png", "attention_t2m.png"}
+    for name in names:
+        img = mpimg.imread(forecast / name)
+        assert img.shape[0] > 100 and img[..., :3].std() > 0.05, f"{name} looks blank"
+
+
+@pytest.mark.slow
+def test_global_forecast_writes_the_weatherbench2_schema(tmp_path, model_path, stores):
+    cfg = eval_config(mode="global_forecast", token_overlap=(1, 2), attention=AttentionCaptureConfig(samples=0))
+    evaluate(1, DATA, cfg, model_path, stores, tmp_path)
+    fc = xr.open_zarr(tmp_path / "wb2_forecast.zarr")  # consolidated v2, as WB2 reads it
+    assert set(fc.data_vars) == {"2m_temperature", "10m_u_component_of_wind"}
+    assert fc["2m_temperature"].dims == ("time", "prediction_timedelta", "latitude", "longitude")
+    assert (np.diff(fc["latitude"].values) > 0).all()
+    assert fc["longitude"].min() >= 0 and fc["longitude"].max() < 360
+    assert fc["prediction_timedelta"].dtype.kind == "m" and np.isfinite(fc["2m_temperature"]).all()
+    ens = xr.open_zarr(tmp_path / "wb2_ensemble.zarr")
+    assert ens.sizes["number"] == 4
+    truth = xr.open_zarr(tmp_path / "wb2_truth.zarr")
+    valid = fc["time"].values[0] + fc["prediction_timedelta"].values
+    np.testing.assert_array_equal(truth["time"].values, valid)
+    assert not (tmp_path / "attention.zarr").exists()
+    scores = pd.read_csv(tmp_path / "scores.csv")
+    assert (scores.samples == 1).all()  # one init time, scored on the stitched globe
+
+
+def test_cli_runs_a_mode_from_the_config_slice(tmp_path, model_path, stores):
+    params = {"seed": 2, "data": {"fields": {"t2m": {"levels": [0]}, "u10": {"levels": [0]}},
+                                  "start": "2026-03-25T00", "end": "2026-03-31T23"},
+              "evaluate": {"start": "2026-03-30T06", "end": "2026-03-31T23", "mode": "temporal_interpolation",
+                           "samples": 2, "batch_size": 2, "attention": {"layers": []}}}
+    rc = cli.main(["evaluate", "--params", json.dumps(params), "--model", str(model_path),
+                   "--shards", *[s for v in stores.values() for s in v], "--output-dir", str(tmp_path)])
+    assert rc == 0
+    scores = pd.read_csv(tmp_path / "scores.csv")
+    assert set(scores.forecast) == {"atmorep", "linear", "persistence", "climatology"}
+    assert not (tmp_path / "attention_t2m.png").exists()
+    params["evaluate"]["mode"] = "nowcast"
+    assert cli.main(["evaluate", "--params", json.dumps(params), "--model", str(model_path),
+                     "--shards", *[s for v in stores.values() for s in v], "--output-dir", str(tmp_path)]) == 1
+
+
+def test_without_a_climatology_period_the_climatology_is_left_out(tmp_path, model_path, stores):
+    cfg = eval_config(start="2026-03-25T00", end="2026-03-26T12", samples=2,
+                      attention=AttentionCaptureConfig(layers=()))
+    evaluate(1, DATA, cfg, model_path, stores, tmp_path)
+    scores = pd.read_csv(tmp_path / "scores.csv")
+    assert set(scores.forecast) == {"atmorep", "persistence"} and "acc" not in set(scores.metric)
+    assert xr.open_zarr(tmp_path / "climatology.zarr") is not None
