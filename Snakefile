@@ -8,14 +8,19 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/acquire.smk"
 include: "workflow/rules/normalize.smk"
 include: "workflow/rules/shard.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/plan.smk"
 
 
 rule all:
+    default_target: True
     input:
         rules.evaluate.output,

@@ -30,8 +30,9 @@ TINY = {
     "shard": {"token_size": [2, 9, 9], "shard_tokens": [12, 19, 40]},
     "model": {"num_tokens": [3, 3, 6], "dim": 32, "heads": 4, "encoder_layers": 1, "decoder_layers": 1,
               "coupling_heads": 1, "coupling": {"t2m": ["u10"], "u10": ["t2m"]}, "ensemble": 4, "dropout": 0.0},
-    "train": {"start": "2026-03-25T00", "end": "2026-03-30T05", "steps": 80, "batch_size": 4, "lr": 0.002,
-              "warmup_steps": 10, "masking": {"strategy": "bert", "rate": 0.5}, "zero_stage": 2, "ranks": 2},
+    "train": {"start": "2026-03-25T00", "end": "2026-03-30T05", "steps": 80, "batch_size": 4, "lr_start": 0.0002,
+              "lr": 0.002, "lr_min": 0.0005, "warmup_epochs": 1, "epoch_steps": 10, "checkpoint_every": 40,
+              "masking": {"strategy": "bert", "rate": 0.5}, "zero_stage": 2, "ranks": 2},
     "evaluate": {"start": "2026-03-30T06", "end": "2026-03-31T23", "samples": 8, "batch_size": 4},
 }
 
@@ -65,16 +66,17 @@ def test_dag_produces_sane_products(run):
     res = work / "results" / "tiny"
     scores = pd.read_csv(res / "evaluate" / "scores.csv")
     assert set(scores["field"]) == {"t2m", "u10"}
-    assert set(scores["forecast"]) == {"atmorep", "persistence"}
+    assert set(scores["forecast"]) == {"atmorep", "persistence", "climatology"}
     assert np.isfinite(scores["value"]).all()
     rmse = scores[scores.metric == "rmse"]
-    assert (rmse["value"] > 0).all() and len(rmse) == 2 * 2 * 2  # fields x leads x forecasts
+    assert (rmse["value"] > 0).all() and len(rmse) == 2 * 2 * 3  # fields x leads x forecasts
     for png in [*(res / "evaluate").glob("*.png"), res / "train" / "loss.png"]:
         img = mpimg.imread(png)
         assert img.shape[0] > 100 and img[..., :3].std() > 0.05, f"{png} looks blank"
     assert {p.name for p in (res / "evaluate").glob("*.png")} == {
-        "forecast_t2m.png", "forecast_u10.png", "attention_t2m.png"}
-    store = xr.open_zarr(work / "resources" / "shards" / "u10" / "2026.zarr", consolidated=False)
+        "forecast_t2m.png", "forecast_u10.png", "scores_t2m.png", "scores_u10.png", "rank_histogram_t2m.png",
+        "rank_histogram_u10.png", "skill.png", "attention_t2m.png"}
+    store = xr.open_zarr(work / "resources" / "tiny" / "shards" / "u10" / "2026.zarr", consolidated=False)
     assert store["data"].shape == (24, 1, 171, 360) and np.isfinite(store["data"].values).all()
 
 
@@ -84,15 +86,16 @@ def test_two_rank_training_lowers_the_loss(run):
     assert len(metrics) == TINY["train"]["steps"]
     first, last = metrics["loss"][:15].mean(), metrics["loss"][-15:].mean()
     assert last < 0.9 * first, (first, last)
-    log = (work / "logs" / "pretrain" / "tiny.log").read_text()
+    log = (work / "logs" / "tiny" / "pretrain.log").read_text()
     assert "on 2 ranks" in log
 
 
 def test_every_rule_has_log_and_benchmark(run):
     work, _ = run
+    logs = work / "logs" / "tiny"  # everything of a run lives under its name
     for rule in ("acquire", "normalize", "shard", "pretrain", "evaluate"):
-        assert list((work / "logs" / rule).glob("*.log")), rule
-        bench = list((work / "logs" / rule).glob("*.benchmark.tsv"))
+        assert list(logs.glob(f"{rule}*.log")) + list(logs.glob(f"{rule}/*.log")), rule
+        bench = list(logs.glob(f"{rule}*.benchmark.tsv")) + list(logs.glob(f"{rule}/*.benchmark.tsv"))
         assert bench and "max_rss" in bench[0].read_text(), rule
 
 
@@ -121,3 +124,20 @@ def test_unknown_config_key_fails_fast_naming_it(tmp_path):
     assert r.returncode != 0
     assert "unknown config key 'shard.chunk_tokns'" in r.stdout + r.stderr
     assert time.perf_counter() - t0 < 30
+
+
+def test_capacity_plan_matches_what_the_run_produced(run):
+    from atmorep import config as C
+    from atmorep.plan import load_profile, plan
+
+    work, cfg = run
+    p = plan(C.build(C.Config, yaml.safe_load(cfg.read_text())), load_profile(REPO / "profiles" / "slurm"))
+    grib = sum(f.stat().st_size for f in (work / "resources" / "tiny" / "grib").rglob("*.grib"))
+    assert p.grib_bytes == grib and p.grib_files == 2
+    stores = list((work / "resources" / "tiny" / "shards").glob("*/*.zarr"))
+    files = [f for s in stores for f in s.rglob("*") if f.is_file() and not f.name.startswith(".snakemake")]
+    assert p.zarr_inodes == len(files)
+    data_bytes = sum(f.stat().st_size for s in stores for f in (s / "data").rglob("*") if f.is_file())
+    assert abs(p.zarr_bytes - data_bytes) / data_bytes < 0.05
+    assert p.slurm_jobs == {"acquire": 1, "normalize": 1, "shard": 2, "pretrain": 1, "evaluate": 1}
+    assert p.gpu_hours > 0 and all(v > 0 for v in p.core_hours.values())
