@@ -141,3 +141,14 @@ def test_capacity_plan_matches_what_the_run_produced(run):
     assert abs(p.zarr_bytes - data_bytes) / data_bytes < 0.05
     assert p.slurm_jobs == {"acquire": 1, "normalize": 1, "shard": 2, "pretrain": 1, "evaluate": 1}
     assert p.gpu_hours > 0 and all(v > 0 for v in p.core_hours.values())
+
+
+def test_another_run_name_shares_no_output(run):
+    work, cfg = run
+    other = yaml.safe_load(cfg.read_text())
+    other["run"] = "tiny-b"
+    cfg2 = work / "other.yaml"
+    cfg2.write_text(yaml.safe_dump(other))
+    r = snakemake(work, cfg2, "-n")
+    assert jobs(r.stdout) == {"acquire", "normalize", "shard", "pretrain", "evaluate", "all"}
+    assert "resources/tiny-b/" in r.stdout and "resources/tiny/" not in r.stdout

@@ -51,3 +51,18 @@ def test_step_batches_are_disjoint_across_ranks_and_world_invariant(sample_produ
     epoch0 = [i for s in range(12) for r in range(2) for i in plan.indices(s, r, 2, 1)[0]]
     assert len(set(epoch0)) == 96  # no window twice within an epoch
     assert plan.indices(12, 0, 2, 1) != plan.indices(0, 0, 2, 1)  # each epoch draws anew
+
+
+def test_non_finite_step_is_skipped_and_leaves_weights_alone():
+    import torch
+
+    from atmorep.train.engine import TorchEngine
+
+    model = torch.nn.Linear(3, 2)
+    engine = TorchEngine(model, TrainConfig(lr=0.1, lr_start=0.1, lr_min=0.1, warmup_epochs=0), world=1)
+    before = [p.detach().clone() for p in model.parameters()]
+    x = torch.ones(4, 3)
+    assert engine.step(engine(x).sum() * float("nan")) is False
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert engine.step(engine(x).sum()) is True
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
