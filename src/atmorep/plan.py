@@ -43,7 +43,7 @@ class Plan:
     def text(self, mfu: float) -> str:
         rows = [
             f"GRIB to download       {_size(self.grib_bytes)} in {self.grib_files} files",
-            f"zarr shard stores      {_size(self.zarr_bytes)} (uncompressed float32) in {self.zarr_inodes} inodes",
+            f"zarr shard stores      {_size(self.zarr_bytes)} (uncompressed float32) in at most {self.zarr_inodes} inodes",
             "core-hours per stage   " + ", ".join(f"{k} {v:.3g}" for k, v in self.core_hours.items()),
             f"pretraining            {self.train_flops:.3g} FLOP = {self.gpu_hours:.3g} GPU-hours "
             f"at {mfu:.0%} MFU of {GPU_PEAK_FLOPS / 1e12:.0f} TFLOP/s (bf16)",
@@ -107,8 +107,9 @@ def plan(cfg: Config, profile: dict | None = None, mfu: float = 0.45) -> Plan:
                 train_flops / (GPU_PEAK_FLOPS * mfu) / 3600, slurm_jobs(cfg, profile or {}))
 
 
-#: files of a shard store besides the data shards: zarr.json of the group and of 8 arrays, one chunk
-#: file for each of time, level, latitude, longitude, month, mean, std
+#: files of a shard store besides the data shards, at most: zarr.json of the group and of 8 arrays,
+#: one chunk file for each of time, level, latitude, longitude, month, mean, std (zarr skips a chunk
+#: whose values all equal the fill value, e.g. level [0] of a surface field)
 STORE_FILES = 9 + 7
 
 
