@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from atmorep.data.dataset import FieldStore, RankSampler, WindowDataset, tokenize, untokenize
+from atmorep.data.dataset import FieldStore, WindowDataset, tokenize, untokenize
 from atmorep.config import parse_time
 from shard_builders import synthetic  # noqa: F401 (fixture)
 
@@ -57,18 +57,6 @@ def test_denormalize_recovers_physical_values(dataset, sample_products):
         phys = store.denormalize(norm, t, y, x)
         raw = grib.decode(sample_products["grib"][f]).values[:, :, 5:176][np.ix_(t, [0], y, x)].transpose(1, 0, 2, 3)
         assert np.abs(phys - raw).max() < 1e-3 * np.abs(raw).max()
-
-
-def test_rank_sampler_is_disjoint_complete_and_seeded():
-    n, world = 103, 2
-    parts = [list(RankSampler(n, seed=7, rank=r, world=world)) for r in range(world)]
-    assert len(parts[0]) == len(parts[1]) == n // world
-    assert not set(parts[0]) & set(parts[1])
-    assert len(set(parts[0]) | set(parts[1])) == 2 * (n // world)
-    again = RankSampler(n, seed=7, rank=0, world=world)
-    assert list(again) == parts[0]
-    again.set_epoch(1)
-    assert list(again) != parts[0]
 
 
 def test_direct_token_reads_equal_zarr_reads_including_the_seam(dataset):

@@ -353,28 +353,3 @@ class SphereSampler:
         if mine != theirs and state["position"]:
             raise DataError(f"cannot resume mid-epoch: sampler (seed, samples, world) {theirs} saved, {mine} now")
         self.epoch, self.position = state["epoch"], state["position"] if mine == theirs else 0
-
-
-class RankSampler:
-    """Window indices for one rank: a seeded permutation per epoch, split round-robin across ranks.
-
-    Ranks never see the same window within an epoch; every rank gets the same count (the tail that
-    does not divide evenly is dropped), so collective steps stay in lockstep.
-    """
-
-    def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1, shuffle: bool = True):
-        if n < world:
-            raise DataError(f"{n} windows cannot feed {world} ranks")
-        self.n, self.seed, self.rank, self.world, self.shuffle = n, seed, rank, world, shuffle
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.n // self.world
-
-    def __iter__(self):
-        order = (np.random.default_rng([self.seed, self.epoch]).permutation(self.n) if self.shuffle
-                 else np.arange(self.n))
-        return iter(order[: len(self) * self.world][self.rank::self.world].tolist())
