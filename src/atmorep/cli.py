@@ -215,8 +215,8 @@ def parser() -> argparse.ArgumentParser:
                    "every shard index); reads the store twice")
     p.set_defaults(func=cmd_shard)
 
-    p = sub.add_parser("train", help="pretrain the multiformer with DeepSpeed ZeRO (launch with torchrun for "
-                       "several ranks: torchrun --nproc_per_node 2 -m atmorep train ...)")
+    p = sub.add_parser("train", help="pretrain the multiformer with DeepSpeed ZeRO on the launched ranks "
+                       "(several ranks: atmorep launch --with torchrun|mpirun|srun --ranks N -- train ...)")
     _config_args(p)
     p.add_argument("--shards", nargs="+", type=Path, help="shard stores (all fields); required unless --dry-run")
     p.add_argument("--output-dir", type=Path, help="writes model.pt, metrics.csv, loss.png; required unless --dry-run")
