@@ -66,3 +66,25 @@ def test_non_finite_step_is_skipped_and_leaves_weights_alone():
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert engine.step(engine(x).sum()) is True
     assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_torch_engine_accumulates_micro_steps_like_one_big_batch():
+    import torch
+
+    from atmorep.train.engine import TorchEngine
+
+    cfg = TrainConfig(lr=0.1, lr_start=0.1, lr_min=0.1, warmup_epochs=0, gradient_accumulation=2)
+    x, y = torch.randn(4, 3, generator=torch.Generator().manual_seed(0)), torch.zeros(4, 2)
+    torch.manual_seed(1)
+    a = torch.nn.Linear(3, 2)
+    b = torch.nn.Linear(3, 2)
+    b.load_state_dict(a.state_dict())
+    acc = TorchEngine(a, cfg, world=1)
+    before = [p.detach().clone() for p in a.parameters()]
+    acc.step(((acc(x[:2]) - y[:2]) ** 2).mean())
+    assert all(torch.equal(p, q) for p, q in zip(before, a.parameters()))  # no update mid-accumulation
+    acc.step(((acc(x[2:]) - y[2:]) ** 2).mean())
+    one = TorchEngine(b, TrainConfig(lr=0.1, lr_start=0.1, lr_min=0.1, warmup_epochs=0), world=1)
+    one.step(((one(x) - y) ** 2).mean())
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q)

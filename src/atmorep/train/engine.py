@@ -163,6 +163,7 @@ class TorchEngine:
         self.model = model
         self.ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
         self.optimizer, self.scheduler = _optimizer(model, cfg)
+        self.micro = 0  # micro-steps accumulated towards the next optimizer step
 
     @property
     def module(self) -> torch.nn.Module:
@@ -174,7 +175,11 @@ class TorchEngine:
     def step(self, loss: torch.Tensor) -> bool:
         if not finite_everywhere(loss):
             return False
-        loss.backward()
+        (loss / self.cfg.gradient_accumulation).backward()  # as DeepSpeed scales accumulated micro-steps
+        self.micro += 1
+        if self.micro < self.cfg.gradient_accumulation:
+            return True
+        self.micro = 0
         if self.cfg.gradient_clipping > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.gradient_clipping)
         self.optimizer.step()

@@ -71,9 +71,13 @@ class StepBatches:
         self.global_batch = global_batch
         self.steps_per_epoch = min(epoch_steps, n // global_batch)
         self.sampler = SphereSampler(dataset.grid, self.steps_per_epoch * global_batch, seed)
+        self._epoch, self._order = None, None
 
     def order(self, epoch: int) -> np.ndarray:
-        return self.sampler.order(epoch)
+        """The epoch's draw, computed once per epoch (steps are asked for in order)."""
+        if epoch != self._epoch:
+            self._epoch, self._order = epoch, self.sampler.order(epoch)
+        return self._order
 
     def indices(self, step: int, rank: int, world: int, micro_steps: int) -> list[list[int]]:
         """Window indices of ``rank`` for ``step``: one list per micro-step."""
@@ -158,8 +162,9 @@ def train(seed: int, data: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig,
             tw = time.perf_counter()
             batch = next(batches)
             wait += time.perf_counter() - tw
-            gen = torch.Generator().manual_seed(_seed(seed, step, micro, rank, world))
-            torch.manual_seed(_seed(seed, step, micro, rank, world) + 1)  # dropout
+            micro_seed = _seed(seed, step, micro, rank, world)
+            gen = torch.Generator().manual_seed(micro_seed)
+            torch.manual_seed(micro_seed + 1)  # dropout
             masks = strategy(batch, gen)
             source = masking.apply(batch, masks)
             ens = engine(source.tokens, source.info, masks)
