@@ -100,8 +100,21 @@ def test_reader_canonicalises_grib2_and_south_to_north_real_messages(shared_data
             finally:
                 eccodes.codes_release(gid)
             assert h.param.name == "t2m" and h.level.kind == "sfc" and h.level.level == 0
-            assert h.grid.lats[0] == 58 and h.grid.lons[0] == 0 and np.all(np.diff(h.grid.lons) > 0)
+            assert h.grid.lats[0] == 58 and h.grid.lons[0] == -10 and np.allclose(np.diff(h.grid.lons), 0.25)
             np.testing.assert_allclose(got, w, atol=2e-3)  # re-packing at 16 bits
+
+
+def test_a_regional_grid_across_0_degrees_stays_contiguous(shared_data):
+    """The UK grid runs -10..2°E: its columns keep the file's west-to-east order (as cfgrib's), not
+    0..2 glued in front of 350..360 (which would put a seam through the middle of every window)."""
+    import xarray as xr
+
+    path = shared_data.joinpath(*UK)
+    da = grib.decode(path)
+    ref = xr.open_dataset(path, engine="cfgrib", backend_kwargs={"indexpath": ""})
+    np.testing.assert_allclose(da["longitude"].values, ref["longitude"].values)
+    np.testing.assert_array_equal(da.isel(time=7, level=0).values, ref["t2m"].isel(time=7).values)
+    ref.close()
 
 
 def test_iter_raw_skips_junk_and_hashes_every_byte(tmp_path, shared_data):

@@ -1,8 +1,8 @@
 """Load: token-aligned windows of several fields from the shard stores, and the samplers that pick them.
 
 A *window* is the space-time neighbourhood of one sample, the same for every field: ``num_tokens *
-token_size`` points in (time, lat, lon) of the field with the finest tokens, on every level, with
-periodic longitude. A field with coarser tokens cuts the same neighbourhood into fewer tokens (AtmoRep:
+token_size`` points in (time, lat, lon) of the field with the finest tokens, on every level; longitude
+wraps around on a global grid, and windows lie inside a regional one. A field with coarser tokens cuts the same neighbourhood into fewer tokens (AtmoRep:
 [12, 6, 12] x [3, 9, 9] and [12, 3, 6] x [3, 18, 18]). Window origins lie on the grid of every
 field's tokens, so a window reads whole chunks of the stores, through
 :class:`~atmorep.data.zarrio.DenseShards` (strided copies out of memory maps, no per-token work).
@@ -28,6 +28,7 @@ import numpy as np
 
 from atmorep.data import zarrio
 from atmorep.data.grib import DataError
+from atmorep.data.shards import periodic
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class FieldStore:
         self.levels = ds["level"].values.astype(int)
         self.lats = ds["latitude"].values.astype(np.float64)
         self.lons = ds["longitude"].values.astype(np.float64)
+        self.periodic = periodic(self.lons)  # a global grid: windows wrap around in longitude
         self.months = ds["month"].values.astype("datetime64[M]")
         self.mean = ds["mean"].values
         self.std = ds["std"].values
@@ -77,22 +79,25 @@ class FieldStore:
         return self.dense.bytes_read if self.dense is not None else 0
 
     def read(self, t0: int, nt: int, y0: int, ny: int, x0: int, nx: int) -> np.ndarray:
-        """Values ``(L, nt, ny, nx)`` through zarr, any origin; longitude wraps (at most two reads)."""
+        """Values ``(L, nt, ny, nx)`` through zarr, any origin; longitude wraps on a global grid (at most
+        two reads)."""
         nlon = len(self.lons)
-        x0 %= nlon
+        x0 = x0 % nlon if self.periodic else x0
         if x0 + nx <= nlon:
             return self.data[t0:t0 + nt, :, y0:y0 + ny, x0:x0 + nx].transpose(1, 0, 2, 3)
+        if not self.periodic or x0 < 0:
+            raise IndexError(f"{self.path}: columns {x0}..{x0 + nx} lie outside the regional grid of {nlon}")
         head = self.data[t0:t0 + nt, :, y0:y0 + ny, x0:]
         tail = self.data[t0:t0 + nt, :, y0:y0 + ny, :x0 + nx - nlon]
         return np.concatenate([head, tail], axis=-1).transpose(1, 0, 2, 3)
 
     def read_tokens(self, t0: int, y0: int, x0: int, T: int, Y: int, X: int) -> np.ndarray:
-        """Tokens ``(L, T, Y, X, P)`` of the window at a token-grid origin; longitude wraps."""
+        """Tokens ``(L, T, Y, X, P)`` of the window at a token-grid origin; longitude wraps on a global grid."""
         tt, ty, tx = self.token_size
         if self.dense is not None and not (t0 % tt or y0 % ty or x0 % tx):
             try:  # chunks (T, Lc, Y, X, tt, cl, ty, tx): Lc chunks of cl levels each
                 blk = self.dense.read((t0 // tt, 0, y0 // ty, x0 // tx), (T, self.dense.grid[1], Y, X),
-                                      (False, False, False, True))
+                                      (False, False, False, self.periodic))
             except zarrio.NotDense as exc:
                 log.warning("%s; reading through zarr", exc)
                 self.dense = None
@@ -202,7 +207,9 @@ class WindowDataset:
         self.grid = self._grid(start, end)
         self.windows = self.grid
         if not len(self.grid):
-            raise DataError(f"no complete window of {self.extent[0]} time steps lies inside {start} … {end}")
+            grid = self.stores[self.fields[0]][0]
+            raise DataError(f"no complete window of {self.extent} (time, lat, lon) points lies inside {start} … "
+                            f"{end} on the {len(grid.lats)} x {len(grid.lons)} grid of {grid.path}")
 
     def _check_grids(self) -> None:
         first = self.stores[self.fields[0]]
@@ -217,7 +224,7 @@ class WindowDataset:
                                     f"({a.path} vs {b.path})")
 
     def _grid(self, start, end) -> WindowGrid:
-        nt, ny, _ = self.extent
+        nt, ny, nx = self.extent
         st, sy, sx = self.step
         ref = self.stores[self.fields[0]]
         t_origins = []
@@ -225,14 +232,18 @@ class WindowDataset:
             t = np.arange(0, len(store.times) - nt + 1, st)
             t_origins.append(t[(store.times[t] >= start) & (store.times[t + nt - 1] <= end)])
         lats, nlon = ref[0].lats, len(ref[0].lons)
-        if nlon % sx:
-            raise DataError(f"{nlon} longitudes are not a whole number of {sx}-point window steps (lcm of the "
-                            "fields' lon token sizes); longitude is periodic")
+        if ref[0].periodic:
+            if nlon % sx:
+                raise DataError(f"{nlon} longitudes are not a whole number of {sx}-point window steps (lcm of the "
+                                "fields' lon token sizes); longitude is periodic")
+            x = np.arange(0, nlon, sx)  # windows wrap around
+        else:
+            x = np.arange(0, nlon - nx + 1, sx)  # a regional grid: windows lie inside it
         y = np.arange(0, len(lats) - ny + 1, sy)
         centre = np.deg2rad((lats[y] + lats[y + ny - 1]) / 2)
         half = np.deg2rad(sy * ref[0].resolution / 2)
         hi, lo = np.minimum(centre + half, np.pi / 2), np.maximum(centre - half, -np.pi / 2)
-        return WindowGrid(t_origins, y, np.arange(0, nlon, sx), np.sin(hi) - np.sin(lo))
+        return WindowGrid(t_origins, y, x, np.sin(hi) - np.sin(lo))
 
     @property
     def token_sizes(self) -> dict[str, tuple[int, int, int]]:

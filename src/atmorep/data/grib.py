@@ -178,7 +178,9 @@ class Level:
 class Grid:
     """A grid as a message stores it, and how its values map to canonical order.
 
-    For a regular lat/lon grid ``lats`` run north to south and ``lons`` ascend in [0, 360);
+    For a regular lat/lon grid ``lats`` run north to south and ``lons`` ascend: in [0, 360) on a global
+    grid; contiguously from the west edge on a regional one, in [0, 360) unless the region crosses 0°
+    (then the west edge is negative: -10..2, never 0..2 glued to 350..360).
     ``file_lats``/``file_lons`` keep the file's own convention (for reports).
     """
 
@@ -251,7 +253,7 @@ class Grid:
             out = np.empty((self.ny, self.nx), np.float32)
         if self.column_order is None:
             out[...] = v
-        elif self.roll:  # the usual case: -180..180 (or a regional grid across 0°) is a rotation
+        elif self.roll:  # the usual case: a global -180..180 grid is a rotation
             k = self.roll
             out[:, :self.nx - k] = v[:, k:]
             out[:, self.nx - k:] = v[:, :k]
@@ -304,7 +306,13 @@ def _regular_ll(gid) -> Grid:
         span = 360.0 - 360.0 / ni  # a global grid whose last longitude repeats the first modulo 360
     dlon = span / (ni - 1) if ni > 1 else 0.0
     file_lons = lon1 + (-1 if i_neg else 1) * dlon * np.arange(ni)
-    lons = np.round(np.mod(file_lons, 360.0), 9)
+    if ni > 1 and abs(span + dlon - 360.0) < 1e-6:  # global: canonical [0, 360)
+        lons = np.round(np.mod(file_lons, 360.0), 9)
+    else:  # regional: contiguous west to east, in [0, 360) unless it crosses 0° (then from a negative west)
+        west = float(np.mod(file_lons.min(), 360.0))
+        if west + span >= 360.0 - 1e-9:
+            west -= 360.0
+        lons = np.round(west + (file_lons - file_lons.min()), 9)
     order = np.argsort(lons, kind="stable")
     flip = nj > 1 and file_lats[1] > file_lats[0]
     lats = file_lats[::-1] if flip else file_lats

@@ -70,7 +70,7 @@ def check_grid(grid: Grid, exp: Expectation, where: str) -> None:
         north, west, south, east = exp.area
         want = _area_lons(west, east, grid.dlon)
         if (abs(grid.lats[0] - north) > 1e-6 or abs(grid.lats[-1] - south) > 1e-6 or len(want) != grid.nx
-                or not np.allclose(np.sort(want), grid.lons, atol=1e-6)):
+                or not np.allclose(np.sort(want), np.sort(np.mod(grid.lons, 360.0)), atol=1e-6)):
             raise DataError(f"{where}: field '{exp.field}' covers lat {grid.lats[0]:g}..{grid.lats[-1]:g}, "
                             f"lon {grid.file_lons[0]:g}..{grid.file_lons[1]:g}; data.area expects "
                             f"lat {north:g}..{south:g}, lon {west:g}..{east:g}")

@@ -22,10 +22,12 @@ project's shared 2-core machine):
   years); (12, 6, 12) gives 4 MB files and 48,000 per field-year; warm reads were fastest with big
   shards (544 vs 271-307 samples/s for 2-3 MB shards: fewer pieces per sample, fewer maps).
 
-Latitude is cropped symmetrically to a whole number of tokens, excluding both poles (AtmoRep never
-samples them), using the least common multiple of every field's lat token size, so fields with
-different token sizes share one grid; longitude must be a whole number of tokens because it is
-periodic. A sample whose origin lies on the token grid therefore reads whole chunks and nothing else.
+Latitude is cropped symmetrically to a whole number of tokens, excluding both poles on a global grid
+(AtmoRep never samples them), using the least common multiple of every field's lat token size, so
+fields with different token sizes share one grid. On a global grid longitude must be a whole number
+of tokens because it is periodic (windows wrap around); a regional grid (its longitudes do not close
+the circle) is cropped symmetrically to whole tokens like latitude, and windows never wrap. A sample
+whose origin lies on the token grid therefore reads whole chunks and nothing else.
 
 Store layout: ``data (time, level, latitude, longitude)`` normalized float32 (fill NaN); ``mean``/``std``
 with a leading ``month`` dim (the statistics of each month, global ``(month, level)`` or local
@@ -63,19 +65,51 @@ CF = {
 }
 
 
-def latitude_rows(nlat: int, token_lat: int) -> slice:
-    """Rows kept: the central whole number of tokens, poles excluded (first and last row)."""
-    usable = nlat - 2
+def latitude_rows(nlat: int, token_lat: int, poles: bool = True) -> slice:
+    """Rows kept: the central whole number of tokens; with ``poles`` (a grid from pole to pole) the
+    first and last rows are excluded first (AtmoRep never samples the poles)."""
+    usable = nlat - 2 if poles else nlat
     keep = (usable // token_lat) * token_lat
     if keep == 0:
         raise DataError(f"grid of {nlat} latitudes is smaller than one token ({token_lat} rows)")
-    first = 1 + (usable - keep) // 2
+    first = int(poles) + (usable - keep) // 2
+    return slice(first, first + keep)
+
+
+def has_poles(lats: np.ndarray) -> bool:
+    return bool(np.isclose(abs(lats[0]), 90.0) or np.isclose(abs(lats[-1]), 90.0))
+
+
+def periodic(lons: np.ndarray) -> bool:
+    """True when the longitudes close the circle (a global grid): windows may wrap around."""
+    return len(lons) > 1 and abs(len(lons) * abs(float(lons[1] - lons[0])) - 360.0) < 1e-6
+
+
+def longitude_columns(lons: np.ndarray, token_lon: int, field: str = "") -> slice:
+    """Columns kept: all of a global grid (they must be whole tokens: longitude is periodic); the
+    central whole number of tokens of a regional grid (no wrap-around, edges dropped)."""
+    n = len(lons)
+    if periodic(lons):
+        if n % token_lon:
+            raise DataError(f"field '{field}': {n} longitudes are not a whole number of {token_lon}-point tokens "
+                            "(a global grid is periodic); choose shard.token_size[2] dividing it")
+        return slice(0, n)
+    keep = (n // token_lon) * token_lon
+    if keep == 0:
+        raise DataError(f"field '{field}': regional grid of {n} longitudes is narrower than one token "
+                        f"({token_lon} columns)")
+    first = (n - keep) // 2
     return slice(first, first + keep)
 
 
 def lat_step(data: DataConfig, cfg: ShardConfig) -> int:
     """Rows every field's latitudes are cropped to a multiple of: the lcm of the lat token sizes."""
     return math.lcm(*(cfg.token_size_for(f)[1] for f in data.fields))
+
+
+def lon_step(data: DataConfig, cfg: ShardConfig) -> int:
+    """Columns a regional grid is cropped to a multiple of: the lcm of the lon token sizes."""
+    return math.lcm(*(cfg.token_size_for(f)[2] for f in data.fields))
 
 
 def layout(cfg: ShardConfig, token_size, shape: tuple[int, int, int, int]):
@@ -112,13 +146,13 @@ class Months:
         self.offsets = np.cumsum([0] + [m.sizes["time"] for m in self.months])
         self.first = first
 
-    def block(self, t0: int, t1: int, rows: slice) -> np.ndarray:
-        """Normalized values ``(t1 - t0, L, rows, X)`` across month boundaries."""
+    def block(self, t0: int, t1: int, rows: slice, cols: slice = slice(None)) -> np.ndarray:
+        """Normalized values ``(t1 - t0, L, rows, cols)`` across month boundaries."""
         parts = []
         for m, off in zip(self.months, self.offsets):
             a, b = max(t0, off), min(t1, off + m.sizes["time"])
             if a < b:
-                da = m["data"].transpose(*DIMS).isel(time=slice(a - off, b - off), latitude=rows)
+                da = m["data"].transpose(*DIMS).isel(time=slice(a - off, b - off), latitude=rows, longitude=cols)
                 parts.append(da.values)
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
@@ -132,27 +166,29 @@ def shard(data: DataConfig, cfg: ShardConfig, field: str, year: str, inputs: lis
     months = Months(field, year, inputs)
     src = months.first
     token = cfg.token_size_for(field)
-    nlon = src.sizes["longitude"]
-    if nlon % token[2]:
-        raise DataError(f"field '{field}': {nlon} longitudes are not a whole number of {token[2]}-point tokens "
-                        "(longitude is periodic); choose shard.token_size[2] dividing it")
-    rows = latitude_rows(src.sizes["latitude"], lat_step(data, cfg))
-    shape = (len(months.times), src.sizes["level"], rows.stop - rows.start, nlon)
+    rows, cols = crop(data, cfg, field, src["latitude"].values, src["longitude"].values)
+    shape = (len(months.times), src.sizes["level"], rows.stop - rows.start, cols.stop - cols.start)
     chunk, shards = layout(cfg, token, shape)
     tmp = zarrio.atomic_dir(out)
     try:
-        _template(data, cfg, field, year, months, rows, token).to_zarr(tmp, zarr_format=3, consolidated=False, mode="w")
+        _template(data, cfg, field, year, months, rows, cols, token).to_zarr(tmp, zarr_format=3, consolidated=False, mode="w")
         arr = zarrio.create_dense(tmp, "data", shape, chunk, shards, DIMS,
                                   {"long_name": f"{field}, normalized per month", "units": "1"})
         for t0, t1, y0, y1 in tqdm(list(_blocks(shape, shards)), desc=f"shard {field} {year}", disable=None,
                                    mininterval=5):
-            values = months.block(t0, t1, slice(rows.start + y0, rows.start + y1))
+            values = months.block(t0, t1, slice(rows.start + y0, rows.start + y1), cols)
             arr.write((t0, 0, y0, 0), values)
         zarrio.commit(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("sharded %s %s: %s, chunks %s, shards %s -> %s", field, year, shape, chunk, shards, out)
     return Path(out)
+
+
+def crop(data: DataConfig, cfg: ShardConfig, field: str, lats: np.ndarray, lons: np.ndarray) -> tuple[slice, slice]:
+    """(rows, columns) of the source grid a store keeps: whole tokens of every field (see the module doc)."""
+    return (latitude_rows(len(lats), lat_step(data, cfg), has_poles(lats)),
+            longitude_columns(lons, lon_step(data, cfg), field))
 
 
 def _blocks(shape, shards):
@@ -163,12 +199,12 @@ def _blocks(shape, shards):
 
 
 def _template(data: DataConfig, cfg: ShardConfig, field: str, year: str, months: Months, rows: slice,
-              token) -> xr.Dataset:
+              cols: slice, token) -> xr.Dataset:
     """Everything but ``data``: coordinates (CF), monthly statistics, attributes and provenance."""
-    src = months.first.isel(latitude=rows)
+    src = months.first.isel(latitude=rows, longitude=cols)
     stats = xr.concat([m[["mean", "std"]] for m in months.months], dim="month")
     if "latitude" in stats.dims:
-        stats = stats.isel(latitude=rows)
+        stats = stats.isel(latitude=rows, longitude=cols)
     stats = stats.assign_coords(month=[np.datetime64(m.attrs["month"], "ns") for m in months.months])
     ds = stats.assign_coords(time=("time", months.times), latitude=src["latitude"].values,
                              longitude=src["longitude"].values, level=src["level"].values)
@@ -182,6 +218,7 @@ def _template(data: DataConfig, cfg: ShardConfig, field: str, year: str, months:
             "config": {"data": dataclasses.asdict(data), "shard": dataclasses.asdict(cfg)},
             "inputs": {m.attrs["month"]: m.attrs["source_sha256"] for m in months.months},
             "latitude_rows": [rows.start, rows.stop, months.first.sizes["latitude"]],
+            "longitude_columns": [cols.start, cols.stop, months.first.sizes["longitude"]],
         }),
     }
     return ds
@@ -204,22 +241,30 @@ def verify(store: str | Path, field: str, inputs: list[str | Path], data: DataCo
     if ds.attrs["field"] != field or ds.attrs["normalization"] != months.method:
         raise DataError(f"{store}: holds {ds.attrs['field']} ({ds.attrs['normalization']}), "
                         f"inputs are {field} ({months.method})")
-    first, stop, nlat = json.loads(ds.attrs["provenance"])["latitude_rows"]
-    rows = slice(first, stop)
+    prov = json.loads(ds.attrs["provenance"])
+    first, stop, nlat = prov["latitude_rows"]
+    west, east, nlon = prov.get("longitude_columns", [0, src.sizes["longitude"], src.sizes["longitude"]])
+    rows, cols = slice(first, stop), slice(west, east)
     token = tuple(ds.attrs["token_size"])
+    lats, lons = src["latitude"].values, src["longitude"].values
     if cfg is not None and data is not None:
-        if token != tuple(cfg.token_size_for(field)) or rows != latitude_rows(nlat, lat_step(data, cfg)):
-            raise DataError(f"{store}: token size {token} / latitude rows {first}..{stop} are not the configured ones")
-    if first < 1 or stop > nlat - 1 or abs(first - (nlat - stop)) > 1 or (stop - first) % token[1]:
-        raise DataError(f"{store}: latitude rows {first}..{stop} of {nlat} are not whole tokens, centred, "
-                        "poles excluded")
+        if token != tuple(cfg.token_size_for(field)) or (rows, cols) != crop(data, cfg, field, lats, lons):
+            raise DataError(f"{store}: token size {token} / rows {first}..{stop} / columns {west}..{east} are not "
+                            "the configured ones")
+    poles = has_poles(lats)
+    if ((poles and (first < 1 or stop > nlat - 1)) or abs(first - int(poles) - (nlat - int(poles) - stop)) > 1
+            or (stop - first) % token[1]):
+        raise DataError(f"{store}: latitude rows {first}..{stop} of {nlat} are not whole tokens, centred"
+                        + (", poles excluded" if poles else ""))
+    if (east - west) % token[2] or (east - west != nlon and (not 0 <= west or abs(west - (nlon - east)) > 1)):
+        raise DataError(f"{store}: longitude columns {west}..{east} of {nlon} are not whole tokens, centred")
     _equal(store, "time", ds["time"].values, months.times)
-    _equal(store, "latitude", ds["latitude"].values, src["latitude"].values[rows])
-    for c in ("level", "longitude"):
-        _equal(store, c, ds[c].values, src[c].values)
+    _equal(store, "latitude", ds["latitude"].values, lats[rows])
+    _equal(store, "longitude", ds["longitude"].values, lons[cols])
+    _equal(store, "level", ds["level"].values, src["level"].values)
     for k, m in enumerate(months.months):
         for s in ("mean", "std"):
-            want = m[s].isel(latitude=rows).values if "latitude" in m[s].dims else m[s].values
+            want = m[s].isel(latitude=rows, longitude=cols).values if "latitude" in m[s].dims else m[s].values
             _equal(store, f"{s} of {m.attrs['month']}", ds[s].values[k], want)
     arr = zarrio.open_array(Path(store) / "data")
     shape = arr.shape
@@ -233,7 +278,7 @@ def verify(store: str | Path, field: str, inputs: list[str | Path], data: DataCo
         raise DataError(f"{store}: not a dense token store: {exc}") from None
     for t0, t1, y0, y1 in tqdm(list(_blocks(shape, shards)), desc=f"verify {Path(store).name}", disable=None,
                                mininterval=5):
-        want = months.block(t0, t1, slice(first + y0, first + y1))
+        want = months.block(t0, t1, slice(first + y0, first + y1), cols)
         _equal(store, f"data[{t0}:{t1}, :, {y0}:{y1}] (zarr)", arr[t0:t1, :, y0:y1, :], want)
         nt = -(-(t1 - t0) // chunk[0])
         blk = dense.read((t0 // chunk[0], 0, y0 // chunk[2], 0), (nt, 1, (y1 - y0) // chunk[2], dense.grid[3]))
