@@ -205,6 +205,19 @@ def test_positional_encoding_latitude_index():
     assert torch.equal(quirk[..., 1::2], pe[..., 1::2])  # odd dims (lon, level) are the same
 
 
+def test_positional_encoding_tells_every_token_of_a_window_apart_at_small_widths():
+    T, Y, X = 4, 6, 7
+    for D in (64, 128, 1024):
+        pe = harmonic_encoding(1, (T, Y, X), D)
+        gap = torch.cdist(pe, pe) + torch.eye(len(pe)) * 1e9
+        assert gap.min() > 0.05, D  # no two positions share an encoding
+    # AtmoRep's frequencies repeat every D/16 tokens: at D = 64, lat rows 0 and 4 look the same
+    orig = harmonic_encoding(1, (T, Y, X), 64, original_scale=True).view(T, Y, X, 64)
+    assert torch.allclose(orig[:, 0], orig[:, 4], atol=1e-5)
+    # ... and at AtmoRep's widths (>= 1024) the encoding is exactly the original's
+    assert torch.equal(harmonic_encoding(2, (T, Y, X), 1024), harmonic_encoding(2, (T, Y, X), 1024, original_scale=True))
+
+
 def test_compat_mlp_has_the_extra_gelu():
     torch.manual_seed(0)
     plain, quirk = MLP(8, 0.0), MLP(8, 0.0, gelu_out=True)

@@ -15,12 +15,19 @@ TOKEN_INFO_DIM = 16  # width of the token-info embedding inside D (AtmoRep's siz
 
 
 def harmonic_encoding(num_levels: int, num_tokens: tuple[int, int, int], dim: int,
-                      lat_quirk: bool = False) -> torch.Tensor:
+                      lat_quirk: bool = False, original_scale: bool = False) -> torch.Tensor:
     """Fixed positional encoding ``(N, D)`` over (level, time, lat, lon), row-major over [L, T, Y, X].
 
-    With ``w_j = 2*pi*2j/D``, even dims carry ``0.5*sin(8*lat*w) + sin(time*w)`` and odd dims
-    ``0.5*cos(8*lon*w) + cos(level*w)`` (AtmoRep, spec §3.5). ``lat_quirk`` reproduces the original's
-    latitude index ``(y*X + x) // Y`` (it divides by the wrong token count); the default is ``y``.
+    With ``w_j = 2*pi*2j/D``, even dims carry ``0.5*sin(s*lat*w) + sin(time*w)`` and odd dims
+    ``0.5*cos(s*lon*w) + cos(level*w)`` (AtmoRep, spec §3.5), ``s = 8 * min(1, D/1024)``.
+
+    AtmoRep has ``s = 8``: its lat/lon frequencies are multiples of ``2*pi*16/D``, so the encoding
+    repeats every ``D/16`` tokens. At AtmoRep's widths (D >= 1024) that is 64 tokens or more and ``s``
+    is 8 here too; at the demo's D = 64 it would repeat every 4 tokens, so a token could not tell
+    its own column from the one 4 tokens away (measured: a D = 64 forecast stalled at 1.6x the
+    persistence error, and fell to 0.6x with ``s`` scaled). ``original_scale`` keeps ``s = 8`` at
+    every width. ``lat_quirk`` reproduces the original's latitude index ``(y*X + x) // Y`` (it
+    divides by the wrong token count); the default is ``y``.
     """
     T, Y, X = num_tokens
     lev, t, lat, lon = torch.meshgrid(torch.arange(num_levels), torch.arange(T), torch.arange(Y),
@@ -29,9 +36,10 @@ def harmonic_encoding(num_levels: int, num_tokens: tuple[int, int, int], dim: in
         lat = (lat * X + lon) // Y
     lev, t, lat, lon = (v.reshape(-1, 1).double() for v in (lev, t, lat, lon))
     w = 2 * math.pi * torch.arange(0, dim, 2, dtype=torch.float64)[None] / dim
+    s = 8.0 if original_scale else 8.0 * min(1.0, dim / 1024)
     pe = torch.zeros(lev.shape[0], dim, dtype=torch.float64)
-    pe[:, 0::2] = 0.5 * torch.sin(8 * lat * w) + torch.sin(t * w)
-    pe[:, 1::2] = 0.5 * torch.cos(8 * lon * w) + torch.cos(lev * w)
+    pe[:, 0::2] = 0.5 * torch.sin(s * lat * w) + torch.sin(t * w)
+    pe[:, 1::2] = 0.5 * torch.cos(s * lon * w) + torch.cos(lev * w)
     return pe.float()
 
 
@@ -43,11 +51,11 @@ class FieldEmbedding(nn.Module):
     model serves any number of levels and tokens (training windows, global tiles).
     """
 
-    def __init__(self, values_per_token: int, info_dim: int, dim: int, lat_quirk: bool = False):
+    def __init__(self, values_per_token: int, info_dim: int, dim: int, compat: bool = False):
         super().__init__()
         if dim <= TOKEN_INFO_DIM:
             raise ValueError(f"model width {dim} must exceed the {TOKEN_INFO_DIM} token-info dims")
-        self.dim, self.lat_quirk = dim, lat_quirk
+        self.dim, self.compat = dim, compat
         self.values = nn.Linear(values_per_token, dim - TOKEN_INFO_DIM)
         self.info = nn.Linear(info_dim, TOKEN_INFO_DIM)
         nn.init.zeros_(self.info.weight)
@@ -59,7 +67,8 @@ class FieldEmbedding(nn.Module):
         key = (*grid_LTYX, like.device, like.dtype)
         if key not in self._pe:
             L, T, Y, X = grid_LTYX
-            self._pe[key] = harmonic_encoding(L, (T, Y, X), self.dim, self.lat_quirk).to(like.device, like.dtype)
+            self._pe[key] = harmonic_encoding(L, (T, Y, X), self.dim, lat_quirk=self.compat,
+                                               original_scale=self.compat).to(like.device, like.dtype)
         return self._pe[key]
 
     def forward(self, tokens_BLTYXP: torch.Tensor, info_BLTYXI: torch.Tensor) -> torch.Tensor:
