@@ -243,6 +243,7 @@ class TrainConfig:
     workers: int = 0
     checkpoint_every: int = 100
     tensorboard: bool = True
+    init_from: str | None = None
 
 
 @dataclass(frozen=True)

@@ -140,3 +140,32 @@ def test_mpirun_with_mpi4py_discovery_matches_torchrun(uninterrupted, sample_pro
 def test_plain_torch_engine_trains(sample_products, tmp_path):
     m = launch(sample_products, tmp_path, engine="torch")
     assert len(m) == 8 and m["loss"].notna().all()
+
+
+def test_fine_tuning_starts_from_a_trained_model(sample_products, tmp_path):
+    """train.init_from: AtmoRep's fine-tuning (BERT-pretrained weights, then forecast masking)."""
+    from atmorep.train.checkpoint import load_model
+
+    launch(sample_products, tmp_path / "base", ranks=1, engine="torch", steps=3)
+    base, _ = load_model(tmp_path / "base" / "model.pt")
+    tiny = dict(lr_start=1e-12, lr=1e-12, lr_min=1e-12, steps=1, masking={"strategy": "forecast"})
+    launch(sample_products, tmp_path / "tuned", ranks=1, engine="torch", init_from=str(tmp_path / "base" / "model.pt"), **tiny)
+    launch(sample_products, tmp_path / "fresh", ranks=1, engine="torch", **tiny)
+    tuned, _ = load_model(tmp_path / "tuned" / "model.pt")
+    fresh, _ = load_model(tmp_path / "fresh" / "model.pt")
+    for (name, b), t, f in zip(base.state_dict().items(), tuned.state_dict().values(), fresh.state_dict().values()):
+        torch.testing.assert_close(t, b, atol=1e-6, rtol=0, msg=name)  # the trained weights, barely moved
+    assert any(not torch.allclose(f, b) for b, f in zip(base.state_dict().values(), fresh.state_dict().values()))
+
+
+def test_fine_tuning_refuses_another_architecture(sample_products, tmp_path):
+    launch(sample_products, tmp_path / "base", ranks=1, engine="torch", steps=1)
+    p = json.loads(params(sample_products, engine="torch", steps=1, init_from=str(tmp_path / "base" / "model.pt")))
+    p["model"]["dim"] = 48
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "atmorep", "train", "--params", json.dumps(p), "--shards",
+                        *map(str, sample_products["shards"].values()), "--output-dir", str(tmp_path / "x")],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    assert "init_from" in r.stderr and "['dim']" in r.stderr and "model.pt" in r.stderr
+    assert not (tmp_path / "x" / "model.pt").exists()

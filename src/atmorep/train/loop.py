@@ -140,6 +140,10 @@ def train(seed: int, data: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig,
             engine_cls.convert_to_universal(ckpt_dir, tag)
         dist.barrier()
         tag = engine_cls.universal_tag(tag)
+    if tag is None and cfg.init_from:
+        init_weights(model, cfg.init_from)
+        if rank == 0:
+            log.info("fine-tuning: weights from %s", cfg.init_from)
     engine = engine_cls(model, cfg, world, universal=universal)
     start, rows = 0, []
     if tag is not None:
@@ -188,7 +192,7 @@ def train(seed: int, data: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig,
             for k, v in rows[-1].items():
                 if k != "step":
                     writer.add_scalar(k, v, step)
-        bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}")
+        bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}", refresh=False)  # the bar redraws every mininterval
         done = step + 1
         if stop.agreed():
             _checkpoint(engine, ckpt_dir, done, rows, world, meta)
@@ -221,6 +225,28 @@ def _seed(seed: int, step: int, micro: int, rank: int, world: int) -> int:
 
 #: keys that may change between a checkpoint and its resumption (a longer run continues the old one)
 _RESUMABLE_CHANGES = {"steps", "checkpoint_every", "tensorboard", "ranks", "batch_size", "gradient_accumulation"}
+
+
+def init_weights(model: Multiformer, path: str | Path) -> None:
+    """Load a model file's weights into ``model`` (fine-tuning); the architecture and fields must match."""
+    from atmorep.train.checkpoint import FORMAT
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"train.init_from: {path} does not exist")
+    record = torch.load(path, map_location="cpu", weights_only=False)
+    if record.get("format") != FORMAT:
+        raise ValueError(f"train.init_from: {path} is not an atmorep model file (format {record.get('format')!r})")
+    free = {"dropout", "checkpointing", "attention"}  # how to train or compute, not what the weights are
+    ours = {"model": {k: v for k, v in dataclasses.asdict(model.cfg).items() if k not in free},
+            "fields": {f: {"levels": g.levels, "token_size": list(g.token_size)} for f, g in model.fields.items()}}
+    theirs = json.loads(json.dumps({"model": {k: v for k, v in record["model"].items() if k not in free},
+                                    "fields": record["fields"]}))
+    ours = json.loads(json.dumps(ours))
+    diff = sorted(k for part in ("model", "fields") for k in set(ours[part]) | set(theirs[part])
+                  if ours[part].get(k) != theirs[part].get(k))
+    if diff:
+        raise ValueError(f"train.init_from: {path} has another architecture or fields; differs in {diff}")
+    model.load_state_dict(record["state_dict"])
 
 
 def _comparable(meta: dict) -> dict:
