@@ -53,3 +53,16 @@ def test_cli_plan_prints_every_figure(tmp_path):
     for word in ("GRIB to download", "inodes", "core-hours", "GPU-hours", "SLURM jobs"):
         assert word in r.stdout
     assert out.read_text().strip() == r.stdout.strip()
+
+
+def test_regional_campaign_is_cropped_like_the_shard_stage(tmp_path):
+    """data.area: the UK box -10..2°E, 58..50°N (33 x 49 points at 0.25°); 9-point tokens keep 27 rows
+    (no pole to drop) and 45 columns (cropped to whole tokens: the grid is not periodic)."""
+    import yaml
+
+    raw = yaml.safe_load((REPO / "config" / "campaigns" / "quickstart.yaml").read_text())
+    raw["data"]["area"] = [58.0, -10.0, 50.0, 2.0]
+    (tmp_path / "uk.yaml").write_text(yaml.safe_dump(raw))
+    p = plan(C.load(tmp_path / "uk.yaml"))
+    assert p.grib_bytes == 744 * (GRIB1_HEADER + 33 * 49 * 2)
+    assert p.zarr_bytes == 4 * (744 * 1 * 27 * 45 + 1 * 1 * 2 * 27 * 45)

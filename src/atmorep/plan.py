@@ -64,12 +64,17 @@ def time_steps(cfg: Config, month: str) -> int:
     return len(cfg.data.times(month))
 
 
-def grid(cfg: Config) -> tuple[int, int]:
-    """(latitudes, longitudes) of the global grid the source delivers."""
+def grid(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
+    """(latitudes, longitudes) of the grid the source delivers: global, or ``data.area``."""
     if cfg.acquire.source == "sample":
-        return 181, 360
+        return np.linspace(90, -90, 181), np.arange(360.0)
     dlat, dlon = cfg.data.grid or (0.25, 0.25)
-    return int(round(180 / dlat)) + 1, int(round(360 / dlon))
+    if cfg.data.area is None:
+        return np.linspace(90, -90, int(round(180 / dlat)) + 1), np.arange(int(round(360 / dlon))) * dlon
+    north, west, south, east = cfg.data.area
+    nlat = int(round((north - south) / dlat)) + 1
+    nlon = int(round(((east - west) % 360) / dlon)) + 1
+    return np.linspace(north, south, nlat), west + dlon * np.arange(nlon)
 
 
 def plan(cfg: Config, profile: dict | None = None, mfu: float = 0.45) -> Plan:
@@ -77,23 +82,25 @@ def plan(cfg: Config, profile: dict | None = None, mfu: float = 0.45) -> Plan:
     from atmorep.model.multiformer import FieldGeometry
     from atmorep.model.summary import forward_flops
 
-    nlat, nlon = grid(cfg)
+    lats, lons = grid(cfg)
+    nlat, nlon = len(lats), len(lons)
     months = cfg.data.months()
     steps = {m: time_steps(cfg, m) for m in months}
     bits = BITS.get(cfg.acquire.source, 16)
     grib = sum(steps[m] * len(spec.levels) * (GRIB1_HEADER + math.ceil(nlat * nlon * bits / 8))
                for spec in cfg.data.fields.values() for m in months)
-    rows = S.latitude_rows(nlat, S.lat_step(cfg.data, cfg.shard))
-    ny = rows.stop - rows.start
+    rows = S.latitude_rows(nlat, S.lat_step(cfg.data, cfg.shard), S.has_poles(lats))
+    cols = S.longitude_columns(lons, S.lon_step(cfg.data, cfg.shard))
+    ny, nx = rows.stop - rows.start, cols.stop - cols.start
     zarr_bytes, inodes = 0, 0
     for f, spec in cfg.data.fields.items():
         L = len(spec.levels)
         for year in cfg.data.years():
             T = sum(steps[m] for m in months if m.startswith(year))
-            shape = (T, L, ny, nlon)
+            shape = (T, L, ny, nx)
             _, shard_shape = S.layout(cfg.shard, cfg.shard.token_size_for(f), shape)
             n_months = sum(1 for m in months if m.startswith(year))
-            stats = n_months * L * 2 * (ny * nlon if cfg.normalize.method_for(f) == "local" else 1)
+            stats = n_months * L * 2 * (ny * nx if cfg.normalize.method_for(f) == "local" else 1)
             zarr_bytes += 4 * (math.prod(shape) + stats)
             inodes += math.prod(math.ceil(n / s) for n, s in zip(shape, shard_shape)) + STORE_FILES
     data_gb = sum(steps[m] * len(s.levels) for s in cfg.data.fields.values() for m in months) * nlat * nlon * 4 / 1e9
