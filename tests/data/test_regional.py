@@ -63,3 +63,12 @@ def test_too_narrow_a_region_is_named(uk, tmp_path):
         shards.shard(uk["data"], ShardConfig(token_size=(3, 2, 50)), "t2m", "2019", [uk["normalized"]],
                      tmp_path / "x.zarr")
     assert not (tmp_path / "x.zarr").exists()
+
+
+def test_global_forecast_names_a_regional_store(uk):
+    from atmorep.config import EvaluateConfig
+    from atmorep.eval import modes
+
+    ds = WindowDataset({"t2m": [uk["store"]]}, (2, 4, 3), parse_time("2019-03-01T00"), parse_time("2019-03-03T23"))
+    with pytest.raises(ValueError, match="needs a global grid.*t2m-2019.zarr is regional"):
+        modes.get("global_forecast").select(ds, EvaluateConfig(mode="global_forecast"), 0)

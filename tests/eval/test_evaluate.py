@@ -35,6 +35,7 @@ def test_scores_table_is_tidy_with_every_baseline(forecast):
     rmse = scores[scores.metric == "rmse"]
     assert len(rmse) == 2 * 2 * 3 and (rmse.value > 0).all()  # fields x leads x forecasts
     assert set(scores[scores.metric == "ssr"].forecast) == {"atmorep"}
+    pd.testing.assert_frame_equal(pd.read_parquet(forecast / "scores.parquet"), scores, check_exact=False, rtol=1e-12)
     hist = pd.read_csv(forecast / "rank_histogram.csv")
     assert set(hist["rank"]) == set(range(5))  # 4 members
     assert (hist.groupby(["field", "level", "lead"])["count"].sum() == 5 * 27 * 54).all()

@@ -24,6 +24,7 @@ rule evaluate:
     output:
         scores=report(f"{EVAL}/scores.csv", caption="../report/scores.rst", category="Evaluation",
                       subcategory="Tables", labels={"table": "scores"}),
+        scores_parquet=f"{EVAL}/scores.parquet",
         rank_histograms=f"{EVAL}/rank_histogram.csv",
         windows=directory(f"{EVAL}/windows.zarr"),
         sample_scores=directory(f"{EVAL}/sample_scores.zarr"),

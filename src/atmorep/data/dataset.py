@@ -27,8 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from atmorep.data import zarrio
-from atmorep.data.grib import DataError
-from atmorep.data.shards import periodic
+from atmorep.data.grib import DataError, periodic
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,8 @@ the way) and hands each message to ecCodes. It reads only cheap keys per message
 ecCodes *concepts* (paramId, shortName, typeOfLevel, units) are evaluated once per distinct raw
 key and cached, and so is the grid (by ``md5GridSection``). Values come back in canonical order:
 
-    latitude north -> south, longitude in [0, 360) ascending, float32, NaN where the bitmap says missing
+    latitude north -> south, longitude ascending (in [0, 360) on a global grid; a region stays
+    contiguous, e.g. -10..2), float32, NaN where the bitmap says missing
 
 whatever scanning mode, edition (GRIB1/GRIB2) or longitude convention (0..360, -180..180) the
 message used. Only regular lat/lon grids decode directly; Gaussian grids need ``regrid`` and
@@ -31,6 +32,11 @@ log = logging.getLogger(__name__)
 
 class DataError(ValueError):
     """Input data that cannot be used; the message names the file and what is wrong."""
+
+
+def periodic(lons) -> bool:
+    """True when equally spaced longitudes close the circle (a global grid): values wrap around."""
+    return len(lons) > 1 and abs(len(lons) * abs(float(lons[1] - lons[0])) - 360.0) < 1e-6
 
 
 MISSING = 9999.0  # GRIB missingValue used with a bitmap for NaN points

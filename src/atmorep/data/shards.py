@@ -52,7 +52,7 @@ from tqdm import tqdm
 
 from atmorep.config import DataConfig, ShardConfig
 from atmorep.data import zarrio
-from atmorep.data.grib import DataError
+from atmorep.data.grib import DataError, periodic
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +78,6 @@ def latitude_rows(nlat: int, token_lat: int, poles: bool = True) -> slice:
 
 def has_poles(lats: np.ndarray) -> bool:
     return bool(np.isclose(abs(lats[0]), 90.0) or np.isclose(abs(lats[-1]), 90.0))
-
-
-def periodic(lons: np.ndarray) -> bool:
-    """True when the longitudes close the circle (a global grid): windows may wrap around."""
-    return len(lons) > 1 and abs(len(lons) * abs(float(lons[1] - lons[0])) - 360.0) < 1e-6
 
 
 def longitude_columns(lons: np.ndarray, token_lon: int, field: str = "") -> slice:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from atmorep.data.grib import DataError
+from atmorep.data.grib import DataError, periodic
 
 EARTH_RADIUS = 6371229.0  # m, the radius of ECMWF's IFS
 
@@ -38,12 +38,12 @@ def vorticity_divergence(u_YX: np.ndarray, v_YX: np.ndarray, lats: np.ndarray, l
         raise DataError("vorticity needs at least 3 latitudes and 3 longitudes")
     phi, lam = np.deg2rad(lats), np.deg2rad(lons)
     dlam = lam[1] - lam[0]
-    periodic = abs(len(lons) * (lons[1] - lons[0]) - 360.0) < 1e-6
+    wraps = periodic(lons)
     cos = np.cos(phi)[:, None]
     pole = np.abs(np.abs(lats) - 90.0) < 1e-9
 
     def d_dlambda(f):
-        if periodic:
+        if wraps:
             return (np.roll(f, -1, axis=1) - np.roll(f, 1, axis=1)) / (2 * dlam)
         return np.gradient(f, lam, axis=1, edge_order=2)
 
@@ -54,7 +54,7 @@ def vorticity_divergence(u_YX: np.ndarray, v_YX: np.ndarray, lats: np.ndarray, l
         vo = (d_dlambda(v) - d_dphi(u * cos)) / (radius * cos)
         d = (d_dlambda(u) + d_dphi(v * cos)) / (radius * cos)
     for j in np.flatnonzero(pole):
-        if not periodic:
+        if not wraps:
             raise DataError("a grid that includes a pole must be global in longitude")
         ring = j + 1 if lats[j] > 0 else j - 1
         c1, s1 = np.cos(phi[ring]), np.sin(phi[ring])

@@ -3,7 +3,7 @@ products and figures, and (opt-in) attention maps.
 
 Writes into the output directory:
 
-- ``scores.csv`` (tidy: field, level, lead, lead_hours, forecast, metric, value, samples),
+- ``scores.csv`` and ``scores.parquet`` (tidy: field, level, lead, lead_hours, forecast, metric, value, samples),
   ``rank_histogram.csv``, ``sample_scores.zarr`` (per-sample scores, one group per field);
 - ``windows.zarr`` (sources, targets, predictions, ensemble, baselines in physical units, CF) and,
   for ``global_forecast``, ``wb2_forecast.zarr``/``wb2_ensemble.zarr``/``wb2_truth.zarr``;
@@ -51,6 +51,7 @@ def evaluate(seed: int, data: DataConfig, cfg: EvaluateConfig, model_path: str |
     outputs.write_groups(per_sample, out_dir / "sample_scores.zarr", annotate_cf=False)
     table = scores.table(per_sample)
     table.to_csv(out_dir / "scores.csv", index=False)
+    table.to_parquet(out_dir / "scores.parquet", index=False)
     hist = scores.rank_histograms(results, seed)
     hist.to_csv(out_dir / "rank_histogram.csv", index=False)
     figures(results, table, hist, out_dir)

@@ -94,8 +94,9 @@ class GlobalForecast(Forecast):
 
     def select(self, dataset, cfg, seed):
         store = dataset.stores[dataset.fields[0]][0]
-        if abs(len(store.lons) * abs(store.lons[1] - store.lons[0]) - 360.0) > 1e-6:
-            raise ValueError("evaluate.mode global_forecast needs a global grid (longitudes spanning 360°)")
+        if not store.periodic:
+            raise ValueError(f"evaluate.mode global_forecast needs a global grid (longitudes spanning 360°); "
+                             f"{store.path} is regional")
         positions = W.at_times(dataset, cfg.times)
         if not cfg.times:
             positions = positions[:1]
