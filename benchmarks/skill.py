@@ -17,8 +17,10 @@ every round (``learning_curve.csv``, ``learning_curve.png``).
 
 Prints ``forecast_rmse_vs_persistence=<r> interp_rmse_vs_linear=<r> spread_skill=<r>
 crps_vs_climatology=<r>`` (test period; targets <= 0.85, < 1.0, [0.7, 1.3], < 1.0): forecast ratios
-from the forecast model, the interpolation ratio from the interpolation model; the pre-trained
-model's own ratios are printed on the line before. Ratios are means over leads of AtmoRep's score
+from the forecast model, the interpolation ratio from the interpolation model. The forecast
+ensemble's spread is calibrated as ensemble post-processing does (``evaluate.spread_inflation`` =
+1 / the spread-skill ratio of the validation period; the mean is unchanged); the uncalibrated test
+figures and the pre-trained model's own ratios are printed on the lines before. Ratios are means over leads of AtmoRep's score
 over the baseline's.
 
 The UK grid (-10..2°E) is regional: windows lie inside it and never wrap in longitude.
@@ -80,19 +82,22 @@ def prepare(out: Path) -> list[str]:
     return [str(shards.shard(data, shard_cfg, "t2m", "2019", [n], store))]
 
 
-PHASES = {  # phase -> (masking strategy, phase whose model it starts from, modes it is scored on)
-    "pretrain": ("bert", None, ("forecast", "temporal_interpolation")),
-    "forecast": ("forecast", "pretrain", ("forecast",)),
-    "interpolation": ("temporal_interpolation", "pretrain", ("temporal_interpolation",)),
+ATMOREP_LOSS = ["mse_ensemble", "stats"]
+FORECAST_LOSS = ATMOREP_LOSS
+PHASES = {  # phase -> (masking strategy, phase whose model it starts from, modes it is scored on, loss terms)
+    "pretrain": ("bert", None, ("forecast", "temporal_interpolation"), ATMOREP_LOSS),
+    "forecast": ("forecast", "pretrain", ("forecast",), FORECAST_LOSS),
+    "interpolation": ("temporal_interpolation", "pretrain", ("temporal_interpolation",), ATMOREP_LOSS),
 }
 
 
 def train_round(out: Path, stores: list[str], phase: str, steps: int) -> float:
     """Train ``phase`` (resuming) up to ``steps`` in a fresh process; returns its wall time."""
-    strategy, parent, _ = PHASES[phase]
+    strategy, parent, _, loss = PHASES[phase]
     params = {k: CONFIG[k] for k in ("seed", "data", "model")}
     params["train"] = {**CONFIG["train"], "steps": steps, "checkpoint_every": steps,
                        "masking": {**CONFIG["train"]["masking"], "strategy": strategy},
+                       "loss": {"terms": list(loss)},
                        "init_from": str(out / parent / "model.pt") if parent else None}
     env = {**os.environ, "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
     t0 = time.perf_counter()
@@ -112,7 +117,8 @@ def worker(params: dict, out: Path, stores: list[str]) -> None:
                {"t2m": stores}, out)
 
 
-def score(model_path: Path, stores: list[str], period: tuple[str, str], samples: int, modes, tag: str) -> dict:
+def score(model_path: Path, stores: list[str], period: tuple[str, str], samples: int, modes, tag: str,
+          inflation: float = 1.0) -> dict:
     """Scores of one model on ``period`` in the given modes, as ratios to the baselines."""
     from atmorep import config as C
     from atmorep.data.dataset import WindowDataset
@@ -124,7 +130,8 @@ def score(model_path: Path, stores: list[str], period: tuple[str, str], samples:
     data = C.build(C.DataConfig, CONFIG["data"], "data")
     dataset = WindowDataset({"t2m": stores}, model.cfg.num_tokens, C.parse_time(period[0]), C.parse_time(period[1]))
     base = C.EvaluateConfig(start=period[0], end=period[1], samples=samples, batch_size=32,
-                            climatology_start=TRAIN[0], climatology_end=TRAIN[1], climatology_window_hours=1)
+                            climatology_start=TRAIN[0], climatology_end=TRAIN[1], climatology_window_hours=1,
+                            spread_inflation=inflation)
     clims = E.climatologies(dataset, data, base)
     tables = {}
     for mode in modes:
@@ -169,7 +176,8 @@ def plot_curve(out: Path, curve: pd.DataFrame) -> Path:
         if not len(rows) or not (out / phase / "metrics.csv").exists():
             continue
         m = pd.read_csv(out / phase / "metrics.csv")
-        a.plot(m["step"], m["loss"].rolling(50, min_periods=1).mean(), label=f"{phase} ({PHASES[phase][0]} masking)")
+        a.plot(m["step"], m["loss"].rolling(50, min_periods=1).mean(),
+               label=f"{phase} ({PHASES[phase][0]} masking, {' + '.join(PHASES[phase][3])})")
     a.set(xlabel="optimizer step of the phase", ylabel="training loss (running mean of 50)",
           title="training (1-21 March 2019)")
     a.legend(fontsize=7)
@@ -202,6 +210,9 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=512, help="windows per scored period (all if fewer)")
     ap.add_argument("--normalization", default=CONFIG["normalize"]["method"], choices=["global", "local"],
                     help="statistics the data are normalized with (one store per method under --out)")
+    ap.add_argument("--phases", default=",".join(PHASES),
+                    help="phases to (re)train, comma-separated; the others' models and learning-curve rows are "
+                         "kept from --out ('' only scores)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--stores", nargs="*", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -210,17 +221,30 @@ def main() -> None:
         return worker(json.loads(args.worker), args.out, args.stores)
     if not GRIB.exists():
         sys.exit(f"{GRIB} is missing")
+    run = [p for p in args.phases.split(",") if p]  # none: score the models already in --out
+    unknown = set(run) - set(PHASES)
+    if unknown:
+        sys.exit(f"--phases: unknown {sorted(unknown)} (phases: {', '.join(PHASES)})")
     if args.fresh:
         import shutil
 
-        for phase in PHASES:
+        for phase in run:
             shutil.rmtree(args.out / phase, ignore_errors=True)
     args.out.mkdir(parents=True, exist_ok=True)
     CONFIG["normalize"]["method"] = args.normalization
     shares = dict(zip(PHASES, map(float, args.split.split(","))))
     stores = prepare(args.out)
-    spent, curve, per_step = 0.0, [], None
-    for phase, (strategy, _, modes) in PHASES.items():
+    old = args.out / "learning_curve.csv"
+    earlier = pd.read_csv(old) if old.exists() and set(run) != set(PHASES) else pd.DataFrame()
+    kept = [r for r in earlier.to_dict("records") if r["phase"] not in run]
+    missing = [p for p in PHASES if p not in run and not any(r["phase"] == p for r in kept)]
+    if missing:
+        sys.exit(f"--phases {args.phases}: phases {missing} have not been trained in {args.out}")
+    curve, per_step = [], None
+    for phase, (strategy, _, modes, _) in PHASES.items():
+        if phase not in run:
+            curve += [r for r in kept if r["phase"] == phase]
+            continue
         budget, used, steps = args.minutes * 60 * shares[phase], 0.0, 0
         for r in range(args.rounds):
             left = budget - used
@@ -230,23 +254,34 @@ def main() -> None:
             target = 40 if per_step is None else max(1, int(left / (args.rounds - r) / per_step))
             steps += target
             wall = train_round(args.out, stores, phase, steps)
-            used, spent = used + wall, spent + wall
+            used += wall
             per_step = wall / target
             metrics = pd.read_csv(args.out / phase / "metrics.csv")
             valid = score(args.out / phase / "model.pt", stores, VALID, args.samples, modes, "valid")
-            row = {"phase": phase, "round": r, "steps": steps, "train_minutes": spent / 60,
+            row = {"phase": phase, "round": r, "steps": steps, "phase_minutes": used / 60,
                    "train_loss": metrics["loss"].tail(20).mean(), **{f"valid_{k}": v for k, v in valid.items()}}
             curve.append(row)
             log.info("%s round %d: %s", phase, r, {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
             pd.DataFrame(curve).to_csv(args.out / "learning_curve.csv", index=False)
-    plot_curve(args.out, pd.DataFrame(curve))
-    print(pd.DataFrame(curve).to_string(index=False))
+    curve = pd.DataFrame(curve)
+    ends = curve.groupby("phase", sort=False)["phase_minutes"].max()
+    curve["train_minutes"] = curve["phase_minutes"] + curve["phase"].map(ends.cumsum() - ends)
+    curve.to_csv(args.out / "learning_curve.csv", index=False)
+    spent = float(ends.sum()) * 60
+    plot_curve(args.out, curve)
+    print(curve.to_string(index=False))
+    # spread calibration (evaluate.spread_inflation), fitted on the validation period only
+    inflation = 1 / curve[curve.phase == "forecast"]["valid_spread_skill"].iloc[-1]
     pre = score(args.out / "pretrain" / "model.pt", stores, TEST, args.samples, PHASES["pretrain"][2], "test")
-    test = {**score(args.out / "forecast" / "model.pt", stores, TEST, args.samples, ("forecast",), "test"),
+    raw = score(args.out / "forecast" / "model.pt", stores, TEST, args.samples, ("forecast",), "test_raw")
+    test = {**score(args.out / "forecast" / "model.pt", stores, TEST, args.samples, ("forecast",), "test", inflation),
             **score(args.out / "interpolation" / "model.pt", stores, TEST, args.samples,
                     ("temporal_interpolation",), "test")}
     print(f"training: {spent / 60:.1f} min in all; pre-trained model only (test): "
           + " ".join(f"{k}={pre[k]:.3f}" for k in ORDER))
+    print(f"forecast model before spread calibration (test): spread_skill={raw['spread_skill']:.3f} "
+          f"crps_vs_climatology={raw['crps_vs_climatology']:.3f}; spread_inflation={inflation:.3f} "
+          "(1 / the validation spread-skill ratio)")
     print(" ".join(f"{k}={test[k]:.3f}" for k in ORDER))
 
 

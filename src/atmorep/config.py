@@ -274,6 +274,7 @@ class EvaluateConfig:
     climatology_end: str | None = None
     climatology_window_hours: int = 6
     write_ensemble: bool = True
+    spread_inflation: float = 1.0
     attention: AttentionCaptureConfig = field(default_factory=AttentionCaptureConfig)
 
 

@@ -23,6 +23,16 @@ def model():
     return tiny_model()
 
 
+def test_spread_inflation_scales_the_members_about_an_unchanged_mean(model, dataset):
+    plain = E.run_mode(model, dataset, eval_config(mode="forecast", samples=3), seed=1)["t2m"]
+    wide = E.run_mode(model, dataset, eval_config(mode="forecast", samples=3, spread_inflation=2.5), seed=1)["t2m"]
+    np.testing.assert_allclose(wide["prediction"], plain["prediction"], rtol=1e-5)
+    dev_plain = plain["ensemble"] - plain["prediction"]
+    dev_wide = wide["ensemble"] - wide["prediction"]
+    np.testing.assert_allclose(dev_wide, 2.5 * dev_plain, rtol=1e-3, atol=1e-3)
+    assert float(dev_plain.std()) > 0  # the members do differ
+
+
 def test_every_mode_is_a_plugin_with_a_masking_strategy():
     assert set(modes.MODES) == {"forecast", "temporal_interpolation", "bert", "global_forecast"}
     with pytest.raises(ValueError, match="unknown 'nowcast'"):

@@ -66,7 +66,8 @@ def run_mode(model, dataset: WindowDataset, cfg: EvaluateConfig, seed: int,
     mode = modes.get(cfg.mode)
     selection = mode.select(dataset, cfg, seed)
     results = inference.run(model, dataset, selection.indices, mode.masking(cfg, dataset.token_sizes),
-                            mode.target_slabs(cfg), cfg.batch_size, seed, mode.baselines, clims)
+                            mode.target_slabs(cfg), cfg.batch_size, seed, mode.baselines, clims,
+                            cfg.spread_inflation)
     return mode.finish(dataset, selection, results, cfg)
 
 

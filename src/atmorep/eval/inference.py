@@ -44,8 +44,11 @@ def collate(samples: list[dict]) -> Batch:
 @torch.no_grad()
 def run(model: Multiformer, dataset: WindowDataset, indices: np.ndarray, strategy: masking.Masking,
         target_slabs: Callable[[int], list[int]], batch_size: int, seed: int, baselines: tuple[str, ...] = (),
-        climatologies: dict[str, xr.Dataset] | None = None) -> dict[str, xr.Dataset]:
-    """Mask, predict and denormalize every window of ``indices``; see the module docstring."""
+        climatologies: dict[str, xr.Dataset] | None = None, inflation: float = 1.0) -> dict[str, xr.Dataset]:
+    """Mask, predict and denormalize every window of ``indices``; see the module docstring.
+
+    ``inflation`` scales every member's distance from the ensemble mean (spread calibration).
+    """
     model.eval()
     parts: dict[str, list[dict]] = {f: [] for f in dataset.fields}
     for b0 in tqdm(range(0, len(indices), batch_size), desc="inference", mininterval=2, disable=None):
@@ -55,6 +58,8 @@ def run(model: Multiformer, dataset: WindowDataset, indices: np.ndarray, strateg
         masks = strategy(batch, gen)
         source = masking.apply(batch, masks)
         ens = model(source.tokens, source.info, masks)
+        if inflation != 1.0:
+            ens = {f: e.mean(1, keepdim=True) + inflation * (e - e.mean(1, keepdim=True)) for f, e in ens.items()}
         for f in dataset.fields:
             tokens = _filled(batch.tokens[f], masks[f], ens[f], source.tokens[f])
             for b, i in enumerate(idx):
