@@ -6,7 +6,7 @@ real 2-rank runs with torchrun. Last line (machine-readable):
     deepspeed_time_overhead=<DS s/step ÷ torch s/step> zero_state_bytes_ratio=<2 ranks ÷ 1 rank, ZeRO-2>
 Target: deepspeed_time_overhead ≤ 1.15.
 
-    python benchmarks/train_throughput.py [--steps 60] [--repeats 2]
+    python benchmarks/train_throughput.py [--steps 60] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def _fmt(ts: list[float]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--repeats", type=int, default=2, help="interleaved runs per engine")
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved runs per engine")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "worker.py").write_text(WORKER)
