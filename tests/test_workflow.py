@@ -115,6 +115,19 @@ def test_reruns_are_exactly_the_changed_stage_and_descendants(run):
     assert jobs(snakemake(work, cfg2, "-n").stdout) == {"normalize", "shard", "pretrain", "evaluate", "all"}
 
 
+def test_fine_tuning_reads_its_starting_model_as_an_input(run):
+    work, cfg = run
+    changed = yaml.safe_load(cfg.read_text())
+    changed["train"]["init_from"] = str(work / "pretrained.pt")
+    cfg3 = work / "finetune.yaml"
+    cfg3.write_text(yaml.safe_dump({**changed, "run": "tuned"}))
+    r = snakemake(work, cfg3, "-n", timeout=120)
+    assert r.returncode != 0 and "pretrained.pt" in r.stdout + r.stderr  # a missing input, named
+    shutil.copy(work / "results" / "tiny" / "train" / "model.pt", work / "pretrained.pt")
+    cfg3.write_text(yaml.safe_dump(changed))
+    assert jobs(snakemake(work, cfg3, "-n").stdout) == {"pretrain", "evaluate", "all"}
+
+
 def test_unknown_config_key_fails_fast_naming_it(tmp_path):
     bad = dict(TINY, shard={**TINY["shard"], "chunk_tokns": [1, 1, 1]})
     cfg = tmp_path / "bad.yaml"

@@ -4,10 +4,11 @@ rule pretrain:
     The launcher is the `mpi` resource: torchrun locally; profiles/slurm sets `srun`, so the ranks are
     the job's SLURM tasks (`tasks`, or `nodes` x `tasks_per_node` on GPU nodes). A run stopped by
     SIGTERM/SIGUSR1 saves a checkpoint and exits 75; running the rule again resumes from
-    results/{run}/train/checkpoints.
+    results/{run}/train/checkpoints. With train.init_from (fine-tuning) that model file is an input.
     """
     input:
         shards=shard_stores(),
+        init=CFG.train.init_from or [],  # fine-tuning: a changed starting model reruns the training
     output:
         model=f"results/{RUN}/train/model.pt",
         metrics=f"results/{RUN}/train/metrics.csv",
