@@ -160,7 +160,7 @@ def ratios(tables: dict[str, pd.DataFrame]) -> dict:
 
 TARGETS = {"forecast_rmse_vs_persistence": 0.85, "interp_rmse_vs_linear": 1.0, "spread_skill": 1.0,
            "crps_vs_climatology": 1.0}
-ORDER = ("forecast_rmse_vs_persistence", "interp_rmse_vs_linear", "spread_skill", "crps_vs_climatology")
+ORDER = tuple(TARGETS)  # the order of the last line
 
 
 def plot_curve(out: Path, curve: pd.DataFrame) -> Path:

@@ -89,8 +89,7 @@ def plan(cfg: Config, profile: dict | None = None, mfu: float = 0.45) -> Plan:
     bits = BITS.get(cfg.acquire.source, 16)
     grib = sum(steps[m] * len(spec.levels) * (GRIB1_HEADER + math.ceil(nlat * nlon * bits / 8))
                for spec in cfg.data.fields.values() for m in months)
-    rows = S.latitude_rows(nlat, S.lat_step(cfg.data, cfg.shard), S.has_poles(lats))
-    cols = S.longitude_columns(lons, S.lon_step(cfg.data, cfg.shard))
+    rows, cols = S.crop(cfg.data, cfg.shard, "", lats, lons)
     ny, nx = rows.stop - rows.start, cols.stop - cols.start
     zarr_bytes, inodes = 0, 0
     for f, spec in cfg.data.fields.items():

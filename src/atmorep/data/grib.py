@@ -312,7 +312,7 @@ def _regular_ll(gid) -> Grid:
         span = 360.0 - 360.0 / ni  # a global grid whose last longitude repeats the first modulo 360
     dlon = span / (ni - 1) if ni > 1 else 0.0
     file_lons = lon1 + (-1 if i_neg else 1) * dlon * np.arange(ni)
-    if ni > 1 and abs(span + dlon - 360.0) < 1e-6:  # global: canonical [0, 360)
+    if periodic(file_lons):  # global: canonical [0, 360)
         lons = np.round(np.mod(file_lons, 360.0), 9)
     else:  # regional: contiguous west to east, in [0, 360) unless it crosses 0° (then from a negative west)
         west = float(np.mod(file_lons.min(), 360.0))

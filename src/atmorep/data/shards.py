@@ -83,15 +83,15 @@ def has_poles(lats: np.ndarray) -> bool:
 def longitude_columns(lons: np.ndarray, token_lon: int, field: str = "") -> slice:
     """Columns kept: all of a global grid (they must be whole tokens: longitude is periodic); the
     central whole number of tokens of a regional grid (no wrap-around, edges dropped)."""
-    n = len(lons)
+    n, who = len(lons), f"field '{field}': " if field else ""
     if periodic(lons):
         if n % token_lon:
-            raise DataError(f"field '{field}': {n} longitudes are not a whole number of {token_lon}-point tokens "
+            raise DataError(f"{who}{n} longitudes are not a whole number of {token_lon}-point tokens "
                             "(a global grid is periodic); choose shard.token_size[2] dividing it")
         return slice(0, n)
     keep = (n // token_lon) * token_lon
     if keep == 0:
-        raise DataError(f"field '{field}': regional grid of {n} longitudes is narrower than one token "
+        raise DataError(f"{who}regional grid of {n} longitudes is narrower than one token "
                         f"({token_lon} columns)")
     first = (n - keep) // 2
     return slice(first, first + keep)

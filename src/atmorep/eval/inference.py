@@ -59,7 +59,8 @@ def run(model: Multiformer, dataset: WindowDataset, indices: np.ndarray, strateg
         source = masking.apply(batch, masks)
         ens = model(source.tokens, source.info, masks)
         if inflation != 1.0:
-            ens = {f: e.mean(1, keepdim=True) + inflation * (e - e.mean(1, keepdim=True)) for f, e in ens.items()}
+            means = {f: e.mean(1, keepdim=True) for f, e in ens.items()}
+            ens = {f: means[f] + inflation * (e - means[f]) for f, e in ens.items()}
         for f in dataset.fields:
             tokens = _filled(batch.tokens[f], masks[f], ens[f], source.tokens[f])
             for b, i in enumerate(idx):

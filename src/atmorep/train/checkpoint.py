@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 
@@ -40,19 +41,51 @@ def save_model(path: str | Path, model: Multiformer, state_dict: dict | None = N
     torch.save({
         **(extra or {}),
         "format": FORMAT,
-        "model": dataclasses.asdict(model.cfg),
-        "fields": {f: {"levels": g.levels, "token_size": list(g.token_size)} for f, g in model.fields.items()},
+        **_architecture(model),
         "state_dict": {k: v.detach().float().cpu() for k, v in state.items()},
         "versions": versions(),
     }, tmp)
     os.replace(tmp, path)
 
 
-def load_model(path: str | Path) -> tuple[Multiformer, dict]:
-    """The model in eval mode, and the whole saved record."""
+def _architecture(model: Multiformer) -> dict:
+    """What a model file says of the model besides its weights: config and field geometry."""
+    return {"model": dataclasses.asdict(model.cfg),
+            "fields": {f: {"levels": g.levels, "token_size": list(g.token_size)} for f, g in model.fields.items()}}
+
+
+def _read(path: str | Path) -> dict:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path} does not exist")
     record = torch.load(path, map_location="cpu", weights_only=False)
     if record.get("format") != FORMAT:
         raise ValueError(f"{path}: not an atmorep model file (format {record.get('format')!r})")
+    return record
+
+
+#: model settings that say how to train or compute, not what the weights are
+_NOT_ARCHITECTURE = {"dropout", "checkpointing", "attention"}
+
+
+def load_weights(model: Multiformer, path: str | Path) -> None:
+    """Load a model file's weights into ``model`` (fine-tuning); architecture and fields must match."""
+    record = _read(path)
+
+    def comparable(arch: dict) -> dict:
+        model_cfg = {k: v for k, v in arch["model"].items() if k not in _NOT_ARCHITECTURE}
+        return json.loads(json.dumps({"model": model_cfg, "fields": arch["fields"]}))
+
+    ours, theirs = comparable(_architecture(model)), comparable(record)
+    diff = sorted(k for part in ("model", "fields") for k in set(ours[part]) | set(theirs[part])
+                  if ours[part].get(k) != theirs[part].get(k))
+    if diff:
+        raise ValueError(f"{path} has another architecture or fields; differs in {diff}")
+    model.load_state_dict(record["state_dict"])
+
+
+def load_model(path: str | Path) -> tuple[Multiformer, dict]:
+    """The model in eval mode, and the whole saved record."""
+    record = _read(path)
     cfg = C.build(C.ModelConfig, record["model"], "model")
     fields = {f: FieldGeometry(g["levels"], tuple(g["token_size"])) for f, g in record["fields"].items()}
     model = Multiformer(cfg, fields)

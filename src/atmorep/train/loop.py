@@ -32,7 +32,7 @@ from atmorep.data.dataset import TOKEN_INFO, SphereSampler, WindowDataset
 from atmorep.model.multiformer import FieldGeometry, Multiformer
 from atmorep.train import distributed, masking
 from atmorep.train.batch import Batch
-from atmorep.train.checkpoint import save_model, versions
+from atmorep.train.checkpoint import load_weights, save_model, versions
 from atmorep.train.launch import EXIT_REQUEUE  # 75: "run me again, I will resume"
 from atmorep.train.losses import Loss
 
@@ -141,7 +141,10 @@ def train(seed: int, data: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig,
         dist.barrier()
         tag = engine_cls.universal_tag(tag)
     if tag is None and cfg.init_from:
-        init_weights(model, cfg.init_from)
+        try:
+            load_weights(model, cfg.init_from)
+        except (OSError, ValueError) as exc:
+            raise type(exc)(f"train.init_from: {exc}") from None
         if rank == 0:
             log.info("fine-tuning: weights from %s", cfg.init_from)
     engine = engine_cls(model, cfg, world, universal=universal)
@@ -225,28 +228,6 @@ def _seed(seed: int, step: int, micro: int, rank: int, world: int) -> int:
 
 #: keys that may change between a checkpoint and its resumption (a longer run continues the old one)
 _RESUMABLE_CHANGES = {"steps", "checkpoint_every", "tensorboard", "ranks", "batch_size", "gradient_accumulation"}
-
-
-def init_weights(model: Multiformer, path: str | Path) -> None:
-    """Load a model file's weights into ``model`` (fine-tuning); the architecture and fields must match."""
-    from atmorep.train.checkpoint import FORMAT
-
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"train.init_from: {path} does not exist")
-    record = torch.load(path, map_location="cpu", weights_only=False)
-    if record.get("format") != FORMAT:
-        raise ValueError(f"train.init_from: {path} is not an atmorep model file (format {record.get('format')!r})")
-    free = {"dropout", "checkpointing", "attention"}  # how to train or compute, not what the weights are
-    ours = {"model": {k: v for k, v in dataclasses.asdict(model.cfg).items() if k not in free},
-            "fields": {f: {"levels": g.levels, "token_size": list(g.token_size)} for f, g in model.fields.items()}}
-    theirs = json.loads(json.dumps({"model": {k: v for k, v in record["model"].items() if k not in free},
-                                    "fields": record["fields"]}))
-    ours = json.loads(json.dumps(ours))
-    diff = sorted(k for part in ("model", "fields") for k in set(ours[part]) | set(theirs[part])
-                  if ours[part].get(k) != theirs[part].get(k))
-    if diff:
-        raise ValueError(f"train.init_from: {path} has another architecture or fields; differs in {diff}")
-    model.load_state_dict(record["state_dict"])
 
 
 def _comparable(meta: dict) -> dict:
