@@ -279,6 +279,17 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class SoftwareConfig:
+    """Environment modules loaded before each group of rules under ``snakemake
+    --software-deployment-method env-modules`` (Lmod/Environment Modules names, set by a site)."""
+
+    modules: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def modules_for(self, group: str) -> tuple[str, ...]:
+        return tuple(self.modules.get(group, ()))
+
+
+@dataclass(frozen=True)
 class Config:
     run: str
     data: DataConfig
@@ -289,6 +300,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    software: SoftwareConfig = field(default_factory=SoftwareConfig)
 
 
 def tokens_per_field(cfg: "Config") -> dict[str, tuple[int, int, int]]:

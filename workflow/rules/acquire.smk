@@ -1,13 +1,17 @@
 rule acquire:
     """Fetch one (field, month) of ERA5 as GRIB from the configured source; validated, then renamed into place."""
     output:
-        RES + "/grib/{field}/{month}.grib",
+        f"{RES}/grib/{{field}}/{{month}}.grib",
     params:
         cfg=stage_params("acquire"),
     log:
-        LOGS + "/acquire/{field}_{month}.log",
+        f"{LOGS}/acquire/{{field}}_{{month}}.log",
     benchmark:
-        LOGS + "/acquire/{field}_{month}.benchmark.tsv"
+        f"{LOGS}/acquire/{{field}}_{{month}}.benchmark.tsv"
+    conda:
+        "../envs/data.yaml"
+    envmodules:
+        *CFG.software.modules_for("data"),
     resources:
         mem_mb=1000,
         # CDS requests in flight are capped by acquire.cds.max_concurrent (lock files); `--resources cds=N`

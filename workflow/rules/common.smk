@@ -1,7 +1,10 @@
 # Shared by all rules: config validation (at workflow start), stage slices, campaign units.
 import json
+import os
+from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+from snakemake_interface_executor_plugins.settings import DeploymentMethod
 from snakemake.utils import validate
 
 from atmorep import config as atmorep_config
@@ -12,6 +15,12 @@ try:
 except atmorep_config.ConfigError as exc:
     raise WorkflowError(f"invalid configuration: {exc}")
 validate(config, workflow.source_path("../schemas/config.schema.yaml"))  # also fills in defaults
+
+# Software: the project's venv by default. With --software-deployment-method conda or env-modules
+# the jobs' Python comes from workflow/envs/*.yaml or the site's modules (software.modules), and the
+# `atmorep` command from this checkout (workflow/bin): nothing of atmorep is installed there.
+if {DeploymentMethod.CONDA, DeploymentMethod.ENV_MODULES} & set(workflow.deployment_settings.deployment_method):
+    shell.prefix(f"export PATH={Path(workflow.basedir) / 'workflow' / 'bin'}:$PATH; ")
 
 RUN = CFG.run
 # every product of a run lives under its name, so runs of several configurations never collide
@@ -32,7 +41,7 @@ def months_of(year):
 
 
 def shard_stores(wildcards=None):
-    return expand(RES + "/shards/{field}/{year}.zarr", field=FIELDS, year=YEARS)
+    return expand(f"{RES}/shards/{{field}}/{{year}}.zarr", field=FIELDS, year=YEARS)
 
 
 # --- acquire / normalize helpers --------------------------------------------------------------
@@ -77,3 +86,13 @@ def climatology_input(wildcards):
 def normalize_mem_mb():
     """A month up to normalize.memory_mb in memory, plus float64 blocks and the interpreter."""
     return CFG.normalize.memory_mb + 3 * CFG.normalize.block_mb + 512
+
+
+# --- evaluate helpers -------------------------------------------------------------------------
+
+
+def evaluate_figure(name, caption, subcategory, field=None):
+    """A figure of the evaluation in the Snakemake report (captions in workflow/report/)."""
+    labels = {"figure": subcategory, **({"field": field} if field else {})}
+    return report(f"results/{RUN}/evaluate/{name}.png", caption=f"../report/{caption}.rst",
+                  category="Evaluation", subcategory=subcategory, labels=labels)

@@ -10,12 +10,6 @@ ATTENTION_FIELDS = (
 WB2 = ["wb2_forecast", "wb2_ensemble", "wb2_truth"] if CFG.evaluate.mode == "global_forecast" else []
 
 
-def evaluate_figure(name, caption, subcategory, field=None):
-    labels = {"figure": subcategory, **({"field": field} if field else {})}
-    return report(f"{EVAL}/{name}.png", caption=f"../report/{caption}.rst", category="Evaluation",
-                  subcategory=subcategory, labels=labels)
-
-
 rule evaluate:
     """Run evaluate.mode on held-out windows; scores vs persistence/climatology/linear, products, figures."""
     input:
@@ -38,11 +32,15 @@ rule evaluate:
         attention_maps=[directory(f"{EVAL}/attention.zarr")] if ATTENTION_FIELDS else [],
     params:
         cfg=stage_params("evaluate"),
-        outdir=EVAL,
+        outdir=lambda wildcards, output: os.path.dirname(output.scores),
     log:
         f"{LOGS}/evaluate.log",
     benchmark:
         f"{LOGS}/evaluate.benchmark.tsv"
+    conda:
+        "../envs/evaluate.yaml"
+    envmodules:
+        *CFG.software.modules_for("evaluate"),
     resources:
         mem_mb=3000,
     shell:

@@ -1,18 +1,22 @@
 rule normalize:
     """Decode, check (QC) and normalize one (field, month) with AtmoRep's statistics."""
     input:
-        grib=RES + "/grib/{field}/{month}.grib",
+        grib=f"{RES}/grib/{{field}}/{{month}}.grib",
         climatology=climatology_input,
     output:
-        data=directory(RES + "/normalized/{field}/{month}.zarr"),
-        qc=RES + "/qc/{field}/{month}.json",
+        data=directory(f"{RES}/normalized/{{field}}/{{month}}.zarr"),
+        qc=f"{RES}/qc/{{field}}/{{month}}.json",
     params:
         cfg=stage_params("normalize"),
         climatology=lambda wildcards, input: f"--climatology {input.climatology}" if input.climatology else "",
     log:
-        LOGS + "/normalize/{field}_{month}.log",
+        f"{LOGS}/normalize/{{field}}_{{month}}.log",
     benchmark:
-        LOGS + "/normalize/{field}_{month}.benchmark.tsv"
+        f"{LOGS}/normalize/{{field}}_{{month}}.benchmark.tsv"
+    conda:
+        "../envs/data.yaml"
+    envmodules:
+        *CFG.software.modules_for("data"),
     resources:
         mem_mb=normalize_mem_mb(),
     shell:
@@ -23,15 +27,19 @@ rule normalize:
 rule moments:
     """Count, mean and M2 per grid point of one (field, month) of the climatology period."""
     input:
-        RES + "/grib/{field}/{month}.grib",
+        f"{RES}/grib/{{field}}/{{month}}.grib",
     output:
-        directory(RES + "/moments/{field}/{month}.zarr"),
+        directory(f"{RES}/moments/{{field}}/{{month}}.zarr"),
     params:
         cfg=normalize_params("qc", "memory_mb", "block_mb", "scratch_dir"),
     log:
-        LOGS + "/moments/{field}_{month}.log",
+        f"{LOGS}/moments/{{field}}_{{month}}.log",
     benchmark:
-        LOGS + "/moments/{field}_{month}.benchmark.tsv"
+        f"{LOGS}/moments/{{field}}_{{month}}.benchmark.tsv"
+    conda:
+        "../envs/data.yaml"
+    envmodules:
+        *CFG.software.modules_for("data"),
     resources:
         mem_mb=normalize_mem_mb(),
     shell:
@@ -42,16 +50,20 @@ rule moments:
 rule climatology:
     """Statistics of a field over the climatology period (per calendar month or overall)."""
     input:
-        lambda wildcards: expand(RES + "/moments/{field}/{month}.zarr", field=wildcards.field,
+        lambda wildcards: expand(f"{RES}/moments/{{field}}/{{month}}.zarr", field=wildcards.field,
                                  month=CLIMATOLOGY_MONTHS),
     output:
-        directory(RES + "/climatology/{field}.zarr"),
+        directory(f"{RES}/climatology/{{field}}.zarr"),
     params:
         cfg=normalize_params("climatology"),
     log:
-        LOGS + "/climatology/{field}.log",
+        f"{LOGS}/climatology/{{field}}.log",
     benchmark:
-        LOGS + "/climatology/{field}.benchmark.tsv"
+        f"{LOGS}/climatology/{{field}}.benchmark.tsv"
+    conda:
+        "../envs/data.yaml"
+    envmodules:
+        *CFG.software.modules_for("data"),
     resources:
         mem_mb=2000,
     shell:

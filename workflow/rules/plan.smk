@@ -9,6 +9,10 @@ rule plan:
         f"{LOGS}/plan.log",
     benchmark:
         f"{LOGS}/plan.benchmark.tsv"
+    conda:
+        "../envs/data.yaml"
+    envmodules:
+        *CFG.software.modules_for("data"),
     localrule: True
     shell:
         "atmorep plan --params {params.cfg:q} --profile {params.profile} --output {output} > {log} 2>&1"

@@ -16,11 +16,15 @@ rule pretrain:
                     labels={"figure": "loss"}),
     params:
         cfg=stage_params("train"),
-        outdir=f"results/{RUN}/train",
+        outdir=lambda wildcards, output: os.path.dirname(output.model),
     log:
         f"{LOGS}/pretrain.log",
     benchmark:
         f"{LOGS}/pretrain.benchmark.tsv"
+    conda:
+        "../envs/train.yaml"
+    envmodules:
+        *CFG.software.modules_for("train"),
     threads: CFG.train.ranks
     resources:
         tasks=CFG.train.ranks,

@@ -1,15 +1,19 @@
 rule shard:
     """One token-aligned, sharded zarr v3 store per (field, year)."""
     input:
-        lambda wc: expand(RES + "/normalized/{field}/{month}.zarr", field=wc.field, month=months_of(wc.year)),
+        lambda wc: expand(f"{RES}/normalized/{{field}}/{{month}}.zarr", field=wc.field, month=months_of(wc.year)),
     output:
-        directory(RES + "/shards/{field}/{year}.zarr"),
+        directory(f"{RES}/shards/{{field}}/{{year}}.zarr"),
     params:
         cfg=stage_params("shard"),
     log:
-        LOGS + "/shard/{field}_{year}.log",
+        f"{LOGS}/shard/{{field}}_{{year}}.log",
     benchmark:
-        LOGS + "/shard/{field}_{year}.benchmark.tsv"
+        f"{LOGS}/shard/{{field}}_{{year}}.benchmark.tsv"
+    conda:
+        "../envs/data.yaml"
+    envmodules:
+        *CFG.software.modules_for("data"),
     resources:
         mem_mb=2000,
     shell:
