@@ -56,3 +56,36 @@ def test_stage_errors_are_one_line_without_traceback(tmp_path):
     r = run("normalize", "--config", REPO / "config" / "config.yaml", "--field", "t2m", "--month", "2026-03",
             "--input", tmp_path / "missing.grib", "--output", tmp_path / "o.zarr")
     assert r.returncode == 1 and "missing.grib: no such file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_moments_and_climatology_are_subcommands_equal_to_the_library(sample_products, tmp_path):
+    """The moments and climatology rules call their own subcommands (one rule, one command, one function)."""
+    import json
+
+    import numpy as np
+    import zarr
+
+    from atmorep import config as C
+    from atmorep.data import normalize as N
+
+    data = sample_products["data"]
+    params = json.dumps({"data": {"fields": {"t2m": {"levels": [0]}}, "start": data.start, "end": data.end},
+                         "normalize": {"climatology": {"fields": ["t2m"], "start": data.start, "end": data.end,
+                                                       "by_calendar_month": True}}})
+    grib = sample_products["grib"]["t2m"]
+    r = run("moments", "--params", params, "--field", "t2m", "--month", "2026-03", "--input", grib,
+            "--output", tmp_path / "m.zarr")
+    assert r.returncode == 0, r.stderr
+    r = run("climatology", "--params", params, "--field", "t2m", "--inputs", tmp_path / "m.zarr",
+            "--output", tmp_path / "c.zarr")
+    assert r.returncode == 0, r.stderr
+    raw = C.from_slice(params)
+    data, cfg = C.section(raw, "data"), C.section(raw, "normalize")
+    N.moments(data, cfg, "t2m", "2026-03", grib, tmp_path / "lib_m.zarr")
+    N.climatology(data, cfg, "t2m", [tmp_path / "lib_m.zarr"], tmp_path / "lib_c.zarr")
+    cli, lib = zarr.open_group(tmp_path / "c.zarr", mode="r"), zarr.open_group(tmp_path / "lib_c.zarr", mode="r")
+    assert sorted(cli.array_keys()) == sorted(lib.array_keys()) and list(cli.array_keys())
+    for name in cli.array_keys():
+        np.testing.assert_array_equal(cli[name][...], lib[name][...])
+    assert run("normalize", "--help").stdout.count("--moments") == 0
+

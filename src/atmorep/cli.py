@@ -83,16 +83,22 @@ def cmd_normalize(args) -> None:
 
     raw = _slice(args, "normalize")
     data, cfg = C.section(raw, "data"), C.section(raw, "normalize")
-    if args.climatology_of:
-        N.climatology(data, cfg, args.field, args.climatology_of, args.output)
-        return
-    if args.input is None or args.month is None:
-        raise C.ConfigError("normalize needs --month and --input (or --climatology-of MOMENTS...)")
-    if args.moments:
-        N.moments(data, cfg, args.field, args.month, args.input, args.output)
-        return
     N.normalize(data, cfg, args.field, args.month, args.input, args.output, qc_out=args.qc,
                 climatology=args.climatology)
+
+
+def cmd_moments(args) -> None:
+    from atmorep.data import normalize as N
+
+    raw = _slice(args, "normalize")
+    N.moments(C.section(raw, "data"), C.section(raw, "normalize"), args.field, args.month, args.input, args.output)
+
+
+def cmd_climatology(args) -> None:
+    from atmorep.data import normalize as N
+
+    raw = _slice(args, "normalize")
+    N.climatology(C.section(raw, "data"), C.section(raw, "normalize"), args.field, args.inputs, args.output)
 
 
 def cmd_shard(args) -> None:
@@ -189,20 +195,32 @@ def parser() -> argparse.ArgumentParser:
                    "field and month; --field/--month filter) and fetch nothing")
     p.set_defaults(func=cmd_acquire)
 
-    p = sub.add_parser("normalize", help="decode, check and normalize one (field, month) into zarr v3; or the "
-                       "moments and climatology of the climatological option")
+    p = sub.add_parser("normalize", help="decode, check and normalize one (field, month) into zarr v3")
     _config_args(p)
     p.add_argument("--field", required=True)
-    p.add_argument("--month", help="YYYY-MM")
-    p.add_argument("--input", type=Path, help="GRIB file from acquire")
+    p.add_argument("--month", required=True, help="YYYY-MM")
+    p.add_argument("--input", required=True, type=Path, help="GRIB file from acquire")
     p.add_argument("--output", required=True, type=Path, help="zarr store to write")
     p.add_argument("--qc", type=Path, help="write the quality-control summary (JSON) here")
     p.add_argument("--climatology", type=Path, help="climatology store (fields in normalize.climatology.fields)")
-    p.add_argument("--moments", action="store_true", help="write the month's moments (count, mean, M2 per grid "
-                   "point) instead of normalized data: the input of --climatology-of")
-    p.add_argument("--climatology-of", nargs="+", type=Path, metavar="MOMENTS",
-                   help="merge these monthly moments stores into the field's climatology store")
     p.set_defaults(func=cmd_normalize)
+
+    p = sub.add_parser("moments", help="count, mean and M2 per grid point of one (field, month): the input of "
+                       "`atmorep climatology` (normalize.climatology)")
+    _config_args(p)
+    p.add_argument("--field", required=True)
+    p.add_argument("--month", required=True, help="YYYY-MM")
+    p.add_argument("--input", required=True, type=Path, help="GRIB file from acquire")
+    p.add_argument("--output", required=True, type=Path, help="moments store (zarr) to write")
+    p.set_defaults(func=cmd_moments)
+
+    p = sub.add_parser("climatology", help="merge monthly moments stores into a field's climatology store "
+                       "(per calendar month or overall, normalize.climatology.by_calendar_month)")
+    _config_args(p)
+    p.add_argument("--field", required=True)
+    p.add_argument("--inputs", required=True, nargs="+", type=Path, metavar="MOMENTS", help="from `atmorep moments`")
+    p.add_argument("--output", required=True, type=Path, help="climatology store (zarr) to write")
+    p.set_defaults(func=cmd_climatology)
 
     p = sub.add_parser("shard", help="write one (field, year) as a token-aligned, sharded zarr v3 store")
     _config_args(p)

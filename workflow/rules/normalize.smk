@@ -43,7 +43,7 @@ rule moments:
     resources:
         mem_mb=normalize_mem_mb(),
     shell:
-        "atmorep normalize --params {params.cfg:q} --field {wildcards.field} --month {wildcards.month} --moments"
+        "atmorep moments --params {params.cfg:q} --field {wildcards.field} --month {wildcards.month}"
         " --input {input} --output {output} > {log} 2>&1"
 
 
@@ -67,5 +67,5 @@ rule climatology:
     resources:
         mem_mb=2000,
     shell:
-        "atmorep normalize --params {params.cfg:q} --field {wildcards.field} --climatology-of {input}"
+        "atmorep climatology --params {params.cfg:q} --field {wildcards.field} --inputs {input}"
         " --output {output} > {log} 2>&1"
