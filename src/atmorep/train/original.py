@@ -123,6 +123,8 @@ def architecture(cf: dict, rename: dict[str, str] | None = None) -> tuple[ModelC
         extra["masking"][f] = [float(r) for r in rates]
         if not dynamic:
             extra["static"].append(f)
+        if len(fi) > 6 and fi[6] != "global":  # the original's per-field normalization: 'local'
+            extra.setdefault("local", []).append(f)
         extents[f] = tuple(int(n) * int(s) for n, s in zip(num_tokens, token_size))
     if len(set(extents.values())) != 1:
         raise OriginalFormatError(f"model_id json: 'fields' cover different neighbourhoods (num_tokens x "
@@ -299,9 +301,29 @@ def suggested_config(model: Multiformer, extra: dict) -> dict:
     rates = dict(extra["masking"])
     for f in extra["static"]:
         rates[f] = [0.0, *rates[f][1:]]  # the original never masks static fields
-    return {"data": {"fields": {f: {"levels": extra["levels"][f]} for f in model.fields}},
+    out = {"data": {"fields": {f: {"levels": extra["levels"][f]} for f in model.fields}},
             "shard": {"field_token_size": {f: list(g.token_size) for f, g in model.fields.items()}},
             "model": {k: (list(v) if isinstance(v, tuple) else v) for k, v in
                       json.loads(json.dumps(model.cfg.__dict__)).items()},
             "train": {"masking": {"field_rates": rates, "forecast_tokens": extra["forecast_tokens"]},
                       "loss": {"terms": extra["losses"], "field_weights": extra["field_weights"]}}}
+    if extra.get("local"):
+        out["normalize"] = {"local": extra["local"]}
+    return out
+
+
+def import_original(weights: str | Path, config: str | Path, output: str | Path,
+                    rename: dict[str, str] | None = None, config_out: str | Path | None = None) -> str:
+    """Convert and write our model file; returns the config keys to use with it (YAML text)."""
+    import yaml
+
+    from atmorep.train.checkpoint import save_model
+
+    model, extra = convert(weights, config, rename)
+    save_model(output, model, extra={"original": {"weights": str(weights), "config": str(config), **extra}})
+    text = yaml.safe_dump(suggested_config(model, extra), sort_keys=False, default_flow_style=None)
+    if config_out:
+        Path(config_out).write_text(text)
+    params = sum(p.numel() for p in model.parameters())
+    return (f"# {output}: {len(model.fields)} field(s) {list(model.fields)}, {params:,} parameters "
+            f"(original id {extra['wandb_id']}); config keys that reproduce its training:\n{text}")
