@@ -271,3 +271,19 @@ def test_train_init_from_fine_tunes_a_converted_model(converted, sample_products
     tuned, _ = load_model(tmp_path / "model.pt")
     for (name, b), t in zip(base.state_dict().items(), tuned.state_dict().values()):
         torch.testing.assert_close(t, b, atol=1e-6, rtol=0, msg=name)
+
+
+@pytest.mark.slow
+def test_oracle_benchmark_prints_its_figures_and_fails_above_the_threshold():
+    folder = oracle_case("single")
+    script = REPO / "benchmarks" / "original_oracle.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, str(script), "--fixture", str(folder)], env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    last = r.stdout.strip().splitlines()[-1]
+    assert last.startswith("oracle_max_rel_diff=") and " loss_rel_diff=" in last
+    assert "tail_std/fa" in r.stdout and "decoder/fa" in r.stdout
+    r = subprocess.run([sys.executable, str(script), "--fixture", str(folder), "--threshold", "1e-12"], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1
