@@ -103,7 +103,8 @@ def run(folder: Path) -> tuple[float, float, list[str]]:
         batch = torch.load(path, map_location="cpu", weights_only=True)
         if "nparams" in batch:
             ours = sum(p.numel() for p in model.parameters())
-            lines.append(f"{folder.name}/{path.stem}: parameters ours {ours:,} original {int(batch['nparams']):,}")
+            theirs = int(batch["nparams"])
+            lines.append(f"{folder.name}/{path.stem}: parameters ours {ours:,} original {theirs:,}")
             if ours != int(batch["nparams"]):
                 worst = float("inf")
         for stage, d in compare(model, extra, batch).items():

@@ -275,11 +275,11 @@ def parser() -> argparse.ArgumentParser:
                    help="accept Gaussian grids as acquire.regrid: linear would (default: reject them)")
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("import-original", help="convert a model of the original AtmoRep code (AtmoRep_id<id>.mod + "
-                       "model_id<id>.json) into a model.pt that evaluate reads and train.init_from fine-tunes",
+    p = sub.add_parser("import-original", help="convert a model of the original AtmoRep code (AtmoRep_id<id>.mod "
+                       "+ model_id<id>.json) into a model.pt that evaluate reads and train.init_from fine-tunes",
                        description="Read the original's state_dict without running pickled code (weights_only), "
-                       "map it into the compat multiformer its JSON describes (every key used, shapes checked; a "
-                       "mismatch names the key), and print the config keys (data/shard/model/train) that "
+                       "map it into the compat multiformer its JSON describes (every key used, shapes checked; "
+                       "a mismatch names the key), and print the config keys (data/shard/model/train) that "
                        "reproduce its training: per-field masking rates and loss weights.")
     p.add_argument("--weights", required=True, type=Path, help="AtmoRep_id<id>.mod (the original's torch.save)")
     p.add_argument("--config", required=True, type=Path, help="model_id<id>.json (the original's configuration)")

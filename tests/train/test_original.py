@@ -46,11 +46,13 @@ def original_layout(cf: dict, seed: int = 0) -> dict[str, torch.Tensor]:
         D, P = fi[1][1], fi[4][0] * fi[4][1] * fi[4][2]
         sd[f"embeds_token_info.{i}.weight"], sd[f"embeds_token_info.{i}.bias"] = t(tin, ti), t(tin)
         sd[f"embeds.{i}.weight"], sd[f"embeds.{i}.bias"] = t(D - tin, P), t(D - tin)
-        sd[f"encoders.{i}.embed.weight"], sd[f"encoders.{i}.embed.bias"] = sd[f"embeds.{i}.weight"], sd[f"embeds.{i}.bias"]
+        for p in ("weight", "bias"):
+            sd[f"encoders.{i}.embed.{p}"] = sd[f"embeds.{i}.{p}"]  # one tensor in the original
         dh, coupled = D // H, fi[1][2]
         for layer in range(cf["encoder_num_layers"]):
             p = f"encoders.{i}.heads.{layer}"
-            sd[f"{p}.proj_out.weight"], sd[f"{p}.proj_heads.weight"] = t(D, dh * (H + len(coupled))), t(3 * H * dh, D)
+            sd[f"{p}.proj_out.weight"] = t(D, dh * (H + len(coupled)))
+            sd[f"{p}.proj_heads.weight"] = t(3 * H * dh, D)
             if coupled:
                 sd[f"{p}.proj_heads_other.0.weight"] = t(len(coupled) * dh, D)
                 for g, name in enumerate(coupled):
@@ -64,14 +66,15 @@ def original_layout(cf: dict, seed: int = 0) -> dict[str, torch.Tensor]:
         dh, hc = D // H, H // 2
         for layer in range(cf["decoder_num_layers"]):
             p, m = f"decoders.{j}.blocks.{2 * layer}", f"decoders.{j}.blocks.{2 * layer + 1}.blocks"
-            sd.update({f"{p}.proj_heads.weight": t(3 * (H - hc) * dh, D), f"{p}.proj_heads_o_q.weight": t(hc * dh, D),
-                       f"{p}.proj_heads_o_kv.weight": t(2 * hc * dh, D), f"{p}.proj_out.weight": t(D, D),
+            sd.update({f"{p}.proj_heads.weight": t(3 * (H - hc) * dh, D),
+                       f"{p}.proj_heads_o_q.weight": t(hc * dh, D), f"{p}.proj_heads_o_kv.weight": t(2 * hc * dh, D), f"{p}.proj_out.weight": t(D, D),
                        f"{p}.ln_q.weight": 1 + t(dh), f"{p}.ln_q.bias": t(dh), f"{p}.ln_k.weight": 1 + t(dh),
                        f"{p}.ln_k.bias": t(dh), f"{m}.0.weight": t(2 * D, D), f"{m}.0.bias": t(2 * D),
                        f"{m}.3.weight": t(D, 2 * D), f"{m}.3.bias": t(D)})
         for e in range(cf["net_tail_num_nets"]):
             p = f"tails.{j}.tail_nets.{e}"
-            sd.update({f"{p}.0.weight": 1 + t(D), f"{p}.0.bias": t(D), f"{p}.1.weight": t(P, D), f"{p}.1.bias": t(P)})
+            sd.update({f"{p}.0.weight": 1 + t(D), f"{p}.0.bias": t(D), f"{p}.1.weight": t(P, D),
+                       f"{p}.1.bias": t(P)})
     return sd
 
 
@@ -260,8 +263,8 @@ def test_train_init_from_fine_tunes_a_converted_model(converted, sample_products
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
-    cmd = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "1", "-m", "atmorep",
-           "train", "--params", json.dumps(params), "--shards", *map(str, sample_products["shards"].values()),
+    cmd = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "1", "-m",
+           "atmorep", "train", "--params", json.dumps(params), "--shards", *map(str, sample_products["shards"].values()),
            "--output-dir", str(tmp_path)]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]

@@ -15,7 +15,8 @@ TOKEN_INFO_DIM = 16  # width of the token-info embedding inside D (AtmoRep's siz
 
 
 def harmonic_encoding(num_levels: int, num_tokens: tuple[int, int, int], dim: int,
-                      lat_quirk: bool = False, original_scale: bool = False, float32: bool = False) -> torch.Tensor:
+                      lat_quirk: bool = False, original_scale: bool = False,
+                      float32: bool = False) -> torch.Tensor:
     """Fixed positional encoding ``(N, D)`` over (level, time, lat, lon), row-major over [L, T, Y, X].
 
     With ``w_j = 2*pi*2j/D``, even dims carry ``0.5*sin(s*lat*w) + sin(time*w)`` and odd dims
@@ -70,7 +71,8 @@ class FieldEmbedding(nn.Module):
         if key not in self._pe:
             L, T, Y, X = grid_LTYX
             self._pe[key] = harmonic_encoding(L, (T, Y, X), self.dim, lat_quirk=self.compat,
-                                               original_scale=self.compat, float32=self.compat).to(like.device, like.dtype)
+                                               original_scale=self.compat, float32=self.compat,
+                                               ).to(like.device, like.dtype)
         return self._pe[key]
 
     def forward(self, tokens_BLTYXP: torch.Tensor, info_BLTYXI: torch.Tensor) -> torch.Tensor:

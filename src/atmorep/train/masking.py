@@ -233,7 +233,7 @@ def build(cfg: MaskingConfig, token_sizes: dict[str, tuple[int, int, int]] | Non
     never = {f for f, r in cfg.field_rates.items() if r[0] == 0}
     clash = sorted(never & set(predicted or ()))
     if clash:
-        raise ValueError(f"train.masking.field_rates: {clash} have rate 0 (never masked, no targets) but the model "
-                         "predicts them; list them in model.inputs_only or give them a rate")
+        raise ValueError(f"train.masking.field_rates: {clash} have rate 0 (never masked, no targets) but the "
+                         "model predicts them; list them in model.inputs_only or give them a rate")
     strategy = STRATEGIES[cfg.strategy](cfg, dict(token_sizes or {}))
     return Unmasked(strategy, never) if never else strategy

@@ -134,7 +134,8 @@ def architecture(cf: dict, rename: dict[str, str] | None = None) -> tuple[ModelC
     predicted = [names.get(p[0], p[0]) for p in cf.get("fields_prediction", [])]
     unknown = sorted(set(predicted) - set(fields))
     if unknown or not predicted:
-        raise OriginalFormatError(f"model_id json: 'fields_prediction' names {unknown or 'no'} field(s) of 'fields'")
+        raise OriginalFormatError(f"model_id json: 'fields_prediction' names {unknown or 'no'} "
+                                  "field(s) of 'fields'")
     extra["predicted"] = predicted
     extra["field_weights"] = {names.get(p[0], p[0]): float(p[1]) for p in cf["fields_prediction"]}
     extra["losses"] = list(cf.get("losses", ["mse_ensemble", "stats"]))
@@ -240,15 +241,17 @@ def convert_state(sd: dict[str, torch.Tensor], model: Multiformer, extra: dict) 
             if coupled:
                 q = take(f"{src}.proj_heads_other.0.weight")
                 if q.shape[0] != len(coupled) * dh:
-                    raise OriginalFormatError(f"'{src}.proj_heads_other.0.weight' has {q.shape[0]} rows, the "
-                                              f"json's coupling of '{extra['names'][f]}' implies {len(coupled) * dh}")
+                    raise OriginalFormatError(
+                        f"'{src}.proj_heads_other.0.weight' has {q.shape[0]} rows, the json's coupling of "
+                        f"'{extra['names'][f]}' implies {len(coupled) * dh}")
                 for g in range(len(coupled)):
                     out[f"{dst}.q_src.{g}.weight"] = q[g * dh:(g + 1) * dh]
                     kv = take(f"{src}.proj_heads_other.{g + 1}.weight")
                     out[f"{dst}.kv_src.{g}.weight"] = torch.cat(_per_head(kv, 1, 2))
             for ours, theirs in (("fc1", 0), ("fc2", 3)):
                 for p in ("weight", "bias"):
-                    out[f"encoders.{f}.{layer}.mlp.{ours}.{p}"] = take(f"encoders.{i}.mlps.{layer}.blocks.{theirs}.{p}")
+                    mlp = f"encoders.{i}.mlps.{layer}.blocks.{theirs}.{p}"
+                    out[f"encoders.{f}.{layer}.mlp.{ours}.{p}"] = take(mlp)
     for j, f in enumerate(extra["predicted"]):
         dh = model.dims[f] // cfg.heads
         self_heads, cross = cfg.heads - cfg.heads // 2, cfg.heads // 2
@@ -256,14 +259,16 @@ def convert_state(sd: dict[str, torch.Tensor], model: Multiformer, extra: dict) 
             src, dst = f"decoders.{j}.blocks.{2 * layer}", f"decoders.{f}.{layer}"
             out[f"{dst}.attn.qkv.weight"] = torch.cat(_per_head(take(f"{src}.proj_heads.weight"), self_heads, 3))
             out[f"{dst}.attn.q_src.0.weight"] = take(f"{src}.proj_heads_o_q.weight")
-            out[f"{dst}.attn.kv_src.0.weight"] = torch.cat(_per_head(take(f"{src}.proj_heads_o_kv.weight"), cross, 2))
+            kv = take(f"{src}.proj_heads_o_kv.weight")
+            out[f"{dst}.attn.kv_src.0.weight"] = torch.cat(_per_head(kv, cross, 2))
             out[f"{dst}.attn.proj_out.weight"] = take(f"{src}.proj_out.weight")
             for n, m in (("q_norm", "ln_q"), ("k_norm", "ln_k")):
                 for p in ("weight", "bias"):
                     out[f"{dst}.attn.{n}.{p}"] = take(f"{src}.{m}.{p}")
             for ours, theirs in (("fc1", 0), ("fc2", 3)):
                 for p in ("weight", "bias"):
-                    out[f"{dst}.mlp.{ours}.{p}"] = take(f"decoders.{j}.blocks.{2 * layer + 1}.blocks.{theirs}.{p}")
+                    mlp = f"decoders.{j}.blocks.{2 * layer + 1}.blocks.{theirs}.{p}"
+                    out[f"{dst}.mlp.{ours}.{p}"] = take(mlp)
         members = range(cfg.ensemble)
         out[f"tails.{f}.ln_weight"] = torch.stack([take(f"tails.{j}.tail_nets.{e}.0.weight") for e in members])
         out[f"tails.{f}.ln_bias"] = torch.stack([take(f"tails.{j}.tail_nets.{e}.0.bias") for e in members])
@@ -279,9 +284,9 @@ def convert_state(sd: dict[str, torch.Tensor], model: Multiformer, extra: dict) 
         if k not in ours:
             raise OriginalFormatError(f"internal: no parameter '{k}' in the converted model")
         if tuple(v.shape) != tuple(ours[k].shape):
-            raise OriginalFormatError(f"shape {tuple(v.shape)} of the original's tensor for '{k}' does not match "
-                                      f"{tuple(ours[k].shape)} that the model_id json implies: config and "
-                                      "weights do not match")
+            raise OriginalFormatError(f"shape {tuple(v.shape)} of the original's tensor for '{k}' does not "
+                                      f"match {tuple(ours[k].shape)} that the model_id json implies: config "
+                                      "and weights do not match")
     return out
 
 
