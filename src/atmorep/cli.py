@@ -178,6 +178,18 @@ def cmd_inspect(args) -> int:
     return status
 
 
+def cmd_import_original(args) -> None:
+    from atmorep.train.original import import_original
+
+    rename = {}
+    for item in args.rename or []:
+        old, sep, new = item.partition("=")
+        if not sep or not old or not new:
+            raise C.ConfigError(f"--rename {item!r}: expected ORIGINAL=OURS, e.g. velocity_u=u")
+        rename[old] = new
+    print(import_original(args.weights, args.config, args.output, rename, args.config_out))
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="atmorep", description="AtmoRep as a reproducible pipeline: ERA5 GRIB -> "
                                  "normalized, token-aligned zarr -> DeepSpeed multiformer -> evaluation.",
@@ -280,6 +292,21 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--regrid", choices=("none", "linear"), default="none",
                    help="accept Gaussian grids as acquire.regrid: linear would (default: reject them)")
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("import-original", help="convert a model of the original AtmoRep code (AtmoRep_id<id>.mod "
+                       "+ model_id<id>.json) into a model.pt that evaluate reads and train.init_from fine-tunes",
+                       description="Read the original's state_dict without running pickled code (weights_only), "
+                       "map it into the compat multiformer its JSON describes (every key used, shapes checked; "
+                       "a mismatch names the key), and print the config keys (data/shard/model/train) that "
+                       "reproduce its training: per-field masking rates and loss weights.")
+    p.add_argument("--weights", required=True, type=Path, help="AtmoRep_id<id>.mod (the original's torch.save)")
+    p.add_argument("--config", required=True, type=Path, help="model_id<id>.json (the original's configuration)")
+    p.add_argument("--output", required=True, type=Path, help="model file to write (model.pt)")
+    p.add_argument("--rename", action="append", metavar="ORIGINAL=OURS", help="field name mapping, repeatable "
+                   "(default: velocity_u=u, velocity_v=v, velocity_z=w, temperature=t, specific_humidity=q, "
+                   "total_precip=tp, vorticity=vo, divergence=d, geopotential=z)")
+    p.add_argument("--config-out", type=Path, help="also write the printed config keys to this YAML file")
+    p.set_defaults(func=cmd_import_original)
     return ap
 
 

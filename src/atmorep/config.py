@@ -190,6 +190,7 @@ class ModelConfig:
     attention: str = "sdpa"
     checkpointing: bool = False
     compat: bool = False
+    inputs_only: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -205,6 +206,7 @@ class MaskingConfig:
     coarsen_max: float = 2.0
     forecast_tokens: int = 1
     interpolation_slabs: tuple[int, ...] = ()
+    field_rates: dict[str, tuple[float, float, float, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

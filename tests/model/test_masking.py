@@ -129,3 +129,35 @@ def test_plain_masks_are_zeroed():
 def test_bert_rejects_a_token_size_that_does_not_fit():
     with pytest.raises(ValueError, match="token size"):
         masking.build(MaskingConfig(), {"a": (3, 3, 3)})(_batch(B=2))
+
+
+def test_field_rates_give_each_field_its_own_bert_rates():
+    """wc5e2i3t: precipitation [0.25, 0.9, 0.1, 0.05], the others [0.5, 0.9, 0.2, 0.05]."""
+    batch = _batch()
+    cfg = MaskingConfig(rate=0.5, p_mask=0.9, p_noise=0.2, field_rates={"b": (0.25, 0.5, 0.0, 0.0)})
+    masks = masking.build(cfg)(batch, torch.Generator().manual_seed(1))
+    frac = {f: m.flatten(2).float().mean(-1) for f, m in masks.items()}
+    assert abs(frac["a"].mean().item() - 0.25) < 0.03 and abs(frac["b"].mean().item() - 0.125) < 0.02
+    assert frac["b"].max() <= 0.25 + 1 / 72
+    zero = {f: c.zero.sum().item() / masks[f].sum().item() for f, c in masks.corruptions.items()}
+    assert abs(zero["a"] - 0.9) < 0.03 and abs(zero["b"] - 0.5) < 0.05
+    assert masks.corruptions["b"].noise.sum() == 0 and masks.corruptions["a"].noise.sum() > 0
+
+
+@pytest.mark.parametrize("strategy", ["bert", "forecast", "temporal_interpolation"])
+def test_a_field_with_rate_0_is_never_masked(strategy):
+    batch = _batch(B=4)
+    cfg = MaskingConfig(strategy=strategy, field_rates={"b": (0.0, 0.9, 0.2, 0.05)})
+    masks = masking.build(cfg, {"a": (2, 4, 4), "b": (2, 4, 4)}, predicted=["a"])(batch, torch.Generator())
+    assert masks["a"].any() and not masks["b"].any()
+    assert torch.equal(masking.apply(batch, masks).tokens["b"], batch.tokens["b"])
+
+
+def test_field_rates_are_checked_against_the_model():
+    sizes = {"a": (2, 4, 4), "b": (2, 4, 4)}
+    with pytest.raises(ValueError, match=r"field_rates.*\['c'\]"):
+        masking.build(MaskingConfig(field_rates={"c": (0.5, 0.9, 0.2, 0.05)}), sizes)
+    with pytest.raises(ValueError, match=r"\['b'\] have rate 0.*model.inputs_only"):
+        masking.build(MaskingConfig(field_rates={"b": (0.0, 0.9, 0.2, 0.05)}), sizes, predicted=["a", "b"])
+    with pytest.raises(ValueError, match=r"rate, p_mask, p_noise, p_coarsen"):
+        masking.build(MaskingConfig(field_rates={"b": (0.5, 1.5, 0.2, 0.05)}), sizes)

@@ -10,7 +10,7 @@ import dataclasses
 import pytest
 import torch
 
-from atmorep.config import MaskingConfig
+from atmorep.config import MaskingConfig, ModelConfig
 from atmorep.eval.attention import capture
 from atmorep.model.blocks import MLP
 from atmorep.model.embedding import harmonic_encoding
@@ -288,3 +288,23 @@ def test_a_bf16_model_takes_fp32_inputs_and_keeps_the_tail_in_fp32(make_config, 
     masks = masking.build(PURE_MASK)(batch, torch.Generator().manual_seed(9))
     out = model(**_inputs(batch, masks))
     assert all(o.dtype == torch.float32 and torch.isfinite(o).all() for o in out.values())
+
+
+def test_inputs_only_fields_have_no_decoder_or_tail_but_are_read():
+    """The original's fields outside fields_prediction: read through coupling, never predicted."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(num_tokens=(2, 2, 2), dim=32, heads=4, encoder_layers=1, decoder_layers=1, ensemble=2,
+                      coupling={"a": ("b",)}, inputs_only=("b",), dropout=0.0)
+    model = Multiformer(cfg, {"a": FieldGeometry(1, (1, 2, 2)), "b": FieldGeometry(1, (1, 2, 2))}).eval()
+    assert set(model.decoders) == set(model.tails) == {"a"} and model.predicted == ["a"]
+    tokens = {f: torch.randn(1, 1, 2, 2, 2, 4) for f in "ab"}
+    info = {f: torch.zeros(1, 1, 2, 2, 2, 8) for f in "ab"}
+    mask = {f: torch.ones(1, 1, 2, 2, 2, dtype=torch.bool) for f in "ab"}
+    out = model(tokens, info, mask)
+    assert set(out) == {"a"}
+    other = model({**tokens, "b": tokens["b"] + 1}, info, mask)
+    assert not torch.allclose(out["a"], other["a"])
+    with pytest.raises(ValueError, match="inputs_only.*'c'"):
+        Multiformer(dataclasses.replace(cfg, inputs_only=("c",)), model.fields)
+    with pytest.raises(ValueError, match="predict nothing"):
+        Multiformer(dataclasses.replace(cfg, inputs_only=("a", "b")), model.fields)

@@ -32,6 +32,11 @@ from atmorep.data.grib import DataError, periodic
 log = logging.getLogger(__name__)
 
 TOKEN_INFO = ("year", "day_of_year", "hour", "level", "colatitude", "longitude", "level_again", "resolution")
+#: the model's token info is ``raw * TOKEN_INFO_SCALE + TOKEN_INFO_OFFSET`` (O(1) values), ``raw`` as the
+#: original's sampler passes it (year, 0-based day of year, hour, level, colatitude and longitude in
+#: degrees of the token centre, level, resolution); importing its weights folds this map into them
+TOKEN_INFO_SCALE = np.array([1 / 100, 1 / 365, 1 / 24, 1 / 137, 1 / 180, 1 / 360, 1 / 137, 1.0])
+TOKEN_INFO_OFFSET = np.array([-20.0, 0, 0, 0, 0, 0, 0, 0])
 
 
 class FieldStore:
@@ -287,14 +292,14 @@ class WindowDataset:
         lon = store.lons[(w.x0 + tx * np.arange(X) + tx // 2) % len(store.lons)]
         L = len(store.levels)
         info = np.zeros((L, T, Y, X, len(TOKEN_INFO)), np.float64)
-        info[..., 0] = ((year.astype(int) + 1970 - 2000) / 100.0)[None, :, None, None]
-        info[..., 1] = (doy / 365.0)[None, :, None, None]
-        info[..., 2] = (hour / 24.0)[None, :, None, None]
-        info[..., 3] = info[..., 6] = (store.levels / 137.0)[:, None, None, None]
-        info[..., 4] = (colat / 180.0)[None, None, :, None]
-        info[..., 5] = (lon / 360.0)[None, None, None, :]
+        info[..., 0] = (year.astype(int) + 1970)[None, :, None, None]
+        info[..., 1] = doy[None, :, None, None]
+        info[..., 2] = hour[None, :, None, None]
+        info[..., 3] = info[..., 6] = np.asarray(store.levels)[:, None, None, None]
+        info[..., 4] = colat[None, None, :, None]
+        info[..., 5] = lon[None, None, None, :]
         info[..., 7] = store.resolution
-        return info
+        return info * TOKEN_INFO_SCALE + TOKEN_INFO_OFFSET
 
 
 class SphereSampler:

@@ -50,7 +50,7 @@ def run(model: Multiformer, dataset: WindowDataset, indices: np.ndarray, strateg
     ``inflation`` scales every member's distance from the ensemble mean (spread calibration).
     """
     model.eval()
-    parts: dict[str, list[dict]] = {f: [] for f in dataset.fields}
+    parts: dict[str, list[dict]] = {f: [] for f in model.predicted}  # inputs-only fields have no output
     for b0 in tqdm(range(0, len(indices), batch_size), desc="inference", mininterval=2, disable=None):
         idx = [int(i) for i in indices[b0:b0 + batch_size]]
         batch = collate([dataset[i] for i in idx])
@@ -61,12 +61,12 @@ def run(model: Multiformer, dataset: WindowDataset, indices: np.ndarray, strateg
         if inflation != 1.0:
             means = {f: e.mean(1, keepdim=True) for f, e in ens.items()}
             ens = {f: means[f] + inflation * (e - means[f]) for f, e in ens.items()}
-        for f in dataset.fields:
+        for f in parts:
             tokens = _filled(batch.tokens[f], masks[f], ens[f], source.tokens[f])
             for b, i in enumerate(idx):
                 parts[f].append(_window(dataset, f, i, {k: v[b] for k, v in tokens.items()}, target_slabs,
                                         baselines, (climatologies or {}).get(f)))
-    return {f: _stack(dataset, f, indices, parts[f], baselines) for f in dataset.fields}
+    return {f: _stack(dataset, f, indices, parts[f], baselines) for f in parts}
 
 
 def _filled(tokens_BLTYXP, mask_BLTYX, ens_KEP, source_BLTYXP) -> dict[str, np.ndarray]:

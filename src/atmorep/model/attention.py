@@ -49,16 +49,19 @@ class MultiSourceAttention(nn.Module):
     All heads have width ``dh``. Self heads use one fused ``Linear(D, 3*H*dh)``; the heads of source
     ``s`` take queries through ``Linear(D, hps*dh)`` and keys/values through ``Linear(D_s, 2*hps*dh)``
     (no biases). Outputs are concatenated, projected back by ``proj_out`` (no bias) and dropped out.
-    One query norm and one key norm (per ``qk_norm``) are shared by all heads.
+    One query norm and one key norm (per ``qk_norm``) are shared by all heads; ``source_q_norm=False``
+    leaves the queries of the source heads unnormalised (the original's coupling heads, ``compat``).
 
     ``forward``'s first argument is the (already normalised) input ``x``; ``eval/attention.py`` hooks
     it to recompute the self-attention weights on request (:meth:`self_attention_weights`).
     """
 
     def __init__(self, dim: int, dh: int, self_heads: int, source_dims: list[int], heads_per_source: int,
-                 qk_norm: str = "plain", dropout: float = 0.0, kernel: str = "sdpa"):
+                 qk_norm: str = "plain", dropout: float = 0.0, kernel: str = "sdpa",
+                 source_q_norm: bool = True):
         super().__init__()
         self.dh, self.self_heads, self.hps = dh, self_heads, heads_per_source
+        self.source_q_norm = source_q_norm
         self.kernel = KERNELS[kernel]
         self.qkv = nn.Linear(dim, 3 * self_heads * dh, bias=False)
         self.q_src = nn.ModuleList(nn.Linear(dim, heads_per_source * dh, bias=False) for _ in source_dims)
@@ -79,7 +82,7 @@ class MultiSourceAttention(nn.Module):
     def _source_qkv(self, i: int, x_BND: torch.Tensor, src_BMD: torch.Tensor):
         q = self._heads(self.q_src[i](x_BND), self.hps)
         k, v = (self._heads(t, self.hps) for t in self.kv_src[i](src_BMD).chunk(2, dim=-1))
-        return self.q_norm(q), self.k_norm(k), v
+        return (self.q_norm(q) if self.source_q_norm else q), self.k_norm(k), v
 
     def forward(self, x_BND: torch.Tensor, sources: list[torch.Tensor]) -> torch.Tensor:
         """Attention output ``(B, N, D)`` for normalised ``x`` and normalised sources ``[(B, M_s, D_s)]``."""

@@ -34,16 +34,18 @@ class EncoderBlock(nn.Module):
     """``heads`` self heads plus ``coupling_heads`` heads per coupled field, then the MLP.
 
     Each coupled stream is normalised by its own LayerNorm (no affine); head width is ``D/heads``
-    for the self and the coupling heads alike.
+    for the self and the coupling heads alike. ``compat``: the coupling queries are not q-normalised
+    (the original normalizes only their keys).
     """
 
     def __init__(self, dim: int, heads: int, coupled_dims: list[int], coupling_heads: int, dropout: float,
-                 qk_norm: str = "plain", kernel: str = "sdpa", gelu_out: bool = False):
+                 qk_norm: str = "plain", kernel: str = "sdpa", gelu_out: bool = False,
+                 compat: bool = False):
         super().__init__()
         self.ln = nn.LayerNorm(dim, elementwise_affine=False)
         self.ln_src = nn.ModuleList(nn.LayerNorm(d, elementwise_affine=False) for d in coupled_dims)
         self.attn = MultiSourceAttention(dim, dim // heads, heads, coupled_dims, coupling_heads, qk_norm,
-                                         dropout, kernel)
+                                         dropout, kernel, source_q_norm=not compat)
         self.mlp = MLP(dim, dropout, gelu_out)
 
     def forward(self, x_BND: torch.Tensor, coupled: list[torch.Tensor]) -> torch.Tensor:

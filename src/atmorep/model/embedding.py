@@ -15,7 +15,8 @@ TOKEN_INFO_DIM = 16  # width of the token-info embedding inside D (AtmoRep's siz
 
 
 def harmonic_encoding(num_levels: int, num_tokens: tuple[int, int, int], dim: int,
-                      lat_quirk: bool = False, original_scale: bool = False) -> torch.Tensor:
+                      lat_quirk: bool = False, original_scale: bool = False,
+                      float32: bool = False) -> torch.Tensor:
     """Fixed positional encoding ``(N, D)`` over (level, time, lat, lon), row-major over [L, T, Y, X].
 
     With ``w_j = 2*pi*2j/D``, even dims carry ``0.5*sin(s*lat*w) + sin(time*w)`` and odd dims
@@ -27,17 +28,19 @@ def harmonic_encoding(num_levels: int, num_tokens: tuple[int, int, int], dim: in
     its own column from the one 4 tokens away (measured: a D = 64 forecast stalled at 1.6x the
     persistence error, and fell to 0.6x with ``s`` scaled). ``original_scale`` keeps ``s = 8`` at
     every width. ``lat_quirk`` reproduces the original's latitude index ``(y*X + x) // Y`` (it
-    divides by the wrong token count); the default is ``y``.
+    divides by the wrong token count); the default is ``y``. ``float32`` computes as the original does
+    (float32, its order of operations: bit for bit); the default computes in float64 and rounds once.
     """
     T, Y, X = num_tokens
     lev, t, lat, lon = torch.meshgrid(torch.arange(num_levels), torch.arange(T), torch.arange(Y),
                                       torch.arange(X), indexing="ij")
     if lat_quirk:
         lat = (lat * X + lon) // Y
-    lev, t, lat, lon = (v.reshape(-1, 1).double() for v in (lev, t, lat, lon))
-    w = 2 * math.pi * torch.arange(0, dim, 2, dtype=torch.float64)[None] / dim
+    dtype = torch.float32 if float32 else torch.float64
+    lev, t, lat, lon = (v.reshape(-1, 1).to(dtype) for v in (lev, t, lat, lon))
+    w = 2.0 * math.pi * torch.arange(0, dim, 2).to(dtype)[None] / dim
     s = 8.0 if original_scale else 8.0 * min(1.0, dim / 1024)
-    pe = torch.zeros(lev.shape[0], dim, dtype=torch.float64)
+    pe = torch.zeros(lev.shape[0], dim, dtype=dtype)
     pe[:, 0::2] = 0.5 * torch.sin(s * lat * w) + torch.sin(t * w)
     pe[:, 1::2] = 0.5 * torch.cos(s * lon * w) + torch.cos(lev * w)
     return pe.float()
@@ -68,7 +71,8 @@ class FieldEmbedding(nn.Module):
         if key not in self._pe:
             L, T, Y, X = grid_LTYX
             self._pe[key] = harmonic_encoding(L, (T, Y, X), self.dim, lat_quirk=self.compat,
-                                               original_scale=self.compat).to(like.device, like.dtype)
+                                               original_scale=self.compat, float32=self.compat,
+                                               ).to(like.device, like.dtype)
         return self._pe[key]
 
     def forward(self, tokens_BLTYXP: torch.Tensor, info_BLTYXI: torch.Tensor) -> torch.Tensor:

@@ -10,9 +10,13 @@ Per field f (width D_f, heads H, dh = D_f/H):
   decoder input being the last encoder output;
 - ensemble tail on the masked tokens only.
 
+Fields in ``cfg.inputs_only`` are read (embedding, encoder, coupling) but not predicted: they have no
+decoder and no tail (the original's fields outside ``fields_prediction``).
+
 ``cfg.compat`` reproduces the original V2 code (clessig/atmorep @ 055f858): its parameter layout
 (the unused legacy token-info Linear, frozen here) and its numerical quirks (positional encoding's
-latitude index, GELU after the MLP's second Linear), for loading released weights and matching its
+latitude index and float32 arithmetic, GELU after the MLP's second Linear, coupling queries without
+query norm), for loading released weights and matching its
 logged parameter counts. Off by default: the correct behaviour.
 
 Legend: B batch, L levels, T/Y/X tokens in time/lat/lon, N = L*T*Y*X tokens per field and sample,
@@ -65,23 +69,31 @@ class Multiformer(nn.Module):
         self.cfg, self.fields = cfg, dict(fields)
         self.coupling = coupling_graph(cfg, list(fields))
         self.dims = field_dims(cfg, list(fields))
+        unknown = sorted(set(cfg.inputs_only) - set(fields))
+        if unknown:
+            raise ValueError(f"model.inputs_only names fields not in the data: {unknown}")
+        #: the fields with a decoder and a tail, in data order
+        self.predicted = [f for f in fields if f not in cfg.inputs_only]
+        if not self.predicted:
+            raise ValueError("model.inputs_only lists every field: the model would predict nothing")
         if cfg.decoder_layers > cfg.encoder_layers:
             raise ValueError(f"model.decoder_layers ({cfg.decoder_layers}) exceeds model.encoder_layers "
                              f"({cfg.encoder_layers}): each decoder layer pairs with one encoder output")
         kw = dict(dropout=cfg.dropout, kernel=cfg.attention, gelu_out=cfg.compat)
+        enc_kw = dict(kw, compat=cfg.compat)
         self.embed = nn.ModuleDict({f: FieldEmbedding(g.values_per_token, info_dim, self.dims[f], cfg.compat)
                                     for f, g in fields.items()})
         self.encoders = nn.ModuleDict({
             f: nn.ModuleList(EncoderBlock(self.dims[f], cfg.heads, [self.dims[g] for g in self.coupling[f]],
-                                          cfg.coupling_heads, qk_norm=cfg.encoder_qk_norm, **kw)
+                                          cfg.coupling_heads, qk_norm=cfg.encoder_qk_norm, **enc_kw)
                              for _ in range(cfg.encoder_layers))
             for f in fields})
         self.decoders = nn.ModuleDict({
             f: nn.ModuleList(DecoderBlock(self.dims[f], cfg.heads, qk_norm=cfg.decoder_qk_norm, **kw)
                              for _ in range(cfg.decoder_layers))
-            for f in fields})
-        self.tails = nn.ModuleDict({f: EnsembleTail(self.dims[f], g.values_per_token, cfg.ensemble)
-                                    for f, g in fields.items()})
+            for f in self.predicted})
+        self.tails = nn.ModuleDict({f: EnsembleTail(self.dims[f], fields[f].values_per_token, cfg.ensemble)
+                                    for f in self.predicted})
         if cfg.compat:  # the original's unused shared token-info Linear (weight 0): layout only
             self.legacy_token_info = nn.Linear(info_dim, TOKEN_INFO_DIM).requires_grad_(False)
             nn.init.zeros_(self.legacy_token_info.weight)
@@ -115,17 +127,18 @@ class Multiformer(nn.Module):
 
     def forward(self, tokens: dict[str, torch.Tensor], info: dict[str, torch.Tensor],
                 mask: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Per field the ensemble members ``(K, E, P)`` for the masked tokens (``mask.nonzero()`` order)."""
+        """Per predicted field the ensemble members ``(K, E, P)`` for the masked tokens (``mask.nonzero()``
+        order)."""
         enc = self.encode(tokens, info)
         out = {}
-        for f in self.fields:
+        for f in self.predicted:
             y_BND = self.decode(enc[f], f)
             out[f] = self.tails[f](y_BND[mask[f].flatten(1)])
         return out
 
     def predict(self, tokens: dict[str, torch.Tensor], info: dict[str, torch.Tensor],
                 mask: dict[str, torch.Tensor]) -> dict[str, Ensemble]:
-        """Per field the :class:`Ensemble` (members, mean, std) of the masked tokens."""
+        """Per predicted field the :class:`Ensemble` (members, mean, std) of the masked tokens."""
         return {f: Ensemble.of(m) for f, m in self(tokens, info, mask).items()}
 
 

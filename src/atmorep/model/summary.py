@@ -157,9 +157,10 @@ def forward_flops(cfg: ModelConfig, fields: dict[str, FieldGeometry], masked_fra
         enc += sum(2 * N * D * c + 2 * n[h] * dims[h] * 2 * c + 4 * N * n[h] * c for h in coupling[f])
         enc += 2 * N * (D + c * len(coupling[f])) * D  # proj_out
         dec = 2 * N * D * 3 * D + 2 * N * D * D + 4 * N * N * D + 8 * N * D * D  # q,kv (self+cross), proj, attn, MLP
-        total += cfg.encoder_layers * enc + cfg.decoder_layers * dec
+        predicted = f not in cfg.inputs_only  # inputs-only fields have no decoder and no tail
+        total += cfg.encoder_layers * enc + predicted * cfg.decoder_layers * dec
         total += 2 * N * (P * (D - TOKEN_INFO_DIM) + 8 * TOKEN_INFO_DIM)  # embedding of values and token info
-        total += 2 * N * masked_fraction * cfg.ensemble * D * P  # tail
+        total += predicted * 2 * N * masked_fraction * cfg.ensemble * D * P  # tail
     return total
 
 

@@ -154,7 +154,8 @@ def train(seed: int, data: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig,
         start, rows = client["step"], client["metrics"]
         if rank == 0:
             log.info("resumed from %s at step %d (saved on %d ranks, now %d)", tag, start, client["world"], world)
-    strategy = masking.build(cfg.masking, {f: g.token_size for f, g in model.fields.items()})
+    strategy = masking.build(cfg.masking, {f: g.token_size for f, g in model.fields.items()},
+                             model.predicted)
     loss_fn = Loss(cfg.loss)
     writer = _tensorboard(out_dir, cfg) if rank == 0 else None
     micro_plan = [m for s in range(start, cfg.steps) for m in plan.indices(s, rank, world, cfg.gradient_accumulation)]

@@ -109,7 +109,8 @@ class BertMasking:
     up-sampled instead, a no-op smoothing, spec §5.1).
 
     ``token_sizes`` (field -> (tt, ty, tx)) is needed for coarsening; a field without one is assumed
-    to have square lat/lon tokens (the largest square dividing P).
+    to have square lat/lon tokens (the largest square dividing P). ``cfg.field_rates`` gives a field
+    its own ``[rate, p_mask, p_noise, p_coarsen]`` (the original's per-field masking entry).
     """
 
     def __init__(self, cfg: MaskingConfig, token_sizes: dict[str, tuple[int, int, int]] | None = None):
@@ -119,14 +120,18 @@ class BertMasking:
         masks, corruptions = {}, {}
         factor = 1 + torch.rand((), generator=gen).item() * (self.cfg.coarsen_max - 1)
         for f, t in batch.tokens.items():
-            masks[f] = self._targets(t.shape[:5], gen).to(t.device)
+            masks[f] = self._targets(f, t.shape[:5], gen).to(t.device)
             corruptions[f] = self._corruption(f, t, masks[f], factor, gen)
         return Masks(masks, corruptions)
 
-    def _targets(self, shape_BLTYX, gen) -> torch.Tensor:
+    def _rates(self, f: str) -> tuple[float, float, float, float]:
+        cfg = self.cfg
+        return tuple(cfg.field_rates.get(f, (cfg.rate, cfg.p_mask, cfg.p_noise, cfg.p_coarsen)))
+
+    def _targets(self, f: str, shape_BLTYX, gen) -> torch.Tensor:
         B, L, T, Y, X = shape_BLTYX
         n = T * Y * X
-        count = torch.ceil(torch.rand(B, L, 1, generator=gen) * self.cfg.rate * n).clamp(min=1)
+        count = torch.ceil(torch.rand(B, L, 1, generator=gen) * self._rates(f)[0] * n).clamp(min=1)
         rank = torch.rand(B, L, n, generator=gen).argsort(dim=-1).argsort(dim=-1)
         return (rank < count).view(B, L, T, Y, X)
 
@@ -136,7 +141,8 @@ class BertMasking:
         def draw(p: float) -> torch.Tensor:
             return mask & (torch.rand(mask.shape, generator=gen) < p).to(mask.device)
 
-        zero, noise, coarsen = draw(cfg.p_mask), draw(cfg.p_noise), draw(cfg.p_coarsen)
+        _, p_mask, p_noise, p_coarsen = self._rates(f)
+        zero, noise, coarsen = draw(p_mask), draw(p_noise), draw(p_coarsen)
         k = int(noise.sum())
         std_LP = level_std(t)
         level_K = noise.nonzero()[:, 1]
@@ -196,8 +202,38 @@ STRATEGIES: dict[str, Callable[[MaskingConfig, dict], Masking]] = {
 }
 
 
-def build(cfg: MaskingConfig, token_sizes: dict[str, tuple[int, int, int]] | None = None) -> Masking:
-    """The configured strategy; ``token_sizes`` (field -> (tt, ty, tx)) lets ``bert`` coarsen exactly."""
+class Unmasked:
+    """``strategy`` with ``fields`` never masked (the original: rate 0 in a field's masking entry, or a
+    static field, is left as it is under every strategy; such a field can only be an input)."""
+
+    def __init__(self, strategy: Masking, fields: set[str]):
+        self.strategy, self.fields = strategy, set(fields)
+
+    def __call__(self, batch: Batch, gen: torch.Generator | None = None) -> Masks:
+        masks = self.strategy(batch, gen)
+        out = {f: torch.zeros_like(m) if f in self.fields else m for f, m in masks.items()}
+        return Masks(out, {f: c for f, c in getattr(masks, "corruptions", {}).items() if f not in self.fields})
+
+
+def build(cfg: MaskingConfig, token_sizes: dict[str, tuple[int, int, int]] | None = None,
+          predicted: list[str] | None = None) -> Masking:
+    """The configured strategy; ``token_sizes`` (field -> (tt, ty, tx)) lets ``bert`` coarsen exactly.
+
+    With ``token_sizes``, ``cfg.field_rates`` may name only those fields; with ``predicted`` (the
+    fields the model predicts), none of them may have rate 0.
+    """
     if cfg.strategy not in STRATEGIES:
         raise ValueError(f"train.masking.strategy: unknown '{cfg.strategy}' (known: {', '.join(STRATEGIES)})")
-    return STRATEGIES[cfg.strategy](cfg, dict(token_sizes or {}))
+    unknown = sorted(set(cfg.field_rates) - set(token_sizes)) if token_sizes else []
+    if unknown:
+        raise ValueError(f"train.masking.field_rates names fields the model does not have: {unknown}")
+    bad = {f: r for f, r in cfg.field_rates.items() if len(r) != 4 or not all(0 <= v <= 1 for v in r)}
+    if bad:
+        raise ValueError(f"train.masking.field_rates: {bad} must be [rate, p_mask, p_noise, p_coarsen] in [0, 1]")
+    never = {f for f, r in cfg.field_rates.items() if r[0] == 0}
+    clash = sorted(never & set(predicted or ()))
+    if clash:
+        raise ValueError(f"train.masking.field_rates: {clash} have rate 0 (never masked, no targets) but the "
+                         "model predicts them; list them in model.inputs_only or give them a rate")
+    strategy = STRATEGIES[cfg.strategy](cfg, dict(token_sizes or {}))
+    return Unmasked(strategy, never) if never else strategy
