@@ -208,9 +208,8 @@ def select(ds: xr.Dataset, p: Probe, exp: Expectation, where: str) -> Cut | None
 _KIND = {"sfc": "a surface", "pl": "pressure levels", "ml": "model levels"}
 
 
-def check_complete(cuts: list[Cut], exp: Expectation, where: str) -> None:
-    """Each time at most once over all cuts, and every expected step present."""
-    times = np.concatenate([c.times for c in cuts])
+def check_complete(times: np.ndarray, exp: Expectation, where: str) -> None:
+    """Each time at most once (over all files), and every expected step present."""
     uniq, counts = np.unique(times, return_counts=True)
     if (counts > 1).any():
         raise DataError(f"{where}: field '{exp.field}' time {str(uniq[counts > 1][0])[:16]} is in more than one "
@@ -303,7 +302,7 @@ def fetch(datasets: list[tuple[str, xr.Dataset]], data, cfg, field: str, month: 
     for c in cuts[1:]:
         if not (np.array_equal(c.lats, cuts[0].lats) and np.array_equal(c.lons, cuts[0].lons)):
             raise DataError(f"{source}: field '{field}' comes on different grids in different files")
-    check_complete(cuts, exp, source)
+    check_complete(np.concatenate([c.times for c in cuts]), exp, source)
     used = write(cuts, field, exp, out)
     return {"variables": holders, "bytes_used": used}
 
