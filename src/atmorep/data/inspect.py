@@ -40,10 +40,22 @@ def kind(path: Path) -> str:
     raise DataError(f"{path}: not GRIB, NetCDF or zarr (starts with {head[:4]!r})")
 
 
-def describe(path: str | Path, regrid: str = "none") -> str:
-    """A human-readable summary; raises :class:`DataError` (one line) when the input cannot be used."""
+def describe(path: str | Path, regrid: str = "none", variables: dict[str, str] | None = None) -> str:
+    """A human-readable summary; raises :class:`DataError` (one line) when the input cannot be used.
+
+    NetCDF and zarr variables end with the verdict of the reader acquire uses (``usable as field …``
+    or ``not usable: …``); ``variables`` is ``acquire.variables`` (field -> variable name).
+    """
+    from atmorep.data import gridded
+
     path = Path(path)
     k = kind(path)
+    if k == "zarr":
+        from atmorep.data.zarrsource import describe_store
+
+        anemoi = describe_store(str(path), variables)
+        if anemoi is not None:
+            return "\n".join([f"{path} (zarr, anemoi dataset)"] + [f"  {n}: {v}" for n, v in anemoi.items()])
     if k == "grib":
         return f"{path} (grib)\n" + _describe_grib({path: grib.scan(path)}, regrid)
     if k == "grib-dir":
@@ -55,10 +67,11 @@ def describe(path: str | Path, regrid: str = "none") -> str:
         except Exception as exc:
             raise DataError(f"{path}: cannot open as {k} ({type(exc).__name__}: {exc})") from None
     lines = [f"{path} ({k})"]
+    verdicts = gridded.describe_vars(ds, str(path), variables)
     for name, da in ds.data_vars.items():
         if da.ndim < 2:
             continue
-        lines.append(f"  {name}: {_describe_var(da)}")
+        lines.append(f"  {name}: {_describe_var(da)}; {verdicts[name]}")
     if len(lines) == 1:
         raise DataError(f"{path}: no gridded field found")
     return "\n".join(lines)
@@ -157,7 +170,7 @@ def _grid(da: xr.DataArray) -> str:
 
 
 def _times(da: xr.DataArray) -> str:
-    for name in ("valid_time", "time"):
+    for name in ("valid_time", "time", "month"):
         if name in da.coords:
             t = np.atleast_1d(da[name].values).ravel()
             if np.issubdtype(t.dtype, np.datetime64):
