@@ -49,11 +49,12 @@ def build_arco_store(path: Path, ny: int, nx: int, hours: int, start: str = "202
                                 ("hybrid", np.arange(1, NLEV + 1, dtype="f8"), {"long_name": "model level"}),
                                 ("latitude", lats, {"units": "degrees_north"}),
                                 ("longitude", lons, {"units": "degrees_east"})):
-        arr = g.create_array(name, shape=values.shape, dtype=values.dtype, chunks=values.shape, fill_value=None)
+        arr = g.create_array(name, shape=values.shape, dtype=values.dtype, chunks=values.shape,
+                             fill_value=None)
         arr[:] = values
         arr.attrs.update({"_ARRAY_DIMENSIONS": [name], **attrs})
-    t = g.create_array("temperature", shape=(hours, NLEV, ny, nx), chunks=(1, LEVEL_CHUNK, ny, nx), dtype="f4",
-                       compressors=None, fill_value=float("nan"))
+    t = g.create_array("temperature", shape=(hours, NLEV, ny, nx), chunks=(1, LEVEL_CHUNK, ny, nx),
+                       dtype="f4", compressors=None, fill_value=float("nan"))
     t.attrs.update({"_ARRAY_DIMENSIONS": ["time", "hybrid", "latitude", "longitude"], "units": "K",
                     "long_name": "Temperature"})
     profile = (200.0 + 90.0 * np.cos(np.deg2rad(lats)))[:, None] + 0.01 * lons[None, :]
@@ -96,13 +97,15 @@ def main(argv=None) -> int:
         prov = json.loads(sources.provenance_path(out).read_text())
         headers = grib.scan(out)
         if len(headers) != hours * len(LEVELS):
-            print(f"zarr_source: {len(headers)} GRIB messages, expected {hours * len(LEVELS)}", file=sys.stderr)
+            print(f"zarr_source: {len(headers)} GRIB messages, expected {hours * len(LEVELS)}",
+                  file=sys.stderr)
             return 1
     read, used = prov["bytes_read"], prov["bytes_used"]
     chunk_mb = LEVEL_CHUNK * ny * nx * 4 / 1e6
     nchunks, want = predicted_ratio(ny, nx)
     ratio = read / used
-    print(f"store {hours} h x {NLEV} levels x {ny}x{nx}, chunks 1x{LEVEL_CHUNK}x{ny}x{nx} = {chunk_mb:.1f} MB "
+    print(f"store {hours} h x {NLEV} levels x {ny}x{nx}, chunks 1x{LEVEL_CHUNK}x{ny}x{nx} = {chunk_mb:.1f} "
+          "MB "
           f"(built in {built:.1f} s); levels {list(LEVELS)} touch {nchunks} level chunks per hour")
     print(f"acquire {took:.1f} s: read {read / 1e6:.1f} MB (server sent {served / 1e6:.1f} MB), used "
           f"{used / 1e6:.1f} MB; chunk arithmetic {nchunks} x {LEVEL_CHUNK} / {len(LEVELS)} = {want:.2f}")

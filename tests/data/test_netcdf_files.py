@@ -79,7 +79,8 @@ def _cds_style(da: xr.DataArray, name: str) -> xr.Dataset:
 def test_cds_and_cf_netcdf_from_grib_read_back_equal(tmp_path, ifs):
     t, z = ifs
     t = t.copy()
-    t[2, list(t.level.values).index(850), 5, 7] = np.nan  # a missing point (_FillValue in the file, the GRIB bitmap after acquire)
+    # a missing point: _FillValue in the file, the GRIB bitmap after acquire
+    t[2, list(t.level.values).index(850), 5, 7] = np.nan
     mirror = tmp_path / "mirror"
     mirror.mkdir()
     _cds_style(t, "t").to_netcdf(mirror / "t_cds.nc")  # NetCDF4
@@ -125,9 +126,11 @@ def test_bad_netcdf_gets_one_line_naming_file_variable_and_key(tmp_path, ifs, sh
     ds.to_netcdf(tmp_path / "both" / "t.nc")
     shutil.copy(shared_data / "ifs-pl-5var-6h" / "pl_regular_ll.grib", tmp_path / "both" / "pl.grib")
     cases = [([tmp_path / "degc.nc"], "t", {}, r"degc.nc: variable 't' is in 'degC'; field 't' needs 'K'"),
-             ([tmp_path / "members.nc"], "t", {}, r"members.nc: variable 't' has 2 ensemble members \(dim 'number'\)"),
+             ([tmp_path / "members.nc"], "t", {},
+              r"members.nc: variable 't' has 2 ensemble members \(dim 'number'\)"),
              ([tmp_path / "both"], "t", {}, r"field 't' is in NetCDF .*t.nc\) and in GRIB .*pl.grib\)"),
-             ([tmp_path / "degc.nc"], "u", {}, r"no variable for field 'u' \(looked for .*'u_component_of_wind'"),
+             ([tmp_path / "degc.nc"], "u", {},
+              r"no variable for field 'u' \(looked for .*'u_component_of_wind'"),
              ([tmp_path / "degc.nc"], "t", {"t": "ta"}, r"acquire.variables maps it to 'ta'"),
              ([tmp_path / "degc.nc"], "t", {}, None)]
     for paths, field, variables, message in cases[:-1]:
@@ -136,7 +139,8 @@ def test_bad_netcdf_gets_one_line_naming_file_variable_and_key(tmp_path, ifs, sh
         assert not list((tmp_path / "out").glob("*"))
     # the same as the user sees it: one line on stderr, exit 1, no output
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"run: x\ndata: {{fields: {{t: {{levels: [850], levtype: pl}}}}, start: '{start}', end: '{end}'}}\n"
+    cfg.write_text(f"run: x\ndata: {{fields: {{t: {{levels: [850], levtype: pl}}}}, start: '{start}', "
+                   f"end: '{end}'}}\n"
                    f"acquire: {{source: files, files: {{paths: ['{tmp_path / 'degc.nc'}']}}}}\n")
     r = subprocess.run([sys.executable, "-m", "atmorep", "acquire", "--config", str(cfg), "--field", "t",
                         "--month", "2024-06", "--output", str(tmp_path / "cli" / "t.grib")],

@@ -311,8 +311,8 @@ class FilesSource:
                 index = Index(cfg.files.index_dir)
                 both = [p for p in grib_paths if any(matches(h, field) for h in index.headers(p))]
                 if both:
-                    raise DataError(f"files: field '{field}' is in NetCDF ({netcdf[0]}) and in GRIB ({both[0]}); "
-                                    "keep one of them in acquire.files.paths")
+                    raise DataError(f"files: field '{field}' is in NetCDF ({netcdf[0]}) and in GRIB "
+                                    f"({both[0]}); keep one of them in acquire.files.paths")
             prov = gridded.fetch(opened, data, cfg, field, month, out, "files")
         finally:
             for _, ds in opened:

@@ -75,7 +75,8 @@ def _decode_times(ds: xr.Dataset, dim: str, where: str) -> np.ndarray:
     try:
         return np.asarray(decode_cf_datetime(t, units)).astype("datetime64[s]")
     except Exception as exc:
-        raise DataError(f"{where}: cannot decode the time axis '{dim}' with units '{units}' ({exc})") from None
+        raise DataError(f"{where}: cannot decode the time axis '{dim}' with units '{units}' "
+                        f"({exc})") from None
 
 
 def _level_kind(ds: xr.Dataset, dim: str) -> tuple[str, float]:
@@ -95,13 +96,14 @@ def probe(ds: xr.Dataset, var: str, where: str, field: str | None = None) -> Pro
     da = ds[var]
     wanted = field or fields.field_of(var)
     if wanted is None:
-        raise DataError(f"{where}: variable '{var}' is not in the field catalogue (src/atmorep/data/fields.py); "
-                        "map it to a field with acquire.variables")
+        raise DataError(f"{where}: variable '{var}' is not in the field catalogue "
+                        "(src/atmorep/data/fields.py); map it to a field with acquire.variables")
     cands = fields.candidates(wanted)
     factor, expected = cands.get(var, (1.0, fields.FIELDS[wanted].units))
     units = da.attrs.get("units")
     if units is None:
-        raise DataError(f"{where}: variable '{var}' has no 'units' attribute; field '{wanted}' needs {expected}")
+        raise DataError(f"{where}: variable '{var}' has no 'units' attribute; field '{wanted}' needs "
+                        f"{expected}")
     if not fields.same_units(str(units), expected):
         raise DataError(f"{where}: variable '{var}' is in '{units}'; field '{wanted}' needs '{expected}'")
     tdims = [d for d in da.dims if "time" in str(d) or d in ("month", "date", "dates")]
@@ -110,19 +112,22 @@ def probe(ds: xr.Dataset, var: str, where: str, field: str | None = None) -> Pro
                         f"(dims {list(da.dims)}; expected one of valid_time, time, month)")
     tdim = tdims[0]
     times = _decode_times(ds, tdim, where)
+    vt = da.coords.get("valid_time")
+    if tdim != "valid_time" and vt is not None and vt.dims == (tdim,):  # a forecast: base time + step
+        times = np.asarray(vt.values).astype("datetime64[s]")
     if len(np.unique(times)) != len(times):
         raise DataError(f"{where}: variable '{var}' repeats time steps on '{tdim}'")
     ydim = next((d for d in LAT_NAMES if d in da.dims), None)
     xdim = next((d for d in LON_NAMES if d in da.dims), None)
     if ydim is None or xdim is None:
-        raise DataError(f"{where}: variable '{var}' has no latitude/longitude dimensions (dims {list(da.dims)}); "
-                        "a regular lat/lon grid is needed")
+        raise DataError(f"{where}: variable '{var}' has no latitude/longitude dimensions "
+                        f"(dims {list(da.dims)}); a regular lat/lon grid is needed")
     for d in (ydim, xdim):
         c = np.asarray(ds[d].values, float) if d in ds.coords else np.array([])
         step = np.diff(c)
         if len(c) < 2 or not np.allclose(step, step[0], atol=1e-6 * max(1.0, abs(step[0]))):
-            raise DataError(f"{where}: variable '{var}': coordinate '{d}' is not evenly spaced (not a regular "
-                            "lat/lon grid)")
+            raise DataError(f"{where}: variable '{var}': coordinate '{d}' is not evenly spaced "
+                            "(not a regular lat/lon grid)")
     ldims = [d for d in da.dims if d in LEVEL_DIMS]
     squeeze = {}
     for d in da.dims:
@@ -181,8 +186,9 @@ def select(ds: xr.Dataset, p: Probe, exp: Expectation, where: str) -> Cut | None
     """Indices of the unit in ``ds`` (None: no time step of it here); refuses wrong levels or grid."""
     want_kind = exp.kind
     if p.kind != want_kind:
-        raise DataError(f"{where}: variable '{p.var}' (field '{p.field}') is on {_KIND[p.kind]}"
-                        f"{'' if p.ldim is None else f' (dim {p.ldim!r})'}; the config expects {_KIND[want_kind]}")
+        dim = "" if p.ldim is None else f" (dim {p.ldim!r})"
+        raise DataError(f"{where}: variable '{p.var}' (field '{p.field}') is on {_KIND[p.kind]}{dim}; "
+                        f"the config expects {_KIND[want_kind]}")
     if missing := [lev for lev in exp.levels if lev not in p.levels]:
         raise DataError(f"{where}: variable '{p.var}' has no level {missing} (it has {list(p.levels)})")
     lidx = [p.levels.index(lev) for lev in exp.levels]
@@ -212,8 +218,8 @@ def check_complete(times: np.ndarray, exp: Expectation, where: str) -> None:
     """Each time at most once (over all files), and every expected step present."""
     uniq, counts = np.unique(times, return_counts=True)
     if (counts > 1).any():
-        raise DataError(f"{where}: field '{exp.field}' time {str(uniq[counts > 1][0])[:16]} is in more than one "
-                        "file")
+        raise DataError(f"{where}: field '{exp.field}' time {str(uniq[counts > 1][0])[:16]} is in more "
+                        "than one file")
     if exp.times is not None:
         have = np.isin(exp.times, times)
         off = times[~np.isin(times, exp.times)]
@@ -297,8 +303,8 @@ def fetch(datasets: list[tuple[str, xr.Dataset]], data, cfg, field: str, month: 
     if not cuts:
         spans = [f"{str(t.min())[:16]} .. {str(t.max())[:16]}" for t in
                  (probe(ds, holders[w], w, field).times for w, ds in datasets if w in holders)]
-        raise DataError(f"{source}: field '{field}' has no time step in {month} ∩ the campaign ({exp.window}); "
-                        f"it covers {'; '.join(spans)}")
+        raise DataError(f"{source}: field '{field}' has no time step in {month} ∩ the campaign "
+                        f"({exp.window}); it covers {'; '.join(spans)}")
     for c in cuts[1:]:
         if not (np.array_equal(c.lats, cuts[0].lats) and np.array_equal(c.lons, cuts[0].lons)):
             raise DataError(f"{source}: field '{field}' comes on different grids in different files")

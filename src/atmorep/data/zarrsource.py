@@ -84,12 +84,14 @@ def open_store(url: str, storage_options: dict | None = None):
             store = FsspecStore.from_url(url, read_only=True, storage_options=opts)
         except (ImportError, ValueError) as exc:
             pkg = _EXTRA.get(scheme, "an fsspec filesystem")
-            raise DataError(f"acquire.zarr.url {url}: cannot open {scheme}:// ({exc}); install {pkg}") from None
+            raise DataError(f"acquire.zarr.url {url}: cannot open {scheme}:// ({exc}); "
+                            f"install {pkg}") from None
     return _counting_store_class()(store)
 
 
 def _is_anemoi(group) -> bool:
-    return "variables" in group.attrs and {"data", "latitudes", "longitudes", "dates"} <= set(group.array_keys())
+    arrays = set(group.array_keys())
+    return "variables" in group.attrs and {"data", "latitudes", "longitudes", "dates"} <= arrays
 
 
 def open_layout(store, where: str):
@@ -134,7 +136,8 @@ class Anemoi:
         shape = self.group.attrs.get("field_shape")
         ny = int(shape[0]) if shape and len(shape) == 2 else len(np.unique(lat))
         nx = len(lat) // ny if ny else 0
-        bad = f"{self.where}: the anemoi grid ({len(lat)} cells, field_shape {shape}) is not a regular lat/lon grid"
+        bad = (f"{self.where}: the anemoi grid ({len(lat)} cells, field_shape {shape}) is not a regular "
+               "lat/lon grid")
         if ny * nx != len(lat) or ny < 2 or nx < 2:
             raise DataError(bad + "; regrid it to one first")
         lat2, lon2 = lat.reshape(ny, nx), lon.reshape(ny, nx)
@@ -150,11 +153,12 @@ class Anemoi:
 
     def probe(self, name: str, field: str | None = None) -> tuple[str, str, int, float]:
         """(field, kind, level, factor) of variable ``name``, or the line saying why it is unusable."""
-        base, _, lev = name.rpartition("_") if "_" in name and name.rsplit("_", 1)[1].isdigit() else (name, "", "")
+        head, _, tail = name.rpartition("_")
+        base, lev = (head, tail) if head and tail.isdigit() else (name, "")
         wanted = field or fields.field_of(base)
         if wanted is None:
-            raise DataError(f"{self.where}: variable '{name}' is not in the field catalogue; map it to a field "
-                            "with acquire.variables")
+            raise DataError(f"{self.where}: variable '{name}' is not in the field catalogue; map it to a "
+                            "field with acquire.variables")
         factor, expected = fields.candidates(wanted).get(base, (1.0, fields.FIELDS[wanted].units))
         meta = self.meta.get(name, {})
         units = meta.get("units")
@@ -162,13 +166,14 @@ class Anemoi:
             raise DataError(f"{self.where}: variable '{name}' has no units in variables_metadata; field "
                             f"'{wanted}' needs {expected}")
         if not fields.same_units(str(units), expected):
-            raise DataError(f"{self.where}: variable '{name}' is in '{units}'; field '{wanted}' needs '{expected}'")
+            raise DataError(f"{self.where}: variable '{name}' is in '{units}'; field '{wanted}' needs "
+                            f"'{expected}'")
         levtype = (meta.get("mars") or {}).get("levtype") or ("sfc" if not lev else "pl")
         if levtype not in ("sfc", "pl", "ml"):
             raise DataError(f"{self.where}: variable '{name}' is on level type '{levtype}'")
         if self.data.shape[2] > 1:
-            raise DataError(f"{self.where}: anemoi 'data' has {self.data.shape[2]} ensemble members; select one "
-                            "member before ingest")
+            raise DataError(f"{self.where}: anemoi 'data' has {self.data.shape[2]} ensemble members; select "
+                            "one member before ingest")
         return wanted, levtype, int(lev or 0), factor
 
     def describe(self, variables: dict[str, str] | None = None) -> dict[str, str]:
@@ -189,8 +194,9 @@ class Anemoi:
         want = [b if exp.kind == "sfc" else f"{b}_{lev}" for lev in exp.levels for b in bases]
         found = [n for n in want if n in self.names]
         if not found:
-            raise DataError(f"{self.where}: no variable for field '{field}' on levels {list(exp.levels)} (looked "
-                            f"for {want[:6]}{' ...' if len(want) > 6 else ''}); it holds {self.names}")
+            shown = f"{want[:6]}{' ...' if len(want) > 6 else ''}"
+            raise DataError(f"{self.where}: no variable for field '{field}' on levels {list(exp.levels)} "
+                            f"(looked for {shown}); it holds {self.names}")
         vidx = []
         for lev in exp.levels:
             hits = [n for n in found if n in (b if exp.kind == "sfc" else f"{b}_{lev}" for b in bases)]
@@ -207,10 +213,14 @@ class Anemoi:
         lats, lons = self.grid()
         tidx = np.flatnonzero((self.dates >= exp.first) & (self.dates <= exp.last))
         if not len(tidx):
+            span = f"{str(self.dates[0])[:16]} .. {str(self.dates[-1])[:16]}"
             raise DataError(f"{self.where}: field '{field}' has no time step in {month} ∩ the campaign "
-                            f"({exp.window}); it covers {str(self.dates[0])[:16]} .. {str(self.dates[-1])[:16]}")
+                            f"({exp.window}); it covers {span}")
         gridded.check_complete(self.dates[tidx], exp, self.where)
-        rows, cols = crop_indices(lats, lons, exp.area) if exp.area else (np.arange(len(lats)), np.arange(len(lons)))
+        if exp.area:
+            rows, cols = crop_indices(lats, lons, exp.area)
+        else:
+            rows, cols = np.arange(len(lats)), np.arange(len(lons))
         out_lons = lons[cols][0] + abs(lons[1] - lons[0]) * np.arange(len(cols))
         if out_lons[-1] >= 360.0:
             out_lons -= 360.0
