@@ -57,9 +57,9 @@ def build_arco_store(path: Path, ny: int, nx: int, hours: int, start: str = "202
                        dtype="f4", compressors=None, fill_value=float("nan"))
     t.attrs.update({"_ARRAY_DIMENSIONS": ["time", "hybrid", "latitude", "longitude"], "units": "K",
                     "long_name": "Temperature"})
-    profile = (200.0 + 90.0 * np.cos(np.deg2rad(lats)))[:, None] + 0.01 * lons[None, :]
+    profile = (200.0 + 60.0 * np.cos(np.deg2rad(lats)))[:, None] + 0.001 * lons[None, :]
     for it in range(hours):  # one hour at a time: 137 levels at 0.25° are 569 MB
-        t[it] = (profile[None] + 0.5 * np.arange(NLEV)[:, None, None] + it).astype("f4")
+        t[it] = (profile[None] + 0.2 * np.arange(NLEV)[:, None, None] + it).astype("f4")
     zarr.consolidate_metadata(path, zarr_format=2)
 
 

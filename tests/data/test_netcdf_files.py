@@ -3,6 +3,7 @@ field catalogue's names and units, lossless GRIB2 IEEE packing, and one clear li
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -149,3 +150,26 @@ def test_bad_netcdf_gets_one_line_naming_file_variable_and_key(tmp_path, ifs, sh
     errors = [ln for ln in r.stderr.splitlines() if "error" in ln]
     assert len(errors) == 1 and "variable 't' is in 'degC'; field 't' needs 'K'" in errors[0], r.stderr
     assert not (tmp_path / "cli" / "t.grib").exists()
+
+
+def test_forecast_valid_time_and_a_mixed_mirror_agree_with_inspect(tmp_path, ifs, shared_data):
+    """A forecast NetCDF (time = base time, valid_time = base + 6 h) is placed at its valid times; a
+    directory of GRIB and NetCDF is described file by file, as acquire reads it."""
+    from atmorep.data.inspect import describe
+
+    t, _ = ifs
+    ds = _cds_style(t, "t").rename(valid_time="time")
+    ds = ds.assign_coords(time=ds.time - np.timedelta64(6, "h"), valid_time=("time", ds.time.values),
+                          step=np.timedelta64(6, "h"))
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    ds.to_netcdf(mirror / "fc.nc")
+    shutil.copy(shared_data / "era5-t2m-uk-hourly" / "era5-2mt-2019-03-uk.grib", mirror / "t2m.grib")
+    text = describe(mirror)
+    assert "(directory of 1 GRIB files)" in text and "t2m: 2 metre temperature" in text
+    assert re.search(r"fc.nc \(netcdf\)\n  t: .*levels pressure_level=.*usable as field 't' \(pl \[300, 400, 500, 700, 850, 1000\]\)",
+                     text), text
+    out = acquire(tmp_path, "t", [500], "2024-06-03T00", "2024-06-04T18", [mirror], step_hours=6)
+    got = grib.decode(out)
+    assert list(got.time.values) == list(t.time.values)
+    np.testing.assert_array_equal(got.values, t.sel(level=[500]).values)

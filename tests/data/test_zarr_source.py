@@ -166,6 +166,15 @@ def test_arco_layout_model_levels_over_http_with_the_chunk_arithmetic(tmp_path):
     got, times = decoded(out)
     np.testing.assert_array_equal(got, canonical(ref.values, ref.latitude, ref.longitude))
     assert list(times) == list(ref.time.values)
+    # the normalized store carries the source's report in its provenance
+    from atmorep.config import NormalizeConfig
+    from atmorep.data import normalize
+
+    data = DataConfig(fields={"t": FieldSpec(levels=(96, 105, 114, 123, 137), levtype="ml")},
+                      start="2021-01-01T00", end="2021-01-01T01", step_hours=1)
+    store = normalize.normalize(data, NormalizeConfig(), "t", "2021-01", out, tmp_path / "t.zarr")
+    recorded = json.loads(zarr.open_group(store, mode="r").attrs["provenance"])["acquire"]
+    assert recorded["bytes_read"] == prov["bytes_read"] and recorded["layout"] == "xarray"
 
 
 def test_weatherbench2_layout_crop_across_greenwich(tmp_path):

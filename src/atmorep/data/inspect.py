@@ -18,7 +18,8 @@ import xarray as xr
 from atmorep.data import grib
 from atmorep.data.grib import DataError
 
-_LEVEL_NAMES = ("level", "hybrid", "isobaricInhPa", "model_level_number", "lev", "sigma")
+_LEVEL_NAMES = ("level", "hybrid", "isobaricInhPa", "model_level_number", "lev", "sigma", "pressure_level",
+                "plev", "model_level")
 
 
 def kind(path: Path) -> str:
@@ -59,7 +60,7 @@ def describe(path: str | Path, regrid: str = "none", variables: dict[str, str] |
     if k == "grib":
         return f"{path} (grib)\n" + _describe_grib({path: grib.scan(path)}, regrid)
     if k == "grib-dir":
-        return _describe_dir(path, regrid)
+        return _describe_dir(path, regrid, variables)
     with warnings.catch_warnings():  # library chatter about merges and foreign files in stores
         warnings.simplefilter("ignore")
         try:
@@ -77,17 +78,20 @@ def describe(path: str | Path, regrid: str = "none", variables: dict[str, str] |
     return "\n".join(lines)
 
 
-def _describe_dir(path: Path, regrid: str) -> str:
-    from atmorep.data.files import expand
+def _describe_dir(path: Path, regrid: str, variables: dict[str, str] | None = None) -> str:
+    from atmorep.data.files import _is_netcdf, expand
 
     files = expand([str(path)])
     if not files:
         raise DataError(f"{path}: not a zarr store (no zarr.json or .zgroup) and holds no GRIB file")
+    netcdf = [f for f in files if _is_netcdf(f)]  # as the files source splits a mirror
+    files = [f for f in files if f not in netcdf]
     try:
         scanned = {f: grib.scan(f) for f in files}
     except DataError as exc:
         raise DataError(f"{path}: not a zarr store; as a GRIB directory: {exc}") from None
-    return f"{path} (directory of {len(files)} GRIB files)\n" + _describe_grib(scanned, regrid)
+    parts = [f"{path} (directory of {len(files)} GRIB files)\n" + _describe_grib(scanned, regrid)] if files else []
+    return "\n".join(parts + [describe(f, regrid, variables) for f in netcdf])
 
 
 def _describe_grib(scanned: dict[Path, list[grib.Header]], regrid: str) -> str:
