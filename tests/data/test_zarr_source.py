@@ -200,7 +200,7 @@ def test_weatherbench2_layout_crop_across_greenwich(tmp_path):
     assert got.shape == (4, 2, 5, 6)
 
 
-def test_anemoi_irregular_grid_is_refused(tmp_path, shared_data):
+def test_anemoi_irregular_grid_and_missing_dates_are_refused(tmp_path, shared_data):
     src = shared_data / "anemoi-era5-sfc-natl-hourly" / "era5-sfc-natl-hourly.zarr"
     store = tmp_path / "natl.zarr"
     shutil.copytree(src, store)
@@ -212,6 +212,15 @@ def test_anemoi_irregular_grid_is_refused(tmp_path, shared_data):
         acquire(tmp_path, "msl", [0], "2011-01-01T00", "2011-01-01T23", url=str(store))
     assert not (tmp_path / "msl.grib").exists()
     assert not sources.provenance_path(tmp_path / "msl.grib").exists()
+    # a date anemoi marks missing holds no data: refused, not ingested as values
+    store = tmp_path / "ifs.zarr"
+    shutil.copytree(shared_data / "anemoi-ifs-pl-5var-6h" / "ifs-pl-5var-6h.zarr", store)
+    attrs = json.loads((store / ".zattrs").read_text())
+    attrs["missing_dates"] = ["2024-06-03T12:00:00"]
+    (store / ".zattrs").write_text(json.dumps(attrs))
+    with pytest.raises(DataError, match=r"ifs.zarr: the dataset marks 1 dates of 2024-06 as missing"):
+        acquire(tmp_path, "t", [850], "2024-06-03T00", "2024-06-04T18", url=str(store), levtype="pl")
+    assert not (tmp_path / "t.grib").exists()
 
 
 def _cli_acquire(tmp_path, url, field="t2m", variables=None):

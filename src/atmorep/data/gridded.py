@@ -322,6 +322,6 @@ def describe_vars(ds: xr.Dataset, where: str, variables: dict[str, str] | None =
             continue
         try:
             out[var] = probe(ds, var, where, by_var.get(var)).describe()
-        except DataError as exc:
+        except (DataError, ValueError, KeyError, TypeError) as exc:  # inspect describes, never crashes
             out[var] = f"not usable: {str(exc).removeprefix(where + ': ')}"
     return out

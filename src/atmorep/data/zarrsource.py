@@ -217,6 +217,10 @@ class Anemoi:
             raise DataError(f"{self.where}: field '{field}' has no time step in {month} ∩ the campaign "
                             f"({exp.window}); it covers {span}")
         gridded.check_complete(self.dates[tidx], exp, self.where)
+        missing = np.array(self.group.attrs.get("missing_dates") or [], "datetime64[s]")
+        if len(gone := np.intersect1d(self.dates[tidx], missing)):
+            raise DataError(f"{self.where}: the dataset marks {len(gone)} dates of {month} as missing "
+                            f"(missing_dates: {str(gone[0])[:16]} ...)")
         if exp.area:
             rows, cols = crop_indices(lats, lons, exp.area)
         else:
