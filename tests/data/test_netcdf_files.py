@@ -84,7 +84,9 @@ def test_cds_and_cf_netcdf_from_grib_read_back_equal(tmp_path, ifs):
     t[2, list(t.level.values).index(850), 5, 7] = np.nan
     mirror = tmp_path / "mirror"
     mirror.mkdir()
-    _cds_style(t, "t").to_netcdf(mirror / "t_cds.nc")  # NetCDF4
+    cds = _cds_style(t, "t")  # NetCDF4, the month in two files
+    cds.isel(valid_time=slice(5, None)).to_netcdf(mirror / "t_cds_2.nc")
+    cds.isel(valid_time=slice(0, 5)).to_netcdf(mirror / "t_cds_1.nc")
     gh = (z / fields.G).rename(time="time", level="plev", latitude="lat", longitude="lon")
     gh = gh.assign_coords(plev=gh.plev * 100.0).to_dataset(name="gh")  # CF: plev in Pa
     gh["plev"].attrs["units"] = "Pa"
