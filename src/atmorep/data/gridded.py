@@ -198,6 +198,8 @@ def select(ds: xr.Dataset, p: Probe, exp: Expectation, where: str) -> Cut | None
         return None
     lats = np.asarray(ds[p.ydim].values, float)
     lons = np.asarray(ds[p.xdim].values, float)
+    if lons[1] < lons[0]:  # GRIB grids run eastwards; a westward axis would be written mirrored
+        raise DataError(f"{where}: variable '{p.var}': longitudes run westwards ({lons[0]:g}, {lons[1]:g}, ...)")
     if exp.area is not None:
         rows, cols = crop_indices(lats, lons, exp.area)
     else:
