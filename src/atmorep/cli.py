@@ -171,7 +171,7 @@ def cmd_inspect(args) -> int:
     status = 0
     for path in args.paths:
         try:
-            print(describe(path, regrid=args.regrid))
+            print(describe(path, regrid=args.regrid, variables=dict(v.split("=", 1) for v in args.variable)))
         except ValueError as exc:
             print(f"atmorep inspect: {exc}", file=sys.stderr)
             status = 1
@@ -291,6 +291,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", type=Path)
     p.add_argument("--regrid", choices=("none", "linear"), default="none",
                    help="accept Gaussian grids as acquire.regrid: linear would (default: reject them)")
+    p.add_argument("--variable", action="append", default=[], metavar="FIELD=NAME",
+                   help="as acquire.variables: read NetCDF/zarr variable NAME as FIELD (repeatable), "
+                   "e.g. --variable t2m=air")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("import-original", help="convert a model of the original AtmoRep code (AtmoRep_id<id>.mod "

@@ -105,10 +105,20 @@ class FilesConfig:
 
 
 @dataclass(frozen=True)
+class ZarrSourceConfig:
+    """An analysis-ready zarr store (ARCO-ERA5, WeatherBench 2, anemoi) read lazily, chunk by chunk."""
+
+    url: str = ""                    # local path, https://, gs:// or s3:// (anonymous)
+    storage_options: dict[str, str] = field(default_factory=dict)  # passed to fsspec (e.g. endpoint_url)
+
+
+@dataclass(frozen=True)
 class AcquireConfig:
     source: str = "sample"
     cds: CdsConfig = field(default_factory=CdsConfig)
     files: FilesConfig = field(default_factory=FilesConfig)
+    zarr: ZarrSourceConfig = field(default_factory=ZarrSourceConfig)
+    variables: dict[str, str] = field(default_factory=dict)  # field -> NetCDF/zarr variable name
     regrid: str = "none"
     derive_vorticity: bool = False
 

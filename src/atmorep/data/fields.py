@@ -44,12 +44,72 @@ _TABLE = (
 )
 
 FIELDS: dict[str, FieldInfo] = {f.name: f for f in _TABLE}
+#: fields on a single surface/height level (a NetCDF may still give them a size-1 level axis)
+SURFACE_FIELDS = frozenset({"t2m", "u10", "v10", "msl", "sp", "tp"})
 _BY_ANY_NAME = {n: f for f in _TABLE for n in f.names}
 
 
 def info(name: str) -> FieldInfo | None:
     """The catalogue entry of a field (by cfgrib or ECMWF short name), or None if unknown."""
     return _BY_ANY_NAME.get(name)
+
+
+# Names other tools give the fields in NetCDF and zarr (CMIP/CF short names, anemoi, ARCO-ERA5 and
+# WeatherBench 2 use the CDS long names above), with the factor that turns their values into ours:
+# gh (geopotential height, gpm) is z / g.
+G = 9.80665
+_ALIASES: dict[str, tuple[str, float, str]] = {  # name -> (field, factor, units of the named variable)
+    "2m_temperature": ("t2m", 1.0, ""), "tas": ("t2m", 1.0, ""),
+    "10m_u_component_of_wind": ("u10", 1.0, ""), "uas": ("u10", 1.0, ""),
+    "10m_v_component_of_wind": ("v10", 1.0, ""), "vas": ("v10", 1.0, ""),
+    "psl": ("msl", 1.0, ""), "ps": ("sp", 1.0, ""), "ta": ("t", 1.0, ""), "ua": ("u", 1.0, ""),
+    "va": ("v", 1.0, ""), "hus": ("q", 1.0, ""), "hur": ("r", 1.0, ""), "wap": ("w", 1.0, ""),
+    "gh": ("z", G, "gpm"), "zg": ("z", G, "gpm"), "geopotential_height": ("z", G, "gpm"),
+    "pr": ("tp", 1.0, ""),
+}
+for _f in _TABLE:
+    _ALIASES.setdefault(_f.cds_variable, (_f.name, 1.0, ""))
+    for _n in _f.names:
+        _ALIASES.setdefault(_n, (_f.name, 1.0, ""))
+
+
+def candidates(field: str) -> dict[str, tuple[float, str]]:
+    """Every variable name that holds ``field``: name -> (factor to our units, units it must have)."""
+    return {n: (k, u or FIELDS[field].units) for n, (f, k, u) in _ALIASES.items() if f == field}
+
+
+def field_of(name: str) -> str | None:
+    """The catalogue field a NetCDF/zarr variable name stands for, or None."""
+    hit = _ALIASES.get(name)
+    return hit[0] if hit else None
+
+
+_UNIT_WORDS = {"degk": "K", "deg_k": "K", "kelvin": "K", "gpm": "m", "millibar": "hPa", "mbar": "hPa",
+               "percent": "%", "meter": "m", "metre": "m", "meters": "m", "metres": "m", "pascal": "Pa"}
+
+
+def parse_units(text: str) -> dict[str, int] | None:
+    """'m s**-1', 'm s-1', 'm/s', 'm.s-1' all -> {'m': 1, 's': -1}; None when it cannot be read."""
+    import re
+
+    text = text.strip().replace("**", "").replace("^", "").replace(".", " ").replace("*", " ")
+    if text in ("", "1", "-", "(0 - 1)", "~"):
+        return {}
+    out: dict[str, int] = {}
+    for i, part in enumerate(text.split("/")):
+        for tok in part.split():
+            m = re.fullmatch(r"([A-Za-z_%]+)(-?\d+)?", tok)
+            if m is None:
+                return None
+            unit = _UNIT_WORDS.get(m.group(1).lower(), m.group(1))
+            exp = int(m.group(2) or 1) * (-1 if i else 1)
+            out[unit] = out.get(unit, 0) + exp
+    return {u: e for u, e in out.items() if e}
+
+
+def same_units(found: str, expected: str) -> bool:
+    a, b = parse_units(found), parse_units(expected)
+    return a is not None and a == b
 
 
 def matches(wanted: str, grib_name: str, short_name: str) -> bool:

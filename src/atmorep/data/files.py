@@ -34,6 +34,7 @@ from atmorep.data.inventory import Expectation, check_grid, describe_missing, ma
 log = logging.getLogger(__name__)
 
 GRIB_SUFFIXES = (".grib", ".grb", ".grib1", ".grib2", ".grb1", ".grb2")
+NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".cdf")
 
 
 def expand(patterns) -> list[Path]:
@@ -43,10 +44,16 @@ def expand(patterns) -> list[Path]:
         p = Path(os.path.expanduser(pat))
         if p.is_dir():
             found.update(q for q in p.rglob("*") if q.is_file() and not q.name.startswith(".")
-                         and (q.suffix.lower() in GRIB_SUFFIXES or _looks_like_grib(q)))
+                         and (q.suffix.lower() in GRIB_SUFFIXES + NETCDF_SUFFIXES or _looks_like_grib(q)))
         else:
             found.update(Path(q) for q in glob.glob(str(p), recursive=True) if Path(q).is_file())
     return sorted(found)
+
+
+def _is_netcdf(path: Path) -> bool:
+    from atmorep.data.inspect import kind
+
+    return path.suffix.lower() in NETCDF_SUFFIXES or kind(path) == "netcdf"
 
 
 def _looks_like_grib(path: Path) -> bool:
@@ -159,6 +166,11 @@ class FilesSource:
             raise DataError("acquire.source is 'files' but acquire.files.paths is empty")
         if not paths:
             raise DataError(f"acquire.files.paths {list(cfg.files.paths)} matched no GRIB file")
+        netcdf = [p for p in paths if _is_netcdf(p)]
+        if netcdf:  # NetCDF is read through xarray (atmorep.data.gridded); GRIB below
+            paths = [p for p in paths if p not in netcdf]
+            if self.fetch_netcdf(netcdf, paths, data, cfg, field, month, out):
+                return
         exp = Expectation.for_month(data, field, month, cfg.regrid)
         index = Index(cfg.files.index_dir)
         mirror = [Located(p, h) for p in paths for h in index.headers(p)]
@@ -277,3 +289,34 @@ class FilesSource:
             grib.write_grib(out, field, values, np.array([t]), levels, grid.lats, grid.lons, bits_per_value=24,
                             levtype=spec.kind, append=True)
         log.info("files: derived %s from u and v on %s", field, grid.describe())
+
+    def fetch_netcdf(self, netcdf: list[Path], grib_paths: list[Path], data: DataConfig, cfg: AcquireConfig,
+                     field: str, month: str, out: Path) -> bool:
+        """Write the field from NetCDF when a NetCDF file holds it (False: none does, try the GRIB)."""
+        import xarray as xr
+
+        from atmorep.data import gridded
+
+        opened = []
+        try:
+            for p in netcdf:
+                try:
+                    opened.append((str(p), xr.open_dataset(p)))
+                except Exception as exc:
+                    raise DataError(f"{p}: cannot open as NetCDF ({type(exc).__name__}: {exc})") from None
+            if not any(gridded.find(ds, field, where, cfg.variables) for where, ds in opened):
+                if grib_paths:
+                    return False
+            else:
+                index = Index(cfg.files.index_dir)
+                both = [p for p in grib_paths if any(matches(h, field) for h in index.headers(p))]
+                if both:
+                    raise DataError(f"files: field '{field}' is in NetCDF ({netcdf[0]}) and in GRIB "
+                                    f"({both[0]}); keep one of them in acquire.files.paths")
+            prov = gridded.fetch(opened, data, cfg, field, month, out, "files")
+        finally:
+            for _, ds in opened:
+                ds.close()
+        log.info("files: %s %s from NetCDF %s", field, month,
+                 ", ".join(f"{w} ({v})" for w, v in prov["variables"].items()))
+        return True

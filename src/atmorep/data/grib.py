@@ -596,12 +596,14 @@ _LEVEL_TYPE = {"ml": "hybrid", "pl": "isobaricInhPa"}
 
 def write_grib(path: Path, name: str, data_TLYX: np.ndarray, times: np.ndarray, levels, lats, lons,
                bits_per_value: int = 24, levtype: str | None = None, edition: int = 1,
-               append: bool = False) -> None:
+               append: bool = False, ieee: bool = False) -> None:
     """Write one field as GRIB messages (one per time and level) on a regular lat/lon grid.
 
     ``lats`` must run north to south or south to north and ``lons`` east from their first value with
     constant steps; any longitude convention works. ``levtype`` 'ml' or 'pl' (default: 'sfc' for
-    levels [0], else 'ml'). NaN values go into the GRIB bitmap.
+    levels [0], else 'ml'). NaN values go into the GRIB bitmap. ``ieee`` writes GRIB2 with IEEE
+    floats (32-bit, 64-bit for float64 input) instead of 24-bit simple packing: lossless, for sources
+    whose values are already floats (NetCDF, zarr) and must come through equal.
     """
     import eccodes
 
@@ -641,8 +643,11 @@ def write_grib(path: Path, name: str, data_TLYX: np.ndarray, times: np.ndarray, 
                                        ("jScansPositively", int(len(lats) > 1 and lats[1] > lats[0])),
                                        ("bitsPerValue", bits_per_value)):
                         eccodes.codes_set(gid, key, value)
-                    if edition == 2:
+                    if edition == 2 or ieee:
                         eccodes.codes_set(gid, "edition", 2)
+                    if ieee:
+                        eccodes.codes_set(gid, "packingType", "grid_ieee")
+                        eccodes.codes_set(gid, "precision", 2 if data_TLYX.dtype == np.float64 else 1)
                     values_ = np.ascontiguousarray(data_TLYX[it, il], dtype=float).ravel()
                     if np.isnan(values_).any():  # missing points go into the GRIB bitmap
                         eccodes.codes_set(gid, "missingValue", MISSING)

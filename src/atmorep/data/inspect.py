@@ -18,7 +18,8 @@ import xarray as xr
 from atmorep.data import grib
 from atmorep.data.grib import DataError
 
-_LEVEL_NAMES = ("level", "hybrid", "isobaricInhPa", "model_level_number", "lev", "sigma")
+_LEVEL_NAMES = ("level", "hybrid", "isobaricInhPa", "model_level_number", "lev", "sigma", "pressure_level",
+                "plev", "model_level")
 
 
 def kind(path: Path) -> str:
@@ -40,14 +41,26 @@ def kind(path: Path) -> str:
     raise DataError(f"{path}: not GRIB, NetCDF or zarr (starts with {head[:4]!r})")
 
 
-def describe(path: str | Path, regrid: str = "none") -> str:
-    """A human-readable summary; raises :class:`DataError` (one line) when the input cannot be used."""
+def describe(path: str | Path, regrid: str = "none", variables: dict[str, str] | None = None) -> str:
+    """A human-readable summary; raises :class:`DataError` (one line) when the input cannot be used.
+
+    NetCDF and zarr variables end with the verdict of the reader acquire uses (``usable as field …``
+    or ``not usable: …``); ``variables`` is ``acquire.variables`` (field -> variable name).
+    """
+    from atmorep.data import gridded
+
     path = Path(path)
     k = kind(path)
+    if k == "zarr":
+        from atmorep.data.zarrsource import describe_store
+
+        anemoi = describe_store(str(path), variables)
+        if anemoi is not None:
+            return "\n".join([f"{path} (zarr, anemoi dataset)"] + [f"  {n}: {v}" for n, v in anemoi.items()])
     if k == "grib":
         return f"{path} (grib)\n" + _describe_grib({path: grib.scan(path)}, regrid)
     if k == "grib-dir":
-        return _describe_dir(path, regrid)
+        return _describe_dir(path, regrid, variables)
     with warnings.catch_warnings():  # library chatter about merges and foreign files in stores
         warnings.simplefilter("ignore")
         try:
@@ -55,26 +68,30 @@ def describe(path: str | Path, regrid: str = "none") -> str:
         except Exception as exc:
             raise DataError(f"{path}: cannot open as {k} ({type(exc).__name__}: {exc})") from None
     lines = [f"{path} ({k})"]
+    verdicts = gridded.describe_vars(ds, str(path), variables)
     for name, da in ds.data_vars.items():
         if da.ndim < 2:
             continue
-        lines.append(f"  {name}: {_describe_var(da)}")
+        lines.append(f"  {name}: {_describe_var(da)}; {verdicts[name]}")
     if len(lines) == 1:
         raise DataError(f"{path}: no gridded field found")
     return "\n".join(lines)
 
 
-def _describe_dir(path: Path, regrid: str) -> str:
-    from atmorep.data.files import expand
+def _describe_dir(path: Path, regrid: str, variables: dict[str, str] | None = None) -> str:
+    from atmorep.data.files import _is_netcdf, expand
 
     files = expand([str(path)])
     if not files:
         raise DataError(f"{path}: not a zarr store (no zarr.json or .zgroup) and holds no GRIB file")
+    netcdf = [f for f in files if _is_netcdf(f)]  # as the files source splits a mirror
+    files = [f for f in files if f not in netcdf]
     try:
         scanned = {f: grib.scan(f) for f in files}
     except DataError as exc:
         raise DataError(f"{path}: not a zarr store; as a GRIB directory: {exc}") from None
-    return f"{path} (directory of {len(files)} GRIB files)\n" + _describe_grib(scanned, regrid)
+    parts = [f"{path} (directory of {len(files)} GRIB files)\n" + _describe_grib(scanned, regrid)] if files else []
+    return "\n".join(parts + [describe(f, regrid, variables) for f in netcdf])
 
 
 def _describe_grib(scanned: dict[Path, list[grib.Header]], regrid: str) -> str:
@@ -157,7 +174,7 @@ def _grid(da: xr.DataArray) -> str:
 
 
 def _times(da: xr.DataArray) -> str:
-    for name in ("valid_time", "time"):
+    for name in ("valid_time", "time", "month"):
         if name in da.coords:
             t = np.atleast_1d(da[name].values).ravel()
             if np.issubdtype(t.dtype, np.datetime64):

@@ -450,6 +450,14 @@ def _scratch(cfg: NormalizeConfig, out: Path) -> Path:
 # The stage
 
 
+def _acquire_provenance(grib_path) -> dict | None:
+    """What the source reported about this GRIB (the zarr source: bytes read / used), if anything."""
+    from atmorep.data.sources import provenance_path
+
+    p = provenance_path(Path(grib_path))
+    return json.loads(p.read_text()) if p.exists() else None
+
+
 def normalize(data: DataConfig, cfg: NormalizeConfig, field: str, month: str, source: str | Path,
               out: str | Path, qc_out: str | Path | None = None, climatology: str | Path | None = None) -> Path:
     """Decode ``source`` (GRIB of one field and month), check, normalize, write a zarr v3 store.
@@ -480,6 +488,7 @@ def normalize(data: DataConfig, cfg: NormalizeConfig, field: str, month: str, so
                  "source_sha256": m.sha256, "units": m.param.units,
                  "provenance": json.dumps({"config": {"data": dataclasses.asdict(data),
                                                       "normalize": dataclasses.asdict(cfg)},
+                                           "acquire": _acquire_provenance(source),
                                            "inputs": {"grib": m.sha256,
                                                       "climatology": clim.digest if clim else None}},
                                           default=str)}

@@ -1,8 +1,9 @@
 """Acquire: data sources behind one interface, each writing GRIB for one (field, month).
 
 A source implements :class:`Source`. The registry :data:`SOURCES` maps the config's
-``acquire.source`` to a class: ``sample`` (the embedded real ERA5 sample), ``files`` (GRIB an HPC
-centre mirrors, :mod:`atmorep.data.files`) and ``cds`` (the Copernicus Climate Data Store,
+``acquire.source`` to a class: ``sample`` (the embedded real ERA5 sample), ``files`` (GRIB or NetCDF an HPC
+centre mirrors, :mod:`atmorep.data.files`), ``zarr`` (analysis-ready stores, :mod:`atmorep.data.zarrsource`)
+and ``cds`` (the Copernicus Climate Data Store,
 :mod:`atmorep.data.cds`). Every source writes to a temporary path; :func:`acquire` validates what
 arrived (fields, level type, levels, times, grid, completeness) and only then renames it into
 place, so an interrupted or rejected job leaves nothing that looks complete.
@@ -11,6 +12,7 @@ place, so an interrupted or rejected job leaves nothing that looks complete.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import warnings
@@ -29,8 +31,10 @@ log = logging.getLogger(__name__)
 
 
 class Source(Protocol):
-    def fetch(self, data: DataConfig, cfg: AcquireConfig, field: str, month: str, out: Path) -> None:
-        """Write all messages of ``field`` for ``month`` ('YYYY-MM') inside the campaign to ``out``."""
+    def fetch(self, data: DataConfig, cfg: AcquireConfig, field: str, month: str, out: Path) -> dict | None:
+        """Write all messages of ``field`` for ``month`` ('YYYY-MM') inside the campaign to ``out``.
+
+        A returned dict is recorded as the unit's provenance (:func:`provenance_path`)."""
 
 
 class SampleSource:
@@ -90,7 +94,18 @@ def _cds_source():
     return CdsSource()
 
 
-SOURCES = {"sample": SampleSource, "files": _files_source, "cds": _cds_source}
+def _zarr_source():
+    from atmorep.data.zarrsource import ZarrSource
+
+    return ZarrSource()
+
+
+SOURCES = {"sample": SampleSource, "files": _files_source, "cds": _cds_source, "zarr": _zarr_source}
+
+
+def provenance_path(out: Path) -> Path:
+    """Where acquire records what a source reports about a unit (the zarr source: bytes read / used)."""
+    return out.with_name(out.name + ".provenance.json")
 
 
 def acquire(data: DataConfig, cfg: AcquireConfig, field: str, month: str, out: str | Path) -> Path:
@@ -105,10 +120,17 @@ def acquire(data: DataConfig, cfg: AcquireConfig, field: str, month: str, out: s
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.part{os.getpid()}")
     tmp.unlink(missing_ok=True)
+    prov_path = provenance_path(out)
+    prov_path.unlink(missing_ok=True)
     try:
-        SOURCES[cfg.source]().fetch(data, cfg, field, month, tmp)
+        prov = SOURCES[cfg.source]().fetch(data, cfg, field, month, tmp)
         verify(tmp, data, field, month, shown=out)
+        if prov:  # beside the GRIB before the GRIB is renamed into place: a complete unit has both
+            prov_path.write_text(json.dumps(prov, indent=1, default=str))
         os.replace(tmp, out)
+    except BaseException:
+        prov_path.unlink(missing_ok=True)
+        raise
     finally:
         tmp.unlink(missing_ok=True)
     log.info("acquired %s %s -> %s", field, month, out)

@@ -1,0 +1,329 @@
+"""Gridded arrays (NetCDF, analysis-ready zarr) into the GRIB of one (field, month).
+
+One mechanism for every layout: :func:`probe` says which catalogue field a variable holds, on which
+level type and levels, or raises the one line saying why it cannot be used (``atmorep inspect`` and
+both acquire paths call it, so what inspect calls usable is what acquire ingests); :func:`select`
+cuts the unit (month ∩ campaign, configured levels, ``data.area``) out of it as lazy indices, and
+:func:`write` reads only those values, block by block along the store's time chunks, and writes
+them as GRIB2 with IEEE floats, so the values arrive bit-equal (float32 stays float32, float64 input
+goes to 64-bit floats and is cast to float32 only where normalize decodes everything to float32).
+
+Layouts recognised: the coordinate names of ECMWF/CDS NetCDF (``valid_time``, ``pressure_level``,
+``latitude``/``longitude``), CF/COARDS (``time``, ``lat``/``lon``, ``plev`` in Pa), ARCO-ERA5
+(``hybrid`` model levels) and WeatherBench 2 (``level`` in hPa, longitude before latitude); monthly
+means may carry a ``month`` axis of dates. A store whose integer time axis keeps its units in a group
+attribute (``time_units``, as the embedded sample) is decoded with those units.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field as dc_field
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from atmorep.data import fields, grib
+from atmorep.data.grib import DataError
+from atmorep.data.inventory import Expectation, crop_indices, describe_missing
+
+# dimension name -> level kind ('pl' in hPa, 'ml' model level); None: read the units
+LEVEL_DIMS = {"pressure_level": "pl", "isobaricInhPa": "pl", "plev": "pl", "level": None, "lev": None,
+              "hybrid": "ml", "model_level": "ml", "model_level_number": "ml", "level_ml": "ml"}
+MEMBER_DIMS = ("number", "member", "ensemble", "realization")
+LAT_NAMES, LON_NAMES = ("latitude", "lat"), ("longitude", "lon")
+#: read at most this many bytes per block (several time chunks of a store at once)
+BLOCK_BYTES = 256 * 2**20
+
+
+@dataclass
+class Probe:
+    """A usable variable: the field it holds and where its axes are."""
+
+    var: str
+    field: str
+    factor: float
+    kind: str                       # 'sfc', 'pl', 'ml'
+    levels: tuple[int, ...]
+    times: np.ndarray               # datetime64[s]
+    tdim: str
+    ldim: str | None
+    ydim: str
+    xdim: str
+    squeeze: dict = dc_field(default_factory=dict)   # size-1 member/level dims -> 0
+
+    def describe(self) -> str:
+        lev = "surface" if self.kind == "sfc" else f"{self.kind} {list(self.levels)}"
+        return f"usable as field '{self.field}' ({lev})"
+
+
+def _decode_times(ds: xr.Dataset, dim: str, where: str) -> np.ndarray:
+    if dim not in ds.coords:
+        raise DataError(f"{where}: the time axis '{dim}' has no coordinate values (missing time)")
+    t = np.asarray(ds[dim].values)
+    if np.issubdtype(t.dtype, np.datetime64):
+        return t.astype("datetime64[s]")
+    units = ds[dim].attrs.get("units") or ds.attrs.get(f"{dim}_units") or ds.attrs.get("time_units")
+    if not units or not np.issubdtype(t.dtype, np.number):
+        why = "month numbers (a climatology, not a time series)" if dim == "month" else f"{t.dtype} values"
+        raise DataError(f"{where}: the time axis '{dim}' holds {why} without 'units' (like "
+                        f"'hours since 1970-01-01'): its times are unknown")
+    from xarray.coding.times import decode_cf_datetime
+
+    units = re.sub(r"\s*\(.*\)\s*$", "", str(units))  # 'hours since 1940-01-01 00:00 (proleptic_gregorian)'
+    try:
+        return np.asarray(decode_cf_datetime(t, units)).astype("datetime64[s]")
+    except Exception as exc:
+        raise DataError(f"{where}: cannot decode the time axis '{dim}' with units '{units}' "
+                        f"({exc})") from None
+
+
+def _level_kind(ds: xr.Dataset, dim: str) -> tuple[str, float]:
+    """The kind of a level axis and the factor to hPa (pressure) or 1 (model levels)."""
+    kind = LEVEL_DIMS[dim]
+    units = str(ds[dim].attrs.get("units", "")) if dim in ds.coords else ""
+    if units and fields.same_units(units, "Pa"):
+        return "pl", 0.01
+    if kind is None:
+        # WeatherBench 2 and CDS keep hPa in 'level'; a unit that is not a pressure is a model level
+        kind = "pl" if not units or fields.same_units(units, "hPa") else "ml"
+    return kind, 1.0
+
+
+def probe(ds: xr.Dataset, var: str, where: str, field: str | None = None) -> Probe:
+    """What ``ds[var]`` holds, or :class:`DataError` naming the store, variable and key."""
+    da = ds[var]
+    wanted = field or fields.field_of(var)
+    if wanted is None:
+        raise DataError(f"{where}: variable '{var}' is not in the field catalogue "
+                        "(src/atmorep/data/fields.py); map it to a field with acquire.variables")
+    cands = fields.candidates(wanted)
+    factor, expected = cands.get(var, (1.0, fields.FIELDS[wanted].units))
+    units = da.attrs.get("units")
+    if units is None:
+        raise DataError(f"{where}: variable '{var}' has no 'units' attribute; field '{wanted}' needs "
+                        f"{expected}")
+    if not fields.same_units(str(units), expected):
+        raise DataError(f"{where}: variable '{var}' is in '{units}'; field '{wanted}' needs '{expected}'")
+    tdims = [d for d in da.dims if "time" in str(d) or d in ("month", "date", "dates")]
+    if len(tdims) != 1:
+        raise DataError(f"{where}: variable '{var}' has {'no' if not tdims else 'several'} time axis "
+                        f"(dims {list(da.dims)}; expected one of valid_time, time, month)")
+    tdim = tdims[0]
+    times = _decode_times(ds, tdim, where)
+    vt = da.coords.get("valid_time")
+    if tdim != "valid_time" and vt is not None and vt.dims == (tdim,):  # a forecast: base time + step
+        times = np.asarray(vt.values).astype("datetime64[s]")
+    if len(np.unique(times)) != len(times):
+        raise DataError(f"{where}: variable '{var}' repeats time steps on '{tdim}'")
+    ydim = next((d for d in LAT_NAMES if d in da.dims), None)
+    xdim = next((d for d in LON_NAMES if d in da.dims), None)
+    if ydim is None or xdim is None:
+        raise DataError(f"{where}: variable '{var}' has no latitude/longitude dimensions "
+                        f"(dims {list(da.dims)}); a regular lat/lon grid is needed")
+    for d in (ydim, xdim):
+        c = np.asarray(ds[d].values, float) if d in ds.coords else np.array([])
+        step = np.diff(c)
+        if len(c) < 2 or not np.allclose(step, step[0], atol=1e-6 * max(1.0, abs(step[0]))):
+            raise DataError(f"{where}: variable '{var}': coordinate '{d}' is not evenly spaced "
+                            "(not a regular lat/lon grid)")
+    ldims = [d for d in da.dims if d in LEVEL_DIMS]
+    squeeze = {}
+    for d in da.dims:
+        if d in MEMBER_DIMS:
+            if da.sizes[d] > 1:
+                raise DataError(f"{where}: variable '{var}' has {da.sizes[d]} ensemble members (dim '{d}'); "
+                                "select one member before ingest")
+            squeeze[d] = 0
+    others = [d for d in da.dims if d not in (tdim, ydim, xdim, *ldims, *squeeze)]
+    if others or len(ldims) > 1:
+        raise DataError(f"{where}: variable '{var}' has dimensions {others or ldims} the source cannot place "
+                        f"(dims {list(da.dims)})")
+    ldim = ldims[0] if ldims else None
+    kind, levels = "sfc", (0,)
+    if ldim is not None:
+        lkind, to_hpa = _level_kind(ds, ldim)
+        vals = np.asarray(ds[ldim].values, float) * to_hpa if ldim in ds.coords else np.arange(da.sizes[ldim])
+        if wanted in fields.SURFACE_FIELDS and len(vals) == 1:
+            squeeze[ldim], ldim = 0, None  # a surface field with a single height/level coordinate
+        else:
+            kind, levels = lkind, tuple(int(round(v)) for v in vals)
+    return Probe(var, wanted, factor, kind, levels, times, tdim, ldim, ydim, xdim, squeeze)
+
+
+def find(ds: xr.Dataset, field: str, where: str, variables: dict[str, str]) -> str | None:
+    """The variable of ``ds`` that holds ``field`` (``acquire.variables`` first), None if none does."""
+    if field in variables:
+        var = variables[field]
+        return var if var in ds.data_vars else None
+    hits = [n for n in fields.candidates(field) if n in ds.data_vars]
+    if len(hits) > 1:
+        raise DataError(f"{where}: variables {hits} all name field '{field}'; choose one with "
+                        f"acquire.variables: {{{field}: NAME}}")
+    return hits[0] if hits else None
+
+
+@dataclass
+class Cut:
+    """The lazy indices of one (field, month) in one dataset."""
+
+    da: xr.DataArray
+    probe: Probe
+    tidx: np.ndarray
+    lidx: list[int]
+    rows: np.ndarray
+    cols: np.ndarray
+    lats: np.ndarray
+    lons: np.ndarray
+
+    @property
+    def times(self) -> np.ndarray:
+        return self.probe.times[self.tidx]
+
+
+def select(ds: xr.Dataset, p: Probe, exp: Expectation, where: str) -> Cut | None:
+    """Indices of the unit in ``ds`` (None: no time step of it here); refuses wrong levels or grid."""
+    want_kind = exp.kind
+    if p.kind != want_kind:
+        dim = "" if p.ldim is None else f" (dim {p.ldim!r})"
+        raise DataError(f"{where}: variable '{p.var}' (field '{p.field}') is on {_KIND[p.kind]}{dim}; "
+                        f"the config expects {_KIND[want_kind]}")
+    if missing := [lev for lev in exp.levels if lev not in p.levels]:
+        raise DataError(f"{where}: variable '{p.var}' has no level {missing} (it has {list(p.levels)})")
+    lidx = [p.levels.index(lev) for lev in exp.levels]
+    t = p.times
+    tidx = np.flatnonzero((t >= exp.first) & (t <= exp.last))
+    if not len(tidx):
+        return None
+    lats = np.asarray(ds[p.ydim].values, float)
+    lons = np.asarray(ds[p.xdim].values, float)
+    if lons[1] < lons[0]:  # GRIB grids run eastwards; a westward axis would be written mirrored
+        raise DataError(f"{where}: variable '{p.var}': longitudes run westwards ({lons[0]:g}, {lons[1]:g}, ...)")
+    if exp.area is not None:
+        rows, cols = crop_indices(lats, lons, exp.area)
+    else:
+        rows, cols = np.arange(len(lats)), np.arange(len(lons))
+    out_lons = lons[cols]
+    if len(cols) > 1:  # across the seam: continue eastwards from the first column
+        step = abs(lons[1] - lons[0])
+        out_lons = out_lons[0] + step * np.arange(len(cols))
+        if out_lons[-1] >= 360.0:
+            out_lons -= 360.0
+    return Cut(ds[p.var], p, tidx, lidx, rows, cols, lats[rows], out_lons)
+
+
+_KIND = {"sfc": "a surface", "pl": "pressure levels", "ml": "model levels"}
+
+
+def check_complete(times: np.ndarray, exp: Expectation, where: str) -> None:
+    """Each time at most once (over all files), and every expected step present."""
+    uniq, counts = np.unique(times, return_counts=True)
+    if (counts > 1).any():
+        raise DataError(f"{where}: field '{exp.field}' time {str(uniq[counts > 1][0])[:16]} is in more "
+                        "than one file")
+    if exp.times is not None:
+        have = np.isin(exp.times, times)
+        off = times[~np.isin(times, exp.times)]
+        if len(off):
+            raise DataError(f"{where}: field '{exp.field}' has time {str(off[0])[:16]}, not on the "
+                            f"data.step_hours steps")
+        if not have.all():
+            filled = np.repeat(have[:, None], len(exp.levels), axis=1)
+            raise DataError(f"{where}: field '{exp.field}' misses time steps: "
+                            + "; ".join(describe_missing(exp.levels, exp.times, filled)))
+
+
+def _block(c: Cut) -> int:
+    """Time steps read at once: whole time chunks of the store, within BLOCK_BYTES."""
+    chunks = c.da.encoding.get("chunks") or c.da.encoding.get("chunksizes")
+    tchunk = int(chunks[c.da.dims.index(c.probe.tdim)]) if chunks else 1
+    per_step = len(c.lidx) * len(c.rows) * len(c.cols) * 8
+    return max(1, min(len(c.tidx), max(tchunk, 1), BLOCK_BYTES // max(per_step, 1)))
+
+
+def used_bytes(c: Cut) -> int:
+    dtype = np.dtype(c.da.encoding.get("dtype", c.da.dtype))
+    return len(c.tidx) * len(c.lidx) * len(c.rows) * len(c.cols) * dtype.itemsize
+
+
+def write(cuts: list[Cut], field: str, exp: Expectation, out: Path) -> int:
+    """Read the cuts (in time order) and write them as GRIB; returns the bytes used (store dtype)."""
+    cuts = sorted(cuts, key=lambda c: c.times[0])
+    levels = list(exp.levels)
+    levtype = None if exp.kind == "sfc" else exp.kind
+    first = True
+    for c in cuts:
+        p = c.probe
+        block = _block(c)
+        da = c.da.isel(p.squeeze) if p.squeeze else c.da
+        for b in range(0, len(c.tidx), block):
+            tsel = c.tidx[b:b + block]
+            sel = {p.tdim: _as_index(tsel), p.ydim: _as_index(c.rows), p.xdim: _as_index(c.cols)}
+            if p.ldim is not None:
+                sel[p.ldim] = _as_index(np.array(c.lidx))
+            part = da.isel(sel)
+            order = (p.tdim, p.ldim, p.ydim, p.xdim) if p.ldim else (p.tdim, p.ydim, p.xdim)
+            values = np.asarray(part.transpose(*order).values)
+            if p.ldim is None:
+                values = values[:, None]
+            if p.factor != 1.0:
+                values = values * np.asarray(p.factor, values.dtype)
+            if not np.issubdtype(values.dtype, np.floating):
+                values = values.astype(np.float64)
+            grib.write_grib(out, field, values, p.times[tsel], levels, c.lats, c.lons, levtype=levtype,
+                            append=not first, ieee=True)
+            first = False
+    return sum(used_bytes(c) for c in cuts)
+
+
+def _as_index(idx: np.ndarray):
+    """A slice where the indices are contiguous (zarr and netCDF read ranges fastest)."""
+    idx = np.asarray(idx)
+    if len(idx) and np.array_equal(idx, np.arange(idx[0], idx[0] + len(idx))):
+        return slice(int(idx[0]), int(idx[0]) + len(idx))
+    return idx
+
+
+def fetch(datasets: list[tuple[str, xr.Dataset]], data, cfg, field: str, month: str, out: Path,
+          source: str) -> dict:
+    """Write ``field`` for ``month`` from the datasets that hold it; returns provenance (bytes used)."""
+    exp = Expectation.for_month(data, field, month)
+    cuts, holders, names = [], {}, set()
+    for where, ds in datasets:
+        names.update(str(v) for v in ds.data_vars)
+        var = find(ds, field, where, cfg.variables)
+        if var is None:
+            continue
+        holders[where] = var
+        if (c := select(ds, probe(ds, var, where, field), exp, where)) is not None:
+            cuts.append(c)
+    if not holders:
+        mapped = f"acquire.variables maps it to '{cfg.variables[field]}'" if field in cfg.variables else \
+            f"looked for {sorted(fields.candidates(field))}"
+        raise DataError(f"{source}: no variable for field '{field}' ({mapped}); it holds {sorted(names)}")
+    if not cuts:
+        spans = [f"{str(t.min())[:16]} .. {str(t.max())[:16]}" for t in
+                 (probe(ds, holders[w], w, field).times for w, ds in datasets if w in holders)]
+        raise DataError(f"{source}: field '{field}' has no time step in {month} ∩ the campaign "
+                        f"({exp.window}); it covers {'; '.join(spans)}")
+    for c in cuts[1:]:
+        if not (np.array_equal(c.lats, cuts[0].lats) and np.array_equal(c.lons, cuts[0].lons)):
+            raise DataError(f"{source}: field '{field}' comes on different grids in different files")
+    check_complete(np.concatenate([c.times for c in cuts]), exp, source)
+    used = write(cuts, field, exp, out)
+    return {"variables": holders, "bytes_used": used}
+
+
+def describe_vars(ds: xr.Dataset, where: str, variables: dict[str, str] | None = None) -> dict[str, str]:
+    """For inspect: each gridded variable -> 'usable as field …' or the reason it is not."""
+    by_var = {v: f for f, v in (variables or {}).items()}
+    out = {}
+    for var, da in ds.data_vars.items():
+        if da.ndim < 2:
+            continue
+        try:
+            out[var] = probe(ds, var, where, by_var.get(var)).describe()
+        except (DataError, ValueError, KeyError, TypeError) as exc:  # inspect describes, never crashes
+            out[var] = f"not usable: {str(exc).removeprefix(where + ': ')}"
+    return out

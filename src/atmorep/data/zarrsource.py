@@ -1,0 +1,275 @@
+"""The ``zarr`` source: an analysis-ready zarr store read lazily, only the chunks a unit needs.
+
+``acquire.zarr.url`` is a local path or an ``https://``, ``gs://`` or ``s3://`` URL (anonymous; the
+fsspec filesystems ``aiohttp``, ``gcsfs``, ``s3fs`` are optional extras), zarr v2 or v3. Layouts:
+
+- xarray-readable stores, ARCO-ERA5 (CDS long names, ``hybrid`` model levels, 1×18×721×1440 chunks)
+  and WeatherBench 2 (``level`` in hPa): read through :mod:`atmorep.data.gridded`;
+- anemoi datasets (``data[time, variable, ensemble, cell]``, variable names such as ``t_850`` and
+  ``variables_metadata`` in the attributes, ``latitudes``/``longitudes`` per cell): the cells are
+  reshaped to their regular lat/lon grid (``field_shape``); an irregular grid is refused.
+
+Every byte the store hands out is counted (:class:`CountingStore`); the log line and the provenance
+(``OUTPUT.provenance.json``) give bytes read, bytes used (the selected values at the store's dtype)
+and their ratio, the read amplification of the store's chunking for this unit.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from atmorep.config import AcquireConfig, DataConfig
+from atmorep.data import fields, grib, gridded
+from atmorep.data.grib import DataError
+from atmorep.data.inventory import Expectation, crop_indices
+
+log = logging.getLogger(__name__)
+
+_ANON = {"gs": {"token": "anon"}, "gcs": {"token": "anon"}, "s3": {"anon": "true"}}
+_EXTRA = {"http": "aiohttp", "https": "aiohttp", "gs": "gcsfs", "gcs": "gcsfs", "s3": "s3fs"}
+
+
+def _counting_store_class():
+    from zarr.storage import WrapperStore
+
+    class CountingStore(WrapperStore):
+        """A read-only store that counts the bytes of every value (or byte range) it returns."""
+
+        def __init__(self, store, counter: list[int] | None = None):
+            super().__init__(store)
+            self.counter = counter if counter is not None else [0]
+
+        def _with_store(self, store):
+            return type(self)(store, self.counter)
+
+        @property
+        def bytes_read(self) -> int:
+            return self.counter[0]
+
+        async def get(self, key, prototype, byte_range=None):
+            buf = await self._store.get(key, prototype, byte_range)
+            if buf is not None:
+                self.counter[0] += len(buf)
+            return buf
+
+        async def get_partial_values(self, prototype, key_ranges):
+            bufs = await self._store.get_partial_values(prototype, key_ranges)
+            self.counter[0] += sum(len(b) for b in bufs if b is not None)
+            return bufs
+
+    return CountingStore
+
+
+def open_store(url: str, storage_options: dict | None = None):
+    """A counting, read-only zarr store for a local path or URL."""
+    from zarr.storage import FsspecStore, LocalStore
+
+    if not url:
+        raise DataError("acquire.source is 'zarr' but acquire.zarr.url is empty")
+    scheme = url.split("://", 1)[0].lower() if "://" in url else "file"
+    if scheme == "file":
+        path = Path(url.removeprefix("file://")).expanduser()
+        if not path.exists():
+            raise DataError(f"acquire.zarr.url {url}: no such store")
+        store = LocalStore(path, read_only=True)
+    else:
+        opts = {**_ANON.get(scheme, {}), **(storage_options or {})}
+        if opts.get("anon") == "true":
+            opts["anon"] = True
+        try:
+            store = FsspecStore.from_url(url, read_only=True, storage_options=opts)
+        except (ImportError, ValueError) as exc:
+            pkg = _EXTRA.get(scheme, "an fsspec filesystem")
+            raise DataError(f"acquire.zarr.url {url}: cannot open {scheme}:// ({exc}); "
+                            f"install {pkg}") from None
+    return _counting_store_class()(store)
+
+
+def _is_anemoi(group) -> bool:
+    arrays = set(group.array_keys())
+    return "variables" in group.attrs and {"data", "latitudes", "longitudes", "dates"} <= arrays
+
+
+def open_layout(store, where: str):
+    """('anemoi', zarr group) or ('xarray', Dataset) for a store; one line when it is neither."""
+    import xarray as xr
+    import zarr
+
+    with warnings.catch_warnings():  # consolidated-metadata fallbacks, foreign files in stores
+        warnings.simplefilter("ignore")
+        try:
+            group = zarr.open_group(store, mode="r")
+        except Exception as exc:
+            raise DataError(f"{where}: not a zarr store ({type(exc).__name__}: {exc})") from None
+        if _is_anemoi(group):
+            return "anemoi", group
+        try:
+            return "xarray", xr.open_zarr(store, consolidated=None, chunks=None)
+        except Exception as exc:
+            raise DataError(f"{where}: cannot open with xarray ({type(exc).__name__}: {exc})") from None
+
+
+class Anemoi:
+    """An anemoi dataset: variables ``<name>`` (surface) and ``<name>_<level>``, cells on a regular grid."""
+
+    def __init__(self, group, where: str):
+        self.group, self.where = group, where
+        self.names = list(group.attrs["variables"])
+        self.meta = group.attrs.get("variables_metadata", {}) or {}
+        self.data = group["data"]
+        if self.data.ndim != 4:
+            raise DataError(f"{where}: anemoi 'data' has shape {self.data.shape}; expected (time, variable, "
+                            "ensemble, cell)")
+        dates = np.asarray(group["dates"][:])
+        if not np.issubdtype(dates.dtype, np.datetime64):
+            raise DataError(f"{where}: anemoi 'dates' holds {dates.dtype}, not dates (missing time)")
+        self.dates = dates.astype("datetime64[s]")
+
+    def grid(self) -> tuple[np.ndarray, np.ndarray]:
+        """The regular grid's latitudes and longitudes (cells in row-major order), or one line why not."""
+        lat = np.asarray(self.group["latitudes"][:], float)
+        lon = np.asarray(self.group["longitudes"][:], float)
+        shape = self.group.attrs.get("field_shape")
+        ny = int(shape[0]) if shape and len(shape) == 2 else len(np.unique(lat))
+        nx = len(lat) // ny if ny else 0
+        bad = (f"{self.where}: the anemoi grid ({len(lat)} cells, field_shape {shape}) is not a regular "
+               "lat/lon grid")
+        if ny * nx != len(lat) or ny < 2 or nx < 2:
+            raise DataError(bad + "; regrid it to one first")
+        lat2, lon2 = lat.reshape(ny, nx), lon.reshape(ny, nx)
+        lats, lons = lat2[:, 0], lon2[0]
+        if not (np.allclose(lat2, lats[:, None]) and np.allclose(lon2, lons[None, :])):
+            raise DataError(bad + " (cells do not form rows of one latitude and columns of one longitude); "
+                            "regrid it to one first")
+        for c in (lats, lons):
+            step = np.diff(c)
+            if not np.allclose(step, step[0], atol=1e-6):
+                raise DataError(bad + " (unevenly spaced); regrid it to one first")
+        return lats, lons
+
+    def probe(self, name: str, field: str | None = None) -> tuple[str, str, int, float]:
+        """(field, kind, level, factor) of variable ``name``, or the line saying why it is unusable."""
+        head, _, tail = name.rpartition("_")
+        base, lev = (head, tail) if head and tail.isdigit() else (name, "")
+        wanted = field or fields.field_of(base)
+        if wanted is None:
+            raise DataError(f"{self.where}: variable '{name}' is not in the field catalogue; map it to a "
+                            "field with acquire.variables")
+        factor, expected = fields.candidates(wanted).get(base, (1.0, fields.FIELDS[wanted].units))
+        meta = self.meta.get(name, {})
+        units = meta.get("units")
+        if units is None:
+            raise DataError(f"{self.where}: variable '{name}' has no units in variables_metadata; field "
+                            f"'{wanted}' needs {expected}")
+        if not fields.same_units(str(units), expected):
+            raise DataError(f"{self.where}: variable '{name}' is in '{units}'; field '{wanted}' needs "
+                            f"'{expected}'")
+        levtype = (meta.get("mars") or {}).get("levtype") or ("sfc" if not lev else "pl")
+        if levtype not in ("sfc", "pl", "ml"):
+            raise DataError(f"{self.where}: variable '{name}' is on level type '{levtype}'")
+        if self.data.shape[2] > 1:
+            raise DataError(f"{self.where}: anemoi 'data' has {self.data.shape[2]} ensemble members; select "
+                            "one member before ingest")
+        return wanted, levtype, int(lev or 0), factor
+
+    def describe(self, variables: dict[str, str] | None = None) -> dict[str, str]:
+        by_base = {v: f for f, v in (variables or {}).items()}
+        out = {}
+        for name in self.names:
+            try:
+                self.grid()
+                f, kind, lev, _ = self.probe(name, by_base.get(name.rsplit("_", 1)[0]) or by_base.get(name))
+                out[name] = f"usable as field '{f}' ({'surface' if kind == 'sfc' else f'{kind} [{lev}]'})"
+            except DataError as exc:
+                out[name] = f"not usable: {str(exc).removeprefix(self.where + ': ')}"
+        return out
+
+    def fetch(self, data: DataConfig, cfg: AcquireConfig, field: str, month: str, out: Path) -> int:
+        exp = Expectation.for_month(data, field, month)
+        bases = [cfg.variables[field]] if field in cfg.variables else list(fields.candidates(field))
+        want = [b if exp.kind == "sfc" else f"{b}_{lev}" for lev in exp.levels for b in bases]
+        found = [n for n in want if n in self.names]
+        if not found:
+            shown = f"{want[:6]}{' ...' if len(want) > 6 else ''}"
+            raise DataError(f"{self.where}: no variable for field '{field}' on levels {list(exp.levels)} "
+                            f"(looked for {shown}); it holds {self.names}")
+        vidx = []
+        for lev in exp.levels:
+            hits = [n for n in found if n in (b if exp.kind == "sfc" else f"{b}_{lev}" for b in bases)]
+            if not hits:
+                raise DataError(f"{self.where}: field '{field}' has no level {lev} (variables {found})")
+            if len(hits) > 1:
+                raise DataError(f"{self.where}: variables {hits} all name field '{field}'; choose one with "
+                                "acquire.variables")
+            _, kind, _, factor = self.probe(hits[0], field)
+            if kind != exp.kind:
+                raise DataError(f"{self.where}: variable '{hits[0]}' is on {gridded._KIND[kind]}; the config "
+                                f"expects {gridded._KIND[exp.kind]}")
+            vidx.append(self.names.index(hits[0]))
+        lats, lons = self.grid()
+        tidx = np.flatnonzero((self.dates >= exp.first) & (self.dates <= exp.last))
+        if not len(tidx):
+            span = f"{str(self.dates[0])[:16]} .. {str(self.dates[-1])[:16]}"
+            raise DataError(f"{self.where}: field '{field}' has no time step in {month} ∩ the campaign "
+                            f"({exp.window}); it covers {span}")
+        gridded.check_complete(self.dates[tidx], exp, self.where)
+        missing = np.array(self.group.attrs.get("missing_dates") or [], "datetime64[s]")
+        if len(gone := np.intersect1d(self.dates[tidx], missing)):
+            raise DataError(f"{self.where}: the dataset marks {len(gone)} dates of {month} as missing "
+                            f"(missing_dates: {str(gone[0])[:16]} ...)")
+        if exp.area:
+            rows, cols = crop_indices(lats, lons, exp.area)
+        else:
+            rows, cols = np.arange(len(lats)), np.arange(len(lons))
+        out_lons = lons[cols][0] + abs(lons[1] - lons[0]) * np.arange(len(cols))
+        if out_lons[-1] >= 360.0:
+            out_lons -= 360.0
+        ny, nx = len(lats), len(lons)
+        per_step = len(vidx) * ny * nx * self.data.dtype.itemsize
+        block = max(1, min(len(tidx), gridded.BLOCK_BYTES // per_step))
+        order = np.argsort(vidx)  # zarr's orthogonal selection wants increasing indices
+        sorted_v = np.asarray(vidx)[order]
+        for b in range(0, len(tidx), block):
+            tsel = tidx[b:b + block]
+            raw = self.data.get_orthogonal_selection((tsel, sorted_v, 0, slice(None)))  # T V cells
+            values = np.empty_like(raw)
+            values[:, order] = raw
+            values = values.reshape(len(tsel), len(vidx), ny, nx)[:, :, rows][:, :, :, cols]
+            if factor != 1.0:
+                values = values * np.asarray(factor, values.dtype)
+            grib.write_grib(out, field, values, self.dates[tsel], list(exp.levels), lats[rows], out_lons,
+                            levtype=None if exp.kind == "sfc" else exp.kind, append=b > 0, ieee=True)
+        return len(tidx) * len(vidx) * len(rows) * len(cols) * self.data.dtype.itemsize
+
+
+def describe_store(path: str, variables: dict[str, str] | None = None) -> dict[str, str] | None:
+    """For inspect: per variable 'usable as field …' or why not; None when not an anemoi dataset."""
+    store = open_store(path)
+    layout, obj = open_layout(store, path)
+    if layout != "anemoi":
+        return None
+    return Anemoi(obj, path).describe(variables)
+
+
+class ZarrSource:
+    def fetch(self, data: DataConfig, cfg: AcquireConfig, field: str, month: str, out: Path) -> dict:
+        url = cfg.zarr.url
+        store = open_store(url, cfg.zarr.storage_options)
+        where = f"zarr store {url}"
+        layout, obj = open_layout(store, where)
+        if layout == "anemoi":
+            used = Anemoi(obj, where).fetch(data, cfg, field, month, out)
+            variables = {url: "data"}
+        else:
+            prov = gridded.fetch([(where, obj)], data, cfg, field, month, out, where)
+            used, variables = prov["bytes_used"], prov["variables"]
+        read = store.bytes_read
+        ratio = read / used if used else float("nan")
+        log.info("zarr: %s %s from %s (%s layout): read %.1f MB for %.1f MB used (read amplification %.2f)",
+                 field, month, url, layout, read / 1e6, used / 1e6, ratio)
+        return {"source": "zarr", "url": url, "layout": layout, "variables": list(variables.values()),
+                "bytes_read": read, "bytes_used": used, "read_amplification": ratio}
