@@ -36,7 +36,8 @@ def per_sample(ds: xr.Dataset, baselines: tuple[str, ...]) -> xr.Dataset:
         parts[b] = _point(forecast, truth, clim if has_clim and b != "climatology" else None, w)
         if b == "climatology":
             parts[b]["crps"] = metrics.crps_normal(clim, ds["climatology_std"], truth, w, SPACE)
-            parts[b]["spread"] = np.sqrt(metrics.weighted_mean(ds["climatology_std"] ** 2, w, SPACE))
+            std = ds["climatology_std"].where(truth.notnull())  # the points RMSE and CRPS score
+            parts[b]["spread"] = np.sqrt(metrics.weighted_mean(std**2, w, SPACE))
         else:
             parts[b]["crps"] = parts[b]["mae"]
     # an object index: written as variable-length strings, which zarrs' codec pipeline reads without a warning
