@@ -130,3 +130,13 @@ def test_windows_are_drawn_across_every_time_position(stores):
         w = ds.windows[windows.window_index(ds, p.position, 9, 18)]
         assert (w.t0, w.y0, w.x0) == (p.t0, 9, 18)
         assert ds.stores["t2m"][0].times[w.t0 + 5] == p.last_time
+
+
+@pytest.mark.slow
+def test_global_forecast_without_a_climatology_scores_no_acc_and_no_climatology(model, dataset):
+    from atmorep.eval import scores
+
+    ds = E.run_mode(model, dataset, eval_config(mode="global_forecast"), seed=0, clims=None)["t2m"]
+    assert np.isnan(ds["climatology_mean"]).all() and np.isnan(ds["baseline_climatology"]).all()
+    table = scores.table({"t2m": scores.per_sample(ds, modes.get("global_forecast").baselines)})
+    assert set(table.forecast) == {"atmorep", "persistence"} and "acc" not in set(table.metric)

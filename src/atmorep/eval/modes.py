@@ -149,14 +149,15 @@ def stitch(ds: xr.Dataset, tiles: dict[int, list[W.Tile]], dataset: WindowDatase
             da = ds[v].isel(sample=rows).transpose("sample", "y", "x", ...)
             values = da.values.astype(np.float64)
             num = np.zeros((nlat, nlon) + values.shape[3:])
-            den = np.zeros((nlat, nlon) + (1,) * (values.ndim - 3))
+            den = np.zeros_like(num)
+            w = w_YX.reshape(w_YX.shape + (1,) * (values.ndim - 3))
             for k, t in enumerate(ts):
-                w = w_YX.reshape(w_YX.shape + (1,) * (values.ndim - 3))
                 cols = (t.x0 + np.arange(nx)) % nlon
-                v_k = np.nan_to_num(values[k]) if v != "mask" else values[k]
-                num[t.y0:t.y0 + ny, cols] += w * v_k
-                den[t.y0:t.y0 + ny, cols] += w
-            stitched = num / den
+                known = np.isfinite(values[k])  # a missing value (no climatology) stays missing
+                num[t.y0:t.y0 + ny, cols] += w * np.where(known, values[k], 0.0)
+                den[t.y0:t.y0 + ny, cols] += w * known
+            with np.errstate(invalid="ignore"):
+                stitched = num / den
             if v == "mask":
                 stitched = stitched > 0.5
             acc[v] = (("y", "x", *da.dims[3:]), stitched.astype(ds[v].dtype))
