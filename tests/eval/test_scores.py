@@ -37,3 +37,35 @@ def test_the_climatology_spread_averages_over_the_target_points_only():
     expect = np.sqrt(metrics.weighted_mean(ds["climatology_std"].where(mask) ** 2, w, ("y", "x")))
     np.testing.assert_allclose(per["spread"].values, expect.values)
     assert np.isnan(per["spread"].isel(sample=[1, 2])).all() and np.isnan(per["rmse"].isel(sample=[1, 2])).all()
+
+
+def test_every_score_has_a_bootstrap_interval_over_init_times():
+    ds = layout(S=40)
+    ds = ds.assign_coords(init_time=ds["init_time"].copy(data=ds["init_time"].values[np.arange(40) // 2]))
+    table = scores.table({"t2m": scores.per_sample(ds, ("persistence", "climatology"))}, iterations=200)
+    assert {"ci_low", "ci_high"} <= set(table.columns)
+    finite = table.dropna(subset=["ci_low"])
+    assert len(finite) == len(table)  # every score, ssr too
+    assert (finite.ci_low <= finite.value + 1e-12).all() and (finite.value <= finite.ci_high + 1e-12).all()
+    assert (table[table.forecast == "climatology"].eval("ci_high - ci_low") > 0).all()
+    few = scores.table({"t2m": scores.per_sample(layout(S=5), ("persistence",))}, iterations=200)
+    assert few[["ci_low", "ci_high"]].isna().all().all()  # 5 init times: no interval
+
+
+def test_comparisons_pair_atmorep_with_each_baseline_on_the_same_samples():
+    ds = layout(S=40)
+    ds["baseline_persistence"] = ds["prediction"].copy()  # equal skill by construction
+    ds["baseline_persistence"][0] = np.nan  # not scored on sample 0: left out of the pairs
+    ds["baseline_climatology"] = ds["target"] + 3.0  # far worse
+    per = scores.per_sample(ds, ("persistence", "climatology"))
+    c = scores.comparisons({"t2m": per}, iterations=200).set_index(["baseline", "metric", "lead"]).sort_index()
+    assert set(c.index.get_level_values("metric")) == set(scores.PAIRED)
+    same = c.loc["persistence"].drop(index="crps")  # (its CRPS is the mean's MAE, not the ensemble's)
+    assert (same["samples"] == 39).all() and (same["inits"] == 39).all()
+    np.testing.assert_allclose(same["difference"], 0, atol=1e-12)
+    assert (same["p_value"] == 1).all() and (same["skill_score"].abs() < 1e-12).all()
+    worse = c.loc["climatology"]
+    assert (worse["difference"] < 0).all() and (worse["p_value"] < 0.01).all()
+    assert (worse["skill_ci_low"] > 0).all() and (worse["difference_ci_high"] < 0).all()
+    np.testing.assert_allclose(worse["skill_score"], 1 - worse["value"] / worse["baseline_value"])
+    np.testing.assert_allclose(worse["relative_difference"], -worse["skill_score"])
