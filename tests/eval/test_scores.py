@@ -1,6 +1,7 @@
 """Scoring orchestration on synthetic window layouts: which rows exist, over which points they average."""
 
 import numpy as np
+import pytest
 import xarray as xr
 
 from atmorep.eval import metrics, scores
@@ -22,6 +23,7 @@ def layout(S=3, lead=2, Y=5, X=6, M=4, seed=0, clim=True):
                     coords={"sample": np.arange(S), "lead": np.arange(1, lead + 1), "level": [0],
                             "member": np.arange(M),
                             "latitude": (("sample", "y"), np.tile(np.linspace(50, 40, Y), (S, 1))),
+                            "longitude": (("sample", "x"), np.tile(np.arange(X) * 0.25, (S, 1))),
                             "init_time": ("sample", np.datetime64("2026-01-01T00", "ns")
                                           + np.arange(S) * np.timedelta64(1, "h"))})
     return ds
@@ -69,3 +71,30 @@ def test_comparisons_pair_atmorep_with_each_baseline_on_the_same_samples():
     assert (worse["skill_ci_low"] > 0).all() and (worse["difference_ci_high"] < 0).all()
     np.testing.assert_allclose(worse["skill_score"], 1 - worse["value"] / worse["baseline_value"])
     np.testing.assert_allclose(worse["relative_difference"], -worse["skill_score"])
+
+
+def test_spectra_sum_to_the_variance_and_show_a_blurred_mean():
+    from atmorep.eval import spectra
+
+    rng = np.random.default_rng(4)
+    white = rng.normal(size=(3, 171, 360))
+    k, p = spectra.zonal(white, np.ones(171))
+    assert k[0] == 1 and len(k) == 180
+    np.testing.assert_allclose(p.sum(-1), white.var(-1).mean(-1), rtol=1e-10)  # Parseval
+    wave = np.sin(2 * np.pi * 7 * np.arange(360) / 360)[None, None].repeat(5, 1)
+    assert int(np.argmax(spectra.zonal(wave, np.ones(5))[1][0])) + 1 == 7
+    ds = layout(S=4, Y=24, X=48)
+    smooth = ds["target"].rolling(x=9, y=3, center=True, min_periods=1).mean()
+    ds["prediction"] = smooth
+    df = spectra.spectra(ds, "t2m")
+    assert set(df.kind) == {"window"} and (df.samples == 4).all()
+    one = df[df.lead == 1].sort_values("wavelength_km")
+    small = one.head(3)  # the shortest wavelengths: the smoothed mean has far less power there
+    assert (small.ensemble_mean < 0.3 * small.truth).all()
+    y, x = np.meshgrid(np.arange(32) * 25.0, np.arange(64) * 25.0, indexing="ij")  # km
+    plane = np.sin(2 * np.pi * (x * 0.6 + y * 0.8) / 200.0)[None]  # 200 km waves, variance 1/2
+    k, p = spectra.radial(plane, 25.0, 25.0)
+    assert 1 / k[np.argmax(p[0])] == pytest.approx(200, rel=0.1)
+    assert p[0].sum() == pytest.approx(0.5, rel=0.15)  # Parseval, up to the taper's leakage
+    ds["mask"][0, 0, 0, 0, 0] = False  # an incomplete target: that sample is left out at lead 1
+    assert set(spectra.spectra(ds, "t2m").groupby("lead").samples.first()) == {3, 4}
