@@ -98,3 +98,17 @@ def test_spectra_sum_to_the_variance_and_show_a_blurred_mean():
     assert p[0].sum() == pytest.approx(0.5, rel=0.15)  # Parseval, up to the taper's leakage
     ds["mask"][0, 0, 0, 0, 0] = False  # an incomplete target: that sample is left out at lead 1
     assert set(spectra.spectra(ds, "t2m").groupby("lead").samples.first()) == {3, 4}
+
+
+def test_headline_ratios_come_with_an_interval():
+    ds = layout(S=40)
+    ds["baseline_persistence"] = ds["target"] + 2.0
+    per = scores.per_sample(ds, ("persistence",))
+    value, lo, hi = scores.ratio(per, "rmse", "persistence", iterations=200)
+    table = scores.table({"t2m": per}, iterations=0)
+    rmse = table[table.metric == "rmse"].groupby("forecast")["value"].mean()
+    assert value == pytest.approx(rmse["atmorep"] / rmse["persistence"])
+    assert lo < value < hi and hi - lo < 0.2
+    ssr, lo, hi = scores.ratio(per, "ssr", iterations=200)
+    assert ssr == pytest.approx(table[table.metric == "ssr"]["value"].mean()) and lo < ssr < hi
+    assert np.isnan(scores.ratio(scores.per_sample(layout(S=4), ()), "ssr")[1])

@@ -187,3 +187,34 @@ def rank_histograms(results: dict[str, xr.Dataset], seed: int) -> pd.DataFrame:
         total = df.groupby(["level", "lead"])["count"].transform("sum")
         frames.append(df.assign(field=f, frequency=df["count"] / total.where(total > 0)))
     return pd.concat(frames, ignore_index=True)[["field", "level", "lead", "rank", "count", "frequency"]]
+
+
+def ratio(scores: xr.Dataset, metric: str, baseline: str | None = None, iterations: int = 1000,
+          seed: int = 0) -> tuple[float, float, float]:
+    """A headline ratio with its 95 % bootstrap interval: AtmoRep's ``metric`` over ``baseline``'s (each
+    the mean over leads and levels of the sample means, on the samples both scored), or without a
+    baseline the mean over leads and levels of ``metric`` ``"ssr"``. Returns (value, low, high)."""
+    if baseline is None:
+        if metric != "ssr":
+            raise ValueError(f"ratio: {metric} needs a baseline (only ssr is a ratio by itself)")
+        ours = scores.sel(forecast="atmorep", drop=True)
+        parts = xr.Dataset({"num": ours["spread"], "den": ours["rmse"]})
+    else:
+        ours, ref = scores[metric].sel(forecast="atmorep", drop=True), scores[metric].sel(forecast=baseline, drop=True)
+        both = ours.notnull() & ref.notnull()
+        parts = xr.Dataset({"num": ours.where(both), "den": ref.where(both)})
+    members = scores.attrs["members"]
+
+    def statistic(means: xr.Dataset) -> xr.DataArray:
+        if baseline is None:
+            return metrics.spread_skill_ratio(means["num"], means["den"], members).mean(("lead", "level"))
+        return means["num"].mean(("lead", "level")) / means["den"].mean(("lead", "level"))
+
+    sums, counts = significance.by_init(parts)
+    value = statistic(sums.sum("init") / counts.sum("init"))
+    inits = sums.sizes["init"]
+    if inits < significance.MIN_INITS or not iterations:
+        return float(value), np.nan, np.nan
+    boot = significance.resampled_means(sums, counts, iterations, seed)
+    lo, hi = significance.interval(statistic(boot), value, inits, boot.attrs["block_length"])
+    return float(value), float(lo), float(hi)
