@@ -27,8 +27,8 @@ def forecast(tmp_path_factory, model_path, stores):
 
 def test_scores_table_is_tidy_with_every_baseline(forecast):
     scores = pd.read_csv(forecast / "scores.csv")
-    assert list(scores.columns) == ["field", "level", "lead", "lead_hours", "forecast", "metric", "value", "ci_low",
-                                    "ci_high", "samples"]
+    assert list(scores.columns) == ["field", "level", "lead", "lead_hours", "forecast", "metric", "value",
+                                    "ci_low", "ci_high", "samples"]
     assert set(scores.field) == {"t2m", "u10"}
     assert set(scores.forecast) == {"atmorep", "persistence", "climatology"}
     assert {"rmse", "bias", "acc", "crps", "spread", "ssr"} <= set(scores.metric)
@@ -45,10 +45,12 @@ def test_scores_table_is_tidy_with_every_baseline(forecast):
 
 def test_comparisons_and_spectra_are_written(forecast):
     c = pd.read_csv(forecast / "comparisons.csv")
-    assert set(c.baseline) == {"persistence", "climatology"} and set(c.metric) == {"rmse", "crps", "mae", "mse"}
+    assert set(c.baseline) == {"persistence", "climatology"}
+    assert set(c.metric) == {"rmse", "crps", "mae", "mse"}
     assert len(c) == 2 * 2 * 2 * 4 and (c.samples == 5).all()  # fields x leads x baselines x metrics
     np.testing.assert_allclose(c.skill_score, 1 - c.value / c.baseline_value)
-    pd.testing.assert_frame_equal(pd.read_parquet(forecast / "comparisons.parquet"), c, check_exact=False, rtol=1e-12)
+    pd.testing.assert_frame_equal(pd.read_parquet(forecast / "comparisons.parquet"), c, check_exact=False,
+                                  rtol=1e-12)
     spec = pd.read_csv(forecast / "spectra.csv")
     assert set(spec.field) == {"t2m", "u10"} and set(spec.kind) == {"window"} and (spec.samples == 5).all()
     assert (spec[["truth", "ensemble_mean", "member"]] >= 0).all().all()

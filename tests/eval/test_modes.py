@@ -163,12 +163,14 @@ def test_stitching_overlapping_tiles_keeps_the_ensemble_spread(trained, dataset)
             num[:, t.y0:t.y0 + 27, cols] += w * var.transpose("lead", "y", "x").values
             den[t.y0:t.y0 + 27, cols] += w
             count[t.y0:t.y0 + 27, cols] += 1
-        got = stitched[f]["ensemble"].isel(sample=0, level=0).var("member", ddof=1).transpose("lead", "y", "x")
+        got = stitched[f]["ensemble"].isel(sample=0, level=0).var("member", ddof=1)
+        got = got.transpose("lead", "y", "x")
         overlap = count > 1
         assert overlap.mean() > 0.5
         # the members' spread in the overlaps is the tiles' (weighted), not shrunk by averaging members
         # (to float32 precision: deviations of ~0.01 on values of ~300)
         np.testing.assert_allclose(got.values[:, overlap], (num / den)[:, overlap], rtol=2e-2)
-        assert float(got.values[:, overlap].mean() / (num / den)[:, overlap].mean()) == pytest.approx(1, abs=2e-3)
+        ratio = got.values[:, overlap].mean() / (num / den)[:, overlap].mean()
+        assert float(ratio) == pytest.approx(1, abs=2e-3)
         mean = stitched[f]["ensemble"].mean("member")
         np.testing.assert_allclose(mean.values, stitched[f]["prediction"].values, rtol=1e-5, atol=1e-4)

@@ -16,7 +16,8 @@ def layout(S=3, lead=2, Y=5, X=6, M=4, seed=0, clim=True):
     ens = truth[..., None] + rng.normal(size=(*shape, M))
     cm = rng.normal(size=shape) if clim else np.full(shape, np.nan)
     cs = rng.uniform(0.5, 2.0, size=shape) if clim else np.full(shape, np.nan)
-    ds = xr.Dataset({"target": (dims, truth), "prediction": (dims, ens.mean(-1)), "mask": (dims, np.ones(shape, bool)),
+    ds = xr.Dataset({"target": (dims, truth), "prediction": (dims, ens.mean(-1)),
+                     "mask": (dims, np.ones(shape, bool)),
                      "ensemble": ((*dims, "member"), ens), "climatology_mean": (dims, cm),
                      "climatology_std": (dims, cs), "baseline_climatology": (dims, cm),
                      "baseline_persistence": (dims, truth + 0.5)},
@@ -38,7 +39,8 @@ def test_the_climatology_spread_averages_over_the_target_points_only():
     w = metrics.latitude_weights(ds["latitude"], "y")
     expect = np.sqrt(metrics.weighted_mean(ds["climatology_std"].where(mask) ** 2, w, ("y", "x")))
     np.testing.assert_allclose(per["spread"].values, expect.values)
-    assert np.isnan(per["spread"].isel(sample=[1, 2])).all() and np.isnan(per["rmse"].isel(sample=[1, 2])).all()
+    assert np.isnan(per["spread"].isel(sample=[1, 2])).all()
+    assert np.isnan(per["rmse"].isel(sample=[1, 2])).all()
 
 
 def test_every_score_has_a_bootstrap_interval_over_init_times():
@@ -60,7 +62,8 @@ def test_comparisons_pair_atmorep_with_each_baseline_on_the_same_samples():
     ds["baseline_persistence"][0] = np.nan  # not scored on sample 0: left out of the pairs
     ds["baseline_climatology"] = ds["target"] + 3.0  # far worse
     per = scores.per_sample(ds, ("persistence", "climatology"))
-    c = scores.comparisons({"t2m": per}, iterations=200).set_index(["baseline", "metric", "lead"]).sort_index()
+    c = scores.comparisons({"t2m": per}, iterations=200)
+    c = c.set_index(["baseline", "metric", "lead"]).sort_index()
     assert set(c.index.get_level_values("metric")) == set(scores.PAIRED)
     same = c.loc["persistence"].drop(index="crps")  # (its CRPS is the mean's MAE, not the ensemble's)
     assert (same["samples"] == 39).all() and (same["inits"] == 39).all()

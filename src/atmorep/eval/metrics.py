@@ -99,7 +99,8 @@ def spread(ensemble: xr.DataArray, weights: xr.DataArray, dims, member: str = "m
 
     One member has no spread (0, not the 0/0 of the unbiased variance).
     """
-    var = ensemble.var(member, ddof=1) if ensemble.sizes[member] > 1 else xr.zeros_like(ensemble.isel({member: 0}))
+    one = ensemble.sizes[member] == 1
+    var = xr.zeros_like(ensemble.isel({member: 0})) if one else ensemble.var(member, ddof=1)
     return np.sqrt(weighted_mean(var.where(ensemble.notnull().all(member)), weights, dims))
 
 

@@ -86,7 +86,8 @@ def table(per_field: dict[str, xr.Dataset], iterations: int = 1000, seed: int = 
                             rows.append({"field": f, "level": int(level), "lead": int(lead),
                                          "lead_hours": round(float(hours[k]), 3), "forecast": str(forecast),
                                          "metric": metric, "value": value,
-                                         "ci_low": float(lo[metric].sel(at)), "ci_high": float(hi[metric].sel(at)),
+                                         "ci_low": float(lo[metric].sel(at)),
+                                         "ci_high": float(hi[metric].sel(at)),
                                          "samples": scores.sizes["sample"]})
     return pd.DataFrame(rows)
 
@@ -99,7 +100,8 @@ def _lead_hours(scores: xr.Dataset) -> np.ndarray:
     return hours
 
 
-def _intervals(scores: xr.Dataset, agg: xr.Dataset, iterations: int, seed: int) -> tuple[xr.Dataset, xr.Dataset]:
+def _intervals(scores: xr.Dataset, agg: xr.Dataset, iterations: int,
+               seed: int) -> tuple[xr.Dataset, xr.Dataset]:
     """Bootstrap intervals of every aggregated score (``ssr`` recomputed per resample)."""
     sums, counts = significance.by_init(scores[list(METRICS)])
     inits = sums.sizes["init"]
@@ -111,7 +113,7 @@ def _intervals(scores: xr.Dataset, agg: xr.Dataset, iterations: int, seed: int) 
         boot["forecast"] == "atmorep")
     block = boot.attrs["block_length"]
     bounds = {m: significance.interval(boot[m], agg[m], inits, block) for m in agg.data_vars}
-    return (xr.Dataset({m: b[0] for m, b in bounds.items()}), xr.Dataset({m: b[1] for m, b in bounds.items()}))
+    return xr.Dataset({m: b[0] for m, b in bounds.items()}), xr.Dataset({m: b[1] for m, b in bounds.items()})
 
 
 #: scores compared pairwise (lower is better for each)
@@ -160,14 +162,16 @@ def comparisons(per_field: dict[str, xr.Dataset], iterations: int = 1000, seed: 
                         diff = float(mean[f"{m}_diff"].sel(at))
                         ref = float(mean[f"{m}_ref"].sel(at))
                         rows.append({"field": f, "level": int(level), "lead": int(lead),
-                                     "lead_hours": round(float(hours[k]), 3), "metric": m, "forecast": "atmorep",
+                                     "lead_hours": round(float(hours[k]), 3), "metric": m,
+                                     "forecast": "atmorep",
                                      "baseline": b, "value": float(mean[f"{m}_ours"].sel(at)),
                                      "baseline_value": ref, "difference": diff,
                                      "difference_ci_low": float(test["ci_low"].sel(at)),
                                      "difference_ci_high": float(test["ci_high"].sel(at)),
                                      "relative_difference": diff / ref if ref else np.nan,
                                      "skill_score": float(skill.sel(at)), "skill_ci_low": float(lo.sel(at)),
-                                     "skill_ci_high": float(hi.sel(at)), "p_value": float(test["p_value"].sel(at)),
+                                     "skill_ci_high": float(hi.sel(at)),
+                                     "p_value": float(test["p_value"].sel(at)),
                                      "samples": n, "inits": int(test["inits"].sel(at))})
     return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
 
@@ -200,7 +204,8 @@ def ratio(scores: xr.Dataset, metric: str, baseline: str | None = None, iteratio
         ours = scores.sel(forecast="atmorep", drop=True)
         parts = xr.Dataset({"num": ours["spread"], "den": ours["rmse"]})
     else:
-        ours, ref = scores[metric].sel(forecast="atmorep", drop=True), scores[metric].sel(forecast=baseline, drop=True)
+        ours = scores[metric].sel(forecast="atmorep", drop=True)
+        ref = scores[metric].sel(forecast=baseline, drop=True)
         both = ours.notnull() & ref.notnull()
         parts = xr.Dataset({"num": ours.where(both), "den": ref.where(both)})
     members = scores.attrs["members"]

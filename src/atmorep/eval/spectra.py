@@ -88,6 +88,6 @@ def spectra(ds: xr.Dataset, field: str) -> pd.DataFrame:
             rows.append(pd.DataFrame({"field": field, "level": int(level), "lead": int(lead),
                                       "kind": "zonal" if glob else "window", "wavenumber": k,
                                       "wavelength_km": wavelength, **power, "samples": int(use.sum())}))
-    columns = ["field", "level", "lead", "kind", "wavenumber", "wavelength_km", "truth", "ensemble_mean", "member",
-               "samples"]
+    columns = ["field", "level", "lead", "kind", "wavenumber", "wavelength_km", "truth", "ensemble_mean",
+               "member", "samples"]
     return pd.concat(rows, ignore_index=True)[columns] if rows else pd.DataFrame(columns=columns)
