@@ -6,6 +6,9 @@ bias, MAE, ACC, CRPS and ensemble spread of AtmoRep and of each baseline. The ta
 samples (WB2's "sqrt before time average" for RMSE and spread) and adds the spread-skill ratio with
 the finite-ensemble correction. Point baselines have CRPS = MAE; the climatology baseline is the
 Gaussian ``N(mean, std)`` of the target's hour of day.
+
+Every aggregated score has a 95 % interval, and :func:`comparisons` pairs AtmoRep with each baseline
+(:mod:`atmorep.eval.significance`: block bootstrap over init times, Diebold-Mariano test).
 """
 
 from __future__ import annotations
