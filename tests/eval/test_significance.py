@@ -24,6 +24,7 @@ def test_block_length_grows_with_the_autocorrelation():
     assert S.block_length(ar1(rng, 50, 200, 0.8)) >= 10
 
 
+@pytest.mark.slow
 def test_block_bootstrap_interval_covers_the_true_mean_at_the_nominal_rate():
     rng = np.random.default_rng(1)
     mu, reps = 2.0, 200
@@ -39,6 +40,7 @@ def test_block_bootstrap_interval_covers_the_true_mean_at_the_nominal_rate():
     assert float(((lo1 <= mu) & (mu <= hi1)).mean()) < 0.85
 
 
+@pytest.mark.slow
 def test_paired_test_is_uniform_under_equal_skill_and_rejects_a_real_difference():
     rng = np.random.default_rng(2)
     d = ar1(rng, 300, 100, 0.5)  # score differences of two equally skilful forecasts
