@@ -105,6 +105,9 @@ def test_global_forecast_writes_the_weatherbench2_schema(tmp_path, model_path, s
     assert not (tmp_path / "attention.zarr").exists()
     scores = pd.read_csv(tmp_path / "scores.csv")
     assert (scores.samples == 1).all()  # one init time, scored on the stitched globe
+    spec = pd.read_csv(tmp_path / "spectra.csv")  # zonal spectra of the stitched globes, k = 1..180 at 1°
+    assert set(spec.kind) == {"zonal"} and spec.wavenumber.min() == 1 and spec.wavenumber.max() == 180
+    assert (tmp_path / "scorecard.png").exists() and (tmp_path / "spectra.png").exists()
 
 
 def test_cli_runs_a_mode_from_the_config_slice(tmp_path, model_path, stores):
