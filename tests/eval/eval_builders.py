@@ -1,5 +1,5 @@
-"""Builders of the evaluation tests (importable as ``eval_builders``): a small, untrained model and
-evaluation configs. Nothing here needs a trained model."""
+"""Builders of the evaluation tests (importable as ``eval_builders``): a small model (untrained, or
+trained for a few seconds by :func:`trained_model`) and evaluation configs."""
 
 from __future__ import annotations
 
