@@ -2,6 +2,7 @@
 
     python benchmarks/skill.py --minutes 30            # the issue's budget (2 CPU cores)
     python benchmarks/skill.py --minutes 6 --rounds 2  # a short run
+    python benchmarks/skill.py --quick                 # seconds of training: the script end to end
 
 Data: ``../shared/data/era5-t2m-uk-hourly`` (2 m temperature, UK, 0.25°, 744 hourly steps of March
 2019), through the library's normalize and shard stages (local normalization, as AtmoRep's
@@ -15,8 +16,10 @@ interpolation. The budget (wall clock, all training included) is split between t
 process on 2 threads; a later round resumes the earlier one) and the validation ratios are logged after
 every round (``learning_curve.csv``, ``learning_curve.png``).
 
-Prints ``forecast_rmse_vs_persistence=<r> interp_rmse_vs_linear=<r> spread_skill=<r>
-crps_vs_climatology=<r>`` (test period; targets <= 0.85, < 1.0, [0.7, 1.3], < 1.0): forecast ratios
+Prints ``forecast_rmse_vs_persistence=<r> [<low>, <high>] interp_rmse_vs_linear=<r> [...]
+spread_skill=<r> [...] crps_vs_climatology=<r> [...]`` (test period; targets <= 0.85, < 1.0,
+[0.7, 1.3], < 1.0; in brackets the 95 % interval from a circular block bootstrap over the test init
+times): forecast ratios
 from the forecast model, the interpolation ratio from the interpolation model. The forecast
 ensemble's spread is calibrated as ensemble post-processing does (``evaluate.spread_inflation`` =
 1 / the spread-skill ratio of the validation period; the mean is unchanged); the uncalibrated test
@@ -38,6 +41,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
@@ -133,29 +137,32 @@ def score(model_path: Path, stores: list[str], period: tuple[str, str], samples:
                             climatology_start=TRAIN[0], climatology_end=TRAIN[1], climatology_window_hours=1,
                             spread_inflation=inflation)
     clims = E.climatologies(dataset, data, base)
-    tables = {}
+    per = {}
     for mode in modes:
         results = E.run_mode(model, dataset, dataclasses.replace(base, mode=mode), 1, clims)
-        per = {f: scores.per_sample(ds, E.modes.get(mode).baselines) for f, ds in results.items()}
-        tables[mode] = scores.table(per)
-        tables[mode].to_csv(model_path.parent / f"scores_{tag}_{mode}.csv", index=False)
-    return ratios(tables)
+        per[mode] = scores.per_sample(results["t2m"], E.modes.get(mode).baselines)
+        scores.table({"t2m": per[mode]}).to_csv(model_path.parent / f"scores_{tag}_{mode}.csv", index=False)
+    return ratios(per)
 
 
-def ratios(tables: dict[str, pd.DataFrame]) -> dict:
-    def mean(t, forecast, metric):
-        return t[(t.forecast == forecast) & (t.metric == metric)]["value"].mean()
+RATIOS = {  # name -> (mode, metric, baseline)
+    "forecast_rmse_vs_persistence": ("forecast", "rmse", "persistence"),
+    "interp_rmse_vs_linear": ("temporal_interpolation", "rmse", "linear"),
+    "spread_skill": ("forecast", "ssr", None),
+    "crps_vs_climatology": ("forecast", "crps", "climatology"),
+}
 
-    out = {}
-    if "forecast" in tables:
-        f = tables["forecast"]
-        out.update(forecast_rmse_vs_persistence=mean(f, "atmorep", "rmse") / mean(f, "persistence", "rmse"),
-                   spread_skill=mean(f, "atmorep", "ssr"),
-                   crps_vs_climatology=mean(f, "atmorep", "crps") / mean(f, "climatology", "crps"))
-    if "temporal_interpolation" in tables:
-        i = tables["temporal_interpolation"]
-        out["interp_rmse_vs_linear"] = mean(i, "atmorep", "rmse") / mean(i, "linear", "rmse")
-    return out
+
+def ratios(per: dict) -> dict:
+    """name -> (ratio, 95 % low, high): block bootstrap over the init times (atmorep.eval.scores.ratio)."""
+    from atmorep.eval import scores
+
+    return {k: scores.ratio(per[mode], metric, baseline) for k, (mode, metric, baseline) in RATIOS.items()
+            if mode in per}
+
+
+def shown(k: str, r: tuple[float, float, float]) -> str:
+    return f"{k}={r[0]:.3f} [{r[1]:.3f}, {r[2]:.3f}]"
 
 
 TARGETS = {"forecast_rmse_vs_persistence": 0.85, "interp_rmse_vs_linear": 1.0, "spread_skill": 1.0,
@@ -213,9 +220,19 @@ def main() -> None:
     ap.add_argument("--phases", default=",".join(PHASES),
                     help="phases to (re)train, comma-separated; the others' models and learning-curve rows are "
                          "kept from --out ('' only scores)")
+    ap.add_argument("--steps", type=int, default=0,
+                    help="optimizer steps per round instead of the time budget's (0: from the budget)")
+    ap.add_argument("--quick", action="store_true",
+                    help="smallest setting (seconds of training, 64 windows): checks the script end to end, "
+                         "its ratios mean nothing; implies --fresh --rounds 1 --steps 4 --samples 64 and "
+                         "--out benchmarks/out/skill-quick unless given")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--stores", nargs="*", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.quick:
+        args.fresh, args.rounds, args.steps, args.samples = True, 1, args.steps or 4, min(args.samples, 64)
+        if args.out == REPO / "benchmarks" / "out" / "skill":
+            args.out = REPO / "benchmarks" / "out" / "skill-quick"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.worker:
         return worker(json.loads(args.worker), args.out, args.stores)
@@ -251,7 +268,8 @@ def main() -> None:
             if left <= 5:
                 break
             # the very first round measures the step time; later rounds split what is left evenly
-            target = 40 if per_step is None else max(1, int(left / (args.rounds - r) / per_step))
+            target = args.steps or (40 if per_step is None
+                                    else max(1, int(left / (args.rounds - r) / per_step)))
             steps += target
             wall = train_round(args.out, stores, phase, steps)
             used += wall
@@ -259,7 +277,8 @@ def main() -> None:
             metrics = pd.read_csv(args.out / phase / "metrics.csv")
             valid = score(args.out / phase / "model.pt", stores, VALID, args.samples, modes, "valid")
             row = {"phase": phase, "round": r, "steps": steps, "phase_minutes": used / 60,
-                   "train_loss": metrics["loss"].tail(20).mean(), **{f"valid_{k}": v for k, v in valid.items()}}
+                   "train_loss": metrics["loss"].tail(20).mean(),
+                   **{f"valid_{k}": v[0] for k, v in valid.items()}}
             curve.append(row)
             log.info("%s round %d: %s", phase, r, {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
             pd.DataFrame(curve).to_csv(args.out / "learning_curve.csv", index=False)
@@ -278,11 +297,13 @@ def main() -> None:
             **score(args.out / "interpolation" / "model.pt", stores, TEST, args.samples,
                     ("temporal_interpolation",), "test")}
     print(f"training: {spent / 60:.1f} min in all; pre-trained model only (test): "
-          + " ".join(f"{k}={pre[k]:.3f}" for k in ORDER))
-    print(f"forecast model before spread calibration (test): spread_skill={raw['spread_skill']:.3f} "
-          f"crps_vs_climatology={raw['crps_vs_climatology']:.3f}; spread_inflation={inflation:.3f} "
+          + " ".join(shown(k, pre[k]) for k in ORDER))
+    print(f"forecast model before spread calibration (test): {shown('spread_skill', raw['spread_skill'])} "
+          f"{shown('crps_vs_climatology', raw['crps_vs_climatology'])}; spread_inflation={inflation:.3f} "
           "(1 / the validation spread-skill ratio)")
-    print(" ".join(f"{k}={test[k]:.3f}" for k in ORDER))
+    if any(not np.isfinite(v) for r in test.values() for v in r):
+        sys.exit("a test ratio or its interval is not finite: " + " ".join(shown(k, test[k]) for k in ORDER))
+    print(" ".join(shown(k, test[k]) for k in ORDER))
 
 
 if __name__ == "__main__":

@@ -75,7 +75,9 @@ def test_dag_produces_sane_products(run):
         assert img.shape[0] > 100 and img[..., :3].std() > 0.05, f"{png} looks blank"
     assert {p.name for p in (res / "evaluate").glob("*.png")} == {
         "forecast_t2m.png", "forecast_u10.png", "scores_t2m.png", "scores_u10.png", "rank_histogram_t2m.png",
-        "rank_histogram_u10.png", "skill.png", "attention_t2m.png"}
+        "rank_histogram_u10.png", "skill.png", "attention_t2m.png", "scorecard.png", "spectra.png"}
+    for table in ("comparisons.csv", "spectra.csv"):
+        assert len(pd.read_csv(res / "evaluate" / table)), table
     store = xr.open_zarr(work / "resources" / "tiny" / "shards" / "u10" / "2026.zarr", consolidated=False)
     assert store["data"].shape == (24, 1, 171, 360) and np.isfinite(store["data"].values).all()
 

@@ -287,6 +287,7 @@ class EvaluateConfig:
     climatology_window_hours: int = 6
     write_ensemble: bool = True
     spread_inflation: float = 1.0
+    bootstrap_iterations: int = 1000
     attention: AttentionCaptureConfig = field(default_factory=AttentionCaptureConfig)
 
 

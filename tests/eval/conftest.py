@@ -1,6 +1,6 @@
 """Fixtures of the evaluation tests: shard stores from the embedded ERA5 sample (the session fixture
-``sample_products``: t2m local, u10 global, tokens 2x9x9) and a small untrained model saved as
-``atmorep train`` saves it. Builders are importable by name (``from eval_builders import ...``)."""
+``sample_products``: t2m local, u10 global, tokens 2x9x9), a small untrained model saved as
+``atmorep train`` saves it, and the same model briefly trained (``trained``). Builders are importable by name (``from eval_builders import ...``)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 if str(Path(__file__).parent) not in sys.path:
     sys.path.append(str(Path(__file__).parent))
 
-from eval_builders import EVAL, NUM_TOKENS, tiny_model  # noqa: E402
+from eval_builders import EVAL, NUM_TOKENS, tiny_model, trained_model  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -35,3 +35,9 @@ def dataset(stores):
     from atmorep.data.dataset import WindowDataset
 
     return WindowDataset(stores, NUM_TOKENS, np.datetime64(EVAL[0]), np.datetime64(EVAL[1]))
+
+
+@pytest.fixture(scope="session")
+def trained(stores):
+    """The small model after a few seconds of training before the evaluation period."""
+    return trained_model(stores)

@@ -1,5 +1,5 @@
-"""Builders of the evaluation tests (importable as ``eval_builders``): a small, untrained model and
-evaluation configs. Nothing here needs a trained model."""
+"""Builders of the evaluation tests (importable as ``eval_builders``): a small model (untrained, or
+trained for a few seconds by :func:`trained_model`) and evaluation configs."""
 
 from __future__ import annotations
 
@@ -23,3 +23,34 @@ def tiny_model(fields=("t2m", "u10"), seed: int = 0, **overrides) -> Multiformer
 def eval_config(**overrides) -> EvaluateConfig:
     base = dict(start=EVAL[0], end=EVAL[1], samples=6, batch_size=4)
     return EvaluateConfig(**{**base, **overrides})
+
+
+def trained_model(stores, steps: int = 60, seed: int = 0, start="2026-03-25T00", end="2026-03-30T05"):
+    """:func:`tiny_model` fitted briefly (forecast masking, the training loss) on windows before the
+    evaluation period: members that learnt something, for checks an untrained model cannot make."""
+    import numpy as np
+
+    from atmorep.config import LossConfig, MaskingConfig
+    from atmorep.data.dataset import WindowDataset
+    from atmorep.eval import inference
+    from atmorep.train import masking
+    from atmorep.train.losses import Loss
+
+    model = tiny_model(seed=seed).train()
+    data = WindowDataset(stores, NUM_TOKENS, np.datetime64(start), np.datetime64(end))
+    strategy = masking.build(MaskingConfig(strategy="forecast", forecast_tokens=1),
+                             {f: g.token_size for f, g in model.fields.items()})
+    loss_fn = Loss(LossConfig())
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        batch = inference.collate([data[int(i)] for i in rng.choice(len(data), 4, replace=False)])
+        masks = strategy(batch, gen)
+        source = masking.apply(batch, masks)
+        ens = model(source.tokens, source.info, masks)
+        loss, _ = loss_fn(ens, {f: batch.tokens[f][masks[f]] for f in masks})
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()

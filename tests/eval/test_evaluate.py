@@ -27,11 +27,13 @@ def forecast(tmp_path_factory, model_path, stores):
 
 def test_scores_table_is_tidy_with_every_baseline(forecast):
     scores = pd.read_csv(forecast / "scores.csv")
-    assert list(scores.columns) == ["field", "level", "lead", "lead_hours", "forecast", "metric", "value", "samples"]
+    assert list(scores.columns) == ["field", "level", "lead", "lead_hours", "forecast", "metric", "value",
+                                    "ci_low", "ci_high", "samples"]
     assert set(scores.field) == {"t2m", "u10"}
     assert set(scores.forecast) == {"atmorep", "persistence", "climatology"}
     assert {"rmse", "bias", "acc", "crps", "spread", "ssr"} <= set(scores.metric)
     assert np.isfinite(scores.value).all() and (scores.samples == 5).all()
+    assert scores.ci_low.isna().all()  # 5 init times are too few for an interval
     rmse = scores[scores.metric == "rmse"]
     assert len(rmse) == 2 * 2 * 3 and (rmse.value > 0).all()  # fields x leads x forecasts
     assert set(scores[scores.metric == "ssr"].forecast) == {"atmorep"}
@@ -39,6 +41,19 @@ def test_scores_table_is_tidy_with_every_baseline(forecast):
     hist = pd.read_csv(forecast / "rank_histogram.csv")
     assert set(hist["rank"]) == set(range(5))  # 4 members
     assert (hist.groupby(["field", "level", "lead"])["count"].sum() == 5 * 27 * 54).all()
+
+
+def test_comparisons_and_spectra_are_written(forecast):
+    c = pd.read_csv(forecast / "comparisons.csv")
+    assert set(c.baseline) == {"persistence", "climatology"}
+    assert set(c.metric) == {"rmse", "crps", "mae", "mse"}
+    assert len(c) == 2 * 2 * 2 * 4 and (c.samples == 5).all()  # fields x leads x baselines x metrics
+    np.testing.assert_allclose(c.skill_score, 1 - c.value / c.baseline_value)
+    pd.testing.assert_frame_equal(pd.read_parquet(forecast / "comparisons.parquet"), c, check_exact=False,
+                                  rtol=1e-12)
+    spec = pd.read_csv(forecast / "spectra.csv")
+    assert set(spec.field) == {"t2m", "u10"} and set(spec.kind) == {"window"} and (spec.samples == 5).all()
+    assert (spec[["truth", "ensemble_mean", "member"]] >= 0).all().all()
 
 
 def test_products_are_cf_zarr_readable_by_plain_xarray(forecast):
@@ -65,7 +80,8 @@ def test_products_are_cf_zarr_readable_by_plain_xarray(forecast):
 def test_figures_are_drawn(forecast):
     names = {p.name for p in forecast.glob("*.png")}
     assert names == {"forecast_t2m.png", "forecast_u10.png", "scores_t2m.png", "scores_u10.png",
-                     "rank_histogram_t2m.png", "rank_histogram_u10.png", "skill.png", "attention_t2m.png"}
+                     "rank_histogram_t2m.png", "rank_histogram_u10.png", "skill.png", "attention_t2m.png",
+                     "scorecard.png", "spectra.png"}
     for name in names:
         img = mpimg.imread(forecast / name)
         assert img.shape[0] > 100 and img[..., :3].std() > 0.05, f"{name} looks blank"
@@ -89,6 +105,9 @@ def test_global_forecast_writes_the_weatherbench2_schema(tmp_path, model_path, s
     assert not (tmp_path / "attention.zarr").exists()
     scores = pd.read_csv(tmp_path / "scores.csv")
     assert (scores.samples == 1).all()  # one init time, scored on the stitched globe
+    spec = pd.read_csv(tmp_path / "spectra.csv")  # zonal spectra of the stitched globes, k = 1..180 at 1°
+    assert set(spec.kind) == {"zonal"} and spec.wavenumber.min() == 1 and spec.wavenumber.max() == 180
+    assert (tmp_path / "scorecard.png").exists() and (tmp_path / "spectra.png").exists()
 
 
 def test_cli_runs_a_mode_from_the_config_slice(tmp_path, model_path, stores):

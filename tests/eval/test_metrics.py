@@ -100,3 +100,12 @@ def test_rank_histogram_is_flat_for_a_calibrated_ensemble_and_u_shaped_for_an_ov
     assert narrow.values[0] > 2 * narrow.values[M // 2] and narrow.values[-1] > 2 * narrow.values[M // 2]
     missing = metrics.rank_histogram(calibrated, truth.where(truth.x < 100), ("x",))
     assert int(missing.sum()) == 100
+
+
+def test_a_one_member_ensemble_is_a_point_forecast():
+    fc, truth, lat = _fields()
+    w = metrics.latitude_weights(lat, "y")
+    one = fc.expand_dims(member=1)
+    np.testing.assert_allclose(metrics.crps_ensemble(one, truth, w, DIMS).values,
+                               metrics.mae(fc, truth, w, DIMS).values, rtol=1e-6)
+    np.testing.assert_array_equal(metrics.spread(one, w, DIMS).values, 0.0)

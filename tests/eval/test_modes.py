@@ -130,3 +130,47 @@ def test_windows_are_drawn_across_every_time_position(stores):
         w = ds.windows[windows.window_index(ds, p.position, 9, 18)]
         assert (w.t0, w.y0, w.x0) == (p.t0, 9, 18)
         assert ds.stores["t2m"][0].times[w.t0 + 5] == p.last_time
+
+
+@pytest.mark.slow
+def test_global_forecast_without_a_climatology_scores_no_acc_and_no_climatology(model, dataset):
+    from atmorep.eval import scores
+
+    ds = E.run_mode(model, dataset, eval_config(mode="global_forecast"), seed=0, clims=None)["t2m"]
+    assert np.isnan(ds["climatology_mean"]).all() and np.isnan(ds["baseline_climatology"]).all()
+    table = scores.table({"t2m": scores.per_sample(ds, modes.get("global_forecast").baselines)})
+    assert set(table.forecast) == {"atmorep", "persistence"} and "acc" not in set(table.metric)
+
+
+@pytest.mark.slow
+def test_stitching_overlapping_tiles_keeps_the_ensemble_spread(trained, dataset):
+    from atmorep.eval import inference
+
+    cfg = eval_config(mode="global_forecast", token_overlap=(1, 2))
+    mode = modes.get("global_forecast")
+    sel = mode.select(dataset, cfg, 0)
+    tiles = inference.run(trained, dataset, sel.indices, mode.masking(cfg, dataset.token_sizes),
+                          mode.target_slabs(cfg), 8, 0, mode.baselines)
+    stitched = mode.finish(dataset, sel, tiles, cfg)
+    for f in ("t2m", "u10"):
+        store = dataset.stores[f][0]
+        nlat, nlon = len(store.lats), len(store.lons)
+        w = np.outer(modes.taper(27, 9), modes.taper(54, 18))
+        num, den, count = np.zeros((2, nlat, nlon)), np.zeros((nlat, nlon)), np.zeros((nlat, nlon))
+        for t in next(iter(sel.tiles.values())):
+            var = tiles[f]["ensemble"].sel(sample=t.index).isel(level=0).var("member", ddof=1)
+            cols = (t.x0 + np.arange(54)) % nlon
+            num[:, t.y0:t.y0 + 27, cols] += w * var.transpose("lead", "y", "x").values
+            den[t.y0:t.y0 + 27, cols] += w
+            count[t.y0:t.y0 + 27, cols] += 1
+        got = stitched[f]["ensemble"].isel(sample=0, level=0).var("member", ddof=1)
+        got = got.transpose("lead", "y", "x")
+        overlap = count > 1
+        assert overlap.mean() > 0.5
+        # the members' spread in the overlaps is the tiles' (weighted), not shrunk by averaging members
+        # (to float32 precision: deviations of ~0.01 on values of ~300)
+        np.testing.assert_allclose(got.values[:, overlap], (num / den)[:, overlap], rtol=2e-2)
+        ratio = got.values[:, overlap].mean() / (num / den)[:, overlap].mean()
+        assert float(ratio) == pytest.approx(1, abs=2e-3)
+        mean = stitched[f]["ensemble"].mean("member")
+        np.testing.assert_allclose(mean.values, stitched[f]["prediction"].values, rtol=1e-5, atol=1e-4)

@@ -82,9 +82,10 @@ def report(tmp_path_factory, sample_products, model_path):
 def test_report_holds_every_figure_and_caption(report):
     html = (report / "report.html").read_text()
     for name in ("forecast_t2m.png", "forecast_u10.png", "scores_t2m.png", "rank_histogram_u10.png", "skill.png",
-                 "attention_t2m.png", "scores.csv"):
+                 "attention_t2m.png", "scores.csv", "scorecard.png", "spectra.png", "comparisons.csv"):
         assert name in html, name
     assert "Rank of the truth among the ensemble members" in html  # a caption
+    assert "hatched" in html.lower() and "radially averaged" in html  # the scorecard's and spectra's
     assert "AtmoRep (Lessig et al. 2023) as a reproducible pipeline" in html  # the workflow description
 
 

@@ -3,14 +3,16 @@ products and figures, and (opt-in) attention maps.
 
 Writes into the output directory:
 
-- ``scores.csv`` and ``scores.parquet`` (tidy: field, level, lead, lead_hours, forecast, metric, value, samples),
-  ``rank_histogram.csv``, ``sample_scores.zarr`` (per-sample scores, one group per field);
+- ``scores.csv`` and ``scores.parquet`` (tidy: field, level, lead, lead_hours, forecast, metric, value,
+  ci_low, ci_high, samples), ``comparisons.csv``/``.parquet`` (AtmoRep against each baseline: skill score,
+  difference with its interval, p-value), ``rank_histogram.csv``, ``spectra.csv``,
+  ``sample_scores.zarr`` (per-sample scores, one group per field);
 - ``windows.zarr`` (sources, targets, predictions, ensemble, baselines in physical units, CF) and,
   for ``global_forecast``, ``wb2_forecast.zarr``/``wb2_ensemble.zarr``/``wb2_truth.zarr``;
 - ``climatology.zarr`` (the training-period climatology used for ACC and the climatology baseline);
 - ``attention.zarr`` when attention capture is on;
 - figures: ``forecast_<field>.png``, ``scores_<field>.png``, ``rank_histogram_<field>.png``,
-  ``skill.png``, ``attention_<field>.png``.
+  ``skill.png``, ``scorecard.png``, ``spectra.png``, ``attention_<field>.png``.
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import xarray as xr
 
 from atmorep.config import DataConfig, EvaluateConfig, parse_time
 from atmorep.data.dataset import WindowDataset, untokenize
-from atmorep.eval import attention, climatology, inference, modes, outputs, plots, scores
+from atmorep.eval import attention, climatology, inference, modes, outputs, plots, scores, spectra
 from atmorep.train import masking
 from atmorep.train.checkpoint import load_model
 from atmorep.train.loop import period
@@ -49,12 +52,19 @@ def evaluate(seed: int, data: DataConfig, cfg: EvaluateConfig, model_path: str |
     write_products(results, cfg, out_dir)
     per_sample = {f: scores.per_sample(ds, modes.get(cfg.mode).baselines) for f, ds in results.items()}
     outputs.write_groups(per_sample, out_dir / "sample_scores.zarr", annotate_cf=False)
-    table = scores.table(per_sample)
+    table = scores.table(per_sample, cfg.bootstrap_iterations, seed)
     table.to_csv(out_dir / "scores.csv", index=False)
     table.to_parquet(out_dir / "scores.parquet", index=False)
+    compared = scores.comparisons(per_sample, cfg.bootstrap_iterations, seed)
+    compared.to_csv(out_dir / "comparisons.csv", index=False)
+    compared.to_parquet(out_dir / "comparisons.parquet", index=False)
     hist = scores.rank_histograms(results, seed)
     hist.to_csv(out_dir / "rank_histogram.csv", index=False)
+    spec = pd.concat([spectra.spectra(ds, f) for f, ds in results.items()], ignore_index=True)
+    spec.to_csv(out_dir / "spectra.csv", index=False)
     figures(results, table, hist, out_dir)
+    plots.scorecard(compared, out_dir / "scorecard.png")
+    plots.spectra(spec, out_dir / "spectra.png")
     attention_products(model, dataset, cfg, seed, out_dir)
     log.info("evaluated %s on %d sample(s): %s", cfg.mode, next(iter(results.values())).sizes["sample"], out_dir)
     return out_dir / "scores.csv"

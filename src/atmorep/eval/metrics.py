@@ -74,7 +74,12 @@ def acc(forecast: xr.DataArray, truth: xr.DataArray, climatology: xr.DataArray, 
 
 def crps_ensemble(ensemble: xr.DataArray, truth: xr.DataArray, weights: xr.DataArray, dims,
                   member: str = "member") -> xr.DataArray:
-    """Area-weighted CRPS of a finite ensemble (scoringrules, fair estimator)."""
+    """Area-weighted CRPS of a finite ensemble (scoringrules, fair estimator).
+
+    One member is a point forecast: its CRPS is the MAE (the fair estimator's member-pair term is 0/0).
+    """
+    if ensemble.sizes[member] == 1:
+        return mae(ensemble.squeeze(member, drop=True), truth, weights, dims)
     point = xr.apply_ufunc(
         lambda obs, fct: sr.crps_ensemble(obs, fct, m_axis=-1, estimator="fair", backend="numpy"),
         truth, ensemble, input_core_dims=[[], [member]], dask="allowed")
@@ -90,8 +95,13 @@ def crps_normal(mean: xr.DataArray, std: xr.DataArray, truth: xr.DataArray, weig
 
 
 def spread(ensemble: xr.DataArray, weights: xr.DataArray, dims, member: str = "member") -> xr.DataArray:
-    """Ensemble spread ``sqrt(weighted mean of the unbiased member variance)`` (WB2 EnsembleStddev)."""
-    return np.sqrt(weighted_mean(ensemble.var(member, ddof=1), weights, dims))
+    """Ensemble spread ``sqrt(weighted mean of the unbiased member variance)`` (WB2 EnsembleStddev).
+
+    One member has no spread (0, not the 0/0 of the unbiased variance).
+    """
+    one = ensemble.sizes[member] == 1
+    var = xr.zeros_like(ensemble.isel({member: 0})) if one else ensemble.var(member, ddof=1)
+    return np.sqrt(weighted_mean(var.where(ensemble.notnull().all(member)), weights, dims))
 
 
 def spread_skill_ratio(spread_: xr.DataArray, rmse_of_mean: xr.DataArray, members: int) -> xr.DataArray:

@@ -127,12 +127,35 @@ def taper(n: int, ramp: int) -> np.ndarray:
     return np.clip(np.minimum(i, n - i) / ramp, 1e-3, 1.0)
 
 
+def _keep_spread(stitched: np.ndarray, values: np.ndarray, ts: list[W.Tile], w: np.ndarray, axis: int,
+                 nlon: int, nx: int, ny: int) -> np.ndarray:
+    """``stitched`` members (Y X ... member ...) about their mean, scaled to the tiles' weighted variance."""
+    if stitched.shape[axis] < 2:
+        return stitched
+    var_num = np.zeros(np.delete(stitched.shape, axis))
+    var_den = np.zeros_like(var_num)
+    w = w.squeeze(axis)
+    for k, t in enumerate(ts):
+        var_k = np.var(values[k], axis=axis, ddof=1)
+        known = np.isfinite(var_k)
+        cols = (t.x0 + np.arange(nx)) % nlon
+        var_num[t.y0:t.y0 + ny, cols] += w * np.where(known, var_k, 0.0)
+        var_den[t.y0:t.y0 + ny, cols] += w * known
+    mean = np.mean(stitched, axis=axis, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        now = np.var(stitched, axis=axis, ddof=1, keepdims=True)
+        scale = np.sqrt(np.expand_dims(var_num / var_den, axis) / now)
+    return mean + (stitched - mean) * np.where(now > 0, scale, 1.0)
+
+
 def stitch(ds: xr.Dataset, tiles: dict[int, list[W.Tile]], dataset: WindowDataset, f: str,
            overlap_tokens: tuple[int, int]) -> xr.Dataset:
     """Global fields per time from the tiles (window layout in, window layout out: one sample per time).
 
     Overlapping tiles are averaged with :func:`taper` weights, so a point near a tile's edge takes
-    most of its value from the neighbouring tile's interior.
+    most of its value from the neighbouring tile's interior. Averaging member k of two tiles would
+    shrink the ensemble spread there (their members are not the same draw), so the stitched members'
+    deviations from the stitched mean are rescaled to the taper-weighted mean of the tiles' variances.
     """
     store = dataset.stores[f][0]
     nlat, nlon = len(store.lats), len(store.lons)
@@ -149,14 +172,17 @@ def stitch(ds: xr.Dataset, tiles: dict[int, list[W.Tile]], dataset: WindowDatase
             da = ds[v].isel(sample=rows).transpose("sample", "y", "x", ...)
             values = da.values.astype(np.float64)
             num = np.zeros((nlat, nlon) + values.shape[3:])
-            den = np.zeros((nlat, nlon) + (1,) * (values.ndim - 3))
+            den = np.zeros_like(num)
+            w = w_YX.reshape(w_YX.shape + (1,) * (values.ndim - 3))
             for k, t in enumerate(ts):
-                w = w_YX.reshape(w_YX.shape + (1,) * (values.ndim - 3))
                 cols = (t.x0 + np.arange(nx)) % nlon
-                v_k = np.nan_to_num(values[k]) if v != "mask" else values[k]
-                num[t.y0:t.y0 + ny, cols] += w * v_k
-                den[t.y0:t.y0 + ny, cols] += w
-            stitched = num / den
+                known = np.isfinite(values[k])  # a missing value (no climatology) stays missing
+                num[t.y0:t.y0 + ny, cols] += w * np.where(known, values[k], 0.0)
+                den[t.y0:t.y0 + ny, cols] += w * known
+            with np.errstate(invalid="ignore"):
+                stitched = num / den
+            if v == "ensemble":
+                stitched = _keep_spread(stitched, values, ts, w, da.dims.index("member") - 1, nlon, nx, ny)
             if v == "mask":
                 stitched = stitched > 0.5
             acc[v] = (("y", "x", *da.dims[3:]), stitched.astype(ds[v].dtype))

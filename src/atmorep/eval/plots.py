@@ -165,3 +165,72 @@ def attention_map(att: xr.Dataset, query: int, truth_TYX: np.ndarray | None, lat
 def _near(lon: float, ref: float) -> float:
     """``lon`` shifted by multiples of 360 to lie within [ref, ref + 360)."""
     return ref + (lon - ref) % 360.0
+
+
+def scorecard(comparisons: pd.DataFrame, path: Path, metrics=("rmse", "crps"), alpha: float = 0.05) -> Path:
+    """Fields (and levels) x leads, coloured by AtmoRep's relative difference to each baseline (blue:
+    AtmoRep better), hatched where the paired test does not reject equal skill at ``alpha`` (or has too
+    few init times to test)."""
+    c = comparisons[comparisons.metric.isin(metrics)]
+    panels = [(m, b) for m in metrics for b in sorted(set(c[c.metric == m].baseline))] or [(metrics[0], "")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(1.2 + 2.8 * len(panels), 1.6 + 0.45 * max(
+        1, len(c.groupby(["field", "level"])))), constrained_layout=True, squeeze=False)
+    vmax = float(np.nanmax(np.abs(c.relative_difference))) * 100 if len(c) else 1.0
+    vmax = min(max(vmax, 1.0), 100.0)
+    norm = plt.Normalize(-vmax, vmax)
+    for ax, (m, b) in zip(axes[0], panels):
+        sub = c[(c.metric == m) & (c.baseline == b)]
+        rows = sorted({(f, lv) for f, lv in zip(sub.field, sub.level)})
+        leads = sorted(set(sub.lead))
+        hours = sub.groupby("lead")["lead_hours"].first()
+        for i, (f, lv) in enumerate(rows):
+            for j, lead in enumerate(leads):
+                cell = sub[(sub.field == f) & (sub.level == lv) & (sub.lead == lead)]
+                if not len(cell):
+                    continue
+                r = float(cell.relative_difference.iloc[0]) * 100
+                p = float(cell.p_value.iloc[0])
+                ax.add_patch(plt.Rectangle((j, i), 1, 1, color=plt.cm.RdBu_r(norm(r)), lw=0))
+                if not p < alpha:
+                    ax.add_patch(plt.Rectangle((j, i), 1, 1, fill=False, hatch="///", ec="0.35", lw=0))
+                ax.text(j + 0.5, i + 0.5, f"{r:+.0f}%", ha="center", va="center", fontsize=7)
+        ax.set_xlim(0, max(len(leads), 1))
+        ax.set_ylim(max(len(rows), 1), 0)
+        ax.set_xticks(np.arange(len(leads)) + 0.5,
+                      [f"{hours[lead]:g} h" if np.isfinite(hours[lead]) else str(lead) for lead in leads])
+        ax.set_yticks(np.arange(len(rows)) + 0.5, [f if lv == 0 else f"{f} {lv}" for f, lv in rows])
+        ax.set(title=f"{LABELS.get(m, m)} vs {b}" if b else "no baseline", xlabel="lead")
+    sm = plt.cm.ScalarMappable(cmap="RdBu_r", norm=norm)
+    fig.colorbar(sm, ax=axes[0].tolist(), shrink=0.9, label="relative difference [%]")
+    fig.suptitle("Scorecard: (AtmoRep - baseline) / baseline; blue: AtmoRep better; "
+                 f"hatched: not significant (paired test p >= {alpha:g} or too few init times)")
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return Path(path)
+
+
+def spectra(spec: pd.DataFrame, path: Path) -> Path:
+    """Power against wavelength of truth, ensemble mean and a single member (first level, last lead)."""
+    fields = list(dict.fromkeys(spec.field)) or [""]
+    fig, axes = plt.subplots(1, len(fields), figsize=(4.6 * len(fields), 3.6), constrained_layout=True,
+                             squeeze=False)
+    for ax, f in zip(axes[0], fields):
+        s = spec[spec.field == f]
+        if not len(s):
+            ax.text(0.5, 0.5, "no complete target fields\n(e.g. BERT windows)", ha="center", va="center",
+                    transform=ax.transAxes)
+            continue
+        s = s[s.level == s.level.min()]
+        s = s[s.lead == s.lead.max()].sort_values("wavelength_km")
+        for name, style in (("truth", "k-"), ("ensemble_mean", "C0-"), ("member", "C1--")):
+            ax.loglog(s.wavelength_km, s[name], style, label=name.replace("_", " "))
+        ax.invert_xaxis()
+        kind = s.kind.iloc[0]
+        ax.set(title=f"{f}: {kind} spectrum, lead {int(s.lead.iloc[0])} ({int(s.samples.iloc[0])} samples)",
+               xlabel="wavelength [km]" + (" (at the equator)" if kind == "zonal" else ""),
+               ylabel="power [(field units)²]")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return Path(path)
