@@ -174,23 +174,6 @@ def training_flops(cfg: ModelConfig, fields: dict[str, FieldGeometry], masked_fr
     return sum(2 * e + 3 * (b + t * n[f] * masked_fraction) for f, (e, b, t) in flop_terms(cfg, fields).items())
 
 
-def activation_bytes(cfg: ModelConfig, fields: dict[str, FieldGeometry], bytes_per_value: int = 2) -> tuple[int, int]:
-    """Estimated activations kept for backward per sample, ``(plain, with checkpointing)``.
-
-    A block keeps about 16 values per token and width unit (normalised input, q/k/v, attention
-    output, residual, MLP input, 2D hidden before and after GELU, dropout masks); flash attention
-    keeps no N x N scores. With checkpointing only the block inputs are kept, plus one block's
-    activations during recompute. The tail (fp32) is counted for every token, an upper bound.
-    """
-    n, dims = tokens(cfg, fields), field_dims(cfg, list(fields))
-    layers = cfg.encoder_layers + cfg.decoder_layers
-    per_block = {f: 16 * n[f] * dims[f] * bytes_per_value for f in fields}
-    tail = sum(n[f] * cfg.ensemble * g.values_per_token * 4 for f, g in fields.items())
-    plain = sum(layers * b for b in per_block.values()) + tail
-    ckpt = sum(layers * n[f] * dims[f] * bytes_per_value for f in fields) + max(per_block.values()) + tail
-    return plain, ckpt
-
-
 def report(path: str | Path) -> str:
     """What ``atmorep train --dry-run --config FILE`` prints."""
     spec = load_any(path)
@@ -198,7 +181,9 @@ def report(path: str | Path) -> str:
     count = parameter_count(cfg, geometry)
     n = tokens(cfg, geometry)
     dims = field_dims(cfg, list(geometry))
-    plain, ckpt = activation_bytes(cfg, geometry)
+    from atmorep.train.memory import activation_bytes  # the fit planner's memory model
+
+    plain, ckpt, _ = activation_bytes(cfg, geometry, gpu=True, masked_fraction=0.5)
     lines = [f"model: {spec.description or path}" + (" [compat layout]" if cfg.compat else "")]
     for f, g in geometry.items():
         T, Y, X = g.num_tokens or cfg.num_tokens
@@ -215,7 +200,7 @@ def report(path: str | Path) -> str:
         f"{_flop(training_flops(cfg, geometry))}",
         f"estimated memory: parameters {_bytes(count * 4)} fp32, training state "
         f"{_bytes(count * OPTIMIZER_BYTES_PER_PARAM)} (weights, gradients, AdamW); activations per sample "
-        f"{_bytes(plain)} bf16 ({_bytes(ckpt)} with checkpointing)",
+        f"{_bytes(plain)} bf16 ({_bytes(ckpt)} with checkpointing; BERT masking at rate 0.5)",
     ]
     if spec.logged_parameters is not None:
         match = "matches" if spec.logged_parameters == count else f"differs by {count - spec.logged_parameters:+,}"
