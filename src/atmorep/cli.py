@@ -175,7 +175,8 @@ def cmd_plan(args) -> None:
 
     text = plan(cfg, load_profile(args.profile), args.mfu).text(args.mfu)
     ranks = args.ranks or cfg.train.ranks
-    text += f"\nfit on {ranks} GPU(s) of {args.device_memory}: " + fit(cfg, parse_bytes(args.device_memory), ranks).text()
+    text += f"\nfit on {ranks} GPU(s) of {args.device_memory}: "
+    text += fit(cfg, parse_bytes(args.device_memory), ranks).text()
     print(text)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -196,8 +197,8 @@ def cmd_inspect(args) -> int:
 
 
 def _fit_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device-memory", default="80GiB", help="memory of one GPU for the fit planner, e.g. 80GiB, "
-                   "141GB (default 80GiB, an H100); it recommends the ZeRO stage, micro-batch, activation "
+    p.add_argument("--device-memory", default="80GiB", help="memory of one GPU for the fit planner, e.g. "
+                   "80GiB, 141GB (default 80GiB, an H100); it recommends the ZeRO stage, micro-batch, activation "
                    "checkpointing and offload that fit train.batch_size per rank in 85%% of it (bf16)")
     p.add_argument("--ranks", type=int, help="data-parallel ranks for the fit planner (default train.ranks; "
                    "1 for a model file)")

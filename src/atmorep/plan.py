@@ -124,8 +124,8 @@ def fit(cfg: Config, device_bytes: float, ranks: int | None = None):
     ``device_bytes`` on ``ranks`` ranks (default ``train.ranks``), at ``train.batch_size`` per rank."""
     from atmorep.train.memory import masked_fraction, recommend
 
-    return recommend(cfg.model, model_geometry(cfg), device_bytes, ranks or cfg.train.ranks, cfg.train.batch_size,
-                     masked_fraction=masked_fraction(cfg.train.masking))
+    return recommend(cfg.model, model_geometry(cfg), device_bytes, ranks or cfg.train.ranks,
+                     cfg.train.batch_size, masked_fraction=masked_fraction(cfg.train.masking))
 
 
 #: files of a shard store besides the data shards, at most: zarr.json of the group and of 8 arrays,

@@ -185,5 +185,6 @@ def test_metrics_have_throughput_and_mfu(uninterrupted, sample_products):
         assert {"samples_per_s", "tokens_per_s", "flop_per_s", "mfu"} <= set(m.columns)
         per_sample = m.flop_per_s / m.samples_per_s  # FLOPs of a sample, its tail on the masked tokens
         assert ((per_sample > lo) & (per_sample < hi)).all()
-        assert list(m.tokens_per_s) == pytest.approx(list(m.samples_per_s * sum(summary.tokens(cfg, geo).values())))
+        per_sample_tokens = sum(summary.tokens(cfg, geo).values())
+        assert list(m.tokens_per_s) == pytest.approx(list(m.samples_per_s * per_sample_tokens))
         assert ((m.mfu > 0) & (m.mfu < 1)).all()

@@ -171,7 +171,8 @@ def training_flops(cfg: ModelConfig, fields: dict[str, FieldGeometry], masked_fr
     input (the data) needs no gradient: there only the weight gradient, once the forward.
     """
     n = tokens(cfg, fields)
-    return sum(2 * e + 3 * (b + t * n[f] * masked_fraction) for f, (e, b, t) in flop_terms(cfg, fields).items())
+    terms = flop_terms(cfg, fields)
+    return sum(2 * e + 3 * (b + t * n[f] * masked_fraction) for f, (e, b, t) in terms.items())
 
 
 def report(path: str | Path) -> str:

@@ -104,19 +104,21 @@ def activation_bytes(cfg: ModelConfig, fields: dict[str, FieldGeometry], gpu: bo
     for f, g in fields.items():
         N, D = n[f], dims[f]
         c = cfg.coupling_heads * (D // cfg.heads)
-        enc = N * (15 * D * w + D * drop) + sum(4 * N * c * w + n[h] * (dims[h] + 3 * c) * w for h in coupling[f])
+        enc = N * (15 * D * w + D * drop)
+        enc += sum(4 * N * c * w + n[h] * (dims[h] + 3 * c) * w for h in coupling[f])
         dec = N * (16 * D * w + D * drop)
         blocks += cfg.encoder_layers * enc + cfg.decoder_layers * dec
         inputs += (cfg.encoder_layers + cfg.decoder_layers) * N * D * w
         largest = max(largest, enc, dec)
     K = {f: n[f] * masked_fraction for f in fields}
-    tail = sum(K[f] * (2 * dims[f] * w + 3 * cfg.ensemble * g.values_per_token * 4) + 2 * n[f] * g.values_per_token * 4
-               for f, g in fields.items())
+    tail = sum(K[f] * (2 * dims[f] * w + 3 * cfg.ensemble * g.values_per_token * 4)
+               + 2 * n[f] * g.values_per_token * 4 for f, g in fields.items())
     return blocks + tail, inputs + tail, largest
 
 
 def estimate(cfg: ModelConfig, fields: dict[str, FieldGeometry], setup: Setup, world: int, gpu: bool = True,
-             masked_fraction: float = 0.5, sizes: list[int] | None = None) -> Estimate:
+             masked_fraction: float = 0.5, sizes: list[int] | None = None,
+             reduce_bucket: int = REDUCE_BUCKET) -> Estimate:
     """A rank's peak memory for ``setup`` on ``world`` ranks (GPUs in bf16, or CPUs in fp32)."""
     sizes = sizes if sizes is not None else parameter_sizes(cfg, fields)
     P, N, w, stage = sum(sizes), world, (2 if gpu else 4), setup.zero_stage
@@ -130,11 +132,11 @@ def estimate(cfg: ModelConfig, fields: dict[str, FieldGeometry], setup: Setup, w
         gathered = min(P - persistent, PREFETCH_BUCKET + max(sizes))  # non-persistent, live while in use
         weights = w * (persistent + gathered + (0 if setup.offload_params else P / N))
         gradients = w * persistent + (0 if setup.offload_optimizer else 4 * P / N)
-        buffers = w * REDUCE_BUCKET
+        buffers = w * reduce_bucket
     else:
         weights = w * P
         if stage == 2 and gpu:  # reduce-scatter into partitions through the contiguous bucket
-            gradients, buffers = w * P / N, w * min(REDUCE_BUCKET, P)
+            gradients, buffers = w * P / N, w * min(reduce_bucket, P)
         else:
             gradients = w * P
     plain, ckpt, largest = activation_bytes(cfg, fields, gpu, masked_fraction)
@@ -176,9 +178,8 @@ def recommend(cfg: ModelConfig, fields: dict[str, FieldGeometry], device_bytes: 
     budget = HEADROOM * device_bytes
     best: tuple[int, Setup, Estimate] | None = None
     for option in OPTIONS:
-        fits = [b for b in _halvings(batch_size)
-                if estimate(cfg, fields, Setup(micro_batch=b, **option), world, gpu, masked_fraction, sizes).peak
-                <= budget]
+        fits = [b for b in _halvings(batch_size) if budget >= estimate(
+            cfg, fields, Setup(micro_batch=b, **option), world, gpu, masked_fraction, sizes).peak]
         if not fits:
             continue
         setup = Setup(micro_batch=fits[0], **option)
@@ -189,12 +190,13 @@ def recommend(cfg: ModelConfig, fields: dict[str, FieldGeometry], device_bytes: 
             best = (fits[0], setup, estimate(cfg, fields, setup, world, gpu, masked_fraction, sizes))
     if best is None:
         last = estimate(cfg, fields, Setup(micro_batch=1, **OPTIONS[-1]), world, gpu, masked_fraction, sizes)
-        return Fit(None, None, 0, f"does not fit: even ZeRO-3 with checkpointing and full offload at micro-batch 1 "
-                   f"needs {last.text()} > {_gib(budget)}; use more ranks, a device with more memory, or a "
-                   f"smaller model")
+        return Fit(None, None, 0, f"does not fit: even ZeRO-3 with checkpointing and full offload at "
+                   f"micro-batch 1 needs {last.text()} > {_gib(budget)}; use more ranks, a device with more "
+                   f"memory, or a smaller model")
     micro, setup, est = best
     return Fit(setup, est, math.ceil(batch_size / micro),
-               f"micro-batch {batch_size} does not fit {_gib(budget)} ({HEADROOM:.0%} of {_gib(device_bytes)})")
+               f"micro-batch {batch_size} does not fit {_gib(budget)} "
+               f"({HEADROOM:.0%} of {_gib(device_bytes)})")
 
 
 def _halvings(b: int) -> list[int]:
@@ -206,8 +208,8 @@ def _halvings(b: int) -> list[int]:
 
 def parse_bytes(text: str) -> float:
     """``80GiB``, ``80GB``, ``512MiB`` or a number of bytes."""
-    units = {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
-             "b": 1}
+    units = {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+             "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "b": 1}
     t = text.strip().lower()
     try:
         for unit, scale in units.items():
@@ -215,4 +217,5 @@ def parse_bytes(text: str) -> float:
                 return float(t[: -len(unit)]) * scale
         return float(t)
     except ValueError:
-        raise ValueError(f"--device-memory: cannot read '{text}' as a size (e.g. 80GiB, 141GB, 512MiB)") from None
+        raise ValueError(f"--device-memory: cannot read '{text}' as a size (e.g. 80GiB, 141GB, 512MiB)"
+                         ) from None

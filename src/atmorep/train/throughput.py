@@ -59,7 +59,8 @@ def device_peak(device: torch.device, dtype: torch.dtype) -> tuple[float, str]:
         if peak is not None:
             return peak, f"{name} bf16 datasheet"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    return measured_peak(device, dtype), f"{name} {str(dtype).removeprefix('torch.')} matmul measured at start"
+    dtype_name = str(dtype).removeprefix("torch.")
+    return measured_peak(device, dtype), f"{name} {dtype_name} matmul measured at start"
 
 
 class Throughput:
@@ -68,9 +69,11 @@ class Throughput:
     ``add(batch_size, masks)`` after every micro-step (this rank's samples and tail tokens),
     ``step(seconds)`` once per optimizer step (sums over ranks, one all-reduce), ``summary()`` for
     the final log line (every step but the first, which pays for warm-up, when there are more).
+    ``peak`` (FLOP/s of one rank) replaces the table and the measurement.
     """
 
-    def __init__(self, model_cfg, fields: dict, world: int, device: torch.device, dtype: torch.dtype):
+    def __init__(self, model_cfg, fields: dict, world: int, device: torch.device, dtype: torch.dtype,
+                 peak: float | None = None):
         fields = {f: g if g.num_tokens else type(g)(g.levels, g.token_size, model_cfg.num_tokens)
                   for f, g in fields.items()}
         self.n_tokens = summary.tokens(model_cfg, fields)
@@ -80,7 +83,7 @@ class Throughput:
         self.world, self.device = world, device
         if dist.is_initialized():
             dist.barrier()  # ranks sharing cores measure together, as they will train
-        peak, self.peak_source = device_peak(device, dtype)
+        peak, self.peak_source = (peak, "given") if peak else device_peak(device, dtype)
         if dist.is_initialized():  # one figure for the run: the mean over ranks
             t = torch.tensor([peak], dtype=torch.float64)
             dist.all_reduce(t)
