@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import time
 
 import torch
 
@@ -63,18 +64,21 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="torch.compile the model")
     ap.add_argument("--checkpointing", action="store_true", help="activation checkpointing (recompute not counted)")
     ap.add_argument("--peak-tflops", type=float, default=None)
+    ap.add_argument("--device", default="cuda",
+                    help="cpu: a smoke test of this script (tests/train/test_throughput.py)")
     args = ap.parse_args()
-    if not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("gpu_mfu.py needs a CUDA GPU")
-    device = torch.device("cuda")
+    device = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = True
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
-    spec = select(summary.load_model_file(args.config), args.fields)
+    spec = select(summary.load_any(args.config), args.fields)
     cfg = dataclasses.replace(spec.model, checkpointing=args.checkpointing, compat=False)
     geometry = spec.geometry()
     model = Multiformer(cfg, geometry).to(device).train()
     step_model = torch.compile(model) if args.compile else model
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
     loss_fn = Loss(LossConfig())
     gen = torch.Generator().manual_seed(0)
     batch = random_batch(spec, args.batch, device)
@@ -84,7 +88,7 @@ def main() -> None:
     targets = {f: batch.tokens[f][masks[f]] for f in batch.tokens}
 
     def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
             loss, _ = loss_fn(step_model(src.tokens, src.info, masks), targets)
         loss.backward()
         optimizer.step()
@@ -92,14 +96,12 @@ def main() -> None:
 
     for _ in range(args.warmup):
         step()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
+    sync()
+    start = time.perf_counter()
     for _ in range(args.steps):
         step()
-    end.record()
-    torch.cuda.synchronize()
-    seconds = start.elapsed_time(end) / 1e3 / args.steps
+    sync()
+    seconds = (time.perf_counter() - start) / args.steps
 
     n_tokens = summary.tokens(cfg, geometry)
     masked = sum(int(m.sum()) for m in masks.values()) / (args.batch * sum(n_tokens.values()))
@@ -107,7 +109,8 @@ def main() -> None:
                        peak=args.peak_tflops * 1e12 if args.peak_tflops else None)
     meter.add(args.batch, masks)
     row = meter.step(seconds)
-    name = torch.cuda.get_device_name()
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
+    memory = torch.cuda.max_memory_allocated() if device.type == "cuda" else float("nan")
     params = sum(p.numel() for p in model.parameters())
     print(f"device: {name}, torch {torch.__version__}, bf16 autocast, compile {args.compile}, "
           f"checkpointing {args.checkpointing}")
@@ -116,7 +119,7 @@ def main() -> None:
     print(f"step: {seconds * 1e3:.1f} ms, {row['samples_per_s']:.1f} samples/s, "
           f"{row['tokens_per_s']:,.0f} tokens/s, "
           f"{row['flop_per_s'] / 1e12:.1f} TFLOP/s of {meter.peak / 1e12:.1f} ({meter.peak_source}), "
-          f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+          f"peak memory {memory / 2**30:.1f} GiB")
     print(f"mfu={row['mfu']:.4f}")
 
 

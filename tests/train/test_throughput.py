@@ -84,3 +84,18 @@ def test_cpu_peak_is_measured_in_the_training_dtype():
     assert source == "CPU float32 matmul measured at start"
     assert 1e8 < peak < 1e13
     assert T.training_dtype("torch") == torch.float32
+
+
+@pytest.mark.slow
+def test_gpu_mfu_benchmark_runs_its_meter_on_cpu():
+    """benchmarks/gpu_mfu.sh's script, smoke-tested on CPU (no GPU here): it ends with mfu=."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, str(REPO / "benchmarks" / "gpu_mfu.py"), "--device", "cpu", "--config",
+           str(REPO / "config" / "config.yaml"), "--fields", "t2m", "--batch", "2", "--steps", "1", "--warmup", "1"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stdout.strip().splitlines()
+    assert "CPU bfloat16 matmul measured at start" in lines[-2]
+    assert lines[-1].startswith("mfu=") and 0 < float(lines[-1][4:]) < 1
