@@ -90,6 +90,8 @@ def worker(name: str, steps: int, out: Path) -> None:
     loss_fn = Loss(tcfg.loss)
     g = torch.Generator().manual_seed(rank)
     marks = {}
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS now: the RSS column's baseline
+    rss0 = _status_kib("VmHWM")
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         torch.manual_seed(0)
         model = Multiformer(cfg, geo)
@@ -98,15 +100,15 @@ def worker(name: str, steps: int, out: Path) -> None:
         marks["engine"] = time.time_ns()
         for i in range(steps):
             shape = {f: (tcfg.batch_size, gg.levels, *cfg.num_tokens) for f, gg in geo.items()}
-            batch = Batch({f: torch.randn(*s, geo[f].values_per_token, generator=g) for f, s in shape.items()},
-                          {f: torch.rand(*s, 8, generator=g) for f, s in shape.items()})
+            tokens = {f: torch.randn(*s, geo[f].values_per_token, generator=g) for f, s in shape.items()}
+            batch = Batch(tokens, {f: torch.rand(*s, 8, generator=g) for f, s in shape.items()})
             masks = strategy(batch, g)
             source = masking.apply(batch, masks)
             ens = engine(source.tokens, source.info, masks)
             loss, _ = loss_fn(ens, {f: batch.tokens[f][masks[f]] for f in ens})
             marks[f"forward{i}"] = time.time_ns()
             engine.step(loss)
-            del batch, masks, source, ens, loss
+            del tokens, batch, masks, source, ens, loss
             marks[f"step{i}"] = time.time_ns()
     events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
                     if e.name() == "[memory]")
@@ -117,12 +119,20 @@ def worker(name: str, steps: int, out: Path) -> None:
             at[pending.pop(0)[0]] = (live, peak)
         live += nbytes
         peak = max(peak, live)
-    (out / f"rank{rank}.json").write_text(json.dumps({"peak": peak, "events": len(events), "marks": at}))
+    rss = (_status_kib("VmHWM") - rss0) * 1024
+    result = {"peak": peak, "rss": rss, "events": len(events), "marks": at}
+    (out / f"rank{rank}.json").write_text(json.dumps(result))
     distributed.finish()
 
 
-def measure(name: str, steps: int) -> int:
-    """The larger of the two ranks' peaks (bytes) of one 2-rank run."""
+def _status_kib(key: str) -> int:
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(key + ":"))
+    return int(line.split()[1])
+
+
+def measure(name: str, steps: int) -> tuple[int, int]:
+    """The larger of the two ranks' peaks of live tensor bytes, and of RSS high-water mark over the
+    start (for comparison: RSS sees only the pages written, and the interpreter's own memory)."""
     with tempfile.TemporaryDirectory(prefix="memory_model_") as tmp:
         env = {**os.environ, "OMP_NUM_THREADS": "1",
                "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
@@ -134,7 +144,7 @@ def measure(name: str, steps: int) -> int:
         ranks = [json.loads((Path(tmp) / f"rank{r}.json").read_text()) for r in range(2)]
         if os.environ.get("MEMORY_MODEL_DEBUG"):
             print({k: [round(x / 2**20, 2) for x in v] for k, v in ranks[0]["marks"].items()})
-        return max(r["peak"] for r in ranks)
+        return max(r["peak"] for r in ranks), max(r["rss"] for r in ranks)
 
 
 def main() -> None:
@@ -150,7 +160,8 @@ def main() -> None:
     from atmorep.config import TrainConfig
     from atmorep.train import memory
 
-    print(f"{'configuration (2 CPU ranks, fp32)':34s} {'predicted':>10s} {'measured':>10s} {'ratio':>6s}")
+    print(f"{'configuration (2 CPU ranks, fp32)':34s} {'predicted':>10s} {'measured':>10s} {'ratio':>6s} "
+          f"{'RSS peak':>10s}")
     errors = []
     for name in QUICK if args.quick else CONFIGS:
         cfg, geo = model_and_geometry(name)
@@ -160,10 +171,10 @@ def main() -> None:
         predicted = memory.estimate(cfg, geo, setup, world=2, gpu=False,
                                     masked_fraction=TrainConfig().masking.rate,
                                     reduce_bucket=SMALL_BUCKET.get(name, memory.REDUCE_BUCKET)).peak
-        measured = measure(name, args.steps)
+        measured, rss = measure(name, args.steps)
         errors.append(abs(predicted / measured - 1))
         print(f"{name:34s} {predicted / 2**20:7.1f} MiB {measured / 2**20:6.1f} MiB "
-              f"{predicted / measured:6.3f}", flush=True)
+              f"{predicted / measured:6.3f} {rss / 2**20:6.1f} MiB", flush=True)
     print(f"memory_model_max_error={max(errors):.3f}")
 
 
