@@ -139,7 +139,7 @@ def _dry_run_fit(args) -> str:
     ranks = args.ranks or train.ranks
     fit = recommend(spec.model, spec.geometry(), parse_bytes(args.device_memory), ranks, train.batch_size,
                     masked_fraction=masked_fraction(train.masking))
-    return f"on {ranks} GPU(s) of {args.device_memory}: {fit.text()}"
+    return f"fit on {ranks} GPU(s) of {args.device_memory}: {fit.text()}"
 
 
 def cmd_evaluate(args) -> None:

@@ -18,6 +18,7 @@ import numpy as np
 import yaml
 
 from atmorep.config import Config, tokens_per_field
+from atmorep.train.throughput import table_peak
 
 #: GRIB1 bytes per message besides the packed values (sections 0, 1, 2, 4 header and 5), measured
 GRIB1_HEADER = 108
@@ -26,7 +27,7 @@ BITS = {"sample": 24, "cds": 16, "files": 16}
 #: core-seconds per GB of float32 data, measured on 2-core CI machines (logs/*/*.benchmark.tsv)
 CORE_S_PER_GB = {"acquire": 25.0, "normalize": 30.0, "shard": 12.0, "evaluate": 60.0}
 #: peak dense bf16 FLOP/s of one GPU (H100 SXM) used for GPU-hours
-GPU_PEAK_FLOPS = 989.4e12  # atmorep.train.throughput.PEAK_BF16["H100"]
+GPU_PEAK_FLOPS = table_peak("NVIDIA H100 80GB HBM3")
 
 
 @dataclass(frozen=True)

@@ -77,11 +77,11 @@ def test_plan_and_dry_run_print_the_recommendation(capsys):
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     line = out.strip().splitlines()[-1]
-    assert line.startswith("on 8 GPU(s) of 3GiB: fit: ZeRO-3")
+    assert line.startswith("fit on 8 GPU(s) of 3GiB: ZeRO-3")
     assert "offload" in line and "does not fit" in line
     assert cli.main(["plan", "--config", str(REPO / "config" / "campaigns" / "quickstart.yaml"),
                      "--device-memory", "80GB"]) == 0
-    assert "fit on" in capsys.readouterr().out
+    assert "\nfit on 4 GPU(s) of 80GB: ZeRO-" in capsys.readouterr().out
     assert cli.main(["train", "--dry-run", "--config", str(BIG), "--device-memory", "lots"]) == 1
     assert "--device-memory" in capsys.readouterr().err
 

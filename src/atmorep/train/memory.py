@@ -164,8 +164,8 @@ class Fit:
 
     def text(self) -> str:
         if self.setup is None:
-            return f"fit: {self.reason}"
-        return (f"fit: {self.setup.text()}, gradient accumulation {self.gradient_accumulation}: "
+            return self.reason
+        return (f"{self.setup.text()}, gradient accumulation {self.gradient_accumulation}: "
                 f"{self.estimate.text()}; {self.reason}")
 
 
