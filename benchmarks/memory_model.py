@@ -11,6 +11,8 @@ model predicts. It prints predicted vs measured per configuration and, as its la
     memory_model_max_error=<max |predicted / measured - 1|>      (target <= 0.25)
 
     python benchmarks/memory_model.py [--quick] [--steps 2]
+
+MEMORY_MODEL_DEBUG=1 also prints rank 0's (live, peak) MiB after model, engine, each forward and step.
 """
 
 from __future__ import annotations
