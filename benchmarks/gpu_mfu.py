@@ -5,9 +5,10 @@ By default it trains the per-field transformer of ``velocity_u`` from the 2024 s
 embedding, encoder, decoder and ensemble tail, BERT-masked random batches, bf16 autocast with fp32
 weights, fused AdamW. ``--fields all`` takes the whole six-field multiformer with its coupling.
 
-FLOPs are the model's matmul FLOPs (``atmorep.model.summary.forward_flops``, attention scores
-included, checkpoint recompute not counted), times 3 for forward + backward. The peak is bf16
-dense tensor throughput for the detected GPU, or ``--peak-tflops``. The last line is ``mfu=<ratio>``.
+FLOPs, peak and MFU come from the training loop's meter (``atmorep.train.throughput``): the model's
+forward + backward matmul FLOPs (attention included, checkpoint recompute not counted) on the masked
+tokens, over the bf16 dense datasheet peak of the detected GPU (``PEAK_BF16``; a measured matmul
+peak for GPUs not in the table), or ``--peak-tflops``. The last line is ``mfu=<ratio>``.
 
     python benchmarks/gpu_mfu.py [--config config/models/wc5e2i3t.yaml] [--fields velocity_u]
                                  [--batch 16] [--steps 20] [--compile] [--checkpointing]
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import time
 
 import torch
 
@@ -27,20 +29,7 @@ from atmorep.model.multiformer import Multiformer
 from atmorep.train import masking
 from atmorep.train.batch import Batch
 from atmorep.train.losses import Loss
-
-#: dense bf16 tensor-core peak, FLOP/s, by a substring of the device name (most specific first)
-PEAK_BF16 = {"H100 PCIe": 756e12, "H100": 989.4e12, "H200": 989.4e12, "GH200": 989.4e12, "A100": 312e12,
-             "L40S": 362e12}
-
-
-def peak_flops(name: str, override_tflops: float | None) -> float:
-    if override_tflops:
-        return override_tflops * 1e12
-    for key, value in PEAK_BF16.items():
-        if key in name:
-            return value
-    sys.exit(f"unknown GPU '{name}': give --peak-tflops")
-
+from atmorep.train.throughput import Throughput
 
 def select(spec: summary.ModelFile, fields: str) -> summary.ModelFile:
     """The model file restricted to ``fields`` (comma-separated, or 'all'), coupling pruned to them."""
@@ -75,18 +64,21 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="torch.compile the model")
     ap.add_argument("--checkpointing", action="store_true", help="activation checkpointing (recompute not counted)")
     ap.add_argument("--peak-tflops", type=float, default=None)
+    ap.add_argument("--device", default="cuda",
+                    help="cpu: a smoke test of this script (tests/train/test_throughput.py)")
     args = ap.parse_args()
-    if not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("gpu_mfu.py needs a CUDA GPU")
-    device = torch.device("cuda")
+    device = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = True
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
-    spec = select(summary.load_model_file(args.config), args.fields)
+    spec = select(summary.load_any(args.config), args.fields)
     cfg = dataclasses.replace(spec.model, checkpointing=args.checkpointing, compat=False)
     geometry = spec.geometry()
     model = Multiformer(cfg, geometry).to(device).train()
     step_model = torch.compile(model) if args.compile else model
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
     loss_fn = Loss(LossConfig())
     gen = torch.Generator().manual_seed(0)
     batch = random_batch(spec, args.batch, device)
@@ -96,7 +88,7 @@ def main() -> None:
     targets = {f: batch.tokens[f][masks[f]] for f in batch.tokens}
 
     def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
             loss, _ = loss_fn(step_model(src.tokens, src.info, masks), targets)
         loss.backward()
         optimizer.step()
@@ -104,29 +96,31 @@ def main() -> None:
 
     for _ in range(args.warmup):
         step()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
+    sync()
+    start = time.perf_counter()
     for _ in range(args.steps):
         step()
-    end.record()
-    torch.cuda.synchronize()
-    seconds = start.elapsed_time(end) / 1e3 / args.steps
+    sync()
+    seconds = (time.perf_counter() - start) / args.steps
 
     n_tokens = summary.tokens(cfg, geometry)
     masked = sum(int(m.sum()) for m in masks.values()) / (args.batch * sum(n_tokens.values()))
-    flops = 3 * summary.forward_flops(cfg, geometry, masked_fraction=masked) * args.batch
-    name = torch.cuda.get_device_name()
-    peak = peak_flops(name, args.peak_tflops)
+    meter = Throughput(cfg, geometry, 1, device, torch.bfloat16,
+                       peak=args.peak_tflops * 1e12 if args.peak_tflops else None)
+    meter.add(args.batch, masks)
+    row = meter.step(seconds)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
+    memory = torch.cuda.max_memory_allocated() if device.type == "cuda" else float("nan")
     params = sum(p.numel() for p in model.parameters())
     print(f"device: {name}, torch {torch.__version__}, bf16 autocast, compile {args.compile}, "
           f"checkpointing {args.checkpointing}")
     print(f"model: {args.config} fields {','.join(geometry)}, {params:,} parameters, "
           f"{sum(n_tokens.values()):,} tokens per sample, batch {args.batch}, masked fraction {masked:.3f}")
-    print(f"step: {seconds * 1e3:.1f} ms, {args.batch / seconds:.1f} samples/s, "
-          f"{args.batch * sum(n_tokens.values()) / seconds:,.0f} tokens/s, {flops / seconds / 1e12:.1f} TFLOP/s, "
-          f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
-    print(f"mfu={flops / seconds / peak:.4f}")
+    print(f"step: {seconds * 1e3:.1f} ms, {row['samples_per_s']:.1f} samples/s, "
+          f"{row['tokens_per_s']:,.0f} tokens/s, "
+          f"{row['flop_per_s'] / 1e12:.1f} TFLOP/s of {meter.peak / 1e12:.1f} ({meter.peak_source}), "
+          f"peak memory {memory / 2**30:.1f} GiB")
+    print(f"mfu={row['mfu']:.4f}")
 
 
 if __name__ == "__main__":

@@ -92,6 +92,21 @@ def test_two_rank_training_lowers_the_loss(run):
     assert "on 2 ranks" in log
 
 
+def test_training_logs_throughput_and_mfu(run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    work, _ = run
+    train = work / "results" / "tiny" / "train"
+    metrics = pd.read_csv(train / "metrics.csv")
+    for col in ("samples_per_s", "tokens_per_s", "flop_per_s", "mfu"):
+        assert (metrics[col] > 0).all(), col
+    assert (metrics["mfu"] < 1).all()
+    events = EventAccumulator(str(train / "tensorboard")).Reload()
+    assert {"flop_per_s", "mfu", "samples_per_s"} <= set(events.Tags()["scalars"])
+    log = (work / "logs" / "tiny" / "pretrain.log").read_text()
+    assert "GFLOP/s, MFU" in log.split("trained 80 steps on 2 ranks")[1].split("throughput:")[1]
+
+
 def test_every_rule_has_log_and_benchmark(run):
     work, _ = run
     logs = work / "logs" / "tiny"  # everything of a run lives under its name

@@ -120,6 +120,7 @@ def cmd_train(args) -> None:
         if args.config is None:
             raise C.ConfigError("--dry-run needs --config FILE (a run configuration or config/models/*.yaml)")
         print(report(args.config))
+        print(_dry_run_fit(args))
         return
     if not args.shards or args.output_dir is None:
         raise C.ConfigError("train needs --shards and --output-dir (or --dry-run)")
@@ -128,6 +129,23 @@ def cmd_train(args) -> None:
     raw = _slice(args, "train")
     train(C.section(raw, "seed"), C.section(raw, "data"), C.section(raw, "model"), C.section(raw, "train"),
           _stores(args.shards), args.output_dir, fresh=args.fresh)
+
+
+def _dry_run_fit(args) -> str:
+    """The fit planner's line of ``train --dry-run``: a run configuration's batch and ranks, or a model
+    file's at the defaults (train.batch_size 8, one rank unless --ranks)."""
+    import yaml
+
+    from atmorep.model.summary import load_any
+    from atmorep.train.memory import masked_fraction, parse_bytes, recommend
+
+    raw = yaml.safe_load(Path(args.config).read_text())
+    train = C.load(args.config).train if isinstance(raw, dict) and "run" in raw else C.TrainConfig(ranks=1)
+    spec = load_any(args.config)
+    ranks = args.ranks or train.ranks
+    fit = recommend(spec.model, spec.geometry(), parse_bytes(args.device_memory), ranks, train.batch_size,
+                    masked_fraction=masked_fraction(train.masking))
+    return f"fit on {ranks} GPU(s) of {args.device_memory}: {fit.text()}"
 
 
 def cmd_evaluate(args) -> None:
@@ -158,7 +176,13 @@ def cmd_plan(args) -> None:
         cfg = C.load(args.config)
     else:
         raise C.ConfigError("plan needs --config FILE (a run configuration)")
+    from atmorep.plan import fit
+    from atmorep.train.memory import parse_bytes
+
     text = plan(cfg, load_profile(args.profile), args.mfu).text(args.mfu)
+    ranks = args.ranks or cfg.train.ranks
+    text += f"\nfit on {ranks} GPU(s) of {args.device_memory}: "
+    text += fit(cfg, parse_bytes(args.device_memory), ranks).text()
     print(text)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -188,6 +212,14 @@ def cmd_import_original(args) -> None:
             raise C.ConfigError(f"--rename {item!r}: expected ORIGINAL=OURS, e.g. velocity_u=u")
         rename[old] = new
     print(import_original(args.weights, args.config, args.output, rename, args.config_out))
+
+
+def _fit_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device-memory", default="80GiB", help="memory of one GPU for the fit planner, e.g. "
+                   "80GiB, 141GB (default 80GiB, an H100); it recommends the ZeRO stage, micro-batch, activation "
+                   "checkpointing and offload that fit train.batch_size per rank in 85%% of it (bf16)")
+    p.add_argument("--ranks", type=int, help="data-parallel ranks for the fit planner (default train.ranks; "
+                   "1 for a model file)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -253,7 +285,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true", help="ignore checkpoints in OUTPUT_DIR/checkpoints "
                    "(by default a run resumes from the latest one made with the same configuration)")
     p.add_argument("--dry-run", action="store_true", help="build the model on the meta device and print its "
-                   "parameter count, tokens per sample and estimated memory (--config may be config/models/*.yaml)")
+                   "parameter count, tokens per sample and estimated memory (--config may be config/models/*.yaml)"
+                   ", and the fit planner's ZeRO stage, micro-batch, checkpointing and offload")
+    _fit_args(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("launch", help="start N ranks of an atmorep command with torchrun, srun or mpirun",
@@ -283,6 +317,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", type=Path, default=Path("profiles/slurm"),
                    help="Snakemake profile whose job grouping counts SLURM jobs (default profiles/slurm)")
     p.add_argument("--mfu", type=float, default=0.45, help="model FLOPs utilisation assumed for GPU-hours")
+    _fit_args(p)
     p.add_argument("--output", type=Path, help="also write the plan to this file")
     p.set_defaults(func=cmd_plan)
 

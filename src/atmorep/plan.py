@@ -18,6 +18,7 @@ import numpy as np
 import yaml
 
 from atmorep.config import Config, tokens_per_field
+from atmorep.train.throughput import table_peak
 
 #: GRIB1 bytes per message besides the packed values (sections 0, 1, 2, 4 header and 5), measured
 GRIB1_HEADER = 108
@@ -26,7 +27,7 @@ BITS = {"sample": 24, "cds": 16, "files": 16}
 #: core-seconds per GB of float32 data, measured on 2-core CI machines (logs/*/*.benchmark.tsv)
 CORE_S_PER_GB = {"acquire": 25.0, "normalize": 30.0, "shard": 12.0, "evaluate": 60.0}
 #: peak dense bf16 FLOP/s of one GPU (H100 SXM) used for GPU-hours
-GPU_PEAK_FLOPS = 989e12
+GPU_PEAK_FLOPS = table_peak("NVIDIA H100 80GB HBM3")
 
 
 @dataclass(frozen=True)
@@ -79,8 +80,8 @@ def grid(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
 
 def plan(cfg: Config, profile: dict | None = None, mfu: float = 0.45) -> Plan:
     from atmorep.data import shards as S
-    from atmorep.model.multiformer import FieldGeometry
-    from atmorep.model.summary import forward_flops
+    from atmorep.model.summary import training_flops
+    from atmorep.train.memory import masked_fraction
 
     lats, lons = grid(cfg)
     nlat, nlon = len(lats), len(lons)
@@ -104,13 +105,28 @@ def plan(cfg: Config, profile: dict | None = None, mfu: float = 0.45) -> Plan:
             inodes += math.prod(math.ceil(n / s) for n, s in zip(shape, shard_shape)) + STORE_FILES
     data_gb = sum(steps[m] * len(s.levels) for s in cfg.data.fields.values() for m in months) * nlat * nlon * 4 / 1e9
     core_hours = {stage: data_gb * rate / 3600 for stage, rate in CORE_S_PER_GB.items()}
-    tokens = tokens_per_field(cfg)
-    geometry = {f: FieldGeometry(len(s.levels), cfg.shard.token_size_for(f), tokens[f])
-                for f, s in cfg.data.fields.items()}
     samples = cfg.train.steps * cfg.train.batch_size * cfg.train.gradient_accumulation * cfg.train.ranks
-    train_flops = 3 * forward_flops(cfg.model, geometry) * samples  # backward ~ 2x forward
+    train_flops = training_flops(cfg.model, model_geometry(cfg), masked_fraction(cfg.train.masking)) * samples
     return Plan(grib, len(cfg.data.fields) * len(months), zarr_bytes, inodes, core_hours, train_flops,
                 train_flops / (GPU_PEAK_FLOPS * mfu) / 3600, slurm_jobs(cfg, profile or {}))
+
+
+def model_geometry(cfg: Config) -> dict:
+    """The fields' geometry the model of ``cfg`` trains on (levels, token size, tokens per sample)."""
+    from atmorep.model.multiformer import FieldGeometry
+
+    tokens = tokens_per_field(cfg)
+    return {f: FieldGeometry(len(s.levels), cfg.shard.token_size_for(f), tokens[f])
+            for f, s in cfg.data.fields.items()}
+
+
+def fit(cfg: Config, device_bytes: float, ranks: int | None = None):
+    """The fit planner's recommendation (:func:`atmorep.train.memory.recommend`) for GPUs of
+    ``device_bytes`` on ``ranks`` ranks (default ``train.ranks``), at ``train.batch_size`` per rank."""
+    from atmorep.train.memory import masked_fraction, recommend
+
+    return recommend(cfg.model, model_geometry(cfg), device_bytes, ranks or cfg.train.ranks,
+                     cfg.train.batch_size, masked_fraction=masked_fraction(cfg.train.masking))
 
 
 #: files of a shard store besides the data shards, at most: zarr.json of the group and of 8 arrays,

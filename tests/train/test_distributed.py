@@ -169,3 +169,22 @@ def test_fine_tuning_refuses_another_architecture(sample_products, tmp_path):
     assert r.returncode != 0
     assert "init_from" in r.stderr and "['dim']" in r.stderr and "model.pt" in r.stderr
     assert not (tmp_path / "x" / "model.pt").exists()
+
+
+def test_metrics_have_throughput_and_mfu(uninterrupted, sample_products):
+    from atmorep.config import ModelConfig
+    from atmorep.model import summary
+    from atmorep.model.multiformer import FieldGeometry
+
+    model = json.loads(params(sample_products))["model"]
+    cfg = ModelConfig(**{**model, "num_tokens": tuple(model["num_tokens"]),
+                         "coupling": {k: tuple(v) for k, v in model["coupling"].items()}})
+    geo = {f: FieldGeometry(1, sample_products["shard"].token_size) for f in sample_products["data"].fields}
+    lo, hi = (summary.training_flops(cfg, geo, masked) for masked in (0.0, 1.0))
+    for m in uninterrupted.values():
+        assert {"samples_per_s", "tokens_per_s", "flop_per_s", "mfu"} <= set(m.columns)
+        per_sample = m.flop_per_s / m.samples_per_s  # FLOPs of a sample, its tail on the masked tokens
+        assert ((per_sample > lo) & (per_sample < hi)).all()
+        per_sample_tokens = sum(summary.tokens(cfg, geo).values())
+        assert list(m.tokens_per_s) == pytest.approx(list(m.samples_per_s * per_sample_tokens))
+        assert ((m.mfu > 0) & (m.mfu < 1)).all()

@@ -141,44 +141,40 @@ def tokens(cfg: ModelConfig, fields: dict[str, FieldGeometry]) -> dict[str, int]
     return out
 
 
-def forward_flops(cfg: ModelConfig, fields: dict[str, FieldGeometry], masked_fraction: float = 1.0) -> float:
-    """Matmul FLOPs of one sample's forward pass (2 per multiply-add), attention scores included.
-
-    Backward costs twice this; training one sample costs ``3 * forward_flops`` (without recompute).
-    The tail runs on ``masked_fraction`` of the tokens.
-    """
+def flop_terms(cfg: ModelConfig, fields: dict[str, FieldGeometry]) -> dict[str, tuple[float, float, float]]:
+    """Per field the forward matmul FLOPs (2 per multiply-add), attention scores and values included:
+    ``(embedding per sample, encoder + decoder per sample, tail per masked token)``."""
     n, dims, coupling = tokens(cfg, fields), field_dims(cfg, list(fields)), coupling_graph(cfg, list(fields))
-    total = 0.0
+    out = {}
     for f, g in fields.items():
         N, D, P = n[f], dims[f], g.values_per_token
-        dh = D // cfg.heads
         enc = 2 * N * D * 3 * D + 4 * N * N * D + 8 * N * D * D  # self qkv, scores+values, MLP
-        c = cfg.coupling_heads * dh
+        c = cfg.coupling_heads * (D // cfg.heads)
         enc += sum(2 * N * D * c + 2 * n[h] * dims[h] * 2 * c + 4 * N * n[h] * c for h in coupling[f])
         enc += 2 * N * (D + c * len(coupling[f])) * D  # proj_out
         dec = 2 * N * D * 3 * D + 2 * N * D * D + 4 * N * N * D + 8 * N * D * D  # q,kv (self+cross), proj, attn, MLP
         predicted = f not in cfg.inputs_only  # inputs-only fields have no decoder and no tail
-        total += cfg.encoder_layers * enc + predicted * cfg.decoder_layers * dec
-        total += 2 * N * (P * (D - TOKEN_INFO_DIM) + 8 * TOKEN_INFO_DIM)  # embedding of values and token info
-        total += predicted * 2 * N * masked_fraction * cfg.ensemble * D * P  # tail
-    return total
+        embed = 2 * N * (P * (D - TOKEN_INFO_DIM) + 8 * TOKEN_INFO_DIM)  # values and token info
+        out[f] = (embed, cfg.encoder_layers * enc + predicted * cfg.decoder_layers * dec,
+                  predicted * 2 * cfg.ensemble * D * P)
+    return out
 
 
-def activation_bytes(cfg: ModelConfig, fields: dict[str, FieldGeometry], bytes_per_value: int = 2) -> tuple[int, int]:
-    """Estimated activations kept for backward per sample, ``(plain, with checkpointing)``.
+def forward_flops(cfg: ModelConfig, fields: dict[str, FieldGeometry], masked_fraction: float = 1.0) -> float:
+    """Matmul FLOPs of one sample's forward pass; the tail runs on ``masked_fraction`` of the tokens."""
+    n = tokens(cfg, fields)
+    return sum(e + b + t * n[f] * masked_fraction for f, (e, b, t) in flop_terms(cfg, fields).items())
 
-    A block keeps about 16 values per token and width unit (normalised input, q/k/v, attention
-    output, residual, MLP input, 2D hidden before and after GELU, dropout masks); flash attention
-    keeps no N x N scores. With checkpointing only the block inputs are kept, plus one block's
-    activations during recompute. The tail (fp32) is counted for every token, an upper bound.
+
+def training_flops(cfg: ModelConfig, fields: dict[str, FieldGeometry], masked_fraction: float = 1.0) -> float:
+    """Forward + backward matmul FLOPs of one training sample (model FLOPs: no checkpoint recompute).
+
+    Backward costs twice the forward (input and weight gradients), except in the embedding, whose
+    input (the data) needs no gradient: there only the weight gradient, once the forward.
     """
-    n, dims = tokens(cfg, fields), field_dims(cfg, list(fields))
-    layers = cfg.encoder_layers + cfg.decoder_layers
-    per_block = {f: 16 * n[f] * dims[f] * bytes_per_value for f in fields}
-    tail = sum(n[f] * cfg.ensemble * g.values_per_token * 4 for f, g in fields.items())
-    plain = sum(layers * b for b in per_block.values()) + tail
-    ckpt = sum(layers * n[f] * dims[f] * bytes_per_value for f in fields) + max(per_block.values()) + tail
-    return plain, ckpt
+    n = tokens(cfg, fields)
+    terms = flop_terms(cfg, fields)
+    return sum(2 * e + 3 * (b + t * n[f] * masked_fraction) for f, (e, b, t) in terms.items())
 
 
 def report(path: str | Path) -> str:
@@ -188,7 +184,9 @@ def report(path: str | Path) -> str:
     count = parameter_count(cfg, geometry)
     n = tokens(cfg, geometry)
     dims = field_dims(cfg, list(geometry))
-    plain, ckpt = activation_bytes(cfg, geometry)
+    from atmorep.train.memory import activation_bytes  # the fit planner's memory model
+
+    plain, ckpt, _ = activation_bytes(cfg, geometry, gpu=True, masked_fraction=0.5)
     lines = [f"model: {spec.description or path}" + (" [compat layout]" if cfg.compat else "")]
     for f, g in geometry.items():
         T, Y, X = g.num_tokens or cfg.num_tokens
@@ -201,10 +199,11 @@ def report(path: str | Path) -> str:
     lines += [
         params,
         f"tokens per sample: {sum(n.values()):,}",
-        f"forward: {_flop(forward_flops(cfg, geometry))} per sample (training about 3x)",
+        f"forward: {_flop(forward_flops(cfg, geometry))} per sample, training (forward + backward) "
+        f"{_flop(training_flops(cfg, geometry))}",
         f"estimated memory: parameters {_bytes(count * 4)} fp32, training state "
         f"{_bytes(count * OPTIMIZER_BYTES_PER_PARAM)} (weights, gradients, AdamW); activations per sample "
-        f"{_bytes(plain)} bf16 ({_bytes(ckpt)} with checkpointing)",
+        f"{_bytes(plain)} bf16 ({_bytes(ckpt)} with checkpointing; BERT masking at rate 0.5)",
     ]
     if spec.logged_parameters is not None:
         match = "matches" if spec.logged_parameters == count else f"differs by {count - spec.logged_parameters:+,}"

@@ -35,6 +35,7 @@ from atmorep.train.batch import Batch
 from atmorep.train.checkpoint import load_weights, save_model, versions
 from atmorep.train.launch import EXIT_REQUEUE  # 75: "run me again, I will resume"
 from atmorep.train.losses import Loss
+from atmorep.train.throughput import Throughput, training_dtype
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +159,7 @@ def train(seed: int, data: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig,
                              model.predicted)
     loss_fn = Loss(cfg.loss)
     writer = _tensorboard(out_dir, cfg) if rank == 0 else None
+    meter = Throughput(model_cfg, model.fields, world, distributed.device(), training_dtype(cfg.engine))
     micro_plan = [m for s in range(start, cfg.steps) for m in plan.indices(s, rank, world, cfg.gradient_accumulation)]
     batches = iter(loader(dataset, micro_plan, cfg.workers))
     bad, t_loop = 0, time.perf_counter()
@@ -174,6 +176,7 @@ def train(seed: int, data: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig,
             gen = torch.Generator().manual_seed(micro_seed)
             torch.manual_seed(micro_seed + 1)  # dropout
             masks = strategy(batch, gen)
+            meter.add(batch.size, masks)
             source = masking.apply(batch, masks)
             ens = engine(source.tokens, source.info, masks)
             loss, diags = loss_fn(ens, {f: batch.tokens[f][masks[f]] for f in ens})
@@ -188,10 +191,8 @@ def train(seed: int, data: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig,
         value = torch.stack(losses).mean()
         dist.all_reduce(value)
         dt = time.perf_counter() - t0
-        tokens = sum(int(t[0].numel() / t.shape[-1]) for t in batch.tokens.values()) * batch.size
         rows.append({"step": step, "loss": float(value) / world, "lr": engine.lr, "skipped": int(not applied),
-                     "samples_per_s": global_batch / dt, "tokens_per_s": tokens * cfg.gradient_accumulation * world / dt,
-                     "loader_wait": wait / dt, **diags})
+                     **meter.step(dt), "loader_wait": wait / dt, **diags})
         if writer:
             for k, v in rows[-1].items():
                 if k != "step":
@@ -218,6 +219,7 @@ def train(seed: int, data: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig,
             writer.close()
         log.info("trained %d steps on %d ranks in %.0f s: loss %.4f -> %.4f", cfg.steps, world,
                  time.perf_counter() - t_loop, rows[0]["loss"], rows[-1]["loss"])
+        log.info("throughput: %s", meter.summary())
     distributed.finish()
     return out_dir / "model.pt"
 

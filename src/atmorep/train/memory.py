@@ -1,0 +1,221 @@
+"""Peak device memory of a training rank, and the fit planner built on it.
+
+:func:`estimate` predicts a rank's peak of live tensor bytes (what ``torch.cuda.max_memory_allocated``
+reports) for a model, a ZeRO stage, a micro-batch, activation checkpointing and offload:
+
+- **model states** (P parameters, N ranks, w bytes per compute value: 2 in bf16 on GPUs, 4 in fp32
+  on CPUs): the compute-dtype weights (ZeRO-3: a 1/N partition, but parameters of at most
+  ``stage3_param_persistence_threshold`` elements stay whole), DeepSpeed's fp32 master partition
+  4P/N (a separate copy even in fp32), AdamW's two fp32 moments 8P/N, and the gradients: whole
+  (w P) at stages 1 and 2 on CPU (where we turn reduce-scatter off), a partition plus the reduce
+  bucket at stage 2 on GPUs and at stage 3 (DeepSpeed's ``reduce_bucket_size``, 5e8 elements);
+  offload moves master and moments (``offload_optimizer``) and the weight partitions
+  (``offload_params``) to host memory;
+- **activations** kept for backward, per token and layer from the blocks' saved tensors: the
+  encoder keeps 15 D values per token (input, LayerNorm output, q/k/v, normalised q and k,
+  attention output and its reshaped copy, residual, MLP LayerNorm output, 2D before and after
+  GELU), plus per coupled field 4c query-side and D_g + 3c source-side values (c the coupling heads'
+  width); the decoder 16 D; dropout adds 3 D masks (4-byte scaling tensors on CPU, 1-byte masks
+  on GPU). With checkpointing only each block's input stays, plus one block's activations during
+  its recompute;
+- **the ensemble tail and loss**: per masked token the gathered decoder output and its LayerNorm
+  (2 D) and three fp32 ensembles of E x P (the members, the members minus the target, minus their
+  mean); the input batch and its masked copy (2 P per token, fp32).
+
+The peak is the larger of the backward peak (model states, all activations, whole gradients) and
+the optimizer step (model states, gradients and the fp32 gradient partition with AdamW's foreach
+temporaries). ``benchmarks/memory_model.py`` checks it against real 2-rank DeepSpeed steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from atmorep.config import ModelConfig
+from atmorep.model.multiformer import FieldGeometry, coupling_graph, field_dims
+
+#: DeepSpeed ZeRO defaults we do not override (deepspeed/runtime/zero/config.py)
+REDUCE_BUCKET = 500_000_000
+PERSISTENCE_THRESHOLD = 100_000
+PREFETCH_BUCKET = 50_000_000
+#: share of device memory a plan may fill: the allocator's fragmentation, CUDA context, NCCL buffers
+HEADROOM = 0.85
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What the planner chooses."""
+
+    zero_stage: int = 2
+    micro_batch: int = 1
+    checkpointing: bool = False
+    offload_optimizer: bool = False
+    offload_params: bool = False
+
+    def text(self) -> str:
+        extra = [n for n, on in (("activation checkpointing", self.checkpointing),
+                                 ("optimizer offload", self.offload_optimizer),
+                                 ("parameter offload", self.offload_params)) if on]
+        return f"ZeRO-{self.zero_stage}, micro-batch {self.micro_batch}" + "".join(f", {e}" for e in extra)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Bytes per rank: the parts and the predicted peak."""
+
+    weights: float
+    gradients: float
+    optimizer: float
+    buffers: float
+    activations: float
+    peak: float
+
+    def text(self) -> str:
+        parts = ", ".join(f"{k} {_gib(v)}" for k, v in dataclasses.asdict(self).items() if k != "peak")
+        return f"peak {_gib(self.peak)} per rank ({parts})"
+
+
+def _gib(x: float) -> str:
+    return f"{x / 2**30:.2f} GiB" if x >= 2**30 else f"{x / 2**20:.1f} MiB"
+
+
+def masked_fraction(masking) -> float:
+    """Share of the tokens the ensemble tail runs on: the BERT rate, else all (an upper bound)."""
+    return masking.rate if masking.strategy == "bert" else 1.0
+
+
+def parameter_sizes(cfg: ModelConfig, fields: dict[str, FieldGeometry]) -> list[int]:
+    """Elements of every trainable parameter (on the meta device: no memory)."""
+    from atmorep.model.summary import meta_model
+
+    return [p.numel() for p in meta_model(cfg, fields).parameters() if p.requires_grad]
+
+
+def activation_bytes(cfg: ModelConfig, fields: dict[str, FieldGeometry], gpu: bool,
+                     masked_fraction: float) -> tuple[float, float, float]:
+    """Bytes kept for backward per sample: ``(without checkpointing, with it, the largest block's)``."""
+    w, mask = (2, 1) if gpu else (4, 4)
+    dims, coupling = field_dims(cfg, list(fields)), coupling_graph(cfg, list(fields))
+    n = {f: g.levels * math.prod(g.num_tokens or cfg.num_tokens) for f, g in fields.items()}
+    drop = 3 * mask if cfg.dropout > 0 else 0
+    blocks, inputs, largest = 0.0, 0.0, 0.0
+    for f, g in fields.items():
+        N, D = n[f], dims[f]
+        c = cfg.coupling_heads * (D // cfg.heads)
+        enc = N * (15 * D * w + D * drop)
+        enc += sum(4 * N * c * w + n[h] * (dims[h] + 3 * c) * w for h in coupling[f])
+        dec = N * (16 * D * w + D * drop)
+        blocks += cfg.encoder_layers * enc + cfg.decoder_layers * dec
+        inputs += (cfg.encoder_layers + cfg.decoder_layers) * N * D * w
+        largest = max(largest, enc, dec)
+    K = {f: n[f] * masked_fraction for f in fields}
+    tail = sum(K[f] * (2 * dims[f] * w + 3 * cfg.ensemble * g.values_per_token * 4)
+               + 2 * n[f] * g.values_per_token * 4 for f, g in fields.items())
+    return blocks + tail, inputs + tail, largest
+
+
+def estimate(cfg: ModelConfig, fields: dict[str, FieldGeometry], setup: Setup, world: int, gpu: bool = True,
+             masked_fraction: float = 0.5, sizes: list[int] | None = None,
+             reduce_bucket: int = REDUCE_BUCKET) -> Estimate:
+    """A rank's peak memory for ``setup`` on ``world`` ranks (GPUs in bf16, or CPUs in fp32)."""
+    sizes = sizes if sizes is not None else parameter_sizes(cfg, fields)
+    P, N, w, stage = sum(sizes), world, (2 if gpu else 4), setup.zero_stage
+    if setup.offload_params and stage != 3:
+        raise ValueError("train.offload_params needs train.zero_stage 3")
+    part = P / N if stage >= 1 else P
+    master_and_moments = 0.0 if setup.offload_optimizer else 12 * part
+    buffers = 0.0
+    if stage == 3:
+        persistent = sum(s for s in sizes if s <= PERSISTENCE_THRESHOLD)
+        gathered = min(P - persistent, PREFETCH_BUCKET + max(sizes))  # non-persistent, live while in use
+        weights = w * (persistent + gathered + (0 if setup.offload_params else P / N))
+        gradients = w * persistent + (0 if setup.offload_optimizer else 4 * P / N)
+        buffers = w * reduce_bucket
+    else:
+        weights = w * P
+        if stage == 2 and gpu:  # reduce-scatter into partitions through the contiguous bucket
+            gradients, buffers = w * P / N, w * min(reduce_bucket, P)
+        else:
+            gradients = w * P
+    plain, ckpt, largest = activation_bytes(cfg, fields, gpu, masked_fraction)
+    acts = setup.micro_batch * (ckpt + largest if setup.checkpointing else plain)
+    states = weights + master_and_moments + buffers
+    step = 0.0 if setup.offload_optimizer else 3 * 4 * part  # fp32 gradient partition, AdamW temporaries
+    peak = states + gradients + max(acts, step)
+    return Estimate(weights, gradients, master_and_moments, buffers, acts, peak)
+
+
+#: the options in the order the planner tries them: cheapest in communication and speed first
+OPTIONS = (
+    dict(zero_stage=1), dict(zero_stage=2), dict(zero_stage=2, checkpointing=True), dict(zero_stage=3),
+    dict(zero_stage=3, checkpointing=True), dict(zero_stage=3, checkpointing=True, offload_optimizer=True),
+    dict(zero_stage=3, checkpointing=True, offload_optimizer=True, offload_params=True),
+)
+
+
+@dataclass(frozen=True)
+class Fit:
+    setup: Setup | None
+    estimate: Estimate | None
+    gradient_accumulation: int
+    reason: str
+
+    def text(self) -> str:
+        if self.setup is None:
+            return self.reason
+        return (f"{self.setup.text()}, gradient accumulation {self.gradient_accumulation}: "
+                f"{self.estimate.text()}; {self.reason}")
+
+
+def recommend(cfg: ModelConfig, fields: dict[str, FieldGeometry], device_bytes: float, world: int,
+              batch_size: int, gpu: bool = True, masked_fraction: float = 0.5) -> Fit:
+    """The first of :data:`OPTIONS` that fits ``batch_size`` samples per rank in ``HEADROOM`` of
+    ``device_bytes``; else the option with the largest micro-batch that fits, with gradient
+    accumulation keeping the global batch; else why nothing fits."""
+    sizes = parameter_sizes(cfg, fields)
+    budget = HEADROOM * device_bytes
+    best: tuple[int, Setup, Estimate] | None = None
+    for option in OPTIONS:
+        fits = [b for b in _halvings(batch_size) if budget >= estimate(
+            cfg, fields, Setup(micro_batch=b, **option), world, gpu, masked_fraction, sizes).peak]
+        if not fits:
+            continue
+        setup = Setup(micro_batch=fits[0], **option)
+        if fits[0] == batch_size:
+            return Fit(setup, estimate(cfg, fields, setup, world, gpu, masked_fraction, sizes), 1,
+                       f"fits {_gib(budget)} ({HEADROOM:.0%} of {_gib(device_bytes)})")
+        if best is None or fits[0] > best[0]:
+            best = (fits[0], setup, estimate(cfg, fields, setup, world, gpu, masked_fraction, sizes))
+    if best is None:
+        last = estimate(cfg, fields, Setup(micro_batch=1, **OPTIONS[-1]), world, gpu, masked_fraction, sizes)
+        return Fit(None, None, 0, f"does not fit: even ZeRO-3 with checkpointing and full offload at "
+                   f"micro-batch 1 needs {last.text()} > {_gib(budget)}; use more ranks, a device with more "
+                   f"memory, or a smaller model")
+    micro, setup, est = best
+    return Fit(setup, est, math.ceil(batch_size / micro),
+               f"micro-batch {batch_size} does not fit {_gib(budget)} "
+               f"({HEADROOM:.0%} of {_gib(device_bytes)})")
+
+
+def _halvings(b: int) -> list[int]:
+    out = [b]
+    while out[-1] > 1:
+        out.append(out[-1] // 2)
+    return out
+
+
+def parse_bytes(text: str) -> float:
+    """``80GiB``, ``80GB``, ``512MiB`` or a number of bytes."""
+    units = {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+             "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "b": 1}
+    t = text.strip().lower()
+    try:
+        for unit, scale in units.items():
+            if t.endswith(unit):
+                return float(t[: -len(unit)]) * scale
+        return float(t)
+    except ValueError:
+        raise ValueError(f"--device-memory: cannot read '{text}' as a size (e.g. 80GiB, 141GB, 512MiB)"
+                         ) from None

@@ -1,0 +1,126 @@
+"""Throughput and model FLOPs utilisation (MFU) of training steps.
+
+Model FLOPs are counted analytically (:func:`atmorep.model.summary.training_flops`: forward +
+backward matmuls, attention included, activation-checkpoint recompute not counted), on the masked
+tokens each step actually sent through the ensemble tail. MFU is the achieved FLOP/s over the
+dense peak of all ranks: for GPUs in bf16 the datasheet figure of :data:`PEAK_BF16`; otherwise
+(CPUs, other dtypes, unknown GPUs) a peak measured at start by a short matmul in the training dtype.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+import torch.distributed as dist
+
+from atmorep.model import summary
+
+log = logging.getLogger(__name__)
+
+#: dense (no sparsity) bf16 tensor peak of one device, FLOP/s, by a substring of the device name as torch
+#: reports it, most specific first. Sources: NVIDIA A100 datasheet (312 TFLOPS BF16 Tensor Core, SXM
+#: and PCIe); NVIDIA H100 datasheet (SXM 1,979 / PCIe 1,513 TFLOPS "with sparsity", dense half that);
+#: NVIDIA H200 datasheet (1,979 with sparsity); NVIDIA GH200 Grace Hopper datasheet (1,979 with
+#: sparsity); AMD Instinct MI250X datasheet (383 TFLOPS BF16 for its two GCDs; torch sees each GCD as
+#: one device); AMD Instinct MI300X datasheet (1,307.4 TFLOPS BF16 dense); NVIDIA L40S datasheet (362).
+PEAK_BF16: tuple[tuple[str, float], ...] = (
+    ("GH200", 989.4e12), ("H200", 989.4e12), ("H100 PCIe", 756.5e12), ("H100", 989.4e12),
+    ("A100", 312e12), ("MI300X", 1307.4e12), ("MI250X", 191.5e12), ("L40S", 362e12),
+)
+
+
+def table_peak(name: str) -> float | None:
+    """The bf16 datasheet peak of a device called ``name`` (None when not in the table)."""
+    return next((value for key, value in PEAK_BF16 if key in name), None)
+
+
+def measured_peak(device: torch.device, dtype: torch.dtype, n: int = 1024, seconds: float = 0.25) -> float:
+    """Best FLOP/s of repeated ``n x n`` matmuls within about ``seconds`` (after one warm-up)."""
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    a @ b
+    sync()
+    best, end = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < end or best == float("inf"):
+        t0 = time.perf_counter()
+        a @ b
+        sync()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def device_peak(device: torch.device, dtype: torch.dtype) -> tuple[float, str]:
+    """(peak FLOP/s of one rank, where it comes from)."""
+    if device.type == "cuda" and dtype == torch.bfloat16:
+        name = torch.cuda.get_device_name(device)
+        peak = table_peak(name)
+        if peak is not None:
+            return peak, f"{name} bf16 datasheet"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    dtype_name = str(dtype).removeprefix("torch.")
+    return measured_peak(device, dtype), f"{name} {dtype_name} matmul measured at start"
+
+
+class Throughput:
+    """Per optimizer step: samples/s, tokens/s, model FLOP/s and MFU of all ranks together.
+
+    ``add(batch_size, masks)`` after every micro-step (this rank's samples and tail tokens),
+    ``step(seconds)`` once per optimizer step (sums over ranks, one all-reduce), ``summary()`` for
+    the final log line (every step but the first, which pays for warm-up, when there are more).
+    ``peak`` (FLOP/s of one rank) replaces the table and the measurement.
+    """
+
+    def __init__(self, model_cfg, fields: dict, world: int, device: torch.device, dtype: torch.dtype,
+                 peak: float | None = None):
+        fields = {f: g if g.num_tokens else type(g)(g.levels, g.token_size, model_cfg.num_tokens)
+                  for f, g in fields.items()}
+        self.n_tokens = summary.tokens(model_cfg, fields)
+        terms = summary.flop_terms(model_cfg, fields)
+        self.sample_flops = sum(2 * e + 3 * b for e, b, _ in terms.values())
+        self.tail_flops = {f: 3 * t for f, (_, _, t) in terms.items()}
+        self.world, self.device = world, device
+        if dist.is_initialized():
+            dist.barrier()  # ranks sharing cores measure together, as they will train
+        peak, self.peak_source = (peak, "given") if peak else device_peak(device, dtype)
+        if dist.is_initialized():  # one figure for the run: the mean over ranks
+            t = torch.tensor([peak], dtype=torch.float64)
+            dist.all_reduce(t)
+            peak = float(t) / world
+        self.peak = peak * world
+        self._local = torch.zeros(3, dtype=torch.float64)  # samples, tokens, FLOPs of this rank's step
+        self._total = [0.0, 0.0, 0.0, 0.0]  # seconds, samples, tokens, FLOPs after the first step
+        self._steps = 0
+
+    def add(self, batch_size: int, masks: dict[str, torch.Tensor]) -> None:
+        tail = sum(self.tail_flops[f] * int(m.sum()) for f, m in masks.items())
+        self._local += torch.tensor([batch_size, batch_size * sum(self.n_tokens.values()),
+                                     batch_size * self.sample_flops + tail], dtype=torch.float64)
+
+    def step(self, seconds: float) -> dict[str, float]:
+        counts = self._local
+        if dist.is_initialized():
+            dist.all_reduce(counts)
+        samples, tokens, flops = counts.tolist()
+        self._local = torch.zeros(3, dtype=torch.float64)
+        self._steps += 1
+        if self._steps == 1:
+            self._first = [seconds, samples, tokens, flops]
+        else:
+            self._total = [a + b for a, b in zip(self._total, (seconds, samples, tokens, flops))]
+        return {"samples_per_s": samples / seconds, "tokens_per_s": tokens / seconds,
+                "flop_per_s": flops / seconds, "mfu": flops / seconds / self.peak}
+
+    def summary(self) -> str:
+        if not self._steps:
+            return "no steps run"
+        seconds, samples, tokens, flops = self._total if self._steps > 1 else self._first
+        return (f"{samples / seconds:.3g} samples/s, {tokens / seconds:.3g} tokens/s, "
+                f"{flops / seconds / 1e9:.4g} GFLOP/s, MFU {flops / seconds / self.peak:.2%} of "
+                f"{self.peak / 1e9:.4g} GFLOP/s ({self.world} x {self.peak_source})")
+
+
+def training_dtype(engine: str) -> torch.dtype:
+    """The compute dtype of an engine: DeepSpeed trains in bf16 on GPUs, everything else in fp32."""
+    return torch.bfloat16 if engine == "deepspeed" and torch.cuda.is_available() else torch.float32
