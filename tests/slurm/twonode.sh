@@ -2,7 +2,7 @@
 # A two-node SLURM cluster on this one machine for the multi-node tests, beside cluster.sh's one-node
 # cluster (its own slurm.conf, state and addresses; the one munged shared). Each daemon lives in its own
 # network namespace (iproute2 `ip netns`) and UTS namespace, so each "host" has its own host name, its
-# own address and its own ports, and all see the same /etc/hosts ($STATE/hosts bound over it):
+# own address and its own ports; all see the same /etc/hosts and /etc/slurm ($STATE/hosts, $STATE/etc):
 #   atmctl    10.217.0.10  slurmctld
 #   atmnode1  10.217.0.11  slurmd        (NodeName atmnode1, CPUs = nproc, RealMemory = $MEM)
 #   atmnode2  10.217.0.12  slurmd
@@ -10,10 +10,10 @@
 # All traffic stays on these addresses, which exist only on this machine.
 # slurmd's multiple-slurmd mode (--enable-multiple-slurmd, several NodeNames on one host) would give
 # both nodes one host name and one address, so MPI, MASTER_ADDR and gloo would never leave loopback.
-#   twonode.sh start    create the namespaces, write $STATE/slurm.conf, start the daemons, wait for 2 idle
+#   twonode.sh start    create the namespaces, write $STATE/etc/slurm.conf, start the daemons, wait for 2 idle
 #   twonode.sh stop     stop the daemons this script started, remove the namespaces, veths and bridge
 #   twonode.sh status   exit 0 when both nodes answer
-# Clients talk to this cluster with SLURM_CONF=$STATE/slurm.conf (default /tmp/atmorep-slurm2/slurm.conf).
+# Clients outside the nodes talk to it with SLURM_CONF=$STATE/etc/slurm.conf (/tmp/atmorep-slurm2/etc/...).
 # Needs root (namespaces); SLURM and munge as cluster.sh installs them.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -24,7 +24,7 @@ MEM=${ATMOREP_SLURM_MEM_MB:-8000}
 BRIDGE=atmbr0
 CTL=atmctl
 NODES=(atmnode1 atmnode2)
-export SLURM_CONF=$STATE/slurm.conf
+export SLURM_CONF=$STATE/etc/slurm.conf
 
 addr() {  # host -> address
   case $1 in $CTL) echo "$NET.10" ;; atmnode1) echo "$NET.11" ;; atmnode2) echo "$NET.12" ;; esac
@@ -60,7 +60,7 @@ network() {
 }
 
 configure() {
-  mkdir -p "$STATE"/{ctld,log} "${NODES[@]/#/$STATE/spool/}"
+  mkdir -p "$STATE"/{ctld,log,etc} "${NODES[@]/#/$STATE/spool/}"
   {
     cat <<CONF
 # written by atmorep tests/slurm/twonode.sh
@@ -97,11 +97,15 @@ CONF
   } > "$SLURM_CONF"
 }
 
-in_host() {  # host command...: run in the host's network, UTS (host name) and mount (/etc/hosts) namespaces
+in_host() {  # host command...: run in the host's network, UTS (host name) and mount namespaces
   local h=$1; shift
-  # not `ip netns exec`: it remounts /sys without the cgroup mounts slurmd insists on
-  nsenter --net="/run/netns/$h" unshare --uts --mount \
-    sh -c 'hostname "$0" && mount --bind "$1" /etc/hosts && shift && exec "$@"' "$h" "$STATE/hosts" "$@"
+  # Its own /etc/hosts and /etc/slurm, as a real node has: inside a job, Snakemake's jobstep executor drops
+  # every SLURM_* variable (SLURM_CONF too) before the rule's nested srun. Not `ip netns exec`: it
+  # remounts /sys without the cgroup mounts slurmd insists on.
+  mkdir -p /etc/slurm
+  nsenter --net="/run/netns/$h" unshare --uts --mount sh -c \
+    'hostname "$0" && mount --bind "$1/hosts" /etc/hosts && mount --bind "$1/etc" /etc/slurm && shift && exec "$@"' \
+    "$h" "$STATE" "$@"
 }
 
 idle_nodes() { sinfo -h -N -t idle -o %N 2>/dev/null | sort -u | wc -l; }
@@ -113,9 +117,9 @@ start() {
   ATMOREP_SLURM_STATE=$STATE bash "$HERE/cluster.sh" munge_up
   network
   configure
-  in_host "$CTL" /usr/sbin/slurmctld -f "$SLURM_CONF"
+  in_host "$CTL" /usr/sbin/slurmctld
   wait_for 20 sh -c 'scontrol ping | grep -q UP' || { echo "slurmctld not up:"; tail "$STATE/log/slurmctld.log"; exit 1; }
-  for h in "${NODES[@]}"; do in_host "$h" /usr/sbin/slurmd -f "$SLURM_CONF" -N "$h"; done
+  for h in "${NODES[@]}"; do in_host "$h" /usr/sbin/slurmd -N "$h"; done
   wait_for 30 both_idle || { echo "nodes not idle:"; sinfo -N -l; exit 1; }
   echo "two-node slurm up: $(sinfo -h -N -o '%N(%t)' | tr '\n' ' ')SLURM_CONF=$SLURM_CONF"
 }
