@@ -42,7 +42,8 @@ network() {
   ip link set "$BRIDGE" up
   local i=0
   mkdir -p "$STATE"
-  { echo "127.0.0.1 localhost"; for h in "$CTL" "${NODES[@]}"; do echo "$(addr "$h") $h"; done; } > "$STATE/hosts"
+  { echo "127.0.0.1 localhost"; for h in "$CTL" "${NODES[@]}"; do echo "$(addr "$h") $h"; done; } \
+    > "$STATE/hosts"
   for h in "$CTL" "${NODES[@]}"; do
     i=$((i + 1))
     ip netns list | grep -qw "$h" && continue
@@ -104,7 +105,8 @@ in_host() {  # host command...: run in the host's network, UTS (host name) and m
   # remounts /sys without the cgroup mounts slurmd insists on.
   mkdir -p /etc/slurm
   nsenter --net="/run/netns/$h" unshare --uts --mount sh -c \
-    'hostname "$0" && mount --bind "$1/hosts" /etc/hosts && mount --bind "$1/etc" /etc/slurm && shift && exec "$@"' \
+    'hostname "$0" && mount --bind "$1/hosts" /etc/hosts && mount --bind "$1/etc" /etc/slurm \
+     && shift && exec "$@"' \
     "$h" "$STATE" "$@"
 }
 
@@ -118,7 +120,8 @@ start() {
   network
   configure
   in_host "$CTL" /usr/sbin/slurmctld
-  wait_for 20 sh -c 'scontrol ping | grep -q UP' || { echo "slurmctld not up:"; tail "$STATE/log/slurmctld.log"; exit 1; }
+  wait_for 20 sh -c 'scontrol ping | grep -q UP' \
+    || { echo "slurmctld not up:"; tail "$STATE/log/slurmctld.log"; exit 1; }
   for h in "${NODES[@]}"; do in_host "$h" /usr/sbin/slurmd -N "$h"; done
   wait_for 30 both_idle || { echo "nodes not idle:"; sinfo -N -l; exit 1; }
   echo "two-node slurm up: $(sinfo -h -N -o '%N(%t)' | tr '\n' ' ')SLURM_CONF=$SLURM_CONF"
