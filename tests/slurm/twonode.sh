@@ -8,8 +8,9 @@
 #   atmnode2  10.217.0.12  slurmd
 # joined by veth pairs on a bridge (atmbr0, 10.217.0.1: this namespace's way in, for sbatch/squeue).
 # All traffic stays on these addresses, which exist only on this machine.
-# slurmd's multiple-slurmd mode (--enable-multiple-slurmd, several NodeNames on one host) would give
-# both nodes one host name and one address, so MPI, MASTER_ADDR and gloo would never leave loopback.
+# Debian's build also has slurmd's multiple-slurmd mode (`scontrol show config`: MULTIPLE_SLURMD = Yes;
+# several NodeNames on one host, one Port each), but its nodes share one host name and one address, so
+# MPI, MASTER_ADDR and gloo would never leave loopback: namespaces test what a real cluster does.
 #   twonode.sh start    create the namespaces, write $STATE/etc/slurm.conf, start the daemons, wait for 2 idle
 #   twonode.sh stop     stop the daemons this script started, remove the namespaces, veths and bridge
 #   twonode.sh status   exit 0 when both nodes answer
