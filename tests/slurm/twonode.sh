@@ -11,7 +11,8 @@
 # Debian's build also has slurmd's multiple-slurmd mode (`scontrol show config`: MULTIPLE_SLURMD = Yes;
 # several NodeNames on one host, one Port each), but its nodes share one host name and one address, so
 # MPI, MASTER_ADDR and gloo would never leave loopback: namespaces test what a real cluster does.
-#   twonode.sh start    create the namespaces, write $STATE/etc/slurm.conf, start the daemons, wait for 2 idle
+#   twonode.sh start    create the namespaces, write $STATE/etc/slurm.conf, start the daemons, wait until
+#                       both nodes are idle
 #   twonode.sh stop     stop the daemons this script started, remove the namespaces, veths and bridge
 #   twonode.sh status   exit 0 when both nodes answer
 # Clients outside the nodes talk to it with SLURM_CONF=$STATE/etc/slurm.conf (/tmp/atmorep-slurm2/etc/...).
