@@ -87,7 +87,7 @@ def test_ranks_meet_across_hosts(twonode, mpi, launcher):
     assert got == {"launcher": launcher, "size": 2, "master": "atmnode1", "sum": 3.0}
     assert [h for h, _ in hosts] == NODES
     addrs = {a for _, a in hosts}
-    assert len(addrs) == 2 and not any(a.startswith("127.") for a in addrs)  # gloo left loopback
+    assert len(addrs) == 2 and not any(a.startswith("127.") for a in addrs)  # what gloo binds: not loopback
 
 
 # TINY, shorter: two trainings run here
