@@ -5,6 +5,7 @@
 #   cluster.sh start     write /etc/slurm/slurm.conf, start the daemons, wait for an idle node
 #   cluster.sh stop      stop exactly the daemons this script started (pid files under $STATE)
 #   cluster.sh status    exit 0 when the node answers
+#   cluster.sh munge_up  start munged unless it answers
 set -euo pipefail
 STATE=${ATMOREP_SLURM_STATE:-/tmp/atmorep-slurm}
 CPUS=${ATMOREP_SLURM_CPUS:-$(nproc)}
@@ -19,7 +20,7 @@ install() {
 }
 
 configure() {
-  mkdir -p /etc/slurm "$STATE"/{ctld,spool,log} /run/munge /var/log/munge /var/lib/munge
+  mkdir -p /etc/slurm "$STATE"/{ctld,spool,log}
   cat > /etc/slurm/slurm.conf <<CONF
 # written by atmorep tests/slurm/cluster.sh
 ClusterName=atmorep-test
@@ -50,9 +51,6 @@ InactiveLimit=0
 NodeName=${NODE} NodeAddr=127.0.0.1 CPUs=${CPUS} RealMemory=${MEM} State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 CONF
-  [ -s /etc/munge/munge.key ] || dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key 2>/dev/null
-  chown -R munge:munge /etc/munge /run/munge /var/log/munge /var/lib/munge
-  chmod 0700 /etc/munge && chmod 0400 /etc/munge/munge.key
 }
 
 wait_for() {  # seconds command...
@@ -63,16 +61,24 @@ wait_for() {  # seconds command...
 
 node_idle() { [ "$(sinfo -h -N -o %t 2>/dev/null | head -1)" = idle ]; }
 
+# munged (shared by tests/slurm/twonode.sh); its pid file goes to $STATE only when this call started it
+munge_up() {
+  munge -n >/dev/null 2>&1 && return 0
+  mkdir -p "$STATE" /run/munge /var/log/munge /var/lib/munge
+  [ -s /etc/munge/munge.key ] || dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key 2>/dev/null
+  chown -R munge:munge /etc/munge /run/munge /var/log/munge /var/lib/munge
+  chmod 0700 /etc/munge && chmod 0400 /etc/munge/munge.key
+  su -s /bin/sh munge -c "/usr/sbin/munged --pid-file=/run/munge/munged.pid" \
+    || /usr/sbin/munged --force --pid-file=/run/munge/munged.pid
+  wait_for 5 munge -n
+  cp /run/munge/munged.pid "$STATE/munged.pid"
+}
+
 start() {
   install
   if status; then echo "slurm already up"; return 0; fi
   configure
-  if ! munge -n >/dev/null 2>&1; then
-    su -s /bin/sh munge -c "/usr/sbin/munged --pid-file=/run/munge/munged.pid" \
-      || /usr/sbin/munged --force --pid-file=/run/munge/munged.pid
-    wait_for 5 munge -n
-    cp /run/munge/munged.pid "$STATE/munged.pid"
-  fi
+  munge_up
   /usr/sbin/slurmctld
   wait_for 20 sh -c 'scontrol ping | grep -q UP'
   /usr/sbin/slurmd

@@ -59,11 +59,11 @@ def make_profile(tmp_path) -> Path:
     return prof
 
 
-def snakemake(workdir: Path, *args, background=False, timeout=900):
+def snakemake(workdir: Path, *args, background=False, timeout=900, env=None):
     cfg = workdir / "tiny.yaml"
     if not cfg.exists():
         cfg.write_text(yaml.safe_dump(TINY))
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    env = {**os.environ, **(env or {}), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
            "--configfile", str(cfg), *args]
     if background:

@@ -2,8 +2,8 @@ rule pretrain:
     """Pretrain the multiformer on train.ranks processes (DeepSpeed ZeRO; gloo on CPU, NCCL on GPU).
 
     The launcher is the `mpi` resource: torchrun locally; profiles/slurm sets `srun`, so the ranks are
-    the job's SLURM tasks (`tasks`, or `nodes` x `tasks_per_node` on GPU nodes). A run stopped by
-    SIGTERM/SIGUSR1 saves a checkpoint and exits 75; running the rule again resumes from
+    the job's SLURM tasks (`tasks`, spread over `nodes`; one per GPU with `tasks_per_gpu: 1`). A run
+    stopped by SIGTERM/SIGUSR1 saves a checkpoint and exits 75; running the rule again resumes from
     results/{run}/train/checkpoints. With train.init_from (fine-tuning) that model file is an input.
     """
     input:

@@ -49,6 +49,10 @@ def discover() -> str:
         single_node = comm.allreduce(int(local.Get_size() == comm.Get_size()), op=MPI.MIN) == 1
         master = "127.0.0.1" if single_node else comm.bcast(socket.gethostname(), root=0)
         port = comm.bcast(env.get("MASTER_PORT") or str(_free_port()), root=0)
+        # Rank 0 must not go on to wait for the others at the TCP store while its bcast has not left: an
+        # MPI without asynchronous progress (MPICH over libfabric tcp, between hosts) sends it only
+        # from inside an MPI call. The barrier returns once every rank holds the values.
+        comm.Barrier()
         env.update(RANK=str(comm.Get_rank()), WORLD_SIZE=str(comm.Get_size()), LOCAL_RANK=str(local.Get_rank()),
                    MASTER_ADDR=env.get("MASTER_ADDR", master), MASTER_PORT=port)
         return "mpi"
