@@ -11,6 +11,7 @@ place, so an interrupted or rejected job leaves nothing that looks complete.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import warnings
@@ -105,14 +106,33 @@ def acquire(data: DataConfig, cfg: AcquireConfig, field: str, month: str, out: s
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.part{os.getpid()}")
     tmp.unlink(missing_ok=True)
+    provenance_path(out).unlink(missing_ok=True)  # a stale record never describes a new output
     try:
         SOURCES[cfg.source]().fetch(data, cfg, field, month, tmp)
         verify(tmp, data, field, month, shown=out)
+        if provenance_path(tmp).exists():
+            os.replace(provenance_path(tmp), provenance_path(out))
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
+        provenance_path(tmp).unlink(missing_ok=True)
     log.info("acquired %s %s -> %s", field, month, out)
     return out
+
+
+def provenance_path(out: str | Path) -> Path:
+    """Where a source records what it did for ``out`` beyond copying messages (the files it read, the
+    crop, the member): ``<out>.provenance.json``; normalize copies it into its store's provenance."""
+    return Path(out).with_name(Path(out).name + ".provenance.json")
+
+
+def write_provenance(out: Path, record: dict) -> None:
+    provenance_path(out).write_text(json.dumps(record, sort_keys=True, indent=1, default=str))
+
+
+def read_provenance(grib_path: str | Path) -> dict | None:
+    p = provenance_path(grib_path)
+    return json.loads(p.read_text()) if p.exists() else None
 
 
 def verify(path: Path, data: DataConfig, field: str, month: str, shown: Path | None = None) -> list[grib.Header]:
