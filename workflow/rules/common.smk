@@ -6,12 +6,23 @@ from snakemake.utils import validate
 
 from atmorep import config as atmorep_config
 
+from atmorep import preflight
+
+# where the keys came from, for every message about them
+CONFIG_FROM = " + ".join([str(p) for p in workflow.overwrite_configfiles] or ["config/config.yaml (the default)"]
+                         + (["--config"] if workflow.config_settings.config else []))
+
 try:
     # the dataclasses name the first unknown or missing key precisely ("unknown config key 'normalize.lokal'")
     CFG = atmorep_config.build(atmorep_config.Config, config)
 except atmorep_config.ConfigError as exc:
-    raise WorkflowError(f"invalid configuration: {exc}")
+    raise WorkflowError(f"invalid configuration ({CONFIG_FROM}): {exc}")
 validate(config, workflow.source_path("../schemas/config.schema.yaml"))  # also fills in defaults
+try:
+    # everything knowable before the first job: periods, windows, grid, tokens, field names
+    preflight.check(CFG)
+except atmorep_config.ConfigError as exc:
+    raise WorkflowError(f"invalid configuration ({CONFIG_FROM}): {exc}")
 
 RUN = CFG.run
 # every product of a run lives under its name, so runs of several configurations never collide
