@@ -76,6 +76,9 @@ def test_token_sizes_must_tile_and_named_fields_must_exist():
     assert found == ["model.coupling names t2m, not in data.fields (t, u, v, msl)",
                      "normalize.local names t2m, not in data.fields (t, u, v, msl)",
                      "evaluate.attention.fields names q, not in data.fields (t, u, v, msl)"]
+    found = _problems(_example(**{"data.fields.msl": {"levels": [2], "levtype": "sfc"}}))
+    assert found == ["data.fields.msl.levtype sfc takes levels [0] (one single level), not [2]: name the level "
+                     "type (e.g. heightAboveGround) to select by level value"]
 
 
 def test_check_on_the_command_line_is_one_line_and_exit_1(tmp_path):

@@ -5,7 +5,7 @@ seconds, no job run, nothing written) and ``atmorep check`` / ``atmorep plan`` c
 file. It collects every problem it can know without data and raises one :class:`ConfigError` naming
 the keys and the numbers:
 
-- fields named by model.coupling, model.field_dims, normalize.local/climatology/qc, shard.field_token_size,
+- a single-level field (levtype sfc) has levels [0]; fields named by model.coupling, model.field_dims, normalize.local/climatology/qc, shard.field_token_size,
   train.loss.field_weights and evaluate.attention exist in data.fields;
 - train and evaluation periods lie in the campaign and are disjoint (no run scores its own training time);
 - with data.step_hours, each period holds one window of model.num_tokens[0] x shard.token_size[0] steps;
@@ -49,7 +49,9 @@ def _unknown_fields(cfg: Config) -> list[str]:
              "shard.field_token_size": list(cfg.shard.field_token_size),
              "train.loss.field_weights": list(cfg.train.loss.field_weights),
              "evaluate.attention.fields": list(cfg.evaluate.attention.fields)}
-    out = []
+    out = [f"data.fields.{f}.levtype sfc takes levels [0] (one single level), not {list(spec.levels)}: name "
+           "the level type (e.g. heightAboveGround) to select by level value"
+           for f, spec in cfg.data.fields.items() if spec.levtype == "sfc" and tuple(spec.levels) != (0,)]
     for key, names in named.items():
         if unknown := sorted(set(names) - fields):
             out.append(f"{key} names {', '.join(unknown)}, not in data.fields ({', '.join(cfg.data.fields)})")

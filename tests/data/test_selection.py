@@ -1,6 +1,8 @@
 """The files source selects explicitly: level type, ensemble member, forecast step; never silently."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -123,3 +125,17 @@ def test_overlapping_forecast_steps_are_refused_or_resolved_by_the_rule(tmp_path
     differs = ~np.isclose(old.values, direct).all(axis=(1, 2, 3))
     assert [str(t)[:13] for t in old["time"].values[differs]] == ["2024-06-03T12"]
     np.testing.assert_allclose(old.values[differs], direct[differs] + 5.0, atol=0.01)
+
+
+def test_the_cli_refuses_several_members_in_one_line(tmp_path, shared_data):
+    cfg = tmp_path / "ens.yaml"
+    cfg.write_text(json.dumps({"run": "ens", "data": {"fields": {"t": {"levels": [500, 850], "levtype": "pl"}},
+                                                      "start": "2017-01-01T00", "end": "2017-01-02T12",
+                                                      "step_hours": 12, "grid": [3.0, 3.0]},
+                               "acquire": {"source": "files", "files": {
+                                   "paths": [str(shared_data / ENS[0])], "index_dir": str(tmp_path / "index")}}}))
+    r = subprocess.run([sys.executable, "-m", "atmorep", "acquire", "--config", cfg, "--field", "t", "--month",
+                        "2017-01", "--output", tmp_path / "t.grib"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
+    assert "field 't' comes as 10 ensemble members" in r.stderr and "acquire.files.member" in r.stderr
+    assert not list(tmp_path.glob("*t.grib*"))
