@@ -98,3 +98,19 @@ def test_a_uk_area_from_a_global_0_360_file_and_an_area_outside(tmp_path, shared
         sources.acquire(far, _files(tmp_path, uk_mirror(shared_data, tmp_path / "m")), "t2m", "2019-03",
                         tmp_path / "far.grib")
     assert not list(tmp_path.glob("*far.grib*"))
+
+
+def test_vorticity_derived_on_the_global_grid_then_cut(tmp_path, shared_data):
+    root = tmp_path / "global"
+    root.mkdir()
+    (root / "pl.grib").write_bytes(shared_data.joinpath(*IFS).read_bytes())
+    fields = {"vo": FieldSpec((500,), "pl")}
+    kw = dict(start="2024-06-03T00", end="2024-06-03T18", step_hours=6, grid=(10.0, 10.0))
+    cfg = AcquireConfig(source="files", files=FilesConfig((str(root),), str(tmp_path / "index")),
+                        derive_vorticity=True)
+    full = grib.decode(sources.acquire(DataConfig(fields=fields, **kw), cfg, "vo", "2024-06", tmp_path / "g.grib"))
+    cut = grib.decode(sources.acquire(DataConfig(fields=fields, area=(60, -30, 30, 20), **kw), cfg, "vo",
+                                      "2024-06", tmp_path / "c.grib"))
+    want = full.roll(longitude=3, roll_coords=True).sel(latitude=slice(60, 30)).isel(longitude=slice(0, 6))
+    assert list(cut["longitude"].values) == [-30, -20, -10, 0, 10, 20]
+    np.testing.assert_allclose(cut.values, want.values, rtol=0, atol=1e-10)  # both packed at 24 bits (~1e-11 s-1)

@@ -334,15 +334,19 @@ class FilesSource:
             raise DataError(f"files: deriving '{field}' needs u and v on a regular lat/lon grid, not {grid.describe()}")
         spec = data.fields[field]
         levels = list(spec.levels)
+        # derived on the whole grid (the differences need the neighbours), then cut to data.area
+        rows, cols = (np.arange(grid.ny), np.arange(grid.nx)) if data.area is None else \
+            crop_indices(grid.lats, grid.lons, data.area)
+        lons = grid.lons if data.area is None else float(data.area[1]) + grid.dlon * np.arange(len(cols))
         for t in sorted({k[0] for k in winds["u"]}):
-            values = np.empty((1, len(levels), grid.ny, grid.nx), np.float32)
+            values = np.empty((1, len(levels), len(rows), len(cols)), np.float32)
             for il, lev in enumerate(levels):
                 u_loc, v_loc = winds["u"][(t, lev)], winds["v"][(t, lev)]
                 u = u_loc.header.grid.to_canonical(decode_located(u_loc))
                 v = v_loc.header.grid.to_canonical(decode_located(v_loc))
                 vo, d = vorticity_divergence(u, v, grid.lats, grid.lons)
-                values[0, il] = vo if field == "vo" else d
-            grib.write_grib(out, field, values, np.array([t]), levels, grid.lats, grid.lons, bits_per_value=24,
+                values[0, il] = (vo if field == "vo" else d)[np.ix_(rows, cols)]
+            grib.write_grib(out, field, values, np.array([t]), levels, grid.lats[rows], lons, bits_per_value=24,
                             levtype=spec.kind, append=True)
         log.info("files: derived %s from u and v on %s", field, grid.describe())
 
