@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -93,13 +94,20 @@ def test_check_on_the_command_line_is_one_line_and_exit_1(tmp_path):
     assert ok.returncode == 0, ok.stderr
 
 
-def _snakemake(workdir: Path, *args, timeout=300):
+def _checkout(where: Path) -> Path:
+    """The workflow's files as a user's checkout holds them (Snakefile, rules, schemas, default config)."""
+    shutil.copy(REPO / "Snakefile", where / "Snakefile")
+    for d in ("workflow", "config", "profiles"):
+        shutil.copytree(REPO / d, where / d)
+    return where
+
+
+def _snakemake(checkout: Path, *args, timeout=300):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "OMP_NUM_THREADS": "1"}
-    # from the repository root, as a user runs it, so that the embedded default is at hand
-    return subprocess.run([sys.executable, "-m", "snakemake", "-s", "Snakefile", "--directory", str(workdir),
-                           "--cores", "1", "-n", *args], cwd=REPO, capture_output=True, text=True, env=env,
-                          timeout=timeout)
+    # from the checkout's root, as a user runs it: the embedded default config/config.yaml is at hand
+    return subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", "-n", *args], cwd=checkout,
+                          capture_output=True, text=True, env=env, timeout=timeout)
 
 
 def _jobs(out: str) -> dict[str, int]:
@@ -112,11 +120,12 @@ def test_configfile_replaces_the_default(tmp_path, shared_data):
     raw = _example(**{"acquire.files.paths": [str(shared_data / "ifs-pl-5var-6h")]})
     mine = tmp_path / "mine.yaml"
     mine.write_text(yaml.safe_dump(raw))
-    r = _snakemake(tmp_path, "--configfile", str(mine))
+    checkout = _checkout(tmp_path)
+    r = _snakemake(checkout, "--configfile", str(mine))
     assert r.returncode == 0, r.stderr[-3000:]
     assert _jobs(r.stdout)["acquire"] == 4  # t, u, v, msl for one month: no t2m, u10, v10 of the demo
     assert "t2m" not in r.stdout and "resources/files-example/grib/msl/2021-01.grib" in r.stdout
-    r = _snakemake(tmp_path)  # no --configfile: the embedded demo
+    r = _snakemake(checkout)  # no --configfile: the embedded demo
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resources/demo/grib/t2m/2026-03.grib" in r.stdout
 
@@ -126,10 +135,9 @@ def test_workflow_start_refuses_in_seconds_writing_nothing(tmp_path):
     cases = {"overlap": ({"evaluate.start": "2021-01-20T00"}, "overlap (2021-01-20T00:00 .. 2021-01-24T23:00)"),
              "grid": ({"data.area": [50, -2, 46, 2]}, "keeps 9 x 9 points as whole tokens"),
              "fields": ({"normalize.local": ["t2m"]}, "normalize.local names t2m, not in data.fields")}
+    work = _checkout(tmp_path)
     for name, (changes, message) in cases.items():
-        work = tmp_path / name
-        work.mkdir()
-        cfg = work / "run.yaml"
+        cfg = tmp_path / f"{name}.yaml"
         cfg.write_text(yaml.safe_dump(_example(**changes)))
         t0 = time.perf_counter()
         r = _snakemake(work, "--configfile", str(cfg), timeout=120)

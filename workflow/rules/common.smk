@@ -64,14 +64,14 @@ def climatology_months():
     try:
         months = CFG.normalize.climatology.months()
     except atmorep_config.ConfigError as exc:
-        raise WorkflowError(f"invalid configuration: {exc}")
+        raise WorkflowError(f"invalid configuration ({CONFIG_FROM}): {exc}")
     outside = [m for m in months if m not in MONTHS]
     if outside:
-        raise WorkflowError(f"invalid configuration: normalize.climatology months {outside[0]} .. {outside[-1]} "
+        raise WorkflowError(f"invalid configuration ({CONFIG_FROM}): normalize.climatology months {outside[0]} .. {outside[-1]} "
                             f"lie outside the campaign data.start .. data.end")
     unknown = [f for f in CFG.normalize.climatology.fields if f not in FIELDS]
     if unknown:
-        raise WorkflowError(f"invalid configuration: normalize.climatology.fields {unknown} are not in data.fields")
+        raise WorkflowError(f"invalid configuration ({CONFIG_FROM}): normalize.climatology.fields {unknown} are not in data.fields")
     return months
 
 
