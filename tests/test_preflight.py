@@ -82,6 +82,15 @@ def test_token_sizes_must_tile_and_named_fields_must_exist():
                      "type (e.g. heightAboveGround) to select by level value"]
 
 
+def test_climatology_months_lie_in_the_campaign():
+    clim = {"fields": ["t"], "start": "2020-12-01", "end": "2021-01-31"}
+    assert _problems(_example(**{"normalize.climatology": clim})) == [
+        "normalize.climatology months 2020-12 .. 2020-12 lie outside the campaign data.start .. data.end "
+        "2021-01-01T00 .. 2021-01-31T23"]
+    assert _problems(_example(**{"normalize.climatology": {"fields": ["t"]}})) == [
+        "normalize.climatology.start and .end are required when normalize.climatology.fields is not empty"]
+
+
 def test_check_on_the_command_line_is_one_line_and_exit_1(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(_example(**{"evaluate.start": "2021-01-20T00"})))
@@ -134,7 +143,11 @@ def test_configfile_replaces_the_default(tmp_path, shared_data):
 def test_workflow_start_refuses_in_seconds_writing_nothing(tmp_path):
     cases = {"overlap": ({"evaluate.start": "2021-01-20T00"}, "overlap (2021-01-20T00:00 .. 2021-01-24T23:00)"),
              "grid": ({"data.area": [50, -2, 46, 2]}, "keeps 9 x 9 points as whole tokens"),
-             "fields": ({"normalize.local": ["t2m"]}, "normalize.local names t2m, not in data.fields")}
+             "fields": ({"normalize.local": ["t2m"]}, "normalize.local names t2m, not in data.fields"),
+             "period": ({"evaluate.start": "2021-01-31T08"}, "holds 16 time steps of data.step_hours 1; one "
+                        "window needs model.num_tokens[0] x shard.token_size[0] = 6 x 3 = 18"),
+             "tokens": ({"shard.field_token_size": {"msl": [3, 6, 6]}}, "shard token size [3, 9, 9] of field 't' "
+                        "does not tile the neighbourhood [18, 24, 36]")}
     work = _checkout(tmp_path)
     for name, (changes, message) in cases.items():
         cfg = tmp_path / f"{name}.yaml"

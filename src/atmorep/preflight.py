@@ -7,7 +7,8 @@ the keys and the numbers:
 
 - a single-level field (levtype sfc) has levels [0]; fields named by model.coupling, model.field_dims, normalize.local/climatology/qc, shard.field_token_size,
   train.loss.field_weights and evaluate.attention exist in data.fields;
-- train and evaluation periods lie in the campaign and are disjoint (no run scores its own training time);
+- train and evaluation periods lie in the campaign and are disjoint (no run scores its own training time),
+  and so do the months of normalize.climatology;
 - with data.step_hours, each period holds one window of model.num_tokens[0] x shard.token_size[0] steps;
 - the token sizes tile the neighbourhood, and, with data.grid, the grid after crop (data.area) keeps
   whole tokens of every field (as the shard stage crops it) and holds one window.
@@ -29,6 +30,7 @@ def check(cfg: Config) -> None:
 def problems(cfg: Config) -> list[str]:
     found = _unknown_fields(cfg)
     found += _periods(cfg)
+    found += _climatology(cfg)
     try:
         tokens_per_field(cfg)
     except ConfigError as exc:
@@ -85,6 +87,19 @@ def _periods(cfg: Config) -> list[str]:
         out.append(f"{train} and {evaluate} overlap ({_t(max(a0, b0))} .. {_t(min(a1, b1))}): evaluation would "
                    "score the training period; make them disjoint")
     return out
+
+
+def _climatology(cfg: Config) -> list[str]:
+    if not cfg.normalize.climatology.fields:
+        return []
+    try:
+        months = cfg.normalize.climatology.months()
+    except ConfigError as exc:
+        return [str(exc)]
+    if outside := [m for m in months if m not in cfg.data.months()]:
+        return [f"normalize.climatology months {outside[0]} .. {outside[-1]} lie outside the campaign "
+                f"data.start .. data.end {cfg.data.start} .. {cfg.data.end}"]
+    return []
 
 
 def _extent(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
