@@ -91,6 +91,7 @@ def test_climatology_months_lie_in_the_campaign():
         "normalize.climatology.start and .end are required when normalize.climatology.fields is not empty"]
 
 
+@pytest.mark.slow
 def test_check_on_the_command_line_is_one_line_and_exit_1(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(_example(**{"evaluate.start": "2021-01-20T00"})))

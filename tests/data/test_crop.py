@@ -78,6 +78,7 @@ def test_a_crop_across_0_equals_the_area_read_directly(tmp_path, shared_data):
     assert prov["acquire"]["crop"]["rows"] == [8, 24] and prov["acquire"]["crop"]["columns"] == [20, 44]
 
 
+@pytest.mark.slow
 def test_a_uk_area_from_a_global_0_360_file_and_an_area_outside(tmp_path, shared_data):
     root = tmp_path / "global"
     root.mkdir()

@@ -127,6 +127,7 @@ def test_overlapping_forecast_steps_are_refused_or_resolved_by_the_rule(tmp_path
     np.testing.assert_allclose(old.values[differs], direct[differs] + 5.0, atol=0.01)
 
 
+@pytest.mark.slow
 def test_the_cli_refuses_several_members_in_one_line(tmp_path, shared_data):
     cfg = tmp_path / "ens.yaml"
     cfg.write_text(json.dumps({"run": "ens", "data": {"fields": {"t": {"levels": [500, 850], "levtype": "pl"}},
