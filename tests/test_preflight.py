@@ -58,9 +58,22 @@ def test_a_period_shorter_than_one_window_is_refused():
                      "data.step_hours 1; one window needs model.num_tokens[0] x shard.token_size[0] = 6 x 3 = 18"]
 
 
+def test_the_embedded_samples_own_steps_and_grid_are_checked():
+    raw = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    assert _problems(raw) == []
+    raw["evaluate"]["start"] = "2026-03-31T00"
+    raw["model"]["num_tokens"] = [3, 21, 6]
+    assert _problems(raw) == [
+        "evaluate.start .. evaluate.end 2026-03-31T00:00 .. 2026-03-31T23:00 holds 4 of the embedded sample's time "
+        "steps; one window needs model.num_tokens[0] x shard.token_size[0] = 3 x 2 = 6",
+        "the grid of data.area null (global) at 1°x1° (the embedded sample) (181 x 360 points) keeps 171 x 360 "
+        "points as whole tokens; one window needs model.num_tokens[1:] x shard.token_size[1:] = 21 x 9 by 6 x 9 "
+        "= 189 x 54 points"]
+
+
 def test_a_grid_after_crop_smaller_than_one_window_is_refused():
     found = _problems(_example(**{"data.area": [50, -2, 46, 2]}))
-    assert found == ["the grid of data.area [50, -2, 46, 2] at data.grid 0.25°x0.25° (17 x 17 points) keeps "
+    assert found == ["the grid of data.area [50, -2, 46, 2] at 0.25°x0.25° (data.grid) (17 x 17 points) keeps "
                      "9 x 9 points as whole tokens; one window needs model.num_tokens[1:] x shard.token_size[1:] "
                      "= 4 x 9 by 6 x 9 = 36 x 54 points"]
     found = _problems(_example(**{"data.area": None, "shard.token_size": [3, 9, 7]}))

@@ -9,9 +9,11 @@ the keys and the numbers:
   train.loss.field_weights and evaluate.attention exist in data.fields;
 - train and evaluation periods lie in the campaign and are disjoint (no run scores its own training time),
   and so do the months of normalize.climatology;
-- with data.step_hours, each period holds one window of model.num_tokens[0] x shard.token_size[0] steps;
-- the token sizes tile the neighbourhood, and, with data.grid, the grid after crop (data.area) keeps
-  whole tokens of every field (as the shard stage crops it) and holds one window.
+- each period holds one window of model.num_tokens[0] x shard.token_size[0] steps (when the config
+  decides the steps: data.step_hours, or the embedded sample's own);
+- the token sizes tile the neighbourhood, and the grid after crop (data.area; when the config decides
+  it: data.grid, the cds default, the sample's) keeps whole tokens of every field (as the shard stage
+  crops it) and holds one window.
 """
 
 from __future__ import annotations
@@ -108,36 +110,63 @@ def _extent(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(cfg.model.num_tokens) * sizes, sizes
 
 
+def _valid_times(cfg: Config) -> tuple[np.ndarray, str] | None:
+    """The campaign's valid times when the config decides them (data.step_hours, or the embedded sample)."""
+    if cfg.acquire.source == "sample":
+        from atmorep.data.sources import SampleSource
+
+        t = SampleSource().open()["time"].values.astype("datetime64[s]")
+        start, end = cfg.data.period
+        return t[(t >= start) & (t <= end)], "of the embedded sample's time steps"
+    if cfg.data.step_hours > 0:
+        times = np.concatenate([cfg.data.times(m) for m in cfg.data.months()])
+        return times, f"time steps of data.step_hours {cfg.data.step_hours}"
+    return None  # irregular steps of files: the data decides (the train stage checks)
+
+
 def _windows_in_time(cfg: Config) -> list[str]:
-    step = cfg.data.step_hours
-    if step <= 0:
-        return []  # irregular steps: the data decides (the train stage checks)
-    times = np.concatenate([cfg.data.times(m) for m in cfg.data.months()])
+    if (known := _valid_times(cfg)) is None:
+        return []
+    times, what_steps = known
     (nt, _, _), sizes = _extent(cfg)
     out = []
     for stage in ("train", "evaluate"):
         start, end, what = _period(cfg, stage)
         n = int(((times >= start) & (times <= end)).sum())
         if n < nt:
-            out.append(f"{what} holds {n} time steps of data.step_hours {step}; one window needs "
+            out.append(f"{what} holds {n} {what_steps}; one window needs "
                        f"model.num_tokens[0] x shard.token_size[0] = {cfg.model.num_tokens[0]} x {sizes[0]} = {nt}")
     return out
 
 
-def _window_on_grid(cfg: Config) -> list[str]:
-    if cfg.data.grid is None:
-        return []  # the grid comes with the data
-    from atmorep.data import shards
-    from atmorep.data.grib import DataError, periodic
+def _grid(cfg: Config) -> tuple[np.ndarray, np.ndarray, str] | None:
+    """(lats, lons, whose grid) of the campaign after data.area when the config decides it, else None."""
+    from atmorep import plan
+    from atmorep.data.cds import DEFAULT_GRID
 
-    dlat, dlon = cfg.data.grid
+    if cfg.acquire.source == "sample":
+        return (*plan.grid(cfg), "the embedded sample")  # its own global 1° grid
+    if cfg.data.grid is None and cfg.acquire.source != "cds":
+        return None  # the grid comes with the files
+    dlat, dlon = cfg.data.grid or DEFAULT_GRID
     north, west, south, east = cfg.data.area or (90.0, 0.0, -90.0, 360.0 - dlon)
     lats = north - dlat * np.arange(int(round((north - south) / dlat)) + 1)
     span = east - west if east - west >= 360 - dlon - 1e-6 else (east - west) % 360.0
-    lons = west + dlon * np.arange(int(round(span / dlon)) + 1)
+    return lats, west + dlon * np.arange(int(round(span / dlon)) + 1), \
+        "data.grid" if cfg.data.grid else "the cds default grid"
+
+
+def _window_on_grid(cfg: Config) -> list[str]:
+    if (grid := _grid(cfg)) is None:
+        return []
+    from atmorep.data import shards
+    from atmorep.data.grib import DataError, periodic
+
+    lats, lons, whose = grid
+    dlat, dlon = abs(float(lats[1] - lats[0])), abs(float(lons[1] - lons[0]))
     area = "[" + ", ".join(f"{v:g}" for v in cfg.data.area) + "]" if cfg.data.area else "null (global)"
-    where = (f"the grid of data.area {area} at data.grid "
-             f"{dlat:g}°x{dlon:g}° ({len(lats)} x {len(lons)} points)")
+    where = (f"the grid of data.area {area} at {dlat:g}°x{dlon:g}° ({whose}) "
+             f"({len(lats)} x {len(lons)} points)")
     try:
         rows, cols = shards.crop(cfg.data, cfg.shard, next(iter(cfg.data.fields)), lats, lons)
     except DataError as exc:
