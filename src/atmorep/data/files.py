@@ -183,8 +183,8 @@ class FilesSource:
         chosen = self.complete(chosen, exp, cfg.files.same_valid_time)
         crop = self.write(chosen, grid, data, field, out)
         sources.write_provenance(out, {"source": "files", "field": field, "month": month, "levtype": exp.kind,
-                               "member": cfg.files.member, "same_valid_time": cfg.files.same_valid_time,
-                               "files": sorted({str(loc.path) for loc in chosen}), "crop": crop})
+                                       "member": cfg.files.member, "same_valid_time": cfg.files.same_valid_time,
+                                       "files": sorted({str(loc.path) for loc in chosen}), "crop": crop})
 
     @staticmethod
     def select(mirror: list[Located], exp: Expectation, field: str, files=None) -> list[Located]:
