@@ -35,8 +35,7 @@ def gfs_like(tmp_path, shared_data):
     extra = [relabel(m, add=100.0, typeOfLevel="tropopause", level=0) for m in u1000]
     extra += [relabel(m, add=float(hag), typeOfLevel="heightAboveGround", level=hag) for hag in (20, 30)
               for m in u1000]
-    (root / "pl.grib").write_bytes(path.read_bytes())
-    (root / "other-levels.grib").write_bytes(b"".join(extra))
+    (root / "gfs-like.grib").write_bytes(path.read_bytes() + b"".join(extra))  # one file, four level types
     return root
 
 
