@@ -121,6 +121,7 @@ def test_overlapping_forecast_steps_are_refused_or_resolved_by_the_rule(tmp_path
     np.testing.assert_array_equal(new.values, direct)
     old = grib.decode(sources.acquire(data, _files(tmp_path, overlapping, same_valid_time="longest_step"), "t",
                                       "2024-06", tmp_path / "t2.grib"))
+    assert "forecasts: 5 runs, steps 0/6 h" in inspect.describe(overlapping)  # inspect shows the runs
     differs = ~np.isclose(old.values, direct).all(axis=(1, 2, 3))
     assert [str(t)[:13] for t in old["time"].values[differs]] == ["2024-06-03T12"]
     np.testing.assert_allclose(old.values[differs], direct[differs] + 5.0, atol=0.01)
@@ -139,3 +140,13 @@ def test_the_cli_refuses_several_members_in_one_line(tmp_path, shared_data):
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
     assert "field 't' comes as 10 ensemble members" in r.stderr and "acquire.files.member" in r.stderr
     assert not list(tmp_path.glob("*t.grib*"))
+
+
+def test_the_same_message_in_two_files_counts_once(tmp_path, shared_data):
+    root = tmp_path / "copies"
+    for d in ("a", "b"):  # a mirror that holds one file twice: the same bytes, nothing to choose
+        (root / d).mkdir(parents=True)
+        (root / d / "pl.grib").write_bytes(shared_data.joinpath(*IFS).read_bytes())
+    data = _ifs({"t": FieldSpec((500,), "pl")})
+    got = grib.decode(sources.acquire(data, _files(tmp_path, root), "t", "2024-06", tmp_path / "t.grib"))
+    np.testing.assert_array_equal(got.values, grib.decode(shared_data.joinpath(*IFS), "t").sel(level=[500]).values)
