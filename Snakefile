@@ -1,11 +1,17 @@
 # atmorep: acquire -> normalize -> shard -> pretrain -> evaluate
 # Run: snakemake --profile profiles/local   (or `make run`); dry run: snakemake -n
+import os
+
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# A config file describes a whole run: `--configfile mine.yaml` replaces the embedded demo configuration
+# (Snakemake would merge it into the default, keeping e.g. the demo's t2m field); without one the demo runs.
+if not workflow.overwrite_configfiles:
+
+    configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
 report: "workflow/report/workflow.rst"

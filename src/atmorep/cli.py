@@ -189,6 +189,18 @@ def cmd_plan(args) -> None:
         args.output.write_text(text + "\n")
 
 
+def cmd_check(args) -> None:
+    from atmorep import preflight
+
+    cfg = C.load(args.config)
+    try:
+        preflight.check(cfg)
+    except C.ConfigError as exc:
+        raise C.ConfigError(f"{args.config}: {exc}") from None
+    print(f"{args.config}: run '{cfg.run}' is consistent ({len(cfg.data.fields)} fields, {len(cfg.data.months())} "
+          "months)")
+
+
 def cmd_inspect(args) -> int:
     from atmorep.data.inspect import describe
 
@@ -320,6 +332,12 @@ def parser() -> argparse.ArgumentParser:
     _fit_args(p)
     p.add_argument("--output", type=Path, help="also write the plan to this file")
     p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("check", help="check a run configuration before anything runs (what the workflow checks at "
+                       "start): schema, field names, disjoint train/evaluate periods, one window in each "
+                       "period and on the grid after data.area, token tiling")
+    p.add_argument("--config", type=Path, required=True, help="run configuration YAML")
+    p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("inspect", help="print fields, levels, grid and time steps of GRIB (files or directories), "
                        "NetCDF or zarr inputs, or say in one line why one is unusable")

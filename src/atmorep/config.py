@@ -29,7 +29,12 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class FieldSpec:
-    """One field of the campaign: its vertical levels and what kind of levels they are."""
+    """One field of the campaign: its vertical levels and their level type, part of its identity.
+
+    ``levtype`` 'ml' (hybrid), 'pl' (isobaricInhPa), 'sfc' (a single-level field, see
+    :data:`atmorep.data.grib.SURFACE_TYPES`) or any other ecCodes typeOfLevel (e.g. 'heightAboveGround'
+    with ``levels: [10]``, 'tropopause' with ``levels: [0]``). ``levels: [0]`` with 'ml'/'pl' means 'sfc'.
+    """
 
     levels: tuple[int, ...] = (0,)
     levtype: str = "ml"
@@ -40,8 +45,10 @@ class FieldSpec:
 
     @property
     def kind(self) -> str:
-        """'sfc', 'ml' (ERA5 model levels) or 'pl' (pressure levels, hPa)."""
-        return "sfc" if self.surface else self.levtype
+        """'sfc', 'ml' (ERA5 model levels), 'pl' (pressure levels, hPa) or an ecCodes typeOfLevel."""
+        if self.levtype in ("ml", "pl"):
+            return "sfc" if self.surface else self.levtype
+        return self.levtype
 
 
 @dataclass(frozen=True)
@@ -102,6 +109,8 @@ class FilesConfig:
 
     paths: tuple[str, ...] = ()
     index_dir: str = ""
+    member: int | None = None
+    same_valid_time: str = "refuse"
 
 
 @dataclass(frozen=True)

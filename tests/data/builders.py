@@ -87,3 +87,19 @@ def sample_grid(sample: str, path: Path, values=None, short_name: str | None = N
     finally:
         eccodes.codes_release(gid)
     return path
+
+
+def relabel(msg: bytes, add: float = 0.0, **keys) -> bytes:
+    """The message with ecCodes ``keys`` set (in order: typeOfLevel before level, dataTime before
+    stepRange), its values shifted by ``add`` so that a wrong pick shows."""
+    import eccodes
+
+    gid = eccodes.codes_new_from_message(msg)
+    try:
+        for key, value in keys.items():
+            eccodes.codes_set(gid, key, value)
+        if add:
+            eccodes.codes_set_values(gid, eccodes.codes_get_values(gid) + add)
+        return eccodes.codes_get_message(gid)
+    finally:
+        eccodes.codes_release(gid)

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from atmorep.data import grib
+from atmorep.data.inventory import config_level
 from atmorep.data.grib import DataError
 
 
@@ -99,7 +100,8 @@ def test_reader_canonicalises_grib2_and_south_to_north_real_messages(shared_data
                 got = h.grid.to_canonical(grib.values(gid, h))
             finally:
                 eccodes.codes_release(gid)
-            assert h.param.name == "t2m" and h.level.kind == "sfc" and h.level.level == 0
+            # GRIB2 says heightAboveGround 2 where GRIB1 says surface: both are the single-level field (level 0)
+            assert h.param.name == "t2m" and h.level.kind == "sfc" and config_level(h.level, "sfc") == 0
             assert h.grid.lats[0] == 58 and h.grid.lons[0] == -10 and np.allclose(np.diff(h.grid.lons), 0.25)
             np.testing.assert_allclose(got, w, atol=2e-3)  # re-packing at 16 bits
 

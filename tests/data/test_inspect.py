@@ -17,7 +17,9 @@ def test_grib_files_of_both_editions_and_a_mirror_directory(tmp_path, shared_dat
     mirror = uk_mirror(shared_data, tmp_path / "m")
     text = describe(mirror)
     assert "directory of 4 GRIB files" in text
-    assert "t2m: 2 metre temperature [K]; levels surface; grid 33x49 0.25°x0.25°" in text
+    # GRIB1 says surface, GRIB2 heightAboveGround 2: one single-level field
+    want = "t2m: 2 metre temperature [K]; levels single-level heightAboveGround 2, surface 0; grid 33x49 0.25°x0.25°"
+    assert want in text
     assert "744 time steps 2019-03-01T00:00 .. 2019-03-31T23:00, step 1 h; GRIB1+2" in text
     assert "msl: Mean sea level pressure" in text
 

@@ -29,6 +29,7 @@ CONFIG = {
     "run": "tiny", "seed": 3,
     "data": {"fields": {"t2m": {"levels": [0]}, "u10": {"levels": [0]}}, "start": "2026-03-25T00",
              "end": "2026-03-31T23"},
+    "train": {"start": "2026-03-25T00", "end": "2026-03-30T05"},  # disjoint from evaluate (checked at start)
     "evaluate": {"start": "2026-03-30T06", "end": "2026-03-31T23", "samples": 4, "batch_size": 4},
 }
 SNAKEFILE = f"""

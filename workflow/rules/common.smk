@@ -9,12 +9,23 @@ from snakemake.utils import validate
 
 from atmorep import config as atmorep_config
 
+from atmorep import preflight
+
+# where the keys came from, for every message about them
+CONFIG_FROM = " + ".join([str(p) for p in workflow.overwrite_configfiles] or ["config/config.yaml (the default)"]
+                         + (["--config"] if workflow.config_settings.config else []))
+
 try:
     # the dataclasses name the first unknown or missing key precisely ("unknown config key 'normalize.lokal'")
     CFG = atmorep_config.build(atmorep_config.Config, config)
 except atmorep_config.ConfigError as exc:
-    raise WorkflowError(f"invalid configuration: {exc}")
+    raise WorkflowError(f"invalid configuration ({CONFIG_FROM}): {exc}")
 validate(config, workflow.source_path("../schemas/config.schema.yaml"))  # also fills in defaults
+try:
+    # everything knowable before the first job: periods, windows, grid, tokens, field names
+    preflight.check(CFG)
+except atmorep_config.ConfigError as exc:
+    raise WorkflowError(f"invalid configuration ({CONFIG_FROM}): {exc}")
 
 # Software: the project's venv by default. With --software-deployment-method conda or env-modules
 # the jobs' Python comes from workflow/envs/*.yaml or the site's modules (software.modules), and the
@@ -56,21 +67,8 @@ def normalize_params(*keys):
 
 
 def climatology_months():
-    """Months of normalize.climatology (validated against the campaign at workflow start)."""
-    if not CFG.normalize.climatology.fields:
-        return []
-    try:
-        months = CFG.normalize.climatology.months()
-    except atmorep_config.ConfigError as exc:
-        raise WorkflowError(f"invalid configuration: {exc}")
-    outside = [m for m in months if m not in MONTHS]
-    if outside:
-        raise WorkflowError(f"invalid configuration: normalize.climatology months {outside[0]} .. {outside[-1]} "
-                            f"lie outside the campaign data.start .. data.end")
-    unknown = [f for f in CFG.normalize.climatology.fields if f not in FIELDS]
-    if unknown:
-        raise WorkflowError(f"invalid configuration: normalize.climatology.fields {unknown} are not in data.fields")
-    return months
+    """Months of normalize.climatology (validated against the campaign at workflow start: preflight)."""
+    return CFG.normalize.climatology.months() if CFG.normalize.climatology.fields else []
 
 
 CLIMATOLOGY_MONTHS = climatology_months()

@@ -77,6 +77,9 @@ def request_for(data: DataConfig, cfg: AcquireConfig, field_name: str, month: st
         raise DataError(f"field '{field_name}' has no known ERA5 parameter (see src/atmorep/data/fields.py)")
     spec = data.fields[field_name]
     kind = spec.kind
+    if kind not in DATASETS:
+        raise DataError(f"field '{field_name}': the cds source serves ERA5 levtype ml, pl or sfc, not "
+                        f"'{kind}' (data.fields.{field_name}.levtype)")
     step = data.step_hours or 1
     if 24 % step:
         raise DataError(f"data.step_hours {step} does not divide a day")

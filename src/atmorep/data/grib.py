@@ -173,11 +173,21 @@ class Param:
     long_name: str
 
 
+#: ecCodes level types of what MARS calls a single-level (levtype=sfc) field: ERA5's 2t is 'surface' in
+#: GRIB1 and 'heightAboveGround' 2 in GRIB2, msl 'meanSea' in GRIB2. Other single levels (tropopause,
+#: maxWind, potentialVorticity, sigma, ...) are selected only by naming them in data.fields.<f>.levtype.
+SURFACE_TYPES = ("surface", "heightAboveGround", "meanSea", "entireAtmosphere", "depthBelowLandLayer",
+                 "nominalTop")
+
+
 @dataclass(frozen=True)
 class Level:
     type_of_level: str  # ecCodes typeOfLevel: hybrid, isobaricInhPa, surface, heightAboveGround, ...
-    kind: str           # 'ml', 'pl' or 'sfc'
-    level: int          # model level, hPa, or 0 for a surface field
+    kind: str           # 'ml', 'pl', 'sfc' (one of SURFACE_TYPES) or 'other'
+    level: int          # model level, hPa, or the level value of its type (2 for heightAboveGround 2 m)
+
+    def describe(self) -> str:
+        return self.type_of_level if self.type_of_level == "surface" else f"{self.type_of_level} {self.level}"
 
 
 @dataclass(frozen=True, eq=False)
@@ -334,7 +344,10 @@ _PDTN_STATISTICAL = (8, 9, 10, 11, 12, 15)
 
 @dataclass
 class Header:
-    """What one message is, without its values (``number`` only from :func:`scan`)."""
+    """What one message is, without its values (``number`` and ``base`` only from :func:`scan`).
+
+    ``time`` is the valid time (base time + step); ``base`` the base (analysis/run) time.
+    """
 
     index: int
     offset: int
@@ -346,10 +359,15 @@ class Header:
     grid: Grid
     bitmap: bool = False
     number: int = 0
+    base: np.datetime64 | None = None
 
     @property
     def name(self) -> str:
         return self.param.name
+
+    @property
+    def step_hours(self) -> float:
+        return 0.0 if self.base is None else float((self.time - self.base) / np.timedelta64(1, "h"))
 
 
 class _C:
@@ -427,15 +445,16 @@ class Decoder:
             if grid is None:
                 grid = self._grids[md5] = _grid_from_handle(gid)
             bitmap = bool(c.long(h, b"bitmapPresent"))
-            number = 0
+            number, base = 0, None
             if members:
                 try:
                     number = c.long(h, b"number")
                 except KeyError:
                     pass
+                base = _datetime(c.long(h, b"dataDate"), c.long(h, b"dataTime"))
         except KeyError as exc:
             raise DataError(f"{path}: message {raw.index + 1} lacks the key {exc}") from None
-        return Header(raw.index, raw.offset, raw.length, edition, param, level, time, grid, bitmap, number)
+        return Header(raw.index, raw.offset, raw.length, edition, param, level, time, grid, bitmap, number, base)
 
     def values(self, gid, header: Header) -> np.ndarray:
         """Like :func:`values` into a buffer reused from message to message (valid until the next call)."""
@@ -468,8 +487,8 @@ class Decoder:
             if value % 100:
                 raise DataError(f"{path}: message {raw.index + 1} is on {value} Pa, not a whole hPa level")
             lev = Level(tol, "pl", int(value) // 100)
-        else:
-            lev = Level(tol, "sfc", 0)
+        else:  # the level value is part of the identity: u at 10 m is not u at the tropopause
+            lev = Level(tol, "sfc" if tol in SURFACE_TYPES else "other", int(value))
         self._levels[key] = lev
         return lev
 
@@ -487,7 +506,7 @@ class Decoder:
                 lib.grib_handle_delete(h)
 
     def scan(self, path: str | Path) -> list[Header]:
-        """Headers of every message, without decoding values (``number`` included)."""
+        """Headers of every message, without decoding values (``number`` and ``base`` included)."""
         return [h for h, _ in self.messages(path, members=True)]
 
 
@@ -556,17 +575,20 @@ def decode(path: str | Path, name: str | None = None) -> xr.DataArray:
     for h in mine:
         if h.grid.key != grid.key:
             raise DataError(f"{path}: field '{name}' mixes grids {grid.describe()} and {h.grid.describe()}")
+    def level_of(h):  # a single-level field is level 0 whether GRIB1 says surface or GRIB2 2 m
+        return 0 if h.level.kind == "sfc" else h.level.level
+
     times = np.unique([h.time for h in mine])
-    levels = sorted({h.level.level for h in mine})
+    levels = sorted({level_of(h) for h in mine})
     out = np.full((len(times), len(levels), grid.ny, grid.nx), np.nan, np.float32)
     seen = np.zeros(out.shape[:2], bool)
     wanted = {h.index for h in mine}
     for h, gid in Decoder().messages(path):
         if h.index not in wanted:
             continue
-        it, il = int(np.searchsorted(times, h.time)), levels.index(h.level.level)
+        it, il = int(np.searchsorted(times, h.time)), levels.index(level_of(h))
         if seen[it, il]:
-            raise DataError(f"{path}: field '{name}' level {h.level.level} time {str(h.time)[:16]} appears twice"
+            raise DataError(f"{path}: field '{name}' level {level_of(h)} time {str(h.time)[:16]} appears twice"
                             + (" (ensemble members? expected one per time)" if h.number or len(mine) > seen.size
                                else ""))
         seen[it, il] = True
@@ -600,10 +622,10 @@ def write_grib(path: Path, name: str, data_TLYX: np.ndarray, times: np.ndarray, 
     """Write one field as GRIB messages (one per time and level) on a regular lat/lon grid.
 
     ``lats`` must run north to south or south to north and ``lons`` east from their first value with
-    constant steps; any longitude convention works. ``levtype`` 'ml' or 'pl' (default: 'sfc' for
-    levels [0], else 'ml'). NaN values go into the GRIB bitmap. ``ieee`` writes GRIB2 with IEEE
-    floats (32-bit, 64-bit for float64 input) instead of 24-bit simple packing: lossless, for sources
-    whose values are already floats (NetCDF, zarr) and must come through equal.
+    constant steps; any longitude convention works. ``levtype`` 'ml', 'pl' or an ecCodes typeOfLevel
+    (default: 'sfc' for levels [0], else 'ml'). NaN values go into the GRIB bitmap. ``ieee`` writes GRIB2
+    with IEEE floats (32-bit, 64-bit for float64 input) instead of 24-bit simple packing: lossless, for
+    sources whose values are already floats (NetCDF, zarr) and must come through equal.
     """
     import eccodes
 
@@ -631,7 +653,7 @@ def write_grib(path: Path, name: str, data_TLYX: np.ndarray, times: np.ndarray, 
                                        ("startStep", 0), ("endStep", 0)):
                         eccodes.codes_set(gid, key, value)
                     if kind != "sfc":
-                        eccodes.codes_set(gid, "typeOfLevel", _LEVEL_TYPE[kind])
+                        eccodes.codes_set(gid, "typeOfLevel", _LEVEL_TYPE.get(kind, kind))
                         eccodes.codes_set(gid, "level", int(lev))
                     for key, value in (("Ni", len(lons)), ("Nj", len(lats)),
                                        ("latitudeOfFirstGridPointInDegrees", lats[0]),

@@ -17,6 +17,7 @@ import xarray as xr
 
 from atmorep.data import grib
 from atmorep.data.grib import DataError
+from atmorep.data.inventory import level_types
 
 _LEVEL_NAMES = ("level", "hybrid", "isobaricInhPa", "model_level_number", "lev", "sigma", "pressure_level",
                 "plev", "model_level")
@@ -98,7 +99,9 @@ def _describe_grib(scanned: dict[Path, list[grib.Header]], regrid: str) -> str:
     by_field: dict[tuple, list[tuple[Path, grib.Header]]] = defaultdict(list)
     for path, headers in scanned.items():
         for h in headers:
-            by_field[(h.param.name, h.level.kind)].append((path, h))
+            # one line per identity the files source selects by (data.fields.<f>.levtype): field and level
+            # type, the single-level types (what levtype sfc takes) together
+            by_field[(h.param.name, "sfc" if h.level.kind == "sfc" else h.level.type_of_level)].append((path, h))
     lines = []
     for (name, _), items in by_field.items():
         first_path, h0 = items[0]
@@ -117,14 +120,20 @@ def _grib_line(headers: list[grib.Header], regrid: str) -> str:
     h0 = headers[0]
     parts = [f"{h0.param.long_name} [{h0.param.units}]"]
     levels = list(dict.fromkeys(h.level.level for h in headers))
-    if h0.level.kind == "sfc":
+    if {h.level.type_of_level for h in headers} == {"surface"} and levels == [0]:
         parts.append("levels surface")
+    elif h0.level.kind == "sfc":
+        parts.append(f"levels single-level {level_types(headers)}")
     else:
         levels.sort(reverse=h0.level.kind == "pl")
         parts.append(f"levels {h0.level.type_of_level}={[float(v) for v in levels]}")
     members = {h.number for h in headers}
     if len(members) > 1:
         parts.append(f"{len(members)} ensemble members")
+    steps = sorted({h.step_hours for h in headers})
+    if steps != [0.0]:
+        runs = len({h.base for h in headers})
+        parts.append(f"forecasts: {runs} runs, steps {'/'.join(f'{s:g}' for s in steps)} h")
     g = h0.grid
     if g.regular:
         lat = f"lat {max(g.file_lats):g}..{min(g.file_lats):g}"

@@ -1,6 +1,6 @@
 """What a (field, month) of GRIB must contain, and the checks that hold a file against it.
 
-An :class:`Expectation` comes from the config (field, level kind, levels, time steps, grid, area);
+An :class:`Expectation` comes from the config (field, level type, levels, time steps, grid, area);
 :func:`check_headers` holds the message headers of a file against it and names every mismatch:
 wrong field, wrong level type, unexpected or missing levels, times outside the month or campaign,
 missing or duplicated (level, time) combinations, grids that differ from the config or each other.
@@ -13,15 +13,52 @@ from dataclasses import dataclass
 import numpy as np
 
 from atmorep.config import DataConfig
-from atmorep.data.grib import DataError, Grid, Header
+from atmorep.data.grib import SURFACE_TYPES, DataError, Grid, Header, Level
 
-LEVEL_KINDS = {"ml": "model levels (hybrid)", "pl": "pressure levels (isobaricInhPa)", "sfc": "a surface field"}
+LEVEL_KINDS = {"ml": "model levels (hybrid)", "pl": "pressure levels (isobaricInhPa)",
+               "sfc": f"a single-level field ({', '.join(SURFACE_TYPES)})"}
+
+
+def describe_kind(kind: str) -> str:
+    return LEVEL_KINDS.get(kind, f"{kind} levels")
+
+
+def config_level(level: Level, kind: str) -> int | None:
+    """The config level a message's level stands for when its level type is the field's ``kind``
+    (``FieldSpec.kind``: 'ml', 'pl', 'sfc' or an ecCodes typeOfLevel), else None."""
+    if kind in ("ml", "pl"):
+        return level.level if level.kind == kind else None
+    if kind == "sfc":
+        return 0 if level.kind == "sfc" else None
+    return level.level if level.type_of_level == kind else None
+
+
+def level_types(headers) -> str:
+    """'isobaricInhPa 300..1000, tropopause 0': the level types (and levels) of messages."""
+    by_type: dict[str, set[int]] = {}
+    for h in headers:
+        by_type.setdefault(h.level.type_of_level, set()).add(h.level.level)
+    return ", ".join(f"{t} {min(v)}" + (f"..{max(v)}" if len(v) > 1 else "") for t, v in sorted(by_type.items()))
+
+
+def why_twice(headers) -> str:
+    """What tells apart messages that claim the same (valid time, level), and the key that chooses."""
+    levels = {h.level for h in headers}
+    if len(levels) > 1:
+        return (f"on {', '.join(sorted(lv.describe() for lv in levels))}: name one in data.fields.<field>.levtype "
+                "(and levels)")
+    if len({h.number for h in headers}) > 1:
+        return f"ensemble members {sorted({h.number for h in headers})}: choose one with acquire.files.member"
+    if len({h.base for h in headers}) > 1:
+        runs = ", ".join(f"base {str(h.base)[:16]} step {h.step_hours:g} h" for h in headers)
+        return f"forecast steps with the same valid time ({runs}): set acquire.files.same_valid_time"
+    return "identical identity, different values"
 
 
 @dataclass(frozen=True)
 class Expectation:
     field: str
-    kind: str                          # 'sfc', 'ml', 'pl'
+    kind: str                          # 'sfc', 'ml', 'pl' or an ecCodes typeOfLevel (FieldSpec.kind)
     levels: tuple[int, ...]
     first: np.datetime64               # allowed valid times: [first, last]
     last: np.datetime64
@@ -57,8 +94,9 @@ def matches(h: Header, field: str) -> bool:
     return field in (h.param.name, h.param.short_name)
 
 
-def check_grid(grid: Grid, exp: Expectation, where: str) -> None:
-    """The grid is usable and is the configured one (resolution, extent)."""
+def check_grid(grid: Grid, exp: Expectation, where: str, crop: bool = False) -> None:
+    """The grid is usable and is the configured one (resolution, extent); with ``crop`` it need only
+    contain data.area (see :func:`crop_indices`)."""
     if (why := grid.unusable(exp.regrid)) is not None:
         raise DataError(f"{where}: field '{exp.field}' is on {why}")
     if not grid.regular:
@@ -66,7 +104,12 @@ def check_grid(grid: Grid, exp: Expectation, where: str) -> None:
     if exp.grid is not None and (abs(grid.dlat - exp.grid[0]) > 1e-6 or abs(grid.dlon - exp.grid[1]) > 1e-6):
         raise DataError(f"{where}: field '{exp.field}' is on a {grid.describe()} grid; data.grid expects "
                         f"{exp.grid[0]:g}°x{exp.grid[1]:g}°")
-    if exp.area is not None:
+    if exp.area is not None and crop:
+        try:
+            crop_indices(grid.lats, grid.lons, exp.area)
+        except DataError as exc:
+            raise DataError(f"{where}: field '{exp.field}': {exc}") from None
+    elif exp.area is not None:
         north, west, south, east = exp.area
         want = _area_lons(west, east, grid.dlon)
         if (abs(grid.lats[0] - north) > 1e-6 or abs(grid.lats[-1] - south) > 1e-6 or len(want) != grid.nx
@@ -146,11 +189,11 @@ def check_headers(headers: list[Header], exp: Expectation, where: str) -> None:
     others = sorted({f"{h.param.name} (paramId {h.param.param_id})" for h in headers if not matches(h, exp.field)})
     if others:
         raise DataError(f"{where}: holds {', '.join(others)}; expected only field '{exp.field}'")
-    kinds = sorted({h.level.kind for h in headers})
-    if kinds != [exp.kind]:
-        got = ", ".join(sorted({h.level.type_of_level for h in headers}))
-        raise DataError(f"{where}: field '{exp.field}' is on {got} levels; the config expects {LEVEL_KINDS[exp.kind]}")
-    levels = sorted({h.level.level for h in headers})
+    if foreign := [h for h in headers if config_level(h.level, exp.kind) is None]:
+        raise DataError(f"{where}: field '{exp.field}' is on {level_types(foreign)} levels; the config expects "
+                        f"{describe_kind(exp.kind)} (data.fields.{exp.field}.levtype)")
+    mine = [config_level(h.level, exp.kind) for h in headers]
+    levels = sorted(set(mine))
     if extra := [lev for lev in levels if lev not in exp.levels]:
         raise DataError(f"{where}: field '{exp.field}' has levels {extra} the config does not expect "
                         f"(expects {list(exp.levels)})")
@@ -171,13 +214,13 @@ def check_headers(headers: list[Header], exp: Expectation, where: str) -> None:
     if off.any():
         raise DataError(f"{where}: field '{exp.field}' has time {str(times[off][0])[:16]}, not on the "
                         f"{int((axis[1] - axis[0]) / np.timedelta64(1, 'h')) if len(axis) > 1 else '?'}-hourly steps")
-    il = np.array([exp.levels.index(h.level.level) for h in headers])
+    il = np.array([exp.levels.index(lev) for lev in mine])
     np.add.at(filled, (it, il), 1)
     if (filled > 1).any():
         t, lv = np.argwhere(filled > 1)[0]
-        members = " (ensemble members? one per time is expected)" if any(h.number for h in headers) else ""
+        same = [h for h, i, j in zip(headers, it, il) if (i, j) == (t, lv)]
         raise DataError(f"{where}: field '{exp.field}' level {exp.levels[lv]} time {str(axis[t])[:16]} appears "
-                        f"{filled[t, lv]} times{members}")
+                        f"{filled[t, lv]} times ({why_twice(same)})")
     if missing := describe_missing(exp.levels, axis, filled > 0):
         raise DataError(f"{where}: field '{exp.field}' has {len(headers)} messages, expected "
                         f"{filled.size} ({len(exp.levels)} levels x {len(axis)} times); " + "; ".join(missing))

@@ -38,8 +38,9 @@ import zarr
 from atmorep.config import DataConfig, NormalizeConfig
 from atmorep.data import grib, zarrio, zarrv3
 from atmorep.data.grib import DataError
-from atmorep.data.inventory import Expectation, check_grid, matches
+from atmorep.data.inventory import Expectation, check_grid, config_level, describe_kind, matches
 from atmorep.data.qc import Gate
+from atmorep.data.sources import read_provenance
 
 log = logging.getLogger(__name__)
 
@@ -254,11 +255,12 @@ def decode_month(source: str | Path, data: DataConfig, cfg: NormalizeConfig, fie
             if not matches(h, field):
                 others.add(h.param.name)
                 continue
-            if h.level.kind != exp.kind:
-                raise DataError(f"{source}: field '{field}' is on {h.level.type_of_level} levels; the config "
-                                f"expects {_KIND[exp.kind]} (data.fields.{field}.levtype)")
-            if h.level.level not in l_index:
-                bad_levels.add(h.level.level)
+            lev = config_level(h.level, exp.kind)
+            if lev is None:
+                raise DataError(f"{source}: field '{field}' is on {h.level.describe()} levels; the config "
+                                f"expects {describe_kind(exp.kind)} (data.fields.{field}.levtype)")
+            if lev not in l_index:
+                bad_levels.add(lev)
                 continue
             it = t_index.get(h.time)
             if it is None:
@@ -271,8 +273,8 @@ def decode_month(source: str | Path, data: DataConfig, cfg: NormalizeConfig, fie
                 gate.param(h.param)
             elif h.grid is not grid and h.grid.key != grid.key:
                 raise DataError(f"{source}: field '{field}' mixes grids {grid.describe()} and {h.grid.describe()} "
-                                f"(message {h.index + 1}, level {h.level.level} time {str(h.time)[:16]})")
-            il = l_index[h.level.level]
+                                f"(message {h.index + 1}, level {lev} time {str(h.time)[:16]})")
+            il = l_index[lev]
             if filled[it, il]:
                 gate.duplicate(il, h.time)
                 continue
@@ -297,9 +299,6 @@ def decode_month(source: str | Path, data: DataConfig, cfg: NormalizeConfig, fie
             slab.close()
         raise
     return Month(field, month, source, hasher.hexdigest(), times, levels, grid, slab, gate, param)
-
-
-_KIND = {"ml": "model levels (hybrid)", "pl": "pressure levels (isobaricInhPa)", "sfc": "a surface field"}
 
 
 def _off_axis(source, field, h, exp: Expectation, month: str) -> str:
@@ -450,14 +449,6 @@ def _scratch(cfg: NormalizeConfig, out: Path) -> Path:
 # The stage
 
 
-def _acquire_provenance(grib_path) -> dict | None:
-    """What the source reported about this GRIB (the zarr source: bytes read / used), if anything."""
-    from atmorep.data.sources import provenance_path
-
-    p = provenance_path(Path(grib_path))
-    return json.loads(p.read_text()) if p.exists() else None
-
-
 def normalize(data: DataConfig, cfg: NormalizeConfig, field: str, month: str, source: str | Path,
               out: str | Path, qc_out: str | Path | None = None, climatology: str | Path | None = None) -> Path:
     """Decode ``source`` (GRIB of one field and month), check, normalize, write a zarr v3 store.
@@ -488,7 +479,7 @@ def normalize(data: DataConfig, cfg: NormalizeConfig, field: str, month: str, so
                  "source_sha256": m.sha256, "units": m.param.units,
                  "provenance": json.dumps({"config": {"data": dataclasses.asdict(data),
                                                       "normalize": dataclasses.asdict(cfg)},
-                                           "acquire": _acquire_provenance(source),
+                                           "acquire": read_provenance(source),
                                            "inputs": {"grib": m.sha256,
                                                       "climatology": clim.digest if clim else None}},
                                           default=str)}

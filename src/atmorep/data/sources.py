@@ -103,11 +103,6 @@ def _zarr_source():
 SOURCES = {"sample": SampleSource, "files": _files_source, "cds": _cds_source, "zarr": _zarr_source}
 
 
-def provenance_path(out: Path) -> Path:
-    """Where acquire records what a source reports about a unit (the zarr source: bytes read / used)."""
-    return out.with_name(out.name + ".provenance.json")
-
-
 def acquire(data: DataConfig, cfg: AcquireConfig, field: str, month: str, out: str | Path) -> Path:
     """Fetch ``field`` for ``month`` from the configured source into ``out`` (atomically), and verify it."""
     out = Path(out)
@@ -121,12 +116,12 @@ def acquire(data: DataConfig, cfg: AcquireConfig, field: str, month: str, out: s
     tmp = out.with_name(f".{out.name}.part{os.getpid()}")
     tmp.unlink(missing_ok=True)
     prov_path = provenance_path(out)
-    prov_path.unlink(missing_ok=True)
+    prov_path.unlink(missing_ok=True)  # a stale record never describes a new output
     try:
         prov = SOURCES[cfg.source]().fetch(data, cfg, field, month, tmp)
         verify(tmp, data, field, month, shown=out)
         if prov:  # beside the GRIB before the GRIB is renamed into place: a complete unit has both
-            prov_path.write_text(json.dumps(prov, indent=1, default=str))
+            prov_path.write_text(json.dumps(prov, sort_keys=True, indent=1, default=str))
         os.replace(tmp, out)
     except BaseException:
         prov_path.unlink(missing_ok=True)
@@ -135,6 +130,18 @@ def acquire(data: DataConfig, cfg: AcquireConfig, field: str, month: str, out: s
         tmp.unlink(missing_ok=True)
     log.info("acquired %s %s -> %s", field, month, out)
     return out
+
+
+def provenance_path(out: str | Path) -> Path:
+    """Where acquire records what the source reported for ``out`` beyond its messages (files read, crop,
+    member; the zarr source's bytes read / used): ``<out>.provenance.json``; normalize copies it into
+    its store's provenance."""
+    return Path(out).with_name(Path(out).name + ".provenance.json")
+
+
+def read_provenance(grib_path: str | Path) -> dict | None:
+    p = provenance_path(grib_path)
+    return json.loads(p.read_text()) if p.exists() else None
 
 
 def verify(path: Path, data: DataConfig, field: str, month: str, shown: Path | None = None) -> list[grib.Header]:

@@ -1,0 +1,180 @@
+"""What a run's configuration alone decides, checked before the first job runs.
+
+:func:`check` is the one place: the Snakefile calls it at workflow start (``workflow/rules/common.smk``,
+seconds, no job run, nothing written) and ``atmorep check`` / ``atmorep plan`` call it on a config
+file. It collects every problem it can know without data and raises one :class:`ConfigError` naming
+the keys and the numbers:
+
+- a single-level field (levtype sfc) has levels [0]; fields named by model.coupling, model.field_dims, normalize.local/climatology/qc, shard.field_token_size,
+  train.loss.field_weights and evaluate.attention exist in data.fields;
+- train and evaluation periods lie in the campaign and are disjoint (no run scores its own training time),
+  and so do the months of normalize.climatology;
+- each period holds one window of model.num_tokens[0] x shard.token_size[0] steps (when the config
+  decides the steps: data.step_hours, or the embedded sample's own);
+- the token sizes tile the neighbourhood, and the grid after crop (data.area; when the config decides
+  it: data.grid, the cds default, the sample's) keeps whole tokens of every field (as the shard stage
+  crops it) and holds one window.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from atmorep.config import Config, ConfigError, parse_time, tokens_per_field
+
+
+def check(cfg: Config) -> None:
+    """Raise :class:`ConfigError` listing every problem of ``cfg`` knowable before the first job."""
+    if found := problems(cfg):
+        raise ConfigError("; ".join(found))
+
+
+def problems(cfg: Config) -> list[str]:
+    found = _unknown_fields(cfg)
+    found += _periods(cfg)
+    found += _climatology(cfg)
+    try:
+        tokens_per_field(cfg)
+    except ConfigError as exc:
+        found.append(str(exc))
+        return found  # the window size below is undefined
+    found += _windows_in_time(cfg)
+    found += _window_on_grid(cfg)
+    return found
+
+
+def _unknown_fields(cfg: Config) -> list[str]:
+    fields = set(cfg.data.fields)
+    named = {"model.coupling": [*cfg.model.coupling, *(f for v in cfg.model.coupling.values() for f in v)],
+             "model.field_dims": list(cfg.model.field_dims),
+             "normalize.local": list(cfg.normalize.local),
+             "normalize.climatology.fields": list(cfg.normalize.climatology.fields),
+             "normalize.qc.ranges": list(cfg.normalize.qc.ranges),
+             "shard.field_token_size": list(cfg.shard.field_token_size),
+             "train.loss.field_weights": list(cfg.train.loss.field_weights),
+             "evaluate.attention.fields": list(cfg.evaluate.attention.fields)}
+    out = [f"data.fields.{f}.levtype sfc takes levels [0] (one single level), not {list(spec.levels)}: name "
+           "the level type (e.g. heightAboveGround) to select by level value"
+           for f, spec in cfg.data.fields.items() if spec.levtype == "sfc" and tuple(spec.levels) != (0,)]
+    for key, names in named.items():
+        if unknown := sorted(set(names) - fields):
+            out.append(f"{key} names {', '.join(unknown)}, not in data.fields ({', '.join(cfg.data.fields)})")
+    return out
+
+
+def _period(cfg: Config, stage: str) -> tuple[np.datetime64, np.datetime64, str]:
+    sec = getattr(cfg, stage)
+    start, end = parse_time(sec.start or cfg.data.start), parse_time(sec.end or cfg.data.end)
+    keys = f"{stage}.start .. {stage}.end" + (" (default: the campaign)" if not (sec.start or sec.end) else "")
+    return start, end, f"{keys} {_t(start)} .. {_t(end)}"
+
+
+def _t(t: np.datetime64) -> str:
+    return str(t)[:16]
+
+
+def _periods(cfg: Config) -> list[str]:
+    d0, d1 = cfg.data.period
+    out = []
+    if d1 < d0:
+        return [f"data.end {_t(d1)} is before data.start {_t(d0)}"]
+    spans = {s: _period(cfg, s) for s in ("train", "evaluate")}
+    for start, end, what in spans.values():
+        if end < start:
+            out.append(f"{what}: the end is before the start")
+        elif start > d1 or end < d0:
+            out.append(f"{what} lies outside the campaign data.start .. data.end {_t(d0)} .. {_t(d1)}")
+    (a0, a1, train), (b0, b1, evaluate) = spans["train"], spans["evaluate"]
+    if max(a0, b0) <= min(a1, b1):
+        out.append(f"{train} and {evaluate} overlap ({_t(max(a0, b0))} .. {_t(min(a1, b1))}): evaluation would "
+                   "score the training period; make them disjoint")
+    return out
+
+
+def _climatology(cfg: Config) -> list[str]:
+    if not cfg.normalize.climatology.fields:
+        return []
+    try:
+        months = cfg.normalize.climatology.months()
+    except ConfigError as exc:
+        return [str(exc)]
+    if outside := [m for m in months if m not in cfg.data.months()]:
+        return [f"normalize.climatology months {outside[0]} .. {outside[-1]} lie outside the campaign "
+                f"data.start .. data.end {cfg.data.start} .. {cfg.data.end}"]
+    return []
+
+
+def _extent(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
+    """(window extent in points, finest token size) along (time, lat, lon)."""
+    sizes = np.array([cfg.shard.token_size_for(f) for f in cfg.data.fields]).min(axis=0)
+    return np.asarray(cfg.model.num_tokens) * sizes, sizes
+
+
+def _valid_times(cfg: Config) -> tuple[np.ndarray, str] | None:
+    """The campaign's valid times when the config decides them (data.step_hours, or the embedded sample)."""
+    if cfg.acquire.source == "sample":
+        from atmorep.data.sources import SampleSource
+
+        t = SampleSource().open()["time"].values.astype("datetime64[s]")
+        start, end = cfg.data.period
+        return t[(t >= start) & (t <= end)], "of the embedded sample's time steps"
+    if cfg.data.step_hours > 0:
+        times = np.concatenate([cfg.data.times(m) for m in cfg.data.months()])
+        return times, f"time steps of data.step_hours {cfg.data.step_hours}"
+    return None  # irregular steps of files: the data decides (the train stage checks)
+
+
+def _windows_in_time(cfg: Config) -> list[str]:
+    if (known := _valid_times(cfg)) is None:
+        return []
+    times, what_steps = known
+    (nt, _, _), sizes = _extent(cfg)
+    out = []
+    for stage in ("train", "evaluate"):
+        start, end, what = _period(cfg, stage)
+        n = int(((times >= start) & (times <= end)).sum())
+        if n < nt:
+            out.append(f"{what} holds {n} {what_steps}; one window needs "
+                       f"model.num_tokens[0] x shard.token_size[0] = {cfg.model.num_tokens[0]} x {sizes[0]} = {nt}")
+    return out
+
+
+def _grid(cfg: Config) -> tuple[np.ndarray, np.ndarray, str] | None:
+    """(lats, lons, whose grid) of the campaign after data.area when the config decides it, else None."""
+    from atmorep import plan
+    from atmorep.data.cds import DEFAULT_GRID
+
+    if cfg.acquire.source == "sample":
+        return (*plan.grid(cfg), "the embedded sample")  # its own global 1° grid
+    if cfg.data.grid is None and cfg.acquire.source != "cds":
+        return None  # the grid comes with the files
+    dlat, dlon = cfg.data.grid or DEFAULT_GRID
+    north, west, south, east = cfg.data.area or (90.0, 0.0, -90.0, 360.0 - dlon)
+    lats = north - dlat * np.arange(int(round((north - south) / dlat)) + 1)
+    span = east - west if east - west >= 360 - dlon - 1e-6 else (east - west) % 360.0
+    return lats, west + dlon * np.arange(int(round(span / dlon)) + 1), \
+        "data.grid" if cfg.data.grid else "the cds default grid"
+
+
+def _window_on_grid(cfg: Config) -> list[str]:
+    if (grid := _grid(cfg)) is None:
+        return []
+    from atmorep.data import shards
+    from atmorep.data.grib import DataError, periodic
+
+    lats, lons, whose = grid
+    dlat, dlon = abs(float(lats[1] - lats[0])), abs(float(lons[1] - lons[0]))
+    area = "[" + ", ".join(f"{v:g}" for v in cfg.data.area) + "]" if cfg.data.area else "null (global)"
+    where = (f"the grid of data.area {area} at {dlat:g}°x{dlon:g}° ({whose}) "
+             f"({len(lats)} x {len(lons)} points)")
+    try:
+        rows, cols = shards.crop(cfg.data, cfg.shard, next(iter(cfg.data.fields)), lats, lons)
+    except DataError as exc:
+        return [f"{where}: {exc}"]
+    (_, ny, nx), sizes = _extent(cfg)
+    kept_y, kept_x = rows.stop - rows.start, cols.stop - cols.start
+    if kept_y < ny or (kept_x < nx and not periodic(lons)) or nx > len(lons):
+        return [f"{where} keeps {kept_y} x {kept_x} points as whole tokens; one window needs "
+                f"model.num_tokens[1:] x shard.token_size[1:] = {cfg.model.num_tokens[1]} x {sizes[1]} by "
+                f"{cfg.model.num_tokens[2]} x {sizes[2]} = {ny} x {nx} points"]
+    return []

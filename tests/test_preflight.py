@@ -1,0 +1,174 @@
+"""A config file describes a whole run, and what it decides is checked before the first job."""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from atmorep import config as C
+from atmorep import preflight
+from conftest import REPO
+
+EXAMPLE = REPO / "config" / "campaigns" / "files-example.yaml"
+
+
+def _example(**changes) -> dict:
+    raw = yaml.safe_load(EXAMPLE.read_text())
+    for key, value in changes.items():
+        node = raw
+        *path, last = key.split(".")
+        for k in path:
+            node = node[k]
+        node[last] = value
+    return raw
+
+
+def _problems(raw: dict) -> list[str]:
+    return preflight.problems(C.build(C.Config, raw))
+
+
+def test_the_example_files_campaign_loads_and_is_consistent():
+    cfg = C.load(EXAMPLE)
+    assert cfg.acquire.source == "files" and "t2m" not in cfg.data.fields
+    assert cfg.data.fields["msl"].kind == "sfc" and cfg.data.fields["t"].kind == "pl"
+    preflight.check(cfg)
+
+
+def test_overlapping_periods_are_refused_naming_keys_and_times():
+    found = _problems(_example(**{"evaluate.start": "2021-01-20T00"}))
+    assert found == ["train.start .. train.end 2021-01-01T00:00 .. 2021-01-24T23:00 and evaluate.start .. "
+                     "evaluate.end 2021-01-20T00:00 .. 2021-01-31T23:00 overlap (2021-01-20T00:00 .. "
+                     "2021-01-24T23:00): evaluation would score the training period; make them disjoint"]
+    raw = _example()
+    del raw["evaluate"]  # the default period is the whole campaign, training time included
+    assert "evaluate.start .. evaluate.end (default: the campaign) 2021-01-01T00:00" in _problems(raw)[0]
+
+
+def test_a_period_shorter_than_one_window_is_refused():
+    found = _problems(_example(**{"evaluate.start": "2021-01-31T08"}))
+    assert found == ["evaluate.start .. evaluate.end 2021-01-31T08:00 .. 2021-01-31T23:00 holds 16 time steps of "
+                     "data.step_hours 1; one window needs model.num_tokens[0] x shard.token_size[0] = 6 x 3 = 18"]
+
+
+def test_the_embedded_samples_own_steps_and_grid_are_checked():
+    raw = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    assert _problems(raw) == []
+    raw["evaluate"]["start"] = "2026-03-31T00"
+    raw["model"]["num_tokens"] = [3, 21, 6]
+    assert _problems(raw) == [
+        "evaluate.start .. evaluate.end 2026-03-31T00:00 .. 2026-03-31T23:00 holds 4 of the embedded sample's time "
+        "steps; one window needs model.num_tokens[0] x shard.token_size[0] = 3 x 2 = 6",
+        "the grid of data.area null (global) at 1°x1° (the embedded sample) (181 x 360 points) keeps 171 x 360 "
+        "points as whole tokens; one window needs model.num_tokens[1:] x shard.token_size[1:] = 21 x 9 by 6 x 9 "
+        "= 189 x 54 points"]
+
+
+def test_a_grid_after_crop_smaller_than_one_window_is_refused():
+    found = _problems(_example(**{"data.area": [50, -2, 46, 2]}))
+    assert found == ["the grid of data.area [50, -2, 46, 2] at 0.25°x0.25° (data.grid) (17 x 17 points) keeps "
+                     "9 x 9 points as whole tokens; one window needs model.num_tokens[1:] x shard.token_size[1:] "
+                     "= 4 x 9 by 6 x 9 = 36 x 54 points"]
+    found = _problems(_example(**{"data.area": None, "shard.token_size": [3, 9, 7]}))
+    assert len(found) == 1 and "1440 longitudes are not a whole number of 7-point tokens" in found[0]
+
+
+def test_token_sizes_must_tile_and_named_fields_must_exist():
+    found = _problems(_example(**{"shard.field_token_size": {"msl": [3, 6, 6]}}))
+    # msl's finer tokens set the neighbourhood (6 x 4 x 6 of [3, 6, 6]); t's 9-point tokens do not tile 24
+    assert found == ["shard token size [3, 9, 9] of field 't' does not tile the neighbourhood [18, 24, 36] "
+                     "(model.num_tokens x the finest token size)"]
+    found = _problems(_example(**{"model.coupling": {"t": ["u", "t2m"]}, "normalize.local": ["t2m"],
+                                  "evaluate.attention": {"fields": ["q"]}}))
+    assert found == ["model.coupling names t2m, not in data.fields (t, u, v, msl)",
+                     "normalize.local names t2m, not in data.fields (t, u, v, msl)",
+                     "evaluate.attention.fields names q, not in data.fields (t, u, v, msl)"]
+    found = _problems(_example(**{"data.fields.msl": {"levels": [2], "levtype": "sfc"}}))
+    assert found == ["data.fields.msl.levtype sfc takes levels [0] (one single level), not [2]: name the level "
+                     "type (e.g. heightAboveGround) to select by level value"]
+
+
+def test_climatology_months_lie_in_the_campaign():
+    clim = {"fields": ["t"], "start": "2020-12-01", "end": "2021-01-31"}
+    assert _problems(_example(**{"normalize.climatology": clim})) == [
+        "normalize.climatology months 2020-12 .. 2020-12 lie outside the campaign data.start .. data.end "
+        "2021-01-01T00 .. 2021-01-31T23"]
+    assert _problems(_example(**{"normalize.climatology": {"fields": ["t"]}})) == [
+        "normalize.climatology.start and .end are required when normalize.climatology.fields is not empty"]
+
+
+@pytest.mark.slow
+def test_check_on_the_command_line_is_one_line_and_exit_1(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(_example(**{"evaluate.start": "2021-01-20T00"})))
+    r = subprocess.run([sys.executable, "-m", "atmorep", "check", "--config", str(bad)], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
+    assert r.stderr.startswith(f"atmorep check: error: {bad}: train.start .. train.end") and "overlap" in r.stderr
+    ok = subprocess.run([sys.executable, "-m", "atmorep", "check", "--config", str(EXAMPLE)], capture_output=True,
+                        text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+
+
+def _checkout(where: Path) -> Path:
+    """The workflow's files as a user's checkout holds them (Snakefile, rules, schemas, default config)."""
+    shutil.copy(REPO / "Snakefile", where / "Snakefile")
+    for d in ("workflow", "config", "profiles"):
+        shutil.copytree(REPO / d, where / d)
+    return where
+
+
+def _snakemake(checkout: Path, *args, timeout=300):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "OMP_NUM_THREADS": "1"}
+    # from the checkout's root, as a user runs it: the embedded default config/config.yaml is at hand
+    return subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", "-n", *args], cwd=checkout,
+                          capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def _jobs(out: str) -> dict[str, int]:
+    table = out.split("Job stats:")[1].split("\n\n")[0].splitlines()[3:]
+    return {line.split()[0]: int(line.split()[1]) for line in table if line.split()}
+
+
+@pytest.mark.slow
+def test_configfile_replaces_the_default(tmp_path, shared_data):
+    raw = _example(**{"acquire.files.paths": [str(shared_data / "ifs-pl-5var-6h")]})
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(yaml.safe_dump(raw))
+    checkout = _checkout(tmp_path)
+    r = _snakemake(checkout, "--configfile", str(mine))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _jobs(r.stdout)["acquire"] == 4  # t, u, v, msl for one month: no t2m, u10, v10 of the demo
+    assert "t2m" not in r.stdout and "resources/files-example/grib/msl/2021-01.grib" in r.stdout
+    r = _snakemake(checkout)  # no --configfile: the embedded demo
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resources/demo/grib/t2m/2026-03.grib" in r.stdout
+
+
+@pytest.mark.slow
+def test_workflow_start_refuses_in_seconds_writing_nothing(tmp_path):
+    cases = {"overlap": ({"evaluate.start": "2021-01-20T00"}, "overlap (2021-01-20T00:00 .. 2021-01-24T23:00)"),
+             "grid": ({"data.area": [50, -2, 46, 2]}, "keeps 9 x 9 points as whole tokens"),
+             "fields": ({"normalize.local": ["t2m"]}, "normalize.local names t2m, not in data.fields"),
+             "period": ({"evaluate.start": "2021-01-31T08"}, "holds 16 time steps of data.step_hours 1; one "
+                        "window needs model.num_tokens[0] x shard.token_size[0] = 6 x 3 = 18"),
+             "tokens": ({"shard.field_token_size": {"msl": [3, 6, 6]}}, "shard token size [3, 9, 9] of field 't' "
+                        "does not tile the neighbourhood [18, 24, 36]")}
+    work = _checkout(tmp_path)
+    for name, (changes, message) in cases.items():
+        cfg = tmp_path / f"{name}.yaml"
+        cfg.write_text(yaml.safe_dump(_example(**changes)))
+        t0 = time.perf_counter()
+        r = _snakemake(work, "--configfile", str(cfg), timeout=120)
+        assert r.returncode != 0 and message in r.stdout + r.stderr, (r.stdout + r.stderr)[-3000:]
+        assert f"invalid configuration ({cfg}):" in r.stdout + r.stderr  # where the keys came from
+        assert time.perf_counter() - t0 < 60
+        assert not (work / "resources").exists() and not (work / "results").exists()
