@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "data"))  # the RangeServer the tests use
+sys.path.append(str(REPO / "tests" / "data"))  # the RangeServer the tests use (appended: never shadows tests/conftest.py)
 
 LEVELS = (96, 105, 114, 123, 137)
 NLEV, LEVEL_CHUNK = 137, 18

@@ -20,7 +20,7 @@ from atmorep.data import grib, sources
 from atmorep.data.grib import DataError
 from atmorep.data.inspect import describe
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.append(str(Path(__file__).parent))  # appended: `from conftest import` must find tests/conftest.py
 from range_server import RangeServer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
