@@ -29,6 +29,8 @@ CONFIG = {
     "run": "tiny", "seed": 3,
     "data": {"fields": {"t2m": {"levels": [0]}, "u10": {"levels": [0]}}, "start": "2026-03-25T00",
              "end": "2026-03-31T23"},
+    "shard": {"token_size": [2, 9, 9], "shard_tokens": [12, 19, 40]},  # as the sample stores and model
+    "model": {"num_tokens": [3, 3, 6]},  # a window of 6 steps: each period must hold one (checked at start)
     "train": {"start": "2026-03-25T00", "end": "2026-03-30T05"},  # disjoint from evaluate (checked at start)
     "evaluate": {"start": "2026-03-30T06", "end": "2026-03-31T23", "samples": 4, "batch_size": 4},
 }
