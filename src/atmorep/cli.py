@@ -2,13 +2,15 @@
 
 Each stage subcommand parses its arguments, loads its slice of the configuration (``--config`` a
 whole YAML file, or ``--params`` the JSON slice Snakemake passes), and calls one library function.
-User errors end with one line on stderr and exit status 1; no traceback.
+Every failure ends with one line on stderr naming what failed and the next step, exit status 1 (130
+on Ctrl-C, 75 for "checkpointed, requeue"); ``--debug`` or ``ATMOREP_DEBUG=1`` shows the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -177,6 +179,8 @@ def parser() -> argparse.ArgumentParser:
                                  "normalized, token-aligned zarr -> DeepSpeed multiformer -> evaluation.",
                                  epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    ap.add_argument("--debug", action="store_true", help="show tracebacks (also of launched ranks) instead of "
+                    "one-line errors; the environment variable ATMOREP_DEBUG=1 does the same")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("acquire", help="fetch one (field, month) of ERA5 as GRIB from the configured source "
@@ -266,14 +270,41 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from atmorep.train import launch
+
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.debug:
+        os.environ["ATMOREP_DEBUG"] = "1"  # also for the ranks `launch` starts
+    launch.watch_launcher()  # a rank started by `atmorep launch` dies with it
     try:
         return args.func(args) or 0
-    except (C.ConfigError, ValueError, FileNotFoundError) as exc:
-        print(f"atmorep {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+    except BaseException as exc:
+        if isinstance(exc, SystemExit) or launch.debug():
+            raise
+        code, line = failure(args.command, exc)
+        if not launch.report(code, line):  # a launched rank leaves its line to the launcher
+            print(line, file=sys.stderr)
+        return code
+
+
+def failure(command: str, exc: BaseException) -> tuple[int, str]:
+    """Exit status and the one line that names what failed and what to do next."""
+    import errno
+
+    from atmorep.train.launch import EXIT_INTERRUPTED
+
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED, f"atmorep {command}: interrupted; nothing unfinished is left looking complete"
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        from atmorep.data.zarrio import DiskFull
+
+        return 1, f"atmorep {command}: error: {DiskFull.describe(exc)}"
+    if isinstance(exc, (C.ConfigError, ValueError, OSError)):  # incl. DataError, TooManyBadSteps
+        return 1, f"atmorep {command}: error: {exc}"
+    return 1, (f"atmorep {command}: internal error: {type(exc).__name__}: {exc} (rerun with --debug or "
+               "ATMOREP_DEBUG=1 for the traceback, and report it)")
 
 
 if __name__ == "__main__":

@@ -169,3 +169,84 @@ def test_fine_tuning_refuses_another_architecture(sample_products, tmp_path):
     assert r.returncode != 0
     assert "init_from" in r.stderr and "['dim']" in r.stderr and "model.pt" in r.stderr
     assert not (tmp_path / "x" / "model.pt").exists()
+
+
+# -- atmorep launch: signals, ranks that never outlive it, one-line reports ---------------------------
+
+def start_launch(sample_products, out: Path, launcher="torchrun", ranks=2, **train):
+    """``atmorep launch --with LAUNCHER`` as a user starts it (its own process, stderr captured)."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "ATMOREP_DEBUG"):
+        env.pop(k, None)
+    cmd = [sys.executable, "-m", "atmorep", "launch", "--with", launcher, "--ranks", str(ranks), "--", "train",
+           "--params", params(sample_products, **train), "--shards", *map(str, sample_products["shards"].values()),
+           "--output-dir", str(out)]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def ranks_of(out: Path) -> list[int]:
+    """Pids of training ranks writing into ``out`` (not launchers)."""
+    found = subprocess.run(["pgrep", "-f", "--", f"-m atmorep train .*{out}"], capture_output=True,
+                           text=True).stdout.split()
+    return [int(p) for p in found if int(p) != os.getpid()]
+
+
+def wait_for_training(proc, out: Path, ranks=2, timeout=300) -> list[int]:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        time.sleep(1)
+        assert proc.poll() is None, _peek(proc)[-3000:]
+        pids = ranks_of(out)
+        if len(pids) >= ranks and "train:" in _peek(proc):
+            return pids
+    raise AssertionError("training did not start: " + _peek(proc)[-3000:])
+
+
+def gone(pids: list[int], timeout=20) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        alive = [p for p in pids if Path(f"/proc/{p}").exists()
+                 and "Z" not in Path(f"/proc/{p}/stat").read_text().split(")")[-1][:3]]
+        if not alive:
+            return True
+        time.sleep(0.5)
+    return False
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "mpirun"])
+def test_sigusr1_to_the_launcher_checkpoints_the_ranks_and_exits_75(sample_products, tmp_path, launcher):
+    """Issue 14.2: SIGUSR1 by pid to `atmorep launch` killed torchrun (exit 246) and left the ranks training."""
+    if launcher == "mpirun" and shutil.which("mpirun", path=str(BIN)) is None:
+        pytest.skip("no mpirun in the environment (pip install '.[mpich]')")
+    proc = start_launch(sample_products, tmp_path, launcher, steps=400, checkpoint_every=1000, engine="torch")
+    pids = wait_for_training(proc, tmp_path)
+    os.kill(proc.pid, signal.SIGUSR1)
+    out, _ = proc.communicate(timeout=120)
+    out = _buffer.pop(proc.pid, "") + out
+    assert proc.returncode == 75, out[-3000:]
+    assert gone(pids, timeout=5), f"ranks {pids} outlived the launcher"
+    assert "checkpointed, requeue" in out.strip().splitlines()[-1] and "Traceback" not in out, out[-3000:]
+    assert "ChildFailedError" not in out and "FAILED" not in out
+    ckpt = tmp_path / "checkpoints"
+    step = json.loads((ckpt / (ckpt / "latest").read_text().strip() / "atmorep.json").read_text())["step"]
+    assert 0 < step < 400 and not (tmp_path / "model.pt").exists()
+
+
+def test_no_rank_outlives_a_killed_launcher(sample_products, tmp_path):
+    proc = start_launch(sample_products, tmp_path, steps=400, checkpoint_every=1000, engine="torch")
+    pids = wait_for_training(proc, tmp_path)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert gone(pids), f"ranks {pids} kept training after kill -9 of their launcher"
+    assert not (tmp_path / "model.pt").exists()
+
+
+def test_an_error_inside_the_ranks_is_one_line_from_the_launcher(sample_products, tmp_path):
+    """Issue 13.6: a window that does not fit the training period sat under a 40-line torchrun traceback."""
+    proc = start_launch(sample_products, tmp_path, start="2026-03-25T00", end="2026-03-25T02", engine="torch")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 1, out[-3000:]
+    errors = [line for line in out.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith("atmorep train: error: no complete window"), out[-3000:]
+    assert "Traceback" not in out and "ChildFailedError" not in out, out[-3000:]

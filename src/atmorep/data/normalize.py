@@ -409,11 +409,27 @@ class StoreWriter:
         data = store.create("data", (T, L, Y, X), np.float32, (chunk_t, 1, Y, X),
                             ("time", "level", "latitude", "longitude"),
                             {"long_name": f"{m.field} {self.describe}", "units": "1"})
-        for t0 in range(0, T, nt):
-            block = m.slab.read(t0, min(T, t0 + nt))
-            data.write(t0, apply(block, stats, out=block))
-        zarrio.commit(self.tmp, self.out)
+        with zarrio.space_for(self.out, 4 * T * L * Y * X):
+            for t0 in range(0, T, nt):
+                block = m.slab.read(t0, min(T, t0 + nt))
+                block = apply(block, stats, out=block)
+                self._finite(block, t0, m, stats)
+                data.write(t0, block)
+            zarrio.commit(self.tmp, self.out)
         return self.out
+
+    def _finite(self, block: np.ndarray, t0: int, m: Month, stats: Stats) -> None:
+        """Refuse non-finite normalized values (e.g. a zero standard deviation): training cannot use them."""
+        bad = ~np.isfinite(block)
+        if not bad.any():
+            return
+        t, lev, y, x = (int(i) for i in np.argwhere(bad)[0])
+        std = stats.broadcast()[1]
+        std = float(std[0, lev, min(y, std.shape[2] - 1), min(x, std.shape[3] - 1)])
+        raise DataError(f"{self.out}: field '{m.field}' normalizes to {int(bad.sum())} non-finite values "
+                        f"(first at {np.datetime_as_string(m.times[t0 + t], 'h')}, level {m.levels[lev]}, "
+                        f"lat {m.grid.lats[y]:g}, lon {m.grid.lons[x]:g}, std {std:g} there); check the source "
+                        "and normalize.method / normalize.local; nothing was written")
 
     def close(self) -> None:
         """Remove whatever was not committed."""

@@ -166,14 +166,16 @@ def shard(data: DataConfig, cfg: ShardConfig, field: str, year: str, inputs: lis
     chunk, shards = layout(cfg, token, shape)
     tmp = zarrio.atomic_dir(out)
     try:
-        _template(data, cfg, field, year, months, rows, cols, token).to_zarr(tmp, zarr_format=3, consolidated=False, mode="w")
-        arr = zarrio.create_dense(tmp, "data", shape, chunk, shards, DIMS,
-                                  {"long_name": f"{field}, normalized per month", "units": "1"})
-        for t0, t1, y0, y1 in tqdm(list(_blocks(shape, shards)), desc=f"shard {field} {year}", disable=None,
-                                   mininterval=5):
-            values = months.block(t0, t1, slice(rows.start + y0, rows.start + y1), cols)
-            arr.write((t0, 0, y0, 0), values)
-        zarrio.commit(tmp, out)
+        with zarrio.space_for(out, 4 * math.prod(shape)):
+            _template(data, cfg, field, year, months, rows, cols, token).to_zarr(tmp, zarr_format=3,
+                                                                                 consolidated=False, mode="w")
+            arr = zarrio.create_dense(tmp, "data", shape, chunk, shards, DIMS,
+                                      {"long_name": f"{field}, normalized per month", "units": "1"})
+            for t0, t1, y0, y1 in tqdm(list(_blocks(shape, shards)), desc=f"shard {field} {year}", disable=None,
+                                       mininterval=5):
+                values = months.block(t0, t1, slice(rows.start + y0, rows.start + y1), cols)
+                arr.write((t0, 0, y0, 0), values)
+            zarrio.commit(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("sharded %s %s: %s, chunks %s, shards %s -> %s", field, year, shape, chunk, shards, out)
