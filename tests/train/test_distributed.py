@@ -186,19 +186,29 @@ def start_launch(sample_products, out: Path, launcher="torchrun", ranks=2, **tra
 
 
 def ranks_of(out: Path) -> list[int]:
-    """Pids of training ranks writing into ``out`` (not launchers)."""
-    found = subprocess.run(["pgrep", "-f", "--", f"-m atmorep train .*{out}"], capture_output=True,
-                           text=True).stdout.split()
-    return [int(p) for p in found if int(p) != os.getpid()]
+    """Pids of the training ranks writing into ``out`` (``python -m atmorep train``, not srun or a launcher)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = (proc / "cmdline").read_bytes().decode().split("\0")
+        except OSError:
+            continue
+        at = next((i for i in range(len(argv)) if argv[i:i + 3] == ["-m", "atmorep", "train"]), None)
+        if (at is not None and str(out) in argv and Path(argv[0]).name.startswith("python")
+                and not any("launch" in a for a in argv[:at])):  # not the launcher nor the torchrun wrapper
+            found.append(int(proc.name))
+    return found
 
 
 def wait_for_training(proc, out: Path, ranks=2, timeout=300) -> list[int]:
+    """The ranks' pids once they have trained and checkpointed a few steps (srun holds back the
+    progress bar's output until a newline, so the first checkpoint is the sign)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         time.sleep(1)
         assert proc.poll() is None, _peek(proc)[-3000:]
         pids = ranks_of(out)
-        if len(pids) >= ranks and "train:" in _peek(proc):
+        if len(pids) >= ranks and (out / "checkpoints" / "latest").exists():
             return pids
     raise AssertionError("training did not start: " + _peek(proc)[-3000:])
 
@@ -214,12 +224,21 @@ def gone(pids: list[int], timeout=20) -> bool:
     return False
 
 
-@pytest.mark.parametrize("launcher", ["torchrun", "mpirun"])
+def slurm_up() -> bool:
+    cluster = Path(__file__).parents[1] / "slurm" / "cluster.sh"
+    return shutil.which("srun") is not None and subprocess.run(["bash", str(cluster), "status"],
+                                                               capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "mpirun", pytest.param("srun", marks=pytest.mark.slurm)])
 def test_sigusr1_to_the_launcher_checkpoints_the_ranks_and_exits_75(sample_products, tmp_path, launcher):
-    """Issue 14.2: SIGUSR1 by pid to `atmorep launch` killed torchrun (exit 246) and left the ranks training."""
+    """Issue 14.2: SIGUSR1 by pid to `atmorep launch` killed torchrun (exit 246) and left the ranks training.
+    srun runs outside a job here, so it makes its own allocation on the test cluster (tests/slurm)."""
     if launcher == "mpirun" and shutil.which("mpirun", path=str(BIN)) is None:
         pytest.skip("no mpirun in the environment (pip install '.[mpich]')")
-    proc = start_launch(sample_products, tmp_path, launcher, steps=400, checkpoint_every=1000, engine="torch")
+    if launcher == "srun" and not slurm_up():
+        pytest.skip("no SLURM cluster answering (tests/slurm/cluster.sh start)")
+    proc = start_launch(sample_products, tmp_path, launcher, steps=400, checkpoint_every=10, engine="torch")
     pids = wait_for_training(proc, tmp_path)
     os.kill(proc.pid, signal.SIGUSR1)
     out, _ = proc.communicate(timeout=120)
@@ -234,12 +253,23 @@ def test_sigusr1_to_the_launcher_checkpoints_the_ranks_and_exits_75(sample_produ
 
 
 def test_no_rank_outlives_a_killed_launcher(sample_products, tmp_path):
-    proc = start_launch(sample_products, tmp_path, steps=400, checkpoint_every=1000, engine="torch")
+    proc = start_launch(sample_products, tmp_path, steps=400, checkpoint_every=10, engine="torch")
     pids = wait_for_training(proc, tmp_path)
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=60)
     assert gone(pids), f"ranks {pids} kept training after kill -9 of their launcher"
     assert not (tmp_path / "model.pt").exists()
+
+
+def test_ctrl_c_of_the_launcher_checkpoints_and_says_so_in_one_line(sample_products, tmp_path):
+    proc = start_launch(sample_products, tmp_path, steps=400, checkpoint_every=10, engine="torch")
+    pids = wait_for_training(proc, tmp_path)
+    os.kill(proc.pid, signal.SIGINT)  # the terminal's Ctrl-C: the ranks have a session of their own
+    out, _ = proc.communicate(timeout=120)
+    out = _buffer.pop(proc.pid, "") + out
+    assert proc.returncode == 130 and gone(pids, timeout=5), out[-3000:]
+    assert out.strip().splitlines()[-1].startswith("atmorep launch: interrupted: SIGTERM: checkpoint at step")
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out[-3000:]
 
 
 def test_an_error_inside_the_ranks_is_one_line_from_the_launcher(sample_products, tmp_path):

@@ -79,7 +79,9 @@ def launch(launcher: str, ranks: int, args: list[str], per_node: int | None = No
     argv = command(launcher, ranks, args, per_node)
     if shutil.which(argv[0]) is None:
         raise FileNotFoundError(f"launcher '{argv[0]}' is not on PATH")
+    _sweep()
     with tempfile.TemporaryDirectory(prefix="atmorep-launch-") as room:
+        Path(room, "launcher").write_text(str(os.getpid()))
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),  # mpirun/srun don't set it
                ROOM: room, LAUNCHER_PID: str(os.getpid()), LAUNCHER_HOST: socket.gethostname()}
         status, received = _Relay(argv, env, Path(room), launcher, ranks).run()
@@ -153,6 +155,17 @@ class _Relay:
                     and self.child.pid not in done):
                 self.child.send_signal(sig)  # ranks on other hosts: srun/mpiexec relay to every task
                 done.add(self.child.pid)
+
+
+def _sweep() -> None:
+    """Remove the rooms of launchers that died without cleaning up (kill -9)."""
+    for mark in Path(tempfile.gettempdir()).glob("atmorep-launch-*/launcher"):
+        try:
+            os.kill(int(mark.read_text()), 0)
+        except ProcessLookupError:
+            shutil.rmtree(mark.parent, ignore_errors=True)
+        except (OSError, ValueError):
+            pass
 
 
 def _reports(room: Path) -> list[dict]:

@@ -168,8 +168,8 @@ def train(seed: int, data: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig,
     """Train on the launched ranks; resume from ``out_dir/checkpoints`` unless ``fresh``."""
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / "checkpoints"
-    stop = StopSignal()  # before the process group: a signal during start-up stops after the first step
     rank, world = distributed.init()
+    stop = StopSignal()  # after the process group: MPI's start-up may install its own handlers
     dataset = WindowDataset(stores, model_cfg.num_tokens, *period(cfg, data))
     global_batch = cfg.batch_size * cfg.gradient_accumulation * world
     plan = StepBatches(dataset, seed, global_batch, cfg.epoch_steps)
