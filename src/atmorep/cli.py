@@ -102,11 +102,36 @@ def cmd_shard(args) -> None:
 
     raw = _slice(args, "shard")
     data, cfg = C.section(raw, "data"), C.section(raw, "shard")
-    shard(data, cfg, args.field, args.year, args.inputs, args.output)
-    if args.verify:
+    if args.verify:  # the store as it is on disk: writing it first would hide what happened to it
         import json
 
         print(json.dumps({"verified": verify(args.output, args.field, args.inputs, data, cfg)}))
+        return
+    shard(data, cfg, args.field, args.year, args.inputs, args.output)
+
+
+def cmd_verify(args) -> None:
+    """Check stores as they are on disk; one JSON line per store, or one error line."""
+    import json
+
+    from atmorep.data import normalize, shards, zarrio
+
+    data = cfg = None
+    if args.params is not None or args.config is not None:
+        raw = _slice(args, "shard")
+        data, cfg = C.section(raw, "data"), C.section(raw, "shard")
+    for store in args.stores:
+        if not (Path(store) / "zarr.json").is_file():
+            raise C.ConfigError(f"{store}: not a zarr v3 store")
+        attrs = zarrio.open_dataset(store, threads=None).attrs
+        if "year" in attrs and "provenance" in attrs:
+            summary = shards.verify(store, None, args.inputs, data, cfg)
+        elif "month" in attrs and "source_sha256" in attrs and "normalization" in attrs:
+            summary = normalize.check(store)
+        else:
+            raise C.ConfigError(f"{store}: neither a normalized nor a shard store of atmorep (attributes "
+                                f"{sorted(attrs)})")
+        print(json.dumps({"verified": summary}), flush=True)
 
 
 def cmd_train(args) -> None:
@@ -214,10 +239,22 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--year", required=True)
     p.add_argument("--inputs", required=True, nargs="+", type=Path, help="normalized monthly stores")
     p.add_argument("--output", required=True, type=Path)
-    p.add_argument("--verify", action="store_true", help="then prove the store equals the normalized inputs bit "
-                   "for bit (coordinates, statistics, every value through zarr and through the loader's reader, "
-                   "every shard index); reads the store twice")
+    p.add_argument("--verify", action="store_true", help="do not write: check the existing --output against the "
+                   "--inputs bit for bit (as atmorep verify does)")
     p.set_defaults(func=cmd_shard)
+
+    p = sub.add_parser("verify", help="check stores as they are on disk: a shard store against its normalized "
+                       "sources, a normalized store for finite values",
+                       description="A shard store is proved equal, bit for bit, to the normalized months it was "
+                       "made from (recorded in its provenance, or --inputs), through zarr and through the loader's "
+                       "reader; its shard indices' CRC32C checksums, its layout and every value's finiteness are "
+                       "checked. A normalized store is checked for non-finite values and statistics. Prints one "
+                       "JSON line per store; the first problem ends it with one line and exit status 1.")
+    p.add_argument("stores", nargs="+", type=Path, metavar="STORE")
+    p.add_argument("--inputs", nargs="+", type=Path, help="normalized monthly stores of a shard store (default: "
+                   "the ones its provenance records)")
+    _config_args(p)
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("train", help="pretrain the multiformer with DeepSpeed ZeRO on the launched ranks "
                        "(several ranks: atmorep launch --with torchrun|mpirun|srun --ranks N -- train ...)")

@@ -436,6 +436,35 @@ class StoreWriter:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def check(path: str | Path) -> dict:
+    """Check a normalized store on disk: every value and statistic finite, every std positive.
+
+    Raises :class:`DataError` naming the first bad value; returns counts.
+    """
+    ds = zarrio.open_dataset(path, threads=None)
+    field, month = ds.attrs.get("field"), ds.attrs.get("month")
+    for name in ("mean", "std"):
+        v = ds[name].values
+        if not np.isfinite(v).all() or (name == "std" and (v <= 0).any()):
+            raise DataError(f"{path}: field '{field}' {month}: its {name} is not finite and positive everywhere; "
+                            "rebuild it (atmorep normalize)")
+    data = ds["data"].transpose("time", "level", "latitude", "longitude")
+    T = data.shape[0]
+    step = max(1, (64 << 20) // max(1, 4 * int(np.prod(data.shape[1:]))))  # ~64 MB a block
+    for t0 in range(0, T, step):
+        block = data.isel(time=slice(t0, t0 + step)).values
+        bad = ~np.isfinite(block)
+        if bad.any():
+            t, lev, y, x = (int(i) for i in np.argwhere(bad)[0])
+            raise DataError(f"{path}: field '{field}' {month} has {int(bad.sum())} non-finite values in time steps "
+                            f"{t0}..{min(T, t0 + step)} (first at {np.datetime_as_string(ds['time'].values[t0 + t], 'h')}"
+                            f", level {int(ds['level'].values[lev])}, lat {ds['latitude'].values[y]:g}, "
+                            f"lon {ds['longitude'].values[x]:g}); normalize writes none: rebuild it (atmorep normalize)")
+    summary = {"store": str(path), "field": field, "month": month, "values": int(np.prod(data.shape))}
+    log.info("checked %s: %d normalized values, all finite", path, summary["values"])
+    return summary
+
+
 def write_normalized(m: Month, stats: Stats, cfg: NormalizeConfig, out: Path, attrs: dict) -> Path:
     """Pass 3 on its own: normalize the slab block by block into a zarr v3 store at ``out`` (atomically)."""
     w = StoreWriter(out, cfg, stats.method, f"normalized with {attrs['normalization']} {attrs['statistics']} "
