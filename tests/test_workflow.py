@@ -78,6 +78,7 @@ def test_dag_produces_sane_products(run):
         "rank_histogram_u10.png", "skill.png", "attention_t2m.png"}
     store = xr.open_zarr(work / "resources" / "tiny" / "shards" / "u10" / "2026.zarr", consolidated=False)
     assert store["data"].shape == (24, 1, 171, 360) and np.isfinite(store["data"].values).all()
+    assert '"verified"' in (work / "logs" / "tiny" / "shard" / "u10_2026.log").read_text()  # checked on disk
 
 
 def test_two_rank_training_lowers_the_loss(run):

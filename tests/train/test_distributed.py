@@ -280,3 +280,43 @@ def test_an_error_inside_the_ranks_is_one_line_from_the_launcher(sample_products
     errors = [line for line in out.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and errors[0].startswith("atmorep train: error: no complete window"), out[-3000:]
     assert "Traceback" not in out and "ChildFailedError" not in out, out[-3000:]
+
+
+def corrupt(sample_products, tmp_path, value: float) -> dict:
+    """Shard stores whose t2m shard files hold ``value`` everywhere (indices intact)."""
+    import numpy as np
+
+    from atmorep.data.zarrio import DenseShards
+
+    stores = {f: tmp_path / "shards" / f"{f}.zarr" for f in sample_products["shards"]}
+    for f, s in stores.items():
+        shutil.copytree(sample_products["shards"][f], s)
+    dense = DenseShards(stores["t2m"] / "data")
+    for key in dense.shard_keys():
+        path = dense.key_path(key)
+        raw = bytearray(path.read_bytes())
+        body = len(raw) - dense.index_bytes
+        raw[:body] = np.full(body // 4, value, "<f4").tobytes()
+        path.write_bytes(bytes(raw))
+    return {**sample_products, "shards": stores}
+
+
+@pytest.mark.parametrize("value", [float("nan"), 1e30])
+def test_bad_training_data_is_named_by_field_store_and_window(sample_products, tmp_path, value):
+    """Issue 14.3: heavy corruption surfaced as an unnamed TooManyBadSteps traceback."""
+    bad = corrupt(sample_products, tmp_path, value)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("ATMOREP_DEBUG", None)
+    r = subprocess.run([sys.executable, "-m", "atmorep", "train", "--params",
+                        params(bad, engine="torch", steps=4, max_bad_steps=2), "--shards",
+                        *map(str, bad["shards"].values()), "--output-dir", str(tmp_path / "out")],
+                       env=env, capture_output=True, text=True, timeout=300)
+    errors = [line for line in r.stderr.splitlines() if line.startswith("atmorep train: error:")]
+    assert r.returncode == 1 and len(errors) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    store = str(bad["shards"]["t2m"])
+    assert f"{store}: field 't2m', window " in errors[0] and f"atmorep verify {store}" in errors[0], errors
+    if value != value:  # NaN: refused when the batch is read
+        assert "non-finite or implausible values" in errors[0]
+    else:  # huge but finite: the loss overflows, the steps are skipped, then the run stops
+        assert errors[0].startswith("atmorep train: error: 2 steps in a row had a non-finite loss"), errors
+    assert not (tmp_path / "out" / "model.pt").exists()
