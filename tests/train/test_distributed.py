@@ -320,3 +320,25 @@ def test_bad_training_data_is_named_by_field_store_and_window(sample_products, t
     else:  # huge but finite: the loss overflows, the steps are skipped, then the run stops
         assert errors[0].startswith("atmorep train: error: 2 steps in a row had a non-finite loss"), errors
     assert not (tmp_path / "out" / "model.pt").exists()
+
+
+def test_a_full_disk_during_training_is_one_line(sample_products, tmp_path):
+    """Issue 14.4 on a real full disk: a 128 KiB tmpfs holds no checkpoint of even this tiny model."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(disk)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {r.stderr.strip()}")
+    try:
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        env.pop("ATMOREP_DEBUG", None)
+        r = subprocess.run([sys.executable, "-m", "atmorep", "train", "--params",
+                            params(sample_products, engine="torch", steps=2), "--shards",
+                            *map(str, sample_products["shards"].values()), "--output-dir", str(disk / "out")],
+                           env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+    errors = [line for line in r.stderr.splitlines() if line.startswith("atmorep train: error:")]
+    assert r.returncode == 1 and len(errors) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert f"{disk}/out/checkpoints/step00000002: no space left on device" in errors[0], errors
+    assert "needs about" in errors[0] and "free on its file system" in errors[0]

@@ -88,7 +88,8 @@ def _mb(n: int) -> str:
 
 @contextlib.contextmanager
 def space_for(path: str | Path, needed: int | None):
-    """Turn a full disk or quota (``OSError`` ENOSPC/EDQUOT) while writing ``path`` into :class:`DiskFull`."""
+    """Turn a full disk or quota (``OSError`` ENOSPC/EDQUOT, or torch's write failure on a file system
+    with less than ``needed`` bytes free) while writing ``path`` into :class:`DiskFull`."""
     try:
         yield
     except DiskFull:
@@ -97,6 +98,11 @@ def space_for(path: str | Path, needed: int | None):
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         raise DiskFull(path, needed, exc) from exc
+    except RuntimeError as exc:  # torch.save on a full disk: "unexpected pos …", "failed writing file …"
+        where = next((p for p in (Path(path), *Path(path).parents) if p.exists()), Path("."))
+        if shutil.disk_usage(where).free >= (needed or 1 << 20):
+            raise
+        raise DiskFull(path, needed, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))) from exc
 
 
 def write_dataset(ds: xr.Dataset, out: str | Path, encoding: dict | None = None) -> Path:

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from atmorep.config import DataConfig, ModelConfig, TrainConfig, parse_time
+from atmorep.data import zarrio
 from atmorep.data.dataset import TOKEN_INFO, SphereSampler, WindowDataset
 from atmorep.data.grib import DataError
 from atmorep.model.multiformer import FieldGeometry, Multiformer
@@ -266,9 +267,10 @@ def train(seed: int, data: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig,
     state = engine.consolidated_state_dict()
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_metrics(rows, out_dir / "metrics.csv")
-        plot_loss(rows, out_dir / "loss.png")
-        save_model(out_dir / "model.pt", engine.module, state, meta)
+        with zarrio.space_for(out_dir / "model.pt", _model_bytes(engine.module)):
+            write_metrics(rows, out_dir / "metrics.csv")
+            plot_loss(rows, out_dir / "loss.png")
+            save_model(out_dir / "model.pt", engine.module, state, meta)
         if writer:
             writer.close()
         log.info("trained %d steps on %d ranks in %.0f s: loss %.4f -> %.4f", cfg.steps, world,
@@ -305,9 +307,14 @@ def _latest(ckpt_dir: Path, world: int, meta: dict) -> tuple[str | None, bool]:
     return tag, info["world"] != world
 
 
+def _model_bytes(model) -> int:
+    return sum(getattr(p, "ds_numel", p.numel()) * 4 for p in model.parameters())  # ZeRO-3: whole sizes
+
+
 def _checkpoint(engine, ckpt_dir: Path, step: int, rows: list, world: int, meta: dict) -> None:
     tag = f"step{step:08d}"
-    engine.save(ckpt_dir, tag, {"step": step, "metrics": rows, "world": world, **meta})
+    with zarrio.space_for(ckpt_dir / tag, 3 * _model_bytes(engine.module)):  # weights and two Adam moments
+        engine.save(ckpt_dir, tag, {"step": step, "metrics": rows, "world": world, **meta})
     if dist.get_rank() == 0:
         (ckpt_dir / tag / "atmorep.json").write_text(json.dumps({"step": step, "world": world, **meta}, indent=1))
     dist.barrier()
