@@ -246,8 +246,9 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="check stores as they are on disk: a shard store against its normalized "
                        "sources, a normalized store for finite values",
                        description="A shard store is proved equal, bit for bit, to the normalized months it was "
-                       "made from (recorded in its provenance, or --inputs), through zarr and through the loader's "
-                       "reader; its shard indices' CRC32C checksums, its layout and every value's finiteness are "
+                       "made from (recorded in its provenance, or --inputs), through zarr and through the "
+                       "loader's reader; its shard indices' CRC32C checksums, its layout and every value's "
+                       "finiteness are "
                        "checked. A normalized store is checked for non-finite values and statistics. Prints one "
                        "JSON line per store; the first problem ends it with one line and exit status 1.")
     p.add_argument("stores", nargs="+", type=Path, metavar="STORE")

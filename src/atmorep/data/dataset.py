@@ -273,8 +273,9 @@ class WindowDataset:
         store = self.stores[field][w.store]
         nt, ny, nx = self.extent
         lons = store.lons[(w.x0 + np.array([0, nx - 1])) % len(store.lons)]
-        return str(store.path), (f"window {int(i)} at {np.datetime_as_string(store.times[w.t0], 'h')}, lat "
-                                 f"{store.lats[w.y0]:g}..{store.lats[w.y0 + ny - 1]:g}, lon {lons[0]:g}..{lons[1]:g}")
+        when = np.datetime_as_string(store.times[w.t0], "h")
+        return str(store.path), (f"window {int(i)} at {when}, lat {store.lats[w.y0]:g}.."
+                                 f"{store.lats[w.y0 + ny - 1]:g}, lon {lons[0]:g}..{lons[1]:g}")
 
     def indices(self, i: int, field: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Store indices (time, lat, lon) of every point of window ``i`` for ``field``."""

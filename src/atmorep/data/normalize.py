@@ -446,8 +446,8 @@ def check(path: str | Path) -> dict:
     for name in ("mean", "std"):
         v = ds[name].values
         if not np.isfinite(v).all() or (name == "std" and (v <= 0).any()):
-            raise DataError(f"{path}: field '{field}' {month}: its {name} is not finite and positive everywhere; "
-                            "rebuild it (atmorep normalize)")
+            raise DataError(f"{path}: field '{field}' {month}: its {name} is not finite and positive "
+                            "everywhere; rebuild it (atmorep normalize)")
     data = ds["data"].transpose("time", "level", "latitude", "longitude")
     T = data.shape[0]
     step = max(1, (64 << 20) // max(1, 4 * int(np.prod(data.shape[1:]))))  # ~64 MB a block
@@ -456,10 +456,11 @@ def check(path: str | Path) -> dict:
         bad = ~np.isfinite(block)
         if bad.any():
             t, lev, y, x = (int(i) for i in np.argwhere(bad)[0])
-            raise DataError(f"{path}: field '{field}' {month} has {int(bad.sum())} non-finite values in time steps "
-                            f"{t0}..{min(T, t0 + step)} (first at {np.datetime_as_string(ds['time'].values[t0 + t], 'h')}"
-                            f", level {int(ds['level'].values[lev])}, lat {ds['latitude'].values[y]:g}, "
-                            f"lon {ds['longitude'].values[x]:g}); normalize writes none: rebuild it (atmorep normalize)")
+            when = np.datetime_as_string(ds["time"].values[t0 + t], "h")
+            raise DataError(f"{path}: field '{field}' {month} has {int(bad.sum())} non-finite values in time "
+                            f"steps {t0}..{min(T, t0 + step)} (first at {when}, level {int(ds['level'].values[lev])}"
+                            f", lat {ds['latitude'].values[y]:g}, lon {ds['longitude'].values[x]:g}); normalize "
+                            "writes none: rebuild it (atmorep normalize)")
     summary = {"store": str(path), "field": field, "month": month, "values": int(np.prod(data.shape))}
     log.info("checked %s: %d normalized values, all finite", path, summary["values"])
     return summary

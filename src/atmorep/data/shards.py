@@ -227,7 +227,8 @@ def _template(data: DataConfig, cfg: ShardConfig, field: str, year: str, months:
         "provenance": json.dumps({
             "config": {"data": dataclasses.asdict(data), "shard": dataclasses.asdict(cfg)},
             "inputs": {m.attrs["month"]: m.attrs["source_sha256"] for m in months.months},
-            "normalized": {m.attrs["month"]: p for m, p in zip(months.months, months.paths)},  # for `atmorep verify`
+            # what `atmorep verify` compares the store with
+            "normalized": {m.attrs["month"]: p for m, p in zip(months.months, months.paths)},
             "latitude_rows": [rows.start, rows.stop, months.first.sizes["latitude"]],
             "longitude_columns": [cols.start, cols.stop, months.first.sizes["longitude"]],
         }),

@@ -78,8 +78,9 @@ class DiskFull(OSError):
         where = next((p for p in (path, *path.parents) if p.exists()), Path("."))
         free = shutil.disk_usage(where).free
         need = f"needs about {_mb(needed)}" if needed else "needs more space"
-        return (f"{path}: no space left on device ({exc.strerror or 'errno ' + str(exc.errno)}): writing it {need}, "
-                f"{_mb(free)} free on its file system; free space there (or write elsewhere) and rerun")
+        why = exc.strerror or f"errno {exc.errno}"
+        return (f"{path}: no space left on device ({why}): writing it {need}, {_mb(free)} free on its file "
+                "system; free space there (or write elsewhere) and rerun")
 
 
 def _mb(n: int) -> str:

@@ -106,7 +106,8 @@ class _Collate:
 
     def __call__(self, items: list[tuple[int, dict]]) -> Batch:
         samples = [s for _, s in items]
-        arrays = {f: (np.stack([s[f][0] for s in samples]), np.stack([s[f][1] for s in samples])) for f in samples[0]}
+        arrays = {f: (np.stack([s[f][0] for s in samples]), np.stack([s[f][1] for s in samples]))
+                  for f in samples[0]}
         try:
             return Batch.from_numpy(arrays)
         except ValueError:  # Batch refuses non-finite tokens: say which store and window hold them
@@ -125,8 +126,9 @@ def bad_data(dataset: WindowDataset, indices: list[int], tokens: dict) -> str | 
         if per_sample.any():
             k = int(np.flatnonzero(per_sample)[0])
             path, window = dataset.where(indices[k], f)
-            return (f"{path}: field '{f}', {window}, holds {int(per_sample[k])} non-finite or implausible values "
-                    f"(|x| > {IMPLAUSIBLE:g} normalized); check the store with `atmorep verify {path}` and rebuild it")
+            return (f"{path}: field '{f}', {window}, holds {int(per_sample[k])} non-finite or implausible "
+                    f"values (|x| > {IMPLAUSIBLE:g} normalized); check the store with `atmorep verify {path}` "
+                    "and rebuild it")
     return None
 
 
