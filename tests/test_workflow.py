@@ -80,6 +80,7 @@ def test_dag_produces_sane_products(run):
         assert len(pd.read_csv(res / "evaluate" / table)), table
     store = xr.open_zarr(work / "resources" / "tiny" / "shards" / "u10" / "2026.zarr", consolidated=False)
     assert store["data"].shape == (24, 1, 171, 360) and np.isfinite(store["data"].values).all()
+    assert '"verified"' in (work / "logs" / "tiny" / "shard" / "u10_2026.log").read_text()  # checked on disk
 
 
 def test_two_rank_training_lowers_the_loss(run):

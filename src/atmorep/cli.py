@@ -2,13 +2,15 @@
 
 Each stage subcommand parses its arguments, loads its slice of the configuration (``--config`` a
 whole YAML file, or ``--params`` the JSON slice Snakemake passes), and calls one library function.
-User errors end with one line on stderr and exit status 1; no traceback.
+Every failure ends with one line on stderr naming what failed and the next step, exit status 1 (130
+on Ctrl-C, 75 for "checkpointed, requeue"); ``--debug`` or ``ATMOREP_DEBUG=1`` shows the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -106,11 +108,36 @@ def cmd_shard(args) -> None:
 
     raw = _slice(args, "shard")
     data, cfg = C.section(raw, "data"), C.section(raw, "shard")
-    shard(data, cfg, args.field, args.year, args.inputs, args.output)
-    if args.verify:
+    if args.verify:  # the store as it is on disk: writing it first would hide what happened to it
         import json
 
         print(json.dumps({"verified": verify(args.output, args.field, args.inputs, data, cfg)}))
+        return
+    shard(data, cfg, args.field, args.year, args.inputs, args.output)
+
+
+def cmd_verify(args) -> None:
+    """Check stores as they are on disk; one JSON line per store, or one error line."""
+    import json
+
+    from atmorep.data import normalize, shards, zarrio
+
+    data = cfg = None
+    if args.params is not None or args.config is not None:
+        raw = _slice(args, "shard")
+        data, cfg = C.section(raw, "data"), C.section(raw, "shard")
+    for store in args.stores:
+        if not (Path(store) / "zarr.json").is_file():
+            raise C.ConfigError(f"{store}: not a zarr v3 store")
+        attrs = zarrio.open_dataset(store, threads=None).attrs
+        if "year" in attrs and "provenance" in attrs:
+            summary = shards.verify(store, None, args.inputs, data, cfg)
+        elif "month" in attrs and "source_sha256" in attrs and "normalization" in attrs:
+            summary = normalize.check(store)
+        else:
+            raise C.ConfigError(f"{store}: neither a normalized nor a shard store of atmorep (attributes "
+                                f"{sorted(attrs)})")
+        print(json.dumps({"verified": summary}), flush=True)
 
 
 def cmd_train(args) -> None:
@@ -239,6 +266,8 @@ def parser() -> argparse.ArgumentParser:
                                  "normalized, token-aligned zarr -> DeepSpeed multiformer -> evaluation.",
                                  epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    ap.add_argument("--debug", action="store_true", help="show tracebacks (also of launched ranks) instead of "
+                    "one-line errors; the environment variable ATMOREP_DEBUG=1 does the same")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("acquire", help="fetch one (field, month) of ERA5 as GRIB from the configured source "
@@ -284,10 +313,23 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--year", required=True)
     p.add_argument("--inputs", required=True, nargs="+", type=Path, help="normalized monthly stores")
     p.add_argument("--output", required=True, type=Path)
-    p.add_argument("--verify", action="store_true", help="then prove the store equals the normalized inputs bit "
-                   "for bit (coordinates, statistics, every value through zarr and through the loader's reader, "
-                   "every shard index); reads the store twice")
+    p.add_argument("--verify", action="store_true", help="do not write: check the existing --output against the "
+                   "--inputs bit for bit (as atmorep verify does)")
     p.set_defaults(func=cmd_shard)
+
+    p = sub.add_parser("verify", help="check stores as they are on disk: a shard store against its normalized "
+                       "sources, a normalized store for finite values",
+                       description="A shard store is proved equal, bit for bit, to the normalized months it was "
+                       "made from (recorded in its provenance, or --inputs), through zarr and through the "
+                       "loader's reader; its shard indices' CRC32C checksums, its layout and every value's "
+                       "finiteness are "
+                       "checked. A normalized store is checked for non-finite values and statistics. Prints one "
+                       "JSON line per store; the first problem ends it with one line and exit status 1.")
+    p.add_argument("stores", nargs="+", type=Path, metavar="STORE")
+    p.add_argument("--inputs", nargs="+", type=Path, help="normalized monthly stores of a shard store (default: "
+                   "the ones its provenance records)")
+    _config_args(p)
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("train", help="pretrain the multiformer with DeepSpeed ZeRO on the launched ranks "
                        "(several ranks: atmorep launch --with torchrun|mpirun|srun --ranks N -- train ...)")
@@ -367,14 +409,41 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from atmorep.train import launch
+
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.debug:
+        os.environ["ATMOREP_DEBUG"] = "1"  # also for the ranks `launch` starts
+    launch.watch_launcher()  # a rank started by `atmorep launch` dies with it
     try:
         return args.func(args) or 0
-    except (C.ConfigError, ValueError, FileNotFoundError) as exc:
-        print(f"atmorep {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+    except BaseException as exc:
+        if isinstance(exc, SystemExit) or launch.debug():
+            raise
+        code, line = failure(args.command, exc)
+        if not launch.report(code, line):  # a launched rank leaves its line to the launcher
+            print(line, file=sys.stderr)
+        return code
+
+
+def failure(command: str, exc: BaseException) -> tuple[int, str]:
+    """Exit status and the one line that names what failed and what to do next."""
+    import errno
+
+    from atmorep.train.launch import EXIT_INTERRUPTED
+
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED, f"atmorep {command}: interrupted; nothing unfinished is left looking complete"
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        from atmorep.data.zarrio import DiskFull
+
+        return 1, f"atmorep {command}: error: {DiskFull.describe(exc)}"
+    if isinstance(exc, (C.ConfigError, ValueError, OSError)):  # incl. DataError, TooManyBadSteps
+        return 1, f"atmorep {command}: error: {exc}"
+    return 1, (f"atmorep {command}: internal error: {type(exc).__name__}: {exc} (rerun with --debug or "
+               "ATMOREP_DEBUG=1 for the traceback, and report it)")
 
 
 if __name__ == "__main__":

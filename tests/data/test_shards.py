@@ -116,8 +116,13 @@ def test_cli_shard_verify(synthetic, tmp_path, capsys):
                          "shard": {"token_size": [3, 4, 4], "field_token_size": {"t": [3, 8, 8]},
                                    "shard_tokens": [4, 3, 5]}})
     inputs = [str(p) for p in synthetic["normalized"]["u"]]
-    rc = cli.main(["shard", "--params", params, "--field", "u", "--year", "2026", "--inputs", *inputs,
-                   "--output", str(tmp_path / "u.zarr"), "--verify"])
+    argv = ["shard", "--params", params, "--field", "u", "--year", "2026", "--inputs", *inputs,
+            "--output", str(tmp_path / "u.zarr")]
+    assert cli.main(argv + ["--verify"]) == 1  # --verify checks what is there and writes nothing
+    assert not (tmp_path / "u.zarr").exists()
+    capsys.readouterr()
+    assert cli.main(argv) == 0
+    rc = cli.main(argv + ["--verify"])
     assert rc == 0
     assert json.loads(capsys.readouterr().out)["verified"]["values"] == 48 * 2 * 88 * 144
 

@@ -188,3 +188,176 @@ def test_metrics_have_throughput_and_mfu(uninterrupted, sample_products):
         per_sample_tokens = sum(summary.tokens(cfg, geo).values())
         assert list(m.tokens_per_s) == pytest.approx(list(m.samples_per_s * per_sample_tokens))
         assert ((m.mfu > 0) & (m.mfu < 1)).all()
+
+
+# -- atmorep launch: signals, ranks that never outlive it, one-line reports ---------------------------
+
+def start_launch(sample_products, out: Path, launcher="torchrun", ranks=2, **train):
+    """``atmorep launch --with LAUNCHER`` as a user starts it (its own process, stderr captured)."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "ATMOREP_DEBUG"):
+        env.pop(k, None)
+    cmd = [sys.executable, "-m", "atmorep", "launch", "--with", launcher, "--ranks", str(ranks), "--", "train",
+           "--params", params(sample_products, **train), "--shards", *map(str, sample_products["shards"].values()),
+           "--output-dir", str(out)]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def ranks_of(out: Path) -> list[int]:
+    """Pids of the training ranks writing into ``out`` (``python -m atmorep train``, not srun or a launcher)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = (proc / "cmdline").read_bytes().decode().split("\0")
+        except OSError:
+            continue
+        at = next((i for i in range(len(argv)) if argv[i:i + 3] == ["-m", "atmorep", "train"]), None)
+        if (at is not None and str(out) in argv and Path(argv[0]).name.startswith("python")
+                and not any("launch" in a for a in argv[:at])):  # not the launcher nor the torchrun wrapper
+            found.append(int(proc.name))
+    return found
+
+
+def wait_for_training(proc, out: Path, ranks=2, timeout=300) -> list[int]:
+    """The ranks' pids once they have trained and checkpointed a few steps (srun holds back the
+    progress bar's output until a newline, so the first checkpoint is the sign)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        time.sleep(1)
+        assert proc.poll() is None, _peek(proc)[-3000:]
+        pids = ranks_of(out)
+        if len(pids) >= ranks and (out / "checkpoints" / "latest").exists():
+            return pids
+    raise AssertionError("training did not start: " + _peek(proc)[-3000:])
+
+
+def gone(pids: list[int], timeout=20) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        alive = [p for p in pids if Path(f"/proc/{p}").exists()
+                 and "Z" not in Path(f"/proc/{p}/stat").read_text().split(")")[-1][:3]]
+        if not alive:
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def slurm_up() -> bool:
+    cluster = Path(__file__).parents[1] / "slurm" / "cluster.sh"
+    return shutil.which("srun") is not None and subprocess.run(["bash", str(cluster), "status"],
+                                                               capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "mpirun", pytest.param("srun", marks=pytest.mark.slurm)])
+def test_sigusr1_to_the_launcher_checkpoints_the_ranks_and_exits_75(sample_products, tmp_path, launcher):
+    """Issue 14.2: SIGUSR1 by pid to `atmorep launch` killed torchrun (exit 246) and left the ranks training.
+    srun runs outside a job here, so it makes its own allocation on the test cluster (tests/slurm)."""
+    if launcher == "mpirun" and shutil.which("mpirun", path=str(BIN)) is None:
+        pytest.skip("no mpirun in the environment (pip install '.[mpich]')")
+    if launcher == "srun" and not slurm_up():
+        pytest.skip("no SLURM cluster answering (tests/slurm/cluster.sh start)")
+    proc = start_launch(sample_products, tmp_path, launcher, steps=400, checkpoint_every=10, engine="torch")
+    pids = wait_for_training(proc, tmp_path)
+    os.kill(proc.pid, signal.SIGUSR1)
+    out, _ = proc.communicate(timeout=120)
+    out = _buffer.pop(proc.pid, "") + out
+    assert proc.returncode == 75, out[-3000:]
+    assert gone(pids, timeout=5), f"ranks {pids} outlived the launcher"
+    assert "checkpointed, requeue" in out.strip().splitlines()[-1] and "Traceback" not in out, out[-3000:]
+    assert "ChildFailedError" not in out and "FAILED" not in out
+    ckpt = tmp_path / "checkpoints"
+    step = json.loads((ckpt / (ckpt / "latest").read_text().strip() / "atmorep.json").read_text())["step"]
+    assert 0 < step < 400 and not (tmp_path / "model.pt").exists()
+
+
+def test_no_rank_outlives_a_killed_launcher(sample_products, tmp_path):
+    proc = start_launch(sample_products, tmp_path, steps=400, checkpoint_every=10, engine="torch")
+    pids = wait_for_training(proc, tmp_path)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert gone(pids), f"ranks {pids} kept training after kill -9 of their launcher"
+    assert not (tmp_path / "model.pt").exists()
+
+
+def test_ctrl_c_of_the_launcher_checkpoints_and_says_so_in_one_line(sample_products, tmp_path):
+    proc = start_launch(sample_products, tmp_path, steps=400, checkpoint_every=10, engine="torch")
+    pids = wait_for_training(proc, tmp_path)
+    os.kill(proc.pid, signal.SIGINT)  # the terminal's Ctrl-C: the ranks have a session of their own
+    out, _ = proc.communicate(timeout=120)
+    out = _buffer.pop(proc.pid, "") + out
+    assert proc.returncode == 130 and gone(pids, timeout=5), out[-3000:]
+    assert out.strip().splitlines()[-1].startswith("atmorep launch: interrupted: SIGTERM: checkpoint at step")
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out[-3000:]
+
+
+def test_an_error_inside_the_ranks_is_one_line_from_the_launcher(sample_products, tmp_path):
+    """Issue 13.6: a window that does not fit the training period sat under a 40-line torchrun traceback."""
+    proc = start_launch(sample_products, tmp_path, start="2026-03-25T00", end="2026-03-25T02", engine="torch")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 1, out[-3000:]
+    errors = [line for line in out.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith("atmorep train: error: no complete window"), out[-3000:]
+    assert "Traceback" not in out and "ChildFailedError" not in out, out[-3000:]
+
+
+def corrupt(sample_products, tmp_path, value: float) -> dict:
+    """Shard stores whose t2m shard files hold ``value`` everywhere (indices intact)."""
+    import numpy as np
+
+    from atmorep.data.zarrio import DenseShards
+
+    stores = {f: tmp_path / "shards" / f"{f}.zarr" for f in sample_products["shards"]}
+    for f, s in stores.items():
+        shutil.copytree(sample_products["shards"][f], s)
+    dense = DenseShards(stores["t2m"] / "data")
+    for key in dense.shard_keys():
+        path = dense.key_path(key)
+        raw = bytearray(path.read_bytes())
+        body = len(raw) - dense.index_bytes
+        raw[:body] = np.full(body // 4, value, "<f4").tobytes()
+        path.write_bytes(bytes(raw))
+    return {**sample_products, "shards": stores}
+
+
+@pytest.mark.parametrize("value", [float("nan"), 1e30])
+def test_bad_training_data_is_named_by_field_store_and_window(sample_products, tmp_path, value):
+    """Issue 14.3: heavy corruption surfaced as an unnamed TooManyBadSteps traceback."""
+    bad = corrupt(sample_products, tmp_path, value)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("ATMOREP_DEBUG", None)
+    r = subprocess.run([sys.executable, "-m", "atmorep", "train", "--params",
+                        params(bad, engine="torch", steps=4, max_bad_steps=2), "--shards",
+                        *map(str, bad["shards"].values()), "--output-dir", str(tmp_path / "out")],
+                       env=env, capture_output=True, text=True, timeout=300)
+    errors = [line for line in r.stderr.splitlines() if line.startswith("atmorep train: error:")]
+    assert r.returncode == 1 and len(errors) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    store = str(bad["shards"]["t2m"])
+    assert f"{store}: field 't2m', window " in errors[0] and f"atmorep verify {store}" in errors[0], errors
+    if value != value:  # NaN: refused when the batch is read
+        assert "non-finite or implausible values" in errors[0]
+    else:  # huge but finite: the loss overflows, the steps are skipped, then the run stops
+        assert errors[0].startswith("atmorep train: error: 2 steps in a row had a non-finite loss"), errors
+    assert not (tmp_path / "out" / "model.pt").exists()
+
+
+def test_a_full_disk_during_training_is_one_line(sample_products, tmp_path):
+    """Issue 14.4 on a real full disk: a 128 KiB tmpfs holds no checkpoint of even this tiny model."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(disk)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {r.stderr.strip()}")
+    try:
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        env.pop("ATMOREP_DEBUG", None)
+        r = subprocess.run([sys.executable, "-m", "atmorep", "train", "--params",
+                            params(sample_products, engine="torch", steps=2), "--shards",
+                            *map(str, sample_products["shards"].values()), "--output-dir", str(disk / "out")],
+                           env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+    errors = [line for line in r.stderr.splitlines() if line.startswith("atmorep train: error:")]
+    assert r.returncode == 1 and len(errors) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert f"{disk}/out/checkpoints/step00000002: no space left on device" in errors[0], errors
+    assert "needs about" in errors[0] and "free on its file system" in errors[0]

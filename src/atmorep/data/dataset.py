@@ -272,6 +272,16 @@ class WindowDataset:
             out[f] = (tokens.astype(np.float32, copy=False), self.token_info(store, w).astype(np.float32))
         return out
 
+    def where(self, i: int, field: str) -> tuple[str, str]:
+        """(store path, "window i at TIME, lat A..B, lon C..D") of sample ``i`` of ``field``."""
+        w = self.grid[int(i)]
+        store = self.stores[field][w.store]
+        nt, ny, nx = self.extent
+        lons = store.lons[(w.x0 + np.array([0, nx - 1])) % len(store.lons)]
+        when = np.datetime_as_string(store.times[w.t0], "h")
+        return str(store.path), (f"window {int(i)} at {when}, lat {store.lats[w.y0]:g}.."
+                                 f"{store.lats[w.y0 + ny - 1]:g}, lon {lons[0]:g}..{lons[1]:g}")
+
     def indices(self, i: int, field: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Store indices (time, lat, lon) of every point of window ``i`` for ``field``."""
         w = self.grid[int(i)]

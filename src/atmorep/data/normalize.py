@@ -408,15 +408,61 @@ class StoreWriter:
         data = store.create("data", (T, L, Y, X), np.float32, (chunk_t, 1, Y, X),
                             ("time", "level", "latitude", "longitude"),
                             {"long_name": f"{m.field} {self.describe}", "units": "1"})
-        for t0 in range(0, T, nt):
-            block = m.slab.read(t0, min(T, t0 + nt))
-            data.write(t0, apply(block, stats, out=block))
-        zarrio.commit(self.tmp, self.out)
+        with zarrio.space_for(self.out, 4 * T * L * Y * X):
+            for t0 in range(0, T, nt):
+                block = m.slab.read(t0, min(T, t0 + nt))
+                block = apply(block, stats, out=block)
+                self._finite(block, t0, m, stats)
+                data.write(t0, block)
+            zarrio.commit(self.tmp, self.out)
         return self.out
+
+    def _finite(self, block: np.ndarray, t0: int, m: Month, stats: Stats) -> None:
+        """Refuse non-finite normalized values (e.g. a zero standard deviation): training cannot use them."""
+        bad = ~np.isfinite(block)
+        if not bad.any():
+            return
+        t, lev, y, x = (int(i) for i in np.argwhere(bad)[0])
+        std = stats.broadcast()[1]
+        std = float(std[0, lev, min(y, std.shape[2] - 1), min(x, std.shape[3] - 1)])
+        raise DataError(f"{self.out}: field '{m.field}' normalizes to {int(bad.sum())} non-finite values "
+                        f"(first at {np.datetime_as_string(m.times[t0 + t], 'h')}, level {m.levels[lev]}, "
+                        f"lat {m.grid.lats[y]:g}, lon {m.grid.lons[x]:g}, std {std:g} there); check the source "
+                        "and normalize.method / normalize.local; nothing was written")
 
     def close(self) -> None:
         """Remove whatever was not committed."""
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def check(path: str | Path) -> dict:
+    """Check a normalized store on disk: every value and statistic finite, every std positive.
+
+    Raises :class:`DataError` naming the first bad value; returns counts.
+    """
+    ds = zarrio.open_dataset(path, threads=None)
+    field, month = ds.attrs.get("field"), ds.attrs.get("month")
+    for name in ("mean", "std"):
+        v = ds[name].values
+        if not np.isfinite(v).all() or (name == "std" and (v <= 0).any()):
+            raise DataError(f"{path}: field '{field}' {month}: its {name} is not finite and positive "
+                            "everywhere; rebuild it (atmorep normalize)")
+    data = ds["data"].transpose("time", "level", "latitude", "longitude")
+    T = data.shape[0]
+    step = max(1, (64 << 20) // max(1, 4 * int(np.prod(data.shape[1:]))))  # ~64 MB a block
+    for t0 in range(0, T, step):
+        block = data.isel(time=slice(t0, t0 + step)).values
+        bad = ~np.isfinite(block)
+        if bad.any():
+            t, lev, y, x = (int(i) for i in np.argwhere(bad)[0])
+            when = np.datetime_as_string(ds["time"].values[t0 + t], "h")
+            raise DataError(f"{path}: field '{field}' {month} has {int(bad.sum())} non-finite values in time "
+                            f"steps {t0}..{min(T, t0 + step)} (first at {when}, level {int(ds['level'].values[lev])}"
+                            f", lat {ds['latitude'].values[y]:g}, lon {ds['longitude'].values[x]:g}); normalize "
+                            "writes none: rebuild it (atmorep normalize)")
+    summary = {"store": str(path), "field": field, "month": month, "values": int(np.prod(data.shape))}
+    log.info("checked %s: %d normalized values, all finite", path, summary["values"])
+    return summary
 
 
 def write_normalized(m: Month, stats: Stats, cfg: NormalizeConfig, out: Path, attrs: dict) -> Path:

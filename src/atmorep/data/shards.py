@@ -142,14 +142,27 @@ class Months:
         self.first = first
 
     def block(self, t0: int, t1: int, rows: slice, cols: slice = slice(None)) -> np.ndarray:
-        """Normalized values ``(t1 - t0, L, rows, cols)`` across month boundaries."""
+        """Normalized values ``(t1 - t0, L, rows, cols)`` across month boundaries; non-finite values
+        (which normalize never writes: a store changed since) are refused, naming the month's store."""
         parts = []
-        for m, off in zip(self.months, self.offsets):
+        for m, path, off in zip(self.months, self.paths, self.offsets):
             a, b = max(t0, off), min(t1, off + m.sizes["time"])
             if a < b:
                 da = m["data"].transpose(*DIMS).isel(time=slice(a - off, b - off), latitude=rows, longitude=cols)
                 parts.append(da.values)
+                _finite(path, m, parts[-1], a - off, rows, cols)
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+
+def _finite(path: str, month: xr.Dataset, values: np.ndarray, t0: int, rows: slice, cols: slice) -> None:
+    bad = ~np.isfinite(values)
+    if bad.any():
+        t, lev, y, x = (int(i) for i in np.argwhere(bad)[0])
+        raise DataError(f"{path}: field '{month.attrs.get('field')}' has {int(bad.sum())} non-finite normalized "
+                        f"values here (first at {np.datetime_as_string(month['time'].values[t0 + t], 'h')}, "
+                        f"level {int(month['level'].values[lev])}, "
+                        f"lat {month['latitude'].values[rows][y]:g}, lon {month['longitude'].values[cols][x]:g}); "
+                        "normalize writes none, so the store was changed since: rebuild it (atmorep normalize)")
 
 
 def shard(data: DataConfig, cfg: ShardConfig, field: str, year: str, inputs: list[str | Path],
@@ -166,14 +179,16 @@ def shard(data: DataConfig, cfg: ShardConfig, field: str, year: str, inputs: lis
     chunk, shards = layout(cfg, token, shape)
     tmp = zarrio.atomic_dir(out)
     try:
-        _template(data, cfg, field, year, months, rows, cols, token).to_zarr(tmp, zarr_format=3, consolidated=False, mode="w")
-        arr = zarrio.create_dense(tmp, "data", shape, chunk, shards, DIMS,
-                                  {"long_name": f"{field}, normalized per month", "units": "1"})
-        for t0, t1, y0, y1 in tqdm(list(_blocks(shape, shards)), desc=f"shard {field} {year}", disable=None,
-                                   mininterval=5):
-            values = months.block(t0, t1, slice(rows.start + y0, rows.start + y1), cols)
-            arr.write((t0, 0, y0, 0), values)
-        zarrio.commit(tmp, out)
+        with zarrio.space_for(out, 4 * math.prod(shape)):
+            _template(data, cfg, field, year, months, rows, cols, token).to_zarr(tmp, zarr_format=3,
+                                                                                 consolidated=False, mode="w")
+            arr = zarrio.create_dense(tmp, "data", shape, chunk, shards, DIMS,
+                                      {"long_name": f"{field}, normalized per month", "units": "1"})
+            for t0, t1, y0, y1 in tqdm(list(_blocks(shape, shards)), desc=f"shard {field} {year}", disable=None,
+                                       mininterval=5):
+                values = months.block(t0, t1, slice(rows.start + y0, rows.start + y1), cols)
+                arr.write((t0, 0, y0, 0), values)
+            zarrio.commit(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("sharded %s %s: %s, chunks %s, shards %s -> %s", field, year, shape, chunk, shards, out)
@@ -212,6 +227,8 @@ def _template(data: DataConfig, cfg: ShardConfig, field: str, year: str, months:
         "provenance": json.dumps({
             "config": {"data": dataclasses.asdict(data), "shard": dataclasses.asdict(cfg)},
             "inputs": {m.attrs["month"]: m.attrs["source_sha256"] for m in months.months},
+            # what `atmorep verify` compares the store with
+            "normalized": {m.attrs["month"]: p for m, p in zip(months.months, months.paths)},
             "latitude_rows": [rows.start, rows.stop, months.first.sizes["latitude"]],
             "longitude_columns": [cols.start, cols.stop, months.first.sizes["longitude"]],
         }),
@@ -219,24 +236,45 @@ def _template(data: DataConfig, cfg: ShardConfig, field: str, year: str, months:
     return ds
 
 
-def verify(store: str | Path, field: str, inputs: list[str | Path], data: DataConfig | None = None,
-           cfg: ShardConfig | None = None) -> dict:
-    """Prove that ``store`` holds the normalized ``inputs`` bit for bit, token-aligned.
+def recorded_inputs(store: str | Path) -> list[Path]:
+    """The normalized monthly stores ``store`` was sharded from (as its provenance records them)."""
+    ds = zarrio.open_dataset(store, threads=None)
+    recorded = json.loads(ds.attrs["provenance"]).get("normalized")
+    if not recorded:
+        raise DataError(f"{store}: its provenance names no normalized inputs (sharded by an older atmorep): "
+                        "give them with --inputs")
+    missing = [p for p in recorded.values() if not Path(p).exists()]
+    if missing:
+        raise DataError(f"{store}: its normalized input(s) {', '.join(missing)} are gone (paths are relative to "
+                        "the directory it was sharded in): run from there or give them with --inputs")
+    return [Path(p) for p in recorded.values()]
 
-    Checks coordinates, attributes, the statistics of every month, and every value twice: through
-    zarr (which also checks every shard index's CRC32C) and through the direct reader the loader uses
-    (after checking that every shard file is dense). With ``data`` and ``cfg``, also that the token
+
+def verify(store: str | Path, field: str | None = None, inputs: list[str | Path] | None = None,
+           data: DataConfig | None = None, cfg: ShardConfig | None = None) -> dict:
+    """Prove that ``store``, as it is on disk, holds the normalized ``inputs`` bit for bit, token-aligned.
+
+    Checks coordinates, attributes, that the inputs are the months (and GRIB digests) the store was
+    made from, the statistics of every month, that every value is finite, and every value twice:
+    through zarr (which also checks every shard index's CRC32C) and through the direct reader the
+    loader uses (after checking that every shard file is dense). ``field`` and ``inputs`` default to
+    what the store's attributes and provenance record. With ``data`` and ``cfg``, also that the token
     size and latitude crop are the configured ones. Raises :class:`DataError` at the first difference;
     returns counts.
     """
     ds = zarrio.open_dataset(store, threads=None)
     year = ds.attrs["year"]
-    months = Months(field, year, inputs)
+    field = field or ds.attrs["field"]
+    months = Months(field, year, inputs if inputs else recorded_inputs(store))
     src = months.first
     if ds.attrs["field"] != field or ds.attrs["normalization"] != months.method:
         raise DataError(f"{store}: holds {ds.attrs['field']} ({ds.attrs['normalization']}), "
                         f"inputs are {field} ({months.method})")
     prov = json.loads(ds.attrs["provenance"])
+    made_from = {m.attrs["month"]: m.attrs["source_sha256"] for m in months.months}
+    if made_from != prov["inputs"]:
+        raise DataError(f"{store}: was sharded from the GRIB months {prov['inputs']}, the inputs come from "
+                        f"{made_from}: these are not its sources; rebuild it (atmorep shard)")
     first, stop, nlat = prov["latitude_rows"]
     west, east, nlon = prov.get("longitude_columns", [0, src.sizes["longitude"], src.sizes["longitude"]])
     rows, cols = slice(first, stop), slice(west, east)

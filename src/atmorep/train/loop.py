@@ -28,9 +28,11 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from atmorep.config import DataConfig, ModelConfig, TrainConfig, parse_time
+from atmorep.data import zarrio
 from atmorep.data.dataset import TOKEN_INFO, SphereSampler, WindowDataset
+from atmorep.data.grib import DataError
 from atmorep.model.multiformer import FieldGeometry, Multiformer
-from atmorep.train import distributed, masking
+from atmorep.train import distributed, launch, masking
 from atmorep.train.batch import Batch
 from atmorep.train.checkpoint import load_weights, save_model, versions
 from atmorep.train.launch import EXIT_REQUEUE  # 75: "run me again, I will resume"
@@ -40,10 +42,12 @@ from atmorep.train.throughput import Throughput, training_dtype
 log = logging.getLogger(__name__)
 
 
+#: normalized values this many standard deviations from the mean are corrupt data, not weather
+IMPLAUSIBLE = 1e4
 
 
-class TooManyBadSteps(RuntimeError):
-    pass
+class TooManyBadSteps(ValueError):
+    """``max_bad_steps`` steps in a row had a non-finite loss (the message names bad data when found)."""
 
 
 def period(cfg, data: DataConfig) -> tuple[np.datetime64, np.datetime64]:
@@ -87,14 +91,60 @@ class StepBatches:
         return [part.tolist() for part in np.array_split(glob.reshape(world, -1)[rank], micro_steps)]
 
 
-def _collate(samples: list[dict]) -> Batch:
-    return Batch.from_numpy({f: (np.stack([s[f][0] for s in samples]), np.stack([s[f][1] for s in samples]))
-                             for f in samples[0]})
+class _Indexed:
+    """The dataset's samples with their window index, so a bad one can be named."""
+
+    def __init__(self, dataset: WindowDataset):
+        self.dataset = dataset
+
+    def __getitem__(self, i: int):
+        return i, self.dataset[i]
+
+
+class _Collate:
+    def __init__(self, dataset: WindowDataset):
+        self.dataset = dataset
+
+    def __call__(self, items: list[tuple[int, dict]]) -> Batch:
+        samples = [s for _, s in items]
+        arrays = {f: (np.stack([s[f][0] for s in samples]), np.stack([s[f][1] for s in samples]))
+                  for f in samples[0]}
+        try:
+            return Batch.from_numpy(arrays)
+        except ValueError:  # Batch refuses non-finite tokens: say which store and window hold them
+            bad = bad_data(self.dataset, [i for i, _ in items], {f: a[0] for f, a in arrays.items()})
+            if bad is None:
+                raise
+            raise DataError(bad) from None
+
+
+def bad_data(dataset: WindowDataset, indices: list[int], tokens: dict) -> str | None:
+    """The first field, store and sample of a batch holding non-finite or implausible values, or None."""
+    for f, t in tokens.items():
+        t = np.asarray(t)
+        bad = ~np.isfinite(t) | (np.abs(np.nan_to_num(t)) > IMPLAUSIBLE)
+        per_sample = bad.reshape(len(t), -1).sum(axis=1)
+        if per_sample.any():
+            k = int(np.flatnonzero(per_sample)[0])
+            path, window = dataset.where(indices[k], f)
+            return (f"{path}: field '{f}', {window}, holds {int(per_sample[k])} non-finite or implausible "
+                    f"values (|x| > {IMPLAUSIBLE:g} normalized); check the store with `atmorep verify {path}` "
+                    "and rebuild it")
+    return None
+
+
+def _next(batches):
+    """The next batch; bad data found by a loader worker is named in one line, not the worker's traceback."""
+    try:
+        return next(batches)
+    except DataError as exc:
+        lines = str(exc).strip().splitlines()  # "Caught DataError in DataLoader worker ... DataError: MESSAGE"
+        raise DataError(lines[-1].partition(": ")[2] if len(lines) > 1 else lines[0]) from None
 
 
 def loader(dataset: WindowDataset, plan: list[list[int]], workers: int):
     """Batches for a list of micro-steps, read ahead by ``workers`` background processes."""
-    return DataLoader(dataset, batch_sampler=plan, collate_fn=_collate, num_workers=workers,
+    return DataLoader(_Indexed(dataset), batch_sampler=plan, collate_fn=_Collate(dataset), num_workers=workers,
                       prefetch_factor=4 if workers else None, persistent_workers=False,
                       pin_memory=torch.cuda.is_available())
 
@@ -106,6 +156,7 @@ class StopSignal:
         self.received = 0
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, self._handle)
+        launch.register()  # from now on `atmorep launch` may forward its signals to this rank
 
     def _handle(self, signum, frame):
         self.received = signum
@@ -122,9 +173,7 @@ def train(seed: int, data: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig,
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / "checkpoints"
     rank, world = distributed.init()
-    stop = StopSignal()
-    if rank == 0:
-        (ckpt_dir / "REQUEUE").unlink(missing_ok=True)
+    stop = StopSignal()  # after the process group: MPI's start-up may install its own handlers
     dataset = WindowDataset(stores, model_cfg.num_tokens, *period(cfg, data))
     global_batch = cfg.batch_size * cfg.gradient_accumulation * world
     plan = StepBatches(dataset, seed, global_batch, cfg.epoch_steps)
@@ -162,15 +211,16 @@ def train(seed: int, data: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig,
     meter = Throughput(model_cfg, model.fields, world, distributed.device(), training_dtype(cfg.engine))
     micro_plan = [m for s in range(start, cfg.steps) for m in plan.indices(s, rank, world, cfg.gradient_accumulation)]
     batches = iter(loader(dataset, micro_plan, cfg.workers))
-    bad, t_loop = 0, time.perf_counter()
+    bad, suspect, t_loop = 0, None, time.perf_counter()
     bar = tqdm(range(start, cfg.steps), desc="train", disable=rank != 0, mininterval=5,
                file=sys.stderr, initial=start, total=cfg.steps)
     for step in bar:
         t0 = time.perf_counter()
-        wait, losses, diags = 0.0, [], {}
+        wait, losses, diags, seen = 0.0, [], {}, []
         for micro in range(cfg.gradient_accumulation):
             tw = time.perf_counter()
-            batch = next(batches)
+            batch = _next(batches)
+            seen.append((micro_plan[(step - start) * cfg.gradient_accumulation + micro], batch))
             wait += time.perf_counter() - tw
             micro_seed = _seed(seed, step, micro, rank, world)
             gen = torch.Generator().manual_seed(micro_seed)
@@ -184,8 +234,16 @@ def train(seed: int, data: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig,
             losses.append(loss.detach())
         if not applied:
             bad += 1
+            found = next(filter(None, (bad_data(dataset, ix, b.tokens) for ix, b in seen)), None)
+            if found:
+                log.warning("step %d: non-finite loss from bad data: %s", step, found)
+            suspect = found or suspect
             if bad >= cfg.max_bad_steps:
-                raise TooManyBadSteps(f"{bad} steps in a row had a non-finite loss (last at step {step})")
+                named = [None] * world
+                dist.all_gather_object(named, suspect)  # every rank skipped this step: name what any one saw
+                why = next(filter(None, named), None) or ("the inputs were finite and plausible, so the run "
+                                                          "diverged: lower train.lr or raise train.max_bad_steps")
+                raise TooManyBadSteps(f"{bad} steps in a row had a non-finite loss (last at step {step}); {why}")
         else:
             bad = 0
         value = torch.stack(losses).mean()
@@ -202,19 +260,21 @@ def train(seed: int, data: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig,
         if stop.agreed():
             _checkpoint(engine, ckpt_dir, done, rows, world, meta)
             if rank == 0:
-                (ckpt_dir / "REQUEUE").write_text(f"signal {stop.received} at step {done}\n")
                 log.warning("signal %d: checkpoint at step %d saved; exiting %d to be requeued",
                             stop.received, done, EXIT_REQUEUE)
             distributed.finish()
+            launch.report(EXIT_REQUEUE, f"{signal.Signals(stop.received).name}: "
+                          f"checkpoint at step {done} saved in {ckpt_dir}")
             sys.exit(EXIT_REQUEUE)
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
             _checkpoint(engine, ckpt_dir, done, rows, world, meta)
     state = engine.consolidated_state_dict()
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_metrics(rows, out_dir / "metrics.csv")
-        plot_loss(rows, out_dir / "loss.png")
-        save_model(out_dir / "model.pt", engine.module, state, meta)
+        with zarrio.space_for(out_dir / "model.pt", _model_bytes(engine.module)):
+            write_metrics(rows, out_dir / "metrics.csv")
+            plot_loss(rows, out_dir / "loss.png")
+            save_model(out_dir / "model.pt", engine.module, state, meta)
         if writer:
             writer.close()
         log.info("trained %d steps on %d ranks in %.0f s: loss %.4f -> %.4f", cfg.steps, world,
@@ -252,9 +312,14 @@ def _latest(ckpt_dir: Path, world: int, meta: dict) -> tuple[str | None, bool]:
     return tag, info["world"] != world
 
 
+def _model_bytes(model) -> int:
+    return sum(getattr(p, "ds_numel", p.numel()) * 4 for p in model.parameters())  # ZeRO-3: whole sizes
+
+
 def _checkpoint(engine, ckpt_dir: Path, step: int, rows: list, world: int, meta: dict) -> None:
     tag = f"step{step:08d}"
-    engine.save(ckpt_dir, tag, {"step": step, "metrics": rows, "world": world, **meta})
+    with zarrio.space_for(ckpt_dir / tag, 3 * _model_bytes(engine.module)):  # weights and two Adam moments
+        engine.save(ckpt_dir, tag, {"step": step, "metrics": rows, "world": world, **meta})
     if dist.get_rank() == 0:
         (ckpt_dir / tag / "atmorep.json").write_text(json.dumps({"step": step, "world": world, **meta}, indent=1))
     dist.barrier()
