@@ -40,6 +40,7 @@ Legend: T time steps, L levels, Y latitude rows, X longitude columns.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -178,6 +179,19 @@ def shard(data: DataConfig, cfg: ShardConfig, field: str, year: str, inputs: lis
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("sharded %s %s: %s, chunks %s, shards %s -> %s", field, year, shape, chunk, shards, out)
     return Path(out)
+
+
+def identity(store: str | Path) -> dict:
+    """What a model trained on ``store`` was trained on: the digest of its provenance and
+    attributes (config slice, input checksums), and of its files' names, sizes and modification
+    times (a rebuilt or rewritten store differs). Cheap: no data is read."""
+    store = Path(store)
+    attrs = json.loads((store / "zarr.json").read_text()).get("attributes", {})
+    files = sorted((str(p.relative_to(store)), p.stat().st_size, p.stat().st_mtime_ns)
+                   for p in store.rglob("*") if p.is_file() and not p.name.startswith("."))
+    return {"field": attrs.get("field"), "year": attrs.get("year"),
+            "provenance": hashlib.sha256(json.dumps(attrs, sort_keys=True).encode()).hexdigest(),
+            "files": hashlib.sha256(json.dumps(files).encode()).hexdigest()}
 
 
 def crop(data: DataConfig, cfg: ShardConfig, field: str, lats: np.ndarray, lons: np.ndarray) -> tuple[slice, slice]:
