@@ -44,13 +44,13 @@ import hashlib
 import json
 import logging
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 from tqdm import tqdm
 
+from atmorep.atomic import Replacement
 from atmorep.config import DataConfig, ShardConfig
 from atmorep.data import zarrio
 from atmorep.data.grib import DataError, periodic
@@ -165,8 +165,7 @@ def shard(data: DataConfig, cfg: ShardConfig, field: str, year: str, inputs: lis
     rows, cols = crop(data, cfg, field, src["latitude"].values, src["longitude"].values)
     shape = (len(months.times), src.sizes["level"], rows.stop - rows.start, cols.stop - cols.start)
     chunk, shards = layout(cfg, token, shape)
-    tmp = zarrio.atomic_dir(out)
-    try:
+    with Replacement(out) as tmp:
         _template(data, cfg, field, year, months, rows, cols, token).to_zarr(tmp, zarr_format=3, consolidated=False, mode="w")
         arr = zarrio.create_dense(tmp, "data", shape, chunk, shards, DIMS,
                                   {"long_name": f"{field}, normalized per month", "units": "1"})
@@ -174,9 +173,6 @@ def shard(data: DataConfig, cfg: ShardConfig, field: str, year: str, inputs: lis
                                    mininterval=5):
             values = months.block(t0, t1, slice(rows.start + y0, rows.start + y1), cols)
             arr.write((t0, 0, y0, 0), values)
-        zarrio.commit(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     log.info("sharded %s %s: %s, chunks %s, shards %s -> %s", field, year, shape, chunk, shards, out)
     return Path(out)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 import warnings
 from pathlib import Path
 from typing import Protocol
@@ -20,6 +19,7 @@ from typing import Protocol
 import numpy as np
 import xarray as xr
 
+from atmorep.atomic import Replacement
 from atmorep.config import AcquireConfig, DataConfig
 from atmorep.data import grib
 from atmorep.data.grib import DataError
@@ -102,15 +102,9 @@ def acquire(data: DataConfig, cfg: AcquireConfig, field: str, month: str, out: s
         raise DataError(f"month {month} is outside the campaign {data.start} … {data.end}")
     if cfg.source not in SOURCES:
         raise DataError(f"acquire.source '{cfg.source}' is unknown (known: {', '.join(SOURCES)})")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.part{os.getpid()}")
-    tmp.unlink(missing_ok=True)
-    try:
+    with Replacement(out) as tmp:
         SOURCES[cfg.source]().fetch(data, cfg, field, month, tmp)
         verify(tmp, data, field, month, shown=out)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     log.info("acquired %s %s -> %s", field, month, out)
     return out
 

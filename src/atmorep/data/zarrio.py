@@ -13,7 +13,6 @@ import logging
 import math
 import mmap
 import os
-import shutil
 import warnings
 from collections import OrderedDict
 from pathlib import Path
@@ -22,6 +21,8 @@ import google_crc32c
 import numpy as np
 import xarray as xr
 import zarr
+
+from atmorep.atomic import Replacement
 
 log = logging.getLogger(__name__)
 
@@ -41,31 +42,10 @@ def sha256(path: str | Path, block: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def atomic_dir(out: str | Path) -> Path:
-    """A fresh temporary sibling of ``out`` to write into before :func:`commit`."""
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.part{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return tmp
-
-
-def commit(tmp: Path, out: str | Path) -> None:
-    """Move a finished temporary directory into place, replacing an older ``out``."""
-    out = Path(out)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-
-
 def write_dataset(ds: xr.Dataset, out: str | Path, encoding: dict | None = None) -> Path:
     """Write ``ds`` as a zarr v3 store, atomically."""
-    tmp = atomic_dir(out)
-    try:
+    with Replacement(out) as tmp:
         ds.to_zarr(tmp, zarr_format=3, consolidated=False, encoding=encoding or {}, mode="w")
-        commit(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return Path(out)
 
 

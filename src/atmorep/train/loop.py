@@ -27,6 +27,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from atmorep.atomic import DirectoryLock, Locked
 from atmorep.config import DataConfig, ModelConfig, TrainConfig, parse_time
 from atmorep.data.dataset import TOKEN_INFO, SphereSampler, WindowDataset
 from atmorep.model.multiformer import FieldGeometry, Multiformer
@@ -117,10 +118,32 @@ class StopSignal:
 
 def train(seed: int, data: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig,
           stores: dict[str, list[str]], out_dir: str | Path, fresh: bool = False) -> Path:
-    """Train on the launched ranks; resume from ``out_dir/checkpoints`` unless ``fresh``."""
+    """Train on the launched ranks; resume from ``out_dir/checkpoints`` unless ``fresh``.
+
+    ``out_dir`` is locked while the run lasts (rank 0 holds ``out_dir/.lock``): a second training into
+    it is refused on every rank, naming the holder; the lock of a killed run is taken over."""
+    rank, world = distributed.init()
+    lock = DirectoryLock(out_dir, "atmorep train")
+    refused = None
+    if rank == 0:
+        try:
+            lock.acquire()
+        except Locked as exc:
+            refused = str(exc)
+    verdict = [refused]
+    dist.broadcast_object_list(verdict, src=0)
+    if verdict[0] is not None:
+        raise Locked(verdict[0])
+    try:
+        return _train(rank, world, seed, data, model_cfg, cfg, stores, out_dir, fresh)
+    finally:
+        lock.release()
+
+
+def _train(rank: int, world: int, seed: int, data: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig,
+           stores: dict[str, list[str]], out_dir: str | Path, fresh: bool) -> Path:
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / "checkpoints"
-    rank, world = distributed.init()
     stop = StopSignal()
     if rank == 0:
         (ckpt_dir / "REQUEUE").unlink(missing_ok=True)
