@@ -28,6 +28,8 @@ from atmorep.train import masking
 from atmorep.train.batch import Batch
 from atmorep.train.losses import Loss
 
+from _checks import require
+
 #: dense bf16 tensor-core peak, FLOP/s, by a substring of the device name (most specific first)
 PEAK_BF16 = {"H100 PCIe": 756e12, "H100": 989.4e12, "H200": 989.4e12, "GH200": 989.4e12, "A100": 312e12,
              "L40S": 362e12}
@@ -127,6 +129,7 @@ def main() -> None:
           f"{args.batch * sum(n_tokens.values()) / seconds:,.0f} tokens/s, {flops / seconds / 1e12:.1f} TFLOP/s, "
           f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
     print(f"mfu={flops / seconds / peak:.4f}")
+    require(mfu=flops / seconds / peak)
 
 
 if __name__ == "__main__":

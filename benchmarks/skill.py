@@ -2,6 +2,7 @@
 
     python benchmarks/skill.py --minutes 30            # the budget (2 CPU cores)
     python benchmarks/skill.py --minutes 6 --rounds 2  # a short run
+    python benchmarks/skill.py --quick                 # the smallest setting (for tests; no skill)
 
 Data: ``../shared/data/era5-t2m-uk-hourly`` (2 m temperature, UK, 0.25°, 744 hourly steps of March
 2019), through the library's normalize and shard stages (local normalization, as AtmoRep's
@@ -39,6 +40,8 @@ import time
 from pathlib import Path
 
 import pandas as pd
+
+from _checks import require
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -205,6 +208,8 @@ def main() -> None:
     ap.add_argument("--split", default="0.4,0.3,0.3",
                     help="shares of the budget for pretrain, forecast and interpolation fine-tuning")
     ap.add_argument("--rounds", type=int, default=3, help="training rounds per phase (learning-curve points)")
+    ap.add_argument("--first-steps", type=int, default=40, help="steps of each phase's first round (it measures "
+                    "the step time the later rounds are sized with)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "skill")
     ap.add_argument("--fresh", action="store_true", help="delete earlier training in --out first")
     ap.add_argument("--samples", type=int, default=512, help="windows per scored period (all if fewer)")
@@ -215,7 +220,14 @@ def main() -> None:
                          "kept from --out ('' only scores)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--stores", nargs="*", help=argparse.SUPPRESS)
+    ap.add_argument("--quick", action="store_true", help="the smallest setting (for tests): 2 steps per phase, "
+                    "one round, 8 windows scored, a temporary --out")
     args = ap.parse_args()
+    if args.quick and not args.worker:
+        import tempfile
+
+        args.first_steps, args.rounds, args.samples, args.minutes = 2, 1, 8, 1.0
+        args.out, args.fresh = Path(tempfile.mkdtemp(prefix="skill-quick-")), True
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.worker:
         return worker(json.loads(args.worker), args.out, args.stores)
@@ -251,7 +263,7 @@ def main() -> None:
             if left <= 5:
                 break
             # the very first round measures the step time; later rounds split what is left evenly
-            target = 40 if per_step is None else max(1, int(left / (args.rounds - r) / per_step))
+            target = args.first_steps if per_step is None else max(1, int(left / (args.rounds - r) / per_step))
             steps += target
             wall = train_round(args.out, stores, phase, steps)
             used += wall
@@ -283,6 +295,11 @@ def main() -> None:
           f"crps_vs_climatology={raw['crps_vs_climatology']:.3f}; spread_inflation={inflation:.3f} "
           "(1 / the validation spread-skill ratio)")
     print(" ".join(f"{k}={test[k]:.3f}" for k in ORDER))
+    if args.quick:
+        import shutil
+
+        shutil.rmtree(args.out, ignore_errors=True)
+    require(**{k: test[k] for k in ORDER})
 
 
 if __name__ == "__main__":
