@@ -3,7 +3,8 @@
 Builds (or reuses) under ``--out`` (default ``benchmarks/out/loader``, git-ignored):
 
 - ``normalized/``: synthetic normalized months (smooth fields plus noise) of two fields on the full
-  0.25° grid (721 x 1440; ``--grid`` degrees), 5 levels, ``--steps`` hourly steps: ``u`` with AtmoRep's [3, 9, 9] tokens
+  0.25° grid (721 x 1440; ``--grid`` degrees), 5 levels, ``--steps`` hourly steps: ``u`` with AtmoRep's
+  [3, 9, 9] tokens
   and ``t`` with [3, 18, 18] over the same neighbourhood; 2.2 GB at the default 54 steps;
 - ``token/``: the production stores (``atmorep.data.shards.shard``, default ``shard`` config);
 - ``per_step/``: the same values with one zarr chunk per (field, time step), zarr's default zstd: the
@@ -324,8 +325,9 @@ def main() -> None:
                     "with 2 OpenMP threads on a shared 2-core machine a demo step varies 1-8 s, with 1 it is stable")
     ap.add_argument("--sweep", action="store_true", help="also time other shard_tokens choices")
     ap.add_argument("--clean", action="store_true", help="delete the stores afterwards")
-    ap.add_argument("--quick", action="store_true", help="the smallest setting (seconds; for tests): --grid 2 "
-                    "--steps 40 --seconds 1 --rounds 1 --per-step-samples 5 --clean, into a temporary --out")
+    ap.add_argument("--quick", action="store_true", help="the smallest setting (seconds; for tests): "
+                    "--grid 2 --steps 40 --seconds 1 --rounds 1 --per-step-samples 5 --clean, "
+                    "into a temporary --out")
     args = ap.parse_args()
     if args.quick:
         import tempfile
@@ -394,7 +396,8 @@ def main() -> None:
     if args.clean:
         shutil.rmtree(args.out)
     figures = {"read_amplification": warm["read"] / warm["used"],
-               "speedup_vs_per_timestep": warm["samples_per_s"] / naive["samples_per_s"], "headroom": headroom}
+               "speedup_vs_per_timestep": warm["samples_per_s"] / naive["samples_per_s"],
+               "headroom": headroom}
     print(f"read_amplification={figures['read_amplification']:.3f} "
           f"speedup_vs_per_timestep={figures['speedup_vs_per_timestep']:.1f} headroom={headroom:.1f}")
     require(**figures)

@@ -208,8 +208,9 @@ def main() -> None:
     ap.add_argument("--split", default="0.4,0.3,0.3",
                     help="shares of the budget for pretrain, forecast and interpolation fine-tuning")
     ap.add_argument("--rounds", type=int, default=3, help="training rounds per phase (learning-curve points)")
-    ap.add_argument("--first-steps", type=int, default=40, help="steps of each phase's first round (it measures "
-                    "the step time the later rounds are sized with)")
+    ap.add_argument("--first-steps", type=int, default=40,
+                    help="steps of each phase's first round (it measures the step time the later "
+                    "rounds are sized with)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "skill")
     ap.add_argument("--fresh", action="store_true", help="delete earlier training in --out first")
     ap.add_argument("--samples", type=int, default=512, help="windows per scored period (all if fewer)")
@@ -220,8 +221,9 @@ def main() -> None:
                          "kept from --out ('' only scores)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--stores", nargs="*", help=argparse.SUPPRESS)
-    ap.add_argument("--quick", action="store_true", help="the smallest setting (for tests): 2 steps per phase, "
-                    "one round, 8 windows scored, a temporary --out")
+    ap.add_argument("--quick", action="store_true",
+                    help="the smallest setting (for tests): 2 steps per phase, one round, 8 windows scored, "
+                    "a temporary --out")
     args = ap.parse_args()
     if args.quick and not args.worker:
         import tempfile
@@ -263,7 +265,8 @@ def main() -> None:
             if left <= 5:
                 break
             # the very first round measures the step time; later rounds split what is left evenly
-            target = args.first_steps if per_step is None else max(1, int(left / (args.rounds - r) / per_step))
+            first = per_step is None or args.quick
+            target = args.first_steps if first else max(1, int(left / (args.rounds - r) / per_step))
             steps += target
             wall = train_round(args.out, stores, phase, steps)
             used += wall

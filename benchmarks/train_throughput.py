@@ -105,7 +105,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--repeats", type=int, default=3, help="interleaved runs per engine")
-    ap.add_argument("--quick", action="store_true", help="the smallest setting (for tests): --steps 4 --repeats 1, "
+    ap.add_argument("--quick", action="store_true",
+                    help="the smallest setting (for tests): --steps 4 --repeats 1, "
                     "optimizer state of ZeRO-2 only")
     args = ap.parse_args()
     if args.quick:
@@ -129,7 +130,8 @@ def main() -> None:
         rows[stage] = (one[0], two)
         print(f"ZeRO-{stage}: optimizer state per rank, 1 rank {one[0]:,} B; 2 ranks {two} B "
               f"(ratio {max(two) / one[0]:.3f})")
-    figures = {"deepspeed_time_overhead": t_ds / t_torch, "zero_state_bytes_ratio": max(rows[2][1]) / rows[2][0]}
+    figures = {"deepspeed_time_overhead": t_ds / t_torch,
+               "zero_state_bytes_ratio": max(rows[2][1]) / rows[2][0]}
     print(" ".join(f"{k}={v:.3f}" for k, v in figures.items()))
     require(**figures)
 

@@ -25,7 +25,8 @@ import sys, time
 import numpy as np, xarray as xr
 from atmorep.data import zarrio
 n = int(sys.argv[2])
-ds = xr.Dataset({f"v{k}": (("t", "x"), np.random.default_rng(k).random((n, 4096), np.float32)) for k in range(64)})
+ds = xr.Dataset({f"v{k}": (("t", "x"), np.random.default_rng(k).random((n, 4096), np.float32))
+                 for k in range(64)})
 zarrio.write_dataset(ds, sys.argv[1])
 """
 
@@ -65,7 +66,8 @@ def test_a_killed_writers_leftovers_are_removed_by_the_next_write(tmp_path):
         assert live.stdout.readline().strip() == "writing"
         zarrio.write_dataset(xr.Dataset({"v": ("x", np.arange(3.0))}), out / "small.zarr")
         assert hidden(out) == {f".other.zarr.part-{live.pid}@{socket.gethostname()}"}  # the live one's only
-        assert xr.open_zarr(out / "small.zarr", zarr_format=3, consolidated=False)["v"].values.tolist() == [0.0, 1.0, 2.0]
+        small = xr.open_zarr(out / "small.zarr", zarr_format=3, consolidated=False)
+        assert small["v"].values.tolist() == [0.0, 1.0, 2.0]
     finally:
         live.kill()
         live.wait()

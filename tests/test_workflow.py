@@ -180,9 +180,10 @@ def test_a_killed_forced_pretrain_is_rerun_with_what_depends_on_it(run, tmp_path
     copy = Path(shutil.copytree(work, tmp_path / "copy", symlinks=True))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "OMP_NUM_THREADS": "1"}
-    forced = subprocess.Popen([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
-                               str(copy), "--configfile", str(copy / cfg.name), "--cores", "2", "--forcerun",
-                               "pretrain"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    forced = subprocess.Popen([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
+                               "--directory", str(copy), "--configfile", str(copy / cfg.name), "--cores", "2",
+                               "--forcerun", "pretrain"], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
     ranks, deadline = [], time.time() + 300
     while time.time() < deadline and len(ranks) < 2 and forced.poll() is None:
         time.sleep(0.5)

@@ -136,7 +136,8 @@ class DirectoryLock:
                     pid, _, host = holder.partition("@")
                     raise Locked(f"{self.path.parent} is in use by {self.what} of process {pid} on {host} "
                                  f"({self.path}); wait for it to finish, or write elsewhere") from None
-                log.warning("%s: taking over the lock of process %s, which no longer exists", self.path, holder)
+                log.warning("%s: taking over the lock of process %s, which no longer exists",
+                            self.path, holder)
                 self.path.unlink(missing_ok=True)
                 continue
             with os.fdopen(fd, "w") as f:

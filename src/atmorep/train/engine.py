@@ -152,9 +152,9 @@ class DeepSpeedEngine:
         out = DeepSpeedEngine.universal_tag(tag)
         if not (directory / out).exists():
             with Replacement(directory / out) as tmp:
-                subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
-                                str(directory / tag), "--output_folder", str(tmp)], check=True,
-                               stdout=subprocess.DEVNULL)
+                subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal",
+                                "--input_folder", str(directory / tag), "--output_folder", str(tmp)],
+                               check=True, stdout=subprocess.DEVNULL)
         return out
 
 

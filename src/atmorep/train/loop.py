@@ -243,8 +243,9 @@ def _train(rank: int, world: int, seed: int, data: DataConfig, model_cfg: ModelC
         if writer:
             writer.close()
         if cfg.steps > start:
-            log.info("trained %d steps (%d -> %d) on %d ranks in %.0f s: loss %.4f -> %.4f", cfg.steps - start,
-                     start, cfg.steps, world, time.perf_counter() - t_loop, rows[start]["loss"], rows[-1]["loss"])
+            log.info("trained %d steps (%d -> %d) on %d ranks in %.0f s: loss %.4f -> %.4f",
+                     cfg.steps - start, start, cfg.steps, world, time.perf_counter() - t_loop,
+                     rows[start]["loss"], rows[-1]["loss"])
     distributed.finish()
     return out_dir / "model.pt"
 
@@ -312,12 +313,13 @@ def _latest(ckpt_dir: Path, world: int, meta: dict, steps: int) -> tuple[str | N
         log.warning("%s was made with another configuration: starting afresh", ckpt_dir / tag)
         return None, False
     if changed := _changed(info.get("inputs"), meta["inputs"]):
-        log.warning("%s was trained on other inputs (%s): starting afresh", ckpt_dir / tag, "; ".join(changed))
+        log.warning("%s was trained on other inputs (%s): starting afresh", ckpt_dir / tag,
+                    "; ".join(changed))
         return None, False
     if info["step"] > steps:
-        raise ValueError(f"{ckpt_dir / tag} is at step {info['step']}, past train.steps={steps}: it belongs to "
-                         f"a longer run of these inputs. Raise train.steps to continue it, or start afresh "
-                         f"with `atmorep train --fresh` (or remove {ckpt_dir})")
+        raise ValueError(f"{ckpt_dir / tag} is at step {info['step']}, past train.steps={steps}: it belongs "
+                         f"to a longer run of these inputs. Raise train.steps to continue it, or start "
+                         f"afresh with `atmorep train --fresh` (or remove {ckpt_dir})")
     return tag, info["world"] != world
 
 
