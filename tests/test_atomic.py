@@ -84,3 +84,14 @@ def test_another_hosts_temporary_is_kept_and_a_failed_write_leaves_nothing(tmp_p
     with atomic.Replacement(tmp_path / "x.zarr") as tmp:  # replaces a directory, keeps nothing aside
         tmp.write_text("file now")
     assert (tmp_path / "x.zarr").read_text() == "file now" and hidden(tmp_path) == {other.name}
+
+
+def test_lock_of_another_host_is_refused_unless_it_is_this_requeued_slurm_job(tmp_path, monkeypatch):
+    (tmp_path / ".lock").write_text("4242@node-a\nslurm job 77\n")
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    with pytest.raises(atomic.Locked, match="in use by atmorep train of process 4242 on node-a"):
+        atomic.DirectoryLock(tmp_path, "atmorep train").acquire()
+    monkeypatch.setenv("SLURM_JOB_ID", "77")  # the same job, requeued: its earlier run is over
+    with atomic.DirectoryLock(tmp_path, "atmorep train"):
+        assert (tmp_path / ".lock").read_text().startswith(f"{os.getpid()}@{socket.gethostname()}\n")
+    assert not (tmp_path / ".lock").exists()

@@ -25,6 +25,10 @@ def _me() -> str:
     return f"{os.getpid()}@{socket.gethostname()}"
 
 
+def _job() -> str:
+    return f"slurm job {os.environ['SLURM_JOB_ID']}" if os.environ.get("SLURM_JOB_ID") else ""
+
+
 def alive(pid: int) -> bool:
     """Whether a process ``pid`` exists on this host."""
     try:
@@ -112,9 +116,10 @@ class Locked(ValueError):  # a ValueError: the CLI reports it in one line
 
 
 class DirectoryLock:
-    """``DIRECTORY/.lock`` naming its holder (``PID@HOST``): one writer per directory. A lock whose
-    holder died on this host is taken over; one held by a live process, or by another host, is
-    refused naming the holder."""
+    """``DIRECTORY/.lock`` naming its holder (``PID@HOST``, and its SLURM job): one writer per
+    directory. A lock whose holder died on this host is taken over, and so is one of this same SLURM
+    job (a requeued job's earlier run, possibly on another node, is over); one held by a live
+    process, or by another host, is refused naming the holder."""
 
     def __init__(self, directory: str | Path, what: str = "this directory"):
         self.path, self.what, self.held = Path(directory) / ".lock", what, False
@@ -126,22 +131,23 @@ class DirectoryLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 try:
-                    holder = self.path.read_text().strip()
+                    holder, _, job = self.path.read_text().strip().partition("\n")
                 except FileNotFoundError:
                     continue  # released meanwhile
                 if holder == _me():
                     self.held = True
                     return self
-                if not _dead(holder):
+                requeued = bool(job) and job == _job()
+                if not requeued and not _dead(holder):
                     pid, _, host = holder.partition("@")
                     raise Locked(f"{self.path.parent} is in use by {self.what} of process {pid} on {host} "
                                  f"({self.path}); wait for it to finish, or write elsewhere") from None
-                log.warning("%s: taking over the lock of process %s, which no longer exists",
-                            self.path, holder)
+                log.warning("%s: taking over the lock of process %s, %s", self.path, holder,
+                            f"an earlier run of {job}" if requeued else "which no longer exists")
                 self.path.unlink(missing_ok=True)
                 continue
             with os.fdopen(fd, "w") as f:
-                f.write(_me() + "\n")
+                f.write(f"{_me()}\n{_job()}\n")
             self.held = True
             return self
         raise Locked(f"{self.path}: could not take the lock (contended)")
@@ -149,7 +155,7 @@ class DirectoryLock:
     def release(self) -> None:
         if self.held:
             try:
-                if self.path.read_text().strip() == _me():
+                if self.path.read_text().split("\n")[0] == _me():
                     self.path.unlink()
             except FileNotFoundError:
                 pass
