@@ -30,3 +30,7 @@ rule all:
     default_target: True
     input:
         rules.evaluate.output,
+        # the model and the shards it was trained on are targets too: after a killed forced run deleted
+        # them, a plain rerun rebuilds them (and what depends on them) instead of "Nothing to be done"
+        rules.pretrain.output,
+        shard_stores(),

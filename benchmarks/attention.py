@@ -2,6 +2,7 @@
 
     python benchmarks/attention.py                 # demo model (config/config.yaml) and an AtmoRep-shaped one
     python benchmarks/attention.py --repeats 20
+    python benchmarks/attention.py --models demo --repeats 1 --threads 1   # the smallest setting (seconds)
 
 Plain inference is ``model(tokens, info, mask)`` with forecast masking (fused attention kernel, whole
 encoder, decoder and ensemble tail). Extraction is :func:`atmorep.eval.attention.capture` for one
@@ -24,6 +25,8 @@ from atmorep.eval.attention import capture
 from atmorep.model.multiformer import FieldGeometry, Multiformer
 from atmorep.train import masking
 from atmorep.train.batch import Batch
+
+from _checks import require
 
 MODELS = {
     # config/config.yaml's demo model: 4 coupled surface fields, 54 tokens each, batch 16
@@ -86,6 +89,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     worst = max(run(m, args.repeats) for m in args.models)
     print(f"attention_extraction_vs_inference={worst:.2f}")
+    require(attention_extraction_vs_inference=worst)
 
 
 if __name__ == "__main__":

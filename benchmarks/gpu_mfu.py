@@ -31,6 +31,9 @@ from atmorep.train.batch import Batch
 from atmorep.train.losses import Loss
 from atmorep.train.throughput import Throughput
 
+from _checks import require
+
+
 def select(spec: summary.ModelFile, fields: str) -> summary.ModelFile:
     """The model file restricted to ``fields`` (comma-separated, or 'all'), coupling pruned to them."""
     if fields == "all":
@@ -121,6 +124,7 @@ def main() -> None:
           f"{row['flop_per_s'] / 1e12:.1f} TFLOP/s of {meter.peak / 1e12:.1f} ({meter.peak_source}), "
           f"peak memory {memory / 2**30:.1f} GiB")
     print(f"mfu={row['mfu']:.4f}")
+    require(mfu=row["mfu"])
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _checks import require
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = REPO.parent / "shared" / "data" / "era5-t2m-uk-hourly" / "era5-2mt-2019-03-uk.grib"
 
@@ -115,6 +117,8 @@ def main(argv=None) -> int:
               f"{messages / med[k]:8.0f} messages/s")
     print(f"stage_vs_bare_in_memory={med['bare_in_memory'] / med['stage']:.2f}")
     print(f"ingest_vs_eccodes={med['bare'] / med['stage']:.2f}")
+    require(stage_vs_bare_in_memory=med["bare_in_memory"] / med["stage"],
+            ingest_vs_eccodes=med["bare"] / med["stage"])
     return 0
 
 

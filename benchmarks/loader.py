@@ -3,7 +3,8 @@
 Builds (or reuses) under ``--out`` (default ``benchmarks/out/loader``, git-ignored):
 
 - ``normalized/``: synthetic normalized months (smooth fields plus noise) of two fields on the full
-  0.25° grid (721 x 1440), 5 levels, ``--steps`` hourly steps: ``u`` with AtmoRep's [3, 9, 9] tokens
+  0.25° grid (721 x 1440; ``--grid`` degrees), 5 levels, ``--steps`` hourly steps: ``u`` with AtmoRep's
+  [3, 9, 9] tokens
   and ``t`` with [3, 18, 18] over the same neighbourhood; 2.2 GB at the default 54 steps;
 - ``token/``: the production stores (``atmorep.data.shards.shard``, default ``shard`` config);
 - ``per_step/``: the same values with one zarr chunk per (field, time step), zarr's default zstd: the
@@ -20,26 +21,29 @@ Then measures, in one run, random samples in the paper's geometry (36 h x 54 x 1
   indices); zarr's reads are counted by ``/proc/self/io`` rchar; "cold" also reports read_bytes, the
   bytes the kernel fetched from the disk (page granularity and read-around included);
 - on the demo config (``config/config.yaml``, the embedded ERA5 sample): loader samples/s through
-  ``atmorep.train.loop.loader`` with the default number of workers (``train(workers=...)``) and with
+  ``atmorep.train.loop.loader`` with the configured number of workers (``train.workers``) and with
   2 workers, and training-step samples/s of the demo model on this machine's CPU (AdamW, no
   DeepSpeed), both with ``--threads`` torch threads in this process, alternating in rounds; the
   memory the loader adds (PSS of the main process and its workers: anonymous pages, and the shard
   files' pages it maps).
 
-``--sweep`` also times other ``shard_tokens`` choices for u. The last line (machine-readable):
+The per-step baseline reads ``--per-step-samples`` windows (100: its rate at fewer moved the speedup
+2.5x between runs). ``--sweep`` also times other ``shard_tokens`` choices for u. The last line
+(machine-readable; the script exits 1 when one of its figures could not be measured):
 
     read_amplification=<bytes read/bytes used> speedup_vs_per_timestep=<ratio> headroom=<loader ÷ training samples/s>
 
 Targets: read_amplification <= 1.2, speedup_vs_per_timestep >= 10, headroom >= 3.
 
-    python benchmarks/loader.py [--out DIR] [--steps 54] [--seconds 12] [--rounds 3] [--threads 1] [--sweep] [--clean]
+    python benchmarks/loader.py [--out DIR] [--steps 54] [--grid 0.25] [--seconds 12] [--rounds 3]
+                                [--per-step-samples 100] [--threads 1] [--sweep] [--clean]
+    python benchmarks/loader.py --quick   # seconds: a 2° grid, a few samples (checks, no figures)
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import json
 import os
 import shutil
@@ -55,6 +59,8 @@ from atmorep.config import DataConfig, FieldSpec, ShardConfig, load, parse_time
 from atmorep.data import shards, zarrio
 from atmorep.data.dataset import SphereSampler, WindowDataset, tokenize
 
+from _checks import require
+
 REPO = Path(__file__).resolve().parents[1]
 FIELDS = {"u": (3, 9, 9), "t": (3, 18, 18)}  # AtmoRep's two token sizes over one neighbourhood
 LEVELS = (96, 105, 114, 123, 137)
@@ -64,34 +70,35 @@ MONTH = "2026-01"
 
 # -- building ---------------------------------------------------------------------------------------
 
-def synthetic_month(path: Path, field: str, steps: int, seed: int) -> Path:
+def synthetic_month(path: Path, field: str, steps: int, seed: int, grid: float = 0.25) -> Path:
     """A normalized month like `atmorep normalize` writes: smooth waves plus noise, float32."""
-    lat = np.deg2rad(np.linspace(90, -90, 721))[:, None]
-    lon = np.deg2rad(np.arange(1440) * 0.25)[None, :]
+    ny, nx = round(180 / grid) + 1, round(360 / grid)
+    lats, lons = np.linspace(90, -90, ny), np.arange(nx) * grid
+    lat, lon = np.deg2rad(lats)[:, None], np.deg2rad(lons)[None, :]
     rng = np.random.default_rng(seed)
-    data = np.empty((steps, len(LEVELS), 721, 1440), np.float32)
+    data = np.empty((steps, len(LEVELS), ny, nx), np.float32)
     for t in range(steps):
         for k in range(len(LEVELS)):
             wave = np.cos(3 * lat) * np.sin(2 * lon + 0.05 * t + k) + 0.5 * np.sin(5 * lat + 0.02 * t) * np.cos(7 * lon)
-            data[t, k] = wave + 0.1 * rng.standard_normal((721, 1440), dtype=np.float32)
+            data[t, k] = wave + 0.1 * rng.standard_normal((ny, nx), dtype=np.float32)
     times = np.datetime64(f"{MONTH}-01T00", "h") + np.arange(steps)
     ds = xr.Dataset(
         {"data": (("time", "level", "latitude", "longitude"), data),
          "mean": ("level", np.zeros(len(LEVELS), np.float32)), "std": ("level", np.ones(len(LEVELS), np.float32))},
         coords={"time": times.astype("datetime64[ns]"), "level": list(LEVELS),
-                "latitude": np.linspace(90, -90, 721), "longitude": np.arange(1440) * 0.25},
+                "latitude": lats, "longitude": lons},
         attrs={"field": field, "month": MONTH, "normalization": "global", "source": "synthetic",
                "source_sha256": f"{seed:064d}"})
-    return zarrio.write_dataset(ds, path, encoding={"data": {"chunks": (6, 1, 721, 1440)}})
+    return zarrio.write_dataset(ds, path, encoding={"data": {"chunks": (6, 1, ny, nx)}})
 
 
-def build(out: Path, steps: int) -> tuple[DataConfig, ShardConfig, dict, dict]:
+def build(out: Path, steps: int, grid: float = 0.25) -> tuple[DataConfig, ShardConfig, dict, dict]:
     """Normalized months, token stores and per-step stores, reused when present."""
     data = DataConfig(fields={f: FieldSpec(LEVELS) for f in FIELDS}, start=f"{MONTH}-01T00", end=f"{MONTH}-28T00")
     cfg = ShardConfig(token_size=FIELDS["u"], field_token_size={"t": FIELDS["t"]})
     token, per_step = {}, {}
     stamp = out / "built.json"
-    want = json.dumps({"steps": steps, "shard": dataclasses.asdict(cfg)}, sort_keys=True)
+    want = json.dumps({"steps": steps, "grid": grid, "shard": dataclasses.asdict(cfg)}, sort_keys=True)
     reuse = stamp.exists() and stamp.read_text() == want
     if not reuse:  # another configuration, or an interrupted build
         for sub in ("normalized", "token", "per_step", "sweep"):
@@ -102,7 +109,7 @@ def build(out: Path, steps: int) -> tuple[DataConfig, ShardConfig, dict, dict]:
         if reuse:
             continue
         t0 = time.perf_counter()
-        synthetic_month(norm, f, steps, k)
+        synthetic_month(norm, f, steps, k, grid)
         t1 = time.perf_counter()
         shards.shard(data, cfg, f, MONTH[:4], [norm], token[f])
         t2 = time.perf_counter()
@@ -253,7 +260,7 @@ def demo(out: Path, seconds: float, rounds: int) -> dict:
         stores[f] = [str(s)]
     ds = WindowDataset(stores, cfg.model.num_tokens, *loop.period(cfg.train, cfg.data))
     B = cfg.train.batch_size
-    default_workers = inspect.signature(loop.train).parameters["workers"].default
+    default_workers = cfg.train.workers
     model = loop.Multiformer(cfg.model, loop.geometry(ds), info_dim=len(TOKEN_INFO)).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     strategy, loss_fn = masking.build(cfg.train.masking, ds.token_sizes), Loss(cfg.train.loss)
@@ -310,25 +317,35 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "loader", help="store directory (reused)")
     ap.add_argument("--steps", type=int, default=54, help="hourly time steps (54: 2.2 GB per layout)")
+    ap.add_argument("--grid", type=float, default=0.25, help="grid spacing in degrees (0.25: ERA5's)")
+    ap.add_argument("--per-step-samples", type=int, default=100, help="windows read from the per-step layout")
     ap.add_argument("--seconds", type=float, default=12.0, help="time per measurement")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of the demo loader/training timings")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of this process (0: torch's default); "
                     "with 2 OpenMP threads on a shared 2-core machine a demo step varies 1-8 s, with 1 it is stable")
     ap.add_argument("--sweep", action="store_true", help="also time other shard_tokens choices")
     ap.add_argument("--clean", action="store_true", help="delete the stores afterwards")
+    ap.add_argument("--quick", action="store_true", help="the smallest setting (seconds; for tests): "
+                    "--grid 2 --steps 40 --seconds 1 --rounds 1 --per-step-samples 5 --clean, "
+                    "into a temporary --out")
     args = ap.parse_args()
+    if args.quick:
+        import tempfile
+
+        args.grid, args.steps, args.seconds, args.rounds, args.per_step_samples = 2.0, 40, 1.0, 1, 5
+        args.out, args.clean = Path(tempfile.mkdtemp(prefix="loader-quick-")), True
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
 
-    data, cfg, token, per_step = build(args.out, args.steps)
+    data, cfg, token, per_step = build(args.out, args.steps, args.grid)
     for name, stores in (("token", token), ("per_step", per_step)):
         nf, size = map(sum, zip(*(files(p / "data") for p in stores.values())))
         print(f"{name} layout: {size / 1e9:.2f} GB in {nf} files", flush=True)
-    sampler = SphereSampler(WindowDataset({f: [p] for f, p in token.items()}, NUM_TOKENS,
-                                          parse_time(f"{MONTH}-01T00"), parse_time(f"{MONTH}-28T00")).grid,
-                            4000, seed=1)
+    grid = WindowDataset({f: [p] for f, p in token.items()}, NUM_TOKENS, parse_time(f"{MONTH}-01T00"),
+                         parse_time(f"{MONTH}-28T00")).grid
+    sampler = SphereSampler(grid, min(len(grid), 4000), seed=1)
     order = sampler.indices()
 
     for p in token.values():
@@ -352,7 +369,7 @@ def main() -> None:
     via_zarr = through_zarr(token, ds, order, args.seconds / 2, 5)
     print(f"token layout through zarr (zarrs): {via_zarr['samples_per_s']:.1f} samples/s; rchar/used "
           f"{via_zarr['read'] / via_zarr['used']:.3f}")
-    naive = through_zarr(per_step, ds, order, 3 * args.seconds, 8)
+    naive = through_zarr(per_step, ds, order, 0.0, args.per_step_samples)
     print(f"per-step layout through zarr (zarrs, zstd): {naive['samples_per_s']:.2f} samples/s; rchar/used "
           f"{naive['read'] / naive['used']:.1f} ({naive['samples']} samples)", flush=True)
 
@@ -378,8 +395,12 @@ def main() -> None:
         headroom = float("nan")
     if args.clean:
         shutil.rmtree(args.out)
-    print(f"read_amplification={warm['read'] / warm['used']:.3f} "
-          f"speedup_vs_per_timestep={warm['samples_per_s'] / naive['samples_per_s']:.1f} headroom={headroom:.1f}")
+    figures = {"read_amplification": warm["read"] / warm["used"],
+               "speedup_vs_per_timestep": warm["samples_per_s"] / naive["samples_per_s"],
+               "headroom": headroom}
+    print(f"read_amplification={figures['read_amplification']:.3f} "
+          f"speedup_vs_per_timestep={figures['speedup_vs_per_timestep']:.1f} headroom={headroom:.1f}")
+    require(**figures)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ from atmorep.train import masking
 from atmorep.train.batch import Batch
 from atmorep.train.losses import Loss
 
+from _checks import require
+
 
 def random_batch(spec: summary.ModelFile, batch_size: int, gen: torch.Generator) -> Batch:
     """Normal token values and uniform token info in each field's window shape."""
@@ -85,6 +87,7 @@ def main() -> None:
         print(f"{name}: {seconds / args.steps * 1e3:.1f} ms per forward+backward, "
               f"{args.batch * per_sample * args.steps / seconds:,.0f} tokens/s")
     print(f"sdpa_speedup={best['explicit'] / best['sdpa']:.3f}")
+    require(sdpa_speedup=best["explicit"] / best["sdpa"])
 
 
 if __name__ == "__main__":

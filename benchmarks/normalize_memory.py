@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _checks import require
+
 
 class SyntheticSlab:
     """Blocks of a smooth, time-varying field, generated on each read (a stand-in for the scratch file)."""
@@ -92,6 +94,7 @@ def main(argv=None) -> int:
     print(f"global mean/std of level {levels[0]}: {float(moments.stats('global').mean[0]):.3f} / "
           f"{float(moments.stats('global').std[0]):.3f}")
     print(f"peak_rss_mb={peak:.0f}")
+    require(peak_rss_mb=peak)
     return 0
 
 

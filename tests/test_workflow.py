@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -186,3 +187,36 @@ def test_another_run_name_shares_no_output(run):
     r = snakemake(work, cfg2, "-n")
     assert jobs(r.stdout) == {"acquire", "normalize", "shard", "pretrain", "evaluate", "all"}
     assert "resources/tiny-b/" in r.stdout and "resources/tiny/" not in r.stdout
+
+
+def test_a_killed_forced_pretrain_is_rerun_with_what_depends_on_it(run, tmp_path):
+    """kill -9 of a forced pretrain deletes its outputs and leaves the old evaluate products: a plain
+    rerun must plan pretrain and evaluate again, not report "Nothing to be done"."""
+    import psutil
+
+    work, cfg = run
+    copy = Path(shutil.copytree(work, tmp_path / "copy", symlinks=True))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "OMP_NUM_THREADS": "1"}
+    forced = subprocess.Popen([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
+                               "--directory", str(copy), "--configfile", str(copy / cfg.name), "--cores", "2",
+                               "--forcerun", "pretrain"], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    ranks, deadline = [], time.time() + 300
+    while time.time() < deadline and len(ranks) < 2 and forced.poll() is None:
+        time.sleep(0.5)
+        try:
+            ranks = [p for p in psutil.Process(forced.pid).children(recursive=True)  # not the launchers
+                     if {"atmorep", "train"} <= set(p.cmdline()) and "launch" not in p.cmdline()
+                     and not any(a.startswith("--nproc_per_node") for a in p.cmdline())]
+        except psutil.Error:
+            pass
+    assert len(ranks) == 2, "the forced pretrain did not start its ranks"
+    for p in ranks:
+        os.kill(p.pid, signal.SIGKILL)
+    assert forced.wait(timeout=300) != 0
+    assert not (copy / "results" / "tiny" / "train" / "model.pt").exists()
+    assert (copy / "results" / "tiny" / "evaluate" / "scores.csv").exists()  # the old products remain
+    r = snakemake(copy, copy / cfg.name, "-n")
+    assert "Nothing to be done" not in r.stdout + r.stderr
+    assert jobs(r.stdout) == {"pretrain", "evaluate", "all"}

@@ -337,7 +337,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--shards", nargs="+", type=Path, help="shard stores (all fields); required unless --dry-run")
     p.add_argument("--output-dir", type=Path, help="writes model.pt, metrics.csv, loss.png; required unless --dry-run")
     p.add_argument("--fresh", action="store_true", help="ignore checkpoints in OUTPUT_DIR/checkpoints "
-                   "(by default a run resumes from the latest one made with the same configuration)")
+                   "(by default a run resumes from the latest one made with the same configuration and "
+                   "inputs; OUTPUT_DIR is locked while a training runs)")
     p.add_argument("--dry-run", action="store_true", help="build the model on the meta device and print its "
                    "parameter count, tokens per sample and estimated memory (--config may be config/models/*.yaml)"
                    ", and the fit planner's ZeRO stage, micro-batch, checkpointing and offload")

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from atmorep.atomic import Replacement
 from atmorep.config import AcquireConfig, CdsConfig, DataConfig
 from atmorep.data import fields, grib
 from atmorep.data.grib import DataError
@@ -326,9 +327,8 @@ class CdsSource:
         result = client.retrieve(req.dataset, req.body)
         location, size = result.location, int(result.content_length)
         log.info("CDS %s %s: ready after %.0f s (%.1f MB)", req.field, req.month, time.monotonic() - t0, size / 1e6)
-        tmp = state.with_name(state.name + ".tmp")
-        tmp.write_text(json.dumps({"key": req.key, "location": location, "size": size}))
-        os.replace(tmp, state)
+        with Replacement(state) as tmp:
+            tmp.write_text(json.dumps({"key": req.key, "location": location, "size": size}))
         return location, size
 
     @staticmethod

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from atmorep.atomic import Replacement
 from atmorep.config import AcquireConfig, DataConfig
 from atmorep.data import grib, inventory, regrid
 from atmorep.data.grib import DataError, Header
@@ -101,10 +102,8 @@ class Index:
                 pass  # a stale or broken cache entry is rebuilt
         headers = grib.scan(path)
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
-            tmp.write_text(json.dumps(_dump(headers, stamp)))
-            os.replace(tmp, cache)
+            with Replacement(cache) as tmp:
+                tmp.write_text(json.dumps(_dump(headers, stamp)))
         except OSError as exc:
             log.warning("cannot cache the inventory of %s in %s (%s)", path, self.dir, exc)
         return headers

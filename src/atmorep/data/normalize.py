@@ -26,7 +26,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from atmorep.atomic import Replacement
 from atmorep.config import DataConfig, NormalizeConfig
 from atmorep.data import grib, zarrio, zarrv3
 from atmorep.data.grib import DataError
@@ -392,7 +392,8 @@ class StoreWriter:
 
     def __init__(self, out: Path, cfg: NormalizeConfig, method: str, describe: str):
         self.out, self.cfg, self.method, self.describe = Path(out), cfg, method, describe
-        self.tmp = zarrio.atomic_dir(self.out)
+        self._replacement = Replacement(self.out)
+        self.tmp = self._replacement.tmp
 
     def finish(self, m: Month, stats: Stats, attrs: dict) -> Path:
         """Coordinates, statistics, normalized data block by block (the slab is normalized in place)."""
@@ -414,7 +415,7 @@ class StoreWriter:
                 block = apply(block, stats, out=block)
                 self._finite(block, t0, m, stats)
                 data.write(t0, block)
-            zarrio.commit(self.tmp, self.out)
+            self._replacement.commit()
         return self.out
 
     def _finite(self, block: np.ndarray, t0: int, m: Month, stats: Stats) -> None:
@@ -432,7 +433,7 @@ class StoreWriter:
 
     def close(self) -> None:
         """Remove whatever was not committed."""
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        self._replacement.close()
 
 
 def check(path: str | Path) -> dict:
@@ -478,12 +479,8 @@ def write_normalized(m: Month, stats: Stats, cfg: NormalizeConfig, out: Path, at
 def _write_json(obj: dict, out: Path) -> None:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.part{os.getpid()}")
-    try:
+    with Replacement(out) as tmp:
         tmp.write_text(json.dumps(obj, indent=1, default=str) + "\n")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _scratch(cfg: NormalizeConfig, out: Path) -> Path:
@@ -559,17 +556,13 @@ def moments(data: DataConfig, cfg: NormalizeConfig, field: str, month: str, sour
         acc = moments_of(m, cfg)
     finally:
         m.slab.close()
-    tmp = zarrio.atomic_dir(out)
-    try:
+    with Replacement(out) as tmp:
         g = zarr.open_group(tmp, mode="w", zarr_format=3, attributes={
             "field": field, "month": month, "source_sha256": m.sha256, "units": m.param.units})
         _coords(g, _grid_coords(m.levels, m.grid.lats, m.grid.lons))
         _array(g, "count", np.full(len(m.levels), acc.count, np.int64), ("level",))
         _array(g, "mean", acc.mean, ("level", "latitude", "longitude"), chunks=(1, *acc.mean.shape[1:]))
         _array(g, "m2", acc.m2, ("level", "latitude", "longitude"), chunks=(1, *acc.m2.shape[1:]))
-        zarrio.commit(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     log.info("moments of %s %s (%d time steps) -> %s", field, month, acc.count, out)
     return out
 
@@ -603,8 +596,7 @@ def climatology(data: DataConfig, cfg: NormalizeConfig, field: str, inputs: list
     present = [k for k in groups if acc[k].count]
     period = f"{clim.start}..{clim.end}"
     digest = hashlib.sha256(json.dumps(sources, sort_keys=True).encode()).hexdigest()
-    tmp = zarrio.atomic_dir(out)
-    try:
+    with Replacement(out) as tmp:
         g = zarr.open_group(tmp, mode="w", zarr_format=3, attributes={
             "field": field, "period": period, "by_calendar_month": clim.by_calendar_month, "months": want,
             "inputs_sha256": digest, "units": first.attrs.get("units", "")})
@@ -614,9 +606,6 @@ def climatology(data: DataConfig, cfg: NormalizeConfig, field: str, inputs: list
         _array(g, "count", np.array([[acc[k].count] * L for k in present], np.int64), ("group", "level"))
         _array(g, "mean", np.stack([acc[k].mean for k in present]), dims, chunks=(1, 1, Y, X))
         _array(g, "m2", np.stack([acc[k].m2 for k in present]), dims, chunks=(1, 1, Y, X))
-        zarrio.commit(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     log.info("climatology of %s over %s (%s) -> %s", field, period,
              "per calendar month" if clim.by_calendar_month else "one set", out)
     return out

@@ -40,16 +40,17 @@ Legend: T time steps, L levels, Y latitude rows, X longitude columns.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 from tqdm import tqdm
 
+from atmorep.atomic import Replacement
 from atmorep.config import DataConfig, ShardConfig
 from atmorep.data import zarrio
 from atmorep.data.grib import DataError, periodic
@@ -177,22 +178,30 @@ def shard(data: DataConfig, cfg: ShardConfig, field: str, year: str, inputs: lis
     rows, cols = crop(data, cfg, field, src["latitude"].values, src["longitude"].values)
     shape = (len(months.times), src.sizes["level"], rows.stop - rows.start, cols.stop - cols.start)
     chunk, shards = layout(cfg, token, shape)
-    tmp = zarrio.atomic_dir(out)
-    try:
-        with zarrio.space_for(out, 4 * math.prod(shape)):
-            _template(data, cfg, field, year, months, rows, cols, token).to_zarr(tmp, zarr_format=3,
-                                                                                 consolidated=False, mode="w")
-            arr = zarrio.create_dense(tmp, "data", shape, chunk, shards, DIMS,
-                                      {"long_name": f"{field}, normalized per month", "units": "1"})
-            for t0, t1, y0, y1 in tqdm(list(_blocks(shape, shards)), desc=f"shard {field} {year}", disable=None,
-                                       mininterval=5):
-                values = months.block(t0, t1, slice(rows.start + y0, rows.start + y1), cols)
-                arr.write((t0, 0, y0, 0), values)
-            zarrio.commit(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with Replacement(out) as tmp, zarrio.space_for(out, 4 * math.prod(shape)):
+        _template(data, cfg, field, year, months, rows, cols, token).to_zarr(tmp, zarr_format=3, consolidated=False,
+                                                                             mode="w")
+        arr = zarrio.create_dense(tmp, "data", shape, chunk, shards, DIMS,
+                                  {"long_name": f"{field}, normalized per month", "units": "1"})
+        for t0, t1, y0, y1 in tqdm(list(_blocks(shape, shards)), desc=f"shard {field} {year}", disable=None,
+                                   mininterval=5):
+            values = months.block(t0, t1, slice(rows.start + y0, rows.start + y1), cols)
+            arr.write((t0, 0, y0, 0), values)
     log.info("sharded %s %s: %s, chunks %s, shards %s -> %s", field, year, shape, chunk, shards, out)
     return Path(out)
+
+
+def identity(store: str | Path) -> dict:
+    """What a model trained on ``store`` was trained on: the digest of its provenance and
+    attributes (config slice, input checksums), and of its files' names, sizes and modification
+    times (a rebuilt or rewritten store differs). Cheap: no data is read."""
+    store = Path(store)
+    attrs = json.loads((store / "zarr.json").read_text()).get("attributes", {})
+    files = sorted((str(p.relative_to(store)), p.stat().st_size, p.stat().st_mtime_ns)
+                   for p in store.rglob("*") if p.is_file() and not p.name.startswith("."))
+    return {"field": attrs.get("field"), "year": attrs.get("year"),
+            "provenance": hashlib.sha256(json.dumps(attrs, sort_keys=True).encode()).hexdigest(),
+            "files": hashlib.sha256(json.dumps(files).encode()).hexdigest()}
 
 
 def crop(data: DataConfig, cfg: ShardConfig, field: str, lats: np.ndarray, lons: np.ndarray) -> tuple[slice, slice]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import os
 import warnings
 from pathlib import Path
 from typing import Protocol
@@ -22,6 +21,7 @@ from typing import Protocol
 import numpy as np
 import xarray as xr
 
+from atmorep.atomic import Replacement
 from atmorep.config import AcquireConfig, DataConfig
 from atmorep.data import grib
 from atmorep.data.grib import DataError
@@ -112,22 +112,17 @@ def acquire(data: DataConfig, cfg: AcquireConfig, field: str, month: str, out: s
         raise DataError(f"month {month} is outside the campaign {data.start} … {data.end}")
     if cfg.source not in SOURCES:
         raise DataError(f"acquire.source '{cfg.source}' is unknown (known: {', '.join(SOURCES)})")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.part{os.getpid()}")
-    tmp.unlink(missing_ok=True)
     prov_path = provenance_path(out)
     prov_path.unlink(missing_ok=True)  # a stale record never describes a new output
     try:
-        prov = SOURCES[cfg.source]().fetch(data, cfg, field, month, tmp)
-        verify(tmp, data, field, month, shown=out)
-        if prov:  # beside the GRIB before the GRIB is renamed into place: a complete unit has both
-            prov_path.write_text(json.dumps(prov, sort_keys=True, indent=1, default=str))
-        os.replace(tmp, out)
+        with Replacement(out) as tmp:
+            prov = SOURCES[cfg.source]().fetch(data, cfg, field, month, tmp)
+            verify(tmp, data, field, month, shown=out)
+            if prov:  # beside the GRIB before the GRIB is renamed into place: a complete unit has both
+                prov_path.write_text(json.dumps(prov, sort_keys=True, indent=1, default=str))
     except BaseException:
         prov_path.unlink(missing_ok=True)
         raise
-    finally:
-        tmp.unlink(missing_ok=True)
     log.info("acquired %s %s -> %s", field, month, out)
     return out
 

@@ -25,6 +25,8 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from atmorep.atomic import Replacement
+
 log = logging.getLogger(__name__)
 
 # zarr-python's default codec pipeline costs ~0.5 ms per chunk: token-sized chunks would read at a
@@ -41,23 +43,6 @@ def sha256(path: str | Path, block: int = 1 << 20) -> str:
         while chunk := f.read(block):
             h.update(chunk)
     return h.hexdigest()
-
-
-def atomic_dir(out: str | Path) -> Path:
-    """A fresh temporary sibling of ``out`` to write into before :func:`commit`."""
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.part{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return tmp
-
-
-def commit(tmp: Path, out: str | Path) -> None:
-    """Move a finished temporary directory into place, replacing an older ``out``."""
-    out = Path(out)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
 
 
 class DiskFull(OSError):
@@ -108,13 +93,8 @@ def space_for(path: str | Path, needed: int | None):
 
 def write_dataset(ds: xr.Dataset, out: str | Path, encoding: dict | None = None) -> Path:
     """Write ``ds`` as a zarr v3 store, atomically."""
-    tmp = atomic_dir(out)
-    try:
-        with space_for(out, ds.nbytes):
-            ds.to_zarr(tmp, zarr_format=3, consolidated=False, encoding=encoding or {}, mode="w")
-            commit(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with Replacement(out) as tmp, space_for(out, ds.nbytes):
+        ds.to_zarr(tmp, zarr_format=3, consolidated=False, encoding=encoding or {}, mode="w")
     return Path(out)
 
 

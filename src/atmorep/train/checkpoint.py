@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 import torch
 
 from atmorep import config as C
+from atmorep.atomic import Replacement
 from atmorep.model.multiformer import FieldGeometry, Multiformer
 
 FORMAT = "atmorep-model/1"
@@ -35,17 +35,15 @@ def save_model(path: str | Path, model: Multiformer, state_dict: dict | None = N
     ``state_dict`` is the consolidated state (e.g. gathered from ZeRO-3 partitions); by default the
     module's own.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.part{os.getpid()}")
     state = state_dict if state_dict is not None else model.state_dict()
-    torch.save({
-        **(extra or {}),
-        "format": FORMAT,
-        **_architecture(model),
-        "state_dict": {k: v.detach().float().cpu() for k, v in state.items()},
-        "versions": versions(),
-    }, tmp)
-    os.replace(tmp, path)
+    with Replacement(path) as tmp:
+        torch.save({
+            **(extra or {}),
+            "format": FORMAT,
+            **_architecture(model),
+            "state_dict": {k: v.detach().float().cpu() for k, v in state.items()},
+            "versions": versions(),
+        }, tmp)
 
 
 def _architecture(model: Multiformer) -> dict:

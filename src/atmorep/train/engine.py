@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from atmorep.atomic import Replacement
 from atmorep.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -151,12 +151,10 @@ class DeepSpeedEngine:
         """Rewrite checkpoint ``tag`` in DeepSpeed's universal format (any world size); returns its tag."""
         out = DeepSpeedEngine.universal_tag(tag)
         if not (directory / out).exists():
-            tmp = directory / f".{out}.part"
-            shutil.rmtree(tmp, ignore_errors=True)
-            subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
-                            str(directory / tag), "--output_folder", str(tmp)], check=True,
-                           stdout=subprocess.DEVNULL)
-            os.replace(tmp, directory / out)
+            with Replacement(directory / out) as tmp:
+                subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal",
+                                "--input_folder", str(directory / tag), "--output_folder", str(tmp)],
+                               check=True, stdout=subprocess.DEVNULL)
         return out
 
 

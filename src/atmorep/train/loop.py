@@ -27,6 +27,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from atmorep.atomic import DirectoryLock, Locked
 from atmorep.config import DataConfig, ModelConfig, TrainConfig, parse_time
 from atmorep.data import zarrio
 from atmorep.data.dataset import TOKEN_INFO, SphereSampler, WindowDataset
@@ -169,10 +170,32 @@ class StopSignal:
 
 def train(seed: int, data: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig,
           stores: dict[str, list[str]], out_dir: str | Path, fresh: bool = False) -> Path:
-    """Train on the launched ranks; resume from ``out_dir/checkpoints`` unless ``fresh``."""
+    """Train on the launched ranks; resume from ``out_dir/checkpoints`` unless ``fresh``.
+
+    ``out_dir`` is locked while the run lasts (rank 0 holds ``out_dir/.lock``): a second training into
+    it is refused on every rank, naming the holder; the lock of a killed run is taken over."""
+    rank, world = distributed.init()
+    lock = DirectoryLock(out_dir, "atmorep train")
+    refused = None
+    if rank == 0:
+        try:
+            lock.acquire()
+        except Locked as exc:
+            refused = str(exc)
+    verdict = [refused]
+    dist.broadcast_object_list(verdict, src=0)
+    if verdict[0] is not None:
+        raise Locked(verdict[0])
+    try:
+        return _train(rank, world, seed, data, model_cfg, cfg, stores, out_dir, fresh)
+    finally:
+        lock.release()
+
+
+def _train(rank: int, world: int, seed: int, data: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig,
+           stores: dict[str, list[str]], out_dir: str | Path, fresh: bool) -> Path:
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / "checkpoints"
-    rank, world = distributed.init()
     stop = StopSignal()  # after the process group: MPI's start-up may install its own handlers
     dataset = WindowDataset(stores, model_cfg.num_tokens, *period(cfg, data))
     global_batch = cfg.batch_size * cfg.gradient_accumulation * world
@@ -182,8 +205,8 @@ def train(seed: int, data: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig,
     from atmorep.train.engine import ENGINES  # the only deepspeed import happens in there
 
     meta = {"train": dataclasses.asdict(cfg), "model": dataclasses.asdict(model_cfg), "data": dataclasses.asdict(data),
-            "seed": seed, "versions": versions()}
-    tag, universal = _latest(ckpt_dir, world, meta) if not fresh else (None, False)
+            "seed": seed, "versions": versions(), "inputs": inputs(stores, cfg)}
+    tag, universal = _latest(ckpt_dir, world, meta, cfg.steps) if not fresh else (None, False)
     engine_cls = ENGINES[cfg.engine]
     if tag is not None and universal:  # saved on another world size: DeepSpeed's universal format
         if rank == 0:
@@ -202,8 +225,12 @@ def train(seed: int, data: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig,
     if tag is not None:
         client = engine.load(ckpt_dir, tag)
         start, rows = client["step"], client["metrics"]
-        if rank == 0:
-            log.info("resumed from %s at step %d (saved on %d ranks, now %d)", tag, start, client["world"], world)
+        if rank == 0 and start == cfg.steps:
+            log.info("%s already reached train.steps=%d on the same inputs: no step to train, model.pt "
+                     "written from it (`atmorep train --fresh` trains again)", ckpt_dir / tag, start)
+        elif rank == 0:
+            log.info("resumed from %s at step %d of %d (saved on %d ranks, now %d)", tag, start, cfg.steps,
+                     client["world"], world)
     strategy = masking.build(cfg.masking, {f: g.token_size for f, g in model.fields.items()},
                              model.predicted)
     loss_fn = Loss(cfg.loss)
@@ -277,9 +304,11 @@ def train(seed: int, data: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig,
             save_model(out_dir / "model.pt", engine.module, state, meta)
         if writer:
             writer.close()
-        log.info("trained %d steps on %d ranks in %.0f s: loss %.4f -> %.4f", cfg.steps, world,
-                 time.perf_counter() - t_loop, rows[0]["loss"], rows[-1]["loss"])
-        log.info("throughput: %s", meter.summary())
+        if cfg.steps > start:
+            log.info("trained %d steps (%d -> %d) on %d ranks in %.0f s: loss %.4f -> %.4f",
+                     cfg.steps - start, start, cfg.steps, world, time.perf_counter() - t_loop,
+                     rows[start]["loss"], rows[-1]["loss"])
+            log.info("throughput: %s", meter.summary())
     distributed.finish()
     return out_dir / "model.pt"
 
@@ -289,26 +318,71 @@ def _seed(seed: int, step: int, micro: int, rank: int, world: int) -> int:
     return int(np.random.SeedSequence([seed, step, micro, rank, world]).generate_state(1)[0])
 
 
-#: keys that may change between a checkpoint and its resumption (a longer run continues the old one)
+#: keys that may change between a checkpoint and its resumption (``steps`` is the target: a checkpoint
+#: before it continues, one at it is the finished run, one past it is refused)
 _RESUMABLE_CHANGES = {"steps", "checkpoint_every", "tensorboard", "ranks", "batch_size", "gradient_accumulation"}
+
+
+def inputs(stores: dict[str, list[str]], cfg: TrainConfig) -> dict:
+    """The identity of what a run trains on: every shard store's (see :func:`shards.identity`) and
+    the starting model's (size and modification time)."""
+    from atmorep.data.shards import identity
+
+    out = {}
+    for paths in stores.values():
+        for p in paths:
+            i = identity(p)
+            out[f"{i['field']} {i['year']}"] = {"provenance": i["provenance"], "files": i["files"]}
+    if cfg.init_from and Path(cfg.init_from).is_file():  # a missing one is named when it is loaded
+        st = Path(cfg.init_from).stat()
+        out["init_from"] = [st.st_size, st.st_mtime_ns]
+    return out
 
 
 def _comparable(meta: dict) -> dict:
     train = {k: v for k, v in meta["train"].items() if k not in _RESUMABLE_CHANGES}
-    return json.loads(json.dumps({**meta, "train": train, "versions": None}))
+    return json.loads(json.dumps({**meta, "train": train, "versions": None, "inputs": None}))
 
 
-def _latest(ckpt_dir: Path, world: int, meta: dict) -> tuple[str | None, bool]:
-    """The newest checkpoint made with this configuration, and whether it was saved on another
-    world size. A checkpoint of another configuration is not resumed."""
+def _changed(saved: dict | None, now: dict) -> list[str]:
+    """What differs between a checkpoint's inputs and this run's, in words."""
+    if saved is None:
+        return ["the checkpoint does not record them"]
+    out = [f"{k}: {'not in the checkpoint' if k not in saved else 'not given now'}"
+           for k in sorted(set(saved) ^ set(now))]
+    for k in sorted(set(saved) & set(now)):
+        if k == "init_from" and saved[k] != now[k]:
+            out.append("init_from: another file")
+        elif k != "init_from" and saved[k] != now[k]:
+            out.append(f"{k}: " + ("another provenance" if saved[k]["provenance"] != now[k]["provenance"]
+                                   else "store rewritten since"))
+    return out
+
+
+def _latest(ckpt_dir: Path, world: int, meta: dict, steps: int) -> tuple[str | None, bool]:
+    """The newest checkpoint made with this configuration and these inputs, and whether it was saved
+    on another world size. A checkpoint of another configuration or other inputs is not resumed; one
+    past ``steps`` is refused (it belongs to a longer run)."""
     latest = ckpt_dir / "latest"
     if not latest.exists():
         return None, False
     tag = latest.read_text().strip()
-    info = json.loads((ckpt_dir / tag / "atmorep.json").read_text())
+    try:
+        info = json.loads((ckpt_dir / tag / "atmorep.json").read_text())
+    except (OSError, ValueError):
+        log.warning("%s has no readable atmorep.json (killed while saving?): starting afresh", ckpt_dir / tag)
+        return None, False
     if _comparable(info) != _comparable({**meta, "step": info["step"], "world": info["world"]}):
         log.warning("%s was made with another configuration: starting afresh", ckpt_dir / tag)
         return None, False
+    if changed := _changed(info.get("inputs"), meta["inputs"]):
+        log.warning("%s was trained on other inputs (%s): starting afresh", ckpt_dir / tag,
+                    "; ".join(changed))
+        return None, False
+    if info["step"] > steps:
+        raise ValueError(f"{ckpt_dir / tag} is at step {info['step']}, past train.steps={steps}: it belongs "
+                         f"to a longer run of these inputs. Raise train.steps to continue it, or start "
+                         f"afresh with `atmorep train --fresh` (or remove {ckpt_dir})")
     return tag, info["world"] != world
 
 

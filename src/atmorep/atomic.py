@@ -1,0 +1,168 @@
+"""Atomic replacement of files and directories, and the lock of a training's output directory.
+
+A product is written into a hidden temporary sibling and renamed into place once complete, so a
+reader never sees half of it. The temporary's name carries the writer's pid and host
+(``.NAME.part-PID@HOST``): a writer killed with SIGKILL cannot clean up, and the next write into
+the same directory removes what dead processes of this host left there, never a live writer's (or
+another host's, whose processes cannot be checked from here).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import socket
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_LEFTOVER = re.compile(r"^\..+\.(?:part|old)-(?P<pid>\d+)@(?P<host>.+)$")
+
+
+def _me() -> str:
+    return f"{os.getpid()}@{socket.gethostname()}"
+
+
+def _job() -> str:
+    return f"slurm job {os.environ['SLURM_JOB_ID']}" if os.environ.get("SLURM_JOB_ID") else ""
+
+
+def alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _dead(owner: str) -> bool:
+    """Whether ``PID@HOST`` names a process of this host that no longer exists."""
+    pid, _, host = owner.partition("@")
+    return host == socket.gethostname() and pid.isdigit() and int(pid) != os.getpid() and not alive(int(pid))
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def sweep(directory: str | Path) -> list[Path]:
+    """Remove the temporaries that dead writers of this host left in ``directory``."""
+    try:
+        entries = [e.name for e in os.scandir(directory) if e.name.startswith(".")]
+    except FileNotFoundError:
+        return []
+    removed = []
+    for name in entries:
+        m = _LEFTOVER.match(name)
+        if m and _dead(f"{m['pid']}@{m['host']}"):
+            _remove(Path(directory) / name)
+            removed.append(Path(directory) / name)
+    if removed:
+        log.info("removed what killed writers left in %s: %s", directory, ", ".join(p.name for p in removed))
+    return removed
+
+
+class Replacement:
+    """Write ``out`` (a file or a directory) atomically::
+
+        with Replacement(out) as tmp:
+            write(tmp)          # on success tmp replaces out; on an exception it is removed
+
+    or, across methods, ``commit()`` then ``close()`` (``close`` alone discards the temporary).
+    """
+
+    def __init__(self, out: str | Path):
+        self.out = Path(out)
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        sweep(self.out.parent)
+        self.tmp = self.out.with_name(f".{self.out.name}.part-{_me()}")
+        _remove(self.tmp)
+
+    def commit(self) -> Path:
+        if self.out.is_dir() and not self.out.is_symlink():  # rename() cannot replace a non-empty directory
+            old = self.out.with_name(f".{self.out.name}.old-{_me()}")
+            _remove(old)
+            os.replace(self.out, old)
+            os.replace(self.tmp, self.out)
+            _remove(old)
+        else:
+            os.replace(self.tmp, self.out)
+        return self.out
+
+    def close(self) -> None:
+        _remove(self.tmp)
+
+    def __enter__(self) -> Path:
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self.commit()
+        finally:
+            self.close()
+
+
+class Locked(ValueError):  # a ValueError: the CLI reports it in one line
+    pass
+
+
+class DirectoryLock:
+    """``DIRECTORY/.lock`` naming its holder (``PID@HOST``, and its SLURM job): one writer per
+    directory. A lock whose holder died on this host is taken over, and so is one of this same SLURM
+    job (a requeued job's earlier run, possibly on another node, is over); one held by a live
+    process, or by another host, is refused naming the holder."""
+
+    def __init__(self, directory: str | Path, what: str = "this directory"):
+        self.path, self.what, self.held = Path(directory) / ".lock", what, False
+
+    def acquire(self) -> DirectoryLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    holder, _, job = self.path.read_text().strip().partition("\n")
+                except FileNotFoundError:
+                    continue  # released meanwhile
+                if holder == _me():
+                    self.held = True
+                    return self
+                requeued = bool(job) and job == _job()
+                if not requeued and not _dead(holder):
+                    pid, _, host = holder.partition("@")
+                    raise Locked(f"{self.path.parent} is in use by {self.what} of process {pid} on {host} "
+                                 f"({self.path}); wait for it to finish, or write elsewhere") from None
+                log.warning("%s: taking over the lock of process %s, %s", self.path, holder,
+                            f"an earlier run of {job}" if requeued else "which no longer exists")
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{_me()}\n{_job()}\n")
+            self.held = True
+            return self
+        raise Locked(f"{self.path}: could not take the lock (contended)")
+
+    def release(self) -> None:
+        if self.held:
+            try:
+                if self.path.read_text().split("\n")[0] == _me():
+                    self.path.unlink()
+            except FileNotFoundError:
+                pass
+            self.held = False
+
+    def __enter__(self) -> DirectoryLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
