@@ -23,8 +23,8 @@ import torch
 from atmorep.config import ModelConfig
 from atmorep.eval.attention import capture
 from atmorep.model.multiformer import FieldGeometry, Multiformer
-from atmorep.train import masking
-from atmorep.train.batch import Batch
+from atmorep.model import masking
+from atmorep.model.batch import Batch
 
 from _checks import require
 

@@ -26,8 +26,8 @@ import torch
 from atmorep.config import LossConfig, MaskingConfig
 from atmorep.model import summary
 from atmorep.model.multiformer import Multiformer
-from atmorep.train import masking
-from atmorep.train.batch import Batch
+from atmorep.model import masking
+from atmorep.model.batch import Batch
 from atmorep.train.losses import Loss
 from atmorep.train.throughput import Throughput
 

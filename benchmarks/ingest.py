@@ -44,7 +44,7 @@ def bare_eccodes(path: Path) -> int:
 def bare_eccodes_in_memory(path: Path) -> int:
     import eccodes
 
-    from atmorep.data.grib import iter_raw
+    from atmorep.formats.grib import iter_raw
 
     n = 0
     for raw in iter_raw(path):
@@ -57,7 +57,7 @@ def bare_eccodes_in_memory(path: Path) -> int:
 def campaign(path: Path):
     """The data config that describes the file: its one field, levels, period, step and grid."""
     from atmorep.config import DataConfig, FieldSpec
-    from atmorep.data import grib
+    from atmorep.formats import grib
 
     headers = grib.scan(path)
     h0 = headers[0]

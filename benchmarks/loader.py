@@ -56,7 +56,8 @@ import xarray as xr
 import zarr
 
 from atmorep.config import DataConfig, FieldSpec, ShardConfig, load, parse_time
-from atmorep.data import shards, zarrio
+from atmorep.data import shards
+from atmorep.formats import zarrio
 from atmorep.data.dataset import SphereSampler, WindowDataset, tokenize
 
 from _checks import require
@@ -244,9 +245,11 @@ def demo(out: Path, seconds: float, rounds: int) -> dict:
     and the memory the loader adds."""
     import torch
 
-    from atmorep.data import normalize, sources
+    from atmorep.data import normalize
+    from atmorep.data.acquire import sources
     from atmorep.data.dataset import TOKEN_INFO
-    from atmorep.train import loop, masking
+    from atmorep.train import loop
+    from atmorep.model import masking
     from atmorep.train.losses import Loss
 
     cfg = load(REPO / "config" / "config.yaml")

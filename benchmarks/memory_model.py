@@ -68,8 +68,9 @@ def worker(name: str, steps: int, out: Path) -> None:
 
     from atmorep.config import TrainConfig
     from atmorep.model.multiformer import Multiformer
-    from atmorep.train import distributed, masking
-    from atmorep.train.batch import Batch
+    from atmorep.train import distributed
+    from atmorep.model import masking
+    from atmorep.model.batch import Batch
     from atmorep.train.engine import DeepSpeedEngine
     from atmorep.train.losses import Loss
 

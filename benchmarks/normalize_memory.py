@@ -58,8 +58,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from atmorep.config import NormalizeConfig, QCConfig
-    from atmorep.data import normalize, zarrv3
-    from atmorep.data.grib import Grid, Param
+    from atmorep.data import normalize
+    from atmorep.formats import zarrv3
+    from atmorep.formats.grib import Grid, Param
     from atmorep.data.qc import Gate
 
     T, L, Y, X = args.hours, args.levels, 721, 1440

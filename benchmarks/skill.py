@@ -128,7 +128,7 @@ def score(model_path: Path, stores: list[str], period: tuple[str, str], samples:
     from atmorep.data.dataset import WindowDataset
     from atmorep.eval import evaluate as E
     from atmorep.eval import scores
-    from atmorep.train.checkpoint import load_model
+    from atmorep.model.file import load_model
 
     model, _ = load_model(model_path)
     data = C.build(C.DataConfig, CONFIG["data"], "data")

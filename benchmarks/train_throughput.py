@@ -30,7 +30,8 @@ OUT = REPO / "benchmarks" / "out" / "train_throughput"
 def stores() -> list[str]:
     """Shard stores of the default config, built once."""
     from atmorep import config as C
-    from atmorep.data import normalize, shards, sources
+    from atmorep.data import normalize, shards
+    from atmorep.data.acquire import sources
 
     cfg = C.load(REPO / "config" / "config.yaml")
     out = []

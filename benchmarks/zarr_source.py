@@ -78,7 +78,8 @@ def main(argv=None) -> int:
     from range_server import RangeServer
 
     from atmorep.config import AcquireConfig, DataConfig, FieldSpec, ZarrSourceConfig
-    from atmorep.data import grib, sources
+    from atmorep.formats import grib
+    from atmorep.data.acquire import sources
 
     with tempfile.TemporaryDirectory(prefix="zarr_source_") as tmp:
         root = Path(tmp)

@@ -31,7 +31,8 @@ def data_config(fields=("t2m", "u10"), start="2026-03-25T00", end="2026-03-31T23
 @pytest.fixture(scope="session")
 def sample_products(tmp_path_factory):
     """GRIB, normalized and shard stores for t2m (local) and u10 (global) from the embedded sample."""
-    from atmorep.data import normalize, shards, sources
+    from atmorep.data import normalize, shards
+    from atmorep.data.acquire import sources
 
     root = tmp_path_factory.mktemp("sample")
     data = data_config()

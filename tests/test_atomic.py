@@ -15,15 +15,15 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from atmorep import atomic
-from atmorep.data import zarrio
+from atmorep.formats import atomic
+from atmorep.formats import zarrio
 
 pytestmark = pytest.mark.slow
 
 WRITER = """
 import sys, time
 import numpy as np, xarray as xr
-from atmorep.data import zarrio
+from atmorep.formats import zarrio
 n = int(sys.argv[2])
 ds = xr.Dataset({f"v{k}": (("t", "x"), np.random.default_rng(k).random((n, 4096), np.float32))
                  for k in range(64)})
@@ -32,7 +32,7 @@ zarrio.write_dataset(ds, sys.argv[1])
 
 HOLDER = """
 import sys, time
-from atmorep.atomic import Replacement
+from atmorep.formats.atomic import Replacement
 with Replacement(sys.argv[1]) as tmp:
     tmp.mkdir()
     print("writing", flush=True)

@@ -1,6 +1,5 @@
 """The capacity planner's arithmetic and the shipped campaign configurations."""
 
-from pathlib import Path
 
 import pytest
 

@@ -50,7 +50,7 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 
 def _stores(paths: list[Path]) -> dict[str, list[str]]:
     """Group shard stores by the field their attributes name."""
-    from atmorep.data import zarrio
+    from atmorep.formats import zarrio
 
     out: dict[str, list[str]] = {}
     for p in paths:
@@ -67,7 +67,7 @@ def cmd_acquire(args) -> None:
     if args.plan:
         import json
 
-        from atmorep.data.cds import plan
+        from atmorep.data.acquire.cds import plan
 
         for req in plan(data, cfg):
             if args.field in (None, req.field) and args.month in (None, req.month):
@@ -75,7 +75,7 @@ def cmd_acquire(args) -> None:
         return
     if not (args.field and args.month and args.output):
         raise C.ConfigError("acquire needs --field, --month and --output (or --plan)")
-    from atmorep.data.sources import acquire
+    from atmorep.data.acquire.sources import acquire
 
     acquire(data, cfg, args.field, args.month, args.output)
 
@@ -120,7 +120,8 @@ def cmd_verify(args) -> None:
     """Check stores as they are on disk; one JSON line per store, or one error line."""
     import json
 
-    from atmorep.data import normalize, shards, zarrio
+    from atmorep.data import normalize, shards
+    from atmorep.formats import zarrio
 
     data = cfg = None
     if args.params is not None or args.config is not None:
@@ -229,7 +230,7 @@ def cmd_check(args) -> None:
 
 
 def cmd_inspect(args) -> int:
-    from atmorep.data.inspect import describe
+    from atmorep.data.acquire.inspect import describe
 
     status = 0
     for path in args.paths:
@@ -438,7 +439,7 @@ def failure(command: str, exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, KeyboardInterrupt):
         return EXIT_INTERRUPTED, f"atmorep {command}: interrupted; nothing unfinished is left looking complete"
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        from atmorep.data.zarrio import DiskFull
+        from atmorep.formats.zarrio import DiskFull
 
         return 1, f"atmorep {command}: error: {DiskFull.describe(exc)}"
     if isinstance(exc, (C.ConfigError, ValueError, OSError)):  # incl. DataError, TooManyBadSteps

@@ -32,7 +32,7 @@ class FieldSpec:
     """One field of the campaign: its vertical levels and their level type, part of its identity.
 
     ``levtype`` 'ml' (hybrid), 'pl' (isobaricInhPa), 'sfc' (a single-level field, see
-    :data:`atmorep.data.grib.SURFACE_TYPES`) or any other ecCodes typeOfLevel (e.g. 'heightAboveGround'
+    :data:`atmorep.formats.grib.SURFACE_TYPES`) or any other ecCodes typeOfLevel (e.g. 'heightAboveGround'
     with ``levels: [10]``, 'tropopause' with ``levels: [0]``). ``levels: [0]`` with 'ml'/'pl' means 'sfc'.
     """
 

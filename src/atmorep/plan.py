@@ -57,7 +57,7 @@ class Plan:
 def time_steps(cfg: Config, month: str) -> int:
     """Valid times of ``month`` the campaign holds (from the sample itself for the embedded source)."""
     if cfg.acquire.source == "sample":
-        from atmorep.data.sources import SampleSource
+        from atmorep.data.acquire.sources import SampleSource
 
         t = SampleSource().open()["time"].values
         start, end = cfg.data.period

@@ -113,7 +113,7 @@ def _extent(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
 def _valid_times(cfg: Config) -> tuple[np.ndarray, str] | None:
     """The campaign's valid times when the config decides them (data.step_hours, or the embedded sample)."""
     if cfg.acquire.source == "sample":
-        from atmorep.data.sources import SampleSource
+        from atmorep.data.acquire.sources import SampleSource
 
         t = SampleSource().open()["time"].values.astype("datetime64[s]")
         start, end = cfg.data.period
@@ -142,7 +142,7 @@ def _windows_in_time(cfg: Config) -> list[str]:
 def _grid(cfg: Config) -> tuple[np.ndarray, np.ndarray, str] | None:
     """(lats, lons, whose grid) of the campaign after data.area when the config decides it, else None."""
     from atmorep import plan
-    from atmorep.data.cds import DEFAULT_GRID
+    from atmorep.data.acquire.cds import DEFAULT_GRID
 
     if cfg.acquire.source == "sample":
         return (*plan.grid(cfg), "the embedded sample")  # its own global 1° grid
@@ -160,7 +160,7 @@ def _window_on_grid(cfg: Config) -> list[str]:
     if (grid := _grid(cfg)) is None:
         return []
     from atmorep.data import shards
-    from atmorep.data.grib import DataError, periodic
+    from atmorep.formats.grib import DataError, periodic
 
     lats, lons, whose = grid
     dlat, dlon = abs(float(lats[1] - lats[0])), abs(float(lons[1] - lons[0]))

@@ -15,7 +15,7 @@ ENS = ("era5-ens-pl-tz", "era5-levels-members.grib")
 
 def messages(path) -> list[bytes]:
     """Raw messages of a GRIB file."""
-    from atmorep.data import grib
+    from atmorep.formats import grib
 
     return [r.data for r in grib.iter_raw(path)]
 
@@ -59,7 +59,7 @@ def uk_mirror(shared_data: Path, root: Path, drop: tuple[int, ...] = ()) -> Path
 
 
 def field_grib(path: Path, name: str, values_TLYX, times, levels, lats, lons, **kwargs) -> Path:
-    from atmorep.data import grib
+    from atmorep.formats import grib
 
     grib.write_grib(path, name, np.asarray(values_TLYX, np.float32), np.asarray(times), levels, lats, lons, **kwargs)
     return path

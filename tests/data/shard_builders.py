@@ -8,7 +8,7 @@ import pytest
 import xarray as xr
 
 from atmorep.config import DataConfig, FieldSpec, ShardConfig
-from atmorep.data import zarrio
+from atmorep.formats import zarrio
 
 #: 2° x 2.5° global grid, 2 model levels, 48 hourly steps across a month boundary
 LATS = np.linspace(90, -90, 91)

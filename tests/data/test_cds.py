@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from atmorep.config import AcquireConfig, CdsConfig, DataConfig, FieldSpec
-from atmorep.data import cds, grib, sources
-from atmorep.data.grib import DataError
+from atmorep.data.acquire import cds, sources
+from atmorep.formats import grib
+from atmorep.formats.grib import DataError
 from builders import IFS, NATL, UK
 from cds_server import FakeCds, subset
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from atmorep.data.grib import DataError
-from atmorep.data.inventory import crop_indices
+from atmorep.formats.grib import DataError
+from atmorep.data.acquire.inventory import crop_indices
 
 LATS = np.arange(90, -90.1, -0.25)
 LONS = np.arange(0, 360, 0.25)
@@ -43,7 +43,9 @@ def test_crop_indices_refuses_an_area_outside_or_off_the_grid(area, message):
 import json  # noqa: E402
 
 from atmorep.config import AcquireConfig, DataConfig, FieldSpec, FilesConfig, NormalizeConfig  # noqa: E402
-from atmorep.data import grib, normalize, sources, zarrio  # noqa: E402
+from atmorep.data import normalize  # noqa: E402
+from atmorep.data.acquire import sources  # noqa: E402
+from atmorep.formats import grib, zarrio  # noqa: E402
 from builders import IFS, uk_mirror  # noqa: E402
 
 

@@ -47,7 +47,7 @@ def test_sample_shapes_and_token_info(dataset):
 
 
 def test_denormalize_recovers_physical_values(dataset, sample_products):
-    from atmorep.data import grib
+    from atmorep.formats import grib
 
     i = 200
     for f in ("t2m", "u10"):
@@ -106,7 +106,7 @@ def test_stores_written_by_other_tools_are_read_through_zarr(synthetic, tmp_path
 
     import zarr
 
-    from atmorep.data import zarrio
+    from atmorep.formats import zarrio
 
     src = synthetic["shards"]["u"]
     for name, kwargs in {"zstd": {}, "morton": {"compressors": None}}.items():

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from atmorep.config import AcquireConfig, DataConfig, FieldSpec, FilesConfig
-from atmorep.data import grib, sources
-from atmorep.data.grib import DataError
+from atmorep.formats import grib
+from atmorep.data.acquire import sources
+from atmorep.formats.grib import DataError
 from builders import IFS, UK, field_grib, sample_grid, uk_mirror
 
 

@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from atmorep.data.grib import DataError
-from atmorep.data.inspect import describe
+from atmorep.formats.grib import DataError
+from atmorep.data.acquire.inspect import describe
 from builders import IFS, sample_grid, uk_mirror
 
 

@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader
 
 from atmorep.config import parse_time
 from atmorep.data.dataset import SphereSampler, WindowDataset, WindowGrid
-from atmorep.data.grib import DataError
+from atmorep.formats.grib import DataError
 from shard_builders import synthetic  # noqa: F401 (fixture)
 
 

@@ -13,8 +13,10 @@ import pytest
 import xarray as xr
 
 from atmorep.config import AcquireConfig, DataConfig, FieldSpec, FilesConfig
-from atmorep.data import fields, grib, sources
-from atmorep.data.grib import DataError
+from atmorep.data import fields
+from atmorep.formats import grib
+from atmorep.data.acquire import sources
+from atmorep.formats.grib import DataError
 
 
 def acquire(tmp_path, field, levels, start, end, paths, levtype="pl", variables=None, **data_kw):
@@ -157,7 +159,7 @@ def test_bad_netcdf_gets_one_line_naming_file_variable_and_key(tmp_path, ifs, sh
 def test_forecast_valid_time_and_a_mixed_mirror_agree_with_inspect(tmp_path, ifs, shared_data):
     """A forecast NetCDF (time = base time, valid_time = base + 6 h) is placed at its valid times; a
     directory of GRIB and NetCDF is described file by file, as acquire reads it."""
-    from atmorep.data.inspect import describe
+    from atmorep.data.acquire.inspect import describe
 
     t, _ = ifs
     ds = _cds_style(t, "t").rename(valid_time="time")

@@ -8,8 +8,9 @@ import pytest
 import xarray as xr
 
 from atmorep.config import ClimatologyConfig, DataConfig, FieldSpec, NormalizeConfig, QCConfig
-from atmorep.data import grib, normalize
-from atmorep.data.grib import DataError
+from atmorep.formats import grib
+from atmorep.data import normalize
+from atmorep.formats.grib import DataError
 from builders import IFS, NATL, UK, field_grib, hourly, messages
 
 
@@ -269,7 +270,7 @@ import resource, sys, numpy as np
 from pathlib import Path
 from atmorep.config import NormalizeConfig
 from atmorep.data import normalize
-from atmorep.data.grib import Grid, Param
+from atmorep.formats.grib import Grid, Param
 
 T, L, Y, X = (int(a) for a in sys.argv[1:5])
 out = Path(sys.argv[5])

@@ -9,7 +9,7 @@ import xarray as xr
 from atmorep.config import DataConfig, FieldSpec, NormalizeConfig, ShardConfig, parse_time
 from atmorep.data import normalize, shards
 from atmorep.data.dataset import WindowDataset
-from atmorep.data.grib import DataError
+from atmorep.formats.grib import DataError
 from builders import UK
 
 

@@ -9,8 +9,9 @@ import pytest
 import xarray as xr
 
 from atmorep.config import AcquireConfig, DataConfig, FieldSpec, FilesConfig
-from atmorep.data import grib, inspect, sources
-from atmorep.data.grib import DataError
+from atmorep.formats import grib
+from atmorep.data.acquire import inspect, sources
+from atmorep.formats.grib import DataError
 from builders import ENS, IFS, messages, relabel
 
 

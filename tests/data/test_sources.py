@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 
 from atmorep.config import AcquireConfig
-from atmorep.data import grib, sources
-from atmorep.data.grib import DataError
+from atmorep.formats import grib
+from atmorep.data.acquire import sources
+from atmorep.formats.grib import DataError
 from conftest import data_config
 
 

@@ -102,7 +102,7 @@ def test_normalize_refuses_non_finite_output(sample_products, tmp_path, monkeypa
     """A zero standard deviation (fault injected into the month's statistics) would divide to inf."""
     from atmorep.config import NormalizeConfig
     from atmorep.data import normalize
-    from atmorep.data.grib import DataError
+    from atmorep.formats.grib import DataError
 
     real = normalize.Moments.stats
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from atmorep.data.grib import DataError
-from atmorep.data.vorticity import EARTH_RADIUS as A, vorticity_divergence
+from atmorep.formats.grib import DataError
+from atmorep.data.acquire.vorticity import EARTH_RADIUS as A, vorticity_divergence
 
 
 def _grid(res):

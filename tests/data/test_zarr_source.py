@@ -16,9 +16,10 @@ import xarray as xr
 import zarr
 
 from atmorep.config import AcquireConfig, DataConfig, FieldSpec, FilesConfig, ZarrSourceConfig
-from atmorep.data import grib, sources
-from atmorep.data.grib import DataError
-from atmorep.data.inspect import describe
+from atmorep.formats import grib
+from atmorep.data.acquire import sources
+from atmorep.formats.grib import DataError
+from atmorep.data.acquire.inspect import describe
 
 sys.path.append(str(Path(__file__).parent))  # appended: `from conftest import` must find tests/conftest.py
 from range_server import RangeServer  # noqa: E402

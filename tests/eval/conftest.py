@@ -23,7 +23,7 @@ def stores(sample_products) -> dict[str, list[str]]:
 
 @pytest.fixture(scope="session")
 def model_path(tmp_path_factory):
-    from atmorep.train.checkpoint import save_model
+    from atmorep.model.file import save_model
 
     path = tmp_path_factory.mktemp("model") / "model.pt"
     save_model(path, tiny_model())

@@ -33,7 +33,7 @@ def trained_model(stores, steps: int = 60, seed: int = 0, start="2026-03-25T00",
     from atmorep.config import LossConfig, MaskingConfig
     from atmorep.data.dataset import WindowDataset
     from atmorep.eval import inference
-    from atmorep.train import masking
+    from atmorep.model import masking
     from atmorep.train.losses import Loss
 
     model = tiny_model(seed=seed).train()

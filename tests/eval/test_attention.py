@@ -4,7 +4,7 @@ import torch
 
 from atmorep.eval import attention
 from atmorep.model.attention import attention_weights
-from atmorep.train import masking
+from atmorep.model import masking
 from eval_builders import tiny_model
 
 

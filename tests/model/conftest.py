@@ -15,7 +15,7 @@ import torch
 from atmorep.config import ModelConfig
 from atmorep.data.dataset import tokenize
 from atmorep.model.multiformer import FieldGeometry
-from atmorep.train.batch import Batch
+from atmorep.model.batch import Batch
 
 TOKEN_SIZE = (2, 9, 9)
 NUM_TOKENS = (3, 3, 6)
@@ -46,7 +46,7 @@ def random_batch(fields=FIELDS, B: int = 2, levels: int = 1, seed: int = 0) -> B
 @pytest.fixture(scope="session")
 def real_batch() -> Batch:
     """Four real, normalized windows (6 h x 27 deg x 54 deg at 1 deg) of t2m/u10/v10/msl."""
-    from atmorep.data.sources import SampleSource
+    from atmorep.data.acquire.sources import SampleSource
 
     ds = SampleSource().open()
     nt, ny, nx = (n * s for n, s in zip(NUM_TOKENS, TOKEN_SIZE))

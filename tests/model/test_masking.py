@@ -10,8 +10,8 @@ import torch
 import yaml
 
 from atmorep.config import MaskingConfig, schema_path
-from atmorep.train import masking
-from atmorep.train.batch import Batch
+from atmorep.model import masking
+from atmorep.model.batch import Batch
 
 
 def _batch(B=64, L=3, T=4, Y=3, X=6, P=2 * 4 * 4, seed=0) -> Batch:

@@ -15,8 +15,8 @@ from atmorep.eval.attention import capture
 from atmorep.model.blocks import MLP
 from atmorep.model.embedding import harmonic_encoding
 from atmorep.model.multiformer import FieldGeometry, Multiformer
-from atmorep.train import masking
-from atmorep.train.checkpoint import load_model, save_model
+from atmorep.model import masking
+from atmorep.model.file import load_model, save_model
 
 PURE_MASK = MaskingConfig(strategy="bert", rate=0.5, p_mask=1.0, p_noise=0.0, p_coarsen=0.0)
 
@@ -262,7 +262,7 @@ def test_finite_gradients_on_a_loader_batch(sample_products, make_config):
 
     from atmorep.config import LossConfig
     from atmorep.data.dataset import TOKEN_INFO, WindowDataset
-    from atmorep.train.batch import Batch
+    from atmorep.model.batch import Batch
     from atmorep.train.losses import Loss
 
     stores = {f: [str(p)] for f, p in sample_products["shards"].items()}

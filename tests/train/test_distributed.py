@@ -73,7 +73,7 @@ def test_resume_is_bit_exact(uninterrupted, sample_products, tmp_path, stage):
 
 
 def test_zero3_exports_the_same_kind_of_model(uninterrupted, tmp_path_factory):
-    from atmorep.train.checkpoint import load_model
+    from atmorep.model.file import load_model
 
     runs = [p for p in tmp_path_factory.getbasetemp().rglob("z3/model.pt")]
     model, record = load_model(runs[0])
@@ -144,7 +144,7 @@ def test_plain_torch_engine_trains(sample_products, tmp_path):
 
 def test_fine_tuning_starts_from_a_trained_model(sample_products, tmp_path):
     """train.init_from: AtmoRep's fine-tuning (BERT-pretrained weights, then forecast masking)."""
-    from atmorep.train.checkpoint import load_model
+    from atmorep.model.file import load_model
 
     launch(sample_products, tmp_path / "base", ranks=1, engine="torch", steps=3)
     base, _ = load_model(tmp_path / "base" / "model.pt")
@@ -305,7 +305,7 @@ def corrupt(sample_products, tmp_path, value: float) -> dict:
     """Shard stores whose t2m shard files hold ``value`` everywhere (indices intact)."""
     import numpy as np
 
-    from atmorep.data.zarrio import DenseShards
+    from atmorep.formats.zarrio import DenseShards
 
     stores = {f: tmp_path / "shards" / f"{f}.zarr" for f in sample_products["shards"]}
     for f, s in stores.items():

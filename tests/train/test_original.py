@@ -201,7 +201,7 @@ def test_v1_per_head_keys_convert_to_the_same_model(tmp_path):
 
 
 def test_import_original_cli_writes_a_model_file_and_its_config(tmp_path, capsys):
-    from atmorep.train.checkpoint import load_model
+    from atmorep.model.file import load_model
 
     cf = sample_config()
     cf["fields"][0][0], cf["fields"][1][0] = "temperature_2m", "u10"
@@ -249,7 +249,7 @@ def test_evaluate_reads_a_converted_model(converted, sample_products, tmp_path):
 
 @pytest.mark.slow
 def test_train_init_from_fine_tunes_a_converted_model(converted, sample_products, tmp_path):
-    from atmorep.train.checkpoint import load_model
+    from atmorep.model.file import load_model
 
     path, keys = converted
     data = sample_products["data"]

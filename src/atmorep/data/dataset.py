@@ -5,7 +5,7 @@ token_size`` points in (time, lat, lon) of the field with the finest tokens, on 
 wraps around on a global grid, and windows lie inside a regional one. A field with coarser tokens cuts the same neighbourhood into fewer tokens (AtmoRep:
 [12, 6, 12] x [3, 9, 9] and [12, 3, 6] x [3, 18, 18]). Window origins lie on the grid of every
 field's tokens, so a window reads whole chunks of the stores, through
-:class:`~atmorep.data.zarrio.DenseShards` (strided copies out of memory maps, no per-token work).
+:class:`~atmorep.formats.zarrio.DenseShards` (strided copies out of memory maps, no per-token work).
 
 Everything here is numpy; ``train/`` wraps it for torch. Training draws windows with
 :class:`SphereSampler` (area-weighted latitude, uniform time and longitude, distinct within an epoch,
@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from atmorep.data import zarrio
-from atmorep.data.grib import DataError, periodic
+from atmorep.formats import zarrio
+from atmorep.formats.grib import DataError, periodic
 
 log = logging.getLogger(__name__)
 

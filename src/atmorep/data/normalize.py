@@ -34,13 +34,13 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from atmorep.atomic import Replacement
+from atmorep.formats.atomic import Replacement
 from atmorep.config import DataConfig, NormalizeConfig
-from atmorep.data import grib, zarrio, zarrv3
-from atmorep.data.grib import DataError
-from atmorep.data.inventory import Expectation, check_grid, config_level, describe_kind, matches
+from atmorep.formats import grib, zarrio, zarrv3
+from atmorep.formats.grib import DataError
+from atmorep.data.acquire.inventory import Expectation, check_grid, config_level, describe_kind, matches
 from atmorep.data.qc import Gate
-from atmorep.data.sources import read_provenance
+from atmorep.data.acquire.sources import read_provenance
 
 log = logging.getLogger(__name__)
 
@@ -386,7 +386,7 @@ def _grid_coords(levels, lats, lons) -> dict:
 class StoreWriter:
     """The normalized store of one (field, month), written into a temporary directory and renamed.
 
-    Written with :mod:`atmorep.data.zarrv3` (uncompressed zarr v3): zarr-python's per-array cost
+    Written with :mod:`atmorep.formats.zarrv3` (uncompressed zarr v3): zarr-python's per-array cost
     would be as large as decoding a small month.
     """
 

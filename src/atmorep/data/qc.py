@@ -17,7 +17,7 @@ import numpy as np
 
 from atmorep.config import QCConfig
 from atmorep.data import fields
-from atmorep.data.grib import DataError, Param
+from atmorep.formats.grib import DataError, Param
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ project's shared 2-core machine):
 - chunks are stored uncompressed: zstd saved 10% on normalized noise-like floats and made zarrs
   reads 30% slower; uncompressed chunks also allow the direct reader below;
 - every chunk of a shard file is present and in C order (written here, not by zarrs, which does
-  not keep that order for large shards), so :class:`~atmorep.data.zarrio.DenseShards` reads a sample
+  not keep that order for large shards), so :class:`~atmorep.formats.zarrio.DenseShards` reads a sample
   as strided slices of memory maps: 270-660 samples/s (2-5 GB/s) in one thread, vs 30-55 samples/s
   for the same store through zarrs and 0.5-0.7 samples/s for one zstd chunk per time step (which
   reads 166x the bytes used). Bytes taken from the files per byte used: 1.000 (shard indices are read
@@ -50,10 +50,10 @@ import numpy as np
 import xarray as xr
 from tqdm import tqdm
 
-from atmorep.atomic import Replacement
+from atmorep.formats.atomic import Replacement
 from atmorep.config import DataConfig, ShardConfig
-from atmorep.data import zarrio
-from atmorep.data.grib import DataError, periodic
+from atmorep.formats import zarrio
+from atmorep.formats.grib import DataError, periodic
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ import xarray as xr
 from atmorep.config import DataConfig, EvaluateConfig, parse_time
 from atmorep.data.dataset import WindowDataset, untokenize
 from atmorep.eval import attention, climatology, inference, modes, outputs, plots, scores, spectra
-from atmorep.train import masking
-from atmorep.train.checkpoint import load_model
+from atmorep.model import masking
+from atmorep.model.file import load_model
 from atmorep.train.loop import period
 
 log = logging.getLogger(__name__)

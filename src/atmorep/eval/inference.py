@@ -32,8 +32,8 @@ from atmorep.data.dataset import WindowDataset, untokenize
 from atmorep.eval import climatology as clim_
 from atmorep.eval.baselines import BASELINES, Context
 from atmorep.model.multiformer import Multiformer
-from atmorep.train import masking
-from atmorep.train.batch import Batch
+from atmorep.model import masking
+from atmorep.model.batch import Batch
 
 
 def collate(samples: list[dict]) -> Batch:

@@ -1,7 +1,7 @@
 """Inference modes behind one interface (AtmoRep spec §6): which windows, which masks, which
 baselines, and what to do with the windows afterwards (``global_forecast`` stitches its tiles).
 
-The masks come from the training strategies (:data:`atmorep.train.masking.STRATEGIES`); a mode only
+The masks come from the training strategies (:data:`atmorep.model.masking.STRATEGIES`); a mode only
 says which time slabs its targets occupy so that outputs keep exactly those steps.
 
 Legend: S samples (windows or times), Y/X rows/columns, ny/nx window points.
@@ -19,7 +19,7 @@ import xarray as xr
 from atmorep.config import EvaluateConfig, MaskingConfig
 from atmorep.data.dataset import WindowDataset
 from atmorep.eval import windows as W
-from atmorep.train import masking
+from atmorep.model import masking
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from atmorep.atomic import Replacement
+from atmorep.formats.atomic import Replacement
 from atmorep.config import TrainConfig
 
 log = logging.getLogger(__name__)

@@ -27,15 +27,16 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from atmorep.atomic import DirectoryLock, Locked
+from atmorep.formats.atomic import DirectoryLock, Locked
 from atmorep.config import DataConfig, ModelConfig, TrainConfig, parse_time
-from atmorep.data import zarrio
+from atmorep.formats import zarrio
 from atmorep.data.dataset import TOKEN_INFO, SphereSampler, WindowDataset
-from atmorep.data.grib import DataError
+from atmorep.formats.grib import DataError
 from atmorep.model.multiformer import FieldGeometry, Multiformer
-from atmorep.train import distributed, launch, masking
-from atmorep.train.batch import Batch
-from atmorep.train.checkpoint import load_weights, save_model, versions
+from atmorep.train import distributed, launch
+from atmorep.model import masking
+from atmorep.model.batch import Batch
+from atmorep.model.file import load_weights, save_model, versions
 from atmorep.train.launch import EXIT_REQUEUE  # 75: "run me again, I will resume"
 from atmorep.train.losses import Loss
 from atmorep.train.throughput import Throughput, training_dtype

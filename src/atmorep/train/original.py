@@ -322,7 +322,7 @@ def import_original(weights: str | Path, config: str | Path, output: str | Path,
     """Convert and write our model file; returns the config keys to use with it (YAML text)."""
     import yaml
 
-    from atmorep.train.checkpoint import save_model
+    from atmorep.model.file import save_model
 
     model, extra = convert(weights, config, rename)
     save_model(output, model, extra={"original": {"weights": str(weights), "config": str(config), **extra}})

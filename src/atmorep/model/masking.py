@@ -1,7 +1,7 @@
 """Masking strategies behind one interface: which tokens of each field become targets, and how the
 model input of those tokens is altered (AtmoRep spec §5.1).
 
-A strategy maps a :class:`~atmorep.train.batch.Batch` and a generator to :class:`Masks`: per field a
+A strategy maps a :class:`~atmorep.model.batch.Batch` and a generator to :class:`Masks`: per field a
 boolean target mask ``(B, L, T, Y, X)`` (a plain ``dict`` to its users), plus the random draws of the
 input corruption. :func:`apply` turns a batch into the model input; it is a pure function of the
 batch and the masks. Strategies are registered in :data:`STRATEGIES` by name.
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from atmorep.config import MaskingConfig
-from atmorep.train.batch import Batch
+from atmorep.model.batch import Batch
 
 @dataclass(frozen=True)
 class Corruption:

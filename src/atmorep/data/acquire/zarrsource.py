@@ -4,7 +4,7 @@
 fsspec filesystems ``aiohttp``, ``gcsfs``, ``s3fs`` are optional extras), zarr v2 or v3. Layouts:
 
 - xarray-readable stores, ARCO-ERA5 (CDS long names, ``hybrid`` model levels, 1×18×721×1440 chunks)
-  and WeatherBench 2 (``level`` in hPa): read through :mod:`atmorep.data.gridded`;
+  and WeatherBench 2 (``level`` in hPa): read through :mod:`atmorep.data.acquire.gridded`;
 - anemoi datasets (``data[time, variable, ensemble, cell]``, variable names such as ``t_850`` and
   ``variables_metadata`` in the attributes, ``latitudes``/``longitudes`` per cell): the cells are
   reshaped to their regular lat/lon grid (``field_shape``); an irregular grid is refused.
@@ -23,9 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from atmorep.config import AcquireConfig, DataConfig
-from atmorep.data import fields, grib, gridded
-from atmorep.data.grib import DataError
-from atmorep.data.inventory import Expectation, crop_indices
+from atmorep.data import fields
+from atmorep.formats import grib
+from atmorep.data.acquire import gridded
+from atmorep.formats.grib import DataError
+from atmorep.data.acquire.inventory import Expectation, crop_indices
 
 log = logging.getLogger(__name__)
 

@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from atmorep.data import fields, grib
-from atmorep.data.grib import DataError
-from atmorep.data.inventory import Expectation, crop_indices, describe_missing
+from atmorep.data import fields
+from atmorep.formats import grib
+from atmorep.formats.grib import DataError
+from atmorep.data.acquire.inventory import Expectation, crop_indices, describe_missing
 
 # dimension name -> level kind ('pl' in hPa, 'ml' model level); None: read the units
 LEVEL_DIMS = {"pressure_level": "pl", "isobaricInhPa": "pl", "plev": "pl", "level": None, "lev": None,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from atmorep.config import DataConfig
-from atmorep.data.grib import SURFACE_TYPES, DataError, Grid, Header, Level
+from atmorep.formats.grib import SURFACE_TYPES, DataError, Grid, Header, Level
 
 LEVEL_KINDS = {"ml": "model levels (hybrid)", "pl": "pressure levels (isobaricInhPa)",
                "sfc": f"a single-level field ({', '.join(SURFACE_TYPES)})"}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from atmorep.data.grib import DataError, Grid
+from atmorep.formats.grib import DataError, Grid
 
 
 def target_grid(dlat: float, dlon: float) -> tuple[np.ndarray, np.ndarray]:

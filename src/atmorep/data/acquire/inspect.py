@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from atmorep.data import grib
-from atmorep.data.grib import DataError
-from atmorep.data.inventory import level_types
+from atmorep.formats import grib
+from atmorep.formats.grib import DataError
+from atmorep.data.acquire.inventory import level_types
 
 _LEVEL_NAMES = ("level", "hybrid", "isobaricInhPa", "model_level_number", "lev", "sigma", "pressure_level",
                 "plev", "model_level")
@@ -48,12 +48,12 @@ def describe(path: str | Path, regrid: str = "none", variables: dict[str, str] |
     NetCDF and zarr variables end with the verdict of the reader acquire uses (``usable as field …``
     or ``not usable: …``); ``variables`` is ``acquire.variables`` (field -> variable name).
     """
-    from atmorep.data import gridded
+    from atmorep.data.acquire import gridded
 
     path = Path(path)
     k = kind(path)
     if k == "zarr":
-        from atmorep.data.zarrsource import describe_store
+        from atmorep.data.acquire.zarrsource import describe_store
 
         anemoi = describe_store(str(path), variables)
         if anemoi is not None:
@@ -80,7 +80,7 @@ def describe(path: str | Path, regrid: str = "none", variables: dict[str, str] |
 
 
 def _describe_dir(path: Path, regrid: str, variables: dict[str, str] | None = None) -> str:
-    from atmorep.data.files import _is_netcdf, expand
+    from atmorep.data.acquire.files import _is_netcdf, expand
 
     files = expand([str(path)])
     if not files:

@@ -8,7 +8,7 @@ and 0..360 or -180..180 longitudes may be mixed: what matters is the canonical g
 (``acquire.files.member``) and valid times inside the month and campaign, checks that they are on
 one usable grid containing ``data.area`` and that no expected (level, time) combination is missing
 (naming each missing one), and writes them in (time, level) order: raw message bytes when the grid
-is regular lat/lon and is the area, the area cut out (:func:`~atmorep.data.inventory.crop_indices`,
+is regular lat/lon and is the area, the area cut out (:func:`~atmorep.data.acquire.inventory.crop_indices`,
 values as 32-bit IEEE, exactly what a direct read decodes) when it is bigger, regridded values
 otherwise (``acquire.regrid``). With ``acquire.derive_vorticity`` vo and d are computed from u and v
 when the files have no vo or d.
@@ -16,7 +16,7 @@ when the files have no vo or d.
 Nothing is chosen silently: several members without ``acquire.files.member``, or two different
 messages for one (valid time, level) (two level types, two members, step 0 of one run and step 6 of
 the previous without ``acquire.files.same_valid_time``) are refused naming both messages. What was
-cut from where is recorded beside the output (:func:`atmorep.data.sources.provenance_path`).
+cut from where is recorded beside the output (:func:`atmorep.data.acquire.sources.provenance_path`).
 
 The message inventory of each file (headers only) is cached in ``acquire.files.index_dir``, keyed
 by path, size and modification time, so many small jobs do not rescan a large mirror.
@@ -34,11 +34,12 @@ from pathlib import Path
 
 import numpy as np
 
-from atmorep.atomic import Replacement
+from atmorep.formats.atomic import Replacement
 from atmorep.config import AcquireConfig, DataConfig
-from atmorep.data import grib, inventory, regrid
-from atmorep.data.grib import DataError, Header
-from atmorep.data.inventory import (Expectation, check_grid, config_level, crop_indices, describe_missing,
+from atmorep.formats import grib
+from atmorep.data.acquire import inventory, regrid
+from atmorep.formats.grib import DataError, Header
+from atmorep.data.acquire.inventory import (Expectation, check_grid, config_level, crop_indices, describe_missing,
                                     level_types, matches, why_twice)
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ def expand(patterns) -> list[Path]:
 
 
 def _is_netcdf(path: Path) -> bool:
-    from atmorep.data.inspect import kind
+    from atmorep.data.acquire.inspect import kind
 
     return path.suffix.lower() in NETCDF_SUFFIXES or kind(path) == "netcdf"
 
@@ -178,7 +179,7 @@ class FilesSource:
         if not paths:
             raise DataError(f"acquire.files.paths {list(cfg.files.paths)} matched no GRIB file")
         netcdf = [p for p in paths if _is_netcdf(p)]
-        if netcdf:  # NetCDF is read through xarray (atmorep.data.gridded); GRIB below
+        if netcdf:  # NetCDF is read through xarray (atmorep.data.acquire.gridded); GRIB below
             paths = [p for p in paths if p not in netcdf]
             prov = self.fetch_netcdf(netcdf, paths, data, cfg, field, month, out)
             if prov is not None:
@@ -328,8 +329,8 @@ class FilesSource:
 
     def derive(self, mirror: list[Located], exp: Expectation, data: DataConfig, cfg: AcquireConfig, field: str,
                out: Path) -> None:
-        """vo or d from u and v (see :mod:`atmorep.data.vorticity`)."""
-        from atmorep.data.vorticity import vorticity_divergence
+        """vo or d from u and v (see :mod:`atmorep.data.acquire.vorticity`)."""
+        from atmorep.data.acquire.vorticity import vorticity_divergence
 
         winds = {}
         for comp in ("u", "v"):
@@ -368,7 +369,7 @@ class FilesSource:
         does, try the GRIB)."""
         import xarray as xr
 
-        from atmorep.data import gridded
+        from atmorep.data.acquire import gridded
 
         opened = []
         try:

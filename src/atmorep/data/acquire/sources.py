@@ -2,9 +2,9 @@
 
 A source implements :class:`Source`. The registry :data:`SOURCES` maps the config's
 ``acquire.source`` to a class: ``sample`` (the embedded real ERA5 sample), ``files`` (GRIB or NetCDF an HPC
-centre mirrors, :mod:`atmorep.data.files`), ``zarr`` (analysis-ready stores, :mod:`atmorep.data.zarrsource`)
+centre mirrors, :mod:`atmorep.data.acquire.files`), ``zarr`` (analysis-ready stores, :mod:`atmorep.data.acquire.zarrsource`)
 and ``cds`` (the Copernicus Climate Data Store,
-:mod:`atmorep.data.cds`). Every source writes to a temporary path; :func:`acquire` validates what
+:mod:`atmorep.data.acquire.cds`). Every source writes to a temporary path; :func:`acquire` validates what
 arrived (fields, level type, levels, times, grid, completeness) and only then renames it into
 place, so an interrupted or rejected job leaves nothing that looks complete.
 """
@@ -21,11 +21,11 @@ from typing import Protocol
 import numpy as np
 import xarray as xr
 
-from atmorep.atomic import Replacement
+from atmorep.formats.atomic import Replacement
 from atmorep.config import AcquireConfig, DataConfig
-from atmorep.data import grib
-from atmorep.data.grib import DataError
-from atmorep.data.inventory import Expectation, check_headers
+from atmorep.formats import grib
+from atmorep.formats.grib import DataError
+from atmorep.data.acquire.inventory import Expectation, check_headers
 
 log = logging.getLogger(__name__)
 
@@ -83,19 +83,19 @@ class SampleSource:
 
 
 def _files_source():
-    from atmorep.data.files import FilesSource
+    from atmorep.data.acquire.files import FilesSource
 
     return FilesSource()
 
 
 def _cds_source():
-    from atmorep.data.cds import CdsSource
+    from atmorep.data.acquire.cds import CdsSource
 
     return CdsSource()
 
 
 def _zarr_source():
-    from atmorep.data.zarrsource import ZarrSource
+    from atmorep.data.acquire.zarrsource import ZarrSource
 
     return ZarrSource()
 

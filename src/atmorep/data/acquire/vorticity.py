@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from atmorep.data.grib import DataError, periodic
+from atmorep.formats.grib import DataError, periodic
 
 EARTH_RADIUS = 6371229.0  # m, the radius of ECMWF's IFS
 

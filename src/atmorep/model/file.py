@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from atmorep import config as C
-from atmorep.atomic import Replacement
+from atmorep.formats.atomic import Replacement
 from atmorep.model.multiformer import FieldGeometry, Multiformer
 
 FORMAT = "atmorep-model/1"

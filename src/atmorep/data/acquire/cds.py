@@ -35,11 +35,12 @@ from pathlib import Path
 
 import numpy as np
 
-from atmorep.atomic import Replacement
+from atmorep.formats.atomic import Replacement
 from atmorep.config import AcquireConfig, CdsConfig, DataConfig
-from atmorep.data import fields, grib
-from atmorep.data.grib import DataError
-from atmorep.data.inventory import Expectation, check_headers
+from atmorep.data import fields
+from atmorep.formats import grib
+from atmorep.formats.grib import DataError
+from atmorep.data.acquire.inventory import Expectation, check_headers
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from atmorep.atomic import Replacement
+from atmorep.formats.atomic import Replacement
 
 log = logging.getLogger(__name__)
 
