@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -40,10 +41,12 @@ def run(name: str, args: list[str], timeout=300) -> subprocess.CompletedProcess:
 
 
 def figures(stdout: str) -> dict[str, float]:
-    """The machine-readable last line: ``name=value`` pairs."""
+    """The machine-readable last line: its ``name=value`` pairs (a value may be followed by its
+    interval, ``name=value [low, high]``, as skill.py prints)."""
     last = stdout.strip().splitlines()[-1]
-    pairs = dict(p.split("=", 1) for p in last.split())
-    return {k: float(v) for k, v in pairs.items()}
+    pairs = re.findall(r"(\w+)=(\S+)", last)
+    assert pairs, f"no name=value figures in the last line: {last!r}"
+    return {k: float(v) for k, v in pairs}
 
 
 @pytest.mark.parametrize("name", list(SMALLEST))
