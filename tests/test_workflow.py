@@ -106,7 +106,7 @@ def test_training_logs_throughput_and_mfu(run):
     events = EventAccumulator(str(train / "tensorboard")).Reload()
     assert {"flop_per_s", "mfu", "samples_per_s"} <= set(events.Tags()["scalars"])
     log = (work / "logs" / "tiny" / "pretrain.log").read_text()
-    assert "GFLOP/s, MFU" in log.split("trained 80 steps on 2 ranks")[1].split("throughput:")[1]
+    assert "GFLOP/s, MFU" in log.split("trained 80 steps (0 -> 80) on 2 ranks")[1].split("throughput:")[1]
 
 
 def test_every_rule_has_log_and_benchmark(run):

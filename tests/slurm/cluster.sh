@@ -7,6 +7,7 @@
 #   cluster.sh status    exit 0 when the node answers
 #   cluster.sh munge_up  start munged unless it answers
 set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
 STATE=${ATMOREP_SLURM_STATE:-/tmp/atmorep-slurm}
 CPUS=${ATMOREP_SLURM_CPUS:-$(nproc)}
 MEM=${ATMOREP_SLURM_MEM_MB:-8000}
@@ -35,22 +36,10 @@ SlurmctldPidFile=$STATE/slurmctld.pid
 SlurmdPidFile=$STATE/slurmd.pid
 SlurmctldLogFile=$STATE/log/slurmctld.log
 SlurmdLogFile=$STATE/log/slurmd.log
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-AccountingStorageType=accounting_storage/none
-JobCompType=jobcomp/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core_Memory
-DefMemPerCPU=1000
-SchedulerType=sched/backfill
-MpiDefault=pmi2
-ReturnToService=2
-MinJobAge=600
-KillWait=10
-InactiveLimit=0
 NodeName=${NODE} NodeAddr=127.0.0.1 CPUs=${CPUS} RealMemory=${MEM} State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 CONF
+  cat "$HERE/policy.conf" >> /etc/slurm/slurm.conf
 }
 
 wait_for() {  # seconds command...

@@ -79,20 +79,8 @@ SlurmctldPidFile=$STATE/slurmctld.pid
 SlurmdPidFile=$STATE/slurmd-%n.pid
 SlurmctldLogFile=$STATE/log/slurmctld.log
 SlurmdLogFile=$STATE/log/slurmd-%n.log
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-AccountingStorageType=accounting_storage/none
-JobCompType=jobcomp/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core_Memory
-DefMemPerCPU=1000
-SchedulerType=sched/backfill
-MpiDefault=pmi2
-ReturnToService=2
-MinJobAge=600
-KillWait=10
-InactiveLimit=0
 CONF
+    cat "$HERE/policy.conf"
     for h in "${NODES[@]}"; do
       echo "NodeName=$h NodeAddr=$(addr "$h") NodeHostname=$h CPUs=$CPUS RealMemory=$MEM State=UNKNOWN"
     done
