@@ -9,11 +9,12 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: setup run test clean help
+.PHONY: setup run test format clean help
 
 help:
 	@echo "make run    set up .venv and run the whole pipeline on the embedded ERA5 sample (results/demo/)"
 	@echo "make test   set up .venv and run the test suite"
+	@echo "make format ruff: fix what it can, format the tree"
 	@echo "make clean  remove outputs (resources/, results/, logs/, .snakemake/)"
 
 setup: $(VENV)/.installed
@@ -29,9 +30,16 @@ $(VENV)/.installed: pyproject.toml
 run: setup
 	snakemake --profile profiles/local
 
+# lint and format check first (seconds), then the suite
 test: setup
+	ruff check .
+	ruff format --check .
 	@pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure here"; fi; exit $$rc
+
+format: setup
+	ruff check --fix .
+	ruff format .
 
 clean:
 	rm -rf resources results logs .snakemake

@@ -19,32 +19,48 @@ import time
 
 import numpy as np
 import torch
+from _checks import require
 
 from atmorep.config import ModelConfig
 from atmorep.eval.attention import capture
-from atmorep.model.multiformer import FieldGeometry, Multiformer
 from atmorep.model import masking
 from atmorep.model.batch import Batch
-
-from _checks import require
+from atmorep.model.multiformer import FieldGeometry, Multiformer
 
 MODELS = {
     # config/config.yaml's demo model: 4 coupled surface fields, 54 tokens each, batch 16
-    "demo": (ModelConfig(num_tokens=(3, 3, 6), dim=64, heads=4, encoder_layers=2, decoder_layers=2,
-                         coupling_heads=1, coupling={"t2m": ("u10", "v10"), "u10": ("v10", "msl"),
-                                                     "v10": ("u10", "msl"), "msl": ("u10", "v10")},
-                         ensemble=8, dropout=0.0),
-             {f: FieldGeometry(1, (2, 9, 9)) for f in ("t2m", "u10", "v10", "msl")}, 16),
+    "demo": (
+        ModelConfig(
+            num_tokens=(3, 3, 6),
+            dim=64,
+            heads=4,
+            encoder_layers=2,
+            decoder_layers=2,
+            coupling_heads=1,
+            coupling={"t2m": ("u10", "v10"), "u10": ("v10", "msl"), "v10": ("u10", "msl"), "msl": ("u10", "v10")},
+            ensemble=8,
+            dropout=0.0,
+        ),
+        {f: FieldGeometry(1, (2, 9, 9)) for f in ("t2m", "u10", "v10", "msl")},
+        16,
+    ),
     # AtmoRep's token grid (12 x 6 x 12 tokens of 3 x 9 x 9) for one field, narrower and shallower
-    "atmorep_grid": (ModelConfig(num_tokens=(12, 6, 12), dim=256, heads=8, encoder_layers=4, decoder_layers=4,
-                                 ensemble=8, dropout=0.0), {"t": FieldGeometry(1, (3, 9, 9))}, 2),
+    "atmorep_grid": (
+        ModelConfig(
+            num_tokens=(12, 6, 12), dim=256, heads=8, encoder_layers=4, decoder_layers=4, ensemble=8, dropout=0.0
+        ),
+        {"t": FieldGeometry(1, (3, 9, 9))},
+        2,
+    ),
 }
 
 
 def batch(model: Multiformer, B: int) -> Batch:
     g = torch.Generator().manual_seed(0)
     T, Y, X = model.cfg.num_tokens
-    tokens = {f: torch.randn(B, geo.levels, T, Y, X, geo.values_per_token, generator=g) for f, geo in model.fields.items()}
+    tokens = {
+        f: torch.randn(B, geo.levels, T, Y, X, geo.values_per_token, generator=g) for f, geo in model.fields.items()
+    }
     info = {f: torch.rand(B, geo.levels, T, Y, X, 8, generator=g) for f, geo in model.fields.items()}
     return Batch(tokens, info)
 
@@ -71,12 +87,14 @@ def run(name: str, repeats: int) -> float:
         plain = timed(lambda: model(source.tokens, source.info, masks), repeats)
     ratios = []
     for layer in range(cfg.encoder_layers):
-        t = timed(lambda: capture(model, source.tokens, source.info, {field: [layer]}), repeats)
+        t = timed(lambda layer=layer: capture(model, source.tokens, source.info, {field: [layer]}), repeats)
         ratios.append(t / plain)
     N = int(np.prod(cfg.num_tokens))
-    print(f"{name}: batch {B}, {len(fields)} field(s), {N} tokens/field, {cfg.encoder_layers} encoder layers: "
-          f"inference {plain * 1e3:.1f} ms; extraction/inference per layer "
-          + " ".join(f"L{k}={r:.2f}" for k, r in enumerate(ratios)))
+    print(
+        f"{name}: batch {B}, {len(fields)} field(s), {N} tokens/field, {cfg.encoder_layers} encoder layers: "
+        f"inference {plain * 1e3:.1f} ms; extraction/inference per layer "
+        + " ".join(f"L{k}={r:.2f}" for k, r in enumerate(ratios))
+    )
     return max(ratios)
 
 

@@ -22,16 +22,14 @@ import sys
 import time
 
 import torch
+from _checks import require
 
 from atmorep.config import LossConfig, MaskingConfig
-from atmorep.model import summary
-from atmorep.model.multiformer import Multiformer
-from atmorep.model import masking
+from atmorep.model import masking, summary
 from atmorep.model.batch import Batch
+from atmorep.model.multiformer import Multiformer
 from atmorep.train.losses import Loss
 from atmorep.train.throughput import Throughput
-
-from _checks import require
 
 
 def select(spec: summary.ModelFile, fields: str) -> summary.ModelFile:
@@ -43,8 +41,9 @@ def select(spec: summary.ModelFile, fields: str) -> summary.ModelFile:
     if unknown:
         sys.exit(f"fields {sorted(unknown)} are not in the model file (it has {', '.join(spec.fields)})")
     coupling = {f: tuple(g for g in gs if g in keep) for f, gs in spec.model.coupling.items() if f in keep}
-    model = dataclasses.replace(spec.model, coupling=coupling,
-                                field_dims={f: d for f, d in spec.model.field_dims.items() if f in keep})
+    model = dataclasses.replace(
+        spec.model, coupling=coupling, field_dims={f: d for f, d in spec.model.field_dims.items() if f in keep}
+    )
     return dataclasses.replace(spec, model=model, fields={f: spec.fields[f] for f in keep})
 
 
@@ -67,8 +66,9 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="torch.compile the model")
     ap.add_argument("--checkpointing", action="store_true", help="activation checkpointing (recompute not counted)")
     ap.add_argument("--peak-tflops", type=float, default=None)
-    ap.add_argument("--device", default="cuda",
-                    help="cpu: a smoke test of this script (tests/train/test_throughput.py)")
+    ap.add_argument(
+        "--device", default="cuda", help="cpu: a smoke test of this script (tests/train/test_throughput.py)"
+    )
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("gpu_mfu.py needs a CUDA GPU")
@@ -108,21 +108,28 @@ def main() -> None:
 
     n_tokens = summary.tokens(cfg, geometry)
     masked = sum(int(m.sum()) for m in masks.values()) / (args.batch * sum(n_tokens.values()))
-    meter = Throughput(cfg, geometry, 1, device, torch.bfloat16,
-                       peak=args.peak_tflops * 1e12 if args.peak_tflops else None)
+    meter = Throughput(
+        cfg, geometry, 1, device, torch.bfloat16, peak=args.peak_tflops * 1e12 if args.peak_tflops else None
+    )
     meter.add(args.batch, masks)
     row = meter.step(seconds)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     memory = torch.cuda.max_memory_allocated() if device.type == "cuda" else float("nan")
     params = sum(p.numel() for p in model.parameters())
-    print(f"device: {name}, torch {torch.__version__}, bf16 autocast, compile {args.compile}, "
-          f"checkpointing {args.checkpointing}")
-    print(f"model: {args.config} fields {','.join(geometry)}, {params:,} parameters, "
-          f"{sum(n_tokens.values()):,} tokens per sample, batch {args.batch}, masked fraction {masked:.3f}")
-    print(f"step: {seconds * 1e3:.1f} ms, {row['samples_per_s']:.1f} samples/s, "
-          f"{row['tokens_per_s']:,.0f} tokens/s, "
-          f"{row['flop_per_s'] / 1e12:.1f} TFLOP/s of {meter.peak / 1e12:.1f} ({meter.peak_source}), "
-          f"peak memory {memory / 2**30:.1f} GiB")
+    print(
+        f"device: {name}, torch {torch.__version__}, bf16 autocast, compile {args.compile}, "
+        f"checkpointing {args.checkpointing}"
+    )
+    print(
+        f"model: {args.config} fields {','.join(geometry)}, {params:,} parameters, "
+        f"{sum(n_tokens.values()):,} tokens per sample, batch {args.batch}, masked fraction {masked:.3f}"
+    )
+    print(
+        f"step: {seconds * 1e3:.1f} ms, {row['samples_per_s']:.1f} samples/s, "
+        f"{row['tokens_per_s']:,.0f} tokens/s, "
+        f"{row['flop_per_s'] / 1e12:.1f} TFLOP/s of {meter.peak / 1e12:.1f} ({meter.peak_source}), "
+        f"peak memory {memory / 2**30:.1f} GiB"
+    )
     print(f"mfu={row['mfu']:.4f}")
     require(mfu=row["mfu"])
 

@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from _checks import require
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,10 +64,18 @@ def campaign(path: Path):
     step = np.unique(np.diff(times).astype("timedelta64[h]").astype(int))
     g = h0.grid
     area = None if g.is_global else (float(g.lats[0]), g.file_lons[0], float(g.lats[-1]), g.file_lons[1])
-    data = DataConfig(fields={h0.param.name: FieldSpec(tuple(sorted({h.level.level for h in headers})),
-                                                       h0.level.kind if h0.level.kind != "sfc" else "ml")},
-                      start=str(times[0])[:16], end=str(times[-1])[:16],
-                      step_hours=int(step[0]) if len(step) == 1 else 0, grid=(g.dlat, g.dlon), area=area)
+    data = DataConfig(
+        fields={
+            h0.param.name: FieldSpec(
+                tuple(sorted({h.level.level for h in headers})), h0.level.kind if h0.level.kind != "sfc" else "ml"
+            )
+        },
+        start=str(times[0])[:16],
+        end=str(times[-1])[:16],
+        step_hours=int(step[0]) if len(step) == 1 else 0,
+        grid=(g.dlat, g.dlon),
+        area=area,
+    )
     return data, h0.param.name, str(times[0].astype("datetime64[M]")), len(headers)
 
 
@@ -110,15 +117,18 @@ def main(argv=None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     med = {k: statistics.median(v) for k, v in times.items()}
     size = args.grib.stat().st_size
-    print(f"input {args.grib.name}: {messages} messages, {size / 1e6:.1f} MB, field {field} {month}, "
-          f"{args.repeats} interleaved repeats (medians)")
+    print(
+        f"input {args.grib.name}: {messages} messages, {size / 1e6:.1f} MB, field {field} {month}, "
+        f"{args.repeats} interleaved repeats (medians)"
+    )
     for k in runs:
-        print(f"{k:15s} wall {med[k] * 1e3:8.1f} ms  cpu {statistics.median(cpu[k]) * 1e3:8.1f} ms  "
-              f"{messages / med[k]:8.0f} messages/s")
+        print(
+            f"{k:15s} wall {med[k] * 1e3:8.1f} ms  cpu {statistics.median(cpu[k]) * 1e3:8.1f} ms  "
+            f"{messages / med[k]:8.0f} messages/s"
+        )
     print(f"stage_vs_bare_in_memory={med['bare_in_memory'] / med['stage']:.2f}")
     print(f"ingest_vs_eccodes={med['bare'] / med['stage']:.2f}")
-    require(stage_vs_bare_in_memory=med["bare_in_memory"] / med["stage"],
-            ingest_vs_eccodes=med["bare"] / med["stage"])
+    require(stage_vs_bare_in_memory=med["bare_in_memory"] / med["stage"], ingest_vs_eccodes=med["bare"] / med["stage"])
     return 0
 
 

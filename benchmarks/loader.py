@@ -54,13 +54,12 @@ import numpy as np
 import psutil
 import xarray as xr
 import zarr
+from _checks import require
 
 from atmorep.config import DataConfig, FieldSpec, ShardConfig, load, parse_time
 from atmorep.data import shards
-from atmorep.formats import zarrio
 from atmorep.data.dataset import SphereSampler, WindowDataset, tokenize
-
-from _checks import require
+from atmorep.formats import zarrio
 
 REPO = Path(__file__).resolve().parents[1]
 FIELDS = {"u": (3, 9, 9), "t": (3, 18, 18)}  # AtmoRep's two token sizes over one neighbourhood
@@ -70,6 +69,7 @@ MONTH = "2026-01"
 
 
 # -- building ---------------------------------------------------------------------------------------
+
 
 def synthetic_month(path: Path, field: str, steps: int, seed: int, grid: float = 0.25) -> Path:
     """A normalized month like `atmorep normalize` writes: smooth waves plus noise, float32."""
@@ -84,12 +84,20 @@ def synthetic_month(path: Path, field: str, steps: int, seed: int, grid: float =
             data[t, k] = wave + 0.1 * rng.standard_normal((ny, nx), dtype=np.float32)
     times = np.datetime64(f"{MONTH}-01T00", "h") + np.arange(steps)
     ds = xr.Dataset(
-        {"data": (("time", "level", "latitude", "longitude"), data),
-         "mean": ("level", np.zeros(len(LEVELS), np.float32)), "std": ("level", np.ones(len(LEVELS), np.float32))},
-        coords={"time": times.astype("datetime64[ns]"), "level": list(LEVELS),
-                "latitude": lats, "longitude": lons},
-        attrs={"field": field, "month": MONTH, "normalization": "global", "source": "synthetic",
-               "source_sha256": f"{seed:064d}"})
+        {
+            "data": (("time", "level", "latitude", "longitude"), data),
+            "mean": ("level", np.zeros(len(LEVELS), np.float32)),
+            "std": ("level", np.ones(len(LEVELS), np.float32)),
+        },
+        coords={"time": times.astype("datetime64[ns]"), "level": list(LEVELS), "latitude": lats, "longitude": lons},
+        attrs={
+            "field": field,
+            "month": MONTH,
+            "normalization": "global",
+            "source": "synthetic",
+            "source_sha256": f"{seed:064d}",
+        },
+    )
     return zarrio.write_dataset(ds, path, encoding={"data": {"chunks": (6, 1, ny, nx)}})
 
 
@@ -105,8 +113,11 @@ def build(out: Path, steps: int, grid: float = 0.25) -> tuple[DataConfig, ShardC
         for sub in ("normalized", "token", "per_step", "sweep"):
             shutil.rmtree(out / sub, ignore_errors=True)
     for k, f in enumerate(FIELDS):
-        norm, token[f], per_step[f] = (out / "normalized" / f"{f}.zarr", out / "token" / f"{f}.zarr",
-                                       out / "per_step" / f"{f}.zarr")
+        norm, token[f], per_step[f] = (
+            out / "normalized" / f"{f}.zarr",
+            out / "token" / f"{f}.zarr",
+            out / "per_step" / f"{f}.zarr",
+        )
         if reuse:
             continue
         t0 = time.perf_counter()
@@ -116,12 +127,21 @@ def build(out: Path, steps: int, grid: float = 0.25) -> tuple[DataConfig, ShardC
         t2 = time.perf_counter()
         src = zarrio.open_array(token[f] / "data")
         shutil.copytree(token[f], per_step[f], ignore=shutil.ignore_patterns("data"))
-        dst = zarr.create_array(per_step[f] / "data", shape=src.shape, dtype="float32", chunks=(1, *src.shape[1:]),
-                                dimension_names=src.metadata.dimension_names, fill_value=np.nan)  # zstd: zarr's default
+        dst = zarr.create_array(
+            per_step[f] / "data",
+            shape=src.shape,
+            dtype="float32",
+            chunks=(1, *src.shape[1:]),
+            dimension_names=src.metadata.dimension_names,
+            fill_value=np.nan,
+        )  # zstd: zarr's default
         for s in range(0, src.shape[0], 6):
-            dst[s:s + 6] = src[s:s + 6]
-        print(f"built {f}: normalized {t1 - t0:.0f} s, token store {t2 - t1:.0f} s, per-step store "
-              f"{time.perf_counter() - t2:.0f} s", flush=True)
+            dst[s : s + 6] = src[s : s + 6]
+        print(
+            f"built {f}: normalized {t1 - t0:.0f} s, token store {t2 - t1:.0f} s, per-step store "
+            f"{time.perf_counter() - t2:.0f} s",
+            flush=True,
+        )
     stamp.write_text(want)
     return data, cfg, token, per_step
 
@@ -136,6 +156,7 @@ def files(path: Path) -> tuple[int, int]:
 
 
 # -- measuring ----------------------------------------------------------------------------------------
+
 
 def proc_io() -> dict[str, int]:
     return {k: int(v) for k, v in (line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())}
@@ -169,8 +190,9 @@ def evict(path: Path) -> None:
 def direct(stores: dict, indices, seconds: float, limit: int | None = None) -> dict:
     """Samples through WindowDataset (fresh stores: every shard index is read and counted)."""
     zarrio._MAPS.clear()
-    ds = WindowDataset({f: [p] for f, p in stores.items()}, NUM_TOKENS, parse_time(f"{MONTH}-01T00"),
-                       parse_time(f"{MONTH}-28T00"))
+    ds = WindowDataset(
+        {f: [p] for f, p in stores.items()}, NUM_TOKENS, parse_time(f"{MONTH}-01T00"), parse_time(f"{MONTH}-28T00")
+    )
     io0, used, n, paused = proc_io(), 0, 0, 0.0
     base = memory([os.getpid()])
     peak = base
@@ -187,9 +209,15 @@ def direct(stores: dict, indices, seconds: float, limit: int | None = None) -> d
             break
     dt = time.perf_counter() - start - paused
     io1 = proc_io()
-    return {"samples_per_s": n / dt, "samples": n, "used": used, "read": ds.bytes_read,
-            "disk": io1["read_bytes"] - io0["read_bytes"], "mem": (peak[0] - base[0], peak[1] - base[1]),
-            "dataset": ds}
+    return {
+        "samples_per_s": n / dt,
+        "samples": n,
+        "used": used,
+        "read": ds.bytes_read,
+        "disk": io1["read_bytes"] - io0["read_bytes"],
+        "mem": (peak[0] - base[0], peak[1] - base[1]),
+        "dataset": ds,
+    }
 
 
 def through_zarr(stores: dict, dataset: WindowDataset, indices, seconds: float, min_samples: int) -> dict:
@@ -203,9 +231,9 @@ def through_zarr(stores: dict, dataset: WindowDataset, indices, seconds: float, 
         for f, a in arrays.items():
             x = (w.x0 + np.arange(nx)) % a.shape[3]
             split = int(np.argmax(np.diff(x) < 0)) + 1 if x[-1] < x[0] else nx
-            parts = [a[w.t0:w.t0 + nt, :, w.y0:w.y0 + ny, x[0]:x[split - 1] + 1]]
+            parts = [a[w.t0 : w.t0 + nt, :, w.y0 : w.y0 + ny, x[0] : x[split - 1] + 1]]
             if split < nx:
-                parts.append(a[w.t0:w.t0 + nt, :, w.y0:w.y0 + ny, : x[-1] + 1])
+                parts.append(a[w.t0 : w.t0 + nt, :, w.y0 : w.y0 + ny, : x[-1] + 1])
             values = np.concatenate(parts, axis=-1).transpose(1, 0, 2, 3)
             used += tokenize(values, dataset.token_sizes[f]).nbytes
         n += 1
@@ -219,7 +247,7 @@ def through_loader(ds: WindowDataset, indices, workers: int, batch_size: int, se
     """Samples/s through the training loop's DataLoader, and the memory it adds (PSS, main + workers)."""
     from atmorep.train import loop
 
-    plan = [indices[k:k + batch_size].tolist() for k in range(0, len(indices) - batch_size + 1, batch_size)]
+    plan = [indices[k : k + batch_size].tolist() for k in range(0, len(indices) - batch_size + 1, batch_size)]
     me = psutil.Process()
     base = memory([me.pid])
     it = iter(loop.loader(ds, plan, workers))
@@ -248,8 +276,8 @@ def demo(out: Path, seconds: float, rounds: int) -> dict:
     from atmorep.data import normalize
     from atmorep.data.acquire import sources
     from atmorep.data.dataset import TOKEN_INFO
-    from atmorep.train import loop
     from atmorep.model import masking
+    from atmorep.train import loop
     from atmorep.train.losses import Loss
 
     cfg = load(REPO / "config" / "config.yaml")
@@ -288,8 +316,12 @@ def demo(out: Path, seconds: float, rounds: int) -> dict:
     step()
     idx = SphereSampler(ds.grid, min(len(ds.grid), 4096), seed=0).indices()
     # the machine is shared: alternate the measurements in rounds and keep each one's best round
-    result = {"default_workers": default_workers, "loader": {}, "train_samples_per_s": 0.0,
-              "threads": torch.get_num_threads()}
+    result = {
+        "default_workers": default_workers,
+        "loader": {},
+        "train_samples_per_s": 0.0,
+        "threads": torch.get_num_threads(),
+    }
     for _ in range(rounds):
         for workers in sorted({default_workers, 2}):
             r = through_loader(ds, idx, workers, B, seconds)
@@ -311,9 +343,12 @@ def sweep(out: Path, data: DataConfig, norm: Path, indices, seconds: float) -> N
         evict(path)
         cold = direct({"u": path}, indices, seconds, limit=100)
         warm = direct({"u": path}, indices, seconds)
-        print(f"  shard_tokens={list(tokens)}: {nfiles} files of {size / nfiles / 1e6:.1f} MB; cold "
-              f"{cold['samples_per_s']:.0f} samples/s (disk read/used {cold['disk'] / cold['used']:.2f}), warm "
-              f"{warm['samples_per_s']:.0f} samples/s, read/used {warm['read'] / warm['used']:.3f}", flush=True)
+        print(
+            f"  shard_tokens={list(tokens)}: {nfiles} files of {size / nfiles / 1e6:.1f} MB; cold "
+            f"{cold['samples_per_s']:.0f} samples/s (disk read/used {cold['disk'] / cold['used']:.2f}), warm "
+            f"{warm['samples_per_s']:.0f} samples/s, read/used {warm['read'] / warm['used']:.3f}",
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -324,13 +359,22 @@ def main() -> None:
     ap.add_argument("--per-step-samples", type=int, default=100, help="windows read from the per-step layout")
     ap.add_argument("--seconds", type=float, default=12.0, help="time per measurement")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of the demo loader/training timings")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads of this process (0: torch's default); "
-                    "with 2 OpenMP threads on a shared 2-core machine a demo step varies 1-8 s, with 1 it is stable")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of this process (0: torch's default); "
+        "with 2 OpenMP threads on a shared 2-core machine a demo step varies 1-8 s, with 1 it is stable",
+    )
     ap.add_argument("--sweep", action="store_true", help="also time other shard_tokens choices")
     ap.add_argument("--clean", action="store_true", help="delete the stores afterwards")
-    ap.add_argument("--quick", action="store_true", help="the smallest setting (seconds; for tests): "
-                    "--grid 2 --steps 40 --seconds 1 --rounds 1 --per-step-samples 5 --clean, "
-                    "into a temporary --out")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="the smallest setting (seconds; for tests): "
+        "--grid 2 --steps 40 --seconds 1 --rounds 1 --per-step-samples 5 --clean, "
+        "into a temporary --out",
+    )
     args = ap.parse_args()
     if args.quick:
         import tempfile
@@ -346,8 +390,9 @@ def main() -> None:
     for name, stores in (("token", token), ("per_step", per_step)):
         nf, size = map(sum, zip(*(files(p / "data") for p in stores.values())))
         print(f"{name} layout: {size / 1e9:.2f} GB in {nf} files", flush=True)
-    grid = WindowDataset({f: [p] for f, p in token.items()}, NUM_TOKENS, parse_time(f"{MONTH}-01T00"),
-                         parse_time(f"{MONTH}-28T00")).grid
+    grid = WindowDataset(
+        {f: [p] for f, p in token.items()}, NUM_TOKENS, parse_time(f"{MONTH}-01T00"), parse_time(f"{MONTH}-28T00")
+    ).grid
     sampler = SphereSampler(grid, min(len(grid), 4000), seed=1)
     order = sampler.indices()
 
@@ -357,24 +402,36 @@ def main() -> None:
     warm = direct(token, order, args.seconds)
     ds = warm.pop("dataset")
     print(f"paper geometry: {warm['used'] / warm['samples'] / 1e6:.2f} MB of tokens per sample (2 fields x 5 levels)")
-    print(f"token layout, direct reader, cold: {cold['samples_per_s']:.1f} samples/s; read/used "
-          f"{cold['read'] / cold['used']:.3f} (incl. shard indices), disk read_bytes/used "
-          f"{cold['disk'] / cold['used']:.2f}")
-    print(f"token layout, direct reader, warm: {warm['samples_per_s']:.1f} samples/s "
-          f"({warm['used'] / warm['samples'] * warm['samples_per_s'] / 1e9:.2f} GB/s of tokens); read/used "
-          f"{warm['read'] / warm['used']:.3f}; memory growth (PSS) anon {warm['mem'][0] / 1e6:.0f} MB, "
-          "mapped file pages "
-          f"{warm['mem'][1] / 1e6:.0f} MB")
+    print(
+        f"token layout, direct reader, cold: {cold['samples_per_s']:.1f} samples/s; read/used "
+        f"{cold['read'] / cold['used']:.3f} (incl. shard indices), disk read_bytes/used "
+        f"{cold['disk'] / cold['used']:.2f}"
+    )
+    print(
+        f"token layout, direct reader, warm: {warm['samples_per_s']:.1f} samples/s "
+        f"({warm['used'] / warm['samples'] * warm['samples_per_s'] / 1e9:.2f} GB/s of tokens); read/used "
+        f"{warm['read'] / warm['used']:.3f}; memory growth (PSS) anon {warm['mem'][0] / 1e6:.0f} MB, "
+        "mapped file pages "
+        f"{warm['mem'][1] / 1e6:.0f} MB"
+    )
     paper = through_loader(ds, order, 2, 8, args.seconds)
-    print(f"token layout through the training DataLoader (2 workers, batch 8): {paper['samples_per_s']:.0f} samples/s; "
-          f"memory added (PSS, main + workers) anon {paper['mem'][0] / 1e6:.0f} MB, mapped file pages "
-          f"{paper['mem'][1] / 1e6:.0f} MB", flush=True)
+    print(
+        f"token layout through the training DataLoader (2 workers, batch 8): {paper['samples_per_s']:.0f} samples/s; "
+        f"memory added (PSS, main + workers) anon {paper['mem'][0] / 1e6:.0f} MB, mapped file pages "
+        f"{paper['mem'][1] / 1e6:.0f} MB",
+        flush=True,
+    )
     via_zarr = through_zarr(token, ds, order, args.seconds / 2, 5)
-    print(f"token layout through zarr (zarrs): {via_zarr['samples_per_s']:.1f} samples/s; rchar/used "
-          f"{via_zarr['read'] / via_zarr['used']:.3f}")
+    print(
+        f"token layout through zarr (zarrs): {via_zarr['samples_per_s']:.1f} samples/s; rchar/used "
+        f"{via_zarr['read'] / via_zarr['used']:.3f}"
+    )
     naive = through_zarr(per_step, ds, order, 0.0, args.per_step_samples)
-    print(f"per-step layout through zarr (zarrs, zstd): {naive['samples_per_s']:.2f} samples/s; rchar/used "
-          f"{naive['read'] / naive['used']:.1f} ({naive['samples']} samples)", flush=True)
+    print(
+        f"per-step layout through zarr (zarrs, zstd): {naive['samples_per_s']:.2f} samples/s; rchar/used "
+        f"{naive['read'] / naive['used']:.1f} ({naive['samples']} samples)",
+        flush=True,
+    )
 
     if args.sweep:
         sweep(args.out, data, args.out / "normalized" / "u.zarr", order, args.seconds / 2)
@@ -388,21 +445,29 @@ def main() -> None:
         d = None
     if d:
         for workers, r in d["loader"].items():
-            print(f"demo loader, {workers} workers{' (default)' if workers == d['default_workers'] else ''}: "
-                  f"{r['samples_per_s']:.0f} samples/s; peak memory added by the loader (PSS, main + workers) "
-                  f"anon {r['mem'][0] / 1e6:.0f} MB, mapped file pages {r['mem'][1] / 1e6:.0f} MB")
-        print(f"demo training step (CPU, {d['threads']} threads, AdamW): {d['train_samples_per_s']:.1f} samples/s "
-              f"(best of {args.rounds} rounds, as the loader figures)")
+            print(
+                f"demo loader, {workers} workers{' (default)' if workers == d['default_workers'] else ''}: "
+                f"{r['samples_per_s']:.0f} samples/s; peak memory added by the loader (PSS, main + workers) "
+                f"anon {r['mem'][0] / 1e6:.0f} MB, mapped file pages {r['mem'][1] / 1e6:.0f} MB"
+            )
+        print(
+            f"demo training step (CPU, {d['threads']} threads, AdamW): {d['train_samples_per_s']:.1f} samples/s "
+            f"(best of {args.rounds} rounds, as the loader figures)"
+        )
         headroom = d["loader"][d["default_workers"]]["samples_per_s"] / d["train_samples_per_s"]
     else:
         headroom = float("nan")
     if args.clean:
         shutil.rmtree(args.out)
-    figures = {"read_amplification": warm["read"] / warm["used"],
-               "speedup_vs_per_timestep": warm["samples_per_s"] / naive["samples_per_s"],
-               "headroom": headroom}
-    print(f"read_amplification={figures['read_amplification']:.3f} "
-          f"speedup_vs_per_timestep={figures['speedup_vs_per_timestep']:.1f} headroom={headroom:.1f}")
+    figures = {
+        "read_amplification": warm["read"] / warm["used"],
+        "speedup_vs_per_timestep": warm["samples_per_s"] / naive["samples_per_s"],
+        "headroom": headroom,
+    }
+    print(
+        f"read_amplification={figures['read_amplification']:.3f} "
+        f"speedup_vs_per_timestep={figures['speedup_vs_per_timestep']:.1f} headroom={headroom:.1f}"
+    )
     require(**figures)
 
 

@@ -30,8 +30,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 #: name -> (model overrides of the demo model, fields' geometry or None for the demo's, train settings)
-MID = {"num_tokens": (3, 6, 12), "dim": 256, "heads": 8, "encoder_layers": 4, "decoder_layers": 4,
-       "coupling": {}, "field_dims": {}, "ensemble": 8, "dropout": 0.05}
+MID = {
+    "num_tokens": (3, 6, 12),
+    "dim": 256,
+    "heads": 8,
+    "encoder_layers": 4,
+    "decoder_layers": 4,
+    "coupling": {},
+    "field_dims": {},
+    "ensemble": 8,
+    "dropout": 0.05,
+}
 MID_FIELDS = {"velocity_u": {"levels": 2, "token_size": (3, 9, 9)}}
 CONFIGS = {
     "demo zero2": ({}, None, {"zero_stage": 2, "batch_size": 8}),
@@ -39,8 +48,7 @@ CONFIGS = {
     "mid zero1": (MID, MID_FIELDS, {"zero_stage": 1, "batch_size": 4}),
     "mid zero2": (MID, MID_FIELDS, {"zero_stage": 2, "batch_size": 4}),
     "mid zero3": (MID, MID_FIELDS, {"zero_stage": 3, "batch_size": 4}),
-    "mid zero2 checkpointing": ({**MID, "checkpointing": True}, MID_FIELDS,
-                                {"zero_stage": 2, "batch_size": 4}),
+    "mid zero2 checkpointing": ({**MID, "checkpointing": True}, MID_FIELDS, {"zero_stage": 2, "batch_size": 4}),
     "mid zero3 bucket 1e6": (MID, MID_FIELDS, {"zero_stage": 3, "batch_size": 4}),
 }
 #: DeepSpeed's ZeRO-3 reduce bucket (5e8 elements, 1.9 GiB in fp32) hides the other parts of a small model's
@@ -67,10 +75,10 @@ def worker(name: str, steps: int, out: Path) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     from atmorep.config import TrainConfig
-    from atmorep.model.multiformer import Multiformer
-    from atmorep.train import distributed
     from atmorep.model import masking
     from atmorep.model.batch import Batch
+    from atmorep.model.multiformer import Multiformer
+    from atmorep.train import distributed
     from atmorep.train.engine import DeepSpeedEngine
     from atmorep.train.losses import Loss
 
@@ -84,6 +92,7 @@ def worker(name: str, steps: int, out: Path) -> None:
             out = plain(*a, **kw)
             out["zero_optimization"]["reduce_bucket_size"] = SMALL_BUCKET[name]
             return out
+
         E.deepspeed_config = small_bucket
     cfg, geo = model_and_geometry(name)
     tcfg = TrainConfig(**CONFIGS[name][2], tensorboard=False)
@@ -113,8 +122,7 @@ def worker(name: str, steps: int, out: Path) -> None:
             engine.step(loss)
             del tokens, batch, masks, source, ens, loss
             marks[f"step{i}"] = time.time_ns()
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                    if e.name() == "[memory]")
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
     live = peak = 0
     at, pending = {}, sorted(marks.items(), key=lambda kv: kv[1])
     for t, nbytes in events:
@@ -137,10 +145,24 @@ def measure(name: str, steps: int) -> tuple[int, int]:
     """The larger of the two ranks' peaks of live tensor bytes, and of RSS high-water mark over the
     start (for comparison: RSS sees only the pages written, and the interpreter's own memory)."""
     with tempfile.TemporaryDirectory(prefix="memory_model_") as tmp:
-        env = {**os.environ, "OMP_NUM_THREADS": "1",
-               "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
-        cmd = ["torchrun", "--standalone", "--nproc_per_node", "2", __file__, "--worker", name,
-               "--steps", str(steps), "--out", tmp]
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
+        }
+        cmd = [
+            "torchrun",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            __file__,
+            "--worker",
+            name,
+            "--steps",
+            str(steps),
+            "--out",
+            tmp,
+        ]
         r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         if r.returncode != 0:
             sys.exit(f"measurement of '{name}' failed:\n{r.stdout[-2000:]}{r.stderr[-4000:]}")
@@ -153,8 +175,9 @@ def measure(name: str, steps: int) -> tuple[int, int]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)} (seconds)")
-    ap.add_argument("--steps", type=int, default=2, help="training steps per run (the second has the "
-                    "optimizer states of the first)")
+    ap.add_argument(
+        "--steps", type=int, default=2, help="training steps per run (the second has the optimizer states of the first)"
+    )
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -163,21 +186,33 @@ def main() -> None:
     from atmorep.config import TrainConfig
     from atmorep.train import memory
 
-    print(f"{'configuration (2 CPU ranks, fp32)':34s} {'predicted':>10s} {'measured':>10s} {'ratio':>6s} "
-          f"{'RSS peak':>10s}")
+    print(
+        f"{'configuration (2 CPU ranks, fp32)':34s} {'predicted':>10s} {'measured':>10s} {'ratio':>6s} "
+        f"{'RSS peak':>10s}"
+    )
     errors = []
     for name in QUICK if args.quick else CONFIGS:
         cfg, geo = model_and_geometry(name)
         train = CONFIGS[name][2]
-        setup = memory.Setup(zero_stage=train["zero_stage"], micro_batch=train["batch_size"],
-                             checkpointing=cfg.checkpointing)
-        predicted = memory.estimate(cfg, geo, setup, world=2, gpu=False,
-                                    masked_fraction=TrainConfig().masking.rate,
-                                    reduce_bucket=SMALL_BUCKET.get(name, memory.REDUCE_BUCKET)).peak
+        setup = memory.Setup(
+            zero_stage=train["zero_stage"], micro_batch=train["batch_size"], checkpointing=cfg.checkpointing
+        )
+        predicted = memory.estimate(
+            cfg,
+            geo,
+            setup,
+            world=2,
+            gpu=False,
+            masked_fraction=TrainConfig().masking.rate,
+            reduce_bucket=SMALL_BUCKET.get(name, memory.REDUCE_BUCKET),
+        ).peak
         measured, rss = measure(name, args.steps)
         errors.append(abs(predicted / measured - 1))
-        print(f"{name:34s} {predicted / 2**20:7.1f} MiB {measured / 2**20:6.1f} MiB "
-              f"{predicted / measured:6.3f} {rss / 2**20:6.1f} MiB", flush=True)
+        print(
+            f"{name:34s} {predicted / 2**20:7.1f} MiB {measured / 2**20:6.1f} MiB "
+            f"{predicted / measured:6.3f} {rss / 2**20:6.1f} MiB",
+            flush=True,
+        )
     print(f"memory_model_max_error={max(errors):.3f}")
 
 

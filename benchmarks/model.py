@@ -17,15 +17,13 @@ import dataclasses
 import time
 
 import torch
+from _checks import require
 
 from atmorep.config import LossConfig, MaskingConfig
-from atmorep.model import summary
-from atmorep.model.multiformer import Multiformer
-from atmorep.model import masking
+from atmorep.model import masking, summary
 from atmorep.model.batch import Batch
+from atmorep.model.multiformer import Multiformer
 from atmorep.train.losses import Loss
-
-from _checks import require
 
 
 def random_batch(spec: summary.ModelFile, batch_size: int, gen: torch.Generator) -> Batch:
@@ -81,11 +79,15 @@ def main() -> None:
         for name, model in models.items():
             best[name] = min(best[name], time_steps(model, batch, masks, loss_fn, args.steps))
 
-    print(f"config: {args.config}, batch {args.batch}, {per_sample:,} tokens per sample, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(
+        f"config: {args.config}, batch {args.batch}, {per_sample:,} tokens per sample, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}"
+    )
     for name, seconds in best.items():
-        print(f"{name}: {seconds / args.steps * 1e3:.1f} ms per forward+backward, "
-              f"{args.batch * per_sample * args.steps / seconds:,.0f} tokens/s")
+        print(
+            f"{name}: {seconds / args.steps * 1e3:.1f} ms per forward+backward, "
+            f"{args.batch * per_sample * args.steps / seconds:,.0f} tokens/s"
+        )
     print(f"sdpa_speedup={best['explicit'] / best['sdpa']:.3f}")
     require(sdpa_speedup=best["explicit"] / best["sdpa"])
 

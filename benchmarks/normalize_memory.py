@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from _checks import require
 
 
@@ -59,9 +58,9 @@ def main(argv=None) -> int:
 
     from atmorep.config import NormalizeConfig, QCConfig
     from atmorep.data import normalize
+    from atmorep.data.qc import Gate
     from atmorep.formats import zarrv3
     from atmorep.formats.grib import Grid, Param
-    from atmorep.data.qc import Gate
 
     T, L, Y, X = args.hours, args.levels, 721, 1440
     cfg = NormalizeConfig(method=args.method)
@@ -69,8 +68,18 @@ def main(argv=None) -> int:
     grid = Grid("regular_ll", ny=Y, nx=X, dlat=0.25, dlon=0.25, lats=lats, lons=lons)
     times = np.datetime64("2021-03-01T00", "s") + np.arange(T) * np.timedelta64(3600, "s")
     levels = [96, 105, 114, 123, 137][:L] if L <= 5 else list(range(L))
-    m = normalize.Month("t", "2021-03", Path("synthetic"), "0" * 64, times, levels, grid, SyntheticSlab((T, L, Y, X)),
-                        Gate("synthetic", "t", levels, times, QCConfig()), Param("t", "t", 130, "K", "Temperature"))
+    m = normalize.Month(
+        "t",
+        "2021-03",
+        Path("synthetic"),
+        "0" * 64,
+        times,
+        levels,
+        grid,
+        SyntheticSlab((T, L, Y, X)),
+        Gate("synthetic", "t", levels, times, QCConfig()),
+        Param("t", "t", 130, "K", "Temperature"),
+    )
     if args.write is None:
         zarrv3.Array.write_chunk = lambda self, index, values: None  # discard: no 15 GB of disk
     out_root = args.write or Path(tempfile.mkdtemp(prefix="atmorep-mem-"))
@@ -79,9 +88,19 @@ def main(argv=None) -> int:
         moments = normalize.moments_of(m, cfg)
         stats = moments.stats(args.method)
         t1 = time.perf_counter()
-        normalize.write_normalized(m, stats, cfg, out_root / "t.zarr", {
-            "field": "t", "month": "2021-03", "normalization": args.method, "statistics": "monthly",
-            "statistics_period": "2021-03"})
+        normalize.write_normalized(
+            m,
+            stats,
+            cfg,
+            out_root / "t.zarr",
+            {
+                "field": "t",
+                "month": "2021-03",
+                "normalization": args.method,
+                "statistics": "monthly",
+                "statistics_period": "2021-03",
+            },
+        )
         t2 = time.perf_counter()
     finally:
         if args.write is None:
@@ -89,11 +108,15 @@ def main(argv=None) -> int:
     gb = T * L * Y * X * 4 / 1e9
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     nt, chunk_t = normalize.block_steps(cfg, (T, L, Y, X))
-    print(f"month {T} h x {L} levels x {Y} x {X} = {gb:.1f} GB float32; blocks of {nt} steps "
-          f"(block_mb={cfg.block_mb}), chunks of {chunk_t}")
+    print(
+        f"month {T} h x {L} levels x {Y} x {X} = {gb:.1f} GB float32; blocks of {nt} steps "
+        f"(block_mb={cfg.block_mb}), chunks of {chunk_t}"
+    )
     print(f"statistics {t1 - t0:.1f} s ({gb / (t1 - t0):.2f} GB/s), normalize+write {t2 - t1:.1f} s")
-    print(f"global mean/std of level {levels[0]}: {float(moments.stats('global').mean[0]):.3f} / "
-          f"{float(moments.stats('global').std[0]):.3f}")
+    print(
+        f"global mean/std of level {levels[0]}: {float(moments.stats('global').mean[0]):.3f} / "
+        f"{float(moments.stats('global').std[0]):.3f}"
+    )
     print(f"peak_rss_mb={peak:.0f}")
     require(peak_rss_mb=peak)
     return 0

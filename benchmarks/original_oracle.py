@@ -36,8 +36,7 @@ def fixture_files(folder: Path) -> tuple[Path, Path, list[Path]]:
     mods, jsons = sorted(folder.glob("AtmoRep_id*.mod")), sorted(folder.glob("model_id*.json"))
     batches = [p for p in (folder / "forecast.pt", folder / "bert.pt") if p.exists()]
     if len(mods) != 1 or len(jsons) != 1 or not batches:
-        raise FileNotFoundError(f"{folder}: expected one AtmoRep_id*.mod, one model_id*.json and "
-                                "forecast.pt/bert.pt")
+        raise FileNotFoundError(f"{folder}: expected one AtmoRep_id*.mod, one model_id*.json and forecast.pt/bert.pt")
     return mods[0], jsons[0], batches
 
 
@@ -118,8 +117,13 @@ def run(folder: Path) -> tuple[float, float, list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--fixture", required=True, action="append", type=Path,
-                    help="a fixture folder (repeatable), or a folder of them")
+    ap.add_argument(
+        "--fixture",
+        required=True,
+        action="append",
+        type=Path,
+        help="a fixture folder (repeatable), or a folder of them",
+    )
     ap.add_argument("--threshold", type=float, default=1e-5)
     args = ap.parse_args(argv)
     folders = []

@@ -20,7 +20,6 @@ import sys
 from pathlib import Path
 
 import yaml
-
 from _checks import require
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,14 +51,33 @@ def run(engine: str, steps: int, paths: list[str]) -> float:
     params = json.dumps({k: raw[k] for k in ("seed", "data", "model", "train")})
     out = OUT / engine
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(["torchrun", "--standalone", "--nproc_per_node", "2", "-m", "atmorep", "train", "--fresh",
-                    "--params", params, "--shards", *paths, "--output-dir", str(out)],
-                   check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            "torchrun",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "atmorep",
+            "train",
+            "--fresh",
+            "--params",
+            params,
+            "--shards",
+            *paths,
+            "--output-dir",
+            str(out),
+        ],
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     import pandas as pd
 
     m = pd.read_csv(out / "metrics.csv")
     per_step = (1 / m["samples_per_s"]) * (raw["train"]["batch_size"] * 2)  # s/step from samples/s
-    return float(per_step.iloc[min(10, steps // 3):].median())
+    return float(per_step.iloc[min(10, steps // 3) :].median())
 
 
 WORKER = r"""
@@ -91,9 +109,21 @@ distributed.finish()
 
 def state_bytes(stage: int, world: int) -> list[int]:
     raw = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    r = subprocess.run(["torchrun", "--standalone", "--nproc_per_node", str(world), str(OUT / "worker.py"),
-                        str(stage), json.dumps(raw["model"])],
-                       capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, check=True)
+    r = subprocess.run(
+        [
+            "torchrun",
+            "--standalone",
+            "--nproc_per_node",
+            str(world),
+            str(OUT / "worker.py"),
+            str(stage),
+            json.dumps(raw["model"]),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        check=True,
+    )
     line = next(l for l in r.stdout.splitlines() if l.startswith("STATE"))
     return json.loads(line.split(" ", 1)[1])
 
@@ -106,9 +136,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--repeats", type=int, default=3, help="interleaved runs per engine")
-    ap.add_argument("--quick", action="store_true",
-                    help="the smallest setting (for tests): --steps 4 --repeats 1, "
-                    "optimizer state of ZeRO-2 only")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="the smallest setting (for tests): --steps 4 --repeats 1, optimizer state of ZeRO-2 only",
+    )
     args = ap.parse_args()
     if args.quick:
         args.steps, args.repeats = 4, 1
@@ -122,17 +154,20 @@ def main() -> None:
         for engine in times:
             times[engine].append(run(engine, args.steps, paths))
     t_torch, t_ds = min(times["torch"]), min(times["deepspeed"])
-    print(f"plain torch DDP: {t_torch:.4f} s/step; DeepSpeed ZeRO-2: {t_ds:.4f} s/step (2 ranks, demo config; "
-          f"fastest of {args.repeats} interleaved runs each: torch {_fmt(times['torch'])}, "
-          f"deepspeed {_fmt(times['deepspeed'])})")
+    print(
+        f"plain torch DDP: {t_torch:.4f} s/step; DeepSpeed ZeRO-2: {t_ds:.4f} s/step (2 ranks, demo config; "
+        f"fastest of {args.repeats} interleaved runs each: torch {_fmt(times['torch'])}, "
+        f"deepspeed {_fmt(times['deepspeed'])})"
+    )
     rows = {}
     for stage in (2,) if args.quick else (1, 2, 3):
         one, two = state_bytes(stage, 1), state_bytes(stage, 2)
         rows[stage] = (one[0], two)
-        print(f"ZeRO-{stage}: optimizer state per rank, 1 rank {one[0]:,} B; 2 ranks {two} B "
-              f"(ratio {max(two) / one[0]:.3f})")
-    figures = {"deepspeed_time_overhead": t_ds / t_torch,
-               "zero_state_bytes_ratio": max(rows[2][1]) / rows[2][0]}
+        print(
+            f"ZeRO-{stage}: optimizer state per rank, 1 rank {one[0]:,} B; 2 ranks {two} B "
+            f"(ratio {max(two) / one[0]:.3f})"
+        )
+    figures = {"deepspeed_time_overhead": t_ds / t_torch, "zero_state_bytes_ratio": max(rows[2][1]) / rows[2][0]}
     print(" ".join(f"{k}={v:.3f}" for k, v in figures.items()))
     require(**figures)
 

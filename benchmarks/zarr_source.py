@@ -30,7 +30,9 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.append(str(REPO / "tests" / "data"))  # the RangeServer the tests use (appended: never shadows tests/conftest.py)
+sys.path.append(
+    str(REPO / "tests" / "data")
+)  # the RangeServer the tests use (appended: never shadows tests/conftest.py)
 
 LEVELS = (96, 105, 114, 123, 137)
 NLEV, LEVEL_CHUNK = 137, 18
@@ -44,19 +46,26 @@ def build_arco_store(path: Path, ny: int, nx: int, hours: int, start: str = "202
     lats = np.linspace(90.0, -90.0, ny)
     lons = np.arange(nx) * (360.0 / nx)
     g = zarr.open_group(path, mode="w", zarr_format=2)
-    for name, values, attrs in (("time", times, {"units": f"hours since {start.replace('T', ' ')}:00",
-                                                 "calendar": "proleptic_gregorian"}),
-                                ("hybrid", np.arange(1, NLEV + 1, dtype="f8"), {"long_name": "model level"}),
-                                ("latitude", lats, {"units": "degrees_north"}),
-                                ("longitude", lons, {"units": "degrees_east"})):
-        arr = g.create_array(name, shape=values.shape, dtype=values.dtype, chunks=values.shape,
-                             fill_value=None)
+    for name, values, attrs in (
+        ("time", times, {"units": f"hours since {start.replace('T', ' ')}:00", "calendar": "proleptic_gregorian"}),
+        ("hybrid", np.arange(1, NLEV + 1, dtype="f8"), {"long_name": "model level"}),
+        ("latitude", lats, {"units": "degrees_north"}),
+        ("longitude", lons, {"units": "degrees_east"}),
+    ):
+        arr = g.create_array(name, shape=values.shape, dtype=values.dtype, chunks=values.shape, fill_value=None)
         arr[:] = values
         arr.attrs.update({"_ARRAY_DIMENSIONS": [name], **attrs})
-    t = g.create_array("temperature", shape=(hours, NLEV, ny, nx), chunks=(1, LEVEL_CHUNK, ny, nx),
-                       dtype="f4", compressors=None, fill_value=float("nan"))
-    t.attrs.update({"_ARRAY_DIMENSIONS": ["time", "hybrid", "latitude", "longitude"], "units": "K",
-                    "long_name": "Temperature"})
+    t = g.create_array(
+        "temperature",
+        shape=(hours, NLEV, ny, nx),
+        chunks=(1, LEVEL_CHUNK, ny, nx),
+        dtype="f4",
+        compressors=None,
+        fill_value=float("nan"),
+    )
+    t.attrs.update(
+        {"_ARRAY_DIMENSIONS": ["time", "hybrid", "latitude", "longitude"], "units": "K", "long_name": "Temperature"}
+    )
     profile = (200.0 + 60.0 * np.cos(np.deg2rad(lats)))[:, None] + 0.001 * lons[None, :]
     for it in range(hours):  # one hour at a time: 137 levels at 0.25° are 569 MB
         t[it] = (profile[None] + 0.2 * np.arange(NLEV)[:, None, None] + it).astype("f4")
@@ -78,8 +87,8 @@ def main(argv=None) -> int:
     from range_server import RangeServer
 
     from atmorep.config import AcquireConfig, DataConfig, FieldSpec, ZarrSourceConfig
-    from atmorep.formats import grib
     from atmorep.data.acquire import sources
+    from atmorep.formats import grib
 
     with tempfile.TemporaryDirectory(prefix="zarr_source_") as tmp:
         root = Path(tmp)
@@ -87,8 +96,9 @@ def main(argv=None) -> int:
         build_arco_store(root / "arco.zarr", ny, nx, hours)
         built = time.perf_counter() - t0
         end = str(np.datetime64("2021-01-01T00", "h") + hours - 1)
-        data = DataConfig(fields={"t": FieldSpec(levels=LEVELS, levtype="ml")}, start="2021-01-01T00",
-                          end=end, step_hours=1)
+        data = DataConfig(
+            fields={"t": FieldSpec(levels=LEVELS, levtype="ml")}, start="2021-01-01T00", end=end, step_hours=1
+        )
         with RangeServer(root) as srv:
             cfg = AcquireConfig(source="zarr", zarr=ZarrSourceConfig(url=f"{srv.url}/arco.zarr"))
             t0 = time.perf_counter()
@@ -98,18 +108,21 @@ def main(argv=None) -> int:
         prov = json.loads(sources.provenance_path(out).read_text())
         headers = grib.scan(out)
         if len(headers) != hours * len(LEVELS):
-            print(f"zarr_source: {len(headers)} GRIB messages, expected {hours * len(LEVELS)}",
-                  file=sys.stderr)
+            print(f"zarr_source: {len(headers)} GRIB messages, expected {hours * len(LEVELS)}", file=sys.stderr)
             return 1
     read, used = prov["bytes_read"], prov["bytes_used"]
     chunk_mb = LEVEL_CHUNK * ny * nx * 4 / 1e6
     nchunks, want = predicted_ratio(ny, nx)
     ratio = read / used
-    print(f"store {hours} h x {NLEV} levels x {ny}x{nx}, chunks 1x{LEVEL_CHUNK}x{ny}x{nx} = {chunk_mb:.1f} "
-          "MB "
-          f"(built in {built:.1f} s); levels {list(LEVELS)} touch {nchunks} level chunks per hour")
-    print(f"acquire {took:.1f} s: read {read / 1e6:.1f} MB (server sent {served / 1e6:.1f} MB), used "
-          f"{used / 1e6:.1f} MB; chunk arithmetic {nchunks} x {LEVEL_CHUNK} / {len(LEVELS)} = {want:.2f}")
+    print(
+        f"store {hours} h x {NLEV} levels x {ny}x{nx}, chunks 1x{LEVEL_CHUNK}x{ny}x{nx} = {chunk_mb:.1f} "
+        "MB "
+        f"(built in {built:.1f} s); levels {list(LEVELS)} touch {nchunks} level chunks per hour"
+    )
+    print(
+        f"acquire {took:.1f} s: read {read / 1e6:.1f} MB (server sent {served / 1e6:.1f} MB), used "
+        f"{used / 1e6:.1f} MB; chunk arithmetic {nchunks} x {LEVEL_CHUNK} / {len(LEVELS)} = {want:.2f}"
+    )
     if abs(served - read) > 0.01 * read:
         print(f"zarr_source: the reader counted {read} bytes, the server sent {served}", file=sys.stderr)
         return 1

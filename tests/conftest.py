@@ -3,13 +3,12 @@ embedded ERA5 sample (session-scoped, built once)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import sys
+from pathlib import Path
 
 import pytest
 
-from atmorep.config import (AcquireConfig, DataConfig, FieldSpec, NormalizeConfig, ShardConfig)
+from atmorep.config import AcquireConfig, DataConfig, FieldSpec, NormalizeConfig, ShardConfig
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))  # tests_helpers

@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from atmorep.formats import atomic
-from atmorep.formats import zarrio
+from atmorep.formats import atomic, zarrio
 
 pytestmark = pytest.mark.slow
 
@@ -41,8 +40,12 @@ with Replacement(sys.argv[1]) as tmp:
 
 
 def child(code: str, *args, stdout=None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], stdout=stdout, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *map(str, args)],
+        stdout=stdout,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 def hidden(directory: Path) -> set[str]:

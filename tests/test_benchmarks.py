@@ -33,11 +33,20 @@ SMALLEST = {
 
 
 def run(name: str, args: list[str], timeout=300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])),
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    return subprocess.run([sys.executable, str(BENCH / f"{name}.py"), *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    return subprocess.run(
+        [sys.executable, str(BENCH / f"{name}.py"), *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def figures(stdout: str) -> dict[str, float]:
@@ -68,8 +77,10 @@ def test_benchmark_runs_at_its_smallest_setting(name):
 def test_a_figure_that_was_not_measured_fails_the_benchmark(tmp_path):
     """What loader.py did when its baseline broke: nan on the last line, exit 0."""
     script = tmp_path / "broken.py"
-    script.write_text("import sys\nsys.path.insert(0, sys.argv[1])\nfrom _checks import require\n"
-                      "print('headroom=nan speedup=2.0')\nrequire(headroom=float('nan'), speedup=2.0)\n")
+    script.write_text(
+        "import sys\nsys.path.insert(0, sys.argv[1])\nfrom _checks import require\n"
+        "print('headroom=nan speedup=2.0')\nrequire(headroom=float('nan'), speedup=2.0)\n"
+    )
     r = subprocess.run([sys.executable, str(script), str(BENCH)], capture_output=True, text=True, timeout=60)
     assert r.returncode != 0
     assert r.stdout.strip().splitlines()[-1] == "headroom=nan speedup=2.0"

@@ -3,13 +3,11 @@
 import subprocess
 import sys
 
-
 from conftest import REPO
 
 
 def run(*args, **kwargs):
-    return subprocess.run([sys.executable, "-m", "atmorep", *map(str, args)], capture_output=True, text=True,
-                          **kwargs)
+    return subprocess.run([sys.executable, "-m", "atmorep", *map(str, args)], capture_output=True, text=True, **kwargs)
 
 
 def test_help_lists_every_stage():
@@ -19,10 +17,13 @@ def test_help_lists_every_stage():
 
 
 def test_inspect_reports_fields_levels_grid_and_times(shared_data):
-    r = run("inspect", shared_data / "era5-sfc-natl-hourly" / "era5.grib",
-            shared_data / "ncep-air-temperature-6h" / "air_temperature.nc",
-            shared_data / "ncep-air-temperature-6h" / "air_temperature.zarr",
-            shared_data / "era5-ens-pl-tz" / "era5-levels-members.grib")
+    r = run(
+        "inspect",
+        shared_data / "era5-sfc-natl-hourly" / "era5.grib",
+        shared_data / "ncep-air-temperature-6h" / "air_temperature.nc",
+        shared_data / "ncep-air-temperature-6h" / "air_temperature.zarr",
+        shared_data / "era5-ens-pl-tz" / "era5-levels-members.grib",
+    )
     assert r.returncode == 0, r.stderr
     out = r.stdout
     assert "u10: 10 metre U wind component" in out
@@ -36,8 +37,12 @@ def test_inspect_rejects_unusable_input_with_one_line(tmp_path, shared_data):
     cut.write_bytes((shared_data / "era5-t2m-uk-hourly" / "era5-2mt-2019-03-uk.grib").read_bytes()[:3000])
     text = tmp_path / "notes.txt"
     text.write_text("not data\n")
-    for path, why in ((cut, "truncated"), (text, "not GRIB, NetCDF or zarr"), (tmp_path / "nope", "no such file"),
-                      (tmp_path, "not a zarr store")):
+    for path, why in (
+        (cut, "truncated"),
+        (text, "not GRIB, NetCDF or zarr"),
+        (tmp_path / "nope", "no such file"),
+        (tmp_path, "not a zarr store"),
+    ):
         r = run("inspect", path)
         assert r.returncode == 1
         lines = r.stderr.strip().splitlines()
@@ -46,14 +51,34 @@ def test_inspect_rejects_unusable_input_with_one_line(tmp_path, shared_data):
 
 
 def test_stage_errors_are_one_line_without_traceback(tmp_path):
-    r = run("acquire", "--params", '{"data": {"fields": {"t2m": {}}, "start": "2026-03-25", "end": "2026-03-26"},'
-            ' "acquire": {"sorce": "sample"}}', "--field", "t2m", "--month", "2026-03", "--output", tmp_path / "x")
+    r = run(
+        "acquire",
+        "--params",
+        '{"data": {"fields": {"t2m": {}}, "start": "2026-03-25", "end": "2026-03-26"}, "acquire": {"sorce": "sample"}}',
+        "--field",
+        "t2m",
+        "--month",
+        "2026-03",
+        "--output",
+        tmp_path / "x",
+    )
     assert r.returncode == 1
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("atmorep acquire: error: unknown config key 'acquire.sorce'")
     assert "source" in lines[0]  # names what is allowed
-    r = run("normalize", "--config", REPO / "config" / "config.yaml", "--field", "t2m", "--month", "2026-03",
-            "--input", tmp_path / "missing.grib", "--output", tmp_path / "o.zarr")
+    r = run(
+        "normalize",
+        "--config",
+        REPO / "config" / "config.yaml",
+        "--field",
+        "t2m",
+        "--month",
+        "2026-03",
+        "--input",
+        tmp_path / "missing.grib",
+        "--output",
+        tmp_path / "o.zarr",
+    )
     assert r.returncode == 1 and "missing.grib: no such file" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -68,15 +93,40 @@ def test_moments_and_climatology_are_subcommands_equal_to_the_library(sample_pro
     from atmorep.data import normalize as N
 
     data = sample_products["data"]
-    params = json.dumps({"data": {"fields": {"t2m": {"levels": [0]}}, "start": data.start, "end": data.end},
-                         "normalize": {"climatology": {"fields": ["t2m"], "start": data.start, "end": data.end,
-                                                       "by_calendar_month": True}}})
+    params = json.dumps(
+        {
+            "data": {"fields": {"t2m": {"levels": [0]}}, "start": data.start, "end": data.end},
+            "normalize": {
+                "climatology": {"fields": ["t2m"], "start": data.start, "end": data.end, "by_calendar_month": True}
+            },
+        }
+    )
     grib = sample_products["grib"]["t2m"]
-    r = run("moments", "--params", params, "--field", "t2m", "--month", "2026-03", "--input", grib,
-            "--output", tmp_path / "m.zarr")
+    r = run(
+        "moments",
+        "--params",
+        params,
+        "--field",
+        "t2m",
+        "--month",
+        "2026-03",
+        "--input",
+        grib,
+        "--output",
+        tmp_path / "m.zarr",
+    )
     assert r.returncode == 0, r.stderr
-    r = run("climatology", "--params", params, "--field", "t2m", "--inputs", tmp_path / "m.zarr",
-            "--output", tmp_path / "c.zarr")
+    r = run(
+        "climatology",
+        "--params",
+        params,
+        "--field",
+        "t2m",
+        "--inputs",
+        tmp_path / "m.zarr",
+        "--output",
+        tmp_path / "c.zarr",
+    )
     assert r.returncode == 0, r.stderr
     raw = C.from_slice(params)
     data, cfg = C.section(raw, "data"), C.section(raw, "normalize")
@@ -87,4 +137,3 @@ def test_moments_and_climatology_are_subcommands_equal_to_the_library(sample_pro
     for name in cli.array_keys():
         np.testing.assert_array_equal(cli[name][...], lib[name][...])
     assert run("normalize", "--help").stdout.count("--moments") == 0
-

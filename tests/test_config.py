@@ -3,9 +3,9 @@ import typing
 
 import pytest
 import yaml
+from tests_helpers import schema
 
 from atmorep import config as C
-from tests_helpers import schema
 
 REPO_CONFIG = C.schema_path().parents[2] / "config" / "config.yaml"
 
@@ -48,11 +48,14 @@ def test_default_config_loads_and_validates():
     assert isinstance(cfg.shard.token_size, tuple)
 
 
-@pytest.mark.parametrize("patch, key", [
-    ({"normalize": {"lokal": ["t2m"]}}, "normalize.lokal"),
-    ({"trian": {}}, "trian"),
-    ({"train": {"masking": {"rat": 0.3}}}, "train.masking.rat"),
-])
+@pytest.mark.parametrize(
+    "patch, key",
+    [
+        ({"normalize": {"lokal": ["t2m"]}}, "normalize.lokal"),
+        ({"trian": {}}, "trian"),
+        ({"train": {"masking": {"rat": 0.3}}}, "train.masking.rat"),
+    ],
+)
 def test_unknown_key_is_named(tmp_path, patch, key):
     raw = yaml.safe_load(REPO_CONFIG.read_text())
     for section, value in patch.items():

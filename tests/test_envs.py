@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO
 
 ENVS = REPO / "workflow" / "envs"
@@ -42,8 +41,13 @@ def test_environments_hold_exactly_pyprojects_dependencies():
 
 
 def test_snakemake_lint_is_clean():
-    r = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--lint"],
-                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--lint"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0 and "Congratulations" in r.stdout + r.stderr, r.stdout[-4000:] + r.stderr[-2000:]
 
 
@@ -61,11 +65,17 @@ def test_a_job_runs_under_environment_modules(tmp_path):
     cfg["software"] = {"modules": {"data": ["atmorep-stack/1.0"]}}
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
     target = "resources/modules/grib/t2m/2026-03.grib"
-    snakemake = (f"source {LMOD_INIT} && export MODULEPATH={tmp_path / 'modules'} && "
-                 f"exec {sys.executable} -m snakemake -s {REPO / 'Snakefile'} --directory {tmp_path} "
-                 f"--configfile {tmp_path / 'run.yaml'} --cores 1 --sdm env-modules -- {target}")
-    env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"), "OMP_NUM_THREADS": "1",
-           **{k: os.environ[k] for k in ("PYTHONPATH",) if k in os.environ}}
+    snakemake = (
+        f"source {LMOD_INIT} && export MODULEPATH={tmp_path / 'modules'} && "
+        f"exec {sys.executable} -m snakemake -s {REPO / 'Snakefile'} --directory {tmp_path} "
+        f"--configfile {tmp_path / 'run.yaml'} --cores 1 --sdm env-modules -- {target}"
+    )
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": os.environ.get("HOME", "/root"),
+        "OMP_NUM_THREADS": "1",
+        **{k: os.environ[k] for k in ("PYTHONPATH",) if k in os.environ},
+    }
     r = subprocess.run(["bash", "-c", snakemake], capture_output=True, text=True, env=env, timeout=600)
     log = tmp_path / "logs" / "modules" / "acquire" / "t2m_2026-03.log"
     assert r.returncode == 0, r.stderr[-4000:] + (log.read_text()[-2000:] if log.exists() else "")

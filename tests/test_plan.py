@@ -1,12 +1,11 @@
 """The capacity planner's arithmetic and the shipped campaign configurations."""
 
-
 import pytest
+from conftest import REPO
 
 from atmorep import config as C
 from atmorep.model.summary import from_run_config, parameter_count
 from atmorep.plan import GRIB1_HEADER, load_profile, plan
-from conftest import REPO
 
 CAMPAIGNS = sorted((REPO / "config" / "campaigns").glob("*.yaml"))
 
@@ -45,9 +44,22 @@ def test_cli_plan_prints_every_figure(tmp_path):
     import sys
 
     out = tmp_path / "plan.txt"
-    r = subprocess.run([sys.executable, "-m", "atmorep", "plan", "--config", str(REPO / "config" / "config.yaml"),
-                        "--profile", str(REPO / "profiles" / "slurm"), "--output", str(out)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "atmorep",
+            "plan",
+            "--config",
+            str(REPO / "config" / "config.yaml"),
+            "--profile",
+            str(REPO / "profiles" / "slurm"),
+            "--output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     for word in ("GRIB to download", "inodes", "core-hours", "GPU-hours", "SLURM jobs"):
         assert word in r.stdout

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REPO
 
 from atmorep import config as C
 from atmorep import preflight
-from conftest import REPO
 
 EXAMPLE = REPO / "config" / "campaigns" / "files-example.yaml"
 
@@ -43,9 +43,11 @@ def test_the_example_files_campaign_loads_and_is_consistent():
 
 def test_overlapping_periods_are_refused_naming_keys_and_times():
     found = _problems(_example(**{"evaluate.start": "2021-01-20T00"}))
-    assert found == ["train.start .. train.end 2021-01-01T00:00 .. 2021-01-24T23:00 and evaluate.start .. "
-                     "evaluate.end 2021-01-20T00:00 .. 2021-01-31T23:00 overlap (2021-01-20T00:00 .. "
-                     "2021-01-24T23:00): evaluation would score the training period; make them disjoint"]
+    assert found == [
+        "train.start .. train.end 2021-01-01T00:00 .. 2021-01-24T23:00 and evaluate.start .. "
+        "evaluate.end 2021-01-20T00:00 .. 2021-01-31T23:00 overlap (2021-01-20T00:00 .. "
+        "2021-01-24T23:00): evaluation would score the training period; make them disjoint"
+    ]
     raw = _example()
     del raw["evaluate"]  # the default period is the whole campaign, training time included
     assert "evaluate.start .. evaluate.end (default: the campaign) 2021-01-01T00:00" in _problems(raw)[0]
@@ -53,8 +55,10 @@ def test_overlapping_periods_are_refused_naming_keys_and_times():
 
 def test_a_period_shorter_than_one_window_is_refused():
     found = _problems(_example(**{"evaluate.start": "2021-01-31T08"}))
-    assert found == ["evaluate.start .. evaluate.end 2021-01-31T08:00 .. 2021-01-31T23:00 holds 16 time steps of "
-                     "data.step_hours 1; one window needs model.num_tokens[0] x shard.token_size[0] = 6 x 3 = 18"]
+    assert found == [
+        "evaluate.start .. evaluate.end 2021-01-31T08:00 .. 2021-01-31T23:00 holds 16 time steps of "
+        "data.step_hours 1; one window needs model.num_tokens[0] x shard.token_size[0] = 6 x 3 = 18"
+    ]
 
 
 def test_the_embedded_samples_own_steps_and_grid_are_checked():
@@ -67,14 +71,17 @@ def test_the_embedded_samples_own_steps_and_grid_are_checked():
         "steps; one window needs model.num_tokens[0] x shard.token_size[0] = 3 x 2 = 6",
         "the grid of data.area null (global) at 1°x1° (the embedded sample) (181 x 360 points) keeps 171 x 360 "
         "points as whole tokens; one window needs model.num_tokens[1:] x shard.token_size[1:] = 21 x 9 by 6 x 9 "
-        "= 189 x 54 points"]
+        "= 189 x 54 points",
+    ]
 
 
 def test_a_grid_after_crop_smaller_than_one_window_is_refused():
     found = _problems(_example(**{"data.area": [50, -2, 46, 2]}))
-    assert found == ["the grid of data.area [50, -2, 46, 2] at 0.25°x0.25° (data.grid) (17 x 17 points) keeps "
-                     "9 x 9 points as whole tokens; one window needs model.num_tokens[1:] x shard.token_size[1:] "
-                     "= 4 x 9 by 6 x 9 = 36 x 54 points"]
+    assert found == [
+        "the grid of data.area [50, -2, 46, 2] at 0.25°x0.25° (data.grid) (17 x 17 points) keeps "
+        "9 x 9 points as whole tokens; one window needs model.num_tokens[1:] x shard.token_size[1:] "
+        "= 4 x 9 by 6 x 9 = 36 x 54 points"
+    ]
     found = _problems(_example(**{"data.area": None, "shard.token_size": [3, 9, 7]}))
     assert len(found) == 1 and "1440 longitudes are not a whole number of 7-point tokens" in found[0]
 
@@ -82,37 +89,57 @@ def test_a_grid_after_crop_smaller_than_one_window_is_refused():
 def test_token_sizes_must_tile_and_named_fields_must_exist():
     found = _problems(_example(**{"shard.field_token_size": {"msl": [3, 6, 6]}}))
     # msl's finer tokens set the neighbourhood (6 x 4 x 6 of [3, 6, 6]); t's 9-point tokens do not tile 24
-    assert found == ["shard token size [3, 9, 9] of field 't' does not tile the neighbourhood [18, 24, 36] "
-                     "(model.num_tokens x the finest token size)"]
-    found = _problems(_example(**{"model.coupling": {"t": ["u", "t2m"]}, "normalize.local": ["t2m"],
-                                  "evaluate.attention": {"fields": ["q"]}}))
-    assert found == ["model.coupling names t2m, not in data.fields (t, u, v, msl)",
-                     "normalize.local names t2m, not in data.fields (t, u, v, msl)",
-                     "evaluate.attention.fields names q, not in data.fields (t, u, v, msl)"]
+    assert found == [
+        "shard token size [3, 9, 9] of field 't' does not tile the neighbourhood [18, 24, 36] "
+        "(model.num_tokens x the finest token size)"
+    ]
+    found = _problems(
+        _example(
+            **{
+                "model.coupling": {"t": ["u", "t2m"]},
+                "normalize.local": ["t2m"],
+                "evaluate.attention": {"fields": ["q"]},
+            }
+        )
+    )
+    assert found == [
+        "model.coupling names t2m, not in data.fields (t, u, v, msl)",
+        "normalize.local names t2m, not in data.fields (t, u, v, msl)",
+        "evaluate.attention.fields names q, not in data.fields (t, u, v, msl)",
+    ]
     found = _problems(_example(**{"data.fields.msl": {"levels": [2], "levtype": "sfc"}}))
-    assert found == ["data.fields.msl.levtype sfc takes levels [0] (one single level), not [2]: name the level "
-                     "type (e.g. heightAboveGround) to select by level value"]
+    assert found == [
+        "data.fields.msl.levtype sfc takes levels [0] (one single level), not [2]: name the level "
+        "type (e.g. heightAboveGround) to select by level value"
+    ]
 
 
 def test_climatology_months_lie_in_the_campaign():
     clim = {"fields": ["t"], "start": "2020-12-01", "end": "2021-01-31"}
     assert _problems(_example(**{"normalize.climatology": clim})) == [
         "normalize.climatology months 2020-12 .. 2020-12 lie outside the campaign data.start .. data.end "
-        "2021-01-01T00 .. 2021-01-31T23"]
+        "2021-01-01T00 .. 2021-01-31T23"
+    ]
     assert _problems(_example(**{"normalize.climatology": {"fields": ["t"]}})) == [
-        "normalize.climatology.start and .end are required when normalize.climatology.fields is not empty"]
+        "normalize.climatology.start and .end are required when normalize.climatology.fields is not empty"
+    ]
 
 
 @pytest.mark.slow
 def test_check_on_the_command_line_is_one_line_and_exit_1(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(_example(**{"evaluate.start": "2021-01-20T00"})))
-    r = subprocess.run([sys.executable, "-m", "atmorep", "check", "--config", str(bad)], capture_output=True,
-                       text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "atmorep", "check", "--config", str(bad)], capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
     assert r.stderr.startswith(f"atmorep check: error: {bad}: train.start .. train.end") and "overlap" in r.stderr
-    ok = subprocess.run([sys.executable, "-m", "atmorep", "check", "--config", str(EXAMPLE)], capture_output=True,
-                        text=True, timeout=120)
+    ok = subprocess.run(
+        [sys.executable, "-m", "atmorep", "check", "--config", str(EXAMPLE)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert ok.returncode == 0, ok.stderr
 
 
@@ -125,11 +152,20 @@ def _checkout(where: Path) -> Path:
 
 
 def _snakemake(checkout: Path, *args, timeout=300):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "OMP_NUM_THREADS": "1",
+    }
     # from the checkout's root, as a user runs it: the embedded default config/config.yaml is at hand
-    return subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", "-n", *args], cwd=checkout,
-                          capture_output=True, text=True, env=env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "1", "-n", *args],
+        cwd=checkout,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
 
 
 def _jobs(out: str) -> dict[str, int]:
@@ -154,13 +190,20 @@ def test_configfile_replaces_the_default(tmp_path, shared_data):
 
 @pytest.mark.slow
 def test_workflow_start_refuses_in_seconds_writing_nothing(tmp_path):
-    cases = {"overlap": ({"evaluate.start": "2021-01-20T00"}, "overlap (2021-01-20T00:00 .. 2021-01-24T23:00)"),
-             "grid": ({"data.area": [50, -2, 46, 2]}, "keeps 9 x 9 points as whole tokens"),
-             "fields": ({"normalize.local": ["t2m"]}, "normalize.local names t2m, not in data.fields"),
-             "period": ({"evaluate.start": "2021-01-31T08"}, "holds 16 time steps of data.step_hours 1; one "
-                        "window needs model.num_tokens[0] x shard.token_size[0] = 6 x 3 = 18"),
-             "tokens": ({"shard.field_token_size": {"msl": [3, 6, 6]}}, "shard token size [3, 9, 9] of field 't' "
-                        "does not tile the neighbourhood [18, 24, 36]")}
+    cases = {
+        "overlap": ({"evaluate.start": "2021-01-20T00"}, "overlap (2021-01-20T00:00 .. 2021-01-24T23:00)"),
+        "grid": ({"data.area": [50, -2, 46, 2]}, "keeps 9 x 9 points as whole tokens"),
+        "fields": ({"normalize.local": ["t2m"]}, "normalize.local names t2m, not in data.fields"),
+        "period": (
+            {"evaluate.start": "2021-01-31T08"},
+            "holds 16 time steps of data.step_hours 1; one "
+            "window needs model.num_tokens[0] x shard.token_size[0] = 6 x 3 = 18",
+        ),
+        "tokens": (
+            {"shard.field_token_size": {"msl": [3, 6, 6]}},
+            "shard token size [3, 9, 9] of field 't' does not tile the neighbourhood [18, 24, 36]",
+        ),
+    }
     work = _checkout(tmp_path)
     for name, (changes, message) in cases.items():
         cfg = tmp_path / f"{name}.yaml"

@@ -16,7 +16,6 @@ import pandas as pd
 import pytest
 import xarray as xr
 import yaml
-
 from conftest import REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.workflow, pytest.mark.distributed]
@@ -24,26 +23,70 @@ pytestmark = [pytest.mark.slow, pytest.mark.workflow, pytest.mark.distributed]
 TINY = {
     "run": "tiny",
     "seed": 3,
-    "data": {"fields": {"t2m": {"levels": [0]}, "u10": {"levels": [0]}},
-             "start": "2026-03-25T00", "end": "2026-03-31T23"},
+    "data": {
+        "fields": {"t2m": {"levels": [0]}, "u10": {"levels": [0]}},
+        "start": "2026-03-25T00",
+        "end": "2026-03-31T23",
+    },
     "acquire": {"source": "sample"},
     "normalize": {"method": "global", "local": ["t2m"]},
     "shard": {"token_size": [2, 9, 9], "shard_tokens": [12, 19, 40]},
-    "model": {"num_tokens": [3, 3, 6], "dim": 32, "heads": 4, "encoder_layers": 1, "decoder_layers": 1,
-              "coupling_heads": 1, "coupling": {"t2m": ["u10"], "u10": ["t2m"]}, "ensemble": 4, "dropout": 0.0},
-    "train": {"start": "2026-03-25T00", "end": "2026-03-30T05", "steps": 80, "batch_size": 4, "lr_start": 0.0002,
-              "lr": 0.002, "lr_min": 0.0005, "warmup_epochs": 1, "epoch_steps": 10, "checkpoint_every": 40,
-              "masking": {"strategy": "bert", "rate": 0.5}, "zero_stage": 2, "ranks": 2},
+    "model": {
+        "num_tokens": [3, 3, 6],
+        "dim": 32,
+        "heads": 4,
+        "encoder_layers": 1,
+        "decoder_layers": 1,
+        "coupling_heads": 1,
+        "coupling": {"t2m": ["u10"], "u10": ["t2m"]},
+        "ensemble": 4,
+        "dropout": 0.0,
+    },
+    "train": {
+        "start": "2026-03-25T00",
+        "end": "2026-03-30T05",
+        "steps": 80,
+        "batch_size": 4,
+        "lr_start": 0.0002,
+        "lr": 0.002,
+        "lr_min": 0.0005,
+        "warmup_epochs": 1,
+        "epoch_steps": 10,
+        "checkpoint_every": 40,
+        "masking": {"strategy": "bert", "rate": 0.5},
+        "zero_stage": 2,
+        "ranks": 2,
+    },
     "evaluate": {"start": "2026-03-30T06", "end": "2026-03-31T23", "samples": 8, "batch_size": 4},
 }
 
 
 def snakemake(workdir: Path, config: Path, *args, timeout=900):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
-                           str(workdir), "--configfile", str(config), "--cores", "2", *args],
-                          capture_output=True, text=True, env=env, timeout=timeout)
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "OMP_NUM_THREADS": "1",
+    }
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-s",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(workdir),
+            "--configfile",
+            str(config),
+            "--cores",
+            "2",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
 
 
 def jobs(dry_run_output: str) -> set[str]:
@@ -75,8 +118,17 @@ def test_dag_produces_sane_products(run):
         img = mpimg.imread(png)
         assert img.shape[0] > 100 and img[..., :3].std() > 0.05, f"{png} looks blank"
     assert {p.name for p in (res / "evaluate").glob("*.png")} == {
-        "forecast_t2m.png", "forecast_u10.png", "scores_t2m.png", "scores_u10.png", "rank_histogram_t2m.png",
-        "rank_histogram_u10.png", "skill.png", "attention_t2m.png", "scorecard.png", "spectra.png"}
+        "forecast_t2m.png",
+        "forecast_u10.png",
+        "scores_t2m.png",
+        "scores_u10.png",
+        "rank_histogram_t2m.png",
+        "rank_histogram_u10.png",
+        "skill.png",
+        "attention_t2m.png",
+        "scorecard.png",
+        "spectra.png",
+    }
     for table in ("comparisons.csv", "spectra.csv"):
         assert len(pd.read_csv(res / "evaluate" / table)), table
     store = xr.open_zarr(work / "resources" / "tiny" / "shards" / "u10" / "2026.zarr", consolidated=False)
@@ -196,19 +248,42 @@ def test_a_killed_forced_pretrain_is_rerun_with_what_depends_on_it(run, tmp_path
 
     work, cfg = run
     copy = Path(shutil.copytree(work, tmp_path / "copy", symlinks=True))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "OMP_NUM_THREADS": "1"}
-    forced = subprocess.Popen([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
-                               "--directory", str(copy), "--configfile", str(copy / cfg.name), "--cores", "2",
-                               "--forcerun", "pretrain"], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "OMP_NUM_THREADS": "1",
+    }
+    forced = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-s",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(copy),
+            "--configfile",
+            str(copy / cfg.name),
+            "--cores",
+            "2",
+            "--forcerun",
+            "pretrain",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     ranks, deadline = [], time.time() + 300
     while time.time() < deadline and len(ranks) < 2 and forced.poll() is None:
         time.sleep(0.5)
         try:
-            ranks = [p for p in psutil.Process(forced.pid).children(recursive=True)  # not the launchers
-                     if {"atmorep", "train"} <= set(p.cmdline()) and "launch" not in p.cmdline()
-                     and not any(a.startswith("--nproc_per_node") for a in p.cmdline())]
+            ranks = [
+                p
+                for p in psutil.Process(forced.pid).children(recursive=True)  # not the launchers
+                if {"atmorep", "train"} <= set(p.cmdline())
+                and "launch" not in p.cmdline()
+                and not any(a.startswith("--nproc_per_node") for a in p.cmdline())
+            ]
         except psutil.Error:
             pass
     assert len(ranks) == 2, "the forced pretrain did not start its ranks"

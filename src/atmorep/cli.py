@@ -85,8 +85,9 @@ def cmd_normalize(args) -> None:
 
     raw = _slice(args, "normalize")
     data, cfg = C.section(raw, "data"), C.section(raw, "normalize")
-    N.normalize(data, cfg, args.field, args.month, args.input, args.output, qc_out=args.qc,
-                climatology=args.climatology)
+    N.normalize(
+        data, cfg, args.field, args.month, args.input, args.output, qc_out=args.qc, climatology=args.climatology
+    )
 
 
 def cmd_moments(args) -> None:
@@ -136,8 +137,9 @@ def cmd_verify(args) -> None:
         elif "month" in attrs and "source_sha256" in attrs and "normalization" in attrs:
             summary = normalize.check(store)
         else:
-            raise C.ConfigError(f"{store}: neither a normalized nor a shard store of atmorep (attributes "
-                                f"{sorted(attrs)})")
+            raise C.ConfigError(
+                f"{store}: neither a normalized nor a shard store of atmorep (attributes {sorted(attrs)})"
+            )
         print(json.dumps({"verified": summary}), flush=True)
 
 
@@ -155,8 +157,15 @@ def cmd_train(args) -> None:
     from atmorep.train.loop import train
 
     raw = _slice(args, "train")
-    train(C.section(raw, "seed"), C.section(raw, "data"), C.section(raw, "model"), C.section(raw, "train"),
-          _stores(args.shards), args.output_dir, fresh=args.fresh)
+    train(
+        C.section(raw, "seed"),
+        C.section(raw, "data"),
+        C.section(raw, "model"),
+        C.section(raw, "train"),
+        _stores(args.shards),
+        args.output_dir,
+        fresh=args.fresh,
+    )
 
 
 def _dry_run_fit(args) -> str:
@@ -171,8 +180,14 @@ def _dry_run_fit(args) -> str:
     train = C.load(args.config).train if isinstance(raw, dict) and "run" in raw else C.TrainConfig(ranks=1)
     spec = load_any(args.config)
     ranks = args.ranks or train.ranks
-    fit = recommend(spec.model, spec.geometry(), parse_bytes(args.device_memory), ranks, train.batch_size,
-                    masked_fraction=masked_fraction(train.masking))
+    fit = recommend(
+        spec.model,
+        spec.geometry(),
+        parse_bytes(args.device_memory),
+        ranks,
+        train.batch_size,
+        masked_fraction=masked_fraction(train.masking),
+    )
     return f"fit on {ranks} GPU(s) of {args.device_memory}: {fit.text()}"
 
 
@@ -180,8 +195,14 @@ def cmd_evaluate(args) -> None:
     from atmorep.eval.evaluate import evaluate
 
     raw = _slice(args, "evaluate")
-    evaluate(C.section(raw, "seed"), C.section(raw, "data"), C.section(raw, "evaluate"), args.model,
-             _stores(args.shards), args.output_dir)
+    evaluate(
+        C.section(raw, "seed"),
+        C.section(raw, "data"),
+        C.section(raw, "evaluate"),
+        args.model,
+        _stores(args.shards),
+        args.output_dir,
+    )
 
 
 def cmd_launch(args) -> int:
@@ -225,8 +246,9 @@ def cmd_check(args) -> None:
         preflight.check(cfg)
     except C.ConfigError as exc:
         raise C.ConfigError(f"{args.config}: {exc}") from None
-    print(f"{args.config}: run '{cfg.run}' is consistent ({len(cfg.data.fields)} fields, {len(cfg.data.months())} "
-          "months)")
+    print(
+        f"{args.config}: run '{cfg.run}' is consistent ({len(cfg.data.fields)} fields, {len(cfg.data.months())} months)"
+    )
 
 
 def cmd_inspect(args) -> int:
@@ -255,30 +277,50 @@ def cmd_import_original(args) -> None:
 
 
 def _fit_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device-memory", default="80GiB", help="memory of one GPU for the fit planner, e.g. "
-                   "80GiB, 141GB (default 80GiB, an H100); it recommends the ZeRO stage, micro-batch, activation "
-                   "checkpointing and offload that fit train.batch_size per rank in 85%% of it (bf16)")
-    p.add_argument("--ranks", type=int, help="data-parallel ranks for the fit planner (default train.ranks; "
-                   "1 for a model file)")
+    p.add_argument(
+        "--device-memory",
+        default="80GiB",
+        help="memory of one GPU for the fit planner, e.g. "
+        "80GiB, 141GB (default 80GiB, an H100); it recommends the ZeRO stage, micro-batch, activation "
+        "checkpointing and offload that fit train.batch_size per rank in 85%% of it (bf16)",
+    )
+    p.add_argument(
+        "--ranks", type=int, help="data-parallel ranks for the fit planner (default train.ranks; 1 for a model file)"
+    )
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="atmorep", description="AtmoRep as a reproducible pipeline: ERA5 GRIB -> "
-                                 "normalized, token-aligned zarr -> DeepSpeed multiformer -> evaluation.",
-                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="atmorep",
+        description="AtmoRep as a reproducible pipeline: ERA5 GRIB -> "
+        "normalized, token-aligned zarr -> DeepSpeed multiformer -> evaluation.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    ap.add_argument("--debug", action="store_true", help="show tracebacks (also of launched ranks) instead of "
-                    "one-line errors; the environment variable ATMOREP_DEBUG=1 does the same")
+    ap.add_argument(
+        "--debug",
+        action="store_true",
+        help="show tracebacks (also of launched ranks) instead of "
+        "one-line errors; the environment variable ATMOREP_DEBUG=1 does the same",
+    )
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("acquire", help="fetch one (field, month) of ERA5 as GRIB from the configured source "
-                       "(sample, files or cds), validated before it counts as done")
+    p = sub.add_parser(
+        "acquire",
+        help="fetch one (field, month) of ERA5 as GRIB from the configured source "
+        "(sample, files or cds), validated before it counts as done",
+    )
     _config_args(p)
     p.add_argument("--field", help="field name as in data.fields (e.g. t2m)")
     p.add_argument("--month", help="YYYY-MM")
     p.add_argument("--output", type=Path, help="GRIB file to write")
-    p.add_argument("--plan", action="store_true", help="print the CDS requests of the campaign (one JSON per "
-                   "field and month; --field/--month filter) and fetch nothing")
+    p.add_argument(
+        "--plan",
+        action="store_true",
+        help="print the CDS requests of the campaign (one JSON per "
+        "field and month; --field/--month filter) and fetch nothing",
+    )
     p.set_defaults(func=cmd_acquire)
 
     p = sub.add_parser("normalize", help="decode, check and normalize one (field, month) into zarr v3")
@@ -291,8 +333,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--climatology", type=Path, help="climatology store (fields in normalize.climatology.fields)")
     p.set_defaults(func=cmd_normalize)
 
-    p = sub.add_parser("moments", help="count, mean and M2 per grid point of one (field, month): the input of "
-                       "`atmorep climatology` (normalize.climatology)")
+    p = sub.add_parser(
+        "moments",
+        help="count, mean and M2 per grid point of one (field, month): the input of "
+        "`atmorep climatology` (normalize.climatology)",
+    )
     _config_args(p)
     p.add_argument("--field", required=True)
     p.add_argument("--month", required=True, help="YYYY-MM")
@@ -300,8 +345,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, type=Path, help="moments store (zarr) to write")
     p.set_defaults(func=cmd_moments)
 
-    p = sub.add_parser("climatology", help="merge monthly moments stores into a field's climatology store "
-                       "(per calendar month or overall, normalize.climatology.by_calendar_month)")
+    p = sub.add_parser(
+        "climatology",
+        help="merge monthly moments stores into a field's climatology store "
+        "(per calendar month or overall, normalize.climatology.by_calendar_month)",
+    )
     _config_args(p)
     p.add_argument("--field", required=True)
     p.add_argument("--inputs", required=True, nargs="+", type=Path, metavar="MOMENTS", help="from `atmorep moments`")
@@ -314,97 +362,163 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--year", required=True)
     p.add_argument("--inputs", required=True, nargs="+", type=Path, help="normalized monthly stores")
     p.add_argument("--output", required=True, type=Path)
-    p.add_argument("--verify", action="store_true", help="do not write: check the existing --output against the "
-                   "--inputs bit for bit (as atmorep verify does)")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="do not write: check the existing --output against the --inputs bit for bit (as atmorep verify does)",
+    )
     p.set_defaults(func=cmd_shard)
 
-    p = sub.add_parser("verify", help="check stores as they are on disk: a shard store against its normalized "
-                       "sources, a normalized store for finite values",
-                       description="A shard store is proved equal, bit for bit, to the normalized months it was "
-                       "made from (recorded in its provenance, or --inputs), through zarr and through the "
-                       "loader's reader; its shard indices' CRC32C checksums, its layout and every value's "
-                       "finiteness are "
-                       "checked. A normalized store is checked for non-finite values and statistics. Prints one "
-                       "JSON line per store; the first problem ends it with one line and exit status 1.")
+    p = sub.add_parser(
+        "verify",
+        help="check stores as they are on disk: a shard store against its normalized "
+        "sources, a normalized store for finite values",
+        description="A shard store is proved equal, bit for bit, to the normalized months it was "
+        "made from (recorded in its provenance, or --inputs), through zarr and through the "
+        "loader's reader; its shard indices' CRC32C checksums, its layout and every value's "
+        "finiteness are "
+        "checked. A normalized store is checked for non-finite values and statistics. Prints one "
+        "JSON line per store; the first problem ends it with one line and exit status 1.",
+    )
     p.add_argument("stores", nargs="+", type=Path, metavar="STORE")
-    p.add_argument("--inputs", nargs="+", type=Path, help="normalized monthly stores of a shard store (default: "
-                   "the ones its provenance records)")
+    p.add_argument(
+        "--inputs",
+        nargs="+",
+        type=Path,
+        help="normalized monthly stores of a shard store (default: the ones its provenance records)",
+    )
     _config_args(p)
     p.set_defaults(func=cmd_verify)
 
-    p = sub.add_parser("train", help="pretrain the multiformer with DeepSpeed ZeRO on the launched ranks "
-                       "(several ranks: atmorep launch --with torchrun|mpirun|srun --ranks N -- train ...)")
+    p = sub.add_parser(
+        "train",
+        help="pretrain the multiformer with DeepSpeed ZeRO on the launched ranks "
+        "(several ranks: atmorep launch --with torchrun|mpirun|srun --ranks N -- train ...)",
+    )
     _config_args(p)
     p.add_argument("--shards", nargs="+", type=Path, help="shard stores (all fields); required unless --dry-run")
     p.add_argument("--output-dir", type=Path, help="writes model.pt, metrics.csv, loss.png; required unless --dry-run")
-    p.add_argument("--fresh", action="store_true", help="ignore checkpoints in OUTPUT_DIR/checkpoints "
-                   "(by default a run resumes from the latest one made with the same configuration and "
-                   "inputs; OUTPUT_DIR is locked while a training runs)")
-    p.add_argument("--dry-run", action="store_true", help="build the model on the meta device and print its "
-                   "parameter count, tokens per sample and estimated memory (--config may be config/models/*.yaml)"
-                   ", and the fit planner's ZeRO stage, micro-batch, checkpointing and offload")
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="ignore checkpoints in OUTPUT_DIR/checkpoints "
+        "(by default a run resumes from the latest one made with the same configuration and "
+        "inputs; OUTPUT_DIR is locked while a training runs)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="build the model on the meta device and print its "
+        "parameter count, tokens per sample and estimated memory (--config may be config/models/*.yaml)"
+        ", and the fit planner's ZeRO stage, micro-batch, checkpointing and offload",
+    )
     _fit_args(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("launch", help="start N ranks of an atmorep command with torchrun, srun or mpirun",
-                       description="Start --ranks processes of `python -m atmorep COMMAND ...` with a launcher; "
-                       "e.g. atmorep launch --with srun --ranks 8 -- train --config run.yaml ...")
-    p.add_argument("--with", dest="launcher", default="torchrun", choices=["torchrun", "srun", "mpirun", "none"],
-                   help="torchrun (one machine), srun (inside a SLURM job), mpirun (any MPI), none (one process)")
+    p = sub.add_parser(
+        "launch",
+        help="start N ranks of an atmorep command with torchrun, srun or mpirun",
+        description="Start --ranks processes of `python -m atmorep COMMAND ...` with a launcher; "
+        "e.g. atmorep launch --with srun --ranks 8 -- train --config run.yaml ...",
+    )
+    p.add_argument(
+        "--with",
+        dest="launcher",
+        default="torchrun",
+        choices=["torchrun", "srun", "mpirun", "none"],
+        help="torchrun (one machine), srun (inside a SLURM job), mpirun (any MPI), none (one process)",
+    )
     p.add_argument("--ranks", type=int, default=1, help="number of ranks (processes) in all")
     p.add_argument("--per-node", type=int, help="srun: ranks per node on multi-node jobs (one per GPU)")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="-- COMMAND ARGS (the atmorep command to start)")
     p.set_defaults(func=cmd_launch)
 
-    p = sub.add_parser("evaluate", help="run evaluate.mode (forecast, temporal_interpolation, bert, global_forecast) "
-                       "on the held-out period; WeatherBench 2 scores vs baselines, CF zarr products, figures, attention")
+    p = sub.add_parser(
+        "evaluate",
+        help="run evaluate.mode (forecast, temporal_interpolation, bert, global_forecast) "
+        "on the held-out period; WeatherBench 2 scores vs baselines, CF zarr products, figures, attention",
+    )
     _config_args(p)
     p.add_argument("--model", required=True, type=Path, help="model.pt from train")
     p.add_argument("--shards", required=True, nargs="+", type=Path, help="shard stores (all fields of the model)")
-    p.add_argument("--output-dir", required=True, type=Path, help="writes scores.csv, rank_histogram.csv, windows.zarr, "
-                   "sample_scores.zarr, climatology.zarr (+ wb2_*.zarr, attention.zarr) and figures")
+    p.add_argument(
+        "--output-dir",
+        required=True,
+        type=Path,
+        help="writes scores.csv, rank_histogram.csv, windows.zarr, "
+        "sample_scores.zarr, climatology.zarr (+ wb2_*.zarr, attention.zarr) and figures",
+    )
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("plan", help="capacity planner: download volume, zarr bytes and inodes, core-hours, "
-                       "GPU-hours and SLURM jobs of a campaign, before anything runs")
+    p = sub.add_parser(
+        "plan",
+        help="capacity planner: download volume, zarr bytes and inodes, core-hours, "
+        "GPU-hours and SLURM jobs of a campaign, before anything runs",
+    )
     g = p.add_mutually_exclusive_group()
     g.add_argument("--config", type=Path, help="run configuration YAML")
     g.add_argument("--params", help="the whole run configuration as JSON")
-    p.add_argument("--profile", type=Path, default=Path("profiles/slurm"),
-                   help="Snakemake profile whose job grouping counts SLURM jobs (default profiles/slurm)")
+    p.add_argument(
+        "--profile",
+        type=Path,
+        default=Path("profiles/slurm"),
+        help="Snakemake profile whose job grouping counts SLURM jobs (default profiles/slurm)",
+    )
     p.add_argument("--mfu", type=float, default=0.45, help="model FLOPs utilisation assumed for GPU-hours")
     _fit_args(p)
     p.add_argument("--output", type=Path, help="also write the plan to this file")
     p.set_defaults(func=cmd_plan)
 
-    p = sub.add_parser("check", help="check a run configuration before anything runs (what the workflow checks at "
-                       "start): schema, field names, disjoint train/evaluate periods, one window in each "
-                       "period and on the grid after data.area, token tiling")
+    p = sub.add_parser(
+        "check",
+        help="check a run configuration before anything runs (what the workflow checks at "
+        "start): schema, field names, disjoint train/evaluate periods, one window in each "
+        "period and on the grid after data.area, token tiling",
+    )
     p.add_argument("--config", type=Path, required=True, help="run configuration YAML")
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("inspect", help="print fields, levels, grid and time steps of GRIB (files or directories), "
-                       "NetCDF or zarr inputs, or say in one line why one is unusable")
+    p = sub.add_parser(
+        "inspect",
+        help="print fields, levels, grid and time steps of GRIB (files or directories), "
+        "NetCDF or zarr inputs, or say in one line why one is unusable",
+    )
     p.add_argument("paths", nargs="+", type=Path)
-    p.add_argument("--regrid", choices=("none", "linear"), default="none",
-                   help="accept Gaussian grids as acquire.regrid: linear would (default: reject them)")
-    p.add_argument("--variable", action="append", default=[], metavar="FIELD=NAME",
-                   help="as acquire.variables: read NetCDF/zarr variable NAME as FIELD (repeatable), "
-                   "e.g. --variable t2m=air")
+    p.add_argument(
+        "--regrid",
+        choices=("none", "linear"),
+        default="none",
+        help="accept Gaussian grids as acquire.regrid: linear would (default: reject them)",
+    )
+    p.add_argument(
+        "--variable",
+        action="append",
+        default=[],
+        metavar="FIELD=NAME",
+        help="as acquire.variables: read NetCDF/zarr variable NAME as FIELD (repeatable), e.g. --variable t2m=air",
+    )
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("import-original", help="convert a model of the original AtmoRep code (AtmoRep_id<id>.mod "
-                       "+ model_id<id>.json) into a model.pt that evaluate reads and train.init_from fine-tunes",
-                       description="Read the original's state_dict without running pickled code (weights_only), "
-                       "map it into the compat multiformer its JSON describes (every key used, shapes checked; "
-                       "a mismatch names the key), and print the config keys (data/shard/model/train) that "
-                       "reproduce its training: per-field masking rates and loss weights.")
+    p = sub.add_parser(
+        "import-original",
+        help="convert a model of the original AtmoRep code (AtmoRep_id<id>.mod "
+        "+ model_id<id>.json) into a model.pt that evaluate reads and train.init_from fine-tunes",
+        description="Read the original's state_dict without running pickled code (weights_only), "
+        "map it into the compat multiformer its JSON describes (every key used, shapes checked; "
+        "a mismatch names the key), and print the config keys (data/shard/model/train) that "
+        "reproduce its training: per-field masking rates and loss weights.",
+    )
     p.add_argument("--weights", required=True, type=Path, help="AtmoRep_id<id>.mod (the original's torch.save)")
     p.add_argument("--config", required=True, type=Path, help="model_id<id>.json (the original's configuration)")
     p.add_argument("--output", required=True, type=Path, help="model file to write (model.pt)")
-    p.add_argument("--rename", action="append", metavar="ORIGINAL=OURS", help="field name mapping, repeatable "
-                   "(default: velocity_u=u, velocity_v=v, velocity_z=w, temperature=t, specific_humidity=q, "
-                   "total_precip=tp, vorticity=vo, divergence=d, geopotential=z)")
+    p.add_argument(
+        "--rename",
+        action="append",
+        metavar="ORIGINAL=OURS",
+        help="field name mapping, repeatable "
+        "(default: velocity_u=u, velocity_v=v, velocity_z=w, temperature=t, specific_humidity=q, "
+        "total_precip=tp, vorticity=vo, divergence=d, geopotential=z)",
+    )
     p.add_argument("--config-out", type=Path, help="also write the printed config keys to this YAML file")
     p.set_defaults(func=cmd_import_original)
     return ap
@@ -414,8 +528,9 @@ def main(argv: list[str] | None = None) -> int:
     from atmorep.train import launch
 
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if args.debug:
         os.environ["ATMOREP_DEBUG"] = "1"  # also for the ranks `launch` starts
     launch.watch_launcher()  # a rank started by `atmorep launch` dies with it
@@ -444,8 +559,10 @@ def failure(command: str, exc: BaseException) -> tuple[int, str]:
         return 1, f"atmorep {command}: error: {DiskFull.describe(exc)}"
     if isinstance(exc, (C.ConfigError, ValueError, OSError)):  # incl. DataError, TooManyBadSteps
         return 1, f"atmorep {command}: error: {exc}"
-    return 1, (f"atmorep {command}: internal error: {type(exc).__name__}: {exc} (rerun with --debug or "
-               "ATMOREP_DEBUG=1 for the traceback, and report it)")
+    return 1, (
+        f"atmorep {command}: internal error: {type(exc).__name__}: {exc} (rerun with --debug or "
+        "ATMOREP_DEBUG=1 for the traceback, and report it)"
+    )
 
 
 if __name__ == "__main__":

@@ -117,7 +117,7 @@ class FilesConfig:
 class ZarrSourceConfig:
     """An analysis-ready zarr store (ARCO-ERA5, WeatherBench 2, anemoi) read lazily, chunk by chunk."""
 
-    url: str = ""                    # local path, https://, gs:// or s3:// (anonymous)
+    url: str = ""  # local path, https://, gs:// or s3:// (anonymous)
     storage_options: dict[str, str] = field(default_factory=dict)  # passed to fsspec (e.g. endpoint_url)
 
 
@@ -144,8 +144,9 @@ class ClimatologyConfig:
     def months(self) -> list[str]:
         """The 'YYYY-MM' months whose statistics the climatology merges."""
         if self.start is None or self.end is None:
-            raise ConfigError("normalize.climatology.start and .end are required when "
-                              "normalize.climatology.fields is not empty")
+            raise ConfigError(
+                "normalize.climatology.start and .end are required when normalize.climatology.fields is not empty"
+            )
         first, last = np.datetime64(self.start, "M"), np.datetime64(self.end, "M")
         if last < first:
             raise ConfigError(f"normalize.climatology: end {self.end} is before start {self.start}")
@@ -325,7 +326,7 @@ class Config:
     software: SoftwareConfig = field(default_factory=SoftwareConfig)
 
 
-def tokens_per_field(cfg: "Config") -> dict[str, tuple[int, int, int]]:
+def tokens_per_field(cfg: Config) -> dict[str, tuple[int, int, int]]:
     """Tokens per sample and level of each field: ``model.num_tokens`` counts the finest tokens, and
     every field covers the same neighbourhood (as the loader, :class:`atmorep.data.dataset.WindowDataset`)."""
     sizes = np.array([cfg.shard.token_size_for(f) for f in cfg.data.fields])
@@ -334,8 +335,10 @@ def tokens_per_field(cfg: "Config") -> dict[str, tuple[int, int, int]]:
     for f in cfg.data.fields:
         size = np.asarray(cfg.shard.token_size_for(f))
         if np.any(extent % size):
-            raise ConfigError(f"shard token size {size.tolist()} of field '{f}' does not tile the neighbourhood "
-                              f"{extent.tolist()} (model.num_tokens x the finest token size)")
+            raise ConfigError(
+                f"shard token size {size.tolist()} of field '{f}' does not tile the neighbourhood "
+                f"{extent.tolist()} (model.num_tokens x the finest token size)"
+            )
         out[f] = tuple(int(v) for v in extent // size)
     return out
 
@@ -463,8 +466,11 @@ def from_slice(text: str) -> dict:
 def section(raw: dict, name: str):
     """Build the dataclass of one section from a (slice) dict."""
     hints = typing.get_type_hints(Config)
-    if name not in raw and name in {f.name for f in dataclasses.fields(Config) if
-                                     f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}:
+    if name not in raw and name in {
+        f.name
+        for f in dataclasses.fields(Config)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    }:
         raise ConfigError(f"missing config key '{name}'")
     if name == "seed":
         return int(raw.get("seed", 1))

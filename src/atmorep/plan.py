@@ -44,11 +44,13 @@ class Plan:
     def text(self, mfu: float) -> str:
         rows = [
             f"GRIB to download       {_size(self.grib_bytes)} in {self.grib_files} files",
-            f"zarr shard stores      {_size(self.zarr_bytes)} (uncompressed float32) in at most {self.zarr_inodes} inodes",
+            f"zarr shard stores      {_size(self.zarr_bytes)} (uncompressed float32) "
+            f"in at most {self.zarr_inodes} inodes",
             "core-hours per stage   " + ", ".join(f"{k} {v:.3g}" for k, v in self.core_hours.items()),
             f"pretraining            {self.train_flops:.3g} FLOP = {self.gpu_hours:.3g} GPU-hours "
             f"at {mfu:.0%} MFU of {GPU_PEAK_FLOPS / 1e12:.0f} TFLOP/s (bf16)",
-            "SLURM jobs             " + ", ".join(f"{k} {v}" for k, v in self.slurm_jobs.items())
+            "SLURM jobs             "
+            + ", ".join(f"{k} {v}" for k, v in self.slurm_jobs.items())
             + f" (total {sum(self.slurm_jobs.values())})",
         ]
         return "\n".join(rows)
@@ -88,8 +90,11 @@ def plan(cfg: Config, profile: dict | None = None, mfu: float = 0.45) -> Plan:
     months = cfg.data.months()
     steps = {m: time_steps(cfg, m) for m in months}
     bits = BITS.get(cfg.acquire.source, 16)
-    grib = sum(steps[m] * len(spec.levels) * (GRIB1_HEADER + math.ceil(nlat * nlon * bits / 8))
-               for spec in cfg.data.fields.values() for m in months)
+    grib = sum(
+        steps[m] * len(spec.levels) * (GRIB1_HEADER + math.ceil(nlat * nlon * bits / 8))
+        for spec in cfg.data.fields.values()
+        for m in months
+    )
     rows, cols = S.crop(cfg.data, cfg.shard, "", lats, lons)
     ny, nx = rows.stop - rows.start, cols.stop - cols.start
     zarr_bytes, inodes = 0, 0
@@ -107,8 +112,16 @@ def plan(cfg: Config, profile: dict | None = None, mfu: float = 0.45) -> Plan:
     core_hours = {stage: data_gb * rate / 3600 for stage, rate in CORE_S_PER_GB.items()}
     samples = cfg.train.steps * cfg.train.batch_size * cfg.train.gradient_accumulation * cfg.train.ranks
     train_flops = training_flops(cfg.model, model_geometry(cfg), masked_fraction(cfg.train.masking)) * samples
-    return Plan(grib, len(cfg.data.fields) * len(months), zarr_bytes, inodes, core_hours, train_flops,
-                train_flops / (GPU_PEAK_FLOPS * mfu) / 3600, slurm_jobs(cfg, profile or {}))
+    return Plan(
+        grib,
+        len(cfg.data.fields) * len(months),
+        zarr_bytes,
+        inodes,
+        core_hours,
+        train_flops,
+        train_flops / (GPU_PEAK_FLOPS * mfu) / 3600,
+        slurm_jobs(cfg, profile or {}),
+    )
 
 
 def model_geometry(cfg: Config) -> dict:
@@ -116,8 +129,7 @@ def model_geometry(cfg: Config) -> dict:
     from atmorep.model.multiformer import FieldGeometry
 
     tokens = tokens_per_field(cfg)
-    return {f: FieldGeometry(len(s.levels), cfg.shard.token_size_for(f), tokens[f])
-            for f, s in cfg.data.fields.items()}
+    return {f: FieldGeometry(len(s.levels), cfg.shard.token_size_for(f), tokens[f]) for f, s in cfg.data.fields.items()}
 
 
 def fit(cfg: Config, device_bytes: float, ranks: int | None = None):
@@ -125,8 +137,14 @@ def fit(cfg: Config, device_bytes: float, ranks: int | None = None):
     ``device_bytes`` on ``ranks`` ranks (default ``train.ranks``), at ``train.batch_size`` per rank."""
     from atmorep.train.memory import masked_fraction, recommend
 
-    return recommend(cfg.model, model_geometry(cfg), device_bytes, ranks or cfg.train.ranks,
-                     cfg.train.batch_size, masked_fraction=masked_fraction(cfg.train.masking))
+    return recommend(
+        cfg.model,
+        model_geometry(cfg),
+        device_bytes,
+        ranks or cfg.train.ranks,
+        cfg.train.batch_size,
+        masked_fraction=masked_fraction(cfg.train.masking),
+    )
 
 
 #: files of a shard store besides the data shards, at most: zarr.json of the group and of 8 arrays,
@@ -137,9 +155,13 @@ STORE_FILES = 9 + 7
 
 def slurm_jobs(cfg: Config, profile: dict) -> dict[str, int]:
     """SLURM jobs per stage, with the profile's job grouping (``groups`` / ``group-components``)."""
-    units = {"acquire": len(cfg.data.fields) * len(cfg.data.months()),
-             "normalize": len(cfg.data.fields) * len(cfg.data.months()),
-             "shard": len(cfg.data.fields) * len(cfg.data.years()), "pretrain": 1, "evaluate": 1}
+    units = {
+        "acquire": len(cfg.data.fields) * len(cfg.data.months()),
+        "normalize": len(cfg.data.fields) * len(cfg.data.months()),
+        "shard": len(cfg.data.fields) * len(cfg.data.years()),
+        "pretrain": 1,
+        "evaluate": 1,
+    }
     groups, sizes = profile.get("groups", {}), profile.get("group-components", {})
     return {rule: math.ceil(n / sizes.get(groups.get(rule), 1)) for rule, n in units.items()}
 

@@ -5,8 +5,9 @@ seconds, no job run, nothing written) and ``atmorep check`` / ``atmorep plan`` c
 file. It collects every problem it can know without data and raises one :class:`ConfigError` naming
 the keys and the numbers:
 
-- a single-level field (levtype sfc) has levels [0]; fields named by model.coupling, model.field_dims, normalize.local/climatology/qc, shard.field_token_size,
-  train.loss.field_weights and evaluate.attention exist in data.fields;
+- a single-level field (levtype sfc) has levels [0]; fields named by model.coupling,
+  model.field_dims, normalize.local/climatology/qc, shard.field_token_size, train.loss.field_weights
+  and evaluate.attention exist in data.fields;
 - train and evaluation periods lie in the campaign and are disjoint (no run scores its own training time),
   and so do the months of normalize.climatology;
 - each period holds one window of model.num_tokens[0] x shard.token_size[0] steps (when the config
@@ -45,17 +46,22 @@ def problems(cfg: Config) -> list[str]:
 
 def _unknown_fields(cfg: Config) -> list[str]:
     fields = set(cfg.data.fields)
-    named = {"model.coupling": [*cfg.model.coupling, *(f for v in cfg.model.coupling.values() for f in v)],
-             "model.field_dims": list(cfg.model.field_dims),
-             "normalize.local": list(cfg.normalize.local),
-             "normalize.climatology.fields": list(cfg.normalize.climatology.fields),
-             "normalize.qc.ranges": list(cfg.normalize.qc.ranges),
-             "shard.field_token_size": list(cfg.shard.field_token_size),
-             "train.loss.field_weights": list(cfg.train.loss.field_weights),
-             "evaluate.attention.fields": list(cfg.evaluate.attention.fields)}
-    out = [f"data.fields.{f}.levtype sfc takes levels [0] (one single level), not {list(spec.levels)}: name "
-           "the level type (e.g. heightAboveGround) to select by level value"
-           for f, spec in cfg.data.fields.items() if spec.levtype == "sfc" and tuple(spec.levels) != (0,)]
+    named = {
+        "model.coupling": [*cfg.model.coupling, *(f for v in cfg.model.coupling.values() for f in v)],
+        "model.field_dims": list(cfg.model.field_dims),
+        "normalize.local": list(cfg.normalize.local),
+        "normalize.climatology.fields": list(cfg.normalize.climatology.fields),
+        "normalize.qc.ranges": list(cfg.normalize.qc.ranges),
+        "shard.field_token_size": list(cfg.shard.field_token_size),
+        "train.loss.field_weights": list(cfg.train.loss.field_weights),
+        "evaluate.attention.fields": list(cfg.evaluate.attention.fields),
+    }
+    out = [
+        f"data.fields.{f}.levtype sfc takes levels [0] (one single level), not {list(spec.levels)}: name "
+        "the level type (e.g. heightAboveGround) to select by level value"
+        for f, spec in cfg.data.fields.items()
+        if spec.levtype == "sfc" and tuple(spec.levels) != (0,)
+    ]
     for key, names in named.items():
         if unknown := sorted(set(names) - fields):
             out.append(f"{key} names {', '.join(unknown)}, not in data.fields ({', '.join(cfg.data.fields)})")
@@ -86,8 +92,10 @@ def _periods(cfg: Config) -> list[str]:
             out.append(f"{what} lies outside the campaign data.start .. data.end {_t(d0)} .. {_t(d1)}")
     (a0, a1, train), (b0, b1, evaluate) = spans["train"], spans["evaluate"]
     if max(a0, b0) <= min(a1, b1):
-        out.append(f"{train} and {evaluate} overlap ({_t(max(a0, b0))} .. {_t(min(a1, b1))}): evaluation would "
-                   "score the training period; make them disjoint")
+        out.append(
+            f"{train} and {evaluate} overlap ({_t(max(a0, b0))} .. {_t(min(a1, b1))}): evaluation would "
+            "score the training period; make them disjoint"
+        )
     return out
 
 
@@ -99,8 +107,10 @@ def _climatology(cfg: Config) -> list[str]:
     except ConfigError as exc:
         return [str(exc)]
     if outside := [m for m in months if m not in cfg.data.months()]:
-        return [f"normalize.climatology months {outside[0]} .. {outside[-1]} lie outside the campaign "
-                f"data.start .. data.end {cfg.data.start} .. {cfg.data.end}"]
+        return [
+            f"normalize.climatology months {outside[0]} .. {outside[-1]} lie outside the campaign "
+            f"data.start .. data.end {cfg.data.start} .. {cfg.data.end}"
+        ]
     return []
 
 
@@ -134,8 +144,10 @@ def _windows_in_time(cfg: Config) -> list[str]:
         start, end, what = _period(cfg, stage)
         n = int(((times >= start) & (times <= end)).sum())
         if n < nt:
-            out.append(f"{what} holds {n} {what_steps}; one window needs "
-                       f"model.num_tokens[0] x shard.token_size[0] = {cfg.model.num_tokens[0]} x {sizes[0]} = {nt}")
+            out.append(
+                f"{what} holds {n} {what_steps}; one window needs "
+                f"model.num_tokens[0] x shard.token_size[0] = {cfg.model.num_tokens[0]} x {sizes[0]} = {nt}"
+            )
     return out
 
 
@@ -152,8 +164,11 @@ def _grid(cfg: Config) -> tuple[np.ndarray, np.ndarray, str] | None:
     north, west, south, east = cfg.data.area or (90.0, 0.0, -90.0, 360.0 - dlon)
     lats = north - dlat * np.arange(int(round((north - south) / dlat)) + 1)
     span = east - west if east - west >= 360 - dlon - 1e-6 else (east - west) % 360.0
-    return lats, west + dlon * np.arange(int(round(span / dlon)) + 1), \
-        "data.grid" if cfg.data.grid else "the cds default grid"
+    return (
+        lats,
+        west + dlon * np.arange(int(round(span / dlon)) + 1),
+        "data.grid" if cfg.data.grid else "the cds default grid",
+    )
 
 
 def _window_on_grid(cfg: Config) -> list[str]:
@@ -165,8 +180,7 @@ def _window_on_grid(cfg: Config) -> list[str]:
     lats, lons, whose = grid
     dlat, dlon = abs(float(lats[1] - lats[0])), abs(float(lons[1] - lons[0]))
     area = "[" + ", ".join(f"{v:g}" for v in cfg.data.area) + "]" if cfg.data.area else "null (global)"
-    where = (f"the grid of data.area {area} at {dlat:g}°x{dlon:g}° ({whose}) "
-             f"({len(lats)} x {len(lons)} points)")
+    where = f"the grid of data.area {area} at {dlat:g}°x{dlon:g}° ({whose}) ({len(lats)} x {len(lons)} points)"
     try:
         rows, cols = shards.crop(cfg.data, cfg.shard, next(iter(cfg.data.fields)), lats, lons)
     except DataError as exc:
@@ -174,7 +188,9 @@ def _window_on_grid(cfg: Config) -> list[str]:
     (_, ny, nx), sizes = _extent(cfg)
     kept_y, kept_x = rows.stop - rows.start, cols.stop - cols.start
     if kept_y < ny or (kept_x < nx and not periodic(lons)) or nx > len(lons):
-        return [f"{where} keeps {kept_y} x {kept_x} points as whole tokens; one window needs "
-                f"model.num_tokens[1:] x shard.token_size[1:] = {cfg.model.num_tokens[1]} x {sizes[1]} by "
-                f"{cfg.model.num_tokens[2]} x {sizes[2]} = {ny} x {nx} points"]
+        return [
+            f"{where} keeps {kept_y} x {kept_x} points as whole tokens; one window needs "
+            f"model.num_tokens[1:] x shard.token_size[1:] = {cfg.model.num_tokens[1]} x {sizes[1]} by "
+            f"{cfg.model.num_tokens[2]} x {sizes[2]} = {ny} x {nx} points"
+        ]
     return []

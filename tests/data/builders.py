@@ -48,9 +48,11 @@ def uk_mirror(shared_data: Path, root: Path, drop: tuple[int, ...] = ()) -> Path
     root.mkdir(parents=True, exist_ok=True)
     msgs = messages(shared_data.joinpath(*UK))
     keep = [(i, m) for i, m in enumerate(msgs) if i not in drop]
-    parts = {"a/era5_t2m_201903_days01-10.grib": [m for i, m in keep if i < 240],
-             "b/era5_t2m_201903_days11-20.grb2": [reencode(m, edition=2) for i, m in keep if 240 <= i < 480],
-             "b/era5_t2m_201903_days21-31.grib": [reencode(m, south_to_north=True) for i, m in keep if i >= 480]}
+    parts = {
+        "a/era5_t2m_201903_days01-10.grib": [m for i, m in keep if i < 240],
+        "b/era5_t2m_201903_days11-20.grb2": [reencode(m, edition=2) for i, m in keep if 240 <= i < 480],
+        "b/era5_t2m_201903_days21-31.grib": [reencode(m, south_to_north=True) for i, m in keep if i >= 480],
+    }
     for name, ms in parts.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(b"".join(ms))

@@ -107,9 +107,18 @@ def _handler(cds: FakeCds):
                 parts = path.split("/")
                 job = cds.jobs[parts[5]]
                 if len(parts) > 6 and parts[6] == "results":
-                    return self._json(200, {"asset": {"value": {
-                        "href": f"{self._base()}/download/{job['id']}.grib", "file:size": len(job["data"]),
-                        "type": "application/x-grib"}}})
+                    return self._json(
+                        200,
+                        {
+                            "asset": {
+                                "value": {
+                                    "href": f"{self._base()}/download/{job['id']}.grib",
+                                    "file:size": len(job["data"]),
+                                    "type": "application/x-grib",
+                                }
+                            }
+                        },
+                    )
                 return self._json(200, self._status(job))
             if path.startswith("/download/"):
                 return self._download(cds.jobs[path.split("/")[2].split(".")[0]], head)
@@ -125,9 +134,13 @@ def _handler(cds: FakeCds):
                     status = "running"
                 job["polls"] += 1
             url = f"{self._base()}/api/retrieve/v1/jobs/{job['id']}"
-            return {"jobID": job["id"], "status": status, "processID": job["dataset"],
-                    "metadata": {"log": [], "request": {"ids": job["request"]}},
-                    "links": [{"rel": "self", "href": url}, {"rel": "results", "href": f"{url}/results"}]}
+            return {
+                "jobID": job["id"],
+                "status": status,
+                "processID": job["dataset"],
+                "metadata": {"log": [], "request": {"ids": job["request"]}},
+                "links": [{"rel": "self", "href": url}, {"rel": "results", "href": f"{url}/results"}],
+            }
 
         def _download(self, job, head: bool):
             data = job["data"]
@@ -176,13 +189,27 @@ def _handler(cds: FakeCds):
             inputs = body["inputs"]
             job_id = uuid.uuid4().hex[:12]
             with cds.lock:
-                cds.jobs[job_id] = {"id": job_id, "dataset": dataset, "request": inputs, "polls": 0,
-                                    "data": cds.payload(dataset, inputs), "created": time.monotonic(), "done": False}
+                cds.jobs[job_id] = {
+                    "id": job_id,
+                    "dataset": dataset,
+                    "request": inputs,
+                    "polls": 0,
+                    "data": cds.payload(dataset, inputs),
+                    "created": time.monotonic(),
+                    "done": False,
+                }
                 cds.active += 1
                 cds.max_active = max(cds.max_active, cds.active)
             url = f"{self._base()}/api/retrieve/v1/jobs/{job_id}"
-            return self._json(201, {"jobID": job_id, "status": "accepted", "processID": dataset,
-                                    "links": [{"rel": "monitor", "href": url}]})
+            return self._json(
+                201,
+                {
+                    "jobID": job_id,
+                    "status": "accepted",
+                    "processID": dataset,
+                    "links": [{"rel": "monitor", "href": url}],
+                },
+            )
 
     return Handler
 
@@ -195,8 +222,9 @@ def subset(path, short_names=None, levels=None, max_messages=None) -> bytes:
     with open(path, "rb") as f:
         while (gid := eccodes.codes_grib_new_from_file(f)) is not None:
             try:
-                ok = (short_names is None or eccodes.codes_get_string(gid, "shortName") in short_names) and \
-                     (levels is None or eccodes.codes_get_long(gid, "level") in levels)
+                ok = (short_names is None or eccodes.codes_get_string(gid, "shortName") in short_names) and (
+                    levels is None or eccodes.codes_get_long(gid, "level") in levels
+                )
                 if ok:
                     out.append(eccodes.codes_get_message(gid))
             finally:

@@ -6,7 +6,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from builders import UK, field_grib, hourly
 
 PARAMS = {"fields": {"t2m": {}}, "start": "2019-03-01T00", "end": "2019-03-01T03", "step_hours": 1}
@@ -23,13 +22,21 @@ def _one_error(r, stage):
     return errors[0]
 
 
-@pytest.mark.parametrize("case", ["nan", pytest.param("grid", marks=pytest.mark.slow),
-                                  pytest.param("field", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "case", ["nan", pytest.param("grid", marks=pytest.mark.slow), pytest.param("field", marks=pytest.mark.slow)]
+)
 def test_normalize_rejects(tmp_path, shared_data, case):
     data = dict(PARAMS)
     if case == "nan":
-        src = field_grib(tmp_path / "in.grib", "t2m", np.full((4, 1, 5, 8), np.nan), hourly("2019-03-01T00", 4), [0],
-                         np.linspace(60, 50, 5), np.arange(8.0))
+        src = field_grib(
+            tmp_path / "in.grib",
+            "t2m",
+            np.full((4, 1, 5, 8), np.nan),
+            hourly("2019-03-01T00", 4),
+            [0],
+            np.linspace(60, 50, 5),
+            np.arange(8.0),
+        )
         want = "in.grib: field 't2m' level 0 time 2019-03-01T00:00: 40 non-finite values"
     elif case == "grid":
         src = shared_data.joinpath(*UK)
@@ -38,17 +45,44 @@ def test_normalize_rejects(tmp_path, shared_data, case):
     else:
         src = shared_data / "era5-sfc-natl-hourly" / "era5.grib"
         want = "field 't2m' not found (found ['msl', 'u10', 'v10'])"
-    r = _run("normalize", "--params", json.dumps({"data": data}), "--field", "t2m", "--month", "2019-03",
-             "--input", src, "--output", tmp_path / "out.zarr", "--qc", tmp_path / "qc.json")
+    r = _run(
+        "normalize",
+        "--params",
+        json.dumps({"data": data}),
+        "--field",
+        "t2m",
+        "--month",
+        "2019-03",
+        "--input",
+        src,
+        "--output",
+        tmp_path / "out.zarr",
+        "--qc",
+        tmp_path / "qc.json",
+    )
     assert want in _one_error(r, "normalize")
     assert not [p for p in tmp_path.iterdir() if p.name != "in.grib"]
 
 
 def test_acquire_from_an_empty_directory(tmp_path):
     (tmp_path / "mirror").mkdir()
-    params = {"data": PARAMS, "acquire": {"source": "files", "files": {"paths": [str(tmp_path / "mirror")],
-                                                                       "index_dir": str(tmp_path / "idx")}}}
-    r = _run("acquire", "--params", json.dumps(params), "--field", "t2m", "--month", "2019-03",
-             "--output", tmp_path / "out" / "t2m.grib")
+    params = {
+        "data": PARAMS,
+        "acquire": {
+            "source": "files",
+            "files": {"paths": [str(tmp_path / "mirror")], "index_dir": str(tmp_path / "idx")},
+        },
+    }
+    r = _run(
+        "acquire",
+        "--params",
+        json.dumps(params),
+        "--field",
+        "t2m",
+        "--month",
+        "2019-03",
+        "--output",
+        tmp_path / "out" / "t2m.grib",
+    )
     assert "matched no GRIB file" in _one_error(r, "acquire")
     assert not list((tmp_path / "out").iterdir())

@@ -8,13 +8,13 @@ import threading
 from pathlib import Path
 
 import pytest
+from builders import IFS, NATL, UK
+from cds_server import FakeCds, subset
 
 from atmorep.config import AcquireConfig, CdsConfig, DataConfig, FieldSpec
 from atmorep.data.acquire import cds, sources
 from atmorep.formats import grib
 from atmorep.formats.grib import DataError
-from builders import IFS, NATL, UK
-from cds_server import FakeCds, subset
 
 
 def _fast(tmp_path, **kw) -> AcquireConfig:
@@ -23,10 +23,21 @@ def _fast(tmp_path, **kw) -> AcquireConfig:
     return AcquireConfig(source="cds", cds=CdsConfig(**c))
 
 
-UK_DATA = DataConfig(fields={"t2m": FieldSpec()}, start="2019-03-01T00", end="2019-03-31T23", step_hours=1,
-                     grid=(0.25, 0.25), area=(58, -10, 50, 2))
-PL_DATA = DataConfig(fields={"t": FieldSpec((500, 850), "pl")}, start="2024-06-03T00", end="2024-06-04T18",
-                     step_hours=6, grid=(10.0, 10.0))
+UK_DATA = DataConfig(
+    fields={"t2m": FieldSpec()},
+    start="2019-03-01T00",
+    end="2019-03-31T23",
+    step_hours=1,
+    grid=(0.25, 0.25),
+    area=(58, -10, 50, 2),
+)
+PL_DATA = DataConfig(
+    fields={"t": FieldSpec((500, 850), "pl")},
+    start="2024-06-03T00",
+    end="2024-06-04T18",
+    step_hours=6,
+    grid=(10.0, 10.0),
+)
 
 
 @pytest.fixture
@@ -49,15 +60,31 @@ def server(monkeypatch, shared_data):
 
 
 def test_model_level_requests_are_mars_style_with_an_explicit_grid():
-    data = DataConfig(fields={"vo": FieldSpec((96, 105, 114, 123, 137)), "t2m": FieldSpec()},
-                      start="2021-01-15T06", end="2021-03-31T23", step_hours=1)
+    data = DataConfig(
+        fields={"vo": FieldSpec((96, 105, 114, 123, 137)), "t2m": FieldSpec()},
+        start="2021-01-15T06",
+        end="2021-03-31T23",
+        step_hours=1,
+    )
     reqs = cds.plan(data, AcquireConfig(source="cds"))
-    assert [(r.field, r.month) for r in reqs] == [(f, m) for f in ("vo", "t2m") for m in ("2021-01", "2021-02", "2021-03")]
+    assert [(r.field, r.month) for r in reqs] == [
+        (f, m) for f in ("vo", "t2m") for m in ("2021-01", "2021-02", "2021-03")
+    ]
     vo = reqs[0]
     assert vo.dataset == "reanalysis-era5-complete"
-    assert vo.body == {"class": "ea", "expver": "1", "stream": "oper", "type": "an", "levtype": "ml",
-                       "levelist": "96/105/114/123/137", "param": "138", "date": "2021-01-15/to/2021-01-31",
-                       "time": "/".join(f"{h:02d}" for h in range(24)), "grid": "0.25/0.25", "data_format": "grib"}
+    assert vo.body == {
+        "class": "ea",
+        "expver": "1",
+        "stream": "oper",
+        "type": "an",
+        "levtype": "ml",
+        "levelist": "96/105/114/123/137",
+        "param": "138",
+        "date": "2021-01-15/to/2021-01-31",
+        "time": "/".join(f"{h:02d}" for h in range(24)),
+        "grid": "0.25/0.25",
+        "data_format": "grib",
+    }
     assert len(vo.arrival.times) == 17 * 24  # whole days are requested, the campaign's hours kept
     sfc = reqs[5].body  # t2m, March: the whole month
     assert reqs[5].dataset == "reanalysis-era5-single-levels" and sfc["variable"] == ["2m_temperature"]
@@ -69,10 +96,20 @@ def test_pressure_level_request_and_the_plan_command(tmp_path):
     assert r.dataset == "reanalysis-era5-pressure-levels"
     assert r.body["pressure_level"] == ["500", "850"] and r.body["time"] == ["00:00", "06:00", "12:00", "18:00"]
     assert r.body["grid"] == "10/10" and r.body["day"] == ["03", "04"]
-    cfg = {"data": {"fields": {"t": {"levels": [500, 850], "levtype": "pl"}}, "start": "2024-06-03T00",
-                    "end": "2024-06-04T18", "step_hours": 6}, "acquire": {"source": "cds"}}
-    out = subprocess.run([sys.executable, "-m", "atmorep", "acquire", "--params", json.dumps(cfg), "--plan"],
-                         capture_output=True, text=True)
+    cfg = {
+        "data": {
+            "fields": {"t": {"levels": [500, 850], "levtype": "pl"}},
+            "start": "2024-06-03T00",
+            "end": "2024-06-04T18",
+            "step_hours": 6,
+        },
+        "acquire": {"source": "cds"},
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "atmorep", "acquire", "--params", json.dumps(cfg), "--plan"],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     (line,) = out.stdout.splitlines()
     assert json.loads(line)["request"]["pressure_level"] == ["500", "850"]
@@ -130,8 +167,11 @@ def test_a_killed_job_resumes_the_partial_file_without_resubmitting(tmp_path, se
 
 def test_the_wrong_field_is_rejected_and_nothing_is_kept(tmp_path, server, shared_data):
     server.payload = lambda dataset, request: subset(shared_data.joinpath(*NATL), {"10u"})
-    with pytest.raises(DataError, match=r"rejected what the CDS delivered: .*holds u10 \(paramId 165\); "
-                                        r"expected only field 't2m'"):
+    with pytest.raises(
+        DataError,
+        match=r"rejected what the CDS delivered: .*holds u10 \(paramId 165\); "
+        r"expected only field 't2m'",
+    ):
         sources.acquire(UK_DATA, _fast(tmp_path), "t2m", "2019-03", tmp_path / "t2m.grib")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["slots"]
 
@@ -174,8 +214,13 @@ def test_wrong_and_missing_credentials_fail_clearly(tmp_path, server, monkeypatc
 @pytest.mark.slow
 def test_requests_in_flight_respect_the_concurrency_limit(tmp_path, server):
     server.hold_s = 0.3
-    data = DataConfig(fields={"t": FieldSpec((500, 850), "pl")}, start="2024-06-03T00", end="2024-06-04T18",
-                      step_hours=6, grid=(10.0, 10.0))
+    data = DataConfig(
+        fields={"t": FieldSpec((500, 850), "pl")},
+        start="2024-06-03T00",
+        end="2024-06-04T18",
+        step_hours=6,
+        grid=(10.0, 10.0),
+    )
     errors = []
 
     def job(i):

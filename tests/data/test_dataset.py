@@ -1,9 +1,8 @@
 import numpy as np
 import pytest
 
-from atmorep.data.dataset import FieldStore, WindowDataset, tokenize, untokenize
 from atmorep.config import parse_time
-from shard_builders import synthetic  # noqa: F401 (fixture)
+from atmorep.data.dataset import FieldStore, WindowDataset, tokenize, untokenize
 
 
 def test_tokenize_roundtrip_and_layout():
@@ -64,8 +63,11 @@ def test_direct_token_reads_equal_zarr_reads_including_the_seam(dataset):
     for f in dataset.fields:
         store = dataset.stores[f][0]
         assert store.dense is not None
-        for t0, y0, x0 in [(2, 9, 342), (0, 0, 0), *((2 * rng.integers(7), 9 * rng.integers(17), 9 * rng.integers(40))
-                                                      for _ in range(5))]:
+        for t0, y0, x0 in [
+            (2, 9, 342),
+            (0, 0, 0),
+            *((2 * rng.integers(7), 9 * rng.integers(17), 9 * rng.integers(40)) for _ in range(5)),
+        ]:
             got = store.read_tokens(int(t0), int(y0), int(x0), 3, 3, 6)
             want = tokenize(store.read(int(t0), 6, int(y0), 27, int(x0), 54), store.token_size)
             np.testing.assert_array_equal(got, want)
@@ -114,8 +116,16 @@ def test_stores_written_by_other_tools_are_read_through_zarr(synthetic, tmp_path
         shutil.copytree(src, dst, ignore=shutil.ignore_patterns("data"))
         a = zarr.open_array(src / "data", mode="r")
         with zarr.config.set({"codec_pipeline.path": "zarr.core.codec_pipeline.BatchedCodecPipeline"}):
-            b = zarr.create_array(dst / "data", shape=a.shape, dtype=a.dtype, chunks=a.chunks, shards=a.shards,
-                                  dimension_names=a.metadata.dimension_names, fill_value=np.nan, **kwargs)
+            b = zarr.create_array(
+                dst / "data",
+                shape=a.shape,
+                dtype=a.dtype,
+                chunks=a.chunks,
+                shards=a.shards,
+                dimension_names=a.metadata.dimension_names,
+                fill_value=np.nan,
+                **kwargs,
+            )
             b[:12, :, :24] = a[:12, :, :24]  # what the read below needs
         store = FieldStore(dst)
         assert (store.dense is None) == (name == "zstd")  # zarr-python stores inner chunks in Morton order
@@ -129,14 +139,17 @@ def test_windows_of_several_stores_never_cross_a_store(synthetic, tmp_path):
     from atmorep.data import shards
 
     data, cfg = synthetic["data"], synthetic["shard"]
-    parts = [shards.shard(data, cfg, "u", f"part{k}", [m], tmp_path / f"u{k}.zarr")
-             for k, m in enumerate(synthetic["normalized"]["u"])]
+    parts = [
+        shards.shard(data, cfg, "u", f"part{k}", [m], tmp_path / f"u{k}.zarr")
+        for k, m in enumerate(synthetic["normalized"]["u"])
+    ]
     ds = WindowDataset({"u": parts}, (2, 4, 4), parse_time("2026-01-31T00"), parse_time("2026-02-01T23"))
     per_store = 7 * ds.grid.shape[1] * ds.grid.shape[2]  # (24 steps - 6) / 3 + 1 time origins each
     assert ds.grid.t_origins[0].tolist() == ds.grid.t_origins[1].tolist() == list(range(0, 19, 3))
     assert len(ds) == 2 * per_store and ds.windows[per_store - 1].store == 0 and ds.windows[per_store].store == 1
     w = ds.windows[per_store + 5]
     t, y, x = ds.indices(per_store + 5, "u")
-    np.testing.assert_array_equal(untokenize(ds[per_store + 5]["u"][0], (3, 4, 4)),
-                                  FieldStore(parts[1]).read(w.t0, 6, w.y0, 16, w.x0, 16))
+    np.testing.assert_array_equal(
+        untokenize(ds[per_store + 5]["u"][0], (3, 4, 4)), FieldStore(parts[1]).read(w.t0, 6, w.y0, 16, w.x0, 16)
+    )
     assert ds.stores["u"][1].times[t[0]] >= np.datetime64("2026-02-01T00")

@@ -2,17 +2,24 @@
 
 import numpy as np
 import pytest
+from builders import IFS, UK, field_grib, sample_grid, uk_mirror
 
 from atmorep.config import AcquireConfig, DataConfig, FieldSpec, FilesConfig
-from atmorep.formats import grib
 from atmorep.data.acquire import sources
+from atmorep.formats import grib
 from atmorep.formats.grib import DataError
-from builders import IFS, UK, field_grib, sample_grid, uk_mirror
 
 
 def _uk(**kw):
-    return DataConfig(fields={"t2m": FieldSpec()}, start="2019-03-01T00", end="2019-03-31T23", step_hours=1,
-                      grid=(0.25, 0.25), area=(58, -10, 50, 2), **kw)
+    return DataConfig(
+        fields={"t2m": FieldSpec()},
+        start="2019-03-01T00",
+        end="2019-03-31T23",
+        step_hours=1,
+        grid=(0.25, 0.25),
+        area=(58, -10, 50, 2),
+        **kw,
+    )
 
 
 def _files(tmp_path, *paths, **kw):
@@ -32,14 +39,25 @@ def test_mixed_editions_and_conventions_give_the_real_month(tmp_path, mirror, sh
     np.testing.assert_allclose(got.values, want.values, atol=2e-3)  # re-packed at 16 bits
     # a second job reads the cached inventories instead of rescanning
     assert len(list((tmp_path / "index").glob("*.json"))) == 4
-    again = sources.acquire(_uk(), _files(tmp_path, mirror / "*" / "*.gr*", mirror / "other.grib"), "t2m", "2019-03",
-                            tmp_path / "again.grib")
+    again = sources.acquire(
+        _uk(),
+        _files(tmp_path, mirror / "*" / "*.gr*", mirror / "other.grib"),
+        "t2m",
+        "2019-03",
+        tmp_path / "again.grib",
+    )
     assert again.read_bytes() == out.read_bytes()
 
 
 def test_a_partial_month_selects_the_campaign_steps(tmp_path, mirror):
-    data = DataConfig(fields={"t2m": FieldSpec()}, start="2019-03-10T12", end="2019-03-12T11", step_hours=1,
-                      grid=(0.25, 0.25), area=(58, -10, 50, 2))
+    data = DataConfig(
+        fields={"t2m": FieldSpec()},
+        start="2019-03-10T12",
+        end="2019-03-12T11",
+        step_hours=1,
+        grid=(0.25, 0.25),
+        area=(58, -10, 50, 2),
+    )
     out = sources.acquire(data, _files(tmp_path, mirror), "t2m", "2019-03", tmp_path / "t2m.grib")
     t = grib.decode(out)["time"].values
     assert len(t) == 48 and str(t[0])[:13] == "2019-03-10T12"
@@ -47,8 +65,11 @@ def test_a_partial_month_selects_the_campaign_steps(tmp_path, mirror):
 
 def test_missing_combinations_are_named_precisely(tmp_path, shared_data):
     holes = uk_mirror(shared_data, tmp_path / "m", drop=(76, 77, 600))
-    with pytest.raises(DataError, match=r"misses 3 of 744 \(level, time\) combinations; level 0: 3 of 744 time "
-                                        r"steps missing: 2019-03-04T04:00, 2019-03-04T05:00, 2019-03-26T00:00"):
+    with pytest.raises(
+        DataError,
+        match=r"misses 3 of 744 \(level, time\) combinations; level 0: 3 of 744 time "
+        r"steps missing: 2019-03-04T04:00, 2019-03-04T05:00, 2019-03-26T00:00",
+    ):
         sources.acquire(_uk(), _files(tmp_path, holes), "t2m", "2019-03", tmp_path / "o.grib")
     assert not list(tmp_path.glob("*o.grib*"))
 
@@ -66,8 +87,9 @@ def test_empty_directory_and_no_matching_field_fail_clearly(tmp_path, mirror):
 def test_a_file_on_another_grid_is_rejected(tmp_path, shared_data):
     root = uk_mirror(shared_data, tmp_path / "m")
     lat, lon = np.linspace(58, 50, 9), np.arange(13) * 1.0 - 10
-    field_grib(root / "coarse.grib", "t2m", np.full((1, 1, 9, 13), 280.0) + np.arange(13), ["2019-03-05T00"], [0],
-               lat, lon)
+    field_grib(
+        root / "coarse.grib", "t2m", np.full((1, 1, 9, 13), 280.0) + np.arange(13), ["2019-03-05T00"], [0], lat, lon
+    )
     with pytest.raises(DataError, match=r"mixed grids: .*33x49 0\.25°x0\.25°.*9x13 1°x1° in .*coarse\.grib"):
         sources.acquire(_uk(), _files(tmp_path, root), "t2m", "2019-03", tmp_path / "o.grib")
 
@@ -80,8 +102,14 @@ def test_gaussian_grid_needs_a_regrid_and_is_interpolated_with_one(tmp_path):
     pl = eccodes.codes_get_array(gid, "pl", int)
     eccodes.codes_release(gid)
     # f = 280 + 10 sin(lat) + 5 cos(lat) cos(lon): smooth, known everywhere
-    vals = np.concatenate([280 + 10 * np.sin(np.deg2rad(la)) + 5 * np.cos(np.deg2rad(la))
-                           * np.cos(np.deg2rad(360.0 * np.arange(n) / n)) for la, n in zip(lats, pl)])
+    vals = np.concatenate(
+        [
+            280
+            + 10 * np.sin(np.deg2rad(la))
+            + 5 * np.cos(np.deg2rad(la)) * np.cos(np.deg2rad(360.0 * np.arange(n) / n))
+            for la, n in zip(lats, pl)
+        ]
+    )
     root = tmp_path / "gg"
     root.mkdir()
     p = sample_grid("reduced_gg_sfc_grib1", root / "gg.grib", vals)
@@ -105,16 +133,22 @@ def test_spectral_coefficients_are_rejected(tmp_path):
     h = grib.scan(p)[0]
     data = DataConfig(fields={"t": FieldSpec((137,))}, start=str(h.time)[:13], end=str(h.time)[:13])
     with pytest.raises(DataError, match="spherical-harmonic coefficients"):
-        sources.acquire(data, _files(tmp_path, root, regrid="linear"), "t", str(h.time.astype("datetime64[M]")),
-                        tmp_path / "o.grib")
+        sources.acquire(
+            data, _files(tmp_path, root, regrid="linear"), "t", str(h.time.astype("datetime64[M]")), tmp_path / "o.grib"
+        )
 
 
 def test_vorticity_and_divergence_derived_from_real_winds(tmp_path, shared_data):
     root = tmp_path / "ifs"
     root.mkdir()
     (root / "pl.grib").write_bytes(shared_data.joinpath(*IFS).read_bytes())
-    data = DataConfig(fields={"vo": FieldSpec((500, 850), "pl"), "d": FieldSpec((500, 850), "pl")},
-                      start="2024-06-03T00", end="2024-06-04T18", step_hours=6, grid=(10.0, 10.0))
+    data = DataConfig(
+        fields={"vo": FieldSpec((500, 850), "pl"), "d": FieldSpec((500, 850), "pl")},
+        start="2024-06-03T00",
+        end="2024-06-04T18",
+        step_hours=6,
+        grid=(10.0, 10.0),
+    )
     with pytest.raises(DataError, match="no message of field 'vo'"):
         sources.acquire(data, _files(tmp_path, root), "vo", "2024-06", tmp_path / "vo.grib")
     cfg = _files(tmp_path, root, derive_vorticity=True)

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from atmorep.formats import grib
 from atmorep.data.acquire.inventory import config_level
+from atmorep.formats import grib
 from atmorep.formats.grib import DataError
 
 
@@ -169,8 +169,16 @@ def test_grib1_message_over_8_mb_is_split_correctly(tmp_path):
     lat, lon = np.linspace(90, -90, 1801), np.arange(3600) * 0.1
     x = (np.cos(np.deg2rad(lat))[:, None] * np.sin(np.deg2rad(lon))[None] * 10 + 280).astype(np.float32)
     p = tmp_path / "big.grib"
-    grib.write_grib(p, "t2m", np.stack([x[None], x[None] + 1]), np.array(["2021-01-01T00", "2021-01-01T01"],
-                    "datetime64[h]"), [0], lat, lon, bits_per_value=16)
+    grib.write_grib(
+        p,
+        "t2m",
+        np.stack([x[None], x[None] + 1]),
+        np.array(["2021-01-01T00", "2021-01-01T01"], "datetime64[h]"),
+        [0],
+        lat,
+        lon,
+        bits_per_value=16,
+    )
     raws = list(grib.iter_raw(p))
     assert len(raws) == 2 and raws[0].length > 8 << 20 and sum(r.length for r in raws) == p.stat().st_size
     da = grib.decode(p)

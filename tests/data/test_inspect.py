@@ -4,10 +4,10 @@ import subprocess
 import sys
 
 import pytest
-
-from atmorep.formats.grib import DataError
-from atmorep.data.acquire.inspect import describe
 from builders import IFS, sample_grid, uk_mirror
+
+from atmorep.data.acquire.inspect import describe
+from atmorep.formats.grib import DataError
 
 
 def test_grib_files_of_both_editions_and_a_mirror_directory(tmp_path, shared_data):
@@ -29,10 +29,13 @@ def test_normalized_store_is_described(sample_products):
     assert "data: u10 normalized with global monthly statistics" in text and "24 time steps" in text
 
 
-@pytest.mark.parametrize("sample, why", [
-    ("sh_ml_grib2", "spherical-harmonic coefficients (spherical harmonics T63)"),
-    ("reduced_gg_pl_grib2", "Gaussian grid (reduced_gg N32 (64 latitudes)): set acquire.regrid: linear"),
-])
+@pytest.mark.parametrize(
+    "sample, why",
+    [
+        ("sh_ml_grib2", "spherical-harmonic coefficients (spherical harmonics T63)"),
+        ("reduced_gg_pl_grib2", "Gaussian grid (reduced_gg N32 (64 latitudes)): set acquire.regrid: linear"),
+    ],
+)
 def test_unusable_grids_are_one_clear_line(tmp_path, sample, why):
     p = sample_grid(sample, tmp_path / "x.grib")
     r = subprocess.run([sys.executable, "-m", "atmorep", "inspect", str(p)], capture_output=True, text=True)
@@ -47,13 +50,19 @@ def test_gaussian_grid_is_accepted_with_a_regrid(tmp_path):
 
 
 def test_mixed_grids_of_one_field_are_rejected(tmp_path, shared_data):
+    import numpy as np
     from builders import field_grib
 
-    import numpy as np
-
     root = uk_mirror(shared_data, tmp_path / "m")
-    field_grib(root / "coarse.grib", "t2m", np.full((1, 1, 9, 13), 280.0) + np.arange(13), ["2019-03-05T00"], [0],
-               np.linspace(58, 50, 9), np.arange(13) * 1.0 - 10)
+    field_grib(
+        root / "coarse.grib",
+        "t2m",
+        np.full((1, 1, 9, 13), 280.0) + np.arange(13),
+        ["2019-03-05T00"],
+        [0],
+        np.linspace(58, 50, 9),
+        np.arange(13) * 1.0 - 10,
+    )
     with pytest.raises(DataError, match=r"field 't2m' is on mixed grids: 33x49 0\.25°x0\.25° .* and 9x13 1°x1°"):
         describe(root)
 

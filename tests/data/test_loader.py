@@ -9,10 +9,10 @@ from torch.utils.data import DataLoader
 from atmorep.config import parse_time
 from atmorep.data.dataset import SphereSampler, WindowDataset, WindowGrid
 from atmorep.formats.grib import DataError
-from shard_builders import synthetic  # noqa: F401 (fixture)
 
 
-def grid(nt=50, lats=np.arange(-80, 81, 5.0), nx=40) -> WindowGrid:
+def grid(nt=50, lats=None, nx=40) -> WindowGrid:
+    lats = np.arange(-80, 81, 5.0) if lats is None else lats
     w = np.cos(np.deg2rad(lats))
     return WindowGrid([np.arange(nt) * 3], np.arange(len(lats)) * 5, np.arange(nx) * 9, w)
 
@@ -41,8 +41,12 @@ def test_latitude_is_area_weighted_time_and_longitude_uniform():
 
 
 def test_dataset_weights_are_the_area_of_each_centre_band(sample_products):
-    ds = WindowDataset({f: [p] for f, p in sample_products["shards"].items()}, (3, 3, 6),
-                       parse_time("2026-03-25T00"), parse_time("2026-03-30T05"))
+    ds = WindowDataset(
+        {f: [p] for f, p in sample_products["shards"].items()},
+        (3, 3, 6),
+        parse_time("2026-03-25T00"),
+        parse_time("2026-03-30T05"),
+    )
     lats = ds.stores["t2m"][0].lats
     centre = (lats[ds.grid.y_origins] + lats[ds.grid.y_origins + 26]) / 2
     ratio = ds.grid.weights / np.cos(np.deg2rad(centre))
@@ -74,8 +78,15 @@ def test_two_ranks_two_workers_never_repeat_a_window():
     seen, per_worker = [], {}
     for rank in range(2):
         sampler = SphereSampler(g, 2000, seed=11, rank=rank, world=2)
-        loader = DataLoader(Probe(), batch_size=8, sampler=sampler, num_workers=2, prefetch_factor=2,
-                            drop_last=True, multiprocessing_context="fork")
+        loader = DataLoader(
+            Probe(),
+            batch_size=8,
+            sampler=sampler,
+            num_workers=2,
+            prefetch_factor=2,
+            drop_last=True,
+            multiprocessing_context="fork",
+        )
         for idx, worker in loader:
             seen += idx.tolist()
             for w in worker.tolist():
@@ -121,8 +132,15 @@ def zstd_copy(src, dst):
 
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("data"))
     a = zarr.open_array(src / "data", mode="r")
-    b = zarr.create_array(dst / "data", shape=a.shape, dtype=a.dtype, chunks=a.chunks, shards=a.shards,
-                          dimension_names=a.metadata.dimension_names, fill_value=np.nan)
+    b = zarr.create_array(
+        dst / "data",
+        shape=a.shape,
+        dtype=a.dtype,
+        chunks=a.chunks,
+        shards=a.shards,
+        dimension_names=a.metadata.dimension_names,
+        fill_value=np.nan,
+    )
     b[:] = a[:]
     return dst
 
@@ -131,14 +149,16 @@ def zstd_copy(src, dst):
 def test_forked_workers_read_what_the_main_process_reads(sample_products, synthetic, tmp_path):
     compressed = {f: zstd_copy(p, tmp_path / f"{f}.zarr") for f, p in sample_products["shards"].items()}
     for shards, num_tokens, period in (
-            (sample_products["shards"], (3, 3, 6), ("2026-03-25T00", "2026-03-30T05")),
-            (compressed, (3, 3, 6), ("2026-03-25T00", "2026-03-30T05")),
-            (synthetic["shards"], (2, 4, 4), ("2026-01-31T00", "2026-02-01T23"))):
+        (sample_products["shards"], (3, 3, 6), ("2026-03-25T00", "2026-03-30T05")),
+        (compressed, (3, 3, 6), ("2026-03-25T00", "2026-03-30T05")),
+        (synthetic["shards"], (2, 4, 4), ("2026-01-31T00", "2026-02-01T23")),
+    ):
         ds = WindowDataset({f: [p] for f, p in shards.items()}, num_tokens, *map(parse_time, period))
         assert all((s[0].dense is None) == (shards is compressed) for s in ds.stores.values())
         sampler = SphereSampler(ds.grid, 24, seed=2)
-        loader = DataLoader(ds, batch_size=4, sampler=sampler, num_workers=2, collate_fn=list,
-                            multiprocessing_context="fork")
+        loader = DataLoader(
+            ds, batch_size=4, sampler=sampler, num_workers=2, collate_fn=list, multiprocessing_context="fork"
+        )
         got = [s for batch in loader for s in batch]
         for i, sample in zip(sampler, got):
             want = ds[i]

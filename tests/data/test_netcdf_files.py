@@ -14,17 +14,18 @@ import xarray as xr
 
 from atmorep.config import AcquireConfig, DataConfig, FieldSpec, FilesConfig
 from atmorep.data import fields
-from atmorep.formats import grib
 from atmorep.data.acquire import sources
+from atmorep.formats import grib
 from atmorep.formats.grib import DataError
 
 
 def acquire(tmp_path, field, levels, start, end, paths, levtype="pl", variables=None, **data_kw):
-    data = DataConfig(fields={field: FieldSpec(levels=tuple(levels), levtype=levtype)}, start=start, end=end,
-                      **data_kw)
-    cfg = AcquireConfig(source="files", files=FilesConfig(paths=tuple(map(str, paths)),
-                                                          index_dir=str(tmp_path / "index")),
-                        variables=variables or {})
+    data = DataConfig(fields={field: FieldSpec(levels=tuple(levels), levtype=levtype)}, start=start, end=end, **data_kw)
+    cfg = AcquireConfig(
+        source="files",
+        files=FilesConfig(paths=tuple(map(str, paths)), index_dir=str(tmp_path / "index")),
+        variables=variables or {},
+    )
     return sources.acquire(data, cfg, field, start[:7], tmp_path / "out" / f"{field}.grib")
 
 
@@ -56,8 +57,14 @@ def test_catalogue_names_and_units():
     assert fields.field_of("psl") == "msl" and fields.field_of("2m_temperature") == "t2m"
     assert fields.field_of("2t") == "t2m" and fields.field_of("u_component_of_wind") == "u"
     assert fields.candidates("z")["gh"] == (fields.G, "gpm")
-    for a, b in [("m s**-1", "m/s"), ("m s-1", "m s**-1"), ("degK", "K"), ("m**2 s**-2", "m2 s-2"),
-                 ("kg kg**-1", "1"), ("gpm", "m")]:
+    for a, b in [
+        ("m s**-1", "m/s"),
+        ("m s-1", "m s**-1"),
+        ("degK", "K"),
+        ("m**2 s**-2", "m2 s-2"),
+        ("kg kg**-1", "1"),
+        ("gpm", "m"),
+    ]:
         assert fields.same_units(a, b), (a, b)
     for a, b in [("Pa", "hPa"), ("K", "degC"), ("m s**-1", "m"), ("furlongs", "m")]:
         assert not fields.same_units(a, b), (a, b)
@@ -130,26 +137,44 @@ def test_bad_netcdf_gets_one_line_naming_file_variable_and_key(tmp_path, ifs, sh
     (tmp_path / "both").mkdir()
     ds.to_netcdf(tmp_path / "both" / "t.nc")
     shutil.copy(shared_data / "ifs-pl-5var-6h" / "pl_regular_ll.grib", tmp_path / "both" / "pl.grib")
-    cases = [([tmp_path / "degc.nc"], "t", {}, r"degc.nc: variable 't' is in 'degC'; field 't' needs 'K'"),
-             ([tmp_path / "members.nc"], "t", {},
-              r"members.nc: variable 't' has 2 ensemble members \(dim 'number'\)"),
-             ([tmp_path / "both"], "t", {}, r"field 't' is in NetCDF .*t.nc\) and in GRIB .*pl.grib\)"),
-             ([tmp_path / "degc.nc"], "u", {},
-              r"no variable for field 'u' \(looked for .*'u_component_of_wind'"),
-             ([tmp_path / "degc.nc"], "t", {"t": "ta"}, r"acquire.variables maps it to 'ta'"),
-             ([tmp_path / "degc.nc"], "t", {}, None)]
+    cases = [
+        ([tmp_path / "degc.nc"], "t", {}, r"degc.nc: variable 't' is in 'degC'; field 't' needs 'K'"),
+        ([tmp_path / "members.nc"], "t", {}, r"members.nc: variable 't' has 2 ensemble members \(dim 'number'\)"),
+        ([tmp_path / "both"], "t", {}, r"field 't' is in NetCDF .*t.nc\) and in GRIB .*pl.grib\)"),
+        ([tmp_path / "degc.nc"], "u", {}, r"no variable for field 'u' \(looked for .*'u_component_of_wind'"),
+        ([tmp_path / "degc.nc"], "t", {"t": "ta"}, r"acquire.variables maps it to 'ta'"),
+        ([tmp_path / "degc.nc"], "t", {}, None),
+    ]
     for paths, field, variables, message in cases[:-1]:
         with pytest.raises(DataError, match=message):
             acquire(tmp_path, field, [850], start, end, paths, variables=variables)
         assert not list((tmp_path / "out").glob("*"))
     # the same as the user sees it: one line on stderr, exit 1, no output
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"run: x\ndata: {{fields: {{t: {{levels: [850], levtype: pl}}}}, start: '{start}', "
-                   f"end: '{end}'}}\n"
-                   f"acquire: {{source: files, files: {{paths: ['{tmp_path / 'degc.nc'}']}}}}\n")
-    r = subprocess.run([sys.executable, "-m", "atmorep", "acquire", "--config", str(cfg), "--field", "t",
-                        "--month", "2024-06", "--output", str(tmp_path / "cli" / "t.grib")],
-                       capture_output=True, text=True, timeout=300)
+    cfg.write_text(
+        f"run: x\ndata: {{fields: {{t: {{levels: [850], levtype: pl}}}}, start: '{start}', "
+        f"end: '{end}'}}\n"
+        f"acquire: {{source: files, files: {{paths: ['{tmp_path / 'degc.nc'}']}}}}\n"
+    )
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "atmorep",
+            "acquire",
+            "--config",
+            str(cfg),
+            "--field",
+            "t",
+            "--month",
+            "2024-06",
+            "--output",
+            str(tmp_path / "cli" / "t.grib"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 1
     errors = [ln for ln in r.stderr.splitlines() if "error" in ln]
     assert len(errors) == 1 and "variable 't' is in 'degC'; field 't' needs 'K'" in errors[0], r.stderr
@@ -163,16 +188,20 @@ def test_forecast_valid_time_and_a_mixed_mirror_agree_with_inspect(tmp_path, ifs
 
     t, _ = ifs
     ds = _cds_style(t, "t").rename(valid_time="time")
-    ds = ds.assign_coords(time=ds.time - np.timedelta64(6, "h"), valid_time=("time", ds.time.values),
-                          step=np.timedelta64(6, "h"))
+    ds = ds.assign_coords(
+        time=ds.time - np.timedelta64(6, "h"), valid_time=("time", ds.time.values), step=np.timedelta64(6, "h")
+    )
     mirror = tmp_path / "mirror"
     mirror.mkdir()
     ds.to_netcdf(mirror / "fc.nc")
     shutil.copy(shared_data / "era5-t2m-uk-hourly" / "era5-2mt-2019-03-uk.grib", mirror / "t2m.grib")
     text = describe(mirror)
     assert "(directory of 1 GRIB files)" in text and "t2m: 2 metre temperature" in text
-    assert re.search(r"fc.nc \(netcdf\)\n  t: .*levels pressure_level=.*usable as field 't' \(pl \[300, 400, 500, 700, 850, 1000\]\)",
-                     text), text
+    assert re.search(
+        r"fc.nc \(netcdf\)\n  t: .*levels pressure_level=.*"
+        r"usable as field 't' \(pl \[300, 400, 500, 700, 850, 1000\]\)",
+        text,
+    ), text
     out = acquire(tmp_path, "t", [500], "2024-06-03T00", "2024-06-04T18", [mirror], step_hours=6)
     got = grib.decode(out)
     assert list(got.time.values) == list(t.time.values)

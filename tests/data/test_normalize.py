@@ -6,12 +6,12 @@ import sys
 import numpy as np
 import pytest
 import xarray as xr
+from builders import IFS, NATL, UK, field_grib, hourly, messages
 
 from atmorep.config import ClimatologyConfig, DataConfig, FieldSpec, NormalizeConfig, QCConfig
-from atmorep.formats import grib
 from atmorep.data import normalize
+from atmorep.formats import grib
 from atmorep.formats.grib import DataError
-from builders import IFS, NATL, UK, field_grib, hourly, messages
 
 
 @pytest.fixture(scope="module")
@@ -19,10 +19,19 @@ def uk_t2m(shared_data):
     return grib.decode(shared_data.joinpath(*UK))
 
 
-def _data(start="2019-03-01", end="2019-03-31T23", levels=(0,), step=1, grid=(0.25, 0.25), area=(58, -10, 50, 2),
-          field="t2m", levtype="ml"):
-    return DataConfig(fields={field: FieldSpec(levels, levtype)}, start=start, end=end, step_hours=step,
-                      grid=grid, area=area)
+def _data(
+    start="2019-03-01",
+    end="2019-03-31T23",
+    levels=(0,),
+    step=1,
+    grid=(0.25, 0.25),
+    area=(58, -10, 50, 2),
+    field="t2m",
+    levtype="ml",
+):
+    return DataConfig(
+        fields={field: FieldSpec(levels, levtype)}, start=start, end=end, step_hours=step, grid=grid, area=area
+    )
 
 
 # --- statistics ------------------------------------------------------------------------------
@@ -71,8 +80,15 @@ def test_inverse_is_exact_to_float32_roundoff(uk_t2m, method):
 
 
 def test_normalize_stage_writes_data_statistics_and_qc(tmp_path, shared_data, uk_t2m):
-    out = normalize.normalize(_data(), NormalizeConfig(local=("t2m",)), "t2m", "2019-03",
-                              shared_data.joinpath(*UK), tmp_path / "t2m.zarr", qc_out=tmp_path / "qc.json")
+    out = normalize.normalize(
+        _data(),
+        NormalizeConfig(local=("t2m",)),
+        "t2m",
+        "2019-03",
+        shared_data.joinpath(*UK),
+        tmp_path / "t2m.zarr",
+        qc_out=tmp_path / "qc.json",
+    )
     ds = xr.open_zarr(out, consolidated=False)
     assert ds.attrs["normalization"] == "local" and ds.attrs["statistics"] == "monthly"
     assert ds.attrs["month"] == "2019-03" and len(ds.attrs["source_sha256"]) == 64
@@ -94,8 +110,9 @@ def test_streaming_through_a_scratch_file_gives_the_same_store(tmp_path, shared_
     small = NormalizeConfig(method="global", memory_mb=64, block_mb=8)
     tiny = dict(memory_mb=0, block_mb=0)  # below the schema minimum: forces the file slab and 1-step blocks
     a = normalize.normalize(_data(), small, "t2m", "2019-03", src, tmp_path / "a.zarr")
-    b = normalize.normalize(_data(), NormalizeConfig(method="global", **tiny), "t2m", "2019-03", src,
-                            tmp_path / "b.zarr")
+    b = normalize.normalize(
+        _data(), NormalizeConfig(method="global", **tiny), "t2m", "2019-03", src, tmp_path / "b.zarr"
+    )
     da, db = (xr.open_zarr(p, consolidated=False) for p in (a, b))
     np.testing.assert_allclose(da["mean"].values, db["mean"].values, rtol=1e-7)
     np.testing.assert_allclose(da["data"].values, db["data"].values, atol=1e-5)
@@ -124,8 +141,9 @@ def test_climatology_uses_the_training_period_not_the_month(tmp_path):
         t = data.times(month)
         raw[month] = (270 + 5 * i + rng.normal(0, 1 + i, (len(t), 1, 5, 8))).astype(np.float32)
         gribs[month] = field_grib(tmp_path / f"{month}.grib", "t2m", raw[month], t, [0], lat, lon)
-    cfg = NormalizeConfig(method="local", climatology=ClimatologyConfig(("t2m",), "2021-01", "2021-02",
-                                                                        by_calendar_month=False))
+    cfg = NormalizeConfig(
+        method="local", climatology=ClimatologyConfig(("t2m",), "2021-01", "2021-02", by_calendar_month=False)
+    )
     mom = [normalize.moments(data, cfg, "t2m", m, gribs[m], tmp_path / f"m{m}.zarr") for m in ("2021-01", "2021-02")]
     clim = normalize.climatology(data, cfg, "t2m", mom, tmp_path / "clim.zarr")
     out = normalize.normalize(data, cfg, "t2m", "2021-03", gribs["2021-03"], tmp_path / "mar.zarr", climatology=clim)
@@ -167,15 +185,23 @@ def _fails(tmp_path, data, src, match, cfg=None, field="t2m"):
 
 
 def _field(T=4, base=280.0):
-    return (np.full((T, 1, 5, 8), base, np.float32) + np.arange(8, dtype=np.float32)
-            + np.arange(T, dtype=np.float32)[:, None, None, None])
+    return (
+        np.full((T, 1, 5, 8), base, np.float32)
+        + np.arange(8, dtype=np.float32)
+        + np.arange(T, dtype=np.float32)[:, None, None, None]
+    )
 
 
 def test_nan_is_rejected_naming_file_field_level_and_time(tmp_path):
     values = _field()
     values[2, 0, 1, 1] = np.nan
     path = _write(tmp_path, values)
-    _fails(tmp_path, _grid_free(end="2019-03-01T03"), path, r"t2m\.grib: field 't2m' level 0 time 2019-03-01T02.*non-finite")
+    _fails(
+        tmp_path,
+        _grid_free(end="2019-03-01T03"),
+        path,
+        r"t2m\.grib: field 't2m' level 0 time 2019-03-01T02.*non-finite",
+    )
 
 
 def test_nan_filled_field_is_rejected(tmp_path):
@@ -190,8 +216,13 @@ def test_constant_level_is_rejected(tmp_path):
 
 def test_values_outside_the_physical_range_are_rejected(tmp_path):
     path = _write(tmp_path, _field(base=5.0))  # degC where K is expected
-    _fails(tmp_path, _grid_free(end="2019-03-01T03"), path, r"level 0 time 2019-03-01T00:00: 40 values outside the "
-                                                             r"physical range \[150, 350\]")
+    _fails(
+        tmp_path,
+        _grid_free(end="2019-03-01T03"),
+        path,
+        r"level 0 time 2019-03-01T00:00: 40 values outside the "
+        r"physical range \[150, 350\]",
+    )
     cfg = NormalizeConfig(qc=QCConfig(ranges={"t2m": (-60.0, 60.0)}))
     normalize.normalize(_grid_free(end="2019-03-01T03"), cfg, "t2m", "2019-03", path, tmp_path / "ok.zarr")
 
@@ -242,7 +273,9 @@ def test_unexpected_field_level_level_type_time_and_grid_are_rejected(tmp_path, 
         normalize.normalize(data, NormalizeConfig(), "t", "2024-06", pl, tmp_path / "o.zarr")
 
 
-@pytest.mark.parametrize("content, match", [(None, "truncated"), (b"", "empty file"), (b"hello" * 40, "not a GRIB file")])
+@pytest.mark.parametrize(
+    "content, match", [(None, "truncated"), (b"", "empty file"), (b"hello" * 40, "not a GRIB file")]
+)
 def test_truncated_empty_and_foreign_files_are_rejected(tmp_path, shared_data, content, match):
     src = tmp_path / "bad.grib"
     data = shared_data.joinpath(*UK).read_bytes()
@@ -254,9 +287,28 @@ def test_cli_bad_input_is_one_line_and_leaves_no_output(tmp_path, shared_data):
     cut = tmp_path / "cut.grib"
     cut.write_bytes(shared_data.joinpath(*UK).read_bytes()[:50000])
     params = json.dumps({"data": {"fields": {"t2m": {}}, "start": "2019-03-01", "end": "2019-03-31T23"}})
-    r = subprocess.run([sys.executable, "-m", "atmorep", "normalize", "--params", params, "--field", "t2m",
-                        "--month", "2019-03", "--input", str(cut), "--output", str(tmp_path / "o.zarr"),
-                        "--qc", str(tmp_path / "qc.json")], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "atmorep",
+            "normalize",
+            "--params",
+            params,
+            "--field",
+            "t2m",
+            "--month",
+            "2019-03",
+            "--input",
+            str(cut),
+            "--output",
+            str(tmp_path / "o.zarr"),
+            "--qc",
+            str(tmp_path / "qc.json"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 1 and "Traceback" not in r.stderr
     errors = [line for line in r.stderr.splitlines() if line.startswith("atmorep normalize: error:")]
     assert len(errors) == 1 and "cut.grib: message 15 is truncated" in errors[0], r.stderr
@@ -301,8 +353,13 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
 @pytest.mark.slow
 def test_peak_memory_does_not_grow_with_the_month(tmp_path):
     """A 0.25° field on 2 levels for 96 h (1.6 GB of float32) normalizes in well under its size."""
-    r = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, "96", "2", "721", "1440", str(tmp_path / "o.zarr")],
-                       capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-c", _RSS_SCRIPT, "96", "2", "721", "1440", str(tmp_path / "o.zarr")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     peak_mb = int(r.stdout.split()[-1])
     ds = xr.open_zarr(tmp_path / "o.zarr", consolidated=False)

@@ -5,22 +5,22 @@ never wrap from the east edge to the west edge."""
 import numpy as np
 import pytest
 import xarray as xr
+from builders import UK
 
 from atmorep.config import DataConfig, FieldSpec, NormalizeConfig, ShardConfig, parse_time
 from atmorep.data import normalize, shards
 from atmorep.data.dataset import WindowDataset
 from atmorep.formats.grib import DataError
-from builders import UK
 
 
 @pytest.fixture(scope="module")
 def uk(shared_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("uk")
-    data = DataConfig(fields={"t2m": FieldSpec(levels=(0,))}, start="2019-03-01T00", end="2019-03-31T23",
-                      step_hours=1)
+    data = DataConfig(fields={"t2m": FieldSpec(levels=(0,))}, start="2019-03-01T00", end="2019-03-31T23", step_hours=1)
     shard_cfg = ShardConfig(token_size=(3, 2, 5), shard_tokens=(4, 4, 3))
-    norm = normalize.normalize(data, NormalizeConfig(method="local"), "t2m", "2019-03", shared_data.joinpath(*UK),
-                               root / "t2m-2019-03.zarr")
+    norm = normalize.normalize(
+        data, NormalizeConfig(method="local"), "t2m", "2019-03", shared_data.joinpath(*UK), root / "t2m-2019-03.zarr"
+    )
     store = shards.shard(data, shard_cfg, "t2m", "2019", [norm], root / "t2m-2019.zarr")
     return {"data": data, "shard": shard_cfg, "normalized": norm, "store": store}
 
@@ -33,10 +33,12 @@ def test_regional_longitudes_are_cropped_to_whole_tokens_and_stay_contiguous(uk)
     np.testing.assert_array_equal(lons, src["longitude"].values[2:47])  # the central whole tokens
     assert lons[0] == -9.5 and lons[-1] == 1.5
     assert dst.sizes["latitude"] == 32  # no pole to drop: 33 rows -> 16 tokens of 2
-    np.testing.assert_array_equal(dst["data"].values, src["data"].isel(latitude=slice(0, 32),
-                                                                       longitude=slice(2, 47)).values)
-    np.testing.assert_array_equal(dst["mean"].values[0], src["mean"].isel(latitude=slice(0, 32),
-                                                                          longitude=slice(2, 47)).values)
+    np.testing.assert_array_equal(
+        dst["data"].values, src["data"].isel(latitude=slice(0, 32), longitude=slice(2, 47)).values
+    )
+    np.testing.assert_array_equal(
+        dst["mean"].values[0], src["mean"].isel(latitude=slice(0, 32), longitude=slice(2, 47)).values
+    )
     summary = shards.verify(uk["store"], "t2m", [uk["normalized"]], uk["data"], uk["shard"])
     assert summary["values"] == 744 * 1 * 32 * 45
 
@@ -60,8 +62,9 @@ def test_regional_windows_never_wrap(uk):
 
 def test_too_narrow_a_region_is_named(uk, tmp_path):
     with pytest.raises(DataError, match="narrower than one token"):
-        shards.shard(uk["data"], ShardConfig(token_size=(3, 2, 50)), "t2m", "2019", [uk["normalized"]],
-                     tmp_path / "x.zarr")
+        shards.shard(
+            uk["data"], ShardConfig(token_size=(3, 2, 50)), "t2m", "2019", [uk["normalized"]], tmp_path / "x.zarr"
+        )
     assert not (tmp_path / "x.zarr").exists()
 
 

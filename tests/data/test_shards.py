@@ -8,7 +8,6 @@ import zarr
 from atmorep.config import DataConfig, FieldSpec, ShardConfig
 from atmorep.data import shards
 from atmorep.formats.grib import DataError
-from shard_builders import synthetic  # noqa: F401 (fixture)
 
 
 def data_config(fields=("t2m", "u10")) -> DataConfig:
@@ -46,12 +45,19 @@ def test_store_equals_normalized_source(sample_products):
 
 def test_longitudes_must_be_whole_tokens(sample_products, tmp_path):
     with pytest.raises(DataError, match="360 longitudes are not a whole number of 7-point tokens"):
-        shards.shard(data_config(), ShardConfig(token_size=(2, 9, 7)), "t2m", "2026",
-                     [sample_products["normalized"]["t2m"]], tmp_path / "x.zarr")
+        shards.shard(
+            data_config(),
+            ShardConfig(token_size=(2, 9, 7)),
+            "t2m",
+            "2026",
+            [sample_products["normalized"]["t2m"]],
+            tmp_path / "x.zarr",
+        )
     assert not (tmp_path / "x.zarr").exists()
 
 
 # -- token-aligned layout on synthetic multi-level, multi-month, two-token-size stores ---------------
+
 
 def test_chunks_are_token_positions_of_all_levels_and_fields_share_a_grid(synthetic):
     u = zarr.open_array(synthetic["shards"]["u"] / "data", mode="r")
@@ -78,8 +84,9 @@ def test_latitude_crop_uses_the_lcm_of_all_lat_token_sizes():
 
 def test_verify_proves_bit_equality_across_months(synthetic):
     for f in ("u", "t"):
-        summary = shards.verify(synthetic["shards"][f], f, synthetic["normalized"][f], synthetic["data"],
-                                synthetic["shard"])
+        summary = shards.verify(
+            synthetic["shards"][f], f, synthetic["normalized"][f], synthetic["data"], synthetic["shard"]
+        )
         assert summary["months"] == 2 and summary["values"] == 48 * 2 * 88 * 144
         assert summary["shards"] == 4 * 1 * 8 * 8 if f == "u" else 4 * 1 * 4 * 4
 
@@ -111,13 +118,30 @@ def test_verify_rejects_another_configuration(synthetic):
 def test_cli_shard_verify(synthetic, tmp_path, capsys):
     from atmorep import cli
 
-    params = json.dumps({"data": {"fields": {"u": {"levels": [96, 137]}, "t": {"levels": [96, 137]}},
-                                  "start": "2026-01-31T00", "end": "2026-02-01T23"},
-                         "shard": {"token_size": [3, 4, 4], "field_token_size": {"t": [3, 8, 8]},
-                                   "shard_tokens": [4, 3, 5]}})
+    params = json.dumps(
+        {
+            "data": {
+                "fields": {"u": {"levels": [96, 137]}, "t": {"levels": [96, 137]}},
+                "start": "2026-01-31T00",
+                "end": "2026-02-01T23",
+            },
+            "shard": {"token_size": [3, 4, 4], "field_token_size": {"t": [3, 8, 8]}, "shard_tokens": [4, 3, 5]},
+        }
+    )
     inputs = [str(p) for p in synthetic["normalized"]["u"]]
-    argv = ["shard", "--params", params, "--field", "u", "--year", "2026", "--inputs", *inputs,
-            "--output", str(tmp_path / "u.zarr")]
+    argv = [
+        "shard",
+        "--params",
+        params,
+        "--field",
+        "u",
+        "--year",
+        "2026",
+        "--inputs",
+        *inputs,
+        "--output",
+        str(tmp_path / "u.zarr"),
+    ]
     assert cli.main(argv + ["--verify"]) == 1  # --verify checks what is there and writes nothing
     assert not (tmp_path / "u.zarr").exists()
     capsys.readouterr()
@@ -143,5 +167,6 @@ def test_dense_reader_wraps_longitude_in_at_most_two_ranges(synthetic):
     arr = zarr.open_array(synthetic["shards"]["u"] / "data", mode="r")
     got = r.read((2, 0, 5, 33), (4, 1, 3, 6), (False, False, False, True))  # T L Y X tt cl ty tx
     want = np.concatenate([arr[6:18, :, 20:32, 132:], arr[6:18, :, 20:32, :12]], axis=-1)
-    np.testing.assert_array_equal(got.transpose(1, 5, 0, 4, 2, 6, 3, 7).reshape(2, 12, 12, 24),
-                                  want.transpose(1, 0, 2, 3))
+    np.testing.assert_array_equal(
+        got.transpose(1, 5, 0, 4, 2, 6, 3, 7).reshape(2, 12, 12, 24), want.transpose(1, 0, 2, 3)
+    )

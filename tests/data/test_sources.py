@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
+from conftest import data_config
 
 from atmorep.config import AcquireConfig
-from atmorep.formats import grib
 from atmorep.data.acquire import sources
+from atmorep.formats import grib
 from atmorep.formats.grib import DataError
-from conftest import data_config
 
 
 def test_sample_grib_equals_embedded_store(sample_products):
@@ -24,12 +24,15 @@ def test_period_selects_time_steps(tmp_path):
     assert len(t) == 4  # 27T02 27T10 27T17 28T00
 
 
-@pytest.mark.parametrize("field, month, data_kwargs, message", [
-    ("vo", "2026-03", {"fields": ("vo",)}, "not in the embedded sample"),
-    ("t2m", "2026-04", {"end": "2026-04-30"}, "no time step of 2026-04"),
-    ("u10", "2026-03", {}, "not in data.fields"),
-    ("t2m", "2025-03", {}, "outside the campaign"),
-])
+@pytest.mark.parametrize(
+    "field, month, data_kwargs, message",
+    [
+        ("vo", "2026-03", {"fields": ("vo",)}, "not in the embedded sample"),
+        ("t2m", "2026-04", {"end": "2026-04-30"}, "no time step of 2026-04"),
+        ("u10", "2026-03", {}, "not in data.fields"),
+        ("t2m", "2025-03", {}, "outside the campaign"),
+    ],
+)
 def test_bad_requests_fail_clearly_and_leave_nothing(tmp_path, field, month, data_kwargs, message):
     kwargs = {"fields": ("t2m",), **data_kwargs}
     data = data_config(kwargs.pop("fields"), **kwargs)
@@ -62,6 +65,9 @@ def test_verify_checks_completeness_with_a_time_step(tmp_path, shared_data):
     assert len(sources.verify(src, data, "t2m", "2019-03")) == 744
     cut = tmp_path / "cut.grib"
     cut.write_bytes(src.read_bytes()[: 3360 * 700])  # the first 700 of 744 hourly messages
-    with pytest.raises(DataError, match=r"has 700 messages, expected 744 .*44 of 744 time steps missing: "
-                                        r"2019-03-30T04:00"):
+    with pytest.raises(
+        DataError,
+        match=r"has 700 messages, expected 744 .*44 of 744 time steps missing: "
+        r"2019-03-30T04:00",
+    ):
         sources.verify(cut, data, "t2m", "2019-03")

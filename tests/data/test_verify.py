@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +15,10 @@ import zarr
 
 from atmorep import cli
 
-SHARD = {"data": {"fields": {"t2m": {}, "u10": {}}, "start": "2026-03-25T00", "end": "2026-03-31T23"},
-         "shard": {"token_size": [2, 9, 9], "shard_tokens": [4, 5, 10]}}
+SHARD = {
+    "data": {"fields": {"t2m": {}, "u10": {}}, "start": "2026-03-25T00", "end": "2026-03-31T23"},
+    "shard": {"token_size": [2, 9, 9], "shard_tokens": [4, 5, 10]},
+}
 
 
 def run_cli(capsys, *argv) -> tuple[int, list[str], str]:
@@ -52,8 +53,21 @@ def test_flipped_bytes_in_a_shard_file_are_found_and_not_overwritten(sample_prod
     rc, err, _ = run_cli(capsys, "verify", store)
     assert rc == 1 and len(err) == 1 and "differs from the normalized source" in err[0] and str(store) in err[0]
     # shard --verify used to re-shard first, which wrote the corruption away and then "verified" it
-    rc, err, _ = run_cli(capsys, "shard", "--params", json.dumps(SHARD), "--field", "u10", "--year", "2026",
-                         "--inputs", sample_products["normalized"]["u10"], "--output", store, "--verify")
+    rc, err, _ = run_cli(
+        capsys,
+        "shard",
+        "--params",
+        json.dumps(SHARD),
+        "--field",
+        "u10",
+        "--year",
+        "2026",
+        "--inputs",
+        sample_products["normalized"]["u10"],
+        "--output",
+        store,
+        "--verify",
+    )
     assert rc == 1 and len(err) == 1 and "differs from the normalized source" in err[0]
     assert shard_file.read_bytes() == bytes(raw)
 
@@ -92,8 +106,20 @@ def test_nans_in_a_normalized_month_are_named(sample_products, nan_month, tmp_pa
     rc, err, _ = run_cli(capsys, "verify", sample_products["shards"]["u10"], "--inputs", nan_month)
     assert rc == 1 and len(err) == 1 and str(nan_month) in err[0] and "non-finite" in err[0], err
     out = tmp_path / "shards" / "u10.zarr"
-    rc, err, _ = run_cli(capsys, "shard", "--params", json.dumps(SHARD), "--field", "u10", "--year", "2026",
-                         "--inputs", nan_month, "--output", out)
+    rc, err, _ = run_cli(
+        capsys,
+        "shard",
+        "--params",
+        json.dumps(SHARD),
+        "--field",
+        "u10",
+        "--year",
+        "2026",
+        "--inputs",
+        nan_month,
+        "--output",
+        out,
+    )
     assert rc == 1 and len(err) == 1 and "non-finite" in err[0] and "rebuild it" in err[0], err
     assert not out.exists() and not list(out.parent.glob(".u10.zarr.part*"))
 
@@ -114,8 +140,14 @@ def test_normalize_refuses_non_finite_output(sample_products, tmp_path, monkeypa
     monkeypatch.setattr(normalize.Moments, "stats", zero_std)
     out = tmp_path / "u10.zarr"
     with pytest.raises(DataError, match=r"u10\.zarr: field 'u10' normalizes to \d+ non-finite values .*std 0"):
-        normalize.normalize(sample_products["data"], NormalizeConfig(method="global"), "u10", "2026-03",
-                            sample_products["grib"]["u10"], out)
+        normalize.normalize(
+            sample_products["data"],
+            NormalizeConfig(method="global"),
+            "u10",
+            "2026-03",
+            sample_products["grib"]["u10"],
+            out,
+        )
     assert not out.exists() and not list(tmp_path.glob(".u10.zarr.part*"))
 
 
@@ -137,13 +169,35 @@ def small_disk(tmp_path):
 def test_disk_full_is_one_line_with_the_path_and_the_bytes_needed(sample_products, small_disk, stage):
     out = small_disk / "out" / "u10.zarr"
     if stage == "shard":
-        argv = ["shard", "--params", json.dumps(SHARD), "--field", "u10", "--year", "2026",
-                "--inputs", str(sample_products["normalized"]["u10"]), "--output", str(out)]
+        argv = [
+            "shard",
+            "--params",
+            json.dumps(SHARD),
+            "--field",
+            "u10",
+            "--year",
+            "2026",
+            "--inputs",
+            str(sample_products["normalized"]["u10"]),
+            "--output",
+            str(out),
+        ]
         needed = 4 * steps_of(sample_products) * 171 * 360
     else:
         params = {"data": SHARD["data"], "normalize": {"method": "global"}}
-        argv = ["normalize", "--params", json.dumps(params), "--field", "u10", "--month", "2026-03",
-                "--input", str(sample_products["grib"]["u10"]), "--output", str(out)]
+        argv = [
+            "normalize",
+            "--params",
+            json.dumps(params),
+            "--field",
+            "u10",
+            "--month",
+            "2026-03",
+            "--input",
+            str(sample_products["grib"]["u10"]),
+            "--output",
+            str(out),
+        ]
         needed = 4 * steps_of(sample_products) * 181 * 360
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("ATMOREP_DEBUG", None)
@@ -153,6 +207,7 @@ def test_disk_full_is_one_line_with_the_path_and_the_bytes_needed(sample_product
     assert lines[0].startswith(f"atmorep {stage}: error: {out}: no space left on device"), lines
     assert f"({needed} bytes)" in lines[0] and "free on its file system" in lines[0] and "Traceback" not in r.stderr
     assert not out.exists() and not [p for p in out.parent.glob(".*") if p.name.startswith(".u10")]
-    r = subprocess.run([sys.executable, "-m", "atmorep", "--debug", *argv], env=env, capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "atmorep", "--debug", *argv], env=env, capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 1 and "Traceback" in r.stderr and "No space left on device" in r.stderr

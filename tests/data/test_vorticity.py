@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
+from atmorep.data.acquire.vorticity import EARTH_RADIUS as A
+from atmorep.data.acquire.vorticity import vorticity_divergence
 from atmorep.formats.grib import DataError
-from atmorep.data.acquire.vorticity import EARTH_RADIUS as A, vorticity_divergence
 
 
 def _grid(res):

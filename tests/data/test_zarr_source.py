@@ -16,10 +16,10 @@ import xarray as xr
 import zarr
 
 from atmorep.config import AcquireConfig, DataConfig, FieldSpec, FilesConfig, ZarrSourceConfig
-from atmorep.formats import grib
 from atmorep.data.acquire import sources
-from atmorep.formats.grib import DataError
 from atmorep.data.acquire.inspect import describe
+from atmorep.formats import grib
+from atmorep.formats.grib import DataError
 
 sys.path.append(str(Path(__file__).parent))  # appended: `from conftest import` must find tests/conftest.py
 from range_server import RangeServer  # noqa: E402
@@ -46,10 +46,10 @@ def decoded(out: Path):
 
 def acquire(tmp_path, field, levels, start, end, source="zarr", url="", paths=(), variables=None, **data_kw):
     levtype = data_kw.pop("levtype", "ml")
-    data = DataConfig(fields={field: FieldSpec(levels=tuple(levels), levtype=levtype)}, start=start, end=end,
-                      **data_kw)
-    cfg = AcquireConfig(source=source, zarr=ZarrSourceConfig(url=url), files=FilesConfig(paths=tuple(paths)),
-                        variables=variables or {})
+    data = DataConfig(fields={field: FieldSpec(levels=tuple(levels), levtype=levtype)}, start=start, end=end, **data_kw)
+    cfg = AcquireConfig(
+        source=source, zarr=ZarrSourceConfig(url=url), files=FilesConfig(paths=tuple(paths)), variables=variables or {}
+    )
     return sources.acquire(data, cfg, field, start[:7], tmp_path / f"{field}.grib")
 
 
@@ -57,8 +57,7 @@ def acquire(tmp_path, field, levels, start, end, source="zarr", url="", paths=()
 STORES = [
     ("ncep-air-temperature-6h/air_temperature.nc", "files", {}, "2013-01-01T00", "2013-01-31T18"),
     ("ncep-air-temperature-6h/air_temperature.nc", "files", {"t2m": "air"}, "2013-01-01T00", "2013-01-31T18"),
-    ("ncep-air-temperature-6h/air_temperature.zarr", "zarr", {"t2m": "air"}, "2014-12-01T00",
-     "2014-12-31T18"),
+    ("ncep-air-temperature-6h/air_temperature.zarr", "zarr", {"t2m": "air"}, "2014-12-01T00", "2014-12-31T18"),
     ("era5-global-sfc-1deg/era5_sample.zarr", "zarr", {}, "2026-03-25T00", "2026-03-31T23"),
     ("anemoi-ifs-pl-5var-6h/ifs-pl-5var-6h.zarr", "zarr", {}, "2024-06-03T00", "2024-06-04T18"),
     ("anemoi-era5-sfc-natl-hourly/era5-sfc-natl-hourly.zarr", "zarr", {}, "2011-01-01T00", "2011-01-03T23"),
@@ -74,8 +73,11 @@ def reference(path: Path, var_by_level: dict[int, str], start, end):
         ny, nx = g.attrs["field_shape"]
         sel = (dates >= t0) & (dates <= t1)
         vals = np.stack([g["data"][:, names.index(v), 0, :][sel] for v in var_by_level.values()], axis=1)
-        return (vals.reshape(*vals.shape[:2], ny, nx), g["latitudes"][:].reshape(ny, nx)[:, 0],
-                g["longitudes"][:].reshape(ny, nx)[0])
+        return (
+            vals.reshape(*vals.shape[:2], ny, nx),
+            g["latitudes"][:].reshape(ny, nx)[:, 0],
+            g["longitudes"][:].reshape(ny, nx)[0],
+        )
     ds = xr.open_dataset(path) if path.suffix == ".nc" else xr.open_zarr(path, consolidated=False)
     (var,) = set(var_by_level.values())
     da = ds[var]
@@ -90,10 +92,12 @@ def reference(path: Path, var_by_level: dict[int, str], start, end):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("store,how,variables,start,end", STORES,
-                         ids=[f"{s[0].split('/')[0]}-{s[1]}-{len(s[2])}" for s in STORES])
-def test_inspect_and_acquire_agree_on_every_shared_store(tmp_path, shared_data, server, store, how, variables,
-                                                         start, end):
+@pytest.mark.parametrize(
+    "store,how,variables,start,end", STORES, ids=[f"{s[0].split('/')[0]}-{s[1]}-{len(s[2])}" for s in STORES]
+)
+def test_inspect_and_acquire_agree_on_every_shared_store(
+    tmp_path, shared_data, server, store, how, variables, start, end
+):
     """Each variable inspect calls usable is ingested (over HTTP for zarr) with the store's values; each
     it calls unusable is refused by acquire with the same reason."""
     path = shared_data / store
@@ -109,15 +113,24 @@ def test_inspect_and_acquire_agree_on_every_shared_store(tmp_path, shared_data, 
     where = dict(url=f"{server.url}/{store}") if how == "zarr" else dict(paths=[str(path)])
     for (f, kind), by_level in usable.items():
         levels = sorted(by_level)
-        out = acquire(tmp_path, f, levels, start, end, source=how, variables=variables,
-                      levtype="ml" if kind == "sfc" else kind, **where)
+        out = acquire(
+            tmp_path,
+            f,
+            levels,
+            start,
+            end,
+            source=how,
+            variables=variables,
+            levtype="ml" if kind == "sfc" else kind,
+            **where,
+        )
         got, _ = decoded(out)
         ref, lats, lons = reference(path, {lev: by_level[lev] for lev in levels}, start, end)
         np.testing.assert_array_equal(got, canonical(ref, lats, lons))
         if how == "zarr":
             prov = json.loads(sources.provenance_path(out).read_text())
             assert 0 < prov["bytes_used"] and 0 < prov["bytes_read"] <= server.bytes_served
-    for name, reason in refused.items():
+    for reason in refused.values():
         with pytest.raises(DataError, match="no variable for field 't2m'"):
             acquire(tmp_path, "t2m", [0], start, end, source=how, variables=variables, **where)
         assert "not in the field catalogue" in reason
@@ -128,8 +141,14 @@ def test_zarr_v3_over_http_reads_only_the_chunks_of_the_unit(tmp_path, shared_da
     """One day of t2m from the 1° sample: the bytes read are the chunk files of those steps plus metadata."""
     store = shared_data / "era5-global-sfc-1deg" / "era5_sample.zarr"
     server.reset()
-    out = acquire(tmp_path, "t2m", [0], "2026-03-26T00", "2026-03-26T23",
-                  url=f"{server.url}/era5-global-sfc-1deg/era5_sample.zarr")
+    out = acquire(
+        tmp_path,
+        "t2m",
+        [0],
+        "2026-03-26T00",
+        "2026-03-26T23",
+        url=f"{server.url}/era5-global-sfc-1deg/era5_sample.zarr",
+    )
     prov = json.loads(sources.provenance_path(out).read_text())
     hours = 755880 + np.array([29, 36, 43])  # 26T05, 26T12, 26T19: the sample's steps on that day
     t = zarr.open_array(store / "time_index", mode="r")[:]
@@ -154,8 +173,15 @@ def test_arco_layout_model_levels_over_http_with_the_chunk_arithmetic(tmp_path):
     read 3 level chunks per hour (91-108, 109-126, 127-144) and come through equal."""
     _arco(tmp_path / "arco.zarr")
     with RangeServer(tmp_path) as srv:
-        out = acquire(tmp_path, "t", [96, 105, 114, 123, 137], "2021-01-01T00", "2021-01-01T01",
-                      url=f"{srv.url}/arco.zarr", step_hours=1)
+        out = acquire(
+            tmp_path,
+            "t",
+            [96, 105, 114, 123, 137],
+            "2021-01-01T00",
+            "2021-01-01T01",
+            url=f"{srv.url}/arco.zarr",
+            step_hours=1,
+        )
         served = srv.bytes_served
     prov = json.loads(sources.provenance_path(out).read_text())
     chunk = 18 * 19 * 36 * 4
@@ -171,8 +197,12 @@ def test_arco_layout_model_levels_over_http_with_the_chunk_arithmetic(tmp_path):
     from atmorep.config import NormalizeConfig
     from atmorep.data import normalize
 
-    data = DataConfig(fields={"t": FieldSpec(levels=(96, 105, 114, 123, 137), levtype="ml")},
-                      start="2021-01-01T00", end="2021-01-01T01", step_hours=1)
+    data = DataConfig(
+        fields={"t": FieldSpec(levels=(96, 105, 114, 123, 137), levtype="ml")},
+        start="2021-01-01T00",
+        end="2021-01-01T01",
+        step_hours=1,
+    )
     store = normalize.normalize(data, NormalizeConfig(), "t", "2021-01", out, tmp_path / "t.zarr")
     recorded = json.loads(zarr.open_group(store, mode="r").attrs["provenance"])["acquire"]
     assert recorded["bytes_read"] == prov["bytes_read"] and recorded["layout"] == "xarray"
@@ -185,18 +215,30 @@ def test_weatherbench2_layout_crop_across_greenwich(tmp_path):
     times = np.datetime64("2020-01-01T00", "ns") + np.arange(4) * np.timedelta64(6, "h")
     rng = np.random.default_rng(1)
     z = rng.normal(5e4, 1e3, (4, 3, len(lon), len(lat))).astype("f4")
-    ds = xr.Dataset({"geopotential": (("time", "level", "longitude", "latitude"), z, {"units": "m**2 s**-2"}),
-                     "2m_temperature": (("time", "longitude", "latitude"), z[:, 0] / 200, {"units": "K"})},
-                    coords={"time": times, "level": [500, 700, 850], "longitude": lon, "latitude": lat})
+    ds = xr.Dataset(
+        {
+            "geopotential": (("time", "level", "longitude", "latitude"), z, {"units": "m**2 s**-2"}),
+            "2m_temperature": (("time", "longitude", "latitude"), z[:, 0] / 200, {"units": "K"}),
+        },
+        coords={"time": times, "level": [500, 700, 850], "longitude": lon, "latitude": lat},
+    )
     ds.to_zarr(tmp_path / "wb2.zarr", zarr_format=3, consolidated=True)
     area = (60.0, -10.0, 50.0, 2.5)
     with RangeServer(tmp_path) as srv:
-        out = acquire(tmp_path, "z", [850, 500], "2020-01-01T00", "2020-01-01T18", levtype="pl",
-                      url=f"{srv.url}/wb2.zarr", area=area, step_hours=6)
+        out = acquire(
+            tmp_path,
+            "z",
+            [850, 500],
+            "2020-01-01T00",
+            "2020-01-01T18",
+            levtype="pl",
+            url=f"{srv.url}/wb2.zarr",
+            area=area,
+            step_hours=6,
+        )
     got, _ = decoded(out)
     ref = ds["geopotential"].sel(level=[500, 850], latitude=slice(50, 60))  # grib.decode sorts levels
-    ref = ref.sel(longitude=np.mod(np.arange(-10.0, 2.6, 2.5), 360)).transpose("time", "level", "latitude",
-                                                                                "longitude")
+    ref = ref.sel(longitude=np.mod(np.arange(-10.0, 2.6, 2.5), 360)).transpose("time", "level", "latitude", "longitude")
     np.testing.assert_array_equal(got, canonical(ref.values, ref.latitude, ref.longitude))
     assert got.shape == (4, 2, 5, 6)
 
@@ -225,14 +267,32 @@ def test_anemoi_irregular_grid_and_missing_dates_are_refused(tmp_path, shared_da
 
 
 def _cli_acquire(tmp_path, url, field="t2m", variables=None):
-    cfg = {"run": "x", "data": {"fields": {field: {"levels": [0]}}, "start": "2026-03-25T00",
-                                "end": "2026-03-31T23"},
-           "acquire": {"source": "zarr", "zarr": {"url": url}, "variables": variables or {}}}
+    cfg = {
+        "run": "x",
+        "data": {"fields": {field: {"levels": [0]}}, "start": "2026-03-25T00", "end": "2026-03-31T23"},
+        "acquire": {"source": "zarr", "zarr": {"url": url}, "variables": variables or {}},
+    }
     (tmp_path / "c.yaml").write_text(json.dumps(cfg))
     out = tmp_path / "out" / f"{field}.grib"
-    r = subprocess.run([sys.executable, "-m", "atmorep", "acquire", "--config", str(tmp_path / "c.yaml"),
-                        "--field", field, "--month", "2026-03", "--output", str(out)],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "atmorep",
+            "acquire",
+            "--config",
+            str(tmp_path / "c.yaml"),
+            "--field",
+            field,
+            "--month",
+            "2026-03",
+            "--output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     return r, out
 
 
@@ -249,11 +309,12 @@ def test_bad_zarr_input_one_line_and_nothing_left(tmp_path, shared_data):
     meta = json.loads((no_time / "zarr.json").read_text())
     del meta["attributes"]["time_units"]
     (no_time / "zarr.json").write_text(json.dumps(meta))
-    cases = [(str(bad_units), "t2m", None, r"s.zarr: variable 't2m' is in 'degC'; field 't2m' needs 'K'"),
-             (str(no_time), "t2m", None,
-              r"n.zarr: the time axis 'time_index' holds int64 values without 'units'"),
-             (str(sample), "t2m", {"t2m": "air"}, r"no variable for field 't2m' \(acquire.variables maps it"),
-             (str(tmp_path / "absent.zarr"), "t2m", None, r"acquire.zarr.url .*absent.zarr: no such store")]
+    cases = [
+        (str(bad_units), "t2m", None, r"s.zarr: variable 't2m' is in 'degC'; field 't2m' needs 'K'"),
+        (str(no_time), "t2m", None, r"n.zarr: the time axis 'time_index' holds int64 values without 'units'"),
+        (str(sample), "t2m", {"t2m": "air"}, r"no variable for field 't2m' \(acquire.variables maps it"),
+        (str(tmp_path / "absent.zarr"), "t2m", None, r"acquire.zarr.url .*absent.zarr: no such store"),
+    ]
     for url, field, variables, message in cases:
         r, out = _cli_acquire(tmp_path, url, field, variables)
         assert r.returncode == 1, r.stderr
@@ -264,8 +325,12 @@ def test_bad_zarr_input_one_line_and_nothing_left(tmp_path, shared_data):
 
 @pytest.mark.slow
 def test_benchmark_quick(tmp_path):
-    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "zarr_source.py"), "--quick"],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "zarr_source.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     last = r.stdout.strip().splitlines()[-1]
     ratio = float(last.removeprefix("zarr_source_read_amplification="))

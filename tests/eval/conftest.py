@@ -1,6 +1,7 @@
 """Fixtures of the evaluation tests: shard stores from the embedded ERA5 sample (the session fixture
 ``sample_products``: t2m local, u10 global, tokens 2x9x9), a small untrained model saved as
-``atmorep train`` saves it, and the same model briefly trained (``trained``). Builders are importable by name (``from eval_builders import ...``)."""
+``atmorep train`` saves it, and the same model briefly trained (``trained``). Builders are
+importable by name (``from eval_builders import ...``)."""
 
 from __future__ import annotations
 

@@ -14,9 +14,18 @@ EVAL = ("2026-03-30T06", "2026-03-31T23")
 
 def tiny_model(fields=("t2m", "u10"), seed: int = 0, **overrides) -> Multiformer:
     torch.manual_seed(seed)
-    cfg = ModelConfig(num_tokens=NUM_TOKENS, dim=32, heads=4, encoder_layers=2, decoder_layers=1,
-                      coupling_heads=1, coupling={"t2m": ("u10",)} if "u10" in fields else {}, ensemble=4,
-                      dropout=0.0, **overrides)
+    cfg = ModelConfig(
+        num_tokens=NUM_TOKENS,
+        dim=32,
+        heads=4,
+        encoder_layers=2,
+        decoder_layers=1,
+        coupling_heads=1,
+        coupling={"t2m": ("u10",)} if "u10" in fields else {},
+        ensemble=4,
+        dropout=0.0,
+        **overrides,
+    )
     return Multiformer(cfg, {f: FieldGeometry(1, (2, 9, 9)) for f in fields}).eval()
 
 
@@ -38,8 +47,9 @@ def trained_model(stores, steps: int = 60, seed: int = 0, start="2026-03-25T00",
 
     model = tiny_model(seed=seed).train()
     data = WindowDataset(stores, NUM_TOKENS, np.datetime64(start), np.datetime64(end))
-    strategy = masking.build(MaskingConfig(strategy="forecast", forecast_tokens=1),
-                             {f: g.token_size for f, g in model.fields.items()})
+    strategy = masking.build(
+        MaskingConfig(strategy="forecast", forecast_tokens=1), {f: g.token_size for f, g in model.fields.items()}
+    )
     loss_fn = Loss(LossConfig())
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
     rng = np.random.default_rng(seed)

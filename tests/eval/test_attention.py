@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 import torch
+from eval_builders import tiny_model
 
 from atmorep.eval import attention
-from atmorep.model.attention import attention_weights
 from atmorep.model import masking
-from eval_builders import tiny_model
+from atmorep.model.attention import attention_weights
 
 
 @pytest.fixture(scope="module")
@@ -63,5 +63,6 @@ def test_maps_are_georeferenced_to_token_footprints(dataset, batch):
     np.testing.assert_allclose(roll.sum("key"), 1, rtol=1e-5)
     # rollout of one layer is (A + I) / 2
     one = attention.rollout(ds["attention"].isel(layer=[0]))
-    np.testing.assert_allclose(one.isel(sample=0).values,
-                               0.5 * mean.isel(sample=0, layer=0).values + 0.5 * np.eye(54), rtol=1e-5)
+    np.testing.assert_allclose(
+        one.isel(sample=0).values, 0.5 * mean.isel(sample=0, layer=0).values + 0.5 * np.eye(54), rtol=1e-5
+    )

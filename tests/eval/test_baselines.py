@@ -6,7 +6,7 @@ from atmorep.eval import baselines, climatology
 def _ctx(steps, T=6):
     times = np.datetime64("2026-01-01T00") + np.array([0, 1, 2, 4, 7, 9]) * np.timedelta64(1, "h")
     hours = (times - times[0]) / np.timedelta64(1, "h")
-    truth = (hours[None, :, None, None] * np.ones((2, T, 3, 4)) * np.array([1.0, -2.0])[:, None, None, None])
+    truth = hours[None, :, None, None] * np.ones((2, T, 3, 4)) * np.array([1.0, -2.0])[:, None, None, None]
     S = len(steps)
     return baselines.Context(truth, times, np.asarray(steps), np.zeros((2, S, 3, 4)), np.ones((2, S, 3, 4)))
 
@@ -37,7 +37,7 @@ class FakeStore:
         self.lats, self.lons = np.array([10.0, 0.0]), np.array([0.0, 1.0, 2.0])
 
     def read(self, t0, nt, y0, ny, x0, nx):
-        return self.values[t0:t0 + nt, :, y0:y0 + ny, x0:x0 + nx].transpose(1, 0, 2, 3)
+        return self.values[t0 : t0 + nt, :, y0 : y0 + ny, x0 : x0 + nx].transpose(1, 0, 2, 3)
 
     def denormalize(self, v, t_idx, y_idx, x_idx):
         return v * 2.0 + 280.0
@@ -47,7 +47,7 @@ def test_climatology_is_a_circular_hour_of_day_mean_and_std_of_the_period():
     times = np.arange("2026-01-01T00", "2026-01-11T00", dtype="datetime64[h]")
     hours = (times - times.astype("datetime64[D]")).astype(int)
     rng = np.random.default_rng(0)
-    values = (np.sin(2 * np.pi * hours / 24)[:, None, None, None] + 0.1 * rng.normal(size=(len(times), 1, 2, 3)))
+    values = np.sin(2 * np.pi * hours / 24)[:, None, None, None] + 0.1 * rng.normal(size=(len(times), 1, 2, 3))
     store = FakeStore(values.astype(np.float32), times)
     end = np.datetime64("2026-01-08T23")
     clim = climatology.climatology([store], times[0], end, window_hours=1, block=50)

@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+from eval_builders import eval_config
 
 from atmorep import cli
 from atmorep.config import AttentionCaptureConfig, DataConfig, FieldSpec
 from atmorep.eval import outputs
 from atmorep.eval.evaluate import evaluate
-from eval_builders import eval_config
 
 DATA = DataConfig(fields={"t2m": FieldSpec(), "u10": FieldSpec()}, start="2026-03-25T00", end="2026-03-31T23")
 
@@ -27,8 +27,18 @@ def forecast(tmp_path_factory, model_path, stores):
 
 def test_scores_table_is_tidy_with_every_baseline(forecast):
     scores = pd.read_csv(forecast / "scores.csv")
-    assert list(scores.columns) == ["field", "level", "lead", "lead_hours", "forecast", "metric", "value",
-                                    "ci_low", "ci_high", "samples"]
+    assert list(scores.columns) == [
+        "field",
+        "level",
+        "lead",
+        "lead_hours",
+        "forecast",
+        "metric",
+        "value",
+        "ci_low",
+        "ci_high",
+        "samples",
+    ]
     assert set(scores.field) == {"t2m", "u10"}
     assert set(scores.forecast) == {"atmorep", "persistence", "climatology"}
     assert {"rmse", "bias", "acc", "crps", "spread", "ssr"} <= set(scores.metric)
@@ -49,8 +59,7 @@ def test_comparisons_and_spectra_are_written(forecast):
     assert set(c.metric) == {"rmse", "crps", "mae", "mse"}
     assert len(c) == 2 * 2 * 2 * 4 and (c.samples == 5).all()  # fields x leads x baselines x metrics
     np.testing.assert_allclose(c.skill_score, 1 - c.value / c.baseline_value)
-    pd.testing.assert_frame_equal(pd.read_parquet(forecast / "comparisons.parquet"), c, check_exact=False,
-                                  rtol=1e-12)
+    pd.testing.assert_frame_equal(pd.read_parquet(forecast / "comparisons.parquet"), c, check_exact=False, rtol=1e-12)
     spec = pd.read_csv(forecast / "spectra.csv")
     assert set(spec.field) == {"t2m", "u10"} and set(spec.kind) == {"window"} and (spec.samples == 5).all()
     assert (spec[["truth", "ensemble_mean", "member"]] >= 0).all().all()
@@ -79,9 +88,18 @@ def test_products_are_cf_zarr_readable_by_plain_xarray(forecast):
 
 def test_figures_are_drawn(forecast):
     names = {p.name for p in forecast.glob("*.png")}
-    assert names == {"forecast_t2m.png", "forecast_u10.png", "scores_t2m.png", "scores_u10.png",
-                     "rank_histogram_t2m.png", "rank_histogram_u10.png", "skill.png", "attention_t2m.png",
-                     "scorecard.png", "spectra.png"}
+    assert names == {
+        "forecast_t2m.png",
+        "forecast_u10.png",
+        "scores_t2m.png",
+        "scores_u10.png",
+        "rank_histogram_t2m.png",
+        "rank_histogram_u10.png",
+        "skill.png",
+        "attention_t2m.png",
+        "scorecard.png",
+        "spectra.png",
+    }
     for name in names:
         img = mpimg.imread(forecast / name)
         assert img.shape[0] > 100 and img[..., :3].std() > 0.05, f"{name} looks blank"
@@ -111,24 +129,62 @@ def test_global_forecast_writes_the_weatherbench2_schema(tmp_path, model_path, s
 
 
 def test_cli_runs_a_mode_from_the_config_slice(tmp_path, model_path, stores):
-    params = {"seed": 2, "data": {"fields": {"t2m": {"levels": [0]}, "u10": {"levels": [0]}},
-                                  "start": "2026-03-25T00", "end": "2026-03-31T23"},
-              "evaluate": {"start": "2026-03-30T06", "end": "2026-03-31T23", "mode": "temporal_interpolation",
-                           "samples": 2, "batch_size": 2, "attention": {"layers": []}}}
-    rc = cli.main(["evaluate", "--params", json.dumps(params), "--model", str(model_path),
-                   "--shards", *[s for v in stores.values() for s in v], "--output-dir", str(tmp_path)])
+    params = {
+        "seed": 2,
+        "data": {
+            "fields": {"t2m": {"levels": [0]}, "u10": {"levels": [0]}},
+            "start": "2026-03-25T00",
+            "end": "2026-03-31T23",
+        },
+        "evaluate": {
+            "start": "2026-03-30T06",
+            "end": "2026-03-31T23",
+            "mode": "temporal_interpolation",
+            "samples": 2,
+            "batch_size": 2,
+            "attention": {"layers": []},
+        },
+    }
+    rc = cli.main(
+        [
+            "evaluate",
+            "--params",
+            json.dumps(params),
+            "--model",
+            str(model_path),
+            "--shards",
+            *[s for v in stores.values() for s in v],
+            "--output-dir",
+            str(tmp_path),
+        ]
+    )
     assert rc == 0
     scores = pd.read_csv(tmp_path / "scores.csv")
     assert set(scores.forecast) == {"atmorep", "linear", "persistence", "climatology"}
     assert not (tmp_path / "attention_t2m.png").exists()
     params["evaluate"]["mode"] = "nowcast"
-    assert cli.main(["evaluate", "--params", json.dumps(params), "--model", str(model_path),
-                     "--shards", *[s for v in stores.values() for s in v], "--output-dir", str(tmp_path)]) == 1
+    assert (
+        cli.main(
+            [
+                "evaluate",
+                "--params",
+                json.dumps(params),
+                "--model",
+                str(model_path),
+                "--shards",
+                *[s for v in stores.values() for s in v],
+                "--output-dir",
+                str(tmp_path),
+            ]
+        )
+        == 1
+    )
 
 
 def test_without_a_climatology_period_the_climatology_is_left_out(tmp_path, model_path, stores):
-    cfg = eval_config(start="2026-03-25T00", end="2026-03-26T12", samples=2,
-                      attention=AttentionCaptureConfig(layers=()))
+    cfg = eval_config(
+        start="2026-03-25T00", end="2026-03-26T12", samples=2, attention=AttentionCaptureConfig(layers=())
+    )
     evaluate(1, DATA, cfg, model_path, stores, tmp_path)
     scores = pd.read_csv(tmp_path / "scores.csv")
     assert set(scores.forecast) == {"atmorep", "persistence"} and "acc" not in set(scores.metric)

@@ -33,11 +33,11 @@ def test_rmse_bias_mae_are_weighted_and_skip_missing_points():
     w = metrics.latitude_weights(lat, "y")
     err = (fc - truth).values
     ww = np.broadcast_to(w.values[:, :, None], err.shape)
-    np.testing.assert_allclose(metrics.rmse(fc, truth, w, DIMS).values,
-                               np.sqrt((ww * err**2).sum((1, 2)) / ww.sum((1, 2))))
+    np.testing.assert_allclose(
+        metrics.rmse(fc, truth, w, DIMS).values, np.sqrt((ww * err**2).sum((1, 2)) / ww.sum((1, 2)))
+    )
     np.testing.assert_allclose(metrics.bias(fc, truth, w, DIMS).values, (ww * err).sum((1, 2)) / ww.sum((1, 2)))
-    np.testing.assert_allclose(metrics.mae(fc, truth, w, DIMS).values,
-                               (ww * abs(err)).sum((1, 2)) / ww.sum((1, 2)))
+    np.testing.assert_allclose(metrics.mae(fc, truth, w, DIMS).values, (ww * abs(err)).sum((1, 2)) / ww.sum((1, 2)))
     holes = truth.where(truth.x > 2)  # as off-target points of BERT mode
     keep = holes.notnull().values
     expect = np.sqrt((ww * err**2 * keep).sum((1, 2)) / (ww * keep).sum((1, 2)))
@@ -62,15 +62,18 @@ def test_crps_comes_from_scoringrules_and_reduces_to_mae_for_a_collapsed_ensembl
     ens = fc.expand_dims(member=8).copy(data=fc.values[None] + rng.normal(0, 0.4, (8, *fc.shape)))
     point = sr.crps_ensemble(truth.values, np.moveaxis(ens.values, 0, -1), estimator="fair")
     ww = np.broadcast_to(w.values[:, :, None], point.shape)
-    np.testing.assert_allclose(metrics.crps_ensemble(ens, truth, w, DIMS).values,
-                               (ww * point).sum((1, 2)) / ww.sum((1, 2)), rtol=1e-6)
+    np.testing.assert_allclose(
+        metrics.crps_ensemble(ens, truth, w, DIMS).values, (ww * point).sum((1, 2)) / ww.sum((1, 2)), rtol=1e-6
+    )
     collapsed = fc.expand_dims(member=4).copy()
-    np.testing.assert_allclose(metrics.crps_ensemble(collapsed, truth, w, DIMS).values,
-                               metrics.mae(fc, truth, w, DIMS).values, rtol=1e-6)
+    np.testing.assert_allclose(
+        metrics.crps_ensemble(collapsed, truth, w, DIMS).values, metrics.mae(fc, truth, w, DIMS).values, rtol=1e-6
+    )
     # Gaussian closed form: CRPS(N(0, 1), 0) = (sqrt(2) - 1) / sqrt(pi)
     zero = xr.zeros_like(truth)
-    np.testing.assert_allclose(metrics.crps_normal(zero, zero + 1, zero, w, DIMS).values,
-                               (np.sqrt(2) - 1) / np.sqrt(np.pi), rtol=1e-6)
+    np.testing.assert_allclose(
+        metrics.crps_normal(zero, zero + 1, zero, w, DIMS).values, (np.sqrt(2) - 1) / np.sqrt(np.pi), rtol=1e-6
+    )
 
 
 def test_spread_skill_ratio_is_one_for_a_calibrated_ensemble():
@@ -106,6 +109,7 @@ def test_a_one_member_ensemble_is_a_point_forecast():
     fc, truth, lat = _fields()
     w = metrics.latitude_weights(lat, "y")
     one = fc.expand_dims(member=1)
-    np.testing.assert_allclose(metrics.crps_ensemble(one, truth, w, DIMS).values,
-                               metrics.mae(fc, truth, w, DIMS).values, rtol=1e-6)
+    np.testing.assert_allclose(
+        metrics.crps_ensemble(one, truth, w, DIMS).values, metrics.mae(fc, truth, w, DIMS).values, rtol=1e-6
+    )
     np.testing.assert_array_equal(metrics.spread(one, w, DIMS).values, 0.0)

@@ -2,18 +2,19 @@
 
 import numpy as np
 import pytest
+from eval_builders import eval_config, tiny_model
 
 from atmorep.eval import evaluate as E
 from atmorep.eval import modes
-from eval_builders import eval_config, tiny_model
 
 
 def _truth(dataset, f, sample, steps=None):
     """Physical values (L, nt, ny, nx) of a window, read straight from the store."""
     t_idx, y_idx, x_idx = dataset.indices(sample, f)
     store = dataset.stores[f][dataset.windows[sample].store]
-    raw = np.stack([store.read(int(t), 1, int(y_idx[0]), len(y_idx), int(x_idx[0]), len(x_idx))[:, 0]
-                    for t in t_idx], axis=1)
+    raw = np.stack(
+        [store.read(int(t), 1, int(y_idx[0]), len(y_idx), int(x_idx[0]), len(x_idx))[:, 0] for t in t_idx], axis=1
+    )
     phys = store.denormalize(raw, t_idx, y_idx, x_idx)
     return phys if steps is None else phys[:, steps]
 
@@ -45,10 +46,12 @@ def test_forecast_outputs_the_last_slab_in_physical_units(model, dataset):
     assert dict(ds.sizes) == {"sample": 6, "lead": 2, "level": 1, "y": 27, "x": 54, "member": 4, "window_step": 6}
     assert ds["mask"].all() and np.isfinite(ds["prediction"]).all() and np.isfinite(ds["ensemble"]).all()
     i = int(ds["sample"][0])
-    np.testing.assert_allclose(ds["target"].isel(sample=0).transpose("level", "lead", ...).values,
-                               _truth(dataset, "t2m", i, [4, 5]), rtol=1e-6)
-    np.testing.assert_allclose(ds["baseline_persistence"].isel(sample=0, lead=1).values,
-                               _truth(dataset, "t2m", i, [3])[:, 0], rtol=1e-6)
+    np.testing.assert_allclose(
+        ds["target"].isel(sample=0).transpose("level", "lead", ...).values, _truth(dataset, "t2m", i, [4, 5]), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        ds["baseline_persistence"].isel(sample=0, lead=1).values, _truth(dataset, "t2m", i, [3])[:, 0], rtol=1e-6
+    )
     assert (ds["init_time"] == ds["window_time"].isel(window_step=3)).all()
     assert (ds["lead_time"] > np.timedelta64(0)).all()
     assert 200 < float(ds["prediction"].mean()) < 330  # kelvin, not normalized units
@@ -86,7 +89,7 @@ def test_global_tiles_cover_the_globe(dataset, overlap, count):
     store = dataset.stores["t2m"][0]
     covered = np.zeros((len(store.lats), len(store.lons)), int)
     for t in tiles:
-        covered[t.y0:t.y0 + 27, (t.x0 + np.arange(54)) % len(store.lons)] += 1
+        covered[t.y0 : t.y0 + 27, (t.x0 + np.arange(54)) % len(store.lons)] += 1
     assert covered.min() >= 1
 
 
@@ -102,8 +105,7 @@ def test_global_forecast_stitches_overlapping_tiles_back_exactly(model, dataset)
     t = np.searchsorted(store.times, ds["time"].values[0].astype(store.times.dtype))
     raw = store.read(int(t[0]), len(t), 0, len(store.lats), 0, len(store.lons))
     phys = store.denormalize(raw, t, np.arange(len(store.lats)), np.arange(len(store.lons)))
-    np.testing.assert_allclose(ds["target"].isel(sample=0).transpose("level", "lead", "y", "x").values, phys,
-                               rtol=1e-6)
+    np.testing.assert_allclose(ds["target"].isel(sample=0).transpose("level", "lead", "y", "x").values, phys, rtol=1e-6)
 
 
 def test_times_select_windows_by_the_valid_time_of_their_last_step(dataset):
@@ -149,8 +151,16 @@ def test_stitching_overlapping_tiles_keeps_the_ensemble_spread(trained, dataset)
     cfg = eval_config(mode="global_forecast", token_overlap=(1, 2))
     mode = modes.get("global_forecast")
     sel = mode.select(dataset, cfg, 0)
-    tiles = inference.run(trained, dataset, sel.indices, mode.masking(cfg, dataset.token_sizes),
-                          mode.target_slabs(cfg), 8, 0, mode.baselines)
+    tiles = inference.run(
+        trained,
+        dataset,
+        sel.indices,
+        mode.masking(cfg, dataset.token_sizes),
+        mode.target_slabs(cfg),
+        8,
+        0,
+        mode.baselines,
+    )
     stitched = mode.finish(dataset, sel, tiles, cfg)
     for f in ("t2m", "u10"):
         store = dataset.stores[f][0]
@@ -160,9 +170,9 @@ def test_stitching_overlapping_tiles_keeps_the_ensemble_spread(trained, dataset)
         for t in next(iter(sel.tiles.values())):
             var = tiles[f]["ensemble"].sel(sample=t.index).isel(level=0).var("member", ddof=1)
             cols = (t.x0 + np.arange(54)) % nlon
-            num[:, t.y0:t.y0 + 27, cols] += w * var.transpose("lead", "y", "x").values
-            den[t.y0:t.y0 + 27, cols] += w
-            count[t.y0:t.y0 + 27, cols] += 1
+            num[:, t.y0 : t.y0 + 27, cols] += w * var.transpose("lead", "y", "x").values
+            den[t.y0 : t.y0 + 27, cols] += w
+            count[t.y0 : t.y0 + 27, cols] += 1
         got = stitched[f]["ensemble"].isel(sample=0, level=0).var("member", ddof=1)
         got = got.transpose("lead", "y", "x")
         overlap = count > 1

@@ -19,16 +19,19 @@ from pathlib import Path
 import matplotlib.image as mpimg
 import pytest
 import yaml
-
 from conftest import REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.workflow]
 
 CHROMIUM = Path("/usr/bin/chromium")
 CONFIG = {
-    "run": "tiny", "seed": 3,
-    "data": {"fields": {"t2m": {"levels": [0]}, "u10": {"levels": [0]}}, "start": "2026-03-25T00",
-             "end": "2026-03-31T23"},
+    "run": "tiny",
+    "seed": 3,
+    "data": {
+        "fields": {"t2m": {"levels": [0]}, "u10": {"levels": [0]}},
+        "start": "2026-03-25T00",
+        "end": "2026-03-31T23",
+    },
     "shard": {"token_size": [2, 9, 9], "shard_tokens": [12, 19, 40]},  # as the sample stores and model
     "model": {"num_tokens": [3, 3, 6]},  # a window of 6 steps: each period must hold one (checked at start)
     "train": {"start": "2026-03-25T00", "end": "2026-03-30T05"},  # disjoint from evaluate (checked at start)
@@ -56,10 +59,19 @@ with open("inputs.json", "w") as f:  # where the rule expects the earlier stages
 
 
 def _snakemake(work: Path, *args, timeout=300):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "snakemake", "-s", "Snakefile", "--cores", "1", *args], cwd=work,
-                          capture_output=True, text=True, env=env, timeout=timeout)
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "OMP_NUM_THREADS": "1",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", "Snakefile", "--cores", "1", *args],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +96,18 @@ def report(tmp_path_factory, sample_products, model_path):
 
 def test_report_holds_every_figure_and_caption(report):
     html = (report / "report.html").read_text()
-    for name in ("forecast_t2m.png", "forecast_u10.png", "scores_t2m.png", "rank_histogram_u10.png", "skill.png",
-                 "attention_t2m.png", "scores.csv", "scorecard.png", "spectra.png", "comparisons.csv"):
+    for name in (
+        "forecast_t2m.png",
+        "forecast_u10.png",
+        "scores_t2m.png",
+        "rank_histogram_u10.png",
+        "skill.png",
+        "attention_t2m.png",
+        "scores.csv",
+        "scorecard.png",
+        "spectra.png",
+        "comparisons.csv",
+    ):
         assert name in html, name
     assert "Rank of the truth among the ensemble members" in html  # a caption
     assert "hatched" in html.lower() and "radially averaged" in html  # the scorecard's and spectra's
@@ -106,10 +128,22 @@ setTimeout(() => document.querySelector('a[iconname="eye"]').click(), 4000);
 
 
 def _chromium(url: str, profile: Path, *args) -> subprocess.CompletedProcess:
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--hide-scrollbars",
-             f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000",
-             "--window-size=1400,1000"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--hide-scrollbars",
+        f"--user-data-dir={profile}",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--virtual-time-budget=10000",
+        "--window-size=1400,1000",
+    ]
     return subprocess.run([str(CHROMIUM), *flags, *args, url], capture_output=True, text=True, timeout=120)
 
 

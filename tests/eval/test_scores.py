@@ -16,17 +16,27 @@ def layout(S=3, lead=2, Y=5, X=6, M=4, seed=0, clim=True):
     ens = truth[..., None] + rng.normal(size=(*shape, M))
     cm = rng.normal(size=shape) if clim else np.full(shape, np.nan)
     cs = rng.uniform(0.5, 2.0, size=shape) if clim else np.full(shape, np.nan)
-    ds = xr.Dataset({"target": (dims, truth), "prediction": (dims, ens.mean(-1)),
-                     "mask": (dims, np.ones(shape, bool)),
-                     "ensemble": ((*dims, "member"), ens), "climatology_mean": (dims, cm),
-                     "climatology_std": (dims, cs), "baseline_climatology": (dims, cm),
-                     "baseline_persistence": (dims, truth + 0.5)},
-                    coords={"sample": np.arange(S), "lead": np.arange(1, lead + 1), "level": [0],
-                            "member": np.arange(M),
-                            "latitude": (("sample", "y"), np.tile(np.linspace(50, 40, Y), (S, 1))),
-                            "longitude": (("sample", "x"), np.tile(np.arange(X) * 0.25, (S, 1))),
-                            "init_time": ("sample", np.datetime64("2026-01-01T00", "ns")
-                                          + np.arange(S) * np.timedelta64(1, "h"))})
+    ds = xr.Dataset(
+        {
+            "target": (dims, truth),
+            "prediction": (dims, ens.mean(-1)),
+            "mask": (dims, np.ones(shape, bool)),
+            "ensemble": ((*dims, "member"), ens),
+            "climatology_mean": (dims, cm),
+            "climatology_std": (dims, cs),
+            "baseline_climatology": (dims, cm),
+            "baseline_persistence": (dims, truth + 0.5),
+        },
+        coords={
+            "sample": np.arange(S),
+            "lead": np.arange(1, lead + 1),
+            "level": [0],
+            "member": np.arange(M),
+            "latitude": (("sample", "y"), np.tile(np.linspace(50, 40, Y), (S, 1))),
+            "longitude": (("sample", "x"), np.tile(np.arange(X) * 0.25, (S, 1))),
+            "init_time": ("sample", np.datetime64("2026-01-01T00", "ns") + np.arange(S) * np.timedelta64(1, "h")),
+        },
+    )
     return ds
 
 

@@ -14,8 +14,8 @@ import torch
 
 from atmorep.config import ModelConfig
 from atmorep.data.dataset import tokenize
-from atmorep.model.multiformer import FieldGeometry
 from atmorep.model.batch import Batch
+from atmorep.model.multiformer import FieldGeometry
 
 TOKEN_SIZE = (2, 9, 9)
 NUM_TOKENS = (3, 3, 6)
@@ -24,10 +24,17 @@ FIELDS = ("t2m", "u10", "v10", "msl")
 
 def tiny_config(**overrides) -> ModelConfig:
     """A 2+2-layer, 32-wide model with a coupling graph over the four demo fields."""
-    base = ModelConfig(num_tokens=NUM_TOKENS, dim=32, heads=4, encoder_layers=2, decoder_layers=2,
-                       coupling_heads=1, coupling={"t2m": ("u10", "v10"), "u10": ("v10", "msl"),
-                                                   "v10": ("u10",), "msl": ()},
-                       ensemble=4, dropout=0.05)
+    base = ModelConfig(
+        num_tokens=NUM_TOKENS,
+        dim=32,
+        heads=4,
+        encoder_layers=2,
+        decoder_layers=2,
+        coupling_heads=1,
+        coupling={"t2m": ("u10", "v10"), "u10": ("v10", "msl"), "v10": ("u10",), "msl": ()},
+        ensemble=4,
+        dropout=0.05,
+    )
     return dataclasses.replace(base, **overrides)
 
 
@@ -39,8 +46,10 @@ def random_batch(fields=FIELDS, B: int = 2, levels: int = 1, seed: int = 0) -> B
     g = torch.Generator().manual_seed(seed)
     P = int(np.prod(TOKEN_SIZE))
     shape = (B, levels, *NUM_TOKENS)
-    return Batch({f: torch.randn(*shape, P, generator=g) for f in fields},
-                 {f: torch.rand(*shape, 8, generator=g) for f in fields})
+    return Batch(
+        {f: torch.randn(*shape, P, generator=g) for f in fields},
+        {f: torch.rand(*shape, 8, generator=g) for f in fields},
+    )
 
 
 @pytest.fixture(scope="session")
@@ -55,8 +64,10 @@ def real_batch() -> Batch:
     for f in FIELDS:
         values = ds[f].values.astype(np.float64)
         values = (values - values.mean()) / values.std()
-        tokens[f] = torch.tensor(np.stack([tokenize(values[None, t:t + nt, y:y + ny, x:x + nx], TOKEN_SIZE)
-                                           for t, y, x in origins]), dtype=torch.float32)
+        tokens[f] = torch.tensor(
+            np.stack([tokenize(values[None, t : t + nt, y : y + ny, x : x + nx], TOKEN_SIZE) for t, y, x in origins]),
+            dtype=torch.float32,
+        )
         info[f] = torch.tensor(np.stack([_info(ds, t, y, x) for t, y, x in origins]), dtype=torch.float32)
     return Batch(tokens, info)
 

@@ -57,8 +57,9 @@ def test_fair_crps_of_a_large_gaussian_ensemble_approaches_the_closed_form():
     mu, sigma, y = 0.3, 1.5, torch.tensor([[1.1]], dtype=torch.float64)
     ens = mu + sigma * torch.randn(1, 20000, 1, generator=g, dtype=torch.float64)
     z = (1.1 - mu) / sigma
-    closed = sigma * (z * math.erf(z / math.sqrt(2)) + 2 * math.exp(-z * z / 2) / math.sqrt(2 * math.pi)
-                      - 1 / math.sqrt(math.pi))
+    closed = sigma * (
+        z * math.erf(z / math.sqrt(2)) + 2 * math.exp(-z * z / 2) / math.sqrt(2 * math.pi) - 1 / math.sqrt(math.pi)
+    )
     assert abs(losses.crps(ens, y)[0].item() - closed) < 0.02
 
 

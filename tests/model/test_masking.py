@@ -120,8 +120,10 @@ def test_every_schema_strategy_is_registered():
 
 def test_plain_masks_are_zeroed():
     batch = _batch(B=2)
-    plain = {f: torch.zeros(t.shape[:5], dtype=torch.bool).index_fill_(2, torch.tensor([0]), True)
-             for f, t in batch.tokens.items()}
+    plain = {
+        f: torch.zeros(t.shape[:5], dtype=torch.bool).index_fill_(2, torch.tensor([0]), True)
+        for f, t in batch.tokens.items()
+    }
     src = masking.apply(batch, plain)
     assert (src.tokens["a"][:, :, 0] == 0).all()
 

@@ -12,11 +12,11 @@ import torch
 
 from atmorep.config import MaskingConfig, ModelConfig
 from atmorep.eval.attention import capture
+from atmorep.model import masking
 from atmorep.model.blocks import MLP
 from atmorep.model.embedding import harmonic_encoding
-from atmorep.model.multiformer import FieldGeometry, Multiformer
-from atmorep.model import masking
 from atmorep.model.file import load_model, save_model
+from atmorep.model.multiformer import FieldGeometry, Multiformer
 
 PURE_MASK = MaskingConfig(strategy="bert", rate=0.5, p_mask=1.0, p_noise=0.0, p_coarsen=0.0)
 
@@ -132,14 +132,15 @@ def test_checkpointing_gives_the_same_gradients(make_config, make_geometry, make
 
 
 def test_finite_gradients_for_all_parameters_on_real_data(make_config, make_geometry, real_batch):
-    from atmorep.train.losses import Loss
     from atmorep.config import LossConfig
+    from atmorep.train.losses import Loss
 
     model = _model(make_config(), make_geometry()).train()
     masks = masking.build(MaskingConfig())(real_batch, torch.Generator().manual_seed(7))
     out = model(**_inputs(real_batch, masks))
     loss, diag = Loss(LossConfig(terms=("mse_ensemble", "stats", "crps")))(
-        out, {f: real_batch.tokens[f][masks[f]] for f in out})
+        out, {f: real_batch.tokens[f][masks[f]] for f in out}
+    )
     loss.backward()
     assert torch.isfinite(loss)
     for name, p in model.named_parameters():
@@ -215,7 +216,9 @@ def test_positional_encoding_tells_every_token_of_a_window_apart_at_small_widths
     orig = harmonic_encoding(1, (T, Y, X), 64, original_scale=True).view(T, Y, X, 64)
     assert torch.allclose(orig[:, 0], orig[:, 4], atol=1e-5)
     # ... and at AtmoRep's widths (>= 1024) the encoding is exactly the original's
-    assert torch.equal(harmonic_encoding(2, (T, Y, X), 1024), harmonic_encoding(2, (T, Y, X), 1024, original_scale=True))
+    assert torch.equal(
+        harmonic_encoding(2, (T, Y, X), 1024), harmonic_encoding(2, (T, Y, X), 1024, original_scale=True)
+    )
 
 
 def test_compat_mlp_has_the_extra_gelu():
@@ -268,14 +271,16 @@ def test_finite_gradients_on_a_loader_batch(sample_products, make_config):
     stores = {f: [str(p)] for f, p in sample_products["shards"].items()}
     data = sample_products["data"]
     dataset = WindowDataset(stores, (3, 3, 6), *data.period)
-    batch = Batch.from_numpy(next(iter(DataLoader(dataset, batch_size=3, shuffle=True,
-                                                  generator=torch.Generator().manual_seed(0)))))
+    batch = Batch.from_numpy(
+        next(iter(DataLoader(dataset, batch_size=3, shuffle=True, generator=torch.Generator().manual_seed(0))))
+    )
     geo = {f: FieldGeometry(len(s[0].levels), s[0].token_size) for f, s in dataset.stores.items()}
     model = Multiformer(make_config(coupling={"t2m": ("u10",), "u10": ("t2m",)}), geo, len(TOKEN_INFO)).train()
     masks = masking.build(MaskingConfig(), {f: g.token_size for f, g in geo.items()})(batch, torch.Generator())
     out = model(**_inputs(batch, masks))
     loss, _ = Loss(LossConfig(terms=("mse_ensemble", "stats", "crps", "gaussian_crps")))(
-        out, {f: batch.tokens[f][masks[f]] for f in out})
+        out, {f: batch.tokens[f][masks[f]] for f in out}
+    )
     loss.backward()
     assert torch.isfinite(loss)
     for name, p in model.named_parameters():
@@ -293,8 +298,17 @@ def test_a_bf16_model_takes_fp32_inputs_and_keeps_the_tail_in_fp32(make_config, 
 def test_inputs_only_fields_have_no_decoder_or_tail_but_are_read():
     """The original's fields outside fields_prediction: read through coupling, never predicted."""
     torch.manual_seed(0)
-    cfg = ModelConfig(num_tokens=(2, 2, 2), dim=32, heads=4, encoder_layers=1, decoder_layers=1, ensemble=2,
-                      coupling={"a": ("b",)}, inputs_only=("b",), dropout=0.0)
+    cfg = ModelConfig(
+        num_tokens=(2, 2, 2),
+        dim=32,
+        heads=4,
+        encoder_layers=1,
+        decoder_layers=1,
+        ensemble=2,
+        coupling={"a": ("b",)},
+        inputs_only=("b",),
+        dropout=0.0,
+    )
     model = Multiformer(cfg, {"a": FieldGeometry(1, (1, 2, 2)), "b": FieldGeometry(1, (1, 2, 2))}).eval()
     assert set(model.decoders) == set(model.tails) == {"a"} and model.predicted == ["a"]
     tokens = {f: torch.randn(1, 1, 2, 2, 2, 4) for f in "ab"}

@@ -54,8 +54,12 @@ def test_published_architectures(name):
 
 
 def test_published_sizes_match_the_spec_table():
-    approx = {"temperature_2024.yaml": 138.8e6, "vorticity_v1.yaml": 680e6, "temperature_v1.yaml": 435e6,
-              "vorticity_multiformer_v1.yaml": 3.20e9}
+    approx = {
+        "temperature_2024.yaml": 138.8e6,
+        "vorticity_v1.yaml": 680e6,
+        "temperature_v1.yaml": 435e6,
+        "vorticity_multiformer_v1.yaml": 3.20e9,
+    }
     for name, expected in approx.items():
         spec = summary.load_model_file(MODELS / name)
         assert summary.parameter_count(spec.model, spec.geometry()) == pytest.approx(expected, rel=3e-3), name
@@ -114,8 +118,10 @@ def _schema_section(*path):
     return node
 
 
-@pytest.mark.parametrize("cls, path", [(C.ModelConfig, ("model",)), (C.MaskingConfig, ("train", "masking")),
-                                       (C.LossConfig, ("train", "loss"))])
+@pytest.mark.parametrize(
+    "cls, path",
+    [(C.ModelConfig, ("model",)), (C.MaskingConfig, ("train", "masking")), (C.LossConfig, ("train", "loss"))],
+)
 def test_schema_agrees_with_dataclasses(cls, path):
     section = _schema_section(*path)
     assert section["additionalProperties"] is False

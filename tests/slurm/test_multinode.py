@@ -79,8 +79,13 @@ distributed.finish()
 @pytest.mark.parametrize("mpi, launcher", [("pmi2", "mpi"), ("none", "srun")])
 def test_ranks_meet_across_hosts(twonode, mpi, launcher):
     env = {**os.environ, **twonode}
-    r = subprocess.run(["srun", "--nodes=2", "--ntasks=2", f"--mpi={mpi}", sys.executable, "-c", PROBE],
-                       capture_output=True, text=True, env=env, timeout=120)
+    r = subprocess.run(
+        ["srun", "--nodes=2", "--ntasks=2", f"--mpi={mpi}", sys.executable, "-c", PROBE],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     got = json.loads(r.stdout.strip().splitlines()[-1])
     hosts = got.pop("hosts")
@@ -123,8 +128,9 @@ def test_pretrain_on_two_nodes_equals_one_node_two_ranks(twonode, tmp_path):
     env = {**os.environ, **twonode}
     placed = {}  # rule -> (state, node count, nodes) in SLURM's view
     for job in slurm_jobs(out):
-        q = subprocess.run(["squeue", "--states=all", "-h", "-j", job, "-o", "%k|%T|%D|%N"],
-                           capture_output=True, text=True, env=env).stdout.strip()
+        q = subprocess.run(
+            ["squeue", "--states=all", "-h", "-j", job, "-o", "%k|%T|%D|%N"], capture_output=True, text=True, env=env
+        ).stdout.strip()
         rule, st, n, nodes = q.split("|")
         placed[rule] = (st, int(n), nodes)
     assert placed == {"rule_pretrain": ("COMPLETED", 2, "atmnode[1-2]")}  # the inputs came from the copy

@@ -18,7 +18,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import REPO
 from test_workflow import TINY, jobs
 
@@ -64,21 +63,33 @@ def snakemake(workdir: Path, *args, background=False, timeout=900, env=None):
     if not cfg.exists():
         cfg.write_text(yaml.safe_dump(TINY))
     env = {**os.environ, **(env or {}), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(cfg), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(cfg),
+        *args,
+    ]
     if background:
         return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def slurm_jobs(output: str) -> list[str]:
-    return re.findall(r"SLURM jobid (\d+)", output) or re.findall(r"Job \d+ has been submitted with SLURM jobid (\d+)",
-                                                                   output)
+    return re.findall(r"SLURM jobid (\d+)", output) or re.findall(
+        r"Job \d+ has been submitted with SLURM jobid (\d+)", output
+    )
 
 
 def state(job: str) -> str:
-    return subprocess.run(["squeue", "--states=all", "-h", "-j", job, "-o", "%T"], capture_output=True,
-                          text=True).stdout.strip()
+    return subprocess.run(
+        ["squeue", "--states=all", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True
+    ).stdout.strip()
 
 
 @pytest.fixture(scope="module")

@@ -23,28 +23,63 @@ BIN = Path(sys.executable).parent
 
 def params(sample_products, **train) -> str:
     data = sample_products["data"]
-    return json.dumps({
-        "seed": 11,
-        "data": {"fields": {f: {"levels": [0]} for f in data.fields}, "start": data.start, "end": data.end},
-        "model": {"num_tokens": [3, 3, 6], "dim": 32, "heads": 4, "encoder_layers": 1, "decoder_layers": 1,
-                  "coupling": {"t2m": ["u10"]}, "ensemble": 4, "dropout": 0.1},
-        "train": {"start": "2026-03-25T00", "end": "2026-03-30T05", "steps": 8, "batch_size": 2,
-                  "lr_start": 1e-4, "lr": 1e-3, "lr_min": 1e-4, "warmup_epochs": 1, "epoch_steps": 4,
-                  "checkpoint_every": 4, "tensorboard": False, **train},
-    })
+    return json.dumps(
+        {
+            "seed": 11,
+            "data": {"fields": {f: {"levels": [0]} for f in data.fields}, "start": data.start, "end": data.end},
+            "model": {
+                "num_tokens": [3, 3, 6],
+                "dim": 32,
+                "heads": 4,
+                "encoder_layers": 1,
+                "decoder_layers": 1,
+                "coupling": {"t2m": ["u10"]},
+                "ensemble": 4,
+                "dropout": 0.1,
+            },
+            "train": {
+                "start": "2026-03-25T00",
+                "end": "2026-03-30T05",
+                "steps": 8,
+                "batch_size": 2,
+                "lr_start": 1e-4,
+                "lr": 1e-3,
+                "lr_min": 1e-4,
+                "warmup_epochs": 1,
+                "epoch_steps": 4,
+                "checkpoint_every": 4,
+                "tensorboard": False,
+                **train,
+            },
+        }
+    )
 
 
 def launch(sample_products, out: Path, ranks=2, launcher="torchrun", extra=(), wait=True, **train):
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
-    prefix = {"torchrun": ["torchrun", "--standalone", "--nproc_per_node", str(ranks)],
-              "mpirun": ["mpirun", "-n", str(ranks), sys.executable]}[launcher]
-    cmd = [*prefix, "-m", "atmorep", "train", "--params", params(sample_products, **train),
-           "--shards", *map(str, sample_products["shards"].values()), "--output-dir", str(out), *extra]
+    prefix = {
+        "torchrun": ["torchrun", "--standalone", "--nproc_per_node", str(ranks)],
+        "mpirun": ["mpirun", "-n", str(ranks), sys.executable],
+    }[launcher]
+    cmd = [
+        *prefix,
+        "-m",
+        "atmorep",
+        "train",
+        "--params",
+        params(sample_products, **train),
+        "--shards",
+        *map(str, sample_products["shards"].values()),
+        "--output-dir",
+        str(out),
+        *extra,
+    ]
     if not wait:
-        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                start_new_session=True)
+        return subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
     return pd.read_csv(out / "metrics.csv")
@@ -69,7 +104,9 @@ def test_resume_is_bit_exact(uninterrupted, sample_products, tmp_path, stage):
     assert len(first) == 4
     resumed = launch(sample_products, tmp_path, zero_stage=stage, steps=8)
     assert (resumed["loss"].values == uninterrupted[stage]["loss"].values).all(), (
-        resumed["loss"].values, uninterrupted[stage]["loss"].values)
+        resumed["loss"].values,
+        uninterrupted[stage]["loss"].values,
+    )
 
 
 def test_zero3_exports_the_same_kind_of_model(uninterrupted, tmp_path_factory):
@@ -87,8 +124,9 @@ def test_signal_checkpoints_at_step_boundary_and_rerun_resumes(uninterrupted, sa
     deadline = time.time() + 240
     while time.time() < deadline and not metrics_seen:  # wait until training steps run
         time.sleep(1)
-        workers = subprocess.run(["pgrep", "-f", "--", f"-m atmorep train.*{tmp_path}"], capture_output=True,
-                                 text=True).stdout.split()
+        workers = subprocess.run(
+            ["pgrep", "-f", "--", f"-m atmorep train.*{tmp_path}"], capture_output=True, text=True
+        ).stdout.split()
         workers = [w for w in workers if int(w) != proc.pid]
         metrics_seen = len(workers) >= 2 and "train:" in _peek(proc)
     assert metrics_seen, "training did not start"
@@ -149,11 +187,18 @@ def test_fine_tuning_starts_from_a_trained_model(sample_products, tmp_path):
     launch(sample_products, tmp_path / "base", ranks=1, engine="torch", steps=3)
     base, _ = load_model(tmp_path / "base" / "model.pt")
     tiny = dict(lr_start=1e-12, lr=1e-12, lr_min=1e-12, steps=1, masking={"strategy": "forecast"})
-    launch(sample_products, tmp_path / "tuned", ranks=1, engine="torch", init_from=str(tmp_path / "base" / "model.pt"), **tiny)
+    launch(
+        sample_products,
+        tmp_path / "tuned",
+        ranks=1,
+        engine="torch",
+        init_from=str(tmp_path / "base" / "model.pt"),
+        **tiny,
+    )
     launch(sample_products, tmp_path / "fresh", ranks=1, engine="torch", **tiny)
     tuned, _ = load_model(tmp_path / "tuned" / "model.pt")
     fresh, _ = load_model(tmp_path / "fresh" / "model.pt")
-    for (name, b), t, f in zip(base.state_dict().items(), tuned.state_dict().values(), fresh.state_dict().values()):
+    for (name, b), t, _ in zip(base.state_dict().items(), tuned.state_dict().values(), fresh.state_dict().values()):
         torch.testing.assert_close(t, b, atol=1e-6, rtol=0, msg=name)  # the trained weights, barely moved
     assert any(not torch.allclose(f, b) for b, f in zip(base.state_dict().values(), fresh.state_dict().values()))
 
@@ -163,9 +208,24 @@ def test_fine_tuning_refuses_another_architecture(sample_products, tmp_path):
     p = json.loads(params(sample_products, engine="torch", steps=1, init_from=str(tmp_path / "base" / "model.pt")))
     p["model"]["dim"] = 48
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "atmorep", "train", "--params", json.dumps(p), "--shards",
-                        *map(str, sample_products["shards"].values()), "--output-dir", str(tmp_path / "x")],
-                       env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "atmorep",
+            "train",
+            "--params",
+            json.dumps(p),
+            "--shards",
+            *map(str, sample_products["shards"].values()),
+            "--output-dir",
+            str(tmp_path / "x"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode != 0
     assert "init_from" in r.stderr and "['dim']" in r.stderr and "model.pt" in r.stderr
     assert not (tmp_path / "x" / "model.pt").exists()
@@ -177,8 +237,13 @@ def test_metrics_have_throughput_and_mfu(uninterrupted, sample_products):
     from atmorep.model.multiformer import FieldGeometry
 
     model = json.loads(params(sample_products))["model"]
-    cfg = ModelConfig(**{**model, "num_tokens": tuple(model["num_tokens"]),
-                         "coupling": {k: tuple(v) for k, v in model["coupling"].items()}})
+    cfg = ModelConfig(
+        **{
+            **model,
+            "num_tokens": tuple(model["num_tokens"]),
+            "coupling": {k: tuple(v) for k, v in model["coupling"].items()},
+        }
+    )
     geo = {f: FieldGeometry(1, sample_products["shard"].token_size) for f in sample_products["data"].fields}
     lo, hi = (summary.training_flops(cfg, geo, masked) for masked in (0.0, 1.0))
     for m in uninterrupted.values():
@@ -192,16 +257,33 @@ def test_metrics_have_throughput_and_mfu(uninterrupted, sample_products):
 
 # -- atmorep launch: signals, ranks that never outlive it, one-line reports ---------------------------
 
+
 def start_launch(sample_products, out: Path, launcher="torchrun", ranks=2, **train):
     """``atmorep launch --with LAUNCHER`` as a user starts it (its own process, stderr captured)."""
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "ATMOREP_DEBUG"):
         env.pop(k, None)
-    cmd = [sys.executable, "-m", "atmorep", "launch", "--with", launcher, "--ranks", str(ranks), "--", "train",
-           "--params", params(sample_products, **train), "--shards", *map(str, sample_products["shards"].values()),
-           "--output-dir", str(out)]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "atmorep",
+        "launch",
+        "--with",
+        launcher,
+        "--ranks",
+        str(ranks),
+        "--",
+        "train",
+        "--params",
+        params(sample_products, **train),
+        "--shards",
+        *map(str, sample_products["shards"].values()),
+        "--output-dir",
+        str(out),
+    ]
+    return subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
 
 
 def ranks_of(out: Path) -> list[int]:
@@ -212,9 +294,13 @@ def ranks_of(out: Path) -> list[int]:
             argv = (proc / "cmdline").read_bytes().decode().split("\0")
         except OSError:
             continue
-        at = next((i for i in range(len(argv)) if argv[i:i + 3] == ["-m", "atmorep", "train"]), None)
-        if (at is not None and str(out) in argv and Path(argv[0]).name.startswith("python")
-                and not any("launch" in a for a in argv[:at])):  # not the launcher nor the torchrun wrapper
+        at = next((i for i in range(len(argv)) if argv[i : i + 3] == ["-m", "atmorep", "train"]), None)
+        if (
+            at is not None
+            and str(out) in argv
+            and Path(argv[0]).name.startswith("python")
+            and not any("launch" in a for a in argv[:at])
+        ):  # not the launcher nor the torchrun wrapper
             found.append(int(proc.name))
     return found
 
@@ -235,8 +321,11 @@ def wait_for_training(proc, out: Path, ranks=2, timeout=300) -> list[int]:
 def gone(pids: list[int], timeout=20) -> bool:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        alive = [p for p in pids if Path(f"/proc/{p}").exists()
-                 and "Z" not in Path(f"/proc/{p}/stat").read_text().split(")")[-1][:3]]
+        alive = [
+            p
+            for p in pids
+            if Path(f"/proc/{p}").exists() and "Z" not in Path(f"/proc/{p}/stat").read_text().split(")")[-1][:3]
+        ]
         if not alive:
             return True
         time.sleep(0.5)
@@ -245,8 +334,10 @@ def gone(pids: list[int], timeout=20) -> bool:
 
 def slurm_up() -> bool:
     cluster = Path(__file__).parents[1] / "slurm" / "cluster.sh"
-    return shutil.which("srun") is not None and subprocess.run(["bash", str(cluster), "status"],
-                                                               capture_output=True).returncode == 0
+    return (
+        shutil.which("srun") is not None
+        and subprocess.run(["bash", str(cluster), "status"], capture_output=True).returncode == 0
+    )
 
 
 @pytest.mark.parametrize("launcher", ["torchrun", "mpirun", pytest.param("srun", marks=pytest.mark.slurm)])
@@ -326,10 +417,24 @@ def test_bad_training_data_is_named_by_field_store_and_window(sample_products, t
     bad = corrupt(sample_products, tmp_path, value)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("ATMOREP_DEBUG", None)
-    r = subprocess.run([sys.executable, "-m", "atmorep", "train", "--params",
-                        params(bad, engine="torch", steps=4, max_bad_steps=2), "--shards",
-                        *map(str, bad["shards"].values()), "--output-dir", str(tmp_path / "out")],
-                       env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "atmorep",
+            "train",
+            "--params",
+            params(bad, engine="torch", steps=4, max_bad_steps=2),
+            "--shards",
+            *map(str, bad["shards"].values()),
+            "--output-dir",
+            str(tmp_path / "out"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     errors = [line for line in r.stderr.splitlines() if line.startswith("atmorep train: error:")]
     assert r.returncode == 1 and len(errors) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
     store = str(bad["shards"]["t2m"])
@@ -351,10 +456,24 @@ def test_a_full_disk_during_training_is_one_line(sample_products, tmp_path):
     try:
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         env.pop("ATMOREP_DEBUG", None)
-        r = subprocess.run([sys.executable, "-m", "atmorep", "train", "--params",
-                            params(sample_products, engine="torch", steps=2), "--shards",
-                            *map(str, sample_products["shards"].values()), "--output-dir", str(disk / "out")],
-                           env=env, capture_output=True, text=True, timeout=300)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "atmorep",
+                "train",
+                "--params",
+                params(sample_products, engine="torch", steps=2),
+                "--shards",
+                *map(str, sample_products["shards"].values()),
+                "--output-dir",
+                str(disk / "out"),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
     errors = [line for line in r.stderr.splitlines() if line.startswith("atmorep train: error:")]

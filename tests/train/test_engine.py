@@ -20,8 +20,9 @@ def test_deepspeed_config_is_derived_from_ours(stage, world, gpu, accum):
 
 
 def test_deepspeed_config_offload_and_clipping():
-    ds = deepspeed_config(TrainConfig(zero_stage=3, offload_optimizer=True, offload_params=True,
-                                      gradient_clipping=1.0), 2, False)
+    ds = deepspeed_config(
+        TrainConfig(zero_stage=3, offload_optimizer=True, offload_params=True, gradient_clipping=1.0), 2, False
+    )
     assert ds["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
     assert ds["zero_optimization"]["offload_param"]["device"] == "cpu"
     assert ds["gradient_clipping"] == 1.0

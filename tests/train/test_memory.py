@@ -8,11 +8,11 @@ import subprocess
 import sys
 
 import pytest
+from conftest import REPO
 
 from atmorep import cli
 from atmorep.model import summary
 from atmorep.train import memory as M
-from conftest import REPO
 
 BIG = REPO / "config" / "models" / "wc5e2i3t.yaml"  # 741 M parameters, 5,664 tokens per sample
 
@@ -79,8 +79,12 @@ def test_plan_and_dry_run_print_the_recommendation(capsys):
     line = out.strip().splitlines()[-1]
     assert line.startswith("fit on 8 GPU(s) of 3GiB: ZeRO-3")
     assert "offload" in line and "does not fit" in line
-    assert cli.main(["plan", "--config", str(REPO / "config" / "campaigns" / "quickstart.yaml"),
-                     "--device-memory", "80GB"]) == 0
+    assert (
+        cli.main(
+            ["plan", "--config", str(REPO / "config" / "campaigns" / "quickstart.yaml"), "--device-memory", "80GB"]
+        )
+        == 0
+    )
     assert "\nfit on 4 GPU(s) of 80GB: ZeRO-" in capsys.readouterr().out
     assert cli.main(["train", "--dry-run", "--config", str(BIG), "--device-memory", "lots"]) == 1
     assert "--device-memory" in capsys.readouterr().err
@@ -90,8 +94,13 @@ def test_plan_and_dry_run_print_the_recommendation(capsys):
 @pytest.mark.distributed
 def test_memory_model_benchmark_quick():
     env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
-    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "memory_model.py"), "--quick"], env=env,
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "memory_model.py"), "--quick"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
     last = r.stdout.strip().splitlines()[-1]
     assert last.startswith("memory_model_max_error=") and float(last.split("=")[1]) <= 0.25

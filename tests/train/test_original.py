@@ -58,39 +58,77 @@ def original_layout(cf: dict, seed: int = 0) -> dict[str, torch.Tensor]:
                 for g, name in enumerate(coupled):
                     sd[f"{p}.proj_heads_other.{g + 1}.weight"] = t(2 * dh, fields[name][1][1])
             m = f"encoders.{i}.mlps.{layer}.blocks"
-            sd.update({f"{m}.0.weight": t(2 * D, D), f"{m}.0.bias": t(2 * D), f"{m}.3.weight": t(D, 2 * D),
-                       f"{m}.3.bias": t(D)})
+            sd.update(
+                {
+                    f"{m}.0.weight": t(2 * D, D),
+                    f"{m}.0.bias": t(2 * D),
+                    f"{m}.3.weight": t(D, 2 * D),
+                    f"{m}.3.bias": t(D),
+                }
+            )
     for j, (name, _) in enumerate(cf["fields_prediction"]):
         fi = fields[name]
         D, P = fi[1][1], fi[4][0] * fi[4][1] * fi[4][2]
         dh, hc = D // H, H // 2
         for layer in range(cf["decoder_num_layers"]):
             p, m = f"decoders.{j}.blocks.{2 * layer}", f"decoders.{j}.blocks.{2 * layer + 1}.blocks"
-            sd.update({f"{p}.proj_heads.weight": t(3 * (H - hc) * dh, D),
-                       f"{p}.proj_heads_o_q.weight": t(hc * dh, D), f"{p}.proj_heads_o_kv.weight": t(2 * hc * dh, D), f"{p}.proj_out.weight": t(D, D),
-                       f"{p}.ln_q.weight": 1 + t(dh), f"{p}.ln_q.bias": t(dh), f"{p}.ln_k.weight": 1 + t(dh),
-                       f"{p}.ln_k.bias": t(dh), f"{m}.0.weight": t(2 * D, D), f"{m}.0.bias": t(2 * D),
-                       f"{m}.3.weight": t(D, 2 * D), f"{m}.3.bias": t(D)})
+            sd.update(
+                {
+                    f"{p}.proj_heads.weight": t(3 * (H - hc) * dh, D),
+                    f"{p}.proj_heads_o_q.weight": t(hc * dh, D),
+                    f"{p}.proj_heads_o_kv.weight": t(2 * hc * dh, D),
+                    f"{p}.proj_out.weight": t(D, D),
+                    f"{p}.ln_q.weight": 1 + t(dh),
+                    f"{p}.ln_q.bias": t(dh),
+                    f"{p}.ln_k.weight": 1 + t(dh),
+                    f"{p}.ln_k.bias": t(dh),
+                    f"{m}.0.weight": t(2 * D, D),
+                    f"{m}.0.bias": t(2 * D),
+                    f"{m}.3.weight": t(D, 2 * D),
+                    f"{m}.3.bias": t(D),
+                }
+            )
         for e in range(cf["net_tail_num_nets"]):
             p = f"tails.{j}.tail_nets.{e}"
-            sd.update({f"{p}.0.weight": 1 + t(D), f"{p}.0.bias": t(D), f"{p}.1.weight": t(P, D),
-                       f"{p}.1.bias": t(P)})
+            sd.update({f"{p}.0.weight": 1 + t(D), f"{p}.0.bias": t(D), f"{p}.1.weight": t(P, D), f"{p}.1.bias": t(P)})
     return sd
 
 
 def sample_config() -> dict:
     """The original's JSON for a model on the embedded sample (t2m, u10; tokens 2x9x9): u10 is an
     input only (not in fields_prediction)."""
-    base = {"size_token_info": 8, "size_token_info_net": 16, "encoder_att_type": "dense",
-            "decoder_att_type": "dense", "coupling_num_heads_per_field": 1, "with_layernorm": True,
-            "dropout_rate": 0.0, "with_qk_lnorm": True, "encoder_num_mlp_layers": 2, "decoder_num_mlp_layers": 2,
-            "decoder_self_att": False, "decoder_cross_att_ratio": 0.5, "decoder_cross_att_rate": 1.0,
-            "net_tail_num_layers": 0, "losses": ["mse_ensemble", "stats"], "forecast_num_tokens": 1}
-    return {**base, "encoder_num_layers": 1, "encoder_num_heads": 4, "decoder_num_layers": 1,
-            "decoder_num_heads": 4, "net_tail_num_nets": 4, "wandb_id": "sample",
-            "fields": [["t2m", [1, 32, ["u10"], 0], [0], [3, 3, 6], [2, 9, 9], [0.5, 0.9, 0.2, 0.05]],
-                       ["u10", [1, 32, [], 0], [0], [3, 3, 6], [2, 9, 9], [0.3, 0.9, 0.2, 0.05]]],
-            "fields_prediction": [["t2m", 1.0]]}
+    base = {
+        "size_token_info": 8,
+        "size_token_info_net": 16,
+        "encoder_att_type": "dense",
+        "decoder_att_type": "dense",
+        "coupling_num_heads_per_field": 1,
+        "with_layernorm": True,
+        "dropout_rate": 0.0,
+        "with_qk_lnorm": True,
+        "encoder_num_mlp_layers": 2,
+        "decoder_num_mlp_layers": 2,
+        "decoder_self_att": False,
+        "decoder_cross_att_ratio": 0.5,
+        "decoder_cross_att_rate": 1.0,
+        "net_tail_num_layers": 0,
+        "losses": ["mse_ensemble", "stats"],
+        "forecast_num_tokens": 1,
+    }
+    return {
+        **base,
+        "encoder_num_layers": 1,
+        "encoder_num_heads": 4,
+        "decoder_num_layers": 1,
+        "decoder_num_heads": 4,
+        "net_tail_num_nets": 4,
+        "wandb_id": "sample",
+        "fields": [
+            ["t2m", [1, 32, ["u10"], 0], [0], [3, 3, 6], [2, 9, 9], [0.5, 0.9, 0.2, 0.05]],
+            ["u10", [1, 32, [], 0], [0], [3, 3, 6], [2, 9, 9], [0.3, 0.9, 0.2, 0.05]],
+        ],
+        "fields_prediction": [["t2m", 1.0]],
+    }
 
 
 def write_original(folder: Path, cf: dict, sd: dict) -> tuple[Path, Path]:
@@ -130,15 +168,33 @@ def test_our_layout_helper_is_the_originals(tmp_path):
 def test_a_config_that_does_not_match_its_weights_is_refused(tmp_path, capsys):
     single, multi = oracle_case("single"), oracle_case("multi_qk")
     out = tmp_path / "model.pt"
-    rc = cli.main(["import-original", "--weights", str(single / "AtmoRep_idsingle.mod"),
-                   "--config", str(multi / "model_idmulti_qk.json"), "--output", str(out)])
+    rc = cli.main(
+        [
+            "import-original",
+            "--weights",
+            str(single / "AtmoRep_idsingle.mod"),
+            "--config",
+            str(multi / "model_idmulti_qk.json"),
+            "--output",
+            str(out),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 1 and "encoders.0.heads.0.proj_heads_other.0.weight" in err and not out.exists()
     cf = read_config(single / "model_idsingle.json")
     cf["fields"][0][1][1] = 48  # another width than the weights have
     (tmp_path / "wide.json").write_text(json.dumps(cf))
-    rc = cli.main(["import-original", "--weights", str(single / "AtmoRep_idsingle.mod"),
-                   "--config", str(tmp_path / "wide.json"), "--output", str(out)])
+    rc = cli.main(
+        [
+            "import-original",
+            "--weights",
+            str(single / "AtmoRep_idsingle.mod"),
+            "--config",
+            str(tmp_path / "wide.json"),
+            "--output",
+            str(out),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 1 and "does not match" in err and "embed.fa.values.weight" in err and not out.exists()
     cf = read_config(single / "model_idsingle.json")
@@ -167,8 +223,9 @@ def test_v1_per_head_keys_convert_to_the_same_model(tmp_path):
     cf = read_config(folder / "model_idsingle.json")
     v2 = torch.load(folder / "AtmoRep_idsingle.mod", weights_only=True)
     v1, H = dict(v2), cf["encoder_num_heads"]
-    for k in [k for k in v2 if k.endswith("proj_heads.weight") or "proj_heads_o_" in k or ".ln_q." in k
-              or ".ln_k." in k]:
+    for k in [
+        k for k in v2 if k.endswith("proj_heads.weight") or "proj_heads_o_" in k or ".ln_q." in k or ".ln_k." in k
+    ]:
         w = v1.pop(k)
         if k.startswith("encoders"):  # rows per head [q, k, v]
             for h, rows in enumerate(w.chunk(H)):
@@ -209,16 +266,33 @@ def test_import_original_cli_writes_a_model_file_and_its_config(tmp_path, capsys
     cf["fields_prediction"] = [["temperature_2m", 1.0]]
     mod, js = write_original(tmp_path / "orig", cf, original_layout(cf))
     out = tmp_path / "model.pt"
-    rc = cli.main(["import-original", "--weights", str(mod), "--config", str(js), "--output", str(out),
-                   "--rename", "temperature_2m=t2m", "--config-out", str(tmp_path / "keys.yaml")])
+    rc = cli.main(
+        [
+            "import-original",
+            "--weights",
+            str(mod),
+            "--config",
+            str(js),
+            "--output",
+            str(out),
+            "--rename",
+            "temperature_2m=t2m",
+            "--config-out",
+            str(tmp_path / "keys.yaml"),
+        ]
+    )
     printed = capsys.readouterr().out
     assert rc == 0 and "field_rates" in printed and (tmp_path / "keys.yaml").read_text() in printed
     model, record = load_model(out)
     assert list(model.fields) == ["t2m", "u10"] and model.predicted == ["t2m"] and model.cfg.compat
     assert model.cfg.inputs_only == ("u10",) and set(model.tails) == {"t2m"}
     assert record["original"]["masking"]["u10"] == [0.3, 0.9, 0.2, 0.05]
-    assert cli.main(["import-original", "--weights", str(mod), "--config", str(js), "--output", str(out),
-                     "--rename", "oops"]) == 1
+    assert (
+        cli.main(
+            ["import-original", "--weights", str(mod), "--config", str(js), "--output", str(out), "--rename", "oops"]
+        )
+        == 1
+    )
 
 
 @pytest.fixture(scope="module")
@@ -229,8 +303,22 @@ def converted(tmp_path_factory):
     root = tmp_path_factory.mktemp("original")
     cf = sample_config()
     mod, js = write_original(root / "orig", cf, original_layout(cf, seed=3))
-    assert cli.main(["import-original", "--weights", str(mod), "--config", str(js), "--output",
-                     str(root / "model.pt"), "--config-out", str(root / "keys.yaml")]) == 0
+    assert (
+        cli.main(
+            [
+                "import-original",
+                "--weights",
+                str(mod),
+                "--config",
+                str(js),
+                "--output",
+                str(root / "model.pt"),
+                "--config-out",
+                str(root / "keys.yaml"),
+            ]
+        )
+        == 0
+    )
     return root / "model.pt", yaml.safe_load((root / "keys.yaml").read_text())
 
 
@@ -253,19 +341,45 @@ def test_train_init_from_fine_tunes_a_converted_model(converted, sample_products
 
     path, keys = converted
     data = sample_products["data"]
-    params = {"seed": 5, "data": {"fields": {f: {"levels": [0]} for f in data.fields}, "start": data.start,
-                                  "end": data.end},
-              "model": keys["model"],
-              "train": {**keys["train"], "start": "2026-03-25T00", "end": "2026-03-30T05", "steps": 1,
-                        "batch_size": 2, "lr_start": 1e-12, "lr": 1e-12, "lr_min": 1e-12, "warmup_epochs": 1,
-                        "epoch_steps": 2, "tensorboard": False, "engine": "torch", "init_from": str(path)}}
+    params = {
+        "seed": 5,
+        "data": {"fields": {f: {"levels": [0]} for f in data.fields}, "start": data.start, "end": data.end},
+        "model": keys["model"],
+        "train": {
+            **keys["train"],
+            "start": "2026-03-25T00",
+            "end": "2026-03-30T05",
+            "steps": 1,
+            "batch_size": 2,
+            "lr_start": 1e-12,
+            "lr": 1e-12,
+            "lr_min": 1e-12,
+            "warmup_epochs": 1,
+            "epoch_steps": 2,
+            "tensorboard": False,
+            "engine": "torch",
+            "init_from": str(path),
+        },
+    }
     params["train"]["masking"]["strategy"] = "bert"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
-    cmd = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "1", "-m",
-           "atmorep", "train", "--params", json.dumps(params), "--shards", *map(str, sample_products["shards"].values()),
-           "--output-dir", str(tmp_path)]
+    cmd = [
+        str(Path(sys.executable).parent / "torchrun"),
+        "--standalone",
+        "--nproc_per_node",
+        "1",
+        "-m",
+        "atmorep",
+        "train",
+        "--params",
+        json.dumps(params),
+        "--shards",
+        *map(str, sample_products["shards"].values()),
+        "--output-dir",
+        str(tmp_path),
+    ]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]
     metrics = pd.read_csv(tmp_path / "metrics.csv")
@@ -281,12 +395,18 @@ def test_oracle_benchmark_prints_its_figures_and_fails_above_the_threshold():
     folder = oracle_case("single")
     script = REPO / "benchmarks" / "original_oracle.py"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, str(script), "--fixture", str(folder)], env=env, capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, str(script), "--fixture", str(folder)], env=env, capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     last = r.stdout.strip().splitlines()[-1]
     assert last.startswith("oracle_max_rel_diff=") and " loss_rel_diff=" in last
     assert "tail_std/fa" in r.stdout and "decoder/fa" in r.stdout
-    r = subprocess.run([sys.executable, str(script), "--fixture", str(folder), "--threshold", "1e-12"], env=env,
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, str(script), "--fixture", str(folder), "--threshold", "1e-12"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 1

@@ -11,20 +11,29 @@ import sys
 import time
 
 import pytest
-
 from test_distributed import params
-from test_stale_model import ok, products, run  # noqa: F401 (products: the fixture)
+from test_stale_model import ok, run
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
 
 def test_second_training_into_a_running_ones_directory_is_refused(products, tmp_path):
     out = tmp_path / "train"
-    cmd = [sys.executable, "-m", "atmorep", "train", "--params",
-           params(products, engine="torch", steps=100000, checkpoint_every=10**6),
-           "--shards", *map(str, products["shards"].values()), "--output-dir", str(out)]
-    first = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+    cmd = [
+        sys.executable,
+        "-m",
+        "atmorep",
+        "train",
+        "--params",
+        params(products, engine="torch", steps=100000, checkpoint_every=10**6),
+        "--shards",
+        *map(str, products["shards"].values()),
+        "--output-dir",
+        str(out),
+    ]
+    first = subprocess.Popen(
+        cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.time() + 120
         while time.time() < deadline and not (out / ".lock").exists():

@@ -5,7 +5,6 @@ run is not "trained" again, and a checkpoint past train.steps is refused."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from test_distributed import BIN, params
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
@@ -27,17 +25,20 @@ def run(products: dict, out: Path, ranks=1, extra=(), **train) -> subprocess.Com
         env.pop(k, None)
     train = {"engine": "torch", "steps": 2, "checkpoint_every": 2, **train}
     launcher = ["torchrun", "--standalone", "--nproc_per_node", str(ranks)] if ranks > 1 else [sys.executable]
-    cmd = [*launcher, "-m", "atmorep", "train",
-           "--params", params(products, **train), "--shards", *map(str, products["shards"].values()),
-           "--output-dir", str(out), *extra]
+    cmd = [
+        *launcher,
+        "-m",
+        "atmorep",
+        "train",
+        "--params",
+        params(products, **train),
+        "--shards",
+        *map(str, products["shards"].values()),
+        "--output-dir",
+        str(out),
+        *extra,
+    ]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-
-
-@pytest.fixture
-def products(sample_products, tmp_path):
-    """The sample's products with a private copy of its shard stores (tests rebuild and damage them)."""
-    return {**sample_products, "shards": {f: Path(shutil.copytree(p, tmp_path / "shards" / Path(p).name))
-                                          for f, p in sample_products["shards"].items()}}
 
 
 def weights(path: Path) -> dict:
@@ -56,14 +57,16 @@ def ok(r: subprocess.CompletedProcess) -> str:
 def test_rebuilt_shards_train_afresh(products, tmp_path):
     """Shards rebuilt from other normalized data → the rerun trains from scratch and says so."""
     from atmorep.config import NormalizeConfig
-    from atmorep.data import normalize, shards as S
+    from atmorep.data import normalize
+    from atmorep.data import shards as S
 
     out = tmp_path / "train"
     ok(run(products, out, ranks=2))
     old = weights(out / "model.pt")
     data = products["data"]
-    n = normalize.normalize(data, NormalizeConfig(method="local"), "u10", "2026-03", products["grib"]["u10"],
-                            tmp_path / "norm" / "u10.zarr")
+    n = normalize.normalize(
+        data, NormalizeConfig(method="local"), "u10", "2026-03", products["grib"]["u10"], tmp_path / "norm" / "u10.zarr"
+    )
     S.shard(data, products["shard"], "u10", "2026", [n], products["shards"]["u10"])
     log = ok(run(products, out, ranks=2))
     assert "trained on other inputs (u10 2026: another provenance)" in log and "starting afresh" in log

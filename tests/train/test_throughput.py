@@ -7,12 +7,12 @@ import dataclasses
 
 import pytest
 import torch
+from conftest import REPO
 from torch.utils.flop_counter import FlopCounterMode
 
 from atmorep.model import summary
 from atmorep.model.multiformer import Multiformer
 from atmorep.train import throughput as T
-from conftest import REPO
 
 
 def _demo(**overrides):
@@ -92,8 +92,22 @@ def test_gpu_mfu_benchmark_runs_its_meter_on_cpu():
     import subprocess
     import sys
 
-    cmd = [sys.executable, str(REPO / "benchmarks" / "gpu_mfu.py"), "--device", "cpu", "--config",
-           str(REPO / "config" / "config.yaml"), "--fields", "t2m", "--batch", "2", "--steps", "1", "--warmup", "1"]
+    cmd = [
+        sys.executable,
+        str(REPO / "benchmarks" / "gpu_mfu.py"),
+        "--device",
+        "cpu",
+        "--config",
+        str(REPO / "config" / "config.yaml"),
+        "--fields",
+        "t2m",
+        "--batch",
+        "2",
+        "--steps",
+        "1",
+        "--warmup",
+        "1",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     lines = r.stdout.strip().splitlines()

@@ -2,10 +2,11 @@
 
 A *window* is the space-time neighbourhood of one sample, the same for every field: ``num_tokens *
 token_size`` points in (time, lat, lon) of the field with the finest tokens, on every level; longitude
-wraps around on a global grid, and windows lie inside a regional one. A field with coarser tokens cuts the same neighbourhood into fewer tokens (AtmoRep:
-[12, 6, 12] x [3, 9, 9] and [12, 3, 6] x [3, 18, 18]). Window origins lie on the grid of every
-field's tokens, so a window reads whole chunks of the stores, through
-:class:`~atmorep.formats.zarrio.DenseShards` (strided copies out of memory maps, no per-token work).
+wraps around on a global grid, and windows lie inside a regional one. A field with coarser tokens
+cuts the same neighbourhood into fewer tokens (AtmoRep: [12, 6, 12] x [3, 9, 9] and [12, 3, 6] x
+[3, 18, 18]). Window origins lie on the grid of every field's tokens, so a window reads whole
+chunks of the stores, through :class:`~atmorep.formats.zarrio.DenseShards` (strided copies out of
+memory maps, no per-token work).
 
 Everything here is numpy; ``train/`` wraps it for torch. Training draws windows with
 :class:`SphereSampler` (area-weighted latitude, uniform time and longitude, distinct within an epoch,
@@ -60,16 +61,20 @@ class FieldStore:
         self.dense = zarrio.DenseShards.open(self.path / "data")
         tt, ty, tx = self.token_size
         if self.dense is not None and (self.dense.chunk[0], self.dense.chunk[2], self.dense.chunk[3]) != (tt, ty, tx):
-            log.warning("%s: chunks %s are not tokens %s; reading through zarr", self.path, self.dense.chunk,
-                        self.token_size)
+            log.warning(
+                "%s: chunks %s are not tokens %s; reading through zarr", self.path, self.dense.chunk, self.token_size
+            )
             self.dense = None
 
     @property
     def data(self):
         """The zarr array (reads of any origin); reopened fork-safe in a forked process."""
         if self._pid != os.getpid():
-            log.warning("%s: not a dense token store; forked loader workers read it through zarr-python's "
-                        "slow pipeline (rewrite it with `atmorep shard`)", self.path)
+            log.warning(
+                "%s: not a dense token store; forked loader workers read it through zarr-python's "
+                "slow pipeline (rewrite it with `atmorep shard`)",
+                self.path,
+            )
             self._data, self._pid = zarrio.open_array(self.path / "data", forked=True), os.getpid()
         return self._data
 
@@ -88,11 +93,11 @@ class FieldStore:
         nlon = len(self.lons)
         x0 = x0 % nlon if self.periodic else x0
         if x0 + nx <= nlon:
-            return self.data[t0:t0 + nt, :, y0:y0 + ny, x0:x0 + nx].transpose(1, 0, 2, 3)
+            return self.data[t0 : t0 + nt, :, y0 : y0 + ny, x0 : x0 + nx].transpose(1, 0, 2, 3)
         if not self.periodic or x0 < 0:
             raise IndexError(f"{self.path}: columns {x0}..{x0 + nx} lie outside the regional grid of {nlon}")
-        head = self.data[t0:t0 + nt, :, y0:y0 + ny, x0:]
-        tail = self.data[t0:t0 + nt, :, y0:y0 + ny, :x0 + nx - nlon]
+        head = self.data[t0 : t0 + nt, :, y0 : y0 + ny, x0:]
+        tail = self.data[t0 : t0 + nt, :, y0 : y0 + ny, : x0 + nx - nlon]
         return np.concatenate([head, tail], axis=-1).transpose(1, 0, 2, 3)
 
     def read_tokens(self, t0: int, y0: int, x0: int, T: int, Y: int, X: int) -> np.ndarray:
@@ -100,8 +105,11 @@ class FieldStore:
         tt, ty, tx = self.token_size
         if self.dense is not None and not (t0 % tt or y0 % ty or x0 % tx):
             try:  # chunks (T, Lc, Y, X, tt, cl, ty, tx): Lc chunks of cl levels each
-                blk = self.dense.read((t0 // tt, 0, y0 // ty, x0 // tx), (T, self.dense.grid[1], Y, X),
-                                      (False, False, False, self.periodic))
+                blk = self.dense.read(
+                    (t0 // tt, 0, y0 // ty, x0 // tx),
+                    (T, self.dense.grid[1], Y, X),
+                    (False, False, False, self.periodic),
+                )
             except zarrio.NotDense as exc:
                 log.warning("%s; reading through zarr", exc)
                 self.dense = None
@@ -110,8 +118,9 @@ class FieldStore:
                 return blk.transpose(1, 5, 0, 2, 3, 4, 6, 7).reshape(-1, T, Y, X, tt * ty * tx)[:L]
         return tokenize(self.read(t0, T * tt, y0, Y * ty, x0, X * tx), self.token_size)
 
-    def denormalize(self, values_LTYX: np.ndarray, t_idx: np.ndarray, y_idx: np.ndarray,
-                    x_idx: np.ndarray) -> np.ndarray:
+    def denormalize(
+        self, values_LTYX: np.ndarray, t_idx: np.ndarray, y_idx: np.ndarray, x_idx: np.ndarray
+    ) -> np.ndarray:
         """Physical values from normalized ``(..., L, T, Y, X)`` at the given store indices."""
         month = np.searchsorted(self.months, self.times[t_idx].astype("datetime64[M]"))
         if self.normalization == "global":
@@ -158,8 +167,7 @@ class WindowGrid(Sequence):
     stands for: ``sin(c + h) - sin(c - h)`` for centre latitude c and half the origin spacing h.
     """
 
-    def __init__(self, t_origins: list[np.ndarray], y_origins: np.ndarray, x_origins: np.ndarray,
-                 weights: np.ndarray):
+    def __init__(self, t_origins: list[np.ndarray], y_origins: np.ndarray, x_origins: np.ndarray, weights: np.ndarray):
         self.t_origins = [np.asarray(t, np.int64) for t in t_origins]
         self.y_origins, self.x_origins = np.asarray(y_origins, np.int64), np.asarray(x_origins, np.int64)
         self.weights = np.asarray(weights, np.float64) / np.sum(weights)
@@ -193,8 +201,7 @@ class WindowDataset:
     (``tokens[field]``).
     """
 
-    def __init__(self, stores: dict[str, list[str | Path]], num_tokens, start: np.datetime64,
-                 end: np.datetime64):
+    def __init__(self, stores: dict[str, list[str | Path]], num_tokens, start: np.datetime64, end: np.datetime64):
         self.fields = list(stores)
         self.stores = {f: [FieldStore(p) for p in sorted(map(str, paths))] for f, paths in stores.items()}
         self.num_tokens = tuple(num_tokens)
@@ -204,28 +211,37 @@ class WindowDataset:
         self.tokens = {}
         for f, size in zip(self.fields, sizes):
             if any(e % s for e, s in zip(self.extent, size)):
-                raise DataError(f"field '{f}': tokens {tuple(size)} do not tile the neighbourhood {self.extent} "
-                                f"(num_tokens {self.num_tokens} of the finest tokens {tuple(sizes.min(axis=0))})")
+                raise DataError(
+                    f"field '{f}': tokens {tuple(size)} do not tile the neighbourhood {self.extent} "
+                    f"(num_tokens {self.num_tokens} of the finest tokens {tuple(sizes.min(axis=0))})"
+                )
             self.tokens[f] = tuple(int(e // s) for e, s in zip(self.extent, size))
         self.step = tuple(int(v) for v in np.lcm.reduce(sizes, axis=0))  # origins on every field's token grid
         self.grid = self._grid(start, end)
         self.windows = self.grid
         if not len(self.grid):
             grid = self.stores[self.fields[0]][0]
-            raise DataError(f"no complete window of {self.extent} (time, lat, lon) points lies inside {start} … "
-                            f"{end} on the {len(grid.lats)} x {len(grid.lons)} grid of {grid.path}")
+            raise DataError(
+                f"no complete window of {self.extent} (time, lat, lon) points lies inside {start} … "
+                f"{end} on the {len(grid.lats)} x {len(grid.lons)} grid of {grid.path}"
+            )
 
     def _check_grids(self) -> None:
         first = self.stores[self.fields[0]]
         for f in self.fields[1:]:
             if len(self.stores[f]) != len(first):
-                raise DataError(f"fields '{self.fields[0]}' and '{f}' have {len(first)} and "
-                                f"{len(self.stores[f])} stores")
+                raise DataError(
+                    f"fields '{self.fields[0]}' and '{f}' have {len(first)} and {len(self.stores[f])} stores"
+                )
             for a, b in zip(first, self.stores[f]):
-                if not (np.array_equal(a.times, b.times) and np.array_equal(a.lats, b.lats)
-                        and np.array_equal(a.lons, b.lons)):
-                    raise DataError(f"fields '{first[0].field}' and '{f}' are not on the same grid and times "
-                                    f"({a.path} vs {b.path})")
+                if not (
+                    np.array_equal(a.times, b.times)
+                    and np.array_equal(a.lats, b.lats)
+                    and np.array_equal(a.lons, b.lons)
+                ):
+                    raise DataError(
+                        f"fields '{first[0].field}' and '{f}' are not on the same grid and times ({a.path} vs {b.path})"
+                    )
 
     def _grid(self, start, end) -> WindowGrid:
         nt, ny, nx = self.extent
@@ -238,8 +254,10 @@ class WindowDataset:
         lats, nlon = ref[0].lats, len(ref[0].lons)
         if ref[0].periodic:
             if nlon % sx:
-                raise DataError(f"{nlon} longitudes are not a whole number of {sx}-point window steps (lcm of the "
-                                "fields' lon token sizes); longitude is periodic")
+                raise DataError(
+                    f"{nlon} longitudes are not a whole number of {sx}-point window steps (lcm of the "
+                    "fields' lon token sizes); longitude is periodic"
+                )
             x = np.arange(0, nlon, sx)  # windows wrap around
         else:
             x = np.arange(0, nlon - nx + 1, sx)  # a regional grid: windows lie inside it
@@ -279,16 +297,17 @@ class WindowDataset:
         nt, ny, nx = self.extent
         lons = store.lons[(w.x0 + np.array([0, nx - 1])) % len(store.lons)]
         when = np.datetime_as_string(store.times[w.t0], "h")
-        return str(store.path), (f"window {int(i)} at {when}, lat {store.lats[w.y0]:g}.."
-                                 f"{store.lats[w.y0 + ny - 1]:g}, lon {lons[0]:g}..{lons[1]:g}")
+        return str(store.path), (
+            f"window {int(i)} at {when}, lat {store.lats[w.y0]:g}.."
+            f"{store.lats[w.y0 + ny - 1]:g}, lon {lons[0]:g}..{lons[1]:g}"
+        )
 
     def indices(self, i: int, field: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Store indices (time, lat, lon) of every point of window ``i`` for ``field``."""
         w = self.grid[int(i)]
         store = self.stores[field][w.store]
         nt, ny, nx = self.extent
-        return (np.arange(w.t0, w.t0 + nt), np.arange(w.y0, w.y0 + ny),
-                np.arange(w.x0, w.x0 + nx) % len(store.lons))
+        return (np.arange(w.t0, w.t0 + nt), np.arange(w.y0, w.y0 + ny), np.arange(w.x0, w.x0 + nx) % len(store.lons))
 
     def token_info(self, store: FieldStore, w: Window) -> np.ndarray:
         """The 8 token-info values per token, scaled to O(1): ``(L, T, Y, X, I)``."""
@@ -340,8 +359,9 @@ class SphereSampler:
         chosen, count = [], 0
         while count < self.samples:
             k = 2 * (self.samples - count) + 64
-            flat = (rng.integers(nt, size=k) * ny + rng.choice(ny, size=k, p=self.grid.weights)) * nx \
-                + rng.integers(nx, size=k)
+            flat = (rng.integers(nt, size=k) * ny + rng.choice(ny, size=k, p=self.grid.weights)) * nx + rng.integers(
+                nx, size=k
+            )
             _, first = np.unique(flat, return_index=True)
             flat = flat[np.sort(first)]  # first draws of each window, in draw order
             if chosen:
@@ -353,13 +373,13 @@ class SphereSampler:
     def indices(self, epoch: int | None = None) -> np.ndarray:
         """This rank's windows of an epoch (default: the current one)."""
         per_rank = self.samples // self.world
-        return self.order(self.epoch if epoch is None else epoch)[: per_rank * self.world][self.rank::self.world]
+        return self.order(self.epoch if epoch is None else epoch)[: per_rank * self.world][self.rank :: self.world]
 
     def __len__(self) -> int:
         return self.samples // self.world
 
     def __iter__(self):
-        return iter(self.indices()[self.position:].tolist())
+        return iter(self.indices()[self.position :].tolist())
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch, self.position = epoch, 0
@@ -369,8 +389,14 @@ class SphereSampler:
         self.position = min(self.position + n, len(self))
 
     def state_dict(self) -> dict:
-        return {"seed": self.seed, "samples": self.samples, "world": self.world, "rank": self.rank,
-                "epoch": self.epoch, "position": self.position}
+        return {
+            "seed": self.seed,
+            "samples": self.samples,
+            "world": self.world,
+            "rank": self.rank,
+            "epoch": self.epoch,
+            "position": self.position,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         mine = (self.seed, self.samples, self.world)

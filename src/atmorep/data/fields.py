@@ -14,11 +14,11 @@ from dataclasses import dataclass
 class FieldInfo:
     name: str
     param_id: int
-    units: str                       # as ecCodes reports them
+    units: str  # as ecCodes reports them
     valid_range: tuple[float, float]
-    cds_variable: str                # the CDS form name (single- and pressure-level datasets)
-    short_name: str = ""             # ECMWF shortName where it differs from the cfgrib name
-    may_be_constant: bool = False    # an accumulation can be zero everywhere at one time
+    cds_variable: str  # the CDS form name (single- and pressure-level datasets)
+    short_name: str = ""  # ECMWF shortName where it differs from the cfgrib name
+    may_be_constant: bool = False  # an accumulation can be zero everywhere at one time
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -59,12 +59,23 @@ def info(name: str) -> FieldInfo | None:
 # gh (geopotential height, gpm) is z / g.
 G = 9.80665
 _ALIASES: dict[str, tuple[str, float, str]] = {  # name -> (field, factor, units of the named variable)
-    "2m_temperature": ("t2m", 1.0, ""), "tas": ("t2m", 1.0, ""),
-    "10m_u_component_of_wind": ("u10", 1.0, ""), "uas": ("u10", 1.0, ""),
-    "10m_v_component_of_wind": ("v10", 1.0, ""), "vas": ("v10", 1.0, ""),
-    "psl": ("msl", 1.0, ""), "ps": ("sp", 1.0, ""), "ta": ("t", 1.0, ""), "ua": ("u", 1.0, ""),
-    "va": ("v", 1.0, ""), "hus": ("q", 1.0, ""), "hur": ("r", 1.0, ""), "wap": ("w", 1.0, ""),
-    "gh": ("z", G, "gpm"), "zg": ("z", G, "gpm"), "geopotential_height": ("z", G, "gpm"),
+    "2m_temperature": ("t2m", 1.0, ""),
+    "tas": ("t2m", 1.0, ""),
+    "10m_u_component_of_wind": ("u10", 1.0, ""),
+    "uas": ("u10", 1.0, ""),
+    "10m_v_component_of_wind": ("v10", 1.0, ""),
+    "vas": ("v10", 1.0, ""),
+    "psl": ("msl", 1.0, ""),
+    "ps": ("sp", 1.0, ""),
+    "ta": ("t", 1.0, ""),
+    "ua": ("u", 1.0, ""),
+    "va": ("v", 1.0, ""),
+    "hus": ("q", 1.0, ""),
+    "hur": ("r", 1.0, ""),
+    "wap": ("w", 1.0, ""),
+    "gh": ("z", G, "gpm"),
+    "zg": ("z", G, "gpm"),
+    "geopotential_height": ("z", G, "gpm"),
     "pr": ("tp", 1.0, ""),
 }
 for _f in _TABLE:
@@ -84,8 +95,20 @@ def field_of(name: str) -> str | None:
     return hit[0] if hit else None
 
 
-_UNIT_WORDS = {"degk": "K", "deg_k": "K", "kelvin": "K", "gpm": "m", "millibar": "hPa", "mbar": "hPa",
-               "percent": "%", "meter": "m", "metre": "m", "meters": "m", "metres": "m", "pascal": "Pa"}
+_UNIT_WORDS = {
+    "degk": "K",
+    "deg_k": "K",
+    "kelvin": "K",
+    "gpm": "m",
+    "millibar": "hPa",
+    "mbar": "hPa",
+    "percent": "%",
+    "meter": "m",
+    "metre": "m",
+    "meters": "m",
+    "metres": "m",
+    "pascal": "Pa",
+}
 
 
 def parse_units(text: str) -> dict[str, int] | None:

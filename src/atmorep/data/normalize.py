@@ -34,13 +34,13 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from atmorep.formats.atomic import Replacement
 from atmorep.config import DataConfig, NormalizeConfig
-from atmorep.formats import grib, zarrio, zarrv3
-from atmorep.formats.grib import DataError
 from atmorep.data.acquire.inventory import Expectation, check_grid, config_level, describe_kind, matches
-from atmorep.data.qc import Gate
 from atmorep.data.acquire.sources import read_provenance
+from atmorep.data.qc import Gate
+from atmorep.formats import grib, zarrio, zarrv3
+from atmorep.formats.atomic import Replacement
+from atmorep.formats.grib import DataError
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class Moments:
 
     count: int
     mean: np.ndarray  # L Y X
-    m2: np.ndarray    # L Y X
+    m2: np.ndarray  # L Y X
 
     @classmethod
     def empty(cls, L: int, Y: int, X: int) -> Moments:
@@ -111,7 +111,8 @@ class Moments:
             gmean = self.mean.mean(axis=(1, 2))
             dev = self.mean - gmean[:, None, None]
             var = (self.m2.sum(axis=(1, 2)) + self.count * (dev * dev).sum(axis=(1, 2))) / (
-                self.count * self.mean[0].size)
+                self.count * self.mean[0].size
+            )
             return Stats("global", gmean.astype(np.float32), np.sqrt(var).astype(np.float32))
         if method == "local":
             std = np.sqrt(self.m2 / self.count)
@@ -233,8 +234,9 @@ class Month:
         return len(self.times), len(self.levels), self.grid.ny, self.grid.nx
 
 
-def decode_month(source: str | Path, data: DataConfig, cfg: NormalizeConfig, field: str, month: str,
-                 scratch: Path) -> Month:
+def decode_month(
+    source: str | Path, data: DataConfig, cfg: NormalizeConfig, field: str, month: str, scratch: Path
+) -> Month:
     """Decode the messages of ``field`` into a slab, holding them against the config and the QC gate."""
     source = grib.check_file(source)
     exp = Expectation.for_month(data, field, month)
@@ -257,8 +259,10 @@ def decode_month(source: str | Path, data: DataConfig, cfg: NormalizeConfig, fie
                 continue
             lev = config_level(h.level, exp.kind)
             if lev is None:
-                raise DataError(f"{source}: field '{field}' is on {h.level.describe()} levels; the config "
-                                f"expects {describe_kind(exp.kind)} (data.fields.{field}.levtype)")
+                raise DataError(
+                    f"{source}: field '{field}' is on {h.level.describe()} levels; the config "
+                    f"expects {describe_kind(exp.kind)} (data.fields.{field}.levtype)"
+                )
             if lev not in l_index:
                 bad_levels.add(lev)
                 continue
@@ -272,8 +276,10 @@ def decode_month(source: str | Path, data: DataConfig, cfg: NormalizeConfig, fie
                 slab = _slab(shape, cfg, scratch)
                 gate.param(h.param)
             elif h.grid is not grid and h.grid.key != grid.key:
-                raise DataError(f"{source}: field '{field}' mixes grids {grid.describe()} and {h.grid.describe()} "
-                                f"(message {h.index + 1}, level {lev} time {str(h.time)[:16]})")
+                raise DataError(
+                    f"{source}: field '{field}' mixes grids {grid.describe()} and {h.grid.describe()} "
+                    f"(message {h.index + 1}, level {lev} time {str(h.time)[:16]})"
+                )
             il = l_index[lev]
             if filled[it, il]:
                 gate.duplicate(il, h.time)
@@ -284,13 +290,17 @@ def decode_month(source: str | Path, data: DataConfig, cfg: NormalizeConfig, fie
             gate.message(il, h.time, target)
             slab.commit(it, il, target)
         if bad_levels:
-            raise DataError(f"{source}: field '{field}' has levels {sorted(bad_levels)} the config does not "
-                            f"expect (expects {levels})")
+            raise DataError(
+                f"{source}: field '{field}' has levels {sorted(bad_levels)} the config does not "
+                f"expect (expects {levels})"
+            )
         if slab is None:
             raise DataError(f"{source}: field '{field}' not found (found {sorted(others) or 'no fields'})")
         if others:
-            raise DataError(f"{source}: also holds fields {sorted(others)} the config does not expect here "
-                            f"(one field per file, '{field}')")
+            raise DataError(
+                f"{source}: also holds fields {sorted(others)} the config does not expect here "
+                f"(one field per file, '{field}')"
+            )
         gate.coverage(filled)
         gate.month()
         gate.raise_if_failed()
@@ -313,8 +323,10 @@ def _scan_times(source: Path, field: str, exp: Expectation) -> np.ndarray:
     times = np.unique([h.time for h in grib.scan(source) if matches(h, field)])
     inside = (times >= exp.first) & (times <= exp.last)
     if not inside.all():
-        raise DataError(f"{source}: field '{field}' has time {str(times[~inside][0])[:16]} outside "
-                        f"{exp.first.astype('datetime64[M]')} ∩ the campaign ({exp.window})")
+        raise DataError(
+            f"{source}: field '{field}' has time {str(times[~inside][0])[:16]} outside "
+            f"{exp.first.astype('datetime64[M]')} ∩ the campaign ({exp.window})"
+        )
     return times
 
 
@@ -352,23 +364,39 @@ def moments_of(m: Month, cfg: NormalizeConfig) -> Moments:
 def _time_values(times: np.ndarray) -> tuple[np.ndarray, dict]:
     t = np.asarray(times, "datetime64[s]").astype(np.int64)
     if (t % 3600 == 0).all():
-        return t // 3600, {"units": "hours since 1970-01-01 00:00:00", "calendar": "proleptic_gregorian",
-                           "standard_name": "time"}
-    return t, {"units": "seconds since 1970-01-01 00:00:00", "calendar": "proleptic_gregorian",
-               "standard_name": "time"}
+        return t // 3600, {
+            "units": "hours since 1970-01-01 00:00:00",
+            "calendar": "proleptic_gregorian",
+            "standard_name": "time",
+        }
+    return t, {"units": "seconds since 1970-01-01 00:00:00", "calendar": "proleptic_gregorian", "standard_name": "time"}
 
 
 def _coords(g: zarr.Group, coords: dict[str, tuple[np.ndarray, dict]]) -> None:
     for name, (values, attrs) in coords.items():
-        a = g.create_array(name, shape=values.shape, dtype=values.dtype, chunks=values.shape or (1,),
-                           dimension_names=(name,), attributes=attrs, compressors=None)
+        a = g.create_array(
+            name,
+            shape=values.shape,
+            dtype=values.dtype,
+            chunks=values.shape or (1,),
+            dimension_names=(name,),
+            attributes=attrs,
+            compressors=None,
+        )
         a[...] = values
 
 
 def _array(g: zarr.Group, name: str, values: np.ndarray, dims, attrs=None, chunks=None) -> zarr.Array:
-    a = g.create_array(name, shape=values.shape, dtype=values.dtype, chunks=chunks or values.shape,
-                       dimension_names=dims, attributes=attrs or {}, compressors=None,
-                       fill_value=np.nan if values.dtype.kind == "f" else 0)
+    a = g.create_array(
+        name,
+        shape=values.shape,
+        dtype=values.dtype,
+        chunks=chunks or values.shape,
+        dimension_names=dims,
+        attributes=attrs or {},
+        compressors=None,
+        fill_value=np.nan if values.dtype.kind == "f" else 0,
+    )
     a[...] = values
     return a
 
@@ -379,8 +407,11 @@ _LEVEL = {"long_name": "level (model level number, hPa, or 0 at the surface)"}
 
 
 def _grid_coords(levels, lats, lons) -> dict:
-    return {"level": (np.asarray(levels, np.int64), _LEVEL), "latitude": (np.asarray(lats, np.float64), _LAT),
-            "longitude": (np.asarray(lons, np.float64), _LON)}
+    return {
+        "level": (np.asarray(levels, np.int64), _LEVEL),
+        "latitude": (np.asarray(lats, np.float64), _LAT),
+        "longitude": (np.asarray(lons, np.float64), _LON),
+    }
 
 
 class StoreWriter:
@@ -400,15 +431,22 @@ class StoreWriter:
         T, L, Y, X = m.shape
         nt, chunk_t = block_steps(self.cfg, m.shape)
         store = zarrv3.Store(self.tmp, attrs)
-        for name, (values, cattrs) in {"time": _time_values(m.times),
-                                       **_grid_coords(m.levels, m.grid.lats, m.grid.lons)}.items():
+        for name, (values, cattrs) in {
+            "time": _time_values(m.times),
+            **_grid_coords(m.levels, m.grid.lats, m.grid.lons),
+        }.items():
             store.put(name, values, (name,), cattrs)
         dims = ("level",) if self.method == "global" else ("level", "latitude", "longitude")
         store.put("mean", stats.mean, dims, {"long_name": f"{m.field} mean ({self.method})", "units": m.param.units})
         store.put("std", stats.std, dims, {"long_name": f"{m.field} standard deviation", "units": m.param.units})
-        data = store.create("data", (T, L, Y, X), np.float32, (chunk_t, 1, Y, X),
-                            ("time", "level", "latitude", "longitude"),
-                            {"long_name": f"{m.field} {self.describe}", "units": "1"})
+        data = store.create(
+            "data",
+            (T, L, Y, X),
+            np.float32,
+            (chunk_t, 1, Y, X),
+            ("time", "level", "latitude", "longitude"),
+            {"long_name": f"{m.field} {self.describe}", "units": "1"},
+        )
         with zarrio.space_for(self.out, 4 * T * L * Y * X):
             for t0 in range(0, T, nt):
                 block = m.slab.read(t0, min(T, t0 + nt))
@@ -426,10 +464,12 @@ class StoreWriter:
         t, lev, y, x = (int(i) for i in np.argwhere(bad)[0])
         std = stats.broadcast()[1]
         std = float(std[0, lev, min(y, std.shape[2] - 1), min(x, std.shape[3] - 1)])
-        raise DataError(f"{self.out}: field '{m.field}' normalizes to {int(bad.sum())} non-finite values "
-                        f"(first at {np.datetime_as_string(m.times[t0 + t], 'h')}, level {m.levels[lev]}, "
-                        f"lat {m.grid.lats[y]:g}, lon {m.grid.lons[x]:g}, std {std:g} there); check the source "
-                        "and normalize.method / normalize.local; nothing was written")
+        raise DataError(
+            f"{self.out}: field '{m.field}' normalizes to {int(bad.sum())} non-finite values "
+            f"(first at {np.datetime_as_string(m.times[t0 + t], 'h')}, level {m.levels[lev]}, "
+            f"lat {m.grid.lats[y]:g}, lon {m.grid.lons[x]:g}, std {std:g} there); check the source "
+            "and normalize.method / normalize.local; nothing was written"
+        )
 
     def close(self) -> None:
         """Remove whatever was not committed."""
@@ -446,8 +486,10 @@ def check(path: str | Path) -> dict:
     for name in ("mean", "std"):
         v = ds[name].values
         if not np.isfinite(v).all() or (name == "std" and (v <= 0).any()):
-            raise DataError(f"{path}: field '{field}' {month}: its {name} is not finite and positive "
-                            "everywhere; rebuild it (atmorep normalize)")
+            raise DataError(
+                f"{path}: field '{field}' {month}: its {name} is not finite and positive "
+                "everywhere; rebuild it (atmorep normalize)"
+            )
     data = ds["data"].transpose("time", "level", "latitude", "longitude")
     T = data.shape[0]
     step = max(1, (64 << 20) // max(1, 4 * int(np.prod(data.shape[1:]))))  # ~64 MB a block
@@ -457,10 +499,12 @@ def check(path: str | Path) -> dict:
         if bad.any():
             t, lev, y, x = (int(i) for i in np.argwhere(bad)[0])
             when = np.datetime_as_string(ds["time"].values[t0 + t], "h")
-            raise DataError(f"{path}: field '{field}' {month} has {int(bad.sum())} non-finite values in time "
-                            f"steps {t0}..{min(T, t0 + step)} (first at {when}, level {int(ds['level'].values[lev])}"
-                            f", lat {ds['latitude'].values[y]:g}, lon {ds['longitude'].values[x]:g}); normalize "
-                            "writes none: rebuild it (atmorep normalize)")
+            raise DataError(
+                f"{path}: field '{field}' {month} has {int(bad.sum())} non-finite values in time "
+                f"steps {t0}..{min(T, t0 + step)} (first at {when}, level {int(ds['level'].values[lev])}"
+                f", lat {ds['latitude'].values[y]:g}, lon {ds['longitude'].values[x]:g}); normalize "
+                "writes none: rebuild it (atmorep normalize)"
+            )
     summary = {"store": str(path), "field": field, "month": month, "values": int(np.prod(data.shape))}
     log.info("checked %s: %d normalized values, all finite", path, summary["values"])
     return summary
@@ -468,8 +512,12 @@ def check(path: str | Path) -> dict:
 
 def write_normalized(m: Month, stats: Stats, cfg: NormalizeConfig, out: Path, attrs: dict) -> Path:
     """Pass 3 on its own: normalize the slab block by block into a zarr v3 store at ``out`` (atomically)."""
-    w = StoreWriter(out, cfg, stats.method, f"normalized with {attrs['normalization']} {attrs['statistics']} "
-                                            f"statistics of {attrs['statistics_period']}")
+    w = StoreWriter(
+        out,
+        cfg,
+        stats.method,
+        f"normalized with {attrs['normalization']} {attrs['statistics']} statistics of {attrs['statistics_period']}",
+    )
     try:
         return w.finish(m, stats, attrs)
     finally:
@@ -492,8 +540,16 @@ def _scratch(cfg: NormalizeConfig, out: Path) -> Path:
 # The stage
 
 
-def normalize(data: DataConfig, cfg: NormalizeConfig, field: str, month: str, source: str | Path,
-              out: str | Path, qc_out: str | Path | None = None, climatology: str | Path | None = None) -> Path:
+def normalize(
+    data: DataConfig,
+    cfg: NormalizeConfig,
+    field: str,
+    month: str,
+    source: str | Path,
+    out: str | Path,
+    qc_out: str | Path | None = None,
+    climatology: str | Path | None = None,
+) -> Path:
     """Decode ``source`` (GRIB of one field and month), check, normalize, write a zarr v3 store.
 
     ``climatology`` (a store from :func:`climatology`) is required for fields listed in
@@ -504,8 +560,9 @@ def normalize(data: DataConfig, cfg: NormalizeConfig, field: str, month: str, so
         raise DataError(f"field '{field}' is not in data.fields ({', '.join(data.fields)})")
     method, which = cfg.method_for(field), cfg.statistics_for(field)
     if which == "climatology" and climatology is None:
-        raise DataError(f"field '{field}' uses climatological statistics (normalize.climatology.fields): "
-                        "give the climatology store")
+        raise DataError(
+            f"field '{field}' uses climatological statistics (normalize.climatology.fields): give the climatology store"
+        )
     period = f"{cfg.climatology.start}..{cfg.climatology.end}" if which == "climatology" else month
     writer = StoreWriter(out, cfg, method, f"normalized with {method} {which} statistics of {period}")
     m = None
@@ -517,15 +574,24 @@ def normalize(data: DataConfig, cfg: NormalizeConfig, field: str, month: str, so
         clock.append(time.perf_counter())
         clim = Climatology(climatology) if which == "climatology" else None
         stats = clim.stats(month, method, m) if clim else moments.stats(method)
-        attrs = {"field": field, "month": month, "normalization": method, "statistics": which,
-                 "statistics_period": clim.period if clim else period, "source": str(source),
-                 "source_sha256": m.sha256, "units": m.param.units,
-                 "provenance": json.dumps({"config": {"data": dataclasses.asdict(data),
-                                                      "normalize": dataclasses.asdict(cfg)},
-                                           "acquire": read_provenance(source),
-                                           "inputs": {"grib": m.sha256,
-                                                      "climatology": clim.digest if clim else None}},
-                                          default=str)}
+        attrs = {
+            "field": field,
+            "month": month,
+            "normalization": method,
+            "statistics": which,
+            "statistics_period": clim.period if clim else period,
+            "source": str(source),
+            "source_sha256": m.sha256,
+            "units": m.param.units,
+            "provenance": json.dumps(
+                {
+                    "config": {"data": dataclasses.asdict(data), "normalize": dataclasses.asdict(cfg)},
+                    "acquire": read_provenance(source),
+                    "inputs": {"grib": m.sha256, "climatology": clim.digest if clim else None},
+                },
+                default=str,
+            ),
+        }
         writer.finish(m, stats, attrs)
         clock.append(time.perf_counter())
     finally:
@@ -536,10 +602,19 @@ def normalize(data: DataConfig, cfg: NormalizeConfig, field: str, month: str, so
     summary.update(month=month, sha256=m.sha256, grid=m.grid.describe(), normalization=method, statistics=which)
     if qc_out is not None:
         _write_json(summary, Path(qc_out))
-    log.info("normalized %s %s (%s, %s statistics of %s): %d x %d levels on %s -> %s", field, month, method,
-             which, period, len(m.times), len(m.levels), m.grid.describe(), out)
-    log.info("decode+QC %.1f s, statistics %.1f s, normalize+write %.1f s (%s)", *np.diff(clock),
-             type(m.slab).__name__)
+    log.info(
+        "normalized %s %s (%s, %s statistics of %s): %d x %d levels on %s -> %s",
+        field,
+        month,
+        method,
+        which,
+        period,
+        len(m.times),
+        len(m.levels),
+        m.grid.describe(),
+        out,
+    )
+    log.info("decode+QC %.1f s, statistics %.1f s, normalize+write %.1f s (%s)", *np.diff(clock), type(m.slab).__name__)
     return out
 
 
@@ -547,8 +622,9 @@ def normalize(data: DataConfig, cfg: NormalizeConfig, field: str, month: str, so
 # Climatology: moments per month, merged over a training period
 
 
-def moments(data: DataConfig, cfg: NormalizeConfig, field: str, month: str, source: str | Path,
-            out: str | Path) -> Path:
+def moments(
+    data: DataConfig, cfg: NormalizeConfig, field: str, month: str, source: str | Path, out: str | Path
+) -> Path:
     """Decode and check one (field, month); store its moments (count, mean, M2 per grid point)."""
     out = Path(out)
     m = decode_month(source, data, cfg, field, month, _scratch(cfg, out))
@@ -557,8 +633,12 @@ def moments(data: DataConfig, cfg: NormalizeConfig, field: str, month: str, sour
     finally:
         m.slab.close()
     with Replacement(out) as tmp:
-        g = zarr.open_group(tmp, mode="w", zarr_format=3, attributes={
-            "field": field, "month": month, "source_sha256": m.sha256, "units": m.param.units})
+        g = zarr.open_group(
+            tmp,
+            mode="w",
+            zarr_format=3,
+            attributes={"field": field, "month": month, "source_sha256": m.sha256, "units": m.param.units},
+        )
         _coords(g, _grid_coords(m.levels, m.grid.lats, m.grid.lons))
         _array(g, "count", np.full(len(m.levels), acc.count, np.int64), ("level",))
         _array(g, "mean", acc.mean, ("level", "latitude", "longitude"), chunks=(1, *acc.mean.shape[1:]))
@@ -567,8 +647,7 @@ def moments(data: DataConfig, cfg: NormalizeConfig, field: str, month: str, sour
     return out
 
 
-def climatology(data: DataConfig, cfg: NormalizeConfig, field: str, inputs: list[str | Path],
-                out: str | Path) -> Path:
+def climatology(data: DataConfig, cfg: NormalizeConfig, field: str, inputs: list[str | Path], out: str | Path) -> Path:
     """Merge monthly moments of the training period into per-calendar-month (or overall) moments."""
     out = Path(out)
     clim = cfg.climatology
@@ -597,17 +676,37 @@ def climatology(data: DataConfig, cfg: NormalizeConfig, field: str, inputs: list
     period = f"{clim.start}..{clim.end}"
     digest = hashlib.sha256(json.dumps(sources, sort_keys=True).encode()).hexdigest()
     with Replacement(out) as tmp:
-        g = zarr.open_group(tmp, mode="w", zarr_format=3, attributes={
-            "field": field, "period": period, "by_calendar_month": clim.by_calendar_month, "months": want,
-            "inputs_sha256": digest, "units": first.attrs.get("units", "")})
-        _coords(g, {"group": (np.asarray(present, np.int64), {"long_name": "calendar month (0: all months)"}),
-                    **_grid_coords(first["level"].values, first["latitude"].values, first["longitude"].values)})
+        g = zarr.open_group(
+            tmp,
+            mode="w",
+            zarr_format=3,
+            attributes={
+                "field": field,
+                "period": period,
+                "by_calendar_month": clim.by_calendar_month,
+                "months": want,
+                "inputs_sha256": digest,
+                "units": first.attrs.get("units", ""),
+            },
+        )
+        _coords(
+            g,
+            {
+                "group": (np.asarray(present, np.int64), {"long_name": "calendar month (0: all months)"}),
+                **_grid_coords(first["level"].values, first["latitude"].values, first["longitude"].values),
+            },
+        )
         dims = ("group", "level", "latitude", "longitude")
         _array(g, "count", np.array([[acc[k].count] * L for k in present], np.int64), ("group", "level"))
         _array(g, "mean", np.stack([acc[k].mean for k in present]), dims, chunks=(1, 1, Y, X))
         _array(g, "m2", np.stack([acc[k].m2 for k in present]), dims, chunks=(1, 1, Y, X))
-    log.info("climatology of %s over %s (%s) -> %s", field, period,
-             "per calendar month" if clim.by_calendar_month else "one set", out)
+    log.info(
+        "climatology of %s over %s (%s) -> %s",
+        field,
+        period,
+        "per calendar month" if clim.by_calendar_month else "one set",
+        out,
+    )
     return out
 
 
@@ -628,8 +727,11 @@ class Climatology:
             raise DataError(f"{self.path}: no statistics for calendar month {key} in {self.period}")
         sel = self.ds.sel(group=key)
         if m is not None:
-            if (list(sel["level"].values) != list(m.levels) or sel["mean"].shape[1:] != (m.grid.ny, m.grid.nx)
-                    or not np.allclose(sel["latitude"].values, m.grid.lats)
-                    or not np.allclose(sel["longitude"].values, m.grid.lons)):
+            if (
+                list(sel["level"].values) != list(m.levels)
+                or sel["mean"].shape[1:] != (m.grid.ny, m.grid.nx)
+                or not np.allclose(sel["latitude"].values, m.grid.lats)
+                or not np.allclose(sel["longitude"].values, m.grid.lons)
+            ):
                 raise DataError(f"{self.path}: levels or grid differ from {m.source}")
         return Moments(int(sel["count"].values[0]), sel["mean"].values.copy(), sel["m2"].values.copy()).stats(method)

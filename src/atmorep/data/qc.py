@@ -82,8 +82,11 @@ class Gate:
         rng = self.range
         if rng is not None and (lo < rng[0] or hi > rng[1]):
             n = int(((values_YX < rng[0]) | (values_YX > rng[1])).sum())
-            self._add("range", f"{self._where(il, time)}: {n} values outside the physical range [{rng[0]:g}, "
-                               f"{rng[1]:g}] {self.units or ''} (min {lo:g}, max {hi:g})".replace("  ", " "))
+            self._add(
+                "range",
+                f"{self._where(il, time)}: {n} values outside the physical range [{rng[0]:g}, "
+                f"{rng[1]:g}] {self.units or ''} (min {lo:g}, max {hi:g})".replace("  ", " "),
+            )
         if lo == hi and not self.constant_ok:
             self._add("constant", f"{self._where(il, time)}: every value is {lo:g}")
 
@@ -105,8 +108,9 @@ class Gate:
         """A level that never changes over the month (after all messages)."""
         for il, lev in enumerate(self.levels):
             if self.minimum[il] == self.maximum[il] and not (self.info is not None and self.info.may_be_constant):
-                self.issues = [i for i in self.issues if not (i.check == "constant" and
-                                                              i.text.startswith(f"level {lev} time"))]
+                self.issues = [
+                    i for i in self.issues if not (i.check == "constant" and i.text.startswith(f"level {lev} time"))
+                ]
                 self._add("constant", f"level {lev} is constant ({self.minimum[il]:g}) over the whole month")
 
     def failed(self) -> bool:
@@ -116,7 +120,9 @@ class Gate:
         order = {c: i for i, c in enumerate(CHECKS)}
         issues = sorted(self.issues, key=lambda i: order[i.check])
         first = issues[0]
-        more = f" (+{len(issues) - 1} more: {', '.join(sorted({i.check for i in issues[1:]}))})" if len(issues) > 1 else ""
+        more = (
+            f" (+{len(issues) - 1} more: {', '.join(sorted({i.check for i in issues[1:]}))})" if len(issues) > 1 else ""
+        )
         return DataError(f"{self.source}: field '{self.field}' {first.text}{more}")
 
     def raise_if_failed(self) -> None:
@@ -134,9 +140,13 @@ class Gate:
                 entry.update(stats_by_level[lev])
             levels[str(lev)] = entry
         return {
-            "source": self.source, "field": self.field, "messages": self.messages,
-            "units": self.units, "range": list(self.range) if self.range else None,
-            "time_steps": len(self.times), "first": _t(self.times[0]) if len(self.times) else None,
+            "source": self.source,
+            "field": self.field,
+            "messages": self.messages,
+            "units": self.units,
+            "range": list(self.range) if self.range else None,
+            "time_steps": len(self.times),
+            "first": _t(self.times[0]) if len(self.times) else None,
             "last": _t(self.times[-1]) if len(self.times) else None,
             "checks": {c: ("fail" if any(i.check == c for i in self.issues) else "pass") for c in CHECKS},
             "issues": [f"{i.check}: {i.text}" for i in self.issues],

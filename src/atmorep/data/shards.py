@@ -50,9 +50,9 @@ import numpy as np
 import xarray as xr
 from tqdm import tqdm
 
-from atmorep.formats.atomic import Replacement
 from atmorep.config import DataConfig, ShardConfig
 from atmorep.formats import zarrio
+from atmorep.formats.atomic import Replacement
 from atmorep.formats.grib import DataError, periodic
 
 log = logging.getLogger(__name__)
@@ -87,13 +87,14 @@ def longitude_columns(lons: np.ndarray, token_lon: int, field: str = "") -> slic
     n, who = len(lons), f"field '{field}': " if field else ""
     if periodic(lons):
         if n % token_lon:
-            raise DataError(f"{who}{n} longitudes are not a whole number of {token_lon}-point tokens "
-                            "(a global grid is periodic); choose shard.token_size[2] dividing it")
+            raise DataError(
+                f"{who}{n} longitudes are not a whole number of {token_lon}-point tokens "
+                "(a global grid is periodic); choose shard.token_size[2] dividing it"
+            )
         return slice(0, n)
     keep = (n // token_lon) * token_lon
     if keep == 0:
-        raise DataError(f"{who}regional grid of {n} longitudes is narrower than one token "
-                        f"({token_lon} columns)")
+        raise DataError(f"{who}regional grid of {n} longitudes is narrower than one token ({token_lon} columns)")
     first = (n - keep) // 2
     return slice(first, first + keep)
 
@@ -123,8 +124,9 @@ class Months:
     def __init__(self, field: str, year: str, inputs: list[str | Path]):
         if not inputs:
             raise DataError(f"no normalized input for field '{field}' in {year}")
-        opened = sorted(((zarrio.open_dataset(p, threads=None), str(p)) for p in inputs),
-                        key=lambda mp: mp[0].attrs["month"])
+        opened = sorted(
+            ((zarrio.open_dataset(p, threads=None), str(p)) for p in inputs), key=lambda mp: mp[0].attrs["month"]
+        )
         self.months = [m for m, _ in opened]
         self.paths = [p for _, p in opened]
         methods = {m.attrs["normalization"] for m in self.months}
@@ -159,15 +161,16 @@ def _finite(path: str, month: xr.Dataset, values: np.ndarray, t0: int, rows: sli
     bad = ~np.isfinite(values)
     if bad.any():
         t, lev, y, x = (int(i) for i in np.argwhere(bad)[0])
-        raise DataError(f"{path}: field '{month.attrs.get('field')}' has {int(bad.sum())} non-finite normalized "
-                        f"values here (first at {np.datetime_as_string(month['time'].values[t0 + t], 'h')}, "
-                        f"level {int(month['level'].values[lev])}, "
-                        f"lat {month['latitude'].values[rows][y]:g}, lon {month['longitude'].values[cols][x]:g}); "
-                        "normalize writes none, so the store was changed since: rebuild it (atmorep normalize)")
+        raise DataError(
+            f"{path}: field '{month.attrs.get('field')}' has {int(bad.sum())} non-finite normalized "
+            f"values here (first at {np.datetime_as_string(month['time'].values[t0 + t], 'h')}, "
+            f"level {int(month['level'].values[lev])}, "
+            f"lat {month['latitude'].values[rows][y]:g}, lon {month['longitude'].values[cols][x]:g}); "
+            "normalize writes none, so the store was changed since: rebuild it (atmorep normalize)"
+        )
 
 
-def shard(data: DataConfig, cfg: ShardConfig, field: str, year: str, inputs: list[str | Path],
-          out: str | Path) -> Path:
+def shard(data: DataConfig, cfg: ShardConfig, field: str, year: str, inputs: list[str | Path], out: str | Path) -> Path:
     """Write the normalized months of ``field`` in ``year`` as a token-aligned store, block by block.
 
     Memory: one row of shards, ``shard_tokens[0]*tt`` steps x L x ``shard_tokens[1]*ty`` rows x X.
@@ -179,12 +182,15 @@ def shard(data: DataConfig, cfg: ShardConfig, field: str, year: str, inputs: lis
     shape = (len(months.times), src.sizes["level"], rows.stop - rows.start, cols.stop - cols.start)
     chunk, shards = layout(cfg, token, shape)
     with Replacement(out) as tmp, zarrio.space_for(out, 4 * math.prod(shape)):
-        _template(data, cfg, field, year, months, rows, cols, token).to_zarr(tmp, zarr_format=3, consolidated=False,
-                                                                             mode="w")
-        arr = zarrio.create_dense(tmp, "data", shape, chunk, shards, DIMS,
-                                  {"long_name": f"{field}, normalized per month", "units": "1"})
-        for t0, t1, y0, y1 in tqdm(list(_blocks(shape, shards)), desc=f"shard {field} {year}", disable=None,
-                                   mininterval=5):
+        _template(data, cfg, field, year, months, rows, cols, token).to_zarr(
+            tmp, zarr_format=3, consolidated=False, mode="w"
+        )
+        arr = zarrio.create_dense(
+            tmp, "data", shape, chunk, shards, DIMS, {"long_name": f"{field}, normalized per month", "units": "1"}
+        )
+        for t0, t1, y0, y1 in tqdm(
+            list(_blocks(shape, shards)), desc=f"shard {field} {year}", disable=None, mininterval=5
+        ):
             values = months.block(t0, t1, slice(rows.start + y0, rows.start + y1), cols)
             arr.write((t0, 0, y0, 0), values)
     log.info("sharded %s %s: %s, chunks %s, shards %s -> %s", field, year, shape, chunk, shards, out)
@@ -197,17 +203,25 @@ def identity(store: str | Path) -> dict:
     times (a rebuilt or rewritten store differs). Cheap: no data is read."""
     store = Path(store)
     attrs = json.loads((store / "zarr.json").read_text()).get("attributes", {})
-    files = sorted((str(p.relative_to(store)), p.stat().st_size, p.stat().st_mtime_ns)
-                   for p in store.rglob("*") if p.is_file() and not p.name.startswith("."))
-    return {"field": attrs.get("field"), "year": attrs.get("year"),
-            "provenance": hashlib.sha256(json.dumps(attrs, sort_keys=True).encode()).hexdigest(),
-            "files": hashlib.sha256(json.dumps(files).encode()).hexdigest()}
+    files = sorted(
+        (str(p.relative_to(store)), p.stat().st_size, p.stat().st_mtime_ns)
+        for p in store.rglob("*")
+        if p.is_file() and not p.name.startswith(".")
+    )
+    return {
+        "field": attrs.get("field"),
+        "year": attrs.get("year"),
+        "provenance": hashlib.sha256(json.dumps(attrs, sort_keys=True).encode()).hexdigest(),
+        "files": hashlib.sha256(json.dumps(files).encode()).hexdigest(),
+    }
 
 
 def crop(data: DataConfig, cfg: ShardConfig, field: str, lats: np.ndarray, lons: np.ndarray) -> tuple[slice, slice]:
     """(rows, columns) of the source grid a store keeps: whole tokens of every field (see the module doc)."""
-    return (latitude_rows(len(lats), lat_step(data, cfg), has_poles(lats)),
-            longitude_columns(lons, lon_step(data, cfg), field))
+    return (
+        latitude_rows(len(lats), lat_step(data, cfg), has_poles(lats)),
+        longitude_columns(lons, lon_step(data, cfg), field),
+    )
 
 
 def _blocks(shape, shards):
@@ -217,30 +231,39 @@ def _blocks(shape, shards):
             yield t0, min(t0 + shards[0], shape[0]), y0, min(y0 + shards[2], shape[2])
 
 
-def _template(data: DataConfig, cfg: ShardConfig, field: str, year: str, months: Months, rows: slice,
-              cols: slice, token) -> xr.Dataset:
+def _template(
+    data: DataConfig, cfg: ShardConfig, field: str, year: str, months: Months, rows: slice, cols: slice, token
+) -> xr.Dataset:
     """Everything but ``data``: coordinates (CF), monthly statistics, attributes and provenance."""
     src = months.first.isel(latitude=rows, longitude=cols)
     stats = xr.concat([m[["mean", "std"]] for m in months.months], dim="month")
     if "latitude" in stats.dims:
         stats = stats.isel(latitude=rows, longitude=cols)
     stats = stats.assign_coords(month=[np.datetime64(m.attrs["month"], "ns") for m in months.months])
-    ds = stats.assign_coords(time=("time", months.times), latitude=src["latitude"].values,
-                             longitude=src["longitude"].values, level=src["level"].values)
+    ds = stats.assign_coords(
+        time=("time", months.times),
+        latitude=src["latitude"].values,
+        longitude=src["longitude"].values,
+        level=src["level"].values,
+    )
     for name, attrs in CF.items():
         ds[name].attrs = {**src[name].attrs, **attrs} if name in src else dict(attrs)
     ds.attrs = {
         "Conventions": "CF-1.10",
-        "field": field, "year": year, "token_size": list(token),
+        "field": field,
+        "year": year,
+        "token_size": list(token),
         "normalization": months.method,
-        "provenance": json.dumps({
-            "config": {"data": dataclasses.asdict(data), "shard": dataclasses.asdict(cfg)},
-            "inputs": {m.attrs["month"]: m.attrs["source_sha256"] for m in months.months},
-            # what `atmorep verify` compares the store with
-            "normalized": {m.attrs["month"]: p for m, p in zip(months.months, months.paths)},
-            "latitude_rows": [rows.start, rows.stop, months.first.sizes["latitude"]],
-            "longitude_columns": [cols.start, cols.stop, months.first.sizes["longitude"]],
-        }),
+        "provenance": json.dumps(
+            {
+                "config": {"data": dataclasses.asdict(data), "shard": dataclasses.asdict(cfg)},
+                "inputs": {m.attrs["month"]: m.attrs["source_sha256"] for m in months.months},
+                # what `atmorep verify` compares the store with
+                "normalized": {m.attrs["month"]: p for m, p in zip(months.months, months.paths)},
+                "latitude_rows": [rows.start, rows.stop, months.first.sizes["latitude"]],
+                "longitude_columns": [cols.start, cols.stop, months.first.sizes["longitude"]],
+            }
+        ),
     }
     return ds
 
@@ -250,17 +273,25 @@ def recorded_inputs(store: str | Path) -> list[Path]:
     ds = zarrio.open_dataset(store, threads=None)
     recorded = json.loads(ds.attrs["provenance"]).get("normalized")
     if not recorded:
-        raise DataError(f"{store}: its provenance names no normalized inputs (sharded by an older atmorep): "
-                        "give them with --inputs")
+        raise DataError(
+            f"{store}: its provenance names no normalized inputs (sharded by an older atmorep): give them with --inputs"
+        )
     missing = [p for p in recorded.values() if not Path(p).exists()]
     if missing:
-        raise DataError(f"{store}: its normalized input(s) {', '.join(missing)} are gone (paths are relative to "
-                        "the directory it was sharded in): run from there or give them with --inputs")
+        raise DataError(
+            f"{store}: its normalized input(s) {', '.join(missing)} are gone (paths are relative to "
+            "the directory it was sharded in): run from there or give them with --inputs"
+        )
     return [Path(p) for p in recorded.values()]
 
 
-def verify(store: str | Path, field: str | None = None, inputs: list[str | Path] | None = None,
-           data: DataConfig | None = None, cfg: ShardConfig | None = None) -> dict:
+def verify(
+    store: str | Path,
+    field: str | None = None,
+    inputs: list[str | Path] | None = None,
+    data: DataConfig | None = None,
+    cfg: ShardConfig | None = None,
+) -> dict:
     """Prove that ``store``, as it is on disk, holds the normalized ``inputs`` bit for bit, token-aligned.
 
     Checks coordinates, attributes, that the inputs are the months (and GRIB digests) the store was
@@ -277,13 +308,16 @@ def verify(store: str | Path, field: str | None = None, inputs: list[str | Path]
     months = Months(field, year, inputs if inputs else recorded_inputs(store))
     src = months.first
     if ds.attrs["field"] != field or ds.attrs["normalization"] != months.method:
-        raise DataError(f"{store}: holds {ds.attrs['field']} ({ds.attrs['normalization']}), "
-                        f"inputs are {field} ({months.method})")
+        raise DataError(
+            f"{store}: holds {ds.attrs['field']} ({ds.attrs['normalization']}), inputs are {field} ({months.method})"
+        )
     prov = json.loads(ds.attrs["provenance"])
     made_from = {m.attrs["month"]: m.attrs["source_sha256"] for m in months.months}
     if made_from != prov["inputs"]:
-        raise DataError(f"{store}: was sharded from the GRIB months {prov['inputs']}, the inputs come from "
-                        f"{made_from}: these are not its sources; rebuild it (atmorep shard)")
+        raise DataError(
+            f"{store}: was sharded from the GRIB months {prov['inputs']}, the inputs come from "
+            f"{made_from}: these are not its sources; rebuild it (atmorep shard)"
+        )
     first, stop, nlat = prov["latitude_rows"]
     west, east, nlon = prov.get("longitude_columns", [0, src.sizes["longitude"], src.sizes["longitude"]])
     rows, cols = slice(first, stop), slice(west, east)
@@ -291,13 +325,20 @@ def verify(store: str | Path, field: str | None = None, inputs: list[str | Path]
     lats, lons = src["latitude"].values, src["longitude"].values
     if cfg is not None and data is not None:
         if token != tuple(cfg.token_size_for(field)) or (rows, cols) != crop(data, cfg, field, lats, lons):
-            raise DataError(f"{store}: token size {token} / rows {first}..{stop} / columns {west}..{east} are not "
-                            "the configured ones")
+            raise DataError(
+                f"{store}: token size {token} / rows {first}..{stop} / columns {west}..{east} are not "
+                "the configured ones"
+            )
     poles = has_poles(lats)
-    if ((poles and (first < 1 or stop > nlat - 1)) or abs(first - int(poles) - (nlat - int(poles) - stop)) > 1
-            or (stop - first) % token[1]):
-        raise DataError(f"{store}: latitude rows {first}..{stop} of {nlat} are not whole tokens, centred"
-                        + (", poles excluded" if poles else ""))
+    if (
+        (poles and (first < 1 or stop > nlat - 1))
+        or abs(first - int(poles) - (nlat - int(poles) - stop)) > 1
+        or (stop - first) % token[1]
+    ):
+        raise DataError(
+            f"{store}: latitude rows {first}..{stop} of {nlat} are not whole tokens, centred"
+            + (", poles excluded" if poles else "")
+        )
     if (east - west) % token[2] or (east - west != nlon and (not 0 <= west or abs(west - (nlon - east)) > 1)):
         raise DataError(f"{store}: longitude columns {west}..{east} of {nlon} are not whole tokens, centred")
     _equal(store, "time", ds["time"].values, months.times)
@@ -318,18 +359,30 @@ def verify(store: str | Path, field: str | None = None, inputs: list[str | Path]
         nshards = dense.check_all()
     except zarrio.NotDense as exc:
         raise DataError(f"{store}: not a dense token store: {exc}") from None
-    for t0, t1, y0, y1 in tqdm(list(_blocks(shape, shards)), desc=f"verify {Path(store).name}", disable=None,
-                               mininterval=5):
+    for t0, t1, y0, y1 in tqdm(
+        list(_blocks(shape, shards)), desc=f"verify {Path(store).name}", disable=None, mininterval=5
+    ):
         want = months.block(t0, t1, slice(first + y0, first + y1), cols)
         _equal(store, f"data[{t0}:{t1}, :, {y0}:{y1}] (zarr)", arr[t0:t1, :, y0:y1, :], want)
         nt = -(-(t1 - t0) // chunk[0])
         blk = dense.read((t0 // chunk[0], 0, y0 // chunk[2], 0), (nt, 1, (y1 - y0) // chunk[2], dense.grid[3]))
         direct = blk.transpose(1, 5, 0, 4, 2, 6, 3, 7).reshape(shape[1], nt * chunk[0], y1 - y0, shape[3])
         _equal(store, f"data[{t0}:{t1}, :, {y0}:{y1}] (direct)", direct.transpose(1, 0, 2, 3)[: t1 - t0], want)
-    summary = {"store": str(store), "values": int(np.prod(shape)), "months": len(months.months),
-               "shards": nshards, "chunk": list(chunk), "shard": list(shards)}
-    log.info("verified %s: %d values bit-identical to %d normalized months (%d dense shards)",
-             store, summary["values"], summary["months"], nshards)
+    summary = {
+        "store": str(store),
+        "values": int(np.prod(shape)),
+        "months": len(months.months),
+        "shards": nshards,
+        "chunk": list(chunk),
+        "shard": list(shards),
+    }
+    log.info(
+        "verified %s: %d values bit-identical to %d normalized months (%d dense shards)",
+        store,
+        summary["values"],
+        summary["months"],
+        nshards,
+    )
     return summary
 
 
@@ -344,5 +397,7 @@ def _equal(store, what: str, got: np.ndarray, want: np.ndarray) -> None:
         return
     diff = a != b
     where = tuple(int(i) for i in np.argwhere(diff)[0])
-    raise DataError(f"{store}: {what} differs from the normalized source at index {where}: "
-                    f"{got[where]!r} vs {want[where]!r} ({int(diff.sum())} values differ)")
+    raise DataError(
+        f"{store}: {what} differs from the normalized source at index {where}: "
+        f"{got[where]!r} vs {want[where]!r} ({int(diff.sum())} values differ)"
+    )

@@ -29,8 +29,9 @@ class _Enough(Exception):
 
 
 @torch.no_grad()
-def capture(model: Multiformer, tokens: dict, info: dict, layers: dict[str, list[int]],
-            heads: list[int] | None = None) -> dict[str, torch.Tensor]:
+def capture(
+    model: Multiformer, tokens: dict, info: dict, layers: dict[str, list[int]], heads: list[int] | None = None
+) -> dict[str, torch.Tensor]:
     """Per field the self-attention weights ``(B, layers, heads, N, N)`` of the requested encoder layers.
 
     ``layers`` maps field -> encoder layer indices; ``heads`` selects self heads (None: all).
@@ -38,8 +39,10 @@ def capture(model: Multiformer, tokens: dict, info: dict, layers: dict[str, list
     wanted = {(f, l) for f, ls in layers.items() for l in ls}
     for f, l in wanted:
         if f not in model.fields or not 0 <= l < len(model.encoders[f]):
-            raise ValueError(f"attention: the model has no encoder layer {l} for field '{f}' "
-                             f"(fields {list(model.fields)}, {model.cfg.encoder_layers} layers)")
+            raise ValueError(
+                f"attention: the model has no encoder layer {l} for field '{f}' "
+                f"(fields {list(model.fields)}, {model.cfg.encoder_layers} layers)"
+            )
     inputs: dict[tuple[str, int], torch.Tensor] = {}
     handles = []
 
@@ -48,6 +51,7 @@ def capture(model: Multiformer, tokens: dict, info: dict, layers: dict[str, list
             inputs[key] = args[0]
             if len(inputs) == len(wanted):
                 raise _Enough
+
         return hook
 
     for f, l in wanted:
@@ -83,18 +87,27 @@ def georeference(dataset: WindowDataset, index: int, field: str) -> xr.Dataset:
     l, t, y, x = (a.ravel() for a in np.meshgrid(np.arange(L), np.arange(T), np.arange(Y), np.arange(X), indexing="ij"))
     lat_b = np.stack([lats.min(1) - half, lats.max(1) + half], -1)
     lon_b = np.stack([lons.min(1) - half, lons.max(1) + half], -1)
-    return xr.Dataset(coords={
-        "token_level_index": ("token", l), "token_t": ("token", t), "token_y": ("token", y), "token_x": ("token", x),
-        "level": ("token", store.levels[l]),
-        "time": ("token", times[t, -1].astype("datetime64[ns]")),
-        "time_bnds": (("token", "bnds"), times[t][:, [0, -1]].astype("datetime64[ns]")),
-        "latitude": ("token", lats.mean(1)[y]), "latitude_bnds": (("token", "bnds"), np.clip(lat_b[y], -90, 90)),
-        "longitude": ("token", lons.mean(1)[x] % 360.0), "longitude_bnds": (("token", "bnds"), lon_b[x] % 360.0),
-    }, attrs={"token_grid": [L, T, Y, X], "token_size": list(store.token_size)})
+    return xr.Dataset(
+        coords={
+            "token_level_index": ("token", l),
+            "token_t": ("token", t),
+            "token_y": ("token", y),
+            "token_x": ("token", x),
+            "level": ("token", store.levels[l]),
+            "time": ("token", times[t, -1].astype("datetime64[ns]")),
+            "time_bnds": (("token", "bnds"), times[t][:, [0, -1]].astype("datetime64[ns]")),
+            "latitude": ("token", lats.mean(1)[y]),
+            "latitude_bnds": (("token", "bnds"), np.clip(lat_b[y], -90, 90)),
+            "longitude": ("token", lons.mean(1)[x] % 360.0),
+            "longitude_bnds": (("token", "bnds"), lon_b[x] % 360.0),
+        },
+        attrs={"token_grid": [L, T, Y, X], "token_size": list(store.token_size)},
+    )
 
 
-def to_dataset(maps_BlHNN: np.ndarray, dataset: WindowDataset, indices: list[int], field: str,
-               layers: list[int], heads: list[int]) -> xr.Dataset:
+def to_dataset(
+    maps_BlHNN: np.ndarray, dataset: WindowDataset, indices: list[int], field: str, layers: list[int], heads: list[int]
+) -> xr.Dataset:
     """Attention maps of one field with the footprint of each query and key token as coordinates."""
     geo = [georeference(dataset, i, field) for i in indices]
     coords = {"sample": np.asarray(indices), "layer": np.asarray(layers), "head": np.asarray(heads)}
@@ -106,14 +119,23 @@ def to_dataset(maps_BlHNN: np.ndarray, dataset: WindowDataset, indices: list[int
             values = np.stack([g[name].values for g in geo]) if per_sample else c.values
             dims = (("sample",) if per_sample else ()) + tuple(side if d == "token" else d for d in c.dims)
             (bounds if "bnds" in dims else coords)[f"{side}_{name}"] = (dims, values)
-    da = xr.DataArray(maps_BlHNN.astype(np.float32), dims=("sample", "layer", "head", "query", "key"), coords=coords,
-                      attrs={"long_name": "self-attention weight softmax(q k^T / sqrt(dh)) of the query token on "
-                             "the key token", "units": "1", "field": field})
+    da = xr.DataArray(
+        maps_BlHNN.astype(np.float32),
+        dims=("sample", "layer", "head", "query", "key"),
+        coords=coords,
+        attrs={
+            "long_name": "self-attention weight softmax(q k^T / sqrt(dh)) of the query token on the key token",
+            "units": "1",
+            "field": field,
+        },
+    )
     for side in ("query", "key"):
         for c in ("time", "latitude", "longitude"):
             da[f"{side}_{c}"].attrs["bounds"] = f"{side}_{c}_bnds"
-    return xr.Dataset({"attention": da, **bounds}, attrs={**geo[0].attrs, "field": field,
-                                                          "description": "encoder self-attention, rows (query) sum to 1"})
+    return xr.Dataset(
+        {"attention": da, **bounds},
+        attrs={**geo[0].attrs, "field": field, "description": "encoder self-attention, rows (query) sum to 1"},
+    )
 
 
 def head_mean(att: xr.DataArray) -> xr.DataArray:

@@ -10,19 +10,19 @@ Legend: L levels, T window time steps, S target steps, Y/X grid rows/columns of 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
 
 @dataclass(frozen=True)
 class Context:
-    truth: np.ndarray           # L T Y X, the whole window
-    times: np.ndarray           # T valid times
-    steps: np.ndarray           # S indices of the target steps in the window (sorted)
-    clim_mean: np.ndarray       # L S Y X
-    clim_std: np.ndarray        # L S Y X
+    truth: np.ndarray  # L T Y X, the whole window
+    times: np.ndarray  # T valid times
+    steps: np.ndarray  # S indices of the target steps in the window (sorted)
+    clim_mean: np.ndarray  # L S Y X
+    clim_std: np.ndarray  # L S Y X
 
 
 def persistence(ctx: Context) -> np.ndarray:

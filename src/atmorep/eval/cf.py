@@ -31,8 +31,7 @@ STANDARD_NAMES: dict[str, tuple[str, str]] = {
 COORDS = {
     "latitude": {"standard_name": "latitude", "long_name": "latitude", "units": "degrees_north", "axis": "Y"},
     "longitude": {"standard_name": "longitude", "long_name": "longitude", "units": "degrees_east", "axis": "X"},
-    "level": {"long_name": "vertical level (0: surface; model level number or hPa)", "positive": "down",
-              "axis": "Z"},
+    "level": {"long_name": "vertical level (0: surface; model level number or hPa)", "positive": "down", "axis": "Z"},
     "time": {"standard_name": "time", "long_name": "valid time"},
     "init_time": {"standard_name": "forecast_reference_time", "long_name": "initialisation time (last context step)"},
     "lead_time": {"standard_name": "forecast_period", "long_name": "valid time minus initialisation time"},

@@ -28,8 +28,9 @@ def hour_of_day(times: np.ndarray) -> np.ndarray:
     return (t - t.astype("datetime64[D]")).astype(int)
 
 
-def climatology(stores: list[FieldStore], start: np.datetime64, end: np.datetime64, window_hours: int,
-                block: int = 96) -> xr.Dataset:
+def climatology(
+    stores: list[FieldStore], start: np.datetime64, end: np.datetime64, window_hours: int, block: int = 96
+) -> xr.Dataset:
     """``mean`` and ``std`` ``(hour, level, latitude, longitude)`` over ``start``..``end`` (inclusive)."""
     first = stores[0]
     L, Y, X = len(first.levels), len(first.lats), len(first.lons)
@@ -40,9 +41,10 @@ def climatology(stores: list[FieldStore], start: np.datetime64, end: np.datetime
     for store in stores:
         t_idx = np.flatnonzero((store.times >= start) & (store.times <= end))
         for a in range(0, len(t_idx), block):
-            t = t_idx[a:a + block]
-            values = store.denormalize(store.read(int(t[0]), int(t[-1] - t[0] + 1), 0, Y, 0, X)[:, t - t[0]],
-                                       t, y_idx, x_idx)  # L T Y X
+            t = t_idx[a : a + block]
+            values = store.denormalize(
+                store.read(int(t[0]), int(t[-1] - t[0] + 1), 0, Y, 0, X)[:, t - t[0]], t, y_idx, x_idx
+            )  # L T Y X
             hours = hour_of_day(store.times[t])
             for h in np.unique(hours):
                 v = values[:, hours == h].astype(np.float64)
@@ -54,8 +56,12 @@ def climatology(stores: list[FieldStore], start: np.datetime64, end: np.datetime
     kernel = _circular_window(window_hours)  # H H: which hour bins feed each hour
     n = kernel @ count
     if (n == 0).any():
-        log.warning("climatology of '%s': hours %s have no data within +-%d h; using all hours there",
-                    first.field, HOURS[n == 0].tolist(), window_hours // 2)
+        log.warning(
+            "climatology of '%s': hours %s have no data within +-%d h; using all hours there",
+            first.field,
+            HOURS[n == 0].tolist(),
+            window_hours // 2,
+        )
         kernel[n == 0] = 1.0
         n = kernel @ count
     mean = np.tensordot(kernel, total, axes=1) / n[:, None, None, None]
@@ -63,11 +69,19 @@ def climatology(stores: list[FieldStore], start: np.datetime64, end: np.datetime
     coords = {"hour": HOURS, "level": first.levels, "latitude": first.lats, "longitude": first.lons}
     dims = ("hour", "level", "latitude", "longitude")
     return xr.Dataset(
-        {"mean": (dims, mean.astype(np.float32)), "std": (dims, np.sqrt(np.maximum(var, 0)).astype(np.float32)),
-         "count": ("hour", n.astype(np.int64))},
+        {
+            "mean": (dims, mean.astype(np.float32)),
+            "std": (dims, np.sqrt(np.maximum(var, 0)).astype(np.float32)),
+            "count": ("hour", n.astype(np.int64)),
+        },
         coords=coords,
-        attrs={"field": first.field, "period": f"{start} .. {end}", "window_hours": window_hours,
-               "description": "mean and std per grid point and hour of day (circular window)"})
+        attrs={
+            "field": first.field,
+            "period": f"{start} .. {end}",
+            "window_hours": window_hours,
+            "description": "mean and std per grid point and hour of day (circular window)",
+        },
+    )
 
 
 def _circular_window(window_hours: int) -> np.ndarray:

@@ -35,8 +35,14 @@ from atmorep.train.loop import period
 log = logging.getLogger(__name__)
 
 
-def evaluate(seed: int, data: DataConfig, cfg: EvaluateConfig, model_path: str | Path,
-             stores: dict[str, list[str]], out_dir: str | Path) -> Path:
+def evaluate(
+    seed: int,
+    data: DataConfig,
+    cfg: EvaluateConfig,
+    model_path: str | Path,
+    stores: dict[str, list[str]],
+    out_dir: str | Path,
+) -> Path:
     """Run ``cfg.mode`` on the held-out windows and write every product; returns ``scores.csv``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -70,14 +76,24 @@ def evaluate(seed: int, data: DataConfig, cfg: EvaluateConfig, model_path: str |
     return out_dir / "scores.csv"
 
 
-def run_mode(model, dataset: WindowDataset, cfg: EvaluateConfig, seed: int,
-             clims: dict[str, xr.Dataset] | None = None) -> dict[str, xr.Dataset]:
+def run_mode(
+    model, dataset: WindowDataset, cfg: EvaluateConfig, seed: int, clims: dict[str, xr.Dataset] | None = None
+) -> dict[str, xr.Dataset]:
     """Windows of the mode, inference, baselines, post-processing (stitching): the window layout per field."""
     mode = modes.get(cfg.mode)
     selection = mode.select(dataset, cfg, seed)
-    results = inference.run(model, dataset, selection.indices, mode.masking(cfg, dataset.token_sizes),
-                            mode.target_slabs(cfg), cfg.batch_size, seed, mode.baselines, clims,
-                            cfg.spread_inflation)
+    results = inference.run(
+        model,
+        dataset,
+        selection.indices,
+        mode.masking(cfg, dataset.token_sizes),
+        mode.target_slabs(cfg),
+        cfg.batch_size,
+        seed,
+        mode.baselines,
+        clims,
+        cfg.spread_inflation,
+    )
     return mode.finish(dataset, selection, results, cfg)
 
 
@@ -93,11 +109,16 @@ def climatology_period(data: DataConfig, cfg: EvaluateConfig) -> tuple[np.dateti
 def climatologies(dataset: WindowDataset, data: DataConfig, cfg: EvaluateConfig) -> dict[str, xr.Dataset]:
     start, end = climatology_period(data, cfg)
     if end < start:
-        log.warning("no climatology: the period %s .. %s is empty (evaluate.start is the campaign start); "
-                    "ACC and the climatology baseline are left out", start, end)
+        log.warning(
+            "no climatology: the period %s .. %s is empty (evaluate.start is the campaign start); "
+            "ACC and the climatology baseline are left out",
+            start,
+            end,
+        )
         return {}
-    return {f: climatology.climatology(dataset.stores[f], start, end, cfg.climatology_window_hours)
-            for f in dataset.fields}
+    return {
+        f: climatology.climatology(dataset.stores[f], start, end, cfg.climatology_window_hours) for f in dataset.fields
+    }
 
 
 def write_products(results: dict[str, xr.Dataset], cfg: EvaluateConfig, out_dir: Path) -> None:
@@ -125,7 +146,7 @@ def attention_products(model, dataset: WindowDataset, cfg: EvaluateConfig, seed:
     if unknown:
         raise ValueError(f"evaluate.attention.fields: {sorted(unknown)} are not fields of the model")
     mode = modes.get(cfg.mode)
-    indices = [int(i) for i in mode.select(dataset, cfg, seed).indices[:a.samples]]
+    indices = [int(i) for i in mode.select(dataset, cfg, seed).indices[: a.samples]]
     batch = inference.collate([dataset[i] for i in indices])
     masks = mode.masking(cfg, dataset.token_sizes)(batch, torch.Generator().manual_seed(seed))
     source = masking.apply(batch, masks)
@@ -134,12 +155,20 @@ def attention_products(model, dataset: WindowDataset, cfg: EvaluateConfig, seed:
     sets = {f: attention.to_dataset(maps[f].numpy(), dataset, indices, f, list(a.layers), heads) for f in fields}
     outputs.write_groups(sets, out_dir / "attention.zarr", annotate_cf=False)
     for f, ds in sets.items():
-        attention_figure(ds, dataset, indices[0], f, batch.tokens[f][0].numpy(), masks[f][0].numpy(),
-                         out_dir / f"attention_{f}.png")
+        attention_figure(
+            ds, dataset, indices[0], f, batch.tokens[f][0].numpy(), masks[f][0].numpy(), out_dir / f"attention_{f}.png"
+        )
 
 
-def attention_figure(ds: xr.Dataset, dataset: WindowDataset, index: int, field: str, tokens_LTYXP: np.ndarray,
-                     mask_LTYX: np.ndarray, path: Path) -> Path:
+def attention_figure(
+    ds: xr.Dataset,
+    dataset: WindowDataset,
+    index: int,
+    field: str,
+    tokens_LTYXP: np.ndarray,
+    mask_LTYX: np.ndarray,
+    path: Path,
+) -> Path:
     """Head-mean attention of the first layer of one target token near the window centre, on the map."""
     one = ds.isel(sample=0, layer=0)
     att = one.assign(attention=attention.head_mean(one["attention"]))
@@ -154,6 +183,8 @@ def attention_figure(ds: xr.Dataset, dataset: WindowDataset, index: int, field: 
     tt = store.token_size[0]
     truth_TYX = truth.reshape(T, tt, *truth.shape[1:])[:, -1]
     layer = int(ds["layer"][0])
-    title = (f"{field}: encoder layer {layer} self-attention (mean over {ds.sizes['head']} heads) of the token at "
-             f"{float(att['query_latitude'][flat]):.1f}°N {float(att['query_longitude'][flat]):.1f}°E, slab {q[1]}")
+    title = (
+        f"{field}: encoder layer {layer} self-attention (mean over {ds.sizes['head']} heads) of the token at "
+        f"{float(att['query_latitude'][flat]):.1f}°N {float(att['query_longitude'][flat]):.1f}°E, slab {q[1]}"
+    )
     return plots.attention_map(att, flat, truth_TYX, store.lats[y_idx], store.lons[x_idx], title, path)

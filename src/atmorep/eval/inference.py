@@ -21,7 +21,7 @@ E members, S target steps, nt/ny/nx window points.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -31,20 +31,30 @@ from tqdm import tqdm
 from atmorep.data.dataset import WindowDataset, untokenize
 from atmorep.eval import climatology as clim_
 from atmorep.eval.baselines import BASELINES, Context
-from atmorep.model.multiformer import Multiformer
 from atmorep.model import masking
 from atmorep.model.batch import Batch
+from atmorep.model.multiformer import Multiformer
 
 
 def collate(samples: list[dict]) -> Batch:
-    return Batch.from_numpy({f: (np.stack([s[f][0] for s in samples]), np.stack([s[f][1] for s in samples]))
-                             for f in samples[0]})
+    return Batch.from_numpy(
+        {f: (np.stack([s[f][0] for s in samples]), np.stack([s[f][1] for s in samples])) for f in samples[0]}
+    )
 
 
 @torch.no_grad()
-def run(model: Multiformer, dataset: WindowDataset, indices: np.ndarray, strategy: masking.Masking,
-        target_slabs: Callable[[int], list[int]], batch_size: int, seed: int, baselines: tuple[str, ...] = (),
-        climatologies: dict[str, xr.Dataset] | None = None, inflation: float = 1.0) -> dict[str, xr.Dataset]:
+def run(
+    model: Multiformer,
+    dataset: WindowDataset,
+    indices: np.ndarray,
+    strategy: masking.Masking,
+    target_slabs: Callable[[int], list[int]],
+    batch_size: int,
+    seed: int,
+    baselines: tuple[str, ...] = (),
+    climatologies: dict[str, xr.Dataset] | None = None,
+    inflation: float = 1.0,
+) -> dict[str, xr.Dataset]:
     """Mask, predict and denormalize every window of ``indices``; see the module docstring.
 
     ``inflation`` scales every member's distance from the ensemble mean (spread calibration).
@@ -52,7 +62,7 @@ def run(model: Multiformer, dataset: WindowDataset, indices: np.ndarray, strateg
     model.eval()
     parts: dict[str, list[dict]] = {f: [] for f in model.predicted}  # inputs-only fields have no output
     for b0 in tqdm(range(0, len(indices), batch_size), desc="inference", mininterval=2, disable=None):
-        idx = [int(i) for i in indices[b0:b0 + batch_size]]
+        idx = [int(i) for i in indices[b0 : b0 + batch_size]]
         batch = collate([dataset[i] for i in idx])
         gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, b0]).generate_state(1)[0]))
         masks = strategy(batch, gen)
@@ -64,8 +74,17 @@ def run(model: Multiformer, dataset: WindowDataset, indices: np.ndarray, strateg
         for f in parts:
             tokens = _filled(batch.tokens[f], masks[f], ens[f], source.tokens[f])
             for b, i in enumerate(idx):
-                parts[f].append(_window(dataset, f, i, {k: v[b] for k, v in tokens.items()}, target_slabs,
-                                        baselines, (climatologies or {}).get(f)))
+                parts[f].append(
+                    _window(
+                        dataset,
+                        f,
+                        i,
+                        {k: v[b] for k, v in tokens.items()},
+                        target_slabs,
+                        baselines,
+                        (climatologies or {}).get(f),
+                    )
+                )
     return {f: _stack(dataset, f, indices, parts[f], baselines) for f in parts}
 
 
@@ -77,8 +96,13 @@ def _filled(tokens_BLTYXP, mask_BLTYX, ens_KEP, source_BLTYXP) -> dict[str, np.n
     members = torch.full((E, *tokens_BLTYXP.shape), float("nan"))
     members[:, mask_BLTYX] = ens_KEP.transpose(0, 1)
     point_mask = mask_BLTYX[..., None].expand_as(tokens_BLTYXP)
-    return {"truth": tokens_BLTYXP.numpy(), "source": source_BLTYXP.numpy(), "mean": mean.numpy(),
-            "members": members.transpose(0, 1).numpy(), "mask": point_mask.numpy()}
+    return {
+        "truth": tokens_BLTYXP.numpy(),
+        "source": source_BLTYXP.numpy(),
+        "mean": mean.numpy(),
+        "members": members.transpose(0, 1).numpy(),
+        "mask": point_mask.numpy(),
+    }
 
 
 def _window(dataset: WindowDataset, f: str, i: int, tok: dict, target_slabs, baselines, clim) -> dict:
@@ -103,14 +127,19 @@ def _window(dataset: WindowDataset, f: str, i: int, tok: dict, target_slabs, bas
     context_before = context_before[context_before < steps[0]]
     init = times[context_before[-1]] if len(context_before) else times[0]
     return {
-        "target": truth[:, steps], "source": phys(tok["source"]),
+        "target": truth[:, steps],
+        "source": phys(tok["source"]),
         "prediction": phys(tok["mean"])[:, steps],
         "ensemble": np.stack([phys(m)[:, steps] for m in tok["members"]], axis=-1),
         "mask": untokenize(tok["mask"], size)[:, steps],
-        "climatology_mean": c_mean.astype(np.float32), "climatology_std": c_std.astype(np.float32),
+        "climatology_mean": c_mean.astype(np.float32),
+        "climatology_std": c_std.astype(np.float32),
         **{f"baseline_{b}": BASELINES[b](ctx).astype(np.float32) for b in baselines},
-        "time": times[steps], "window_time": times, "init_time": init,
-        "latitude": store.lats[y_idx], "longitude": store.lons[x_idx] % 360.0,
+        "time": times[steps],
+        "window_time": times,
+        "init_time": init,
+        "latitude": store.lats[y_idx],
+        "longitude": store.lons[x_idx] % 360.0,
     }
 
 
@@ -118,18 +147,35 @@ def _stack(dataset: WindowDataset, f: str, indices, parts: list[dict], baselines
     levels = dataset.stores[f][0].levels
     arrays = {k: np.stack([p[k] for p in parts]) for k in parts[0]}
     grid = ("sample", "level", "lead", "y", "x")
-    data = {k: (grid, arrays[k]) for k in ("target", "prediction", "mask", "climatology_mean", "climatology_std",
-                                             *(f"baseline_{b}" for b in baselines))}
+    data = {
+        k: (grid, arrays[k])
+        for k in (
+            "target",
+            "prediction",
+            "mask",
+            "climatology_mean",
+            "climatology_std",
+            *(f"baseline_{b}" for b in baselines),
+        )
+    }
     data["ensemble"] = ((*grid, "member"), arrays["ensemble"])
     data["source"] = (("sample", "level", "window_step", "y", "x"), arrays["source"])
     init = arrays["init_time"].astype("datetime64[ns]")
     time = arrays["time"].astype("datetime64[ns]")
-    ds = xr.Dataset(data, coords={
-        "sample": np.asarray(indices, np.int64), "level": levels, "lead": np.arange(1, time.shape[1] + 1),
-        "member": np.arange(arrays["ensemble"].shape[-1]),
-        "time": (("sample", "lead"), time), "init_time": ("sample", init),
-        "lead_time": (("sample", "lead"), time - init[:, None]),
-        "window_time": (("sample", "window_step"), arrays["window_time"].astype("datetime64[ns]")),
-        "latitude": (("sample", "y"), arrays["latitude"]), "longitude": (("sample", "x"), arrays["longitude"]),
-    }, attrs={"field": f})
+    ds = xr.Dataset(
+        data,
+        coords={
+            "sample": np.asarray(indices, np.int64),
+            "level": levels,
+            "lead": np.arange(1, time.shape[1] + 1),
+            "member": np.arange(arrays["ensemble"].shape[-1]),
+            "time": (("sample", "lead"), time),
+            "init_time": ("sample", init),
+            "lead_time": (("sample", "lead"), time - init[:, None]),
+            "window_time": (("sample", "window_step"), arrays["window_time"].astype("datetime64[ns]")),
+            "latitude": (("sample", "y"), arrays["latitude"]),
+            "longitude": (("sample", "x"), arrays["longitude"]),
+        },
+        attrs={"field": f},
+    )
     return ds.transpose("sample", "lead", "window_step", "level", "y", "x", "member")

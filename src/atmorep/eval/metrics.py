@@ -62,18 +62,21 @@ def mae(forecast: xr.DataArray, truth: xr.DataArray, weights: xr.DataArray, dims
     return weighted_mean(abs(forecast - truth), weights, dims)
 
 
-def acc(forecast: xr.DataArray, truth: xr.DataArray, climatology: xr.DataArray, weights: xr.DataArray,
-        dims) -> xr.DataArray:
+def acc(
+    forecast: xr.DataArray, truth: xr.DataArray, climatology: xr.DataArray, weights: xr.DataArray, dims
+) -> xr.DataArray:
     """Anomaly correlation coefficient (WB2's uncentred ACC) against ``climatology``."""
     fa, ta = forecast - climatology, truth - climatology
     valid = fa.notnull() & ta.notnull()
     fa, ta = fa.where(valid), ta.where(valid)
     return weighted_mean(fa * ta, weights, dims) / np.sqrt(
-        weighted_mean(fa**2, weights, dims) * weighted_mean(ta**2, weights, dims))
+        weighted_mean(fa**2, weights, dims) * weighted_mean(ta**2, weights, dims)
+    )
 
 
-def crps_ensemble(ensemble: xr.DataArray, truth: xr.DataArray, weights: xr.DataArray, dims,
-                  member: str = "member") -> xr.DataArray:
+def crps_ensemble(
+    ensemble: xr.DataArray, truth: xr.DataArray, weights: xr.DataArray, dims, member: str = "member"
+) -> xr.DataArray:
     """Area-weighted CRPS of a finite ensemble (scoringrules, fair estimator).
 
     One member is a point forecast: its CRPS is the MAE (the fair estimator's member-pair term is 0/0).
@@ -82,15 +85,25 @@ def crps_ensemble(ensemble: xr.DataArray, truth: xr.DataArray, weights: xr.DataA
         return mae(ensemble.squeeze(member, drop=True), truth, weights, dims)
     point = xr.apply_ufunc(
         lambda obs, fct: sr.crps_ensemble(obs, fct, m_axis=-1, estimator="fair", backend="numpy"),
-        truth, ensemble, input_core_dims=[[], [member]], dask="allowed")
+        truth,
+        ensemble,
+        input_core_dims=[[], [member]],
+        dask="allowed",
+    )
     return weighted_mean(point.where(truth.notnull()), weights, dims)
 
 
-def crps_normal(mean: xr.DataArray, std: xr.DataArray, truth: xr.DataArray, weights: xr.DataArray,
-                dims) -> xr.DataArray:
+def crps_normal(
+    mean: xr.DataArray, std: xr.DataArray, truth: xr.DataArray, weights: xr.DataArray, dims
+) -> xr.DataArray:
     """Area-weighted CRPS of Gaussian forecasts ``N(mean, std)`` (scoringrules' closed form)."""
-    point = xr.apply_ufunc(lambda obs, mu, sigma: sr.crps_normal(obs, mu, np.maximum(sigma, 1e-12), backend="numpy"),
-                           truth, mean, std, dask="allowed")
+    point = xr.apply_ufunc(
+        lambda obs, mu, sigma: sr.crps_normal(obs, mu, np.maximum(sigma, 1e-12), backend="numpy"),
+        truth,
+        mean,
+        std,
+        dask="allowed",
+    )
     return weighted_mean(point, weights, dims)
 
 
@@ -112,8 +125,9 @@ def spread_skill_ratio(spread_: xr.DataArray, rmse_of_mean: xr.DataArray, member
     return np.sqrt((members + 1) / members) * spread_ / rmse_of_mean
 
 
-def rank_histogram(ensemble: xr.DataArray, truth: xr.DataArray, dims, member: str = "member",
-                   seed: int = 0) -> xr.DataArray:
+def rank_histogram(
+    ensemble: xr.DataArray, truth: xr.DataArray, dims, member: str = "member", seed: int = 0
+) -> xr.DataArray:
     """Counts of the truth's rank among the members (0..M), reduced over ``dims``; ties broken at random.
 
     A flat histogram means a calibrated ensemble; U-shaped, under-dispersive; dome-shaped, over-dispersive.

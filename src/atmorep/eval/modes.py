@@ -10,8 +10,8 @@ Legend: S samples (windows or times), Y/X rows/columns, ny/nx window points.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import xarray as xr
@@ -39,9 +39,15 @@ class Mode:
     baselines: tuple[str, ...] = ()
 
     def masking(self, cfg: EvaluateConfig, token_sizes: dict) -> masking.Masking:
-        mc = MaskingConfig(strategy=self.name, forecast_tokens=cfg.forecast_tokens,
-                           interpolation_slabs=cfg.interpolation_slabs, rate=cfg.bert_rate,
-                           p_mask=1.0, p_noise=0.0, p_coarsen=0.0)
+        mc = MaskingConfig(
+            strategy=self.name,
+            forecast_tokens=cfg.forecast_tokens,
+            interpolation_slabs=cfg.interpolation_slabs,
+            rate=cfg.bert_rate,
+            p_mask=1.0,
+            p_noise=0.0,
+            p_coarsen=0.0,
+        )
         return masking.build(mc, token_sizes)
 
     def target_slabs(self, cfg: EvaluateConfig) -> Callable[[int], list[int]]:
@@ -52,8 +58,9 @@ class Mode:
         positions = W.at_times(dataset, cfg.times)
         return Selection(W.sample(dataset, positions, cfg.samples, seed))
 
-    def finish(self, dataset: WindowDataset, selection: Selection, results: dict[str, xr.Dataset],
-               cfg: EvaluateConfig) -> dict[str, xr.Dataset]:
+    def finish(
+        self, dataset: WindowDataset, selection: Selection, results: dict[str, xr.Dataset], cfg: EvaluateConfig
+    ) -> dict[str, xr.Dataset]:
         return results
 
 
@@ -95,8 +102,10 @@ class GlobalForecast(Forecast):
     def select(self, dataset, cfg, seed):
         store = dataset.stores[dataset.fields[0]][0]
         if not store.periodic:
-            raise ValueError(f"evaluate.mode global_forecast needs a global grid (longitudes spanning 360°); "
-                             f"{store.path} is regional")
+            raise ValueError(
+                f"evaluate.mode global_forecast needs a global grid (longitudes spanning 360°); "
+                f"{store.path} is regional"
+            )
         positions = W.at_times(dataset, cfg.times)
         if not cfg.times:
             positions = positions[:1]
@@ -127,8 +136,9 @@ def taper(n: int, ramp: int) -> np.ndarray:
     return np.clip(np.minimum(i, n - i) / ramp, 1e-3, 1.0)
 
 
-def _keep_spread(stitched: np.ndarray, values: np.ndarray, ts: list[W.Tile], w: np.ndarray, axis: int,
-                 nlon: int, nx: int, ny: int) -> np.ndarray:
+def _keep_spread(
+    stitched: np.ndarray, values: np.ndarray, ts: list[W.Tile], w: np.ndarray, axis: int, nlon: int, nx: int, ny: int
+) -> np.ndarray:
     """``stitched`` members (Y X ... member ...) about their mean, scaled to the tiles' weighted variance."""
     if stitched.shape[axis] < 2:
         return stitched
@@ -139,8 +149,8 @@ def _keep_spread(stitched: np.ndarray, values: np.ndarray, ts: list[W.Tile], w: 
         var_k = np.var(values[k], axis=axis, ddof=1)
         known = np.isfinite(var_k)
         cols = (t.x0 + np.arange(nx)) % nlon
-        var_num[t.y0:t.y0 + ny, cols] += w * np.where(known, var_k, 0.0)
-        var_den[t.y0:t.y0 + ny, cols] += w * known
+        var_num[t.y0 : t.y0 + ny, cols] += w * np.where(known, var_k, 0.0)
+        var_den[t.y0 : t.y0 + ny, cols] += w * known
     mean = np.mean(stitched, axis=axis, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         now = np.var(stitched, axis=axis, ddof=1, keepdims=True)
@@ -148,8 +158,9 @@ def _keep_spread(stitched: np.ndarray, values: np.ndarray, ts: list[W.Tile], w: 
     return mean + (stitched - mean) * np.where(now > 0, scale, 1.0)
 
 
-def stitch(ds: xr.Dataset, tiles: dict[int, list[W.Tile]], dataset: WindowDataset, f: str,
-           overlap_tokens: tuple[int, int]) -> xr.Dataset:
+def stitch(
+    ds: xr.Dataset, tiles: dict[int, list[W.Tile]], dataset: WindowDataset, f: str, overlap_tokens: tuple[int, int]
+) -> xr.Dataset:
     """Global fields per time from the tiles (window layout in, window layout out: one sample per time).
 
     Overlapping tiles are averaged with :func:`taper` weights, so a point near a tile's edge takes
@@ -177,8 +188,8 @@ def stitch(ds: xr.Dataset, tiles: dict[int, list[W.Tile]], dataset: WindowDatase
             for k, t in enumerate(ts):
                 cols = (t.x0 + np.arange(nx)) % nlon
                 known = np.isfinite(values[k])  # a missing value (no climatology) stays missing
-                num[t.y0:t.y0 + ny, cols] += w * np.where(known, values[k], 0.0)
-                den[t.y0:t.y0 + ny, cols] += w * known
+                num[t.y0 : t.y0 + ny, cols] += w * np.where(known, values[k], 0.0)
+                den[t.y0 : t.y0 + ny, cols] += w * known
             with np.errstate(invalid="ignore"):
                 stitched = num / den
             if v == "ensemble":
@@ -189,12 +200,17 @@ def stitch(ds: xr.Dataset, tiles: dict[int, list[W.Tile]], dataset: WindowDatase
         first = ds.isel(sample=rows[0])
         part = xr.Dataset(acc, coords={"latitude": ("y", store.lats), "longitude": ("x", store.lons % 360.0)})
         part = part.expand_dims(sample=[position]).assign_coords(
-            {c: (("sample", *first[c].dims), first[c].values[None])
-             for c in ("time", "init_time", "lead_time", "window_time")})
+            {
+                c: (("sample", *first[c].dims), first[c].values[None])
+                for c in ("time", "init_time", "lead_time", "window_time")
+            }
+        )
         out.append(part)
     merged = xr.concat(out, dim="sample", coords="minimal", compat="equals", join="exact")
     merged["prediction"] = merged["prediction"].where(merged["mask"])
     merged["ensemble"] = merged["ensemble"].where(merged["mask"])
-    return merged.assign_coords(level=ds["level"], member=ds["member"], lead=ds["lead"]).transpose(
-        "sample", "lead", "window_step", "level", "y", "x", "member").assign_attrs(ds.attrs, stitched_tiles=len(
-            next(iter(tiles.values()))), token_overlap=list(overlap_tokens))
+    return (
+        merged.assign_coords(level=ds["level"], member=ds["member"], lead=ds["lead"])
+        .transpose("sample", "lead", "window_step", "level", "y", "x", "member")
+        .assign_attrs(ds.attrs, stitched_tiles=len(next(iter(tiles.values()))), token_overlap=list(overlap_tokens))
+    )

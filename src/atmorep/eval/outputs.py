@@ -23,9 +23,14 @@ from atmorep.eval import cf
 log = logging.getLogger(__name__)
 
 CONVENTIONS = {"Conventions": "CF-1.10", "source": "atmorep evaluate"}
-WHAT = {"target": "true", "prediction": "predicted (ensemble mean)", "ensemble": "ensemble member of",
-        "source": "model input (masked tokens at the mean)", "climatology_mean": "climatological mean of",
-        "climatology_std": "climatological standard deviation of"}
+WHAT = {
+    "target": "true",
+    "prediction": "predicted (ensemble mean)",
+    "ensemble": "ensemble member of",
+    "source": "model input (masked tokens at the mean)",
+    "climatology_mean": "climatological mean of",
+    "climatology_std": "climatological standard deviation of",
+}
 
 
 def annotate(ds: xr.Dataset, field: str) -> xr.Dataset:
@@ -33,8 +38,11 @@ def annotate(ds: xr.Dataset, field: str) -> xr.Dataset:
     ds = ds.copy()
     for v in ds.data_vars:
         if v == "mask":
-            ds[v].attrs = {"long_name": "target point (masked token)", "flag_values": [0, 1],
-                           "flag_meanings": "context target"}
+            ds[v].attrs = {
+                "long_name": "target point (masked token)",
+                "flag_values": [0, 1],
+                "flag_meanings": "context target",
+            }
         elif v.startswith("baseline_"):
             ds[v].attrs = cf.attrs(field, f"{v[9:]} baseline forecast of")
         elif v in WHAT:
@@ -67,8 +75,11 @@ def _encoded(ds: xr.Dataset) -> xr.Dataset:
             ds[v] = ds[v].astype(np.int8).assign_attrs(ds[v].attrs)
     for c in ("time", "init_time", "window_time"):
         if c in ds.variables:
-            ds[c].encoding = {"units": "hours since 1970-01-01T00:00:00", "calendar": "proleptic_gregorian",
-                              "dtype": "float64"}
+            ds[c].encoding = {
+                "units": "hours since 1970-01-01T00:00:00",
+                "calendar": "proleptic_gregorian",
+                "dtype": "float64",
+            }
     if "lead_time" in ds.variables:
         ds["lead_time"].encoding = {"units": "hours", "dtype": "float64"}
     return ds
@@ -94,8 +105,12 @@ def wb2(results: dict[str, xr.Dataset]) -> tuple[xr.Dataset, xr.Dataset, xr.Data
         sel = (lambda da: da.squeeze("level", drop=True)) if surface else (lambda da: da)
         attrs = cf.attrs(f)
         mean[name] = sel(g["prediction"]).transpose("time", "prediction_timedelta", ...).assign_attrs(attrs)
-        ens[name] = sel(g["ensemble"]).rename(member="number").transpose(
-            "time", "number", "prediction_timedelta", ...).assign_attrs(attrs)
+        ens[name] = (
+            sel(g["ensemble"])
+            .rename(member="number")
+            .transpose("time", "number", "prediction_timedelta", ...)
+            .assign_attrs(attrs)
+        )
         valid = ds["time"].values.reshape(-1)
         t = g["target"].stack(valid=("time", "prediction_timedelta")).transpose("valid", ...)
         t = t.drop_vars(["valid", "time", "prediction_timedelta"]).assign_coords(valid=valid).rename(valid="time")
@@ -115,8 +130,10 @@ def _prediction_timedelta(ds: xr.Dataset) -> xr.DataArray:
     lt = ds["lead_time"]
     first = lt.isel(sample=0)
     if "sample" in lt.dims and not (lt == first).all():
-        log.warning("lead times differ between init times (irregular steps); WB2 prediction_timedelta uses the "
-                    "first init time's")
+        log.warning(
+            "lead times differ between init times (irregular steps); WB2 prediction_timedelta uses the "
+            "first init time's"
+        )
     return first.drop_vars([c for c in first.coords])
 
 

@@ -28,8 +28,9 @@ def _coord(ds: xr.Dataset, name: str, sample: int) -> np.ndarray:
     return (c.isel(sample=sample) if "sample" in c.dims else c).values
 
 
-def forecast_map(ds: xr.Dataset, path: Path, sample: int = 0, lead: int = 1, level: int = 0,
-                 baseline: str | None = None) -> Path:
+def forecast_map(
+    ds: xr.Dataset, path: Path, sample: int = 0, lead: int = 1, level: int = 0, baseline: str | None = None
+) -> Path:
     """Truth, ensemble mean, a baseline, error and ensemble spread of one sample at one lead."""
     s = ds.isel(sample=sample, level=level).sel(lead=lead)
     lats, lons = _coord(ds, "latitude", sample), _continuous(_coord(ds, "longitude", sample))
@@ -37,16 +38,25 @@ def forecast_map(ds: xr.Dataset, path: Path, sample: int = 0, lead: int = 1, lev
     panels = [("truth", s["target"]), ("AtmoRep ensemble mean", s["prediction"])]
     if baseline:
         panels.append((baseline, s[f"baseline_{baseline}"]))
-    panels += [("error (mean - truth)", s["prediction"] - s["target"]),
-               ("ensemble spread", s["ensemble"].std("member", ddof=1))]
+    panels += [
+        ("error (mean - truth)", s["prediction"] - s["target"]),
+        ("ensemble spread", s["ensemble"].std("member", ddof=1)),
+    ]
     vmin, vmax = float(s["target"].min()), float(s["target"].max())
     aspect = max(0.3, min(3.0, (lats.max() - lats.min() + 1) / (lons.max() - lons.min() + 1)))
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 1.2 + 3.0 * aspect + 0.6),
-                             constrained_layout=True)
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(3.6 * len(panels), 1.2 + 3.0 * aspect + 0.6), constrained_layout=True
+    )
     for ax, (title, da) in zip(axes, panels):
         same = title in ("truth", "AtmoRep ensemble mean", baseline)
-        m = ax.pcolormesh(lons, lats, da.values, shading="nearest", cmap="viridis" if same else "RdBu_r",
-                          **({"vmin": vmin, "vmax": vmax} if same else _symmetric(da.values)))
+        m = ax.pcolormesh(
+            lons,
+            lats,
+            da.values,
+            shading="nearest",
+            cmap="viridis" if same else "RdBu_r",
+            **({"vmin": vmin, "vmax": vmax} if same else _symmetric(da.values)),
+        )
         ax.set(title=title, xlabel="longitude [°E]", ylabel="latitude [°N]", aspect="equal")
         fig.colorbar(m, ax=ax, shrink=0.8, label=ds["target"].attrs.get("units", ""))
     when = str(s["time"].values)[:16]
@@ -68,8 +78,7 @@ def scores_vs_lead(table: pd.DataFrame, field: str, path: Path, metrics=("rmse",
     t = table[(table.field == field)]
     t = t[t.level == t.level.min()]
     metrics = [m for m in metrics if m in set(t.metric)]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.2), constrained_layout=True,
-                             squeeze=False)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.2), constrained_layout=True, squeeze=False)
     x = "lead_hours" if t["lead_hours"].notna().all() else "lead"
     for ax, m in zip(axes[0], metrics):
         for forecast, g in t[t.metric == m].groupby("forecast"):
@@ -94,8 +103,7 @@ def skill(table: pd.DataFrame, path: Path, metrics=("rmse", "crps")) -> Path:
         for b, gb in g[g.forecast != "atmorep"].groupby("forecast"):
             rows.append({"field": f, "metric": m, "baseline": b, "ratio": ours / gb["value"].mean()})
     r = pd.DataFrame(rows)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.4), constrained_layout=True,
-                             squeeze=False)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.4), constrained_layout=True, squeeze=False)
     for ax, m in zip(axes[0], metrics):
         sub = r[r.metric == m] if len(r) else r
         if len(sub):
@@ -123,8 +131,15 @@ def rank_histogram(hist: pd.DataFrame, field: str, path: Path) -> Path:
     return Path(path)
 
 
-def attention_map(att: xr.Dataset, query: int, truth_TYX: np.ndarray | None, lats_Y: np.ndarray,
-                  lons_X: np.ndarray, title: str, path: Path) -> Path:
+def attention_map(
+    att: xr.Dataset,
+    query: int,
+    truth_TYX: np.ndarray | None,
+    lats_Y: np.ndarray,
+    lons_X: np.ndarray,
+    title: str,
+    path: Path,
+) -> Path:
     """Where one query token looks: its weights over the key tokens (boxes at their footprints), one
     panel per key time slab, over contours of the truth at that slab; the query's box in cyan.
 
@@ -140,20 +155,37 @@ def attention_map(att: xr.Dataset, query: int, truth_TYX: np.ndarray | None, lat
     lon_ref = float(_continuous(lons_X)[0]) - abs(float(lons_X[1] - lons_X[0]))
     for t, ax in enumerate(axes[0]):
         sel = keys.isel(key=np.flatnonzero(keys["key_token_t"].values == t))
-        for w, lb, ob in zip(sel["attention"].values, sel["key_latitude_bnds"].values, sel["key_longitude_bnds"].values):
+        for w, lb, ob in zip(
+            sel["attention"].values, sel["key_latitude_bnds"].values, sel["key_longitude_bnds"].values
+        ):
             x0 = _near(ob[0], lon_ref)
-            ax.add_patch(plt.Rectangle((x0, lb[0]), (ob[1] - ob[0]) % 360 or 360, lb[1] - lb[0],
-                                       color=plt.cm.magma(w / vmax if vmax else 0), alpha=0.85, lw=0))
+            ax.add_patch(
+                plt.Rectangle(
+                    (x0, lb[0]),
+                    (ob[1] - ob[0]) % 360 or 360,
+                    lb[1] - lb[0],
+                    color=plt.cm.magma(w / vmax if vmax else 0),
+                    alpha=0.85,
+                    lw=0,
+                )
+            )
         if truth_TYX is not None:
             cs = ax.contour(_continuous(lons_X), lats_Y, truth_TYX[t], levels=8, colors="w", linewidths=0.7)
             ax.clabel(cs, fontsize=6)
         if t == int(row["query_token_t"]):
             lb, ob = row["query_latitude_bnds"].values, row["query_longitude_bnds"].values
-            ax.add_patch(plt.Rectangle((_near(ob[0], lon_ref), lb[0]), (ob[1] - ob[0]) % 360, lb[1] - lb[0],
-                                       fill=False, ec="cyan", lw=2))
+            ax.add_patch(
+                plt.Rectangle(
+                    (_near(ob[0], lon_ref), lb[0]), (ob[1] - ob[0]) % 360, lb[1] - lb[0], fill=False, ec="cyan", lw=2
+                )
+            )
         ax.autoscale_view()
-        ax.set(title=f"key slab {t} (valid {str(sel['key_time'].values[0])[:13]})", xlabel="longitude [°E]",
-               ylabel="latitude [°N]", aspect="equal")
+        ax.set(
+            title=f"key slab {t} (valid {str(sel['key_time'].values[0])[:13]})",
+            xlabel="longitude [°E]",
+            ylabel="latitude [°N]",
+            aspect="equal",
+        )
     sm = plt.cm.ScalarMappable(cmap="magma", norm=plt.Normalize(0, vmax))
     fig.colorbar(sm, ax=axes[0].tolist(), shrink=0.8, label="attention weight")
     fig.suptitle(title)
@@ -173,8 +205,13 @@ def scorecard(comparisons: pd.DataFrame, path: Path, metrics=("rmse", "crps"), a
     few init times to test)."""
     c = comparisons[comparisons.metric.isin(metrics)]
     panels = [(m, b) for m in metrics for b in sorted(set(c[c.metric == m].baseline))] or [(metrics[0], "")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(1.2 + 2.8 * len(panels), 1.6 + 0.45 * max(
-        1, len(c.groupby(["field", "level"])))), constrained_layout=True, squeeze=False)
+    fig, axes = plt.subplots(
+        1,
+        len(panels),
+        figsize=(1.2 + 2.8 * len(panels), 1.6 + 0.45 * max(1, len(c.groupby(["field", "level"])))),
+        constrained_layout=True,
+        squeeze=False,
+    )
     vmax = float(np.nanmax(np.abs(c.relative_difference))) * 100 if len(c) else 1.0
     vmax = min(max(vmax, 1.0), 100.0)
     norm = plt.Normalize(-vmax, vmax)
@@ -196,14 +233,18 @@ def scorecard(comparisons: pd.DataFrame, path: Path, metrics=("rmse", "crps"), a
                 ax.text(j + 0.5, i + 0.5, f"{r:+.0f}%", ha="center", va="center", fontsize=7)
         ax.set_xlim(0, max(len(leads), 1))
         ax.set_ylim(max(len(rows), 1), 0)
-        ax.set_xticks(np.arange(len(leads)) + 0.5,
-                      [f"{hours[lead]:g} h" if np.isfinite(hours[lead]) else str(lead) for lead in leads])
+        ax.set_xticks(
+            np.arange(len(leads)) + 0.5,
+            [f"{hours[lead]:g} h" if np.isfinite(hours[lead]) else str(lead) for lead in leads],
+        )
         ax.set_yticks(np.arange(len(rows)) + 0.5, [f if lv == 0 else f"{f} {lv}" for f, lv in rows])
         ax.set(title=f"{LABELS.get(m, m)} vs {b}" if b else "no baseline", xlabel="lead")
     sm = plt.cm.ScalarMappable(cmap="RdBu_r", norm=norm)
     fig.colorbar(sm, ax=axes[0].tolist(), shrink=0.9, label="relative difference [%]")
-    fig.suptitle("Scorecard: (AtmoRep - baseline) / baseline; blue: AtmoRep better; "
-                 f"hatched: not significant (paired test p >= {alpha:g} or too few init times)")
+    fig.suptitle(
+        "Scorecard: (AtmoRep - baseline) / baseline; blue: AtmoRep better; "
+        f"hatched: not significant (paired test p >= {alpha:g} or too few init times)"
+    )
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return Path(path)
@@ -212,13 +253,18 @@ def scorecard(comparisons: pd.DataFrame, path: Path, metrics=("rmse", "crps"), a
 def spectra(spec: pd.DataFrame, path: Path) -> Path:
     """Power against wavelength of truth, ensemble mean and a single member (first level, last lead)."""
     fields = list(dict.fromkeys(spec.field)) or [""]
-    fig, axes = plt.subplots(1, len(fields), figsize=(4.6 * len(fields), 3.6), constrained_layout=True,
-                             squeeze=False)
+    fig, axes = plt.subplots(1, len(fields), figsize=(4.6 * len(fields), 3.6), constrained_layout=True, squeeze=False)
     for ax, f in zip(axes[0], fields):
         s = spec[spec.field == f]
         if not len(s):
-            ax.text(0.5, 0.5, "no complete target fields\n(e.g. BERT windows)", ha="center", va="center",
-                    transform=ax.transAxes)
+            ax.text(
+                0.5,
+                0.5,
+                "no complete target fields\n(e.g. BERT windows)",
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+            )
             continue
         s = s[s.level == s.level.min()]
         s = s[s.lead == s.lead.max()].sort_values("wavelength_km")
@@ -226,9 +272,11 @@ def spectra(spec: pd.DataFrame, path: Path) -> Path:
             ax.loglog(s.wavelength_km, s[name], style, label=name.replace("_", " "))
         ax.invert_xaxis()
         kind = s.kind.iloc[0]
-        ax.set(title=f"{f}: {kind} spectrum, lead {int(s.lead.iloc[0])} ({int(s.samples.iloc[0])} samples)",
-               xlabel="wavelength [km]" + (" (at the equator)" if kind == "zonal" else ""),
-               ylabel="power [(field units)²]")
+        ax.set(
+            title=f"{f}: {kind} spectrum, lead {int(s.lead.iloc[0])} ({int(s.samples.iloc[0])} samples)",
+            xlabel="wavelength [km]" + (" (at the equator)" if kind == "zonal" else ""),
+            ylabel="power [(field units)²]",
+        )
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
     fig.savefig(path, dpi=90)

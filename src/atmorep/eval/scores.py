@@ -44,18 +44,28 @@ def per_sample(ds: xr.Dataset, baselines: tuple[str, ...]) -> xr.Dataset:
         else:
             parts[b]["crps"] = parts[b]["mae"]
     # an object index: written as variable-length strings, which zarrs' codec pipeline reads without a warning
-    out = xr.concat([xr.Dataset(v) for v in parts.values()], dim=pd.Index(list(parts), name="forecast", dtype=object),
-                    coords="minimal", compat="override")
+    out = xr.concat(
+        [xr.Dataset(v) for v in parts.values()],
+        dim=pd.Index(list(parts), name="forecast", dtype=object),
+        coords="minimal",
+        compat="override",
+    )
     keep = [c for c in ("init_time", "lead_time", "time") if c in ds.coords]
-    return out.assign_coords({c: ds[c] for c in keep}).transpose("forecast", "sample", "lead", "level").assign_attrs(
-        field=ds.attrs.get("field", ""), members=ds.sizes["member"])
+    return (
+        out.assign_coords({c: ds[c] for c in keep})
+        .transpose("forecast", "sample", "lead", "level")
+        .assign_attrs(field=ds.attrs.get("field", ""), members=ds.sizes["member"])
+    )
 
 
 def _point(forecast: xr.DataArray, truth: xr.DataArray, clim: xr.DataArray | None, w) -> dict:
-    out = {"rmse": metrics.rmse(forecast, truth, w, SPACE), "mse": metrics.mse(forecast, truth, w, SPACE),
-           "bias": metrics.bias(forecast, truth, w, SPACE), "mae": metrics.mae(forecast, truth, w, SPACE)}
-    out["acc"] = (metrics.acc(forecast, truth, clim, w, SPACE) if clim is not None
-                  else xr.full_like(out["rmse"], np.nan))
+    out = {
+        "rmse": metrics.rmse(forecast, truth, w, SPACE),
+        "mse": metrics.mse(forecast, truth, w, SPACE),
+        "bias": metrics.bias(forecast, truth, w, SPACE),
+        "mae": metrics.mae(forecast, truth, w, SPACE),
+    }
+    out["acc"] = metrics.acc(forecast, truth, clim, w, SPACE) if clim is not None else xr.full_like(out["rmse"], np.nan)
     return out
 
 
@@ -86,25 +96,35 @@ def table(per_field: dict[str, xr.Dataset], iterations: int = 1000, seed: int = 
                         value = float(da.values[i, j, k])
                         if np.isfinite(value):
                             at = {"forecast": forecast, "level": level, "lead": lead}
-                            rows.append({"field": f, "level": int(level), "lead": int(lead),
-                                         "lead_hours": round(float(hours[k]), 3), "forecast": str(forecast),
-                                         "metric": metric, "value": value,
-                                         "ci_low": float(lo[metric].sel(at)),
-                                         "ci_high": float(hi[metric].sel(at)),
-                                         "samples": scores.sizes["sample"]})
+                            rows.append(
+                                {
+                                    "field": f,
+                                    "level": int(level),
+                                    "lead": int(lead),
+                                    "lead_hours": round(float(hours[k]), 3),
+                                    "forecast": str(forecast),
+                                    "metric": metric,
+                                    "value": value,
+                                    "ci_low": float(lo[metric].sel(at)),
+                                    "ci_high": float(hi[metric].sel(at)),
+                                    "samples": scores.sizes["sample"],
+                                }
+                            )
     return pd.DataFrame(rows)
 
 
 def _lead_hours(scores: xr.Dataset) -> np.ndarray:
-    hours = (scores["lead_time"] / np.timedelta64(1, "h")).mean("sample").values \
-        if "lead_time" in scores.coords else np.full(scores.sizes["lead"], np.nan)
+    hours = (
+        (scores["lead_time"] / np.timedelta64(1, "h")).mean("sample").values
+        if "lead_time" in scores.coords
+        else np.full(scores.sizes["lead"], np.nan)
+    )
     if hours.ndim > 1:
         hours = hours.mean(tuple(range(1, hours.ndim)))
     return hours
 
 
-def _intervals(scores: xr.Dataset, agg: xr.Dataset, iterations: int,
-               seed: int) -> tuple[xr.Dataset, xr.Dataset]:
+def _intervals(scores: xr.Dataset, agg: xr.Dataset, iterations: int, seed: int) -> tuple[xr.Dataset, xr.Dataset]:
     """Bootstrap intervals of every aggregated score (``ssr`` recomputed per resample)."""
     sums, counts = significance.by_init(scores[list(METRICS)])
     inits = sums.sizes["init"]
@@ -113,7 +133,8 @@ def _intervals(scores: xr.Dataset, agg: xr.Dataset, iterations: int,
         return nan, nan
     boot = significance.resampled_means(sums, counts, iterations, seed)
     boot["ssr"] = metrics.spread_skill_ratio(boot["spread"], boot["rmse"], scores.attrs["members"]).where(
-        boot["forecast"] == "atmorep")
+        boot["forecast"] == "atmorep"
+    )
     block = boot.attrs["block_length"]
     bounds = {m: significance.interval(boot[m], agg[m], inits, block) for m in agg.data_vars}
     return xr.Dataset({m: b[0] for m, b in bounds.items()}), xr.Dataset({m: b[1] for m, b in bounds.items()})
@@ -139,20 +160,25 @@ def comparisons(per_field: dict[str, xr.Dataset], iterations: int = 1000, seed: 
             for m in PAIRED:
                 ours, ref = scores[m].sel(forecast="atmorep", drop=True), scores[m].sel(forecast=b, drop=True)
                 both = ours.notnull() & ref.notnull()
-                parts.update({f"{m}_ours": ours.where(both), f"{m}_ref": ref.where(both),
-                              f"{m}_diff": (ours - ref).where(both)})
+                parts.update(
+                    {f"{m}_ours": ours.where(both), f"{m}_ref": ref.where(both), f"{m}_diff": (ours - ref).where(both)}
+                )
             sums, counts = significance.by_init(xr.Dataset(parts))
             with np.errstate(invalid="ignore", divide="ignore"):
                 mean = sums.sum("init") / counts.sum("init")
                 series = sums / counts.where(counts > 0)
             inits = sums.sizes["init"]
-            boot = (significance.resampled_means(sums, counts, iterations, seed)
-                    if inits >= significance.MIN_INITS and iterations else None)
+            boot = (
+                significance.resampled_means(sums, counts, iterations, seed)
+                if inits >= significance.MIN_INITS and iterations
+                else None
+            )
             for m in PAIRED:
                 skill = 1 - mean[f"{m}_ours"] / mean[f"{m}_ref"]
                 if boot is not None:
-                    lo, hi = significance.interval(1 - boot[f"{m}_ours"] / boot[f"{m}_ref"], skill, inits,
-                                                   boot.attrs["block_length"])
+                    lo, hi = significance.interval(
+                        1 - boot[f"{m}_ours"] / boot[f"{m}_ref"], skill, inits, boot.attrs["block_length"]
+                    )
                 else:
                     lo = hi = xr.full_like(skill, np.nan)
                 test = significance.paired_test(series[f"{m}_diff"])
@@ -164,25 +190,53 @@ def comparisons(per_field: dict[str, xr.Dataset], iterations: int = 1000, seed: 
                             continue
                         diff = float(mean[f"{m}_diff"].sel(at))
                         ref = float(mean[f"{m}_ref"].sel(at))
-                        rows.append({"field": f, "level": int(level), "lead": int(lead),
-                                     "lead_hours": round(float(hours[k]), 3), "metric": m,
-                                     "forecast": "atmorep",
-                                     "baseline": b, "value": float(mean[f"{m}_ours"].sel(at)),
-                                     "baseline_value": ref, "difference": diff,
-                                     "difference_ci_low": float(test["ci_low"].sel(at)),
-                                     "difference_ci_high": float(test["ci_high"].sel(at)),
-                                     "relative_difference": diff / ref if ref else np.nan,
-                                     "skill_score": float(skill.sel(at)), "skill_ci_low": float(lo.sel(at)),
-                                     "skill_ci_high": float(hi.sel(at)),
-                                     "p_value": float(test["p_value"].sel(at)),
-                                     "samples": n, "inits": int(test["inits"].sel(at))})
+                        rows.append(
+                            {
+                                "field": f,
+                                "level": int(level),
+                                "lead": int(lead),
+                                "lead_hours": round(float(hours[k]), 3),
+                                "metric": m,
+                                "forecast": "atmorep",
+                                "baseline": b,
+                                "value": float(mean[f"{m}_ours"].sel(at)),
+                                "baseline_value": ref,
+                                "difference": diff,
+                                "difference_ci_low": float(test["ci_low"].sel(at)),
+                                "difference_ci_high": float(test["ci_high"].sel(at)),
+                                "relative_difference": diff / ref if ref else np.nan,
+                                "skill_score": float(skill.sel(at)),
+                                "skill_ci_low": float(lo.sel(at)),
+                                "skill_ci_high": float(hi.sel(at)),
+                                "p_value": float(test["p_value"].sel(at)),
+                                "samples": n,
+                                "inits": int(test["inits"].sel(at)),
+                            }
+                        )
     return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
 
 
-COMPARISON_COLUMNS = ["field", "level", "lead", "lead_hours", "metric", "forecast", "baseline", "value",
-                      "baseline_value", "difference", "difference_ci_low", "difference_ci_high",
-                      "relative_difference", "skill_score", "skill_ci_low", "skill_ci_high", "p_value",
-                      "samples", "inits"]
+COMPARISON_COLUMNS = [
+    "field",
+    "level",
+    "lead",
+    "lead_hours",
+    "metric",
+    "forecast",
+    "baseline",
+    "value",
+    "baseline_value",
+    "difference",
+    "difference_ci_low",
+    "difference_ci_high",
+    "relative_difference",
+    "skill_score",
+    "skill_ci_low",
+    "skill_ci_high",
+    "p_value",
+    "samples",
+    "inits",
+]
 
 
 def rank_histograms(results: dict[str, xr.Dataset], seed: int) -> pd.DataFrame:
@@ -196,8 +250,9 @@ def rank_histograms(results: dict[str, xr.Dataset], seed: int) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)[["field", "level", "lead", "rank", "count", "frequency"]]
 
 
-def ratio(scores: xr.Dataset, metric: str, baseline: str | None = None, iterations: int = 1000,
-          seed: int = 0) -> tuple[float, float, float]:
+def ratio(
+    scores: xr.Dataset, metric: str, baseline: str | None = None, iterations: int = 1000, seed: int = 0
+) -> tuple[float, float, float]:
     """A headline ratio with its 95 % bootstrap interval: AtmoRep's ``metric`` over ``baseline``'s (each
     the mean over leads and levels of the sample means, on the samples both scored), or without a
     baseline the mean over leads and levels of ``metric`` ``"ssr"``. Returns (value, low, high)."""

@@ -54,8 +54,9 @@ def block_length(series: xr.Dataset | xr.DataArray) -> int:
     return int(np.clip(np.ceil(b), 1, n // 2))
 
 
-def resampled_means(sums: xr.Dataset, counts: xr.Dataset, iterations: int, seed: int,
-                    block: int | None = None) -> xr.Dataset:
+def resampled_means(
+    sums: xr.Dataset, counts: xr.Dataset, iterations: int, seed: int, block: int | None = None
+) -> xr.Dataset:
     """Means over samples of ``iterations`` circular block resamples of the init times (``iteration``)."""
     block = block or block_length(sums / counts.where(counts > 0))
     both = xr.merge([sums, counts.rename({v: f"count_{v}" for v in counts.data_vars})])
@@ -67,12 +68,14 @@ def resampled_means(sums: xr.Dataset, counts: xr.Dataset, iterations: int, seed:
         np.random.set_state(state)
     total = boot.sum("init")
     with np.errstate(invalid="ignore", divide="ignore"):
-        return xr.Dataset({v: total[v] / total[f"count_{v}"].where(total[f"count_{v}"] > 0)
-                           for v in sums.data_vars}).assign_attrs(block_length=block)
+        return xr.Dataset(
+            {v: total[v] / total[f"count_{v}"].where(total[f"count_{v}"] > 0) for v in sums.data_vars}
+        ).assign_attrs(block_length=block)
 
 
-def interval(boot: xr.DataArray, estimate: xr.DataArray, inits: int, block: int,
-             confidence: float = CONFIDENCE) -> tuple[xr.DataArray, xr.DataArray]:
+def interval(
+    boot: xr.DataArray, estimate: xr.DataArray, inits: int, block: int, confidence: float = CONFIDENCE
+) -> tuple[xr.DataArray, xr.DataArray]:
     """Percentile interval over ``iteration``, widened about ``estimate`` by ``t_{k-1} / z`` for the
     ``k = inits / block`` blocks (the bootstrap's own variance is that of a few blocks: plain percentiles
     cover 0.82-0.92 of AR(1) means (lag-1 correlation 0.2-0.8, 40-150 init times), these 0.88-0.93)."""
@@ -104,8 +107,9 @@ def paired_test(diffs: xr.DataArray, confidence: float = CONFIDENCE) -> xr.Datas
         one = xr.DataArray(d[None], dims=("series", "init"), coords={"h": ("series", [1])})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            dm = diebold_mariano(one, "series", "h", method="HG", confidence_level=confidence,
-                                 statistic_distribution="t")
+            dm = diebold_mariano(
+                one, "series", "h", method="HG", confidence_level=confidence, statistic_distribution="t"
+            )
         t = float(dm["dm_test_stat"][0])
         out["p_value"][i] = 2 * stats.t.sf(abs(t), len(d) - 1)
         out["ci_low"][i], out["ci_high"][i] = float(dm["ci_lower"][0]), float(dm["ci_upper"][0])

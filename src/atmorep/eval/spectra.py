@@ -31,7 +31,7 @@ def zonal(values_NYX: np.ndarray, weights_Y: np.ndarray) -> tuple[np.ndarray, np
     nx = values_NYX.shape[-1]
     f = np.fft.rfft(values_NYX, axis=-1) / nx
     p = np.abs(f) ** 2
-    p[..., 1:(nx + 1) // 2] *= 2  # one-sided: both signs of k but the Nyquist
+    p[..., 1 : (nx + 1) // 2] *= 2  # one-sided: both signs of k but the Nyquist
     power = (p * weights_Y[:, None]).sum(-2) / weights_Y.sum()
     return np.arange(1, p.shape[-1]), power[..., 1:]
 
@@ -67,6 +67,7 @@ def spectra(ds: xr.Dataset, field: str) -> pd.DataFrame:
 
         def spectrum(a):
             return zonal(np.nan_to_num(a), w)[1]
+
         wavelength = 2 * np.pi * EARTH_RADIUS_KM / k
     else:
         dy = abs(float(lat[1] - lat[0])) * KM_PER_DEGREE
@@ -75,6 +76,7 @@ def spectra(ds: xr.Dataset, field: str) -> pd.DataFrame:
 
         def spectrum(a):
             return radial(np.nan_to_num(a), dy, dx)[1]
+
         k = radial(truth[:1, :1, :1], dy, dx)[0]
         wavelength = 1 / k
     rows = []
@@ -85,9 +87,30 @@ def spectra(ds: xr.Dataset, field: str) -> pd.DataFrame:
             if not use.any():
                 continue
             power = {name: p[use, li, vi].mean(0) for name, p in parts.items()}
-            rows.append(pd.DataFrame({"field": field, "level": int(level), "lead": int(lead),
-                                      "kind": "zonal" if glob else "window", "wavenumber": k,
-                                      "wavelength_km": wavelength, **power, "samples": int(use.sum())}))
-    columns = ["field", "level", "lead", "kind", "wavenumber", "wavelength_km", "truth", "ensemble_mean",
-               "member", "samples"]
+            rows.append(
+                pd.DataFrame(
+                    {
+                        "field": field,
+                        "level": int(level),
+                        "lead": int(lead),
+                        "kind": "zonal" if glob else "window",
+                        "wavenumber": k,
+                        "wavelength_km": wavelength,
+                        **power,
+                        "samples": int(use.sum()),
+                    }
+                )
+            )
+    columns = [
+        "field",
+        "level",
+        "lead",
+        "kind",
+        "wavenumber",
+        "wavelength_km",
+        "truth",
+        "ensemble_mean",
+        "member",
+        "samples",
+    ]
     return pd.concat(rows, ignore_index=True)[columns] if rows else pd.DataFrame(columns=columns)

@@ -44,12 +44,16 @@ def window_index(dataset: WindowDataset, position: int, y0: int, x0: int) -> int
     yi = np.flatnonzero(grid.y_origins == y0)
     xi = np.flatnonzero(grid.x_origins == x0 % len(dataset.stores[dataset.fields[0]][0].lons))
     if not (len(yi) and len(xi)):
-        raise ValueError(f"no window has its origin at latitude row {y0}, longitude column {x0} "
-                         f"(origins step {dataset.step[1:]} points)")
+        raise ValueError(
+            f"no window has its origin at latitude row {y0}, longitude column {x0} "
+            f"(origins step {dataset.step[1:]} points)"
+        )
     index = int(np.ravel_multi_index((position, yi[0], xi[0]), grid.shape))
     w = dataset.windows[index]
-    assert (w.y0, w.x0 % len(dataset.stores[dataset.fields[0]][0].lons)) == (y0, x0 % len(
-        dataset.stores[dataset.fields[0]][0].lons)), (w, y0, x0)
+    assert (w.y0, w.x0 % len(dataset.stores[dataset.fields[0]][0].lons)) == (
+        y0,
+        x0 % len(dataset.stores[dataset.fields[0]][0].lons),
+    ), (w, y0, x0)
     return index
 
 
@@ -64,8 +68,10 @@ def at_times(dataset: WindowDataset, times: tuple[str, ...]) -> list[TimePositio
     missing = sorted(str(t) for t in wanted - found)
     if missing:
         last = [str(p.last_time)[:16] for p in positions]
-        raise ValueError(f"evaluate.times {missing}: no complete window ends then inside evaluate.start..end "
-                         f"(windows end at {', '.join(last[:12])}{' ...' if len(last) > 12 else ''})")
+        raise ValueError(
+            f"evaluate.times {missing}: no complete window ends then inside evaluate.start..end "
+            f"(windows end at {', '.join(last[:12])}{' ...' if len(last) > 12 else ''})"
+        )
     return chosen
 
 
@@ -101,8 +107,9 @@ def tiles(dataset: WindowDataset, position: TimePosition, overlap_tokens: tuple[
     oy, ox = overlap_tokens[0] * field_ty, overlap_tokens[1] * field_tx
     dy, dx = _step(ny - oy, sy), _step(nx - ox, sx)
     if dy <= 0 or dx <= 0:
-        raise ValueError(f"evaluate.token_overlap {list(overlap_tokens)} leaves no step between tiles of "
-                         f"{ny} x {nx} points")
+        raise ValueError(
+            f"evaluate.token_overlap {list(overlap_tokens)} leaves no step between tiles of {ny} x {nx} points"
+        )
     rows, cols = [0], [0]
     while rows[-1] + ny < nlat:
         rows.append(min(rows[-1] + dy, nlat - ny))

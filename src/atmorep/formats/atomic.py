@@ -140,10 +140,16 @@ class DirectoryLock:
                 requeued = bool(job) and job == _job()
                 if not requeued and not _dead(holder):
                     pid, _, host = holder.partition("@")
-                    raise Locked(f"{self.path.parent} is in use by {self.what} of process {pid} on {host} "
-                                 f"({self.path}); wait for it to finish, or write elsewhere") from None
-                log.warning("%s: taking over the lock of process %s, %s", self.path, holder,
-                            f"an earlier run of {job}" if requeued else "which no longer exists")
+                    raise Locked(
+                        f"{self.path.parent} is in use by {self.what} of process {pid} on {host} "
+                        f"({self.path}); wait for it to finish, or write elsewhere"
+                    ) from None
+                log.warning(
+                    "%s: taking over the lock of process %s, %s",
+                    self.path,
+                    holder,
+                    f"an earlier run of {job}" if requeued else "which no longer exists",
+                )
                 self.path.unlink(missing_ok=True)
                 continue
             with os.fdopen(fd, "w") as f:

@@ -77,10 +77,10 @@ def _grib1_large_length(msg_head: bytes, length: int) -> int:
     flags = msg_head[8 + 7]
     pos = 8 + pds
     if flags & 0x80:
-        pos += int.from_bytes(msg_head[pos:pos + 3], "big")
+        pos += int.from_bytes(msg_head[pos : pos + 3], "big")
     if flags & 0x40:
-        pos += int.from_bytes(msg_head[pos:pos + 3], "big")
-    sec4 = int.from_bytes(msg_head[pos:pos + 3], "big")
+        pos += int.from_bytes(msg_head[pos : pos + 3], "big")
+    sec4 = int.from_bytes(msg_head[pos : pos + 3], "big")
     if sec4 < 120:
         return (length & 0x7FFFFF) * 120 - sec4 + 4
     return length
@@ -119,11 +119,11 @@ class _Buffered:
             self.fill(self.base + len(self.buf) + 1)
 
     def take(self, start: int, end: int) -> bytes:
-        return bytes(self.buf[start - self.base:end - self.base])
+        return bytes(self.buf[start - self.base : end - self.base])
 
     def drop(self, upto: int) -> None:
         if upto - self.base > _BLOCK:
-            del self.buf[:upto - self.base]
+            del self.buf[: upto - self.base]
             self.base = upto
 
 
@@ -147,8 +147,10 @@ def iter_raw(path: str | Path, hasher=None) -> Iterator[Raw]:
                 r.fill(start + 4096)
                 length = _grib1_large_length(r.take(start, start + 4096), length)
             if not r.fill(start + length):
-                raise DataError(f"{path}: message {index + 1} is truncated (needs {length} bytes from byte "
-                                f"{start}, the file ends at {r.base + len(r.buf)})")
+                raise DataError(
+                    f"{path}: message {index + 1} is truncated (needs {length} bytes from byte "
+                    f"{start}, the file ends at {r.base + len(r.buf)})"
+                )
             data = r.take(start, start + length)
             if data[-4:] != b"7777":
                 raise DataError(f"{path}: message {index + 1} is truncated or corrupt (no end marker 7777)")
@@ -166,7 +168,7 @@ def iter_raw(path: str | Path, hasher=None) -> Iterator[Raw]:
 
 @dataclass(frozen=True)
 class Param:
-    name: str        # cfgrib name (cfVarName): t2m, u10, t, vo
+    name: str  # cfgrib name (cfVarName): t2m, u10, t, vo
     short_name: str  # ECMWF shortName: 2t, 10u, t, vo
     param_id: int
     units: str
@@ -176,15 +178,14 @@ class Param:
 #: ecCodes level types of what MARS calls a single-level (levtype=sfc) field: ERA5's 2t is 'surface' in
 #: GRIB1 and 'heightAboveGround' 2 in GRIB2, msl 'meanSea' in GRIB2. Other single levels (tropopause,
 #: maxWind, potentialVorticity, sigma, ...) are selected only by naming them in data.fields.<f>.levtype.
-SURFACE_TYPES = ("surface", "heightAboveGround", "meanSea", "entireAtmosphere", "depthBelowLandLayer",
-                 "nominalTop")
+SURFACE_TYPES = ("surface", "heightAboveGround", "meanSea", "entireAtmosphere", "depthBelowLandLayer", "nominalTop")
 
 
 @dataclass(frozen=True)
 class Level:
     type_of_level: str  # ecCodes typeOfLevel: hybrid, isobaricInhPa, surface, heightAboveGround, ...
-    kind: str           # 'ml', 'pl', 'sfc' (one of SURFACE_TYPES) or 'other'
-    level: int          # model level, hPa, or the level value of its type (2 for heightAboveGround 2 m)
+    kind: str  # 'ml', 'pl', 'sfc' (one of SURFACE_TYPES) or 'other'
+    level: int  # model level, hPa, or the level value of its type (2 for heightAboveGround 2 m)
 
     def describe(self) -> str:
         return self.type_of_level if self.type_of_level == "surface" else f"{self.type_of_level} {self.level}"
@@ -225,13 +226,24 @@ class Grid:
         """Equal for grids whose canonical coordinates are equal."""
         if not self.regular:
             return (self.kind, self.ny, self.nx, self.gaussian_n, self.truncation)
-        return (self.kind, self.ny, self.nx, round(float(self.lats[0]), 6), round(float(self.lats[-1]), 6),
-                round(float(self.lons[0]), 6), round(float(self.lons[-1]), 6))
+        return (
+            self.kind,
+            self.ny,
+            self.nx,
+            round(float(self.lats[0]), 6),
+            round(float(self.lats[-1]), 6),
+            round(float(self.lons[0]), 6),
+            round(float(self.lons[-1]), 6),
+        )
 
     @property
     def is_global(self) -> bool:
-        return (self.regular and abs(self.lats[0] - 90) < 1e-6 and abs(self.lats[-1] + 90) < 1e-6
-                and abs(self.nx * self.dlon - 360) < 1e-6)
+        return (
+            self.regular
+            and abs(self.lats[0] - 90) < 1e-6
+            and abs(self.lats[-1] + 90) < 1e-6
+            and abs(self.nx * self.dlon - 360) < 1e-6
+        )
 
     def describe(self) -> str:
         if self.kind == "regular_ll":
@@ -248,8 +260,10 @@ class Grid:
         if self.kind == "regular_ll":
             return None
         if self.kind == "sh":
-            return (f"spherical-harmonic coefficients ({self.describe()}), not grid-point values: ask the "
-                    "CDS/MARS for a grid (grid=0.25/0.25) or transform them first")
+            return (
+                f"spherical-harmonic coefficients ({self.describe()}), not grid-point values: ask the "
+                "CDS/MARS for a grid (grid=0.25/0.25) or transform them first"
+            )
         if self.kind in ("reduced_gg", "regular_gg"):
             if regrid == "linear":
                 return None
@@ -271,8 +285,8 @@ class Grid:
             out[...] = v
         elif self.roll:  # the usual case: a global -180..180 grid is a rotation
             k = self.roll
-            out[:, :self.nx - k] = v[:, k:]
-            out[:, self.nx - k:] = v[:, :k]
+            out[:, : self.nx - k] = v[:, k:]
+            out[:, self.nx - k :] = v[:, :k]
         else:
             out[...] = v[:, self.column_order]
         return out
@@ -295,11 +309,16 @@ def _grid_from_handle(gid) -> Grid:
     if kind in ("reduced_gg", "regular_gg"):
         lats = np.sort(np.asarray(eccodes.codes_get_array(gid, "distinctLatitudes"), float))[::-1]  # N -> S
         pl = eccodes.codes_get_array(gid, "pl", int) if kind == "reduced_gg" else None
-        return Grid(kind, ny=len(lats), nx=int(eccodes.codes_get_long(gid, "Ni")) if kind == "regular_gg" else 0,
-                    lats=lats, gaussian_n=int(eccodes.codes_get_long(gid, "N")),
-                    pl=None if pl is None else np.asarray(pl),
-                    file_lats=(float(lats[0]), float(lats[-1])),
-                    flip_rows=bool(eccodes.codes_get_long(gid, "jScansPositively")))
+        return Grid(
+            kind,
+            ny=len(lats),
+            nx=int(eccodes.codes_get_long(gid, "Ni")) if kind == "regular_gg" else 0,
+            lats=lats,
+            gaussian_n=int(eccodes.codes_get_long(gid, "N")),
+            pl=None if pl is None else np.asarray(pl),
+            file_lats=(float(lats[0]), float(lats[-1])),
+            flip_rows=bool(eccodes.codes_get_long(gid, "jScansPositively")),
+        )
     if kind in ("sh",):
         return Grid(kind, truncation=int(eccodes.codes_get_long(gid, "pentagonalResolutionParameterJ")))
     return Grid(kind)
@@ -333,10 +352,20 @@ def _regular_ll(gid) -> Grid:
     flip = nj > 1 and file_lats[1] > file_lats[0]
     lats = file_lats[::-1] if flip else file_lats
     dlat = abs(lats[1] - lats[0]) if nj > 1 else 0.0
-    return Grid("regular_ll", ny=nj, nx=ni, dlat=round(dlat, 9), dlon=round(dlon, 9), lats=lats,
-                lons=lons[order], file_lats=(lat1, lat2),
-                file_lons=(float(file_lons.min()), float(file_lons.max())), flip_rows=flip,
-                column_order=None if np.array_equal(order, np.arange(ni)) else order, transpose=j_cons)
+    return Grid(
+        "regular_ll",
+        ny=nj,
+        nx=ni,
+        dlat=round(dlat, 9),
+        dlon=round(dlon, 9),
+        lats=lats,
+        lons=lons[order],
+        file_lats=(lat1, lat2),
+        file_lons=(float(file_lons.min()), float(file_lons.max())),
+        flip_rows=flip,
+        column_order=None if np.array_equal(order, np.arange(ni)) else order,
+        transpose=j_cons,
+    )
 
 
 _PDTN_STATISTICAL = (8, 9, 10, 11, 12, 15)
@@ -425,14 +454,27 @@ class Decoder:
             edition = c.long(h, b"edition")
             if edition == 1:
                 raw_level = c.long(h, b"indicatorOfTypeOfLevel")
-                pkey = (1, c.long(h, b"centre"), c.long(h, b"table2Version"), c.long(h, b"indicatorOfParameter"),
-                        raw_level)
+                pkey = (
+                    1,
+                    c.long(h, b"centre"),
+                    c.long(h, b"table2Version"),
+                    c.long(h, b"indicatorOfParameter"),
+                    raw_level,
+                )
             else:
                 raw_level = c.long(h, b"typeOfFirstFixedSurface")
                 pdtn = c.long(h, b"productDefinitionTemplateNumber")
-                pkey = (2, c.long(h, b"centre"), c.long(h, b"discipline"), c.long(h, b"parameterCategory"),
-                        c.long(h, b"parameterNumber"), pdtn, raw_level, c.long(h, b"scaledValueOfFirstFixedSurface"),
-                        c.long(h, b"typeOfStatisticalProcessing") if pdtn in _PDTN_STATISTICAL else -1)
+                pkey = (
+                    2,
+                    c.long(h, b"centre"),
+                    c.long(h, b"discipline"),
+                    c.long(h, b"parameterCategory"),
+                    c.long(h, b"parameterNumber"),
+                    pdtn,
+                    raw_level,
+                    c.long(h, b"scaledValueOfFirstFixedSurface"),
+                    c.long(h, b"typeOfStatisticalProcessing") if pdtn in _PDTN_STATISTICAL else -1,
+                )
             param = self._params.get(pkey) or self._param(gid, pkey)
             level_value = c.long(h, b"level")
             lkey = (edition, raw_level, level_value)
@@ -468,9 +510,13 @@ class Decoder:
     def _param(self, gid, key) -> Param:
         import eccodes
 
-        p = Param(eccodes.codes_get_string(gid, "cfVarName"), eccodes.codes_get_string(gid, "shortName"),
-                  eccodes.codes_get_long(gid, "paramId"), eccodes.codes_get_string(gid, "units"),
-                  eccodes.codes_get_string(gid, "name"))
+        p = Param(
+            eccodes.codes_get_string(gid, "cfVarName"),
+            eccodes.codes_get_string(gid, "shortName"),
+            eccodes.codes_get_long(gid, "paramId"),
+            eccodes.codes_get_string(gid, "units"),
+            eccodes.codes_get_string(gid, "name"),
+        )
         self._params[key] = p
         return p
 
@@ -527,8 +573,9 @@ def _datetime(date: int, hhmm: int) -> np.datetime64:
     """YYYYMMDD and HHMM as datetime64[s] (days cached: a month has few)."""
     day = _DAYS.get(date)
     if day is None:
-        day = _DAYS[date] = int(np.datetime64(f"{date // 10000:04d}-{date // 100 % 100:02d}-{date % 100:02d}", "s")
-                                .astype(np.int64))
+        day = _DAYS[date] = int(
+            np.datetime64(f"{date // 10000:04d}-{date // 100 % 100:02d}-{date % 100:02d}", "s").astype(np.int64)
+        )
     return np.datetime64(day + (hhmm // 100) * 3600 + (hhmm % 100) * 60, "s")
 
 
@@ -575,6 +622,7 @@ def decode(path: str | Path, name: str | None = None) -> xr.DataArray:
     for h in mine:
         if h.grid.key != grid.key:
             raise DataError(f"{path}: field '{name}' mixes grids {grid.describe()} and {h.grid.describe()}")
+
     def level_of(h):  # a single-level field is level 0 whether GRIB1 says surface or GRIB2 2 m
         return 0 if h.level.kind == "sfc" else h.level.level
 
@@ -588,17 +636,30 @@ def decode(path: str | Path, name: str | None = None) -> xr.DataArray:
             continue
         it, il = int(np.searchsorted(times, h.time)), levels.index(level_of(h))
         if seen[it, il]:
-            raise DataError(f"{path}: field '{name}' level {level_of(h)} time {str(h.time)[:16]} appears twice"
-                            + (" (ensemble members? expected one per time)" if h.number or len(mine) > seen.size
-                               else ""))
+            raise DataError(
+                f"{path}: field '{name}' level {level_of(h)} time {str(h.time)[:16]} appears twice"
+                + (" (ensemble members? expected one per time)" if h.number or len(mine) > seen.size else "")
+            )
         seen[it, il] = True
         h.grid.to_canonical(values(gid, h), out[it, il])
     lev = mine[0].level
-    return xr.DataArray(out, dims=("time", "level", "latitude", "longitude"), name=name,
-                        coords={"time": times.astype("datetime64[ns]"), "level": np.asarray(levels, int),
-                                "latitude": grid.lats, "longitude": grid.lons},
-                        attrs={"units": mine[0].param.units, "long_name": mine[0].param.long_name,
-                               "GRIB_typeOfLevel": lev.type_of_level, "GRIB_paramId": mine[0].param.param_id})
+    return xr.DataArray(
+        out,
+        dims=("time", "level", "latitude", "longitude"),
+        name=name,
+        coords={
+            "time": times.astype("datetime64[ns]"),
+            "level": np.asarray(levels, int),
+            "latitude": grid.lats,
+            "longitude": grid.lons,
+        },
+        attrs={
+            "units": mine[0].param.units,
+            "long_name": mine[0].param.long_name,
+            "GRIB_typeOfLevel": lev.type_of_level,
+            "GRIB_paramId": mine[0].param.param_id,
+        },
+    )
 
 
 def sha256_of(path: str | Path) -> str:
@@ -616,9 +677,20 @@ def sha256_of(path: str | Path) -> str:
 _LEVEL_TYPE = {"ml": "hybrid", "pl": "isobaricInhPa"}
 
 
-def write_grib(path: Path, name: str, data_TLYX: np.ndarray, times: np.ndarray, levels, lats, lons,
-               bits_per_value: int = 24, levtype: str | None = None, edition: int = 1,
-               append: bool = False, ieee: bool = False) -> None:
+def write_grib(
+    path: Path,
+    name: str,
+    data_TLYX: np.ndarray,
+    times: np.ndarray,
+    levels,
+    lats,
+    lons,
+    bits_per_value: int = 24,
+    levtype: str | None = None,
+    edition: int = 1,
+    append: bool = False,
+    ieee: bool = False,
+) -> None:
     """Write one field as GRIB messages (one per time and level) on a regular lat/lon grid.
 
     ``lats`` must run north to south or south to north and ``lons`` east from their first value with
@@ -648,22 +720,32 @@ def write_grib(path: Path, name: str, data_TLYX: np.ndarray, times: np.ndarray, 
             for il, lev in enumerate(levels):
                 gid = eccodes.codes_grib_new_from_samples(sample)
                 try:
-                    for key, value in (("centre", "ecmf"), ("table2Version", 128), ("paramId", info.param_id),
-                                       ("dataDate", date), ("dataTime", hour * 100), ("stepUnits", 1),
-                                       ("startStep", 0), ("endStep", 0)):
+                    for key, value in (
+                        ("centre", "ecmf"),
+                        ("table2Version", 128),
+                        ("paramId", info.param_id),
+                        ("dataDate", date),
+                        ("dataTime", hour * 100),
+                        ("stepUnits", 1),
+                        ("startStep", 0),
+                        ("endStep", 0),
+                    ):
                         eccodes.codes_set(gid, key, value)
                     if kind != "sfc":
                         eccodes.codes_set(gid, "typeOfLevel", _LEVEL_TYPE.get(kind, kind))
                         eccodes.codes_set(gid, "level", int(lev))
-                    for key, value in (("Ni", len(lons)), ("Nj", len(lats)),
-                                       ("latitudeOfFirstGridPointInDegrees", lats[0]),
-                                       ("longitudeOfFirstGridPointInDegrees", lons[0]),
-                                       ("latitudeOfLastGridPointInDegrees", lats[-1]),
-                                       ("longitudeOfLastGridPointInDegrees", lons[-1]),
-                                       ("iDirectionIncrementInDegrees", dlon),
-                                       ("jDirectionIncrementInDegrees", dlat),
-                                       ("jScansPositively", int(len(lats) > 1 and lats[1] > lats[0])),
-                                       ("bitsPerValue", bits_per_value)):
+                    for key, value in (
+                        ("Ni", len(lons)),
+                        ("Nj", len(lats)),
+                        ("latitudeOfFirstGridPointInDegrees", lats[0]),
+                        ("longitudeOfFirstGridPointInDegrees", lons[0]),
+                        ("latitudeOfLastGridPointInDegrees", lats[-1]),
+                        ("longitudeOfLastGridPointInDegrees", lons[-1]),
+                        ("iDirectionIncrementInDegrees", dlon),
+                        ("jDirectionIncrementInDegrees", dlat),
+                        ("jScansPositively", int(len(lats) > 1 and lats[1] > lats[0])),
+                        ("bitsPerValue", bits_per_value),
+                    ):
                         eccodes.codes_set(gid, key, value)
                     if edition == 2 or ieee:
                         eccodes.codes_set(gid, "edition", 2)

@@ -64,8 +64,10 @@ class DiskFull(OSError):
         free = shutil.disk_usage(where).free
         need = f"needs about {_mb(needed)}" if needed else "needs more space"
         why = exc.strerror or f"errno {exc.errno}"
-        return (f"{path}: no space left on device ({why}): writing it {need}, {_mb(free)} free on its file "
-                "system; free space there (or write elsewhere) and rerun")
+        return (
+            f"{path}: no space left on device ({why}): writing it {need}, {_mb(free)} free on its file "
+            "system; free space there (or write elsewhere) and rerun"
+        )
 
 
 def _mb(n: int) -> str:
@@ -132,12 +134,27 @@ class NotDense(ValueError):
 EMPTY = np.iinfo(np.uint64).max  # index entry of a chunk that is not stored
 
 
-def create_dense(group: str | Path, name: str, shape: tuple[int, ...], chunks: tuple[int, ...],
-                 shards: tuple[int, ...], dims: tuple[str, ...], attrs: dict) -> DenseShards:
+def create_dense(
+    group: str | Path,
+    name: str,
+    shape: tuple[int, ...],
+    chunks: tuple[int, ...],
+    shards: tuple[int, ...],
+    dims: tuple[str, ...],
+    attrs: dict,
+) -> DenseShards:
     """Create an uncompressed, sharded float32 array (fill NaN) and return its writer/reader."""
     zarr.open_group(str(group), mode="a", zarr_format=3).create_array(
-        name, shape=shape, dtype="float32", chunks=chunks, shards=shards, compressors=None,
-        fill_value=np.float32("nan"), dimension_names=dims, attributes=attrs)
+        name,
+        shape=shape,
+        dtype="float32",
+        chunks=chunks,
+        shards=shards,
+        compressors=None,
+        fill_value=np.float32("nan"),
+        dimension_names=dims,
+        attributes=attrs,
+    )
     return DenseShards(Path(group) / name)
 
 
@@ -217,8 +234,9 @@ class DenseShards:
                 raise ValueError(f"{self.path}: region {origin}..{end} does not cover whole shards of {self.shard}")
         keys = itertools.product(*(range(o // s, -(-e // s)) for o, e, s in zip(origin, end, self.shard)))
         for key in keys:
-            box = tuple(slice(k * s - o, min((k + 1) * s, n) - o)
-                        for k, s, n, o in zip(key, self.shard, self.shape, origin))
+            box = tuple(
+                slice(k * s - o, min((k + 1) * s, n) - o) for k, s, n, o in zip(key, self.shard, self.shape, origin)
+            )
             self._write_shard(key, values[box])
 
     def _write_shard(self, key: tuple[int, ...], values: np.ndarray) -> None:

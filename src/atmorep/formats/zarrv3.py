@@ -36,8 +36,9 @@ class Store:
         self._write_group()
 
     def _write_group(self) -> None:
-        (self.root / "zarr.json").write_text(json.dumps(
-            {"zarr_format": 3, "node_type": "group", "attributes": self.attributes}, indent=1, default=str))
+        (self.root / "zarr.json").write_text(
+            json.dumps({"zarr_format": 3, "node_type": "group", "attributes": self.attributes}, indent=1, default=str)
+        )
 
     def update_attributes(self, attrs: dict) -> None:
         self.attributes.update(attrs)
@@ -62,14 +63,19 @@ class Array:
         self.chunks = tuple(int(c) for c in chunks)
         self.fill = (np.nan if self.dtype.kind == "f" else 0) if fill is None else fill
         path.mkdir(parents=True, exist_ok=True)
-        meta = {"zarr_format": 3, "node_type": "array", "shape": list(self.shape),
-                "data_type": self.dtype.name,
-                "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(self.chunks)}},
-                "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
-                "fill_value": _fill_json(self.fill, self.dtype),
-                "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}],
-                "attributes": attributes, "dimension_names": list(dims) if dims else None,
-                "storage_transformers": []}
+        meta = {
+            "zarr_format": 3,
+            "node_type": "array",
+            "shape": list(self.shape),
+            "data_type": self.dtype.name,
+            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(self.chunks)}},
+            "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+            "fill_value": _fill_json(self.fill, self.dtype),
+            "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}],
+            "attributes": attributes,
+            "dimension_names": list(dims) if dims else None,
+            "storage_transformers": [],
+        }
         (path / "zarr.json").write_text(json.dumps(meta, indent=1, default=str))
 
     def write_chunk(self, index: tuple[int, ...], values: np.ndarray) -> None:
@@ -95,7 +101,7 @@ class Array:
             raise ValueError(f"{self.path.name}: block of {n} rows is not whole chunks of {c0}")
         rest = [range(math.ceil(s / c)) for s, c in zip(self.shape[1:], self.chunks[1:])]
         for i in range(math.ceil(n / c0)):
-            rows = values[i * c0:(i + 1) * c0]
+            rows = values[i * c0 : (i + 1) * c0]
             for idx in itertools.product(*rest):
                 sl = tuple(slice(j * c, (j + 1) * c) for j, c in zip(idx, self.chunks[1:]))
                 self.write_chunk((start // c0 + i, *idx), rows[(slice(None), *sl)])

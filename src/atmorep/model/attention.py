@@ -12,7 +12,7 @@ Legend: B batch, N query tokens, M key tokens, H heads, dh head width, D model w
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -56,9 +56,18 @@ class MultiSourceAttention(nn.Module):
     it to recompute the self-attention weights on request (:meth:`self_attention_weights`).
     """
 
-    def __init__(self, dim: int, dh: int, self_heads: int, source_dims: list[int], heads_per_source: int,
-                 qk_norm: str = "plain", dropout: float = 0.0, kernel: str = "sdpa",
-                 source_q_norm: bool = True):
+    def __init__(
+        self,
+        dim: int,
+        dh: int,
+        self_heads: int,
+        source_dims: list[int],
+        heads_per_source: int,
+        qk_norm: str = "plain",
+        dropout: float = 0.0,
+        kernel: str = "sdpa",
+        source_q_norm: bool = True,
+    ):
         super().__init__()
         self.dh, self.self_heads, self.hps = dh, self_heads, heads_per_source
         self.source_q_norm = source_q_norm

@@ -26,21 +26,23 @@ class Batch:
         for f, t in self.tokens.items():
             i = self.info[f]
             if t.ndim != 6 or i.ndim != 6 or t.shape[:5] != i.shape[:5]:
-                raise ValueError(f"field '{f}': tokens {tuple(t.shape)} and info {tuple(i.shape)} "
-                                 "must be (B, L, T, Y, X, P) and (B, L, T, Y, X, I)")
+                raise ValueError(
+                    f"field '{f}': tokens {tuple(t.shape)} and info {tuple(i.shape)} "
+                    "must be (B, L, T, Y, X, P) and (B, L, T, Y, X, I)"
+                )
             if not torch.isfinite(t).all():
                 raise ValueError(f"field '{f}': non-finite token values")
 
     @classmethod
-    def from_numpy(cls, sample: dict) -> "Batch":
+    def from_numpy(cls, sample: dict) -> Batch:
         """From a collated loader batch ``{field: (tokens, info)}``."""
-        return cls({f: torch.as_tensor(v[0]) for f, v in sample.items()},
-                   {f: torch.as_tensor(v[1]) for f, v in sample.items()})
+        return cls(
+            {f: torch.as_tensor(v[0]) for f, v in sample.items()}, {f: torch.as_tensor(v[1]) for f, v in sample.items()}
+        )
 
     @property
     def size(self) -> int:
         return next(iter(self.tokens.values())).shape[0]
 
-    def to(self, device) -> "Batch":
-        return Batch({f: t.to(device) for f, t in self.tokens.items()},
-                     {f: t.to(device) for f, t in self.info.items()})
+    def to(self, device) -> Batch:
+        return Batch({f: t.to(device) for f, t in self.tokens.items()}, {f: t.to(device) for f, t in self.info.items()})

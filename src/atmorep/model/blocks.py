@@ -38,14 +38,24 @@ class EncoderBlock(nn.Module):
     (the original normalizes only their keys).
     """
 
-    def __init__(self, dim: int, heads: int, coupled_dims: list[int], coupling_heads: int, dropout: float,
-                 qk_norm: str = "plain", kernel: str = "sdpa", gelu_out: bool = False,
-                 compat: bool = False):
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        coupled_dims: list[int],
+        coupling_heads: int,
+        dropout: float,
+        qk_norm: str = "plain",
+        kernel: str = "sdpa",
+        gelu_out: bool = False,
+        compat: bool = False,
+    ):
         super().__init__()
         self.ln = nn.LayerNorm(dim, elementwise_affine=False)
         self.ln_src = nn.ModuleList(nn.LayerNorm(d, elementwise_affine=False) for d in coupled_dims)
-        self.attn = MultiSourceAttention(dim, dim // heads, heads, coupled_dims, coupling_heads, qk_norm,
-                                         dropout, kernel, source_q_norm=not compat)
+        self.attn = MultiSourceAttention(
+            dim, dim // heads, heads, coupled_dims, coupling_heads, qk_norm, dropout, kernel, source_q_norm=not compat
+        )
         self.mlp = MLP(dim, dropout, gelu_out)
 
     def forward(self, x_BND: torch.Tensor, coupled: list[torch.Tensor]) -> torch.Tensor:
@@ -59,8 +69,15 @@ class DecoderBlock(nn.Module):
     output of the same field (AtmoRep: 8 + 8), then the MLP. Head width is ``D/heads``.
     """
 
-    def __init__(self, dim: int, heads: int, dropout: float, qk_norm: str = "affine", kernel: str = "sdpa",
-                 gelu_out: bool = False):
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        dropout: float,
+        qk_norm: str = "affine",
+        kernel: str = "sdpa",
+        gelu_out: bool = False,
+    ):
         super().__init__()
         if heads < 2:
             raise ValueError(f"a decoder block needs at least 2 heads (self and cross), got {heads}")

@@ -14,9 +14,14 @@ from torch import nn
 TOKEN_INFO_DIM = 16  # width of the token-info embedding inside D (AtmoRep's size_token_info_net)
 
 
-def harmonic_encoding(num_levels: int, num_tokens: tuple[int, int, int], dim: int,
-                      lat_quirk: bool = False, original_scale: bool = False,
-                      float32: bool = False) -> torch.Tensor:
+def harmonic_encoding(
+    num_levels: int,
+    num_tokens: tuple[int, int, int],
+    dim: int,
+    lat_quirk: bool = False,
+    original_scale: bool = False,
+    float32: bool = False,
+) -> torch.Tensor:
     """Fixed positional encoding ``(N, D)`` over (level, time, lat, lon), row-major over [L, T, Y, X].
 
     With ``w_j = 2*pi*2j/D``, even dims carry ``0.5*sin(s*lat*w) + sin(time*w)`` and odd dims
@@ -32,8 +37,9 @@ def harmonic_encoding(num_levels: int, num_tokens: tuple[int, int, int], dim: in
     (float32, its order of operations: bit for bit); the default computes in float64 and rounds once.
     """
     T, Y, X = num_tokens
-    lev, t, lat, lon = torch.meshgrid(torch.arange(num_levels), torch.arange(T), torch.arange(Y),
-                                      torch.arange(X), indexing="ij")
+    lev, t, lat, lon = torch.meshgrid(
+        torch.arange(num_levels), torch.arange(T), torch.arange(Y), torch.arange(X), indexing="ij"
+    )
     if lat_quirk:
         lat = (lat * X + lon) // Y
     dtype = torch.float32 if float32 else torch.float64
@@ -70,9 +76,14 @@ class FieldEmbedding(nn.Module):
         key = (*grid_LTYX, like.device, like.dtype)
         if key not in self._pe:
             L, T, Y, X = grid_LTYX
-            self._pe[key] = harmonic_encoding(L, (T, Y, X), self.dim, lat_quirk=self.compat,
-                                               original_scale=self.compat, float32=self.compat,
-                                               ).to(like.device, like.dtype)
+            self._pe[key] = harmonic_encoding(
+                L,
+                (T, Y, X),
+                self.dim,
+                lat_quirk=self.compat,
+                original_scale=self.compat,
+                float32=self.compat,
+            ).to(like.device, like.dtype)
         return self._pe[key]
 
     def forward(self, tokens_BLTYXP: torch.Tensor, info_BLTYXI: torch.Tensor) -> torch.Tensor:

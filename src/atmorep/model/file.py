@@ -28,8 +28,7 @@ def versions() -> dict[str, str]:
     return out
 
 
-def save_model(path: str | Path, model: Multiformer, state_dict: dict | None = None,
-               extra: dict | None = None) -> None:
+def save_model(path: str | Path, model: Multiformer, state_dict: dict | None = None, extra: dict | None = None) -> None:
     """Write config, field geometry and fp32 weights to ``path`` atomically.
 
     ``state_dict`` is the consolidated state (e.g. gathered from ZeRO-3 partitions); by default the
@@ -37,19 +36,24 @@ def save_model(path: str | Path, model: Multiformer, state_dict: dict | None = N
     """
     state = state_dict if state_dict is not None else model.state_dict()
     with Replacement(path) as tmp:
-        torch.save({
-            **(extra or {}),
-            "format": FORMAT,
-            **_architecture(model),
-            "state_dict": {k: v.detach().float().cpu() for k, v in state.items()},
-            "versions": versions(),
-        }, tmp)
+        torch.save(
+            {
+                **(extra or {}),
+                "format": FORMAT,
+                **_architecture(model),
+                "state_dict": {k: v.detach().float().cpu() for k, v in state.items()},
+                "versions": versions(),
+            },
+            tmp,
+        )
 
 
 def _architecture(model: Multiformer) -> dict:
     """What a model file says of the model besides its weights: config and field geometry."""
-    return {"model": dataclasses.asdict(model.cfg),
-            "fields": {f: {"levels": g.levels, "token_size": list(g.token_size)} for f, g in model.fields.items()}}
+    return {
+        "model": dataclasses.asdict(model.cfg),
+        "fields": {f: {"levels": g.levels, "token_size": list(g.token_size)} for f, g in model.fields.items()},
+    }
 
 
 def _read(path: str | Path) -> dict:
@@ -74,8 +78,12 @@ def load_weights(model: Multiformer, path: str | Path) -> None:
         return json.loads(json.dumps({"model": model_cfg, "fields": arch["fields"]}))
 
     ours, theirs = comparable(_architecture(model)), comparable(record)
-    diff = sorted(k for part in ("model", "fields") for k in set(ours[part]) | set(theirs[part])
-                  if ours[part].get(k) != theirs[part].get(k))
+    diff = sorted(
+        k
+        for part in ("model", "fields")
+        for k in set(ours[part]) | set(theirs[part])
+        if ours[part].get(k) != theirs[part].get(k)
+    )
     if diff:
         raise ValueError(f"{path} has another architecture or fields; differs in {diff}")
     model.load_state_dict(record["state_dict"])

@@ -13,14 +13,16 @@ token (P = tt*ty*tx), K tokens of one kind.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
 from atmorep.config import MaskingConfig
 from atmorep.model.batch import Batch
+
 
 @dataclass(frozen=True)
 class Corruption:
@@ -151,8 +153,15 @@ class BertMasking:
         if math.prod(size) != t.shape[-1]:
             raise ValueError(f"field '{f}': token size {tuple(size)} does not hold {t.shape[-1]} values per token")
         coarse = tuple(max(1, math.floor(s / factor)) for s in size[1:])
-        return Corruption(zero, noise, torch.rand(k, generator=gen).to(t), cfg.noise_scale * std_LP[level_K] * eps,
-                          coarsen, tuple(size), coarse)
+        return Corruption(
+            zero,
+            noise,
+            torch.rand(k, generator=gen).to(t),
+            cfg.noise_scale * std_LP[level_K] * eps,
+            coarsen,
+            tuple(size),
+            coarse,
+        )
 
 
 def level_std(tokens_BLTYXP: torch.Tensor) -> torch.Tensor:
@@ -188,8 +197,10 @@ def corrupt(tokens_BLTYXP: torch.Tensor, c: Corruption) -> torch.Tensor:
 def apply(batch: Batch, masks: dict[str, torch.Tensor]) -> Batch:
     """The model input: masked tokens altered as ``masks.corruptions`` says, else set to zero."""
     corruptions = getattr(masks, "corruptions", {})
-    tokens = {f: corrupt(t, corruptions[f]) if f in corruptions else t.masked_fill(masks[f][..., None], 0.0)
-              for f, t in batch.tokens.items()}
+    tokens = {
+        f: corrupt(t, corruptions[f]) if f in corruptions else t.masked_fill(masks[f][..., None], 0.0)
+        for f, t in batch.tokens.items()
+    }
     return Batch(tokens, batch.info)
 
 
@@ -215,8 +226,9 @@ class Unmasked:
         return Masks(out, {f: c for f, c in getattr(masks, "corruptions", {}).items() if f not in self.fields})
 
 
-def build(cfg: MaskingConfig, token_sizes: dict[str, tuple[int, int, int]] | None = None,
-          predicted: list[str] | None = None) -> Masking:
+def build(
+    cfg: MaskingConfig, token_sizes: dict[str, tuple[int, int, int]] | None = None, predicted: list[str] | None = None
+) -> Masking:
     """The configured strategy; ``token_sizes`` (field -> (tt, ty, tx)) lets ``bert`` coarsen exactly.
 
     With ``token_sizes``, ``cfg.field_rates`` may name only those fields; with ``predicted`` (the
@@ -233,7 +245,9 @@ def build(cfg: MaskingConfig, token_sizes: dict[str, tuple[int, int, int]] | Non
     never = {f for f, r in cfg.field_rates.items() if r[0] == 0}
     clash = sorted(never & set(predicted or ()))
     if clash:
-        raise ValueError(f"train.masking.field_rates: {clash} have rate 0 (never masked, no targets) but the "
-                         "model predicts them; list them in model.inputs_only or give them a rate")
+        raise ValueError(
+            f"train.masking.field_rates: {clash} have rate 0 (never masked, no targets) but the "
+            "model predicts them; list them in model.inputs_only or give them a rate"
+        )
     strategy = STRATEGIES[cfg.strategy](cfg, dict(token_sizes or {}))
     return Unmasked(strategy, never) if never else strategy

@@ -77,23 +77,43 @@ class Multiformer(nn.Module):
         if not self.predicted:
             raise ValueError("model.inputs_only lists every field: the model would predict nothing")
         if cfg.decoder_layers > cfg.encoder_layers:
-            raise ValueError(f"model.decoder_layers ({cfg.decoder_layers}) exceeds model.encoder_layers "
-                             f"({cfg.encoder_layers}): each decoder layer pairs with one encoder output")
+            raise ValueError(
+                f"model.decoder_layers ({cfg.decoder_layers}) exceeds model.encoder_layers "
+                f"({cfg.encoder_layers}): each decoder layer pairs with one encoder output"
+            )
         kw = dict(dropout=cfg.dropout, kernel=cfg.attention, gelu_out=cfg.compat)
         enc_kw = dict(kw, compat=cfg.compat)
-        self.embed = nn.ModuleDict({f: FieldEmbedding(g.values_per_token, info_dim, self.dims[f], cfg.compat)
-                                    for f, g in fields.items()})
-        self.encoders = nn.ModuleDict({
-            f: nn.ModuleList(EncoderBlock(self.dims[f], cfg.heads, [self.dims[g] for g in self.coupling[f]],
-                                          cfg.coupling_heads, qk_norm=cfg.encoder_qk_norm, **enc_kw)
-                             for _ in range(cfg.encoder_layers))
-            for f in fields})
-        self.decoders = nn.ModuleDict({
-            f: nn.ModuleList(DecoderBlock(self.dims[f], cfg.heads, qk_norm=cfg.decoder_qk_norm, **kw)
-                             for _ in range(cfg.decoder_layers))
-            for f in self.predicted})
-        self.tails = nn.ModuleDict({f: EnsembleTail(self.dims[f], fields[f].values_per_token, cfg.ensemble)
-                                    for f in self.predicted})
+        self.embed = nn.ModuleDict(
+            {f: FieldEmbedding(g.values_per_token, info_dim, self.dims[f], cfg.compat) for f, g in fields.items()}
+        )
+        self.encoders = nn.ModuleDict(
+            {
+                f: nn.ModuleList(
+                    EncoderBlock(
+                        self.dims[f],
+                        cfg.heads,
+                        [self.dims[g] for g in self.coupling[f]],
+                        cfg.coupling_heads,
+                        qk_norm=cfg.encoder_qk_norm,
+                        **enc_kw,
+                    )
+                    for _ in range(cfg.encoder_layers)
+                )
+                for f in fields
+            }
+        )
+        self.decoders = nn.ModuleDict(
+            {
+                f: nn.ModuleList(
+                    DecoderBlock(self.dims[f], cfg.heads, qk_norm=cfg.decoder_qk_norm, **kw)
+                    for _ in range(cfg.decoder_layers)
+                )
+                for f in self.predicted
+            }
+        )
+        self.tails = nn.ModuleDict(
+            {f: EnsembleTail(self.dims[f], fields[f].values_per_token, cfg.ensemble) for f in self.predicted}
+        )
         if cfg.compat:  # the original's unused shared token-info Linear (weight 0): layout only
             self.legacy_token_info = nn.Linear(info_dim, TOKEN_INFO_DIM).requires_grad_(False)
             nn.init.zeros_(self.legacy_token_info.weight)
@@ -125,8 +145,9 @@ class Multiformer(nn.Module):
             y = self._run(block, y, enc)
         return y
 
-    def forward(self, tokens: dict[str, torch.Tensor], info: dict[str, torch.Tensor],
-                mask: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(
+        self, tokens: dict[str, torch.Tensor], info: dict[str, torch.Tensor], mask: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
         """Per predicted field the ensemble members ``(K, E, P)`` for the masked tokens (``mask.nonzero()``
         order)."""
         enc = self.encode(tokens, info)
@@ -136,8 +157,9 @@ class Multiformer(nn.Module):
             out[f] = self.tails[f](y_BND[mask[f].flatten(1)])
         return out
 
-    def predict(self, tokens: dict[str, torch.Tensor], info: dict[str, torch.Tensor],
-                mask: dict[str, torch.Tensor]) -> dict[str, Ensemble]:
+    def predict(
+        self, tokens: dict[str, torch.Tensor], info: dict[str, torch.Tensor], mask: dict[str, torch.Tensor]
+    ) -> dict[str, Ensemble]:
         """Per predicted field the :class:`Ensemble` (members, mean, std) of the masked tokens."""
         return {f: Ensemble.of(m) for f, m in self(tokens, info, mask).items()}
 

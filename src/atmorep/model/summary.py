@@ -67,8 +67,10 @@ class ModelFile:
             raise C.ConfigError("fields: a model needs at least one field")
 
     def geometry(self) -> dict[str, FieldGeometry]:
-        return {f: FieldGeometry(len(s.levels), s.token_size, s.num_tokens or self.model.num_tokens)
-                for f, s in self.fields.items()}
+        return {
+            f: FieldGeometry(len(s.levels), s.token_size, s.num_tokens or self.model.num_tokens)
+            for f, s in self.fields.items()
+        }
 
 
 def load_model_file(path: str | Path) -> ModelFile:
@@ -155,8 +157,11 @@ def flop_terms(cfg: ModelConfig, fields: dict[str, FieldGeometry]) -> dict[str, 
         dec = 2 * N * D * 3 * D + 2 * N * D * D + 4 * N * N * D + 8 * N * D * D  # q,kv (self+cross), proj, attn, MLP
         predicted = f not in cfg.inputs_only  # inputs-only fields have no decoder and no tail
         embed = 2 * N * (P * (D - TOKEN_INFO_DIM) + 8 * TOKEN_INFO_DIM)  # values and token info
-        out[f] = (embed, cfg.encoder_layers * enc + predicted * cfg.decoder_layers * dec,
-                  predicted * 2 * cfg.ensemble * D * P)
+        out[f] = (
+            embed,
+            cfg.encoder_layers * enc + predicted * cfg.decoder_layers * dec,
+            predicted * 2 * cfg.ensemble * D * P,
+        )
     return out
 
 
@@ -190,8 +195,10 @@ def report(path: str | Path) -> str:
     lines = [f"model: {spec.description or path}" + (" [compat layout]" if cfg.compat else "")]
     for f, g in geometry.items():
         T, Y, X = g.num_tokens or cfg.num_tokens
-        lines.append(f"  {f}: D {dims[f]}, {g.levels} levels x [{T},{Y},{X}] tokens of {list(g.token_size)} "
-                     f"(P {g.values_per_token}) = {n[f]:,} tokens")
+        lines.append(
+            f"  {f}: D {dims[f]}, {g.levels} levels x [{T},{Y},{X}] tokens of {list(g.token_size)} "
+            f"(P {g.values_per_token}) = {n[f]:,} tokens"
+        )
     params = f"parameters: {count:,}"
     if cfg.compat:
         default = parameter_count(dataclasses.replace(cfg, compat=False), geometry)

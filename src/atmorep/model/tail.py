@@ -25,7 +25,7 @@ class Ensemble(NamedTuple):
     std: torch.Tensor
 
     @classmethod
-    def of(cls, members_KEP: torch.Tensor) -> "Ensemble":
+    def of(cls, members_KEP: torch.Tensor) -> Ensemble:
         return cls(members_KEP, *mean_std(members_KEP))
 
 

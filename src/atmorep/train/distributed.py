@@ -53,24 +53,39 @@ def discover() -> str:
         # MPI without asynchronous progress (MPICH over libfabric tcp, between hosts) sends it only
         # from inside an MPI call. The barrier returns once every rank holds the values.
         comm.Barrier()
-        env.update(RANK=str(comm.Get_rank()), WORLD_SIZE=str(comm.Get_size()), LOCAL_RANK=str(local.Get_rank()),
-                   MASTER_ADDR=env.get("MASTER_ADDR", master), MASTER_PORT=port)
+        env.update(
+            RANK=str(comm.Get_rank()),
+            WORLD_SIZE=str(comm.Get_size()),
+            LOCAL_RANK=str(local.Get_rank()),
+            MASTER_ADDR=env.get("MASTER_ADDR", master),
+            MASTER_PORT=port,
+        )
         return "mpi"
     if "SLURM_PROCID" in env and "SLURM_NTASKS" in env and "SLURM_STEP_ID" in env:
         nodes = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST") or "localhost"
         try:
-            master = subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True, text=True,
-                                    check=True).stdout.split()[0]
+            master = subprocess.run(
+                ["scontrol", "show", "hostnames", nodes], capture_output=True, text=True, check=True
+            ).stdout.split()[0]
         except (OSError, subprocess.CalledProcessError, IndexError):
             master = "127.0.0.1"
         if int(env.get("SLURM_NNODES", "1")) == 1:
             master = "127.0.0.1"
-        env.update(RANK=env["SLURM_PROCID"], WORLD_SIZE=env["SLURM_NTASKS"],
-                   LOCAL_RANK=env.get("SLURM_LOCALID", "0"), MASTER_ADDR=env.get("MASTER_ADDR", master),
-                   MASTER_PORT=env.get("MASTER_PORT", _port_from(env.get("SLURM_JOB_ID", "0") + env["SLURM_STEP_ID"])))
+        env.update(
+            RANK=env["SLURM_PROCID"],
+            WORLD_SIZE=env["SLURM_NTASKS"],
+            LOCAL_RANK=env.get("SLURM_LOCALID", "0"),
+            MASTER_ADDR=env.get("MASTER_ADDR", master),
+            MASTER_PORT=env.get("MASTER_PORT", _port_from(env.get("SLURM_JOB_ID", "0") + env["SLURM_STEP_ID"])),
+        )
         return "srun"
-    env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-               MASTER_PORT=env.get("MASTER_PORT", str(_free_port())))
+    env.update(
+        RANK="0",
+        WORLD_SIZE="1",
+        LOCAL_RANK="0",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=env.get("MASTER_PORT", str(_free_port())),
+    )
     return "single"
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from atmorep.formats.atomic import Replacement
 from atmorep.config import TrainConfig
+from atmorep.formats.atomic import Replacement
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,8 @@ def schedule(cfg: TrainConfig):
         if step < warm:
             return (cfg.lr_start + (cfg.lr - cfg.lr_start) * step / warm) / cfg.lr
         epochs_after = step // cfg.epoch_steps - cfg.warmup_epochs + 1
-        return max(cfg.lr / cfg.lr_decay ** epochs_after, cfg.lr_min) / cfg.lr
+        return max(cfg.lr / cfg.lr_decay**epochs_after, cfg.lr_min) / cfg.lr
+
     return factor
 
 
@@ -99,7 +100,8 @@ class DeepSpeedEngine:
             ds_cfg["checkpoint"] = {"load_universal": True}
         self.cfg = cfg
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg)
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg
+        )
 
     @property
     def module(self) -> torch.nn.Module:
@@ -121,12 +123,14 @@ class DeepSpeedEngine:
 
     def save(self, directory: Path, tag: str, client_state: dict) -> None:
         # universal_checkpoint_info lets ds_to_universal convert the checkpoint for another world size
-        self.engine.save_checkpoint(str(directory), tag=tag,
-                                    client_state={**client_state, "universal_checkpoint_info": {}})
+        self.engine.save_checkpoint(
+            str(directory), tag=tag, client_state={**client_state, "universal_checkpoint_info": {}}
+        )
 
     def load(self, directory: Path, tag: str) -> dict:
-        _, client = self.engine.load_checkpoint(str(directory), tag=tag, load_optimizer_states=True,
-                                                load_lr_scheduler_states=True)
+        _, client = self.engine.load_checkpoint(
+            str(directory), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
         if client is None:
             raise FileNotFoundError(f"{directory}/{tag}: no DeepSpeed checkpoint")
         return client
@@ -152,9 +156,19 @@ class DeepSpeedEngine:
         out = DeepSpeedEngine.universal_tag(tag)
         if not (directory / out).exists():
             with Replacement(directory / out) as tmp:
-                subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal",
-                                "--input_folder", str(directory / tag), "--output_folder", str(tmp)],
-                               check=True, stdout=subprocess.DEVNULL)
+                subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "deepspeed.checkpoint.ds_to_universal",
+                        "--input_folder",
+                        str(directory / tag),
+                        "--output_folder",
+                        str(tmp),
+                    ],
+                    check=True,
+                    stdout=subprocess.DEVNULL,
+                )
         return out
 
 
@@ -197,9 +211,15 @@ class TorchEngine:
     def save(self, directory: Path, tag: str, client_state: dict) -> None:
         if dist.get_rank() == 0:
             (directory / tag).mkdir(parents=True, exist_ok=True)
-            torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                        "scheduler": self.scheduler.state_dict(), "client": client_state},
-                       directory / tag / "torch_state.pt")
+            torch.save(
+                {
+                    "model": self.model.state_dict(),
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                    "client": client_state,
+                },
+                directory / tag / "torch_state.pt",
+            )
             (directory / "latest").write_text(tag)
         dist.barrier()
 
@@ -237,5 +257,3 @@ def optimizer_state_elements(engine) -> int:
             if key in state:
                 total += state[key].numel()
     return total
-
-

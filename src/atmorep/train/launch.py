@@ -81,8 +81,13 @@ def launch(launcher: str, ranks: int, args: list[str], per_node: int | None = No
     _sweep()
     with tempfile.TemporaryDirectory(prefix="atmorep-launch-") as room:
         Path(room, "launcher").write_text(str(os.getpid()))
-        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),  # mpirun/srun don't set it
-               ROOM: room, LAUNCHER_PID: str(os.getpid()), LAUNCHER_HOST: socket.gethostname()}
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),  # mpirun/srun don't set it
+            ROOM: room,
+            LAUNCHER_PID: str(os.getpid()),
+            LAUNCHER_HOST: socket.gethostname(),
+        }
         status, received = _Relay(argv, env, Path(room), launcher, ranks).run()
         reports = _reports(Path(room))
     errors = [r for r in reports if r["exit"] not in (0, EXIT_REQUEUE)]
@@ -103,8 +108,11 @@ def launch(launcher: str, ranks: int, args: list[str], per_node: int | None = No
         return EXIT_REQUEUE
     if status != 0:
         how = f"killed by signal {-status}" if status < 0 else f"exit status {status}"
-        print(f"atmorep launch: {launcher} ended with {how} before any rank reported why; the lines above "
-              "are all there is (rerun with --debug for tracebacks)", file=sys.stderr)
+        print(
+            f"atmorep launch: {launcher} ended with {how} before any rank reported why; the lines above "
+            "are all there is (rerun with --debug for tracebacks)",
+            file=sys.stderr,
+        )
         return 128 - status if status < 0 else status
     return 0
 
@@ -150,8 +158,7 @@ class _Relay:
                 except ProcessLookupError:
                     pass
                 done.add(pid)
-            if (self.launcher in ("srun", "mpirun") and pids and len(pids) < self.ranks
-                    and self.child.pid not in done):
+            if self.launcher in ("srun", "mpirun") and pids and len(pids) < self.ranks and self.child.pid not in done:
                 self.child.send_signal(sig)  # ranks on other hosts: srun/mpiexec relay to every task
                 done.add(self.child.pid)
 
@@ -178,6 +185,7 @@ def _reports(room: Path) -> list[dict]:
 
 
 # -- the rank's side ----------------------------------------------------------------------------
+
 
 def _room() -> Path | None:
     """The launcher's room when this process is a rank on the launcher's host."""
@@ -224,6 +232,7 @@ def report(exit_code: int, message: str = "") -> bool:
 
 
 # -- torchrun, quietly --------------------------------------------------------------------------
+
 
 def _torchrun(argv: list[str]) -> int:
     """torchrun's own launch, exiting with the first failed worker's code (torchrun says 1) and,

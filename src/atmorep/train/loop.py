@@ -27,16 +27,16 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from atmorep.formats.atomic import DirectoryLock, Locked
 from atmorep.config import DataConfig, ModelConfig, TrainConfig, parse_time
-from atmorep.formats import zarrio
 from atmorep.data.dataset import TOKEN_INFO, SphereSampler, WindowDataset
+from atmorep.formats import zarrio
+from atmorep.formats.atomic import DirectoryLock, Locked
 from atmorep.formats.grib import DataError
-from atmorep.model.multiformer import FieldGeometry, Multiformer
-from atmorep.train import distributed, launch
 from atmorep.model import masking
 from atmorep.model.batch import Batch
 from atmorep.model.file import load_weights, save_model, versions
+from atmorep.model.multiformer import FieldGeometry, Multiformer
+from atmorep.train import distributed, launch
 from atmorep.train.launch import EXIT_REQUEUE  # 75: "run me again, I will resume"
 from atmorep.train.losses import Loss
 from atmorep.train.throughput import Throughput, training_dtype
@@ -89,7 +89,7 @@ class StepBatches:
     def indices(self, step: int, rank: int, world: int, micro_steps: int) -> list[list[int]]:
         """Window indices of ``rank`` for ``step``: one list per micro-step."""
         epoch, pos = divmod(step, self.steps_per_epoch)
-        glob = self.order(epoch)[pos * self.global_batch:(pos + 1) * self.global_batch]
+        glob = self.order(epoch)[pos * self.global_batch : (pos + 1) * self.global_batch]
         return [part.tolist() for part in np.array_split(glob.reshape(world, -1)[rank], micro_steps)]
 
 
@@ -109,8 +109,7 @@ class _Collate:
 
     def __call__(self, items: list[tuple[int, dict]]) -> Batch:
         samples = [s for _, s in items]
-        arrays = {f: (np.stack([s[f][0] for s in samples]), np.stack([s[f][1] for s in samples]))
-                  for f in samples[0]}
+        arrays = {f: (np.stack([s[f][0] for s in samples]), np.stack([s[f][1] for s in samples])) for f in samples[0]}
         try:
             return Batch.from_numpy(arrays)
         except ValueError:  # Batch refuses non-finite tokens: say which store and window hold them
@@ -129,9 +128,11 @@ def bad_data(dataset: WindowDataset, indices: list[int], tokens: dict) -> str | 
         if per_sample.any():
             k = int(np.flatnonzero(per_sample)[0])
             path, window = dataset.where(indices[k], f)
-            return (f"{path}: field '{f}', {window}, holds {int(per_sample[k])} non-finite or implausible "
-                    f"values (|x| > {IMPLAUSIBLE:g} normalized); check the store with `atmorep verify {path}` "
-                    "and rebuild it")
+            return (
+                f"{path}: field '{f}', {window}, holds {int(per_sample[k])} non-finite or implausible "
+                f"values (|x| > {IMPLAUSIBLE:g} normalized); check the store with `atmorep verify {path}` "
+                "and rebuild it"
+            )
     return None
 
 
@@ -146,9 +147,15 @@ def _next(batches):
 
 def loader(dataset: WindowDataset, plan: list[list[int]], workers: int):
     """Batches for a list of micro-steps, read ahead by ``workers`` background processes."""
-    return DataLoader(_Indexed(dataset), batch_sampler=plan, collate_fn=_Collate(dataset), num_workers=workers,
-                      prefetch_factor=4 if workers else None, persistent_workers=False,
-                      pin_memory=torch.cuda.is_available())
+    return DataLoader(
+        _Indexed(dataset),
+        batch_sampler=plan,
+        collate_fn=_Collate(dataset),
+        num_workers=workers,
+        prefetch_factor=4 if workers else None,
+        persistent_workers=False,
+        pin_memory=torch.cuda.is_available(),
+    )
 
 
 class StopSignal:
@@ -169,8 +176,15 @@ class StopSignal:
         return bool(flag.item())
 
 
-def train(seed: int, data: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig,
-          stores: dict[str, list[str]], out_dir: str | Path, fresh: bool = False) -> Path:
+def train(
+    seed: int,
+    data: DataConfig,
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    stores: dict[str, list[str]],
+    out_dir: str | Path,
+    fresh: bool = False,
+) -> Path:
     """Train on the launched ranks; resume from ``out_dir/checkpoints`` unless ``fresh``.
 
     ``out_dir`` is locked while the run lasts (rank 0 holds ``out_dir/.lock``): a second training into
@@ -193,8 +207,17 @@ def train(seed: int, data: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig,
         lock.release()
 
 
-def _train(rank: int, world: int, seed: int, data: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig,
-           stores: dict[str, list[str]], out_dir: str | Path, fresh: bool) -> Path:
+def _train(
+    rank: int,
+    world: int,
+    seed: int,
+    data: DataConfig,
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    stores: dict[str, list[str]],
+    out_dir: str | Path,
+    fresh: bool,
+) -> Path:
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / "checkpoints"
     stop = StopSignal()  # after the process group: MPI's start-up may install its own handlers
@@ -205,8 +228,14 @@ def _train(rank: int, world: int, seed: int, data: DataConfig, model_cfg: ModelC
     model = Multiformer(model_cfg, geometry(dataset), info_dim=len(TOKEN_INFO))
     from atmorep.train.engine import ENGINES  # the only deepspeed import happens in there
 
-    meta = {"train": dataclasses.asdict(cfg), "model": dataclasses.asdict(model_cfg), "data": dataclasses.asdict(data),
-            "seed": seed, "versions": versions(), "inputs": inputs(stores, cfg)}
+    meta = {
+        "train": dataclasses.asdict(cfg),
+        "model": dataclasses.asdict(model_cfg),
+        "data": dataclasses.asdict(data),
+        "seed": seed,
+        "versions": versions(),
+        "inputs": inputs(stores, cfg),
+    }
     tag, universal = _latest(ckpt_dir, world, meta, cfg.steps) if not fresh else (None, False)
     engine_cls = ENGINES[cfg.engine]
     if tag is not None and universal:  # saved on another world size: DeepSpeed's universal format
@@ -227,21 +256,37 @@ def _train(rank: int, world: int, seed: int, data: DataConfig, model_cfg: ModelC
         client = engine.load(ckpt_dir, tag)
         start, rows = client["step"], client["metrics"]
         if rank == 0 and start == cfg.steps:
-            log.info("%s already reached train.steps=%d on the same inputs: no step to train, model.pt "
-                     "written from it (`atmorep train --fresh` trains again)", ckpt_dir / tag, start)
+            log.info(
+                "%s already reached train.steps=%d on the same inputs: no step to train, model.pt "
+                "written from it (`atmorep train --fresh` trains again)",
+                ckpt_dir / tag,
+                start,
+            )
         elif rank == 0:
-            log.info("resumed from %s at step %d of %d (saved on %d ranks, now %d)", tag, start, cfg.steps,
-                     client["world"], world)
-    strategy = masking.build(cfg.masking, {f: g.token_size for f, g in model.fields.items()},
-                             model.predicted)
+            log.info(
+                "resumed from %s at step %d of %d (saved on %d ranks, now %d)",
+                tag,
+                start,
+                cfg.steps,
+                client["world"],
+                world,
+            )
+    strategy = masking.build(cfg.masking, {f: g.token_size for f, g in model.fields.items()}, model.predicted)
     loss_fn = Loss(cfg.loss)
     writer = _tensorboard(out_dir, cfg) if rank == 0 else None
     meter = Throughput(model_cfg, model.fields, world, distributed.device(), training_dtype(cfg.engine))
     micro_plan = [m for s in range(start, cfg.steps) for m in plan.indices(s, rank, world, cfg.gradient_accumulation)]
     batches = iter(loader(dataset, micro_plan, cfg.workers))
     bad, suspect, t_loop = 0, None, time.perf_counter()
-    bar = tqdm(range(start, cfg.steps), desc="train", disable=rank != 0, mininterval=5,
-               file=sys.stderr, initial=start, total=cfg.steps)
+    bar = tqdm(
+        range(start, cfg.steps),
+        desc="train",
+        disable=rank != 0,
+        mininterval=5,
+        file=sys.stderr,
+        initial=start,
+        total=cfg.steps,
+    )
     for step in bar:
         t0 = time.perf_counter()
         wait, losses, diags, seen = 0.0, [], {}, []
@@ -269,16 +314,27 @@ def _train(rank: int, world: int, seed: int, data: DataConfig, model_cfg: ModelC
             if bad >= cfg.max_bad_steps:
                 named = [None] * world
                 dist.all_gather_object(named, suspect)  # every rank skipped this step: name what any one saw
-                why = next(filter(None, named), None) or ("the inputs were finite and plausible, so the run "
-                                                          "diverged: lower train.lr or raise train.max_bad_steps")
+                why = next(filter(None, named), None) or (
+                    "the inputs were finite and plausible, so the run "
+                    "diverged: lower train.lr or raise train.max_bad_steps"
+                )
                 raise TooManyBadSteps(f"{bad} steps in a row had a non-finite loss (last at step {step}); {why}")
         else:
             bad = 0
         value = torch.stack(losses).mean()
         dist.all_reduce(value)
         dt = time.perf_counter() - t0
-        rows.append({"step": step, "loss": float(value) / world, "lr": engine.lr, "skipped": int(not applied),
-                     **meter.step(dt), "loader_wait": wait / dt, **diags})
+        rows.append(
+            {
+                "step": step,
+                "loss": float(value) / world,
+                "lr": engine.lr,
+                "skipped": int(not applied),
+                **meter.step(dt),
+                "loader_wait": wait / dt,
+                **diags,
+            }
+        )
         if writer:
             for k, v in rows[-1].items():
                 if k != "step":
@@ -288,11 +344,16 @@ def _train(rank: int, world: int, seed: int, data: DataConfig, model_cfg: ModelC
         if stop.agreed():
             _checkpoint(engine, ckpt_dir, done, rows, world, meta)
             if rank == 0:
-                log.warning("signal %d: checkpoint at step %d saved; exiting %d to be requeued",
-                            stop.received, done, EXIT_REQUEUE)
+                log.warning(
+                    "signal %d: checkpoint at step %d saved; exiting %d to be requeued",
+                    stop.received,
+                    done,
+                    EXIT_REQUEUE,
+                )
             distributed.finish()
-            launch.report(EXIT_REQUEUE, f"{signal.Signals(stop.received).name}: "
-                          f"checkpoint at step {done} saved in {ckpt_dir}")
+            launch.report(
+                EXIT_REQUEUE, f"{signal.Signals(stop.received).name}: checkpoint at step {done} saved in {ckpt_dir}"
+            )
             sys.exit(EXIT_REQUEUE)
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
             _checkpoint(engine, ckpt_dir, done, rows, world, meta)
@@ -306,9 +367,16 @@ def _train(rank: int, world: int, seed: int, data: DataConfig, model_cfg: ModelC
         if writer:
             writer.close()
         if cfg.steps > start:
-            log.info("trained %d steps (%d -> %d) on %d ranks in %.0f s: loss %.4f -> %.4f",
-                     cfg.steps - start, start, cfg.steps, world, time.perf_counter() - t_loop,
-                     rows[start]["loss"], rows[-1]["loss"])
+            log.info(
+                "trained %d steps (%d -> %d) on %d ranks in %.0f s: loss %.4f -> %.4f",
+                cfg.steps - start,
+                start,
+                cfg.steps,
+                world,
+                time.perf_counter() - t_loop,
+                rows[start]["loss"],
+                rows[-1]["loss"],
+            )
             log.info("throughput: %s", meter.summary())
     distributed.finish()
     return out_dir / "model.pt"
@@ -349,14 +417,17 @@ def _changed(saved: dict | None, now: dict) -> list[str]:
     """What differs between a checkpoint's inputs and this run's, in words."""
     if saved is None:
         return ["the checkpoint does not record them"]
-    out = [f"{k}: {'not in the checkpoint' if k not in saved else 'not given now'}"
-           for k in sorted(set(saved) ^ set(now))]
+    out = [
+        f"{k}: {'not in the checkpoint' if k not in saved else 'not given now'}" for k in sorted(set(saved) ^ set(now))
+    ]
     for k in sorted(set(saved) & set(now)):
         if k == "init_from" and saved[k] != now[k]:
             out.append("init_from: another file")
         elif k != "init_from" and saved[k] != now[k]:
-            out.append(f"{k}: " + ("another provenance" if saved[k]["provenance"] != now[k]["provenance"]
-                                   else "store rewritten since"))
+            out.append(
+                f"{k}: "
+                + ("another provenance" if saved[k]["provenance"] != now[k]["provenance"] else "store rewritten since")
+            )
     return out
 
 
@@ -377,13 +448,14 @@ def _latest(ckpt_dir: Path, world: int, meta: dict, steps: int) -> tuple[str | N
         log.warning("%s was made with another configuration: starting afresh", ckpt_dir / tag)
         return None, False
     if changed := _changed(info.get("inputs"), meta["inputs"]):
-        log.warning("%s was trained on other inputs (%s): starting afresh", ckpt_dir / tag,
-                    "; ".join(changed))
+        log.warning("%s was trained on other inputs (%s): starting afresh", ckpt_dir / tag, "; ".join(changed))
         return None, False
     if info["step"] > steps:
-        raise ValueError(f"{ckpt_dir / tag} is at step {info['step']}, past train.steps={steps}: it belongs "
-                         f"to a longer run of these inputs. Raise train.steps to continue it, or start "
-                         f"afresh with `atmorep train --fresh` (or remove {ckpt_dir})")
+        raise ValueError(
+            f"{ckpt_dir / tag} is at step {info['step']}, past train.steps={steps}: it belongs "
+            f"to a longer run of these inputs. Raise train.steps to continue it, or start "
+            f"afresh with `atmorep train --fresh` (or remove {ckpt_dir})"
+        )
     return tag, info["world"] != world
 
 
@@ -428,7 +500,7 @@ def plot_loss(rows: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(steps, loss, lw=0.6, alpha=0.5, label="loss (mean over ranks)")
     if len(loss) > k:
-        ax.plot(steps[k - 1:], np.convolve(loss, np.ones(k) / k, mode="valid"), lw=1.5, label=f"running mean ({k})")
+        ax.plot(steps[k - 1 :], np.convolve(loss, np.ones(k) / k, mode="valid"), lw=1.5, label=f"running mean ({k})")
     ax.set(xlabel="optimizer step", ylabel="loss", title="pretraining loss")
     ax.legend()
     fig.tight_layout()

@@ -11,7 +11,7 @@ Legend: K masked tokens, E ensemble members, P values per token.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -75,8 +75,13 @@ def gaussian_crps(ens_KEP: torch.Tensor, target_KP: torch.Tensor):
 
 
 #: name -> loss term
-TERMS: dict[str, Term] = {"mse": mse, "mse_ensemble": mse_ensemble, "stats": stats, "crps": crps,
-                          "gaussian_crps": gaussian_crps}
+TERMS: dict[str, Term] = {
+    "mse": mse,
+    "mse_ensemble": mse_ensemble,
+    "stats": stats,
+    "crps": crps,
+    "gaussian_crps": gaussian_crps,
+}
 
 
 class Loss:

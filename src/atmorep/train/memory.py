@@ -55,9 +55,15 @@ class Setup:
     offload_params: bool = False
 
     def text(self) -> str:
-        extra = [n for n, on in (("activation checkpointing", self.checkpointing),
-                                 ("optimizer offload", self.offload_optimizer),
-                                 ("parameter offload", self.offload_params)) if on]
+        extra = [
+            n
+            for n, on in (
+                ("activation checkpointing", self.checkpointing),
+                ("optimizer offload", self.offload_optimizer),
+                ("parameter offload", self.offload_params),
+            )
+            if on
+        ]
         return f"ZeRO-{self.zero_stage}, micro-batch {self.micro_batch}" + "".join(f", {e}" for e in extra)
 
 
@@ -93,15 +99,16 @@ def parameter_sizes(cfg: ModelConfig, fields: dict[str, FieldGeometry]) -> list[
     return [p.numel() for p in meta_model(cfg, fields).parameters() if p.requires_grad]
 
 
-def activation_bytes(cfg: ModelConfig, fields: dict[str, FieldGeometry], gpu: bool,
-                     masked_fraction: float) -> tuple[float, float, float]:
+def activation_bytes(
+    cfg: ModelConfig, fields: dict[str, FieldGeometry], gpu: bool, masked_fraction: float
+) -> tuple[float, float, float]:
     """Bytes kept for backward per sample: ``(without checkpointing, with it, the largest block's)``."""
     w, mask = (2, 1) if gpu else (4, 4)
     dims, coupling = field_dims(cfg, list(fields)), coupling_graph(cfg, list(fields))
     n = {f: g.levels * math.prod(g.num_tokens or cfg.num_tokens) for f, g in fields.items()}
     drop = 3 * mask if cfg.dropout > 0 else 0
     blocks, inputs, largest = 0.0, 0.0, 0.0
-    for f, g in fields.items():
+    for f in fields:
         N, D = n[f], dims[f]
         c = cfg.coupling_heads * (D // cfg.heads)
         enc = N * (15 * D * w + D * drop)
@@ -111,14 +118,23 @@ def activation_bytes(cfg: ModelConfig, fields: dict[str, FieldGeometry], gpu: bo
         inputs += (cfg.encoder_layers + cfg.decoder_layers) * N * D * w
         largest = max(largest, enc, dec)
     K = {f: n[f] * masked_fraction for f in fields}
-    tail = sum(K[f] * (2 * dims[f] * w + 3 * cfg.ensemble * g.values_per_token * 4)
-               + 2 * n[f] * g.values_per_token * 4 for f, g in fields.items())
+    tail = sum(
+        K[f] * (2 * dims[f] * w + 3 * cfg.ensemble * g.values_per_token * 4) + 2 * n[f] * g.values_per_token * 4
+        for f, g in fields.items()
+    )
     return blocks + tail, inputs + tail, largest
 
 
-def estimate(cfg: ModelConfig, fields: dict[str, FieldGeometry], setup: Setup, world: int, gpu: bool = True,
-             masked_fraction: float = 0.5, sizes: list[int] | None = None,
-             reduce_bucket: int = REDUCE_BUCKET) -> Estimate:
+def estimate(
+    cfg: ModelConfig,
+    fields: dict[str, FieldGeometry],
+    setup: Setup,
+    world: int,
+    gpu: bool = True,
+    masked_fraction: float = 0.5,
+    sizes: list[int] | None = None,
+    reduce_bucket: int = REDUCE_BUCKET,
+) -> Estimate:
     """A rank's peak memory for ``setup`` on ``world`` ranks (GPUs in bf16, or CPUs in fp32)."""
     sizes = sizes if sizes is not None else parameter_sizes(cfg, fields)
     P, N, w, stage = sum(sizes), world, (2 if gpu else 4), setup.zero_stage
@@ -149,8 +165,12 @@ def estimate(cfg: ModelConfig, fields: dict[str, FieldGeometry], setup: Setup, w
 
 #: the options in the order the planner tries them: cheapest in communication and speed first
 OPTIONS = (
-    dict(zero_stage=1), dict(zero_stage=2), dict(zero_stage=2, checkpointing=True), dict(zero_stage=3),
-    dict(zero_stage=3, checkpointing=True), dict(zero_stage=3, checkpointing=True, offload_optimizer=True),
+    dict(zero_stage=1),
+    dict(zero_stage=2),
+    dict(zero_stage=2, checkpointing=True),
+    dict(zero_stage=3),
+    dict(zero_stage=3, checkpointing=True),
+    dict(zero_stage=3, checkpointing=True, offload_optimizer=True),
     dict(zero_stage=3, checkpointing=True, offload_optimizer=True, offload_params=True),
 )
 
@@ -165,12 +185,21 @@ class Fit:
     def text(self) -> str:
         if self.setup is None:
             return self.reason
-        return (f"{self.setup.text()}, gradient accumulation {self.gradient_accumulation}: "
-                f"{self.estimate.text()}; {self.reason}")
+        return (
+            f"{self.setup.text()}, gradient accumulation {self.gradient_accumulation}: "
+            f"{self.estimate.text()}; {self.reason}"
+        )
 
 
-def recommend(cfg: ModelConfig, fields: dict[str, FieldGeometry], device_bytes: float, world: int,
-              batch_size: int, gpu: bool = True, masked_fraction: float = 0.5) -> Fit:
+def recommend(
+    cfg: ModelConfig,
+    fields: dict[str, FieldGeometry],
+    device_bytes: float,
+    world: int,
+    batch_size: int,
+    gpu: bool = True,
+    masked_fraction: float = 0.5,
+) -> Fit:
     """The first of :data:`OPTIONS` that fits ``batch_size`` samples per rank in ``HEADROOM`` of
     ``device_bytes``; else the option with the largest micro-batch that fits, with gradient
     accumulation keeping the global batch; else why nothing fits."""
@@ -178,25 +207,40 @@ def recommend(cfg: ModelConfig, fields: dict[str, FieldGeometry], device_bytes: 
     budget = HEADROOM * device_bytes
     best: tuple[int, Setup, Estimate] | None = None
     for option in OPTIONS:
-        fits = [b for b in _halvings(batch_size) if budget >= estimate(
-            cfg, fields, Setup(micro_batch=b, **option), world, gpu, masked_fraction, sizes).peak]
+        fits = [
+            b
+            for b in _halvings(batch_size)
+            if budget >= estimate(cfg, fields, Setup(micro_batch=b, **option), world, gpu, masked_fraction, sizes).peak
+        ]
         if not fits:
             continue
         setup = Setup(micro_batch=fits[0], **option)
         if fits[0] == batch_size:
-            return Fit(setup, estimate(cfg, fields, setup, world, gpu, masked_fraction, sizes), 1,
-                       f"fits {_gib(budget)} ({HEADROOM:.0%} of {_gib(device_bytes)})")
+            return Fit(
+                setup,
+                estimate(cfg, fields, setup, world, gpu, masked_fraction, sizes),
+                1,
+                f"fits {_gib(budget)} ({HEADROOM:.0%} of {_gib(device_bytes)})",
+            )
         if best is None or fits[0] > best[0]:
             best = (fits[0], setup, estimate(cfg, fields, setup, world, gpu, masked_fraction, sizes))
     if best is None:
         last = estimate(cfg, fields, Setup(micro_batch=1, **OPTIONS[-1]), world, gpu, masked_fraction, sizes)
-        return Fit(None, None, 0, f"does not fit: even ZeRO-3 with checkpointing and full offload at "
-                   f"micro-batch 1 needs {last.text()} > {_gib(budget)}; use more ranks, a device with more "
-                   f"memory, or a smaller model")
+        return Fit(
+            None,
+            None,
+            0,
+            f"does not fit: even ZeRO-3 with checkpointing and full offload at "
+            f"micro-batch 1 needs {last.text()} > {_gib(budget)}; use more ranks, a device with more "
+            f"memory, or a smaller model",
+        )
     micro, setup, est = best
-    return Fit(setup, est, math.ceil(batch_size / micro),
-               f"micro-batch {batch_size} does not fit {_gib(budget)} "
-               f"({HEADROOM:.0%} of {_gib(device_bytes)})")
+    return Fit(
+        setup,
+        est,
+        math.ceil(batch_size / micro),
+        f"micro-batch {batch_size} does not fit {_gib(budget)} ({HEADROOM:.0%} of {_gib(device_bytes)})",
+    )
 
 
 def _halvings(b: int) -> list[int]:
@@ -208,8 +252,17 @@ def _halvings(b: int) -> list[int]:
 
 def parse_bytes(text: str) -> float:
     """``80GiB``, ``80GB``, ``512MiB`` or a number of bytes."""
-    units = {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
-             "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "b": 1}
+    units = {
+        "kib": 2**10,
+        "mib": 2**20,
+        "gib": 2**30,
+        "tib": 2**40,
+        "kb": 1e3,
+        "mb": 1e6,
+        "gb": 1e9,
+        "tb": 1e12,
+        "b": 1,
+    }
     t = text.strip().lower()
     try:
         for unit, scale in units.items():
@@ -217,5 +270,4 @@ def parse_bytes(text: str) -> float:
                 return float(t[: -len(unit)]) * scale
         return float(t)
     except ValueError:
-        raise ValueError(f"--device-memory: cannot read '{text}' as a size (e.g. 80GiB, 141GB, 512MiB)"
-                         ) from None
+        raise ValueError(f"--device-memory: cannot read '{text}' as a size (e.g. 80GiB, 141GB, 512MiB)") from None

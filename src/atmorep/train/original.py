@@ -40,9 +40,18 @@ from atmorep.model.embedding import TOKEN_INFO_DIM
 from atmorep.model.multiformer import FieldGeometry, Multiformer
 
 #: the original's field names -> ours (cfgrib names, ``data.fields``); others are kept
-FIELD_NAMES = {"velocity_u": "u", "velocity_v": "v", "velocity_z": "w", "temperature": "t",
-               "specific_humidity": "q", "total_precip": "tp", "vorticity": "vo", "divergence": "d",
-               "geopotential": "z", "t2m": "t2m"}
+FIELD_NAMES = {
+    "velocity_u": "u",
+    "velocity_v": "v",
+    "velocity_z": "w",
+    "temperature": "t",
+    "specific_humidity": "q",
+    "total_precip": "tp",
+    "vorticity": "vo",
+    "divergence": "d",
+    "geopotential": "z",
+    "t2m": "t2m",
+}
 
 
 class OriginalFormatError(ValueError):
@@ -71,7 +80,8 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
         raise OriginalFormatError(
             f"{path}: refused: reading it needs more than tensors and plain containers (it would run "
             f"pickled code; torch says: {str(exc).splitlines()[0]}). Re-save its state_dict with "
-            "torch.save(model.state_dict()) in a trusted environment") from None
+            "torch.save(model.state_dict()) in a trusted environment"
+        ) from None
     except Exception as exc:  # a truncated or foreign file
         raise OriginalFormatError(f"{path}: not a torch state_dict ({type(exc).__name__}: {exc})") from None
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
@@ -95,8 +105,12 @@ def architecture(cf: dict, rename: dict[str, str] | None = None) -> tuple[ModelC
     _need(cf, "decoder_self_att", lambda v: not v, "decoder self-attention blocks")
     _need(cf, "decoder_cross_att_rate", lambda v: v == 1.0, "each decoder layer pairs with one encoder layer")
     _need(cf, "with_layernorm", lambda v: v, "blocks without LayerNorm")
-    _need(cf, "coupling_num_heads_per_field", lambda v: v == 1,
-          "the original's own coupling code indexes its Linears per field, which works for 1 head only")
+    _need(
+        cf,
+        "coupling_num_heads_per_field",
+        lambda v: v == 1,
+        "the original's own coupling code indexes its Linears per field, which works for 1 head only",
+    )
     _need(cf, "encoder_num_mlp_layers", lambda v: v == 2, "MLPs of 2 Linear layers")
     _need(cf, "decoder_num_mlp_layers", lambda v: v == 2, "MLPs of 2 Linear layers")
     _need(cf, "net_tail_num_layers", lambda v: v == 0, "tails of LayerNorm + Linear")
@@ -113,8 +127,10 @@ def architecture(cf: dict, rename: dict[str, str] | None = None) -> tuple[ModelC
         try:
             name, (dynamic, dim, coupled, *_), levels, num_tokens, token_size, rates = fi[:6]
         except (TypeError, ValueError):
-            raise OriginalFormatError(f"model_id json: fields[{i}] is not [name, [dynamic, dim, coupled, "
-                                      f"device, ...], levels, num_tokens, token_size, masking]") from None
+            raise OriginalFormatError(
+                f"model_id json: fields[{i}] is not [name, [dynamic, dim, coupled, "
+                f"device, ...], levels, num_tokens, token_size, masking]"
+            ) from None
         f = names.get(name, name)
         extra["names"][f] = name
         fields[f] = FieldGeometry(len(levels), tuple(token_size), tuple(num_tokens))
@@ -127,15 +143,15 @@ def architecture(cf: dict, rename: dict[str, str] | None = None) -> tuple[ModelC
             extra.setdefault("local", []).append(f)
         extents[f] = tuple(int(n) * int(s) for n, s in zip(num_tokens, token_size))
     if len(set(extents.values())) != 1:
-        raise OriginalFormatError(f"model_id json: 'fields' cover different neighbourhoods (num_tokens x "
-                                  f"token_size): {extents}")
+        raise OriginalFormatError(
+            f"model_id json: 'fields' cover different neighbourhoods (num_tokens x token_size): {extents}"
+        )
     finest = np.min([g.token_size for g in fields.values()], axis=0)
     num_tokens = tuple(int(e) for e in np.asarray(next(iter(extents.values()))) // finest)
     predicted = [names.get(p[0], p[0]) for p in cf.get("fields_prediction", [])]
     unknown = sorted(set(predicted) - set(fields))
     if unknown or not predicted:
-        raise OriginalFormatError(f"model_id json: 'fields_prediction' names {unknown or 'no'} "
-                                  "field(s) of 'fields'")
+        raise OriginalFormatError(f"model_id json: 'fields_prediction' names {unknown or 'no'} field(s) of 'fields'")
     extra["predicted"] = predicted
     extra["field_weights"] = {names.get(p[0], p[0]): float(p[1]) for p in cf["fields_prediction"]}
     extra["losses"] = list(cf.get("losses", ["mse_ensemble", "stats"]))
@@ -143,13 +159,22 @@ def architecture(cf: dict, rename: dict[str, str] | None = None) -> tuple[ModelC
     extra["wandb_id"] = cf.get("wandb_id")
     common = Counter(dims.values()).most_common(1)[0][0]
     mcfg = ModelConfig(
-        num_tokens=num_tokens, dim=common, field_dims={f: d for f, d in dims.items() if d != common},
-        heads=heads, encoder_layers=int(cf["encoder_num_layers"]), decoder_layers=int(cf["decoder_num_layers"]),
-        coupling_heads=1, coupling={f: g for f, g in coupling.items() if g},
-        encoder_qk_norm="plain" if cf.get("with_qk_lnorm") else "none", decoder_qk_norm="affine",
-        ensemble=int(cf["net_tail_num_nets"]), dropout=float(cf.get("dropout_rate", 0.0)),
-        checkpointing=bool(cf.get("grad_checkpointing", False)), compat=True,
-        inputs_only=tuple(f for f in fields if f not in predicted))
+        num_tokens=num_tokens,
+        dim=common,
+        field_dims={f: d for f, d in dims.items() if d != common},
+        heads=heads,
+        encoder_layers=int(cf["encoder_num_layers"]),
+        decoder_layers=int(cf["decoder_num_layers"]),
+        coupling_heads=1,
+        coupling={f: g for f, g in coupling.items() if g},
+        encoder_qk_norm="plain" if cf.get("with_qk_lnorm") else "none",
+        decoder_qk_norm="affine",
+        ensemble=int(cf["net_tail_num_nets"]),
+        dropout=float(cf.get("dropout_rate", 0.0)),
+        checkpointing=bool(cf.get("grad_checkpointing", False)),
+        compat=True,
+        inputs_only=tuple(f for f in fields if f not in predicted),
+    )
     return mcfg, fields, extra
 
 
@@ -163,8 +188,10 @@ def _from_v1(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return sd
     other = sorted(k for k in sd if re.match(r"^encoders\.\d+\.heads\.\d+\.heads_other\.", k))
     if other:
-        raise OriginalFormatError(f"V1 per-head coupling key '{other[0]}': V1 files with encoder coupling "
-                                  "are not supported (the original's own translation of them is broken)")
+        raise OriginalFormatError(
+            f"V1 per-head coupling key '{other[0]}': V1 files with encoder coupling "
+            "are not supported (the original's own translation of them is broken)"
+        )
     out = dict(sd)
     groups: dict[tuple, dict] = {}
     for k in sd:
@@ -175,12 +202,12 @@ def _from_v1(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     for (kind, i, b, part), t in groups.items():
         heads = sorted({h for h, _ in t})
 
-        def cat(kinds):
+        def cat(kinds, t=t, heads=heads, where=f"{kind}oders.{i}.{b}"):
             try:
                 return torch.cat([t[(h, k)] for h in heads for k in kinds])
             except KeyError as exc:
-                raise OriginalFormatError(f"V1 key for head/projection {exc.args[0]} of "
-                                          f"{kind}oders.{i}.{b} is missing") from None
+                raise OriginalFormatError(f"V1 key for head/projection {exc.args[0]} of {where} is missing") from None
+
         if kind == "enc":
             out[f"encoders.{i}.heads.{b}.proj_heads.weight"] = cat(("qs", "ks", "vs"))
         elif part == "heads":
@@ -243,9 +270,10 @@ def convert_state(sd: dict[str, torch.Tensor], model: Multiformer, extra: dict) 
                 if q.shape[0] != len(coupled) * dh:
                     raise OriginalFormatError(
                         f"'{src}.proj_heads_other.0.weight' has {q.shape[0]} rows, the json's coupling of "
-                        f"'{extra['names'][f]}' implies {len(coupled) * dh}")
+                        f"'{extra['names'][f]}' implies {len(coupled) * dh}"
+                    )
                 for g in range(len(coupled)):
-                    out[f"{dst}.q_src.{g}.weight"] = q[g * dh:(g + 1) * dh]
+                    out[f"{dst}.q_src.{g}.weight"] = q[g * dh : (g + 1) * dh]
                     kv = take(f"{src}.proj_heads_other.{g + 1}.weight")
                     out[f"{dst}.kv_src.{g}.weight"] = torch.cat(_per_head(kv, 1, 2))
             for ours, theirs in (("fc1", 0), ("fc2", 3)):
@@ -277,21 +305,24 @@ def convert_state(sd: dict[str, torch.Tensor], model: Multiformer, extra: dict) 
     out["legacy_token_info.weight"], out["legacy_token_info.bias"] = legacy
     left = sorted(set(sd) - used)
     if left:
-        raise OriginalFormatError(f"the weights have '{left[0]}' ({len(left)} key(s) in all) that the "
-                                  "model_id json's architecture does not: config and weights do not match")
+        raise OriginalFormatError(
+            f"the weights have '{left[0]}' ({len(left)} key(s) in all) that the "
+            "model_id json's architecture does not: config and weights do not match"
+        )
     ours = model.state_dict()
     for k, v in out.items():
         if k not in ours:
             raise OriginalFormatError(f"internal: no parameter '{k}' in the converted model")
         if tuple(v.shape) != tuple(ours[k].shape):
-            raise OriginalFormatError(f"shape {tuple(v.shape)} of the original's tensor for '{k}' does not "
-                                      f"match {tuple(ours[k].shape)} that the model_id json implies: config "
-                                      "and weights do not match")
+            raise OriginalFormatError(
+                f"shape {tuple(v.shape)} of the original's tensor for '{k}' does not "
+                f"match {tuple(ours[k].shape)} that the model_id json implies: config "
+                "and weights do not match"
+            )
     return out
 
 
-def convert(weights: str | Path, config: str | Path,
-            rename: dict[str, str] | None = None) -> tuple[Multiformer, dict]:
+def convert(weights: str | Path, config: str | Path, rename: dict[str, str] | None = None) -> tuple[Multiformer, dict]:
     """The converted model (eval mode) and what to record with it (``original`` section of the file)."""
     cf = read_config(config)
     mcfg, fields, extra = architecture(cf, rename)
@@ -306,19 +337,29 @@ def suggested_config(model: Multiformer, extra: dict) -> dict:
     rates = dict(extra["masking"])
     for f in extra["static"]:
         rates[f] = [0.0, *rates[f][1:]]  # the original never masks static fields
-    out = {"data": {"fields": {f: {"levels": extra["levels"][f]} for f in model.fields}},
-            "shard": {"field_token_size": {f: list(g.token_size) for f, g in model.fields.items()}},
-            "model": {k: (list(v) if isinstance(v, tuple) else v) for k, v in
-                      json.loads(json.dumps(model.cfg.__dict__)).items()},
-            "train": {"masking": {"field_rates": rates, "forecast_tokens": extra["forecast_tokens"]},
-                      "loss": {"terms": extra["losses"], "field_weights": extra["field_weights"]}}}
+    out = {
+        "data": {"fields": {f: {"levels": extra["levels"][f]} for f in model.fields}},
+        "shard": {"field_token_size": {f: list(g.token_size) for f, g in model.fields.items()}},
+        "model": {
+            k: (list(v) if isinstance(v, tuple) else v) for k, v in json.loads(json.dumps(model.cfg.__dict__)).items()
+        },
+        "train": {
+            "masking": {"field_rates": rates, "forecast_tokens": extra["forecast_tokens"]},
+            "loss": {"terms": extra["losses"], "field_weights": extra["field_weights"]},
+        },
+    }
     if extra.get("local"):
         out["normalize"] = {"local": extra["local"]}
     return out
 
 
-def import_original(weights: str | Path, config: str | Path, output: str | Path,
-                    rename: dict[str, str] | None = None, config_out: str | Path | None = None) -> str:
+def import_original(
+    weights: str | Path,
+    config: str | Path,
+    output: str | Path,
+    rename: dict[str, str] | None = None,
+    config_out: str | Path | None = None,
+) -> str:
     """Convert and write our model file; returns the config keys to use with it (YAML text)."""
     import yaml
 
@@ -330,5 +371,7 @@ def import_original(weights: str | Path, config: str | Path, output: str | Path,
     if config_out:
         Path(config_out).write_text(text)
     params = sum(p.numel() for p in model.parameters())
-    return (f"# {output}: {len(model.fields)} field(s) {list(model.fields)}, {params:,} parameters "
-            f"(original id {extra['wandb_id']}); config keys that reproduce its training:\n{text}")
+    return (
+        f"# {output}: {len(model.fields)} field(s) {list(model.fields)}, {params:,} parameters "
+        f"(original id {extra['wandb_id']}); config keys that reproduce its training:\n{text}"
+    )

@@ -26,8 +26,14 @@ log = logging.getLogger(__name__)
 #: sparsity); AMD Instinct MI250X datasheet (383 TFLOPS BF16 for its two GCDs; torch sees each GCD as
 #: one device); AMD Instinct MI300X datasheet (1,307.4 TFLOPS BF16 dense); NVIDIA L40S datasheet (362).
 PEAK_BF16: tuple[tuple[str, float], ...] = (
-    ("GH200", 989.4e12), ("H200", 989.4e12), ("H100 PCIe", 756.5e12), ("H100", 989.4e12),
-    ("A100", 312e12), ("MI300X", 1307.4e12), ("MI250X", 191.5e12), ("L40S", 362e12),
+    ("GH200", 989.4e12),
+    ("H200", 989.4e12),
+    ("H100 PCIe", 756.5e12),
+    ("H100", 989.4e12),
+    ("A100", 312e12),
+    ("MI300X", 1307.4e12),
+    ("MI250X", 191.5e12),
+    ("L40S", 362e12),
 )
 
 
@@ -72,10 +78,12 @@ class Throughput:
     ``peak`` (FLOP/s of one rank) replaces the table and the measurement.
     """
 
-    def __init__(self, model_cfg, fields: dict, world: int, device: torch.device, dtype: torch.dtype,
-                 peak: float | None = None):
-        fields = {f: g if g.num_tokens else type(g)(g.levels, g.token_size, model_cfg.num_tokens)
-                  for f, g in fields.items()}
+    def __init__(
+        self, model_cfg, fields: dict, world: int, device: torch.device, dtype: torch.dtype, peak: float | None = None
+    ):
+        fields = {
+            f: g if g.num_tokens else type(g)(g.levels, g.token_size, model_cfg.num_tokens) for f, g in fields.items()
+        }
         self.n_tokens = summary.tokens(model_cfg, fields)
         terms = summary.flop_terms(model_cfg, fields)
         self.sample_flops = sum(2 * e + 3 * b for e, b, _ in terms.values())
@@ -95,8 +103,10 @@ class Throughput:
 
     def add(self, batch_size: int, masks: dict[str, torch.Tensor]) -> None:
         tail = sum(self.tail_flops[f] * int(m.sum()) for f, m in masks.items())
-        self._local += torch.tensor([batch_size, batch_size * sum(self.n_tokens.values()),
-                                     batch_size * self.sample_flops + tail], dtype=torch.float64)
+        self._local += torch.tensor(
+            [batch_size, batch_size * sum(self.n_tokens.values()), batch_size * self.sample_flops + tail],
+            dtype=torch.float64,
+        )
 
     def step(self, seconds: float) -> dict[str, float]:
         counts = self._local
@@ -109,16 +119,22 @@ class Throughput:
             self._first = [seconds, samples, tokens, flops]
         else:
             self._total = [a + b for a, b in zip(self._total, (seconds, samples, tokens, flops))]
-        return {"samples_per_s": samples / seconds, "tokens_per_s": tokens / seconds,
-                "flop_per_s": flops / seconds, "mfu": flops / seconds / self.peak}
+        return {
+            "samples_per_s": samples / seconds,
+            "tokens_per_s": tokens / seconds,
+            "flop_per_s": flops / seconds,
+            "mfu": flops / seconds / self.peak,
+        }
 
     def summary(self) -> str:
         if not self._steps:
             return "no steps run"
         seconds, samples, tokens, flops = self._total if self._steps > 1 else self._first
-        return (f"{samples / seconds:.3g} samples/s, {tokens / seconds:.3g} tokens/s, "
-                f"{flops / seconds / 1e9:.4g} GFLOP/s, MFU {flops / seconds / self.peak:.2%} of "
-                f"{self.peak / 1e9:.4g} GFLOP/s ({self.world} x {self.peak_source})")
+        return (
+            f"{samples / seconds:.3g} samples/s, {tokens / seconds:.3g} tokens/s, "
+            f"{flops / seconds / 1e9:.4g} GFLOP/s, MFU {flops / seconds / self.peak:.2%} of "
+            f"{self.peak / 1e9:.4g} GFLOP/s ({self.world} x {self.peak_source})"
+        )
 
 
 def training_dtype(engine: str) -> torch.dtype:

@@ -35,17 +35,20 @@ from pathlib import Path
 
 import numpy as np
 
-from atmorep.formats.atomic import Replacement
 from atmorep.config import AcquireConfig, CdsConfig, DataConfig
 from atmorep.data import fields
-from atmorep.formats import grib
-from atmorep.formats.grib import DataError
 from atmorep.data.acquire.inventory import Expectation, check_headers
+from atmorep.formats import grib
+from atmorep.formats.atomic import Replacement
+from atmorep.formats.grib import DataError
 
 log = logging.getLogger(__name__)
 
-DATASETS = {"ml": "reanalysis-era5-complete", "pl": "reanalysis-era5-pressure-levels",
-            "sfc": "reanalysis-era5-single-levels"}
+DATASETS = {
+    "ml": "reanalysis-era5-complete",
+    "pl": "reanalysis-era5-pressure-levels",
+    "sfc": "reanalysis-era5-single-levels",
+}
 DEFAULT_GRID = (0.25, 0.25)
 _TRANSIENT_HTTP = {408, 429, 500, 502, 503, 504}
 
@@ -80,8 +83,10 @@ def request_for(data: DataConfig, cfg: AcquireConfig, field_name: str, month: st
     spec = data.fields[field_name]
     kind = spec.kind
     if kind not in DATASETS:
-        raise DataError(f"field '{field_name}': the cds source serves ERA5 levtype ml, pl or sfc, not "
-                        f"'{kind}' (data.fields.{field_name}.levtype)")
+        raise DataError(
+            f"field '{field_name}': the cds source serves ERA5 levtype ml, pl or sfc, not "
+            f"'{kind}' (data.fields.{field_name}.levtype)"
+        )
     step = data.step_hours or 1
     if 24 % step:
         raise DataError(f"data.step_hours {step} does not divide a day")
@@ -92,24 +97,48 @@ def request_for(data: DataConfig, cfg: AcquireConfig, field_name: str, month: st
     grid = f"{dlat:g}/{dlon:g}"
     area = "/".join(f"{a:g}" for a in data.area) if data.area else None
     if kind == "ml":
-        body = {"class": "ea", "expver": cfg.cds.expver, "stream": "oper", "type": "an", "levtype": "ml",
-                "levelist": "/".join(str(lev) for lev in spec.levels), "param": str(info.param_id),
-                "date": f"{days[0]}/to/{days[-1]}", "time": "/".join(f"{h:02d}" for h in hours),
-                "grid": grid, "data_format": "grib"}
+        body = {
+            "class": "ea",
+            "expver": cfg.cds.expver,
+            "stream": "oper",
+            "type": "an",
+            "levtype": "ml",
+            "levelist": "/".join(str(lev) for lev in spec.levels),
+            "param": str(info.param_id),
+            "date": f"{days[0]}/to/{days[-1]}",
+            "time": "/".join(f"{h:02d}" for h in hours),
+            "grid": grid,
+            "data_format": "grib",
+        }
         if area:
             body["area"] = area
     else:
-        body = {"product_type": ["reanalysis"], "variable": [info.cds_variable],
-                "year": [month[:4]], "month": [month[5:7]],
-                "day": [str(d)[8:10] for d in days], "time": [f"{h:02d}:00" for h in hours],
-                "grid": grid, "data_format": "grib", "download_format": "unarchived"}
+        body = {
+            "product_type": ["reanalysis"],
+            "variable": [info.cds_variable],
+            "year": [month[:4]],
+            "month": [month[5:7]],
+            "day": [str(d)[8:10] for d in days],
+            "time": [f"{h:02d}:00" for h in hours],
+            "grid": grid,
+            "data_format": "grib",
+            "download_format": "unarchived",
+        }
         if kind == "pl":
             body["pressure_level"] = [str(lev) for lev in spec.levels]
         if area:
             body["area"] = area
     times = (days.astype("datetime64[s]")[:, None] + np.array(hours) * np.timedelta64(3600, "s")).ravel()
-    arrival = Expectation(field_name, kind, tuple(spec.levels), times[0], times[-1], times,
-                          (dlat, dlon), tuple(data.area) if data.area else None)
+    arrival = Expectation(
+        field_name,
+        kind,
+        tuple(spec.levels),
+        times[0],
+        times[-1],
+        times,
+        (dlat, dlon),
+        tuple(data.area) if data.area else None,
+    )
     return Request(field_name, month, DATASETS[kind], body, arrival)
 
 
@@ -130,11 +159,15 @@ def credentials() -> tuple[str, str]:
         url, key, _ = cdsapi.api.get_url_key_verify(None, None, None)
     except Exception:
         rc = os.environ.get("CDSAPI_RC", "~/.cdsapirc")
-        raise DataError(f"no CDS credentials: write 'url: https://cds.climate.copernicus.eu/api' and "
-                        f"'key: <your personal access token>' into {rc}, or set CDSAPI_URL and CDSAPI_KEY") from None
+        raise DataError(
+            f"no CDS credentials: write 'url: https://cds.climate.copernicus.eu/api' and "
+            f"'key: <your personal access token>' into {rc}, or set CDSAPI_URL and CDSAPI_KEY"
+        ) from None
     if ":" in key:
-        raise DataError("the CDS key has the old 'UID:KEY' form; the current CDS takes the personal access "
-                        "token shown on your CDS profile page")
+        raise DataError(
+            "the CDS key has the old 'UID:KEY' form; the current CDS takes the personal access "
+            "token shown on your CDS profile page"
+        )
     return url, key
 
 
@@ -174,6 +207,7 @@ def _relay(level: int, secret: str):
     def emit(msg, *args, **kwargs):
         text = str(msg) % args if args else str(msg)
         log.log(level, "cdsapi: %s", text.replace(secret, "***") if secret else text)
+
     return emit
 
 
@@ -206,7 +240,7 @@ def slot(directory: Path, n: int, poll_s: float = 1.0):
 
 def backoff(attempt: int, base: float, cap: float, jitter: float = 0.25, rng=random) -> float:
     """Seconds to wait before retry ``attempt`` (0-based): base * 2**attempt, capped, plus jitter."""
-    return min(cap, base * 2.0 ** attempt) * (1.0 + jitter * rng.random())
+    return min(cap, base * 2.0**attempt) * (1.0 + jitter * rng.random())
 
 
 # --------------------------------------------------------------------------------------------
@@ -236,8 +270,10 @@ def _describe(exc: BaseException, secret: str) -> str:
 
     text = f"{type(exc).__name__}: {exc}".splitlines()[0]
     if isinstance(exc, requests.HTTPError) and exc.response is not None and exc.response.status_code in (401, 403):
-        text = f"HTTP {exc.response.status_code}: the CDS rejected the credentials (check the key in ~/.cdsapirc " \
-               "or CDSAPI_KEY, and that the dataset's licence is accepted on your profile)"
+        text = (
+            f"HTTP {exc.response.status_code}: the CDS rejected the credentials (check the key in ~/.cdsapirc "
+            "or CDSAPI_KEY, and that the dataset's licence is accepted on your profile)"
+        )
     return text.replace(secret, "***") if secret else text
 
 
@@ -251,11 +287,21 @@ class CdsSource:
     def client(cfg: CdsConfig, url: str, key: str):
         import cdsapi
 
-        c = cdsapi.Client(url=url, key=key, quiet=True, progress=False, retry_max=cfg.http_retries,
-                          sleep_max=cfg.poll_max_s, timeout=cfg.timeout_s, wait_until_complete=True,
-                          delete=False, info_callback=_relay(logging.INFO, key),
-                          warning_callback=_relay(logging.WARNING, key), error_callback=_relay(logging.ERROR, key),
-                          debug_callback=_relay(logging.DEBUG, key))
+        c = cdsapi.Client(
+            url=url,
+            key=key,
+            quiet=True,
+            progress=False,
+            retry_max=cfg.http_retries,
+            sleep_max=cfg.poll_max_s,
+            timeout=cfg.timeout_s,
+            wait_until_complete=True,
+            delete=False,
+            info_callback=_relay(logging.INFO, key),
+            warning_callback=_relay(logging.WARNING, key),
+            error_callback=_relay(logging.ERROR, key),
+            debug_callback=_relay(logging.DEBUG, key),
+        )
         # cdsapi >= 0.7 runs on ecmwf-datastores-client: exponential HTTP back-off instead of a fixed pause
         if cfg.backoff_max_s > cfg.backoff_s:
             c.client.retry_after = (cfg.backoff_s, cfg.backoff_max_s, 2.0)
@@ -267,7 +313,9 @@ class CdsSource:
         part = out.parent / f".cds-{field_name}-{month}.part"
         state = out.parent / f".cds-{field_name}-{month}.json"
         c = cfg.cds
-        slots = Path(os.path.expanduser(c.slots_dir)) if c.slots_dir else Path.home() / ".cache" / "atmorep" / "cds-slots"
+        slots = (
+            Path(os.path.expanduser(c.slots_dir)) if c.slots_dir else Path.home() / ".cache" / "atmorep" / "cds-slots"
+        )
         with scrubbed(key):
             self._retrieve(req, c, url, key, part, state, slots)
             try:
@@ -286,8 +334,15 @@ class CdsSource:
         for attempt in range(c.attempts):
             if attempt:
                 wait = backoff(attempt - 1, c.backoff_s, c.backoff_max_s)
-                log.warning("CDS %s %s: attempt %d of %d failed (%s); retrying in %.1f s", req.field, req.month,
-                            attempt, c.attempts, _describe(last, key), wait)
+                log.warning(
+                    "CDS %s %s: attempt %d of %d failed (%s); retrying in %.1f s",
+                    req.field,
+                    req.month,
+                    attempt,
+                    c.attempts,
+                    _describe(last, key),
+                    wait,
+                )
                 time.sleep(wait)
             try:
                 with slot(slots, c.max_concurrent):
@@ -304,11 +359,14 @@ class CdsSource:
                 last = exc
             except Exception as exc:
                 if not _is_transient(exc):
-                    raise DataError(f"CDS request for '{req.field}' {req.month} ({req.dataset}) failed: "
-                                    f"{_describe(exc, key)}") from None
+                    raise DataError(
+                        f"CDS request for '{req.field}' {req.month} ({req.dataset}) failed: {_describe(exc, key)}"
+                    ) from None
                 last = exc
-        raise DataError(f"CDS request for '{req.field}' {req.month} ({req.dataset}) failed {c.attempts} times; "
-                        f"last: {_describe(last, key)}")
+        raise DataError(
+            f"CDS request for '{req.field}' {req.month} ({req.dataset}) failed {c.attempts} times; "
+            f"last: {_describe(last, key)}"
+        )
 
     @staticmethod
     def _remembered(req: Request, state: Path) -> tuple[str | None, int]:

@@ -34,13 +34,21 @@ from pathlib import Path
 
 import numpy as np
 
-from atmorep.formats.atomic import Replacement
 from atmorep.config import AcquireConfig, DataConfig
-from atmorep.formats import grib
 from atmorep.data.acquire import inventory, regrid
+from atmorep.data.acquire.inventory import (
+    Expectation,
+    check_grid,
+    config_level,
+    crop_indices,
+    describe_missing,
+    level_types,
+    matches,
+    why_twice,
+)
+from atmorep.formats import grib
+from atmorep.formats.atomic import Replacement
 from atmorep.formats.grib import DataError, Header
-from atmorep.data.acquire.inventory import (Expectation, check_grid, config_level, crop_indices, describe_missing,
-                                    level_types, matches, why_twice)
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +62,13 @@ def expand(patterns) -> list[Path]:
     for pat in patterns:
         p = Path(os.path.expanduser(pat))
         if p.is_dir():
-            found.update(q for q in p.rglob("*") if q.is_file() and not q.name.startswith(".")
-                         and (q.suffix.lower() in GRIB_SUFFIXES + NETCDF_SUFFIXES or _looks_like_grib(q)))
+            found.update(
+                q
+                for q in p.rglob("*")
+                if q.is_file()
+                and not q.name.startswith(".")
+                and (q.suffix.lower() in GRIB_SUFFIXES + NETCDF_SUFFIXES or _looks_like_grib(q))
+            )
         else:
             found.update(Path(q) for q in glob.glob(str(p), recursive=True) if Path(q).is_file())
     return sorted(found)
@@ -87,7 +100,9 @@ class Index:
     """Per-file message inventories, cached on disk by (path, size, mtime)."""
 
     def __init__(self, index_dir: str):
-        self.dir = Path(os.path.expanduser(index_dir)) if index_dir else Path.home() / ".cache" / "atmorep" / "grib-index"
+        self.dir = (
+            Path(os.path.expanduser(index_dir)) if index_dir else Path.home() / ".cache" / "atmorep" / "grib-index"
+        )
 
     def headers(self, path: Path) -> list[Header]:
         st = path.stat()
@@ -120,12 +135,28 @@ def _dump(headers: list[Header], stamp) -> dict:
         p = params.setdefault(h.param, len(params))
         lv = levels.setdefault(h.level, len(levels))
         g = grids.setdefault(id(h.grid), (len(grids), h.index))
-        rows.append([h.index, h.offset, h.length, h.edition, p, lv, int(h.time.astype(np.int64)), g[0],
-                     int(h.bitmap), int(h.number), int(h.base.astype(np.int64))])
-    return {"stamp": stamp,
-            "params": [[p.name, p.short_name, p.param_id, p.units, p.long_name] for p in params],
-            "levels": [[lv.type_of_level, lv.kind, lv.level] for lv in levels],
-            "grids": [msg for _, msg in grids.values()], "rows": rows}
+        rows.append(
+            [
+                h.index,
+                h.offset,
+                h.length,
+                h.edition,
+                p,
+                lv,
+                int(h.time.astype(np.int64)),
+                g[0],
+                int(h.bitmap),
+                int(h.number),
+                int(h.base.astype(np.int64)),
+            ]
+        )
+    return {
+        "stamp": stamp,
+        "params": [[p.name, p.short_name, p.param_id, p.units, p.long_name] for p in params],
+        "levels": [[lv.type_of_level, lv.kind, lv.level] for lv in levels],
+        "grids": [msg for _, msg in grids.values()],
+        "rows": rows,
+    }
 
 
 def _load(path: Path, entry: dict) -> list[Header]:
@@ -140,8 +171,22 @@ def _load(path: Path, entry: dict) -> list[Header]:
             f.seek(r[1])
             raw = grib.Raw(msg, r[1], r[2], f.read(r[2]))
         grids.append(_grid_of(raw))
-    return [Header(r[0], r[1], r[2], r[3], params[r[4]], levels[r[5]], np.datetime64(r[6], "s"), grids[r[7]],
-                   bool(r[8]), r[9], np.datetime64(r[10], "s")) for r in rows]
+    return [
+        Header(
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            params[r[4]],
+            levels[r[5]],
+            np.datetime64(r[6], "s"),
+            grids[r[7]],
+            bool(r[8]),
+            r[9],
+            np.datetime64(r[10], "s"),
+        )
+        for r in rows
+    ]
 
 
 def _grid_of(raw: grib.Raw) -> grib.Grid:
@@ -195,28 +240,44 @@ class FilesSource:
         grid = self.one_grid(chosen, exp)
         chosen = self.complete(chosen, exp, cfg.files.same_valid_time)
         crop = self.write(chosen, grid, data, field, out)
-        return {"source": "files", "field": field, "month": month, "levtype": exp.kind,
-                "member": cfg.files.member, "same_valid_time": cfg.files.same_valid_time,
-                "files": sorted({str(loc.path) for loc in chosen}), "crop": crop}
+        return {
+            "source": "files",
+            "field": field,
+            "month": month,
+            "levtype": exp.kind,
+            "member": cfg.files.member,
+            "same_valid_time": cfg.files.same_valid_time,
+            "files": sorted({str(loc.path) for loc in chosen}),
+            "crop": crop,
+        }
 
     @staticmethod
     def select(mirror: list[Located], exp: Expectation, field: str, files=None) -> list[Located]:
         """The field's messages on its level type and levels, inside the month, of the chosen member."""
-        chosen = [loc for loc in mirror if matches(loc.header, field)
-                  and config_level(loc.header.level, exp.kind) in exp.levels
-                  and exp.first <= loc.header.time <= exp.last]
+        chosen = [
+            loc
+            for loc in mirror
+            if matches(loc.header, field)
+            and config_level(loc.header.level, exp.kind) in exp.levels
+            and exp.first <= loc.header.time <= exp.last
+        ]
         members = sorted({loc.header.number for loc in chosen})
         member = None if files is None else files.member
         if member is None and len(members) > 1:
             where = sorted({str(loc.path) for loc in chosen})
-            raise DataError(f"files: field '{field}' comes as {len(members)} ensemble members {members} in "
-                            f"{where[0]}" + (f" and {len(where) - 1} more files" if len(where) > 1 else "")
-                            + ": choose one with acquire.files.member")
+            raise DataError(
+                f"files: field '{field}' comes as {len(members)} ensemble members {members} in "
+                f"{where[0]}"
+                + (f" and {len(where) - 1} more files" if len(where) > 1 else "")
+                + ": choose one with acquire.files.member"
+            )
         if member is not None:
             mine = [loc for loc in chosen if loc.header.number == member]
             if chosen and not mine:
-                raise DataError(f"files: field '{field}' has no ensemble member {member} (acquire.files.member); "
-                                f"the files hold members {members}")
+                raise DataError(
+                    f"files: field '{field}' has no ensemble member {member} (acquire.files.member); "
+                    f"the files hold members {members}"
+                )
             chosen = mine
         return chosen
 
@@ -229,12 +290,16 @@ class FilesSource:
         t = np.array([loc.header.time for loc in same])
         on_type = [loc for loc in same if config_level(loc.header.level, exp.kind) is not None]
         if not on_type:
-            return (f"files: field '{field}' is not on {inventory.describe_kind(exp.kind)} "
-                    f"(data.fields.{field}.levtype: {exp.kind}); the files have it only on "
-                    f"{level_types(loc.header for loc in same)}")
-        return (f"files: no message of field '{field}' on levels {list(exp.levels)} ({exp.kind}) in {month} "
-                f"∩ the campaign ({exp.window}); the files have it on {level_types(loc.header for loc in same)}, "
-                f"{str(t.min())[:16]} .. {str(t.max())[:16]}")
+            return (
+                f"files: field '{field}' is not on {inventory.describe_kind(exp.kind)} "
+                f"(data.fields.{field}.levtype: {exp.kind}); the files have it only on "
+                f"{level_types(loc.header for loc in same)}"
+            )
+        return (
+            f"files: no message of field '{field}' on levels {list(exp.levels)} ({exp.kind}) in {month} "
+            f"∩ the campaign ({exp.window}); the files have it on {level_types(loc.header for loc in same)}, "
+            f"{str(t.min())[:16]} .. {str(t.max())[:16]}"
+        )
 
     @staticmethod
     def one_grid(chosen: list[Located], exp: Expectation) -> grib.Grid:
@@ -266,16 +331,25 @@ class FilesSource:
                 distinct.setdefault(read_message(loc) if len(locs) > 1 else b"", loc)
             locs = list(distinct.values())
             runs = {loc.header.base for loc in locs}
-            if len(locs) > 1 and same_valid_time != "refuse" and len(runs) == len(locs) \
-                    and len({(loc.header.level, loc.header.number) for loc in locs}) == 1:
+            if (
+                len(locs) > 1
+                and same_valid_time != "refuse"
+                and len(runs) == len(locs)
+                and len({(loc.header.level, loc.header.number) for loc in locs}) == 1
+            ):
                 locs = sorted(locs, key=lambda x: x.header.step_hours)
                 locs = [locs[0] if same_valid_time == "shortest_step" else locs[-1]]
             if len(locs) > 1:
-                both = "; ".join(f"{loc.path} message {loc.header.index + 1} (base {str(loc.header.base)[:16]}, "
-                                 f"step {loc.header.step_hours:g} h, {loc.header.level.describe()}, "
-                                 f"member {loc.header.number})" for loc in locs[:2])
-                raise DataError(f"files: field '{exp.field}' level {key[1]} valid time {str(key[0])[:16]} is in "
-                                f"{len(locs)} different messages: {both}; {why_twice([x.header for x in locs])}")
+                both = "; ".join(
+                    f"{loc.path} message {loc.header.index + 1} (base {str(loc.header.base)[:16]}, "
+                    f"step {loc.header.step_hours:g} h, {loc.header.level.describe()}, "
+                    f"member {loc.header.number})"
+                    for loc in locs[:2]
+                )
+                raise DataError(
+                    f"files: field '{exp.field}' level {key[1]} valid time {str(key[0])[:16]} is in "
+                    f"{len(locs)} different messages: {both}; {why_twice([x.header for x in locs])}"
+                )
             by_key[key] = locs[0]
         times = np.array(sorted({k[0] for k in by_key}))
         axis = exp.time_index(times)
@@ -283,33 +357,57 @@ class FilesSource:
         for t, lev in by_key:
             it = int(np.searchsorted(axis, t))
             if it >= len(axis) or axis[it] != t:
-                raise DataError(f"files: field '{exp.field}' has time {str(t)[:16]} off the {exp.window} steps "
-                                "(data.step_hours)")
+                raise DataError(
+                    f"files: field '{exp.field}' has time {str(t)[:16]} off the {exp.window} steps (data.step_hours)"
+                )
             filled[it, exp.levels.index(lev)] = True
         if missing := describe_missing(exp.levels, axis, filled):
-            raise DataError(f"files: field '{exp.field}' misses {int((~filled).sum())} of {filled.size} "
-                            f"(level, time) combinations; " + "; ".join(missing))
+            raise DataError(
+                f"files: field '{exp.field}' misses {int((~filled).sum())} of {filled.size} "
+                f"(level, time) combinations; " + "; ".join(missing)
+            )
         return [by_key[k] for k in sorted(by_key)]
 
     @staticmethod
     def write(chosen: list[Located], grid: grib.Grid, data: DataConfig, field: str, out: Path) -> dict | None:
         """Write the messages (cut to data.area when the grid is bigger); the crop done, if any."""
         if grid.regular:
-            rows, cols = (np.arange(grid.ny), np.arange(grid.nx)) if data.area is None else \
-                crop_indices(grid.lats, grid.lons, data.area)
-            whole = len(rows) == grid.ny and len(cols) == grid.nx and np.array_equal(rows, np.arange(grid.ny)) \
+            rows, cols = (
+                (np.arange(grid.ny), np.arange(grid.nx))
+                if data.area is None
+                else crop_indices(grid.lats, grid.lons, data.area)
+            )
+            whole = (
+                len(rows) == grid.ny
+                and len(cols) == grid.nx
+                and np.array_equal(rows, np.arange(grid.ny))
                 and np.array_equal(cols, np.arange(grid.nx))
+            )
             with open(out, "wb") as f:
                 for loc in chosen:
                     f.write(read_message(loc) if whole else crop_message(loc, rows, cols, data.area))
             if whole:
                 return None
-            crop = {"area": list(data.area), "from": grid.describe(),
-                    "from_extent": {"lat": [float(grid.lats[0]), float(grid.lats[-1])],
-                                    "lon": [float(grid.lons[0]), float(grid.lons[-1])]},
-                    "rows": [int(rows[0]), int(rows[-1])], "columns": [int(cols[0]), int(cols[-1])]}
-            log.info("files: cut %s %s out of %s (rows %d..%d, columns %d..%d)", field, list(data.area),
-                     grid.describe(), rows[0], rows[-1], cols[0], cols[-1])
+            crop = {
+                "area": list(data.area),
+                "from": grid.describe(),
+                "from_extent": {
+                    "lat": [float(grid.lats[0]), float(grid.lats[-1])],
+                    "lon": [float(grid.lons[0]), float(grid.lons[-1])],
+                },
+                "rows": [int(rows[0]), int(rows[-1])],
+                "columns": [int(cols[0]), int(cols[-1])],
+            }
+            log.info(
+                "files: cut %s %s out of %s (rows %d..%d, columns %d..%d)",
+                field,
+                list(data.area),
+                grid.describe(),
+                rows[0],
+                rows[-1],
+                cols[0],
+                cols[-1],
+            )
             return crop
         if data.grid is None:
             raise DataError(f"files: field '{field}' is on {grid.describe()}: regridding needs data.grid")
@@ -321,14 +419,17 @@ class FilesSource:
         for t in times:  # one time step at a time keeps memory bounded
             for loc in (x for x in chosen if x.header.time == t):
                 values[0, levels.index(config_level(loc.header.level, spec.kind))] = regrid.gaussian_to_regular(
-                    decode_located(loc), loc.header.grid, lats, lons)
-            grib.write_grib(out, field, values, np.array([t]), levels, lats, lons, bits_per_value=24,
-                            levtype=spec.kind, append=True)
+                    decode_located(loc), loc.header.grid, lats, lons
+                )
+            grib.write_grib(
+                out, field, values, np.array([t]), levels, lats, lons, bits_per_value=24, levtype=spec.kind, append=True
+            )
         log.info("files: regridded %s from %s to %gx%g", field, grid.describe(), *data.grid)
         return None
 
-    def derive(self, mirror: list[Located], exp: Expectation, data: DataConfig, cfg: AcquireConfig, field: str,
-               out: Path) -> None:
+    def derive(
+        self, mirror: list[Located], exp: Expectation, data: DataConfig, cfg: AcquireConfig, field: str, out: Path
+    ) -> None:
         """vo or d from u and v (see :mod:`atmorep.data.acquire.vorticity`)."""
         from atmorep.data.acquire.vorticity import vorticity_divergence
 
@@ -338,8 +439,10 @@ class FilesSource:
             if not sel:
                 raise DataError(f"files: no '{field}' and no '{comp}' to derive it from (acquire.derive_vorticity)")
             self.one_grid(sel, exp)
-            winds[comp] = {(loc.header.time, config_level(loc.header.level, exp.kind)): loc
-                           for loc in self.complete(sel, exp, cfg.files.same_valid_time)}
+            winds[comp] = {
+                (loc.header.time, config_level(loc.header.level, exp.kind)): loc
+                for loc in self.complete(sel, exp, cfg.files.same_valid_time)
+            }
         if winds["u"].keys() != winds["v"].keys():
             raise DataError(f"files: u and v cover different (time, level) combinations; cannot derive '{field}'")
         grid = next(iter(winds["u"].values())).header.grid
@@ -348,8 +451,11 @@ class FilesSource:
         spec = data.fields[field]
         levels = list(spec.levels)
         # derived on the whole grid (the differences need the neighbours), then cut to data.area
-        rows, cols = (np.arange(grid.ny), np.arange(grid.nx)) if data.area is None else \
-            crop_indices(grid.lats, grid.lons, data.area)
+        rows, cols = (
+            (np.arange(grid.ny), np.arange(grid.nx))
+            if data.area is None
+            else crop_indices(grid.lats, grid.lons, data.area)
+        )
         lons = grid.lons if data.area is None else float(data.area[1]) + grid.dlon * np.arange(len(cols))
         for t in sorted({k[0] for k in winds["u"]}):
             values = np.empty((1, len(levels), len(rows), len(cols)), np.float32)
@@ -359,12 +465,30 @@ class FilesSource:
                 v = v_loc.header.grid.to_canonical(decode_located(v_loc))
                 vo, d = vorticity_divergence(u, v, grid.lats, grid.lons)
                 values[0, il] = (vo if field == "vo" else d)[np.ix_(rows, cols)]
-            grib.write_grib(out, field, values, np.array([t]), levels, grid.lats[rows], lons, bits_per_value=24,
-                            levtype=spec.kind, append=True)
+            grib.write_grib(
+                out,
+                field,
+                values,
+                np.array([t]),
+                levels,
+                grid.lats[rows],
+                lons,
+                bits_per_value=24,
+                levtype=spec.kind,
+                append=True,
+            )
         log.info("files: derived %s from u and v on %s", field, grid.describe())
 
-    def fetch_netcdf(self, netcdf: list[Path], grib_paths: list[Path], data: DataConfig, cfg: AcquireConfig,
-                     field: str, month: str, out: Path) -> dict | None:
+    def fetch_netcdf(
+        self,
+        netcdf: list[Path],
+        grib_paths: list[Path],
+        data: DataConfig,
+        cfg: AcquireConfig,
+        field: str,
+        month: str,
+        out: Path,
+    ) -> dict | None:
         """Write the field from NetCDF when a NetCDF file holds it and return its provenance (None: none
         does, try the GRIB)."""
         import xarray as xr
@@ -385,14 +509,17 @@ class FilesSource:
                 index = Index(cfg.files.index_dir)
                 both = [p for p in grib_paths if any(matches(h, field) for h in index.headers(p))]
                 if both:
-                    raise DataError(f"files: field '{field}' is in NetCDF ({netcdf[0]}) and in GRIB "
-                                    f"({both[0]}); keep one of them in acquire.files.paths")
+                    raise DataError(
+                        f"files: field '{field}' is in NetCDF ({netcdf[0]}) and in GRIB "
+                        f"({both[0]}); keep one of them in acquire.files.paths"
+                    )
             prov = gridded.fetch(opened, data, cfg, field, month, out, "files")
         finally:
             for _, ds in opened:
                 ds.close()
-        log.info("files: %s %s from NetCDF %s", field, month,
-                 ", ".join(f"{w} ({v})" for w, v in prov["variables"].items()))
+        log.info(
+            "files: %s %s from NetCDF %s", field, month, ", ".join(f"{w} ({v})" for w, v in prov["variables"].items())
+        )
         return prov
 
 
@@ -409,12 +536,17 @@ def crop_message(loc: Located, rows: np.ndarray, cols: np.ndarray, area) -> byte
         east = west + grid.dlon * (len(cols) - 1)
         if loc.header.edition == 2:  # GRIB2 longitudes are unsigned
             west, east = west % 360.0, east % 360.0
-        for key, value in (("Ni", len(cols)), ("Nj", len(rows)), ("iScansNegatively", 0), ("jScansPositively", 0),
-                           ("jPointsAreConsecutive", 0),
-                           ("latitudeOfFirstGridPointInDegrees", float(grid.lats[rows[0]])),
-                           ("latitudeOfLastGridPointInDegrees", float(grid.lats[rows[-1]])),
-                           ("longitudeOfFirstGridPointInDegrees", west),
-                           ("longitudeOfLastGridPointInDegrees", east)):
+        for key, value in (
+            ("Ni", len(cols)),
+            ("Nj", len(rows)),
+            ("iScansNegatively", 0),
+            ("jScansPositively", 0),
+            ("jPointsAreConsecutive", 0),
+            ("latitudeOfFirstGridPointInDegrees", float(grid.lats[rows[0]])),
+            ("latitudeOfLastGridPointInDegrees", float(grid.lats[rows[-1]])),
+            ("longitudeOfFirstGridPointInDegrees", west),
+            ("longitudeOfLastGridPointInDegrees", east),
+        ):
             eccodes.codes_set(gid, key, value)
         eccodes.codes_set(gid, "packingType", "grid_ieee")
         eccodes.codes_set(gid, "precision", 1)
@@ -426,4 +558,3 @@ def crop_message(loc: Located, rows: np.ndarray, cols: np.ndarray, area) -> byte
         return eccodes.codes_get_message(gid)
     finally:
         eccodes.codes_release(gid)
-

@@ -18,20 +18,30 @@ attribute (``time_units``, as the embedded sample) is decoded with those units.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field as dc_field
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
 from atmorep.data import fields
+from atmorep.data.acquire.inventory import Expectation, crop_indices, describe_missing
 from atmorep.formats import grib
 from atmorep.formats.grib import DataError
-from atmorep.data.acquire.inventory import Expectation, crop_indices, describe_missing
 
 # dimension name -> level kind ('pl' in hPa, 'ml' model level); None: read the units
-LEVEL_DIMS = {"pressure_level": "pl", "isobaricInhPa": "pl", "plev": "pl", "level": None, "lev": None,
-              "hybrid": "ml", "model_level": "ml", "model_level_number": "ml", "level_ml": "ml"}
+LEVEL_DIMS = {
+    "pressure_level": "pl",
+    "isobaricInhPa": "pl",
+    "plev": "pl",
+    "level": None,
+    "lev": None,
+    "hybrid": "ml",
+    "model_level": "ml",
+    "model_level_number": "ml",
+    "level_ml": "ml",
+}
 MEMBER_DIMS = ("number", "member", "ensemble", "realization")
 LAT_NAMES, LON_NAMES = ("latitude", "lat"), ("longitude", "lon")
 #: read at most this many bytes per block (several time chunks of a store at once)
@@ -45,14 +55,14 @@ class Probe:
     var: str
     field: str
     factor: float
-    kind: str                       # 'sfc', 'pl', 'ml'
+    kind: str  # 'sfc', 'pl', 'ml'
     levels: tuple[int, ...]
-    times: np.ndarray               # datetime64[s]
+    times: np.ndarray  # datetime64[s]
     tdim: str
     ldim: str | None
     ydim: str
     xdim: str
-    squeeze: dict = dc_field(default_factory=dict)   # size-1 member/level dims -> 0
+    squeeze: dict = dc_field(default_factory=dict)  # size-1 member/level dims -> 0
 
     def describe(self) -> str:
         lev = "surface" if self.kind == "sfc" else f"{self.kind} {list(self.levels)}"
@@ -68,16 +78,17 @@ def _decode_times(ds: xr.Dataset, dim: str, where: str) -> np.ndarray:
     units = ds[dim].attrs.get("units") or ds.attrs.get(f"{dim}_units") or ds.attrs.get("time_units")
     if not units or not np.issubdtype(t.dtype, np.number):
         why = "month numbers (a climatology, not a time series)" if dim == "month" else f"{t.dtype} values"
-        raise DataError(f"{where}: the time axis '{dim}' holds {why} without 'units' (like "
-                        f"'hours since 1970-01-01'): its times are unknown")
+        raise DataError(
+            f"{where}: the time axis '{dim}' holds {why} without 'units' (like "
+            f"'hours since 1970-01-01'): its times are unknown"
+        )
     from xarray.coding.times import decode_cf_datetime
 
     units = re.sub(r"\s*\(.*\)\s*$", "", str(units))  # 'hours since 1940-01-01 00:00 (proleptic_gregorian)'
     try:
         return np.asarray(decode_cf_datetime(t, units)).astype("datetime64[s]")
     except Exception as exc:
-        raise DataError(f"{where}: cannot decode the time axis '{dim}' with units '{units}' "
-                        f"({exc})") from None
+        raise DataError(f"{where}: cannot decode the time axis '{dim}' with units '{units}' ({exc})") from None
 
 
 def _level_kind(ds: xr.Dataset, dim: str) -> tuple[str, float]:
@@ -97,20 +108,23 @@ def probe(ds: xr.Dataset, var: str, where: str, field: str | None = None) -> Pro
     da = ds[var]
     wanted = field or fields.field_of(var)
     if wanted is None:
-        raise DataError(f"{where}: variable '{var}' is not in the field catalogue "
-                        "(src/atmorep/data/fields.py); map it to a field with acquire.variables")
+        raise DataError(
+            f"{where}: variable '{var}' is not in the field catalogue "
+            "(src/atmorep/data/fields.py); map it to a field with acquire.variables"
+        )
     cands = fields.candidates(wanted)
     factor, expected = cands.get(var, (1.0, fields.FIELDS[wanted].units))
     units = da.attrs.get("units")
     if units is None:
-        raise DataError(f"{where}: variable '{var}' has no 'units' attribute; field '{wanted}' needs "
-                        f"{expected}")
+        raise DataError(f"{where}: variable '{var}' has no 'units' attribute; field '{wanted}' needs {expected}")
     if not fields.same_units(str(units), expected):
         raise DataError(f"{where}: variable '{var}' is in '{units}'; field '{wanted}' needs '{expected}'")
     tdims = [d for d in da.dims if "time" in str(d) or d in ("month", "date", "dates")]
     if len(tdims) != 1:
-        raise DataError(f"{where}: variable '{var}' has {'no' if not tdims else 'several'} time axis "
-                        f"(dims {list(da.dims)}; expected one of valid_time, time, month)")
+        raise DataError(
+            f"{where}: variable '{var}' has {'no' if not tdims else 'several'} time axis "
+            f"(dims {list(da.dims)}; expected one of valid_time, time, month)"
+        )
     tdim = tdims[0]
     times = _decode_times(ds, tdim, where)
     vt = da.coords.get("valid_time")
@@ -121,26 +135,32 @@ def probe(ds: xr.Dataset, var: str, where: str, field: str | None = None) -> Pro
     ydim = next((d for d in LAT_NAMES if d in da.dims), None)
     xdim = next((d for d in LON_NAMES if d in da.dims), None)
     if ydim is None or xdim is None:
-        raise DataError(f"{where}: variable '{var}' has no latitude/longitude dimensions "
-                        f"(dims {list(da.dims)}); a regular lat/lon grid is needed")
+        raise DataError(
+            f"{where}: variable '{var}' has no latitude/longitude dimensions "
+            f"(dims {list(da.dims)}); a regular lat/lon grid is needed"
+        )
     for d in (ydim, xdim):
         c = np.asarray(ds[d].values, float) if d in ds.coords else np.array([])
         step = np.diff(c)
         if len(c) < 2 or not np.allclose(step, step[0], atol=1e-6 * max(1.0, abs(step[0]))):
-            raise DataError(f"{where}: variable '{var}': coordinate '{d}' is not evenly spaced "
-                            "(not a regular lat/lon grid)")
+            raise DataError(
+                f"{where}: variable '{var}': coordinate '{d}' is not evenly spaced (not a regular lat/lon grid)"
+            )
     ldims = [d for d in da.dims if d in LEVEL_DIMS]
     squeeze = {}
     for d in da.dims:
         if d in MEMBER_DIMS:
             if da.sizes[d] > 1:
-                raise DataError(f"{where}: variable '{var}' has {da.sizes[d]} ensemble members (dim '{d}'); "
-                                "select one member before ingest")
+                raise DataError(
+                    f"{where}: variable '{var}' has {da.sizes[d]} ensemble members (dim '{d}'); "
+                    "select one member before ingest"
+                )
             squeeze[d] = 0
     others = [d for d in da.dims if d not in (tdim, ydim, xdim, *ldims, *squeeze)]
     if others or len(ldims) > 1:
-        raise DataError(f"{where}: variable '{var}' has dimensions {others or ldims} the source cannot place "
-                        f"(dims {list(da.dims)})")
+        raise DataError(
+            f"{where}: variable '{var}' has dimensions {others or ldims} the source cannot place (dims {list(da.dims)})"
+        )
     ldim = ldims[0] if ldims else None
     kind, levels = "sfc", (0,)
     if ldim is not None:
@@ -160,8 +180,9 @@ def find(ds: xr.Dataset, field: str, where: str, variables: dict[str, str]) -> s
         return var if var in ds.data_vars else None
     hits = [n for n in fields.candidates(field) if n in ds.data_vars]
     if len(hits) > 1:
-        raise DataError(f"{where}: variables {hits} all name field '{field}'; choose one with "
-                        f"acquire.variables: {{{field}: NAME}}")
+        raise DataError(
+            f"{where}: variables {hits} all name field '{field}'; choose one with acquire.variables: {{{field}: NAME}}"
+        )
     return hits[0] if hits else None
 
 
@@ -188,8 +209,10 @@ def select(ds: xr.Dataset, p: Probe, exp: Expectation, where: str) -> Cut | None
     want_kind = exp.kind
     if p.kind != want_kind:
         dim = "" if p.ldim is None else f" (dim {p.ldim!r})"
-        raise DataError(f"{where}: variable '{p.var}' (field '{p.field}') is on {_KIND[p.kind]}{dim}; "
-                        f"the config expects {_KIND[want_kind]}")
+        raise DataError(
+            f"{where}: variable '{p.var}' (field '{p.field}') is on {_KIND[p.kind]}{dim}; "
+            f"the config expects {_KIND[want_kind]}"
+        )
     if missing := [lev for lev in exp.levels if lev not in p.levels]:
         raise DataError(f"{where}: variable '{p.var}' has no level {missing} (it has {list(p.levels)})")
     lidx = [p.levels.index(lev) for lev in exp.levels]
@@ -221,18 +244,20 @@ def check_complete(times: np.ndarray, exp: Expectation, where: str) -> None:
     """Each time at most once (over all files), and every expected step present."""
     uniq, counts = np.unique(times, return_counts=True)
     if (counts > 1).any():
-        raise DataError(f"{where}: field '{exp.field}' time {str(uniq[counts > 1][0])[:16]} is in more "
-                        "than one file")
+        raise DataError(f"{where}: field '{exp.field}' time {str(uniq[counts > 1][0])[:16]} is in more than one file")
     if exp.times is not None:
         have = np.isin(exp.times, times)
         off = times[~np.isin(times, exp.times)]
         if len(off):
-            raise DataError(f"{where}: field '{exp.field}' has time {str(off[0])[:16]}, not on the "
-                            f"data.step_hours steps")
+            raise DataError(
+                f"{where}: field '{exp.field}' has time {str(off[0])[:16]}, not on the data.step_hours steps"
+            )
         if not have.all():
             filled = np.repeat(have[:, None], len(exp.levels), axis=1)
-            raise DataError(f"{where}: field '{exp.field}' misses time steps: "
-                            + "; ".join(describe_missing(exp.levels, exp.times, filled)))
+            raise DataError(
+                f"{where}: field '{exp.field}' misses time steps: "
+                + "; ".join(describe_missing(exp.levels, exp.times, filled))
+            )
 
 
 def _block(c: Cut) -> int:
@@ -259,7 +284,7 @@ def write(cuts: list[Cut], field: str, exp: Expectation, out: Path) -> int:
         block = _block(c)
         da = c.da.isel(p.squeeze) if p.squeeze else c.da
         for b in range(0, len(c.tidx), block):
-            tsel = c.tidx[b:b + block]
+            tsel = c.tidx[b : b + block]
             sel = {p.tdim: _as_index(tsel), p.ydim: _as_index(c.rows), p.xdim: _as_index(c.cols)}
             if p.ldim is not None:
                 sel[p.ldim] = _as_index(np.array(c.lidx))
@@ -272,8 +297,9 @@ def write(cuts: list[Cut], field: str, exp: Expectation, out: Path) -> int:
                 values = values * np.asarray(p.factor, values.dtype)
             if not np.issubdtype(values.dtype, np.floating):
                 values = values.astype(np.float64)
-            grib.write_grib(out, field, values, p.times[tsel], levels, c.lats, c.lons, levtype=levtype,
-                            append=not first, ieee=True)
+            grib.write_grib(
+                out, field, values, p.times[tsel], levels, c.lats, c.lons, levtype=levtype, append=not first, ieee=True
+            )
             first = False
     return sum(used_bytes(c) for c in cuts)
 
@@ -286,8 +312,7 @@ def _as_index(idx: np.ndarray):
     return idx
 
 
-def fetch(datasets: list[tuple[str, xr.Dataset]], data, cfg, field: str, month: str, out: Path,
-          source: str) -> dict:
+def fetch(datasets: list[tuple[str, xr.Dataset]], data, cfg, field: str, month: str, out: Path, source: str) -> dict:
     """Write ``field`` for ``month`` from the datasets that hold it; returns provenance (bytes used)."""
     exp = Expectation.for_month(data, field, month)
     cuts, holders, names = [], {}, set()
@@ -300,14 +325,21 @@ def fetch(datasets: list[tuple[str, xr.Dataset]], data, cfg, field: str, month: 
         if (c := select(ds, probe(ds, var, where, field), exp, where)) is not None:
             cuts.append(c)
     if not holders:
-        mapped = f"acquire.variables maps it to '{cfg.variables[field]}'" if field in cfg.variables else \
-            f"looked for {sorted(fields.candidates(field))}"
+        mapped = (
+            f"acquire.variables maps it to '{cfg.variables[field]}'"
+            if field in cfg.variables
+            else f"looked for {sorted(fields.candidates(field))}"
+        )
         raise DataError(f"{source}: no variable for field '{field}' ({mapped}); it holds {sorted(names)}")
     if not cuts:
-        spans = [f"{str(t.min())[:16]} .. {str(t.max())[:16]}" for t in
-                 (probe(ds, holders[w], w, field).times for w, ds in datasets if w in holders)]
-        raise DataError(f"{source}: field '{field}' has no time step in {month} ∩ the campaign "
-                        f"({exp.window}); it covers {'; '.join(spans)}")
+        spans = [
+            f"{str(t.min())[:16]} .. {str(t.max())[:16]}"
+            for t in (probe(ds, holders[w], w, field).times for w, ds in datasets if w in holders)
+        ]
+        raise DataError(
+            f"{source}: field '{field}' has no time step in {month} ∩ the campaign "
+            f"({exp.window}); it covers {'; '.join(spans)}"
+        )
     for c in cuts[1:]:
         if not (np.array_equal(c.lats, cuts[0].lats) and np.array_equal(c.lons, cuts[0].lons)):
             raise DataError(f"{source}: field '{field}' comes on different grids in different files")

@@ -15,12 +15,21 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from atmorep.data.acquire.inventory import level_types
 from atmorep.formats import grib
 from atmorep.formats.grib import DataError
-from atmorep.data.acquire.inventory import level_types
 
-_LEVEL_NAMES = ("level", "hybrid", "isobaricInhPa", "model_level_number", "lev", "sigma", "pressure_level",
-                "plev", "model_level")
+_LEVEL_NAMES = (
+    "level",
+    "hybrid",
+    "isobaricInhPa",
+    "model_level_number",
+    "lev",
+    "sigma",
+    "pressure_level",
+    "plev",
+    "model_level",
+)
 
 
 def kind(path: Path) -> str:
@@ -108,8 +117,10 @@ def _describe_grib(scanned: dict[Path, list[grib.Header]], regrid: str) -> str:
         grids = {h.grid.key: (p, h.grid) for p, h in items}
         if len(grids) > 1:
             (p1, g1), (p2, g2) = list(grids.values())[:2]
-            raise DataError(f"{first_path}: field '{name}' is on mixed grids: {g1.describe()} ({p1.name}) and "
-                            f"{g2.describe()} ({p2.name}); one grid per field is required")
+            raise DataError(
+                f"{first_path}: field '{name}' is on mixed grids: {g1.describe()} ({p1.name}) and "
+                f"{g2.describe()} ({p2.name}); one grid per field is required"
+            )
         if (why := h0.grid.unusable(regrid)) is not None:
             raise DataError(f"{first_path}: field '{name}' is on {why}")
         lines.append(f"  {name}: {_grib_line([h for _, h in items], regrid)}")

@@ -15,8 +15,11 @@ import numpy as np
 from atmorep.config import DataConfig
 from atmorep.formats.grib import SURFACE_TYPES, DataError, Grid, Header, Level
 
-LEVEL_KINDS = {"ml": "model levels (hybrid)", "pl": "pressure levels (isobaricInhPa)",
-               "sfc": f"a single-level field ({', '.join(SURFACE_TYPES)})"}
+LEVEL_KINDS = {
+    "ml": "model levels (hybrid)",
+    "pl": "pressure levels (isobaricInhPa)",
+    "sfc": f"a single-level field ({', '.join(SURFACE_TYPES)})",
+}
 
 
 def describe_kind(kind: str) -> str:
@@ -45,8 +48,10 @@ def why_twice(headers) -> str:
     """What tells apart messages that claim the same (valid time, level), and the key that chooses."""
     levels = {h.level for h in headers}
     if len(levels) > 1:
-        return (f"on {', '.join(sorted(lv.describe() for lv in levels))}: name one in data.fields.<field>.levtype "
-                "(and levels)")
+        return (
+            f"on {', '.join(sorted(lv.describe() for lv in levels))}: name one in data.fields.<field>.levtype "
+            "(and levels)"
+        )
     if len({h.number for h in headers}) > 1:
         return f"ensemble members {sorted({h.number for h in headers})}: choose one with acquire.files.member"
     if len({h.base for h in headers}) > 1:
@@ -58,11 +63,11 @@ def why_twice(headers) -> str:
 @dataclass(frozen=True)
 class Expectation:
     field: str
-    kind: str                          # 'sfc', 'ml', 'pl' or an ecCodes typeOfLevel (FieldSpec.kind)
+    kind: str  # 'sfc', 'ml', 'pl' or an ecCodes typeOfLevel (FieldSpec.kind)
     levels: tuple[int, ...]
-    first: np.datetime64               # allowed valid times: [first, last]
+    first: np.datetime64  # allowed valid times: [first, last]
     last: np.datetime64
-    times: np.ndarray | None = None    # every expected valid time (None: irregular, any in [first, last])
+    times: np.ndarray | None = None  # every expected valid time (None: irregular, any in [first, last])
     grid: tuple[float, float] | None = None
     area: tuple[float, float, float, float] | None = None
     regrid: str = "none"
@@ -76,8 +81,17 @@ class Expectation:
         m0 = np.datetime64(month, "M").astype("datetime64[s]")
         m1 = (np.datetime64(month, "M") + 1).astype("datetime64[s]") - np.timedelta64(1, "s")
         times = data.times(month) if data.step_hours else None
-        return cls(field, spec.kind, tuple(spec.levels), max(start, m0), min(end, m1), times,
-                   tuple(data.grid) if data.grid else None, tuple(data.area) if data.area else None, regrid)
+        return cls(
+            field,
+            spec.kind,
+            tuple(spec.levels),
+            max(start, m0),
+            min(end, m1),
+            times,
+            tuple(data.grid) if data.grid else None,
+            tuple(data.area) if data.area else None,
+            regrid,
+        )
 
     @property
     def window(self) -> str:
@@ -102,8 +116,10 @@ def check_grid(grid: Grid, exp: Expectation, where: str, crop: bool = False) -> 
     if not grid.regular:
         return  # Gaussian grids are regridded onto data.grid by the source
     if exp.grid is not None and (abs(grid.dlat - exp.grid[0]) > 1e-6 or abs(grid.dlon - exp.grid[1]) > 1e-6):
-        raise DataError(f"{where}: field '{exp.field}' is on a {grid.describe()} grid; data.grid expects "
-                        f"{exp.grid[0]:g}°x{exp.grid[1]:g}°")
+        raise DataError(
+            f"{where}: field '{exp.field}' is on a {grid.describe()} grid; data.grid expects "
+            f"{exp.grid[0]:g}°x{exp.grid[1]:g}°"
+        )
     if exp.area is not None and crop:
         try:
             crop_indices(grid.lats, grid.lons, exp.area)
@@ -112,14 +128,22 @@ def check_grid(grid: Grid, exp: Expectation, where: str, crop: bool = False) -> 
     elif exp.area is not None:
         north, west, south, east = exp.area
         want = _area_lons(west, east, grid.dlon)
-        if (abs(grid.lats[0] - north) > 1e-6 or abs(grid.lats[-1] - south) > 1e-6 or len(want) != grid.nx
-                or not np.allclose(np.sort(want), np.sort(np.mod(grid.lons, 360.0)), atol=1e-6)):
-            raise DataError(f"{where}: field '{exp.field}' covers lat {grid.lats[0]:g}..{grid.lats[-1]:g}, "
-                            f"lon {grid.file_lons[0]:g}..{grid.file_lons[1]:g}; data.area expects "
-                            f"lat {north:g}..{south:g}, lon {west:g}..{east:g}")
+        if (
+            abs(grid.lats[0] - north) > 1e-6
+            or abs(grid.lats[-1] - south) > 1e-6
+            or len(want) != grid.nx
+            or not np.allclose(np.sort(want), np.sort(np.mod(grid.lons, 360.0)), atol=1e-6)
+        ):
+            raise DataError(
+                f"{where}: field '{exp.field}' covers lat {grid.lats[0]:g}..{grid.lats[-1]:g}, "
+                f"lon {grid.file_lons[0]:g}..{grid.file_lons[1]:g}; data.area expects "
+                f"lat {north:g}..{south:g}, lon {west:g}..{east:g}"
+            )
     elif exp.grid is not None and not grid.is_global:
-        raise DataError(f"{where}: field '{exp.field}' covers lat {grid.lats[0]:g}..{grid.lats[-1]:g}, lon "
-                        f"{grid.file_lons[0]:g}..{grid.file_lons[1]:g}, not the whole globe (data.area is null)")
+        raise DataError(
+            f"{where}: field '{exp.field}' covers lat {grid.lats[0]:g}..{grid.lats[-1]:g}, lon "
+            f"{grid.file_lons[0]:g}..{grid.file_lons[1]:g}, not the whole globe (data.area is null)"
+        )
 
 
 def crop_indices(lats, lons, area) -> tuple[np.ndarray, np.ndarray]:
@@ -146,17 +170,31 @@ def crop_indices(lats, lons, area) -> tuple[np.ndarray, np.ndarray]:
     rows = np.flatnonzero((lats <= north + eps) & (lats >= south - eps))
     rows = rows[np.argsort(-lats[rows], kind="stable")]
     want_cols = int(round(span / dlon)) + 1 if dlon else 1
-    if south > north + eps or not len(rows) or not len(cols) or lats.max() < north - eps \
-            or lats.min() > south + eps or (not closed and len(cols) < want_cols):
-        raise DataError(f"data.area lat {north:g}..{south:g}, lon {west:g}..{east:g} is not inside the files' "
-                        f"extent lat {lats.max():g}..{lats.min():g}, lon {_lon_extent(lons, closed)}")
-    edges = {"north": (north, lats[rows[0]]), "south": (south, lats[rows[-1]]),
-             "west": (0.0, offset[cols[0]]), "east": (span, offset[cols[-1]])}
+    if (
+        south > north + eps
+        or not len(rows)
+        or not len(cols)
+        or lats.max() < north - eps
+        or lats.min() > south + eps
+        or (not closed and len(cols) < want_cols)
+    ):
+        raise DataError(
+            f"data.area lat {north:g}..{south:g}, lon {west:g}..{east:g} is not inside the files' "
+            f"extent lat {lats.max():g}..{lats.min():g}, lon {_lon_extent(lons, closed)}"
+        )
+    edges = {
+        "north": (north, lats[rows[0]]),
+        "south": (south, lats[rows[-1]]),
+        "west": (0.0, offset[cols[0]]),
+        "east": (span, offset[cols[-1]]),
+    }
     for name, (want, got) in edges.items():
         if abs(want - got) > eps:
             step = abs(float(lats[1] - lats[0])) if name in ("north", "south") and len(lats) > 1 else dlon
-            raise DataError(f"data.area {name} edge {area[('north', 'west', 'south', 'east').index(name)]:g} is "
-                            f"not a grid point of the files' {step:g}° grid (choose area edges on the grid)")
+            raise DataError(
+                f"data.area {name} edge {area[('north', 'west', 'south', 'east').index(name)]:g} is "
+                f"not a grid point of the files' {step:g}° grid (choose area edges on the grid)"
+            )
     return rows, cols
 
 
@@ -190,13 +228,16 @@ def check_headers(headers: list[Header], exp: Expectation, where: str) -> None:
     if others:
         raise DataError(f"{where}: holds {', '.join(others)}; expected only field '{exp.field}'")
     if foreign := [h for h in headers if config_level(h.level, exp.kind) is None]:
-        raise DataError(f"{where}: field '{exp.field}' is on {level_types(foreign)} levels; the config expects "
-                        f"{describe_kind(exp.kind)} (data.fields.{exp.field}.levtype)")
+        raise DataError(
+            f"{where}: field '{exp.field}' is on {level_types(foreign)} levels; the config expects "
+            f"{describe_kind(exp.kind)} (data.fields.{exp.field}.levtype)"
+        )
     mine = [config_level(h.level, exp.kind) for h in headers]
     levels = sorted(set(mine))
     if extra := [lev for lev in levels if lev not in exp.levels]:
-        raise DataError(f"{where}: field '{exp.field}' has levels {extra} the config does not expect "
-                        f"(expects {list(exp.levels)})")
+        raise DataError(
+            f"{where}: field '{exp.field}' has levels {extra} the config does not expect (expects {list(exp.levels)})"
+        )
     times = np.array([h.time for h in headers])
     outside = (times < exp.first) | (times > exp.last)
     if outside.any():
@@ -205,22 +246,30 @@ def check_headers(headers: list[Header], exp: Expectation, where: str) -> None:
     check_grid(grid, exp, where)
     for h in headers:
         if h.grid.key != grid.key:
-            raise DataError(f"{where}: field '{exp.field}' mixes grids: {grid.describe()} and "
-                            f"{h.grid.describe()} (message {h.index + 1})")
+            raise DataError(
+                f"{where}: field '{exp.field}' mixes grids: {grid.describe()} and "
+                f"{h.grid.describe()} (message {h.index + 1})"
+            )
     axis = exp.time_index(times)
     filled = np.zeros((len(axis), len(exp.levels)), int)
     it = np.searchsorted(axis, times)
     off = (it >= len(axis)) | (axis[np.minimum(it, len(axis) - 1)] != times)
     if off.any():
-        raise DataError(f"{where}: field '{exp.field}' has time {str(times[off][0])[:16]}, not on the "
-                        f"{int((axis[1] - axis[0]) / np.timedelta64(1, 'h')) if len(axis) > 1 else '?'}-hourly steps")
+        raise DataError(
+            f"{where}: field '{exp.field}' has time {str(times[off][0])[:16]}, not on the "
+            f"{int((axis[1] - axis[0]) / np.timedelta64(1, 'h')) if len(axis) > 1 else '?'}-hourly steps"
+        )
     il = np.array([exp.levels.index(lev) for lev in mine])
     np.add.at(filled, (it, il), 1)
     if (filled > 1).any():
         t, lv = np.argwhere(filled > 1)[0]
         same = [h for h, i, j in zip(headers, it, il) if (i, j) == (t, lv)]
-        raise DataError(f"{where}: field '{exp.field}' level {exp.levels[lv]} time {str(axis[t])[:16]} appears "
-                        f"{filled[t, lv]} times ({why_twice(same)})")
+        raise DataError(
+            f"{where}: field '{exp.field}' level {exp.levels[lv]} time {str(axis[t])[:16]} appears "
+            f"{filled[t, lv]} times ({why_twice(same)})"
+        )
     if missing := describe_missing(exp.levels, axis, filled > 0):
-        raise DataError(f"{where}: field '{exp.field}' has {len(headers)} messages, expected "
-                        f"{filled.size} ({len(exp.levels)} levels x {len(axis)} times); " + "; ".join(missing))
+        raise DataError(
+            f"{where}: field '{exp.field}' has {len(headers)} messages, expected "
+            f"{filled.size} ({len(exp.levels)} levels x {len(axis)} times); " + "; ".join(missing)
+        )

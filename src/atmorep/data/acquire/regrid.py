@@ -30,8 +30,10 @@ def gaussian_to_regular(values: np.ndarray, grid: Grid, lats_out: np.ndarray, lo
     else:
         raise DataError(f"cannot regrid {grid.describe()}: only Gaussian grids are regridded")
     if pl.sum() != values.size:
-        raise DataError(f"{grid.describe()}: {values.size} values for {pl.sum()} grid points "
-                        "(regional Gaussian grids are not supported)")
+        raise DataError(
+            f"{grid.describe()}: {values.size} values for {pl.sum()} grid points "
+            "(regional Gaussian grids are not supported)"
+        )
     rows_src = np.split(np.asarray(values, np.float64), np.cumsum(pl)[:-1])
     if grid.flip_rows:  # rows stored south to north
         rows_src = rows_src[::-1]
@@ -42,8 +44,13 @@ def gaussian_to_regular(values: np.ndarray, grid: Grid, lats_out: np.ndarray, lo
         rows[j] = np.interp(lons_out, 360.0 * np.arange(n) / n, row, period=360.0)
     # add the poles as rows holding the zonal mean of the outermost rows
     lat_ext = np.concatenate([[90.0], lats, [-90.0]])
-    rows_ext = np.concatenate([rows[:1].mean(axis=1, keepdims=True) + 0 * rows[:1], rows,
-                               rows[-1:].mean(axis=1, keepdims=True) + 0 * rows[-1:]])
+    rows_ext = np.concatenate(
+        [
+            rows[:1].mean(axis=1, keepdims=True) + 0 * rows[:1],
+            rows,
+            rows[-1:].mean(axis=1, keepdims=True) + 0 * rows[-1:],
+        ]
+    )
     out = np.empty((len(lats_out), len(lons_out)), np.float32)
     # np.interp needs increasing coordinates: interpolate in -lat
     for i in range(len(lons_out)):

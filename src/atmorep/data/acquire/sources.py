@@ -1,9 +1,9 @@
 """Acquire: data sources behind one interface, each writing GRIB for one (field, month).
 
 A source implements :class:`Source`. The registry :data:`SOURCES` maps the config's
-``acquire.source`` to a class: ``sample`` (the embedded real ERA5 sample), ``files`` (GRIB or NetCDF an HPC
-centre mirrors, :mod:`atmorep.data.acquire.files`), ``zarr`` (analysis-ready stores, :mod:`atmorep.data.acquire.zarrsource`)
-and ``cds`` (the Copernicus Climate Data Store,
+``acquire.source`` to a class: ``sample`` (the embedded real ERA5 sample), ``files`` (GRIB or
+NetCDF an HPC centre mirrors, :mod:`atmorep.data.acquire.files`), ``zarr`` (analysis-ready stores,
+:mod:`atmorep.data.acquire.zarrsource`) and ``cds`` (the Copernicus Climate Data Store,
 :mod:`atmorep.data.acquire.cds`). Every source writes to a temporary path; :func:`acquire` validates what
 arrived (fields, level type, levels, times, grid, completeness) and only then renames it into
 place, so an interrupted or rejected job leaves nothing that looks complete.
@@ -21,11 +21,11 @@ from typing import Protocol
 import numpy as np
 import xarray as xr
 
-from atmorep.formats.atomic import Replacement
 from atmorep.config import AcquireConfig, DataConfig
-from atmorep.formats import grib
-from atmorep.formats.grib import DataError
 from atmorep.data.acquire.inventory import Expectation, check_headers
+from atmorep.formats import grib
+from atmorep.formats.atomic import Replacement
+from atmorep.formats.grib import DataError
 
 log = logging.getLogger(__name__)
 
@@ -67,19 +67,22 @@ class SampleSource:
             raise DataError(f"field '{field}' is not in the embedded sample (it has {', '.join(self.FIELDS)})")
         levels = data.fields[field].levels
         if tuple(levels) != (0,):
-            raise DataError(f"field '{field}': the embedded sample has surface data only (levels [0]), "
-                            f"config asks for {list(levels)}")
+            raise DataError(
+                f"field '{field}': the embedded sample has surface data only (levels [0]), "
+                f"config asks for {list(levels)}"
+            )
         ds = self.open()
         start, end = data.period
         t = ds["time"].values
         sel = (t >= start) & (t <= end) & (t.astype("datetime64[M]") == np.datetime64(month, "M"))
         if not sel.any():
-            raise DataError(f"the embedded sample has no time step of {month} inside "
-                            f"{data.start} … {data.end} (it covers {t[0]} … {t[-1]})")
+            raise DataError(
+                f"the embedded sample has no time step of {month} inside "
+                f"{data.start} … {data.end} (it covers {t[0]} … {t[-1]})"
+            )
         da = ds[field].isel(time=np.flatnonzero(sel))
         values = da.values[:, None].astype(np.float32)  # T 1 Y X
-        grib.write_grib(out, field, values, da["time"].values, levels,
-                        da["latitude"].values, da["longitude"].values)
+        grib.write_grib(out, field, values, da["time"].values, levels, da["latitude"].values, da["longitude"].values)
 
 
 def _files_source():

@@ -27,8 +27,9 @@ from atmorep.formats.grib import DataError, periodic
 EARTH_RADIUS = 6371229.0  # m, the radius of ECMWF's IFS
 
 
-def vorticity_divergence(u_YX: np.ndarray, v_YX: np.ndarray, lats: np.ndarray, lons: np.ndarray,
-                         radius: float = EARTH_RADIUS) -> tuple[np.ndarray, np.ndarray]:
+def vorticity_divergence(
+    u_YX: np.ndarray, v_YX: np.ndarray, lats: np.ndarray, lons: np.ndarray, radius: float = EARTH_RADIUS
+) -> tuple[np.ndarray, np.ndarray]:
     """(vo, d) in s-1 on the grid of ``u``/``v`` (latitudes north to south, longitudes ascending)."""
     u, v = np.asarray(u_YX, np.float64), np.asarray(v_YX, np.float64)
     lats, lons = np.asarray(lats, float), np.asarray(lons, float)

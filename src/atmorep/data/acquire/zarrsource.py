@@ -24,10 +24,10 @@ import numpy as np
 
 from atmorep.config import AcquireConfig, DataConfig
 from atmorep.data import fields
-from atmorep.formats import grib
 from atmorep.data.acquire import gridded
-from atmorep.formats.grib import DataError
 from atmorep.data.acquire.inventory import Expectation, crop_indices
+from atmorep.formats import grib
+from atmorep.formats.grib import DataError
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +86,7 @@ def open_store(url: str, storage_options: dict | None = None):
             store = FsspecStore.from_url(url, read_only=True, storage_options=opts)
         except (ImportError, ValueError) as exc:
             pkg = _EXTRA.get(scheme, "an fsspec filesystem")
-            raise DataError(f"acquire.zarr.url {url}: cannot open {scheme}:// ({exc}); "
-                            f"install {pkg}") from None
+            raise DataError(f"acquire.zarr.url {url}: cannot open {scheme}:// ({exc}); install {pkg}") from None
     return _counting_store_class()(store)
 
 
@@ -124,8 +123,9 @@ class Anemoi:
         self.meta = group.attrs.get("variables_metadata", {}) or {}
         self.data = group["data"]
         if self.data.ndim != 4:
-            raise DataError(f"{where}: anemoi 'data' has shape {self.data.shape}; expected (time, variable, "
-                            "ensemble, cell)")
+            raise DataError(
+                f"{where}: anemoi 'data' has shape {self.data.shape}; expected (time, variable, ensemble, cell)"
+            )
         dates = np.asarray(group["dates"][:])
         if not np.issubdtype(dates.dtype, np.datetime64):
             raise DataError(f"{where}: anemoi 'dates' holds {dates.dtype}, not dates (missing time)")
@@ -138,15 +138,15 @@ class Anemoi:
         shape = self.group.attrs.get("field_shape")
         ny = int(shape[0]) if shape and len(shape) == 2 else len(np.unique(lat))
         nx = len(lat) // ny if ny else 0
-        bad = (f"{self.where}: the anemoi grid ({len(lat)} cells, field_shape {shape}) is not a regular "
-               "lat/lon grid")
+        bad = f"{self.where}: the anemoi grid ({len(lat)} cells, field_shape {shape}) is not a regular lat/lon grid"
         if ny * nx != len(lat) or ny < 2 or nx < 2:
             raise DataError(bad + "; regrid it to one first")
         lat2, lon2 = lat.reshape(ny, nx), lon.reshape(ny, nx)
         lats, lons = lat2[:, 0], lon2[0]
         if not (np.allclose(lat2, lats[:, None]) and np.allclose(lon2, lons[None, :])):
-            raise DataError(bad + " (cells do not form rows of one latitude and columns of one longitude); "
-                            "regrid it to one first")
+            raise DataError(
+                bad + " (cells do not form rows of one latitude and columns of one longitude); regrid it to one first"
+            )
         for c in (lats, lons):
             step = np.diff(c)
             if not np.allclose(step, step[0], atol=1e-6):
@@ -159,23 +159,27 @@ class Anemoi:
         base, lev = (head, tail) if head and tail.isdigit() else (name, "")
         wanted = field or fields.field_of(base)
         if wanted is None:
-            raise DataError(f"{self.where}: variable '{name}' is not in the field catalogue; map it to a "
-                            "field with acquire.variables")
+            raise DataError(
+                f"{self.where}: variable '{name}' is not in the field catalogue; map it to a "
+                "field with acquire.variables"
+            )
         factor, expected = fields.candidates(wanted).get(base, (1.0, fields.FIELDS[wanted].units))
         meta = self.meta.get(name, {})
         units = meta.get("units")
         if units is None:
-            raise DataError(f"{self.where}: variable '{name}' has no units in variables_metadata; field "
-                            f"'{wanted}' needs {expected}")
+            raise DataError(
+                f"{self.where}: variable '{name}' has no units in variables_metadata; field '{wanted}' needs {expected}"
+            )
         if not fields.same_units(str(units), expected):
-            raise DataError(f"{self.where}: variable '{name}' is in '{units}'; field '{wanted}' needs "
-                            f"'{expected}'")
+            raise DataError(f"{self.where}: variable '{name}' is in '{units}'; field '{wanted}' needs '{expected}'")
         levtype = (meta.get("mars") or {}).get("levtype") or ("sfc" if not lev else "pl")
         if levtype not in ("sfc", "pl", "ml"):
             raise DataError(f"{self.where}: variable '{name}' is on level type '{levtype}'")
         if self.data.shape[2] > 1:
-            raise DataError(f"{self.where}: anemoi 'data' has {self.data.shape[2]} ensemble members; select "
-                            "one member before ingest")
+            raise DataError(
+                f"{self.where}: anemoi 'data' has {self.data.shape[2]} ensemble members; select "
+                "one member before ingest"
+            )
         return wanted, levtype, int(lev or 0), factor
 
     def describe(self, variables: dict[str, str] | None = None) -> dict[str, str]:
@@ -197,32 +201,41 @@ class Anemoi:
         found = [n for n in want if n in self.names]
         if not found:
             shown = f"{want[:6]}{' ...' if len(want) > 6 else ''}"
-            raise DataError(f"{self.where}: no variable for field '{field}' on levels {list(exp.levels)} "
-                            f"(looked for {shown}); it holds {self.names}")
+            raise DataError(
+                f"{self.where}: no variable for field '{field}' on levels {list(exp.levels)} "
+                f"(looked for {shown}); it holds {self.names}"
+            )
         vidx = []
         for lev in exp.levels:
             hits = [n for n in found if n in (b if exp.kind == "sfc" else f"{b}_{lev}" for b in bases)]
             if not hits:
                 raise DataError(f"{self.where}: field '{field}' has no level {lev} (variables {found})")
             if len(hits) > 1:
-                raise DataError(f"{self.where}: variables {hits} all name field '{field}'; choose one with "
-                                "acquire.variables")
+                raise DataError(
+                    f"{self.where}: variables {hits} all name field '{field}'; choose one with acquire.variables"
+                )
             _, kind, _, factor = self.probe(hits[0], field)
             if kind != exp.kind:
-                raise DataError(f"{self.where}: variable '{hits[0]}' is on {gridded._KIND[kind]}; the config "
-                                f"expects {gridded._KIND[exp.kind]}")
+                raise DataError(
+                    f"{self.where}: variable '{hits[0]}' is on {gridded._KIND[kind]}; the config "
+                    f"expects {gridded._KIND[exp.kind]}"
+                )
             vidx.append(self.names.index(hits[0]))
         lats, lons = self.grid()
         tidx = np.flatnonzero((self.dates >= exp.first) & (self.dates <= exp.last))
         if not len(tidx):
             span = f"{str(self.dates[0])[:16]} .. {str(self.dates[-1])[:16]}"
-            raise DataError(f"{self.where}: field '{field}' has no time step in {month} ∩ the campaign "
-                            f"({exp.window}); it covers {span}")
+            raise DataError(
+                f"{self.where}: field '{field}' has no time step in {month} ∩ the campaign "
+                f"({exp.window}); it covers {span}"
+            )
         gridded.check_complete(self.dates[tidx], exp, self.where)
         missing = np.array(self.group.attrs.get("missing_dates") or [], "datetime64[s]")
         if len(gone := np.intersect1d(self.dates[tidx], missing)):
-            raise DataError(f"{self.where}: the dataset marks {len(gone)} dates of {month} as missing "
-                            f"(missing_dates: {str(gone[0])[:16]} ...)")
+            raise DataError(
+                f"{self.where}: the dataset marks {len(gone)} dates of {month} as missing "
+                f"(missing_dates: {str(gone[0])[:16]} ...)"
+            )
         if exp.area:
             rows, cols = crop_indices(lats, lons, exp.area)
         else:
@@ -236,15 +249,25 @@ class Anemoi:
         order = np.argsort(vidx)  # zarr's orthogonal selection wants increasing indices
         sorted_v = np.asarray(vidx)[order]
         for b in range(0, len(tidx), block):
-            tsel = tidx[b:b + block]
+            tsel = tidx[b : b + block]
             raw = self.data.get_orthogonal_selection((tsel, sorted_v, 0, slice(None)))  # T V cells
             values = np.empty_like(raw)
             values[:, order] = raw
             values = values.reshape(len(tsel), len(vidx), ny, nx)[:, :, rows][:, :, :, cols]
             if factor != 1.0:
                 values = values * np.asarray(factor, values.dtype)
-            grib.write_grib(out, field, values, self.dates[tsel], list(exp.levels), lats[rows], out_lons,
-                            levtype=None if exp.kind == "sfc" else exp.kind, append=b > 0, ieee=True)
+            grib.write_grib(
+                out,
+                field,
+                values,
+                self.dates[tsel],
+                list(exp.levels),
+                lats[rows],
+                out_lons,
+                levtype=None if exp.kind == "sfc" else exp.kind,
+                append=b > 0,
+                ieee=True,
+            )
         return len(tidx) * len(vidx) * len(rows) * len(cols) * self.data.dtype.itemsize
 
 
@@ -271,7 +294,22 @@ class ZarrSource:
             used, variables = prov["bytes_used"], prov["variables"]
         read = store.bytes_read
         ratio = read / used if used else float("nan")
-        log.info("zarr: %s %s from %s (%s layout): read %.1f MB for %.1f MB used (read amplification %.2f)",
-                 field, month, url, layout, read / 1e6, used / 1e6, ratio)
-        return {"source": "zarr", "url": url, "layout": layout, "variables": list(variables.values()),
-                "bytes_read": read, "bytes_used": used, "read_amplification": ratio}
+        log.info(
+            "zarr: %s %s from %s (%s layout): read %.1f MB for %.1f MB used (read amplification %.2f)",
+            field,
+            month,
+            url,
+            layout,
+            read / 1e6,
+            used / 1e6,
+            ratio,
+        )
+        return {
+            "source": "zarr",
+            "url": url,
+            "layout": layout,
+            "variables": list(variables.values()),
+            "bytes_read": read,
+            "bytes_used": used,
+            "read_amplification": ratio,
+        }
