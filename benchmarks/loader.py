@@ -56,10 +56,12 @@ import xarray as xr
 import zarr
 from _checks import require
 
-from atmorep.config import DataConfig, FieldSpec, ShardConfig, load, parse_time
+from atmorep.config import DataConfig, FieldSpec, ShardConfig, load, parse_time, period
 from atmorep.data import shards
-from atmorep.data.dataset import SphereSampler, WindowDataset, tokenize
-from atmorep.formats import zarrio
+from atmorep.data.dataset import WindowDataset
+from atmorep.data.sampler import SphereSampler
+from atmorep.data.tokens import tokenize
+from atmorep.formats import zarrv3
 
 REPO = Path(__file__).resolve().parents[1]
 FIELDS = {"u": (3, 9, 9), "t": (3, 18, 18)}  # AtmoRep's two token sizes over one neighbourhood
@@ -98,7 +100,7 @@ def synthetic_month(path: Path, field: str, steps: int, seed: int, grid: float =
             "source_sha256": f"{seed:064d}",
         },
     )
-    return zarrio.write_dataset(ds, path, encoding={"data": {"chunks": (6, 1, ny, nx)}})
+    return zarrv3.write_dataset(ds, path, encoding={"data": {"chunks": (6, 1, ny, nx)}})
 
 
 def build(out: Path, steps: int, grid: float = 0.25) -> tuple[DataConfig, ShardConfig, dict, dict]:
@@ -125,7 +127,7 @@ def build(out: Path, steps: int, grid: float = 0.25) -> tuple[DataConfig, ShardC
         t1 = time.perf_counter()
         shards.shard(data, cfg, f, MONTH[:4], [norm], token[f])
         t2 = time.perf_counter()
-        src = zarrio.open_array(token[f] / "data")
+        src = zarrv3.open_array(token[f] / "data")
         shutil.copytree(token[f], per_step[f], ignore=shutil.ignore_patterns("data"))
         dst = zarr.create_array(
             per_step[f] / "data",
@@ -189,7 +191,7 @@ def evict(path: Path) -> None:
 
 def direct(stores: dict, indices, seconds: float, limit: int | None = None) -> dict:
     """Samples through WindowDataset (fresh stores: every shard index is read and counted)."""
-    zarrio._MAPS.clear()
+    zarrv3._MAPS.clear()
     ds = WindowDataset(
         {f: [p] for f, p in stores.items()}, NUM_TOKENS, parse_time(f"{MONTH}-01T00"), parse_time(f"{MONTH}-28T00")
     )
@@ -275,7 +277,7 @@ def demo(out: Path, seconds: float, rounds: int) -> dict:
 
     from atmorep.data import normalize
     from atmorep.data.acquire import sources
-    from atmorep.data.dataset import TOKEN_INFO
+    from atmorep.data.tokens import TOKEN_INFO
     from atmorep.model import masking
     from atmorep.train import loop
     from atmorep.train.losses import Loss
@@ -289,7 +291,7 @@ def demo(out: Path, seconds: float, rounds: int) -> dict:
             n = normalize.normalize(cfg.data, cfg.normalize, f, "2026-03", g, out / "demo" / "norm" / f"{f}.zarr")
             shards.shard(cfg.data, cfg.shard, f, "2026", [n], s)
         stores[f] = [str(s)]
-    ds = WindowDataset(stores, cfg.model.num_tokens, *loop.period(cfg.train, cfg.data))
+    ds = WindowDataset(stores, cfg.model.num_tokens, *period(cfg.train, cfg.data))
     B = cfg.train.batch_size
     default_workers = cfg.train.workers
     model = loop.Multiformer(cfg.model, loop.geometry(ds), info_dim=len(TOKEN_INFO)).train()
@@ -314,7 +316,7 @@ def demo(out: Path, seconds: float, rounds: int) -> dict:
         return n / (time.perf_counter() - start)
 
     step()
-    idx = SphereSampler(ds.grid, min(len(ds.grid), 4096), seed=0).indices()
+    idx = SphereSampler(ds.grid, min(len(ds.grid), 4096), seed=0).order(0)
     # the machine is shared: alternate the measurements in rounds and keep each one's best round
     result = {
         "default_workers": default_workers,
@@ -394,7 +396,7 @@ def main() -> None:
         {f: [p] for f, p in token.items()}, NUM_TOKENS, parse_time(f"{MONTH}-01T00"), parse_time(f"{MONTH}-28T00")
     ).grid
     sampler = SphereSampler(grid, min(len(grid), 4000), seed=1)
-    order = sampler.indices()
+    order = sampler.order(0)
 
     for p in token.values():
         evict(p)
@@ -437,7 +439,7 @@ def main() -> None:
         sweep(args.out, data, args.out / "normalized" / "u.zarr", order, args.seconds / 2)
 
     del ds
-    zarrio._MAPS.clear()  # unmap the paper-geometry shards
+    zarrv3._MAPS.clear()  # unmap the paper-geometry shards
     try:
         d = demo(args.out, args.seconds / 3, args.rounds)
     except Exception as exc:  # the model is edited in parallel; report, do not hide the loader numbers

@@ -57,8 +57,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from atmorep.config import NormalizeConfig, QCConfig
-    from atmorep.data import normalize
-    from atmorep.data.qc import Gate
+    from atmorep.data.normalize import decode, slabs, store
+    from atmorep.data.normalize.qc import Gate
     from atmorep.formats import zarrv3
     from atmorep.formats.grib import Grid, Param
 
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     grid = Grid("regular_ll", ny=Y, nx=X, dlat=0.25, dlon=0.25, lats=lats, lons=lons)
     times = np.datetime64("2021-03-01T00", "s") + np.arange(T) * np.timedelta64(3600, "s")
     levels = [96, 105, 114, 123, 137][:L] if L <= 5 else list(range(L))
-    m = normalize.Month(
+    m = decode.Month(
         "t",
         "2021-03",
         Path("synthetic"),
@@ -85,10 +85,10 @@ def main(argv=None) -> int:
     out_root = args.write or Path(tempfile.mkdtemp(prefix="atmorep-mem-"))
     t0 = time.perf_counter()
     try:
-        moments = normalize.moments_of(m, cfg)
+        moments = decode.moments_of(m, cfg)
         stats = moments.stats(args.method)
         t1 = time.perf_counter()
-        normalize.write_normalized(
+        store.write_normalized(
             m,
             stats,
             cfg,
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
             shutil.rmtree(out_root, ignore_errors=True)
     gb = T * L * Y * X * 4 / 1e9
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    nt, chunk_t = normalize.block_steps(cfg, (T, L, Y, X))
+    nt, chunk_t = slabs.block_steps(cfg, (T, L, Y, X))
     print(
         f"month {T} h x {L} levels x {Y} x {X} = {gb:.1f} GB float32; blocks of {nt} steps "
         f"(block_mb={cfg.block_mb}), chunks of {chunk_t}"

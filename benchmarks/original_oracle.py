@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from atmorep.config import LossConfig
-from atmorep.data.dataset import TOKEN_INFO_OFFSET, TOKEN_INFO_SCALE
+from atmorep.data.tokens import TOKEN_INFO_OFFSET, TOKEN_INFO_SCALE
 from atmorep.train.losses import Loss
 from atmorep.train.original import convert
 

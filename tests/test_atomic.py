@@ -15,18 +15,18 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from atmorep.formats import atomic, zarrio
+from atmorep.formats import atomic, zarrv3
 
 pytestmark = pytest.mark.slow
 
 WRITER = """
 import sys, time
 import numpy as np, xarray as xr
-from atmorep.formats import zarrio
+from atmorep.formats import zarrv3
 n = int(sys.argv[2])
 ds = xr.Dataset({f"v{k}": (("t", "x"), np.random.default_rng(k).random((n, 4096), np.float32))
                  for k in range(64)})
-zarrio.write_dataset(ds, sys.argv[1])
+zarrv3.write_dataset(ds, sys.argv[1])
 """
 
 HOLDER = """
@@ -67,7 +67,7 @@ def test_a_killed_writers_leftovers_are_removed_by_the_next_write(tmp_path):
     live = child(HOLDER, out / "other.zarr", stdout=subprocess.PIPE)
     try:
         assert live.stdout.readline().strip() == "writing"
-        zarrio.write_dataset(xr.Dataset({"v": ("x", np.arange(3.0))}), out / "small.zarr")
+        zarrv3.write_dataset(xr.Dataset({"v": ("x", np.arange(3.0))}), out / "small.zarr")
         assert hidden(out) == {f".other.zarr.part-{live.pid}@{socket.gethostname()}"}  # the live one's only
         small = xr.open_zarr(out / "small.zarr", zarr_format=3, consolidated=False)
         assert small["v"].values.tolist() == [0.0, 1.0, 2.0]

@@ -50,11 +50,11 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 
 def _stores(paths: list[Path]) -> dict[str, list[str]]:
     """Group shard stores by the field their attributes name."""
-    from atmorep.formats import zarrio
+    from atmorep.formats import zarrv3
 
     out: dict[str, list[str]] = {}
     for p in paths:
-        field = zarrio.open_dataset(p).attrs.get("field")
+        field = zarrv3.open_dataset(p).attrs.get("field")
         if field is None:
             raise C.ConfigError(f"{p}: not an atmorep shard store (no 'field' attribute)")
         out.setdefault(field, []).append(str(p))
@@ -122,7 +122,7 @@ def cmd_verify(args) -> None:
     import json
 
     from atmorep.data import normalize, shards
-    from atmorep.formats import zarrio
+    from atmorep.formats import zarrv3
 
     data = cfg = None
     if args.params is not None or args.config is not None:
@@ -131,7 +131,7 @@ def cmd_verify(args) -> None:
     for store in args.stores:
         if not (Path(store) / "zarr.json").is_file():
             raise C.ConfigError(f"{store}: not a zarr v3 store")
-        attrs = zarrio.open_dataset(store, threads=None).attrs
+        attrs = zarrv3.open_dataset(store, threads=None).attrs
         if "year" in attrs and "provenance" in attrs:
             summary = shards.verify(store, None, args.inputs, data, cfg)
         elif "month" in attrs and "source_sha256" in attrs and "normalization" in attrs:
@@ -554,7 +554,7 @@ def failure(command: str, exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, KeyboardInterrupt):
         return EXIT_INTERRUPTED, f"atmorep {command}: interrupted; nothing unfinished is left looking complete"
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        from atmorep.formats.zarrio import DiskFull
+        from atmorep.formats.atomic import DiskFull
 
         return 1, f"atmorep {command}: error: {DiskFull.describe(exc)}"
     if isinstance(exc, (C.ConfigError, ValueError, OSError)):  # incl. DataError, TooManyBadSteps

@@ -353,6 +353,11 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
 }
 
 
+def period(cfg, data: DataConfig) -> tuple[np.datetime64, np.datetime64]:
+    """A stage's (start, end), defaulting to the campaign's."""
+    return parse_time(cfg.start or data.start), parse_time(cfg.end or data.end)
+
+
 def parse_time(text: str) -> np.datetime64:
     """'2026-03-25', '2026-03-25T06' or '2026-03-25T06:00' -> datetime64[s]."""
     if len(text) == 13:  # 'YYYY-MM-DDTHH'

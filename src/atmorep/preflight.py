@@ -175,7 +175,8 @@ def _window_on_grid(cfg: Config) -> list[str]:
     if (grid := _grid(cfg)) is None:
         return []
     from atmorep.data import shards
-    from atmorep.formats.grib import DataError, periodic
+    from atmorep.errors import DataError
+    from atmorep.formats.grib import periodic
 
     lats, lons, whose = grid
     dlat, dlon = abs(float(lats[1] - lats[0])), abs(float(lons[1] - lons[0]))

@@ -8,7 +8,7 @@ import pytest
 import xarray as xr
 
 from atmorep.config import DataConfig, FieldSpec, ShardConfig
-from atmorep.formats import zarrio
+from atmorep.formats import zarrv3
 
 #: 2° x 2.5° global grid, 2 model levels, 48 hourly steps across a month boundary
 LATS = np.linspace(90, -90, 91)
@@ -41,7 +41,7 @@ def normalized_month(path, field: str, month: str, seed: int):
             "source_sha256": f"{seed:064d}",
         },
     )
-    return zarrio.write_dataset(ds, path)
+    return zarrv3.write_dataset(ds, path)
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ from cds_server import FakeCds, subset
 
 from atmorep.config import AcquireConfig, CdsConfig, DataConfig, FieldSpec
 from atmorep.data.acquire import cds, sources
+from atmorep.errors import DataError
 from atmorep.formats import grib
-from atmorep.formats.grib import DataError
 
 
 def _fast(tmp_path, **kw) -> AcquireConfig:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from atmorep.data.acquire.inventory import crop_indices
-from atmorep.formats.grib import DataError
+from atmorep.errors import DataError
 
 LATS = np.arange(90, -90.1, -0.25)
 LONS = np.arange(0, 360, 0.25)
@@ -50,7 +50,7 @@ from builders import IFS, uk_mirror  # noqa: E402
 from atmorep.config import AcquireConfig, DataConfig, FieldSpec, FilesConfig, NormalizeConfig  # noqa: E402
 from atmorep.data import normalize  # noqa: E402
 from atmorep.data.acquire import sources  # noqa: E402
-from atmorep.formats import grib, zarrio  # noqa: E402
+from atmorep.formats import grib, zarrv3  # noqa: E402
 
 
 def _files(tmp_path, root):
@@ -91,7 +91,7 @@ def test_a_crop_across_0_equals_the_area_read_directly(tmp_path, shared_data):
         ),
         tmp_path / "n.zarr",
     )
-    prov = json.loads(zarrio.open_dataset(store).attrs["provenance"])
+    prov = json.loads(zarrv3.open_dataset(store).attrs["provenance"])
     assert prov["acquire"]["crop"]["rows"] == [8, 24] and prov["acquire"]["crop"]["columns"] == [20, 44]
 
 

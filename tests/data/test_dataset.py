@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from atmorep.config import parse_time
-from atmorep.data.dataset import FieldStore, WindowDataset, tokenize, untokenize
+from atmorep.data.dataset import FieldStore, WindowDataset
+from atmorep.data.tokens import tokenize, untokenize
 
 
 def test_tokenize_roundtrip_and_layout():
@@ -108,7 +109,7 @@ def test_stores_written_by_other_tools_are_read_through_zarr(synthetic, tmp_path
 
     import zarr
 
-    from atmorep.formats import zarrio
+    from atmorep.formats import zarrv3
 
     src = synthetic["shards"]["u"]
     for name, kwargs in {"zstd": {}, "morton": {"compressors": None}}.items():
@@ -132,7 +133,7 @@ def test_stores_written_by_other_tools_are_read_through_zarr(synthetic, tmp_path
         ref = FieldStore(src)
         np.testing.assert_array_equal(store.read_tokens(3, 8, 136, 2, 3, 4), ref.read_tokens(3, 8, 136, 2, 3, 4))
         assert store.dense is None
-        zarrio._MAPS.clear()
+        zarrv3._MAPS.clear()
 
 
 def test_windows_of_several_stores_never_cross_a_store(synthetic, tmp_path):

@@ -6,8 +6,8 @@ from builders import IFS, UK, field_grib, sample_grid, uk_mirror
 
 from atmorep.config import AcquireConfig, DataConfig, FieldSpec, FilesConfig
 from atmorep.data.acquire import sources
+from atmorep.errors import DataError
 from atmorep.formats import grib
-from atmorep.formats.grib import DataError
 
 
 def _uk(**kw):

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from atmorep.data.acquire.inventory import config_level
+from atmorep.errors import DataError
 from atmorep.formats import grib
-from atmorep.formats.grib import DataError
 
 
 def _field(T=3, L=2, Y=7, X=12, seed=0):

@@ -7,7 +7,7 @@ import pytest
 from builders import IFS, sample_grid, uk_mirror
 
 from atmorep.data.acquire.inspect import describe
-from atmorep.formats.grib import DataError
+from atmorep.errors import DataError
 
 
 def test_grib_files_of_both_editions_and_a_mirror_directory(tmp_path, shared_data):

@@ -1,14 +1,14 @@
 """Training sampler and background loading: area weighting, determinism, disjointness across ranks
-and DataLoader workers, mid-epoch resume, and reads in forked workers."""
+and steps, and reads in forked workers."""
 
 import numpy as np
 import pytest
-import torch
 from torch.utils.data import DataLoader
 
 from atmorep.config import parse_time
-from atmorep.data.dataset import SphereSampler, WindowDataset, WindowGrid
-from atmorep.formats.grib import DataError
+from atmorep.data.dataset import WindowDataset, WindowGrid
+from atmorep.data.sampler import SphereSampler, StepBatches
+from atmorep.errors import DataError
 
 
 def grid(nt=50, lats=None, nx=40) -> WindowGrid:
@@ -54,73 +54,23 @@ def test_dataset_weights_are_the_area_of_each_centre_band(sample_products):
     assert np.isclose(ds.grid.weights.sum(), 1.0)
 
 
-def test_ranks_are_disjoint_and_equally_long():
-    g = grid()
-    parts = [list(SphereSampler(g, 1001, seed=7, rank=r, world=2)) for r in range(2)]
-    assert len(parts[0]) == len(parts[1]) == 500
-    assert not set(parts[0]) & set(parts[1])
-    assert set(parts[0]) | set(parts[1]) <= set(SphereSampler(g, 1001, seed=7).order(0).tolist())
-
-
-class Probe(torch.utils.data.Dataset):
-    """Returns which window it was asked for and which worker process read it."""
-
-    def __len__(self):
-        return 10**9
-
-    def __getitem__(self, i):
-        return i, torch.utils.data.get_worker_info().id
-
-
-@pytest.mark.timeout(120)
-def test_two_ranks_two_workers_never_repeat_a_window():
-    g = grid()
-    seen, per_worker = [], {}
-    for rank in range(2):
-        sampler = SphereSampler(g, 2000, seed=11, rank=rank, world=2)
-        loader = DataLoader(
-            Probe(),
-            batch_size=8,
-            sampler=sampler,
-            num_workers=2,
-            prefetch_factor=2,
-            drop_last=True,
-            multiprocessing_context="fork",
-        )
-        for idx, worker in loader:
-            seen += idx.tolist()
-            for w in worker.tolist():
-                per_worker[(rank, w)] = per_worker.get((rank, w), 0) + 1
-    assert len(seen) == len(set(seen)) == 2000
-    assert set(per_worker) == {(0, 0), (0, 1), (1, 0), (1, 1)}  # all four streams did work
-    assert set(seen) == set(SphereSampler(g, 2000, seed=11).order(0).tolist())
-
-
-def test_resume_mid_epoch_continues_exactly():
-    g = grid()
-    full = SphereSampler(g, 600, seed=5, rank=1, world=2)
-    full.set_epoch(2)
-    uninterrupted = list(full)
-    first = SphereSampler(g, 600, seed=5, rank=1, world=2)
-    first.set_epoch(2)
-    consumed = []
-    for i in first:  # a consumer that stops after 7 batches of 16
-        consumed.append(i)
-        if len(consumed) == 7 * 16:
-            break
-    first.advance(len(consumed))
-    state = first.state_dict()
-    again = SphereSampler(g, 600, seed=5, rank=1, world=2)
-    again.load_state_dict(state)
-    assert again.epoch == 2 and consumed + list(again) == uninterrupted
-    other = SphereSampler(g, 600, seed=5, rank=1, world=4)
-    with pytest.raises(DataError, match="cannot resume mid-epoch"):
-        other.load_state_dict(state)
-
-
 def test_sampler_refuses_more_windows_than_exist():
     with pytest.raises(DataError, match="distinct windows"):
         SphereSampler(grid(nt=1, nx=2), 10**6, seed=0)
+
+
+def test_step_batches_are_disjoint_across_ranks_and_world_invariant(sample_products):
+    stores = {f: [p] for f, p in sample_products["shards"].items()}
+    dataset = WindowDataset(stores, (3, 3, 6), parse_time("2026-03-25T00"), parse_time("2026-03-30T05"))
+    plan = StepBatches(dataset, seed=5, global_batch=8, epoch_steps=12)
+    for step in (0, 3, 11, 12, 13):  # 12 steps per epoch: 12 and 13 are in the second epoch
+        two = [plan.indices(step, r, 2, 1)[0] for r in range(2)]
+        assert not set(two[0]) & set(two[1]) and len(two[0]) == 4
+        one = plan.indices(step, 0, 1, 2)  # one rank, two micro-steps: the same global batch
+        assert sorted(one[0] + one[1]) == sorted(two[0] + two[1])
+    epoch0 = [i for s in range(12) for r in range(2) for i in plan.indices(s, r, 2, 1)[0]]
+    assert len(set(epoch0)) == 96  # no window twice within an epoch
+    assert plan.indices(12, 0, 2, 1) != plan.indices(0, 0, 2, 1)  # each epoch draws anew
 
 
 def zstd_copy(src, dst):
@@ -155,7 +105,7 @@ def test_forked_workers_read_what_the_main_process_reads(sample_products, synthe
     ):
         ds = WindowDataset({f: [p] for f, p in shards.items()}, num_tokens, *map(parse_time, period))
         assert all((s[0].dense is None) == (shards is compressed) for s in ds.stores.values())
-        sampler = SphereSampler(ds.grid, 24, seed=2)
+        sampler = SphereSampler(ds.grid, 24, seed=2).order(0).tolist()
         loader = DataLoader(
             ds, batch_size=4, sampler=sampler, num_workers=2, collate_fn=list, multiprocessing_context="fork"
         )

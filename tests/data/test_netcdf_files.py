@@ -15,8 +15,8 @@ import xarray as xr
 from atmorep.config import AcquireConfig, DataConfig, FieldSpec, FilesConfig
 from atmorep.data import fields
 from atmorep.data.acquire import sources
+from atmorep.errors import DataError
 from atmorep.formats import grib
-from atmorep.formats.grib import DataError
 
 
 def acquire(tmp_path, field, levels, start, end, paths, levtype="pl", variables=None, **data_kw):

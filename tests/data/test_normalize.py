@@ -10,8 +10,9 @@ from builders import IFS, NATL, UK, field_grib, hourly, messages
 
 from atmorep.config import ClimatologyConfig, DataConfig, FieldSpec, NormalizeConfig, QCConfig
 from atmorep.data import normalize
+from atmorep.data.normalize import statistics as S
+from atmorep.errors import DataError
 from atmorep.formats import grib
-from atmorep.formats.grib import DataError
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def _data(
 @pytest.mark.parametrize("method", ["global", "local"])
 def test_statistics_match_float64_numpy(uk_t2m, method):
     x = uk_t2m.values.astype(np.float64)
-    s = normalize.statistics(uk_t2m.values, method)
+    s = S.statistics(uk_t2m.values, method)
     axes = (0, 2, 3) if method == "global" else 0
     np.testing.assert_allclose(s.mean, x.mean(axis=axes), rtol=1e-6)
     np.testing.assert_allclose(s.std, x.std(axis=axes), rtol=1e-5)
@@ -50,10 +51,10 @@ def test_statistics_match_float64_numpy(uk_t2m, method):
 def test_welford_blocks_equal_one_pass_float64_on_real_data(shared_data):
     # geopotential: mean ~ 40 000, spread much smaller; blocks merged in any grouping agree with numpy
     z = grib.decode(shared_data.joinpath(*IFS), "z").values.astype(np.float64)  # 8 x 6 levels
-    m = normalize.Moments.empty(*z.shape[1:])
+    m = S.Moments.empty(*z.shape[1:])
     for t0, t1 in ((0, 3), (3, 4), (4, 8)):
         m.update(z[t0:t1].astype(np.float32))
-    a, b = normalize.Moments.empty(*z.shape[1:]), normalize.Moments.empty(*z.shape[1:])
+    a, b = S.Moments.empty(*z.shape[1:]), S.Moments.empty(*z.shape[1:])
     a.update(z[:5].astype(np.float32))
     b.update(z[5:].astype(np.float32))
     a.merge(b)
@@ -68,10 +69,10 @@ def test_welford_blocks_equal_one_pass_float64_on_real_data(shared_data):
 
 @pytest.mark.parametrize("method", ["global", "local"])
 def test_inverse_is_exact_to_float32_roundoff(uk_t2m, method):
-    s = normalize.statistics(uk_t2m.values, method)
-    z = normalize.apply(uk_t2m.values, s)
+    s = S.statistics(uk_t2m.values, method)
+    z = S.apply(uk_t2m.values, s)
     assert abs(float(z.mean())) < 1e-3 and abs(float(z.std()) - 1) < 1e-3
-    back = normalize.invert(z, s)
+    back = S.invert(z, s)
     eps = np.finfo(np.float32).eps
     assert np.abs(back - uk_t2m.values).max() <= 4 * eps * np.abs(uk_t2m.values).max()
 
@@ -96,7 +97,7 @@ def test_normalize_stage_writes_data_statistics_and_qc(tmp_path, shared_data, uk
     assert ds["mean"].dims == ("level", "latitude", "longitude")
     assert ds["latitude"].values[0] > ds["latitude"].values[-1] and np.all(np.diff(ds["longitude"].values) > 0)
     np.testing.assert_array_equal(ds["time"].values, uk_t2m["time"].values)
-    phys = normalize.invert(ds["data"].values, normalize.read_stats(ds))
+    phys = S.invert(ds["data"].values, S.read_stats(ds))
     eps = np.finfo(np.float32).eps
     assert np.abs(phys - uk_t2m.values).max() <= 4 * eps * float(np.abs(uk_t2m.values).max())
     qc = json.loads((tmp_path / "qc.json").read_text())
@@ -153,7 +154,7 @@ def test_climatology_uses_the_training_period_not_the_month(tmp_path):
     np.testing.assert_allclose(ds["mean"].values, train.mean(axis=0), rtol=1e-6)
     np.testing.assert_allclose(ds["std"].values, train.std(axis=0), rtol=1e-5)
     march = grib.decode(gribs["2021-03"]).values
-    phys = normalize.invert(ds["data"].values, normalize.read_stats(ds))
+    phys = S.invert(ds["data"].values, S.read_stats(ds))
     assert np.abs(phys - march).max() < 1e-3
     assert float(ds["data"].mean()) > 1  # March is warmer than the training period: no leakage
 
@@ -321,7 +322,7 @@ _RSS_SCRIPT = r"""
 import resource, sys, numpy as np
 from pathlib import Path
 from atmorep.config import NormalizeConfig
-from atmorep.data import normalize
+from atmorep.data.normalize import decode, slabs, store
 from atmorep.formats.grib import Grid, Param
 
 T, L, Y, X = (int(a) for a in sys.argv[1:5])
@@ -330,21 +331,21 @@ cfg = NormalizeConfig(memory_mb=256, block_mb=128)
 lats, lons = np.linspace(90, -90, Y), np.arange(X) * 360.0 / X
 grid = Grid("regular_ll", ny=Y, nx=X, dlat=180 / (Y - 1), dlon=360 / X, lats=lats, lons=lons)
 times = np.datetime64("2021-03-01T00", "s") + np.arange(T) * np.timedelta64(3600, "s")
-slab = normalize.FileSlab((T, L, Y, X), out.parent / "scratch.raw")
+slab = slabs.FileSlab((T, L, Y, X), out.parent / "scratch.raw")
 row = (np.cos(np.deg2rad(lats))[:, None] * 30 + 250).astype(np.float32)
 for it in range(T):  # what pass 1 does message by message, synthesised
     for il in range(L):
         buf = slab.target(it, il)
         buf[...] = row + np.float32(it % 24 + il)
         slab.commit(it, il, buf)
-from atmorep.data.qc import Gate
+from atmorep.data.normalize.qc import Gate
 from atmorep.config import QCConfig
-m = normalize.Month("t", "2021-03", out, "0" * 64, times, list(range(L)), grid, slab,
+m = decode.Month("t", "2021-03", out, "0" * 64, times, list(range(L)), grid, slab,
                     Gate("synthetic", "t", list(range(L)), times, QCConfig()), Param("t", "t", 130, "K", "Temperature"))
-stats = normalize.moments_of(m, cfg).stats("local")
+stats = decode.moments_of(m, cfg).stats("local")
 attrs = {"field": "t", "month": "2021-03", "normalization": "local", "statistics": "monthly",
          "statistics_period": "2021-03"}
-normalize.write_normalized(m, stats, cfg, out, attrs)
+store.write_normalized(m, stats, cfg, out, attrs)
 slab.close()
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
 """

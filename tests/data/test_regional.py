@@ -10,7 +10,7 @@ from builders import UK
 from atmorep.config import DataConfig, FieldSpec, NormalizeConfig, ShardConfig, parse_time
 from atmorep.data import normalize, shards
 from atmorep.data.dataset import WindowDataset
-from atmorep.formats.grib import DataError
+from atmorep.errors import DataError
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def test_regional_windows_never_wrap(uk):
         t, y, x = ds.indices(i, "t2m")
         assert np.all(np.diff(x) == 1)  # contiguous columns: no jump back to the west edge
         want = values[t][:, :, y][:, :, :, x].transpose(1, 0, 2, 3)  # (L, T, Y, X)
-        from atmorep.data.dataset import untokenize
+        from atmorep.data.tokens import untokenize
 
         np.testing.assert_array_equal(untokenize(tokens, (3, 2, 5)), want)
         lon = info[0, 0, 0, :, 5] * 360.0  # token-info longitude of each token's centre

@@ -11,8 +11,8 @@ from builders import ENS, IFS, messages, relabel
 
 from atmorep.config import AcquireConfig, DataConfig, FieldSpec, FilesConfig
 from atmorep.data.acquire import inspect, sources
+from atmorep.errors import DataError
 from atmorep.formats import grib
-from atmorep.formats.grib import DataError
 
 
 def _files(tmp_path, root, **kw):

@@ -7,7 +7,7 @@ import zarr
 
 from atmorep.config import DataConfig, FieldSpec, ShardConfig
 from atmorep.data import shards
-from atmorep.formats.grib import DataError
+from atmorep.errors import DataError
 
 
 def data_config(fields=("t2m", "u10")) -> DataConfig:
@@ -152,7 +152,7 @@ def test_cli_shard_verify(synthetic, tmp_path, capsys):
 
 
 def test_dense_reader_wraps_longitude_in_at_most_two_ranges(synthetic):
-    from atmorep.formats.zarrio import DenseShards
+    from atmorep.formats.zarrv3 import DenseShards
 
     r = DenseShards(synthetic["shards"]["u"] / "data")
     runs = r._runs(33, 6, 3, wrap=True)  # lon chunks 33, 34, 35 | 0, 1, 2 of 36

@@ -4,8 +4,8 @@ from conftest import data_config
 
 from atmorep.config import AcquireConfig
 from atmorep.data.acquire import sources
+from atmorep.errors import DataError
 from atmorep.formats import grib
-from atmorep.formats.grib import DataError
 
 
 def test_sample_grib_equals_embedded_store(sample_products):

@@ -128,16 +128,17 @@ def test_normalize_refuses_non_finite_output(sample_products, tmp_path, monkeypa
     """A zero standard deviation (fault injected into the month's statistics) would divide to inf."""
     from atmorep.config import NormalizeConfig
     from atmorep.data import normalize
-    from atmorep.formats.grib import DataError
+    from atmorep.data.normalize.statistics import Moments
+    from atmorep.errors import DataError
 
-    real = normalize.Moments.stats
+    real = Moments.stats
 
     def zero_std(self, method):
         stats = real(self, method)
         stats.std[...] = 0
         return stats
 
-    monkeypatch.setattr(normalize.Moments, "stats", zero_std)
+    monkeypatch.setattr(Moments, "stats", zero_std)
     out = tmp_path / "u10.zarr"
     with pytest.raises(DataError, match=r"u10\.zarr: field 'u10' normalizes to \d+ non-finite values .*std 0"):
         normalize.normalize(

@@ -5,7 +5,7 @@ import pytest
 
 from atmorep.data.acquire.vorticity import EARTH_RADIUS as A
 from atmorep.data.acquire.vorticity import vorticity_divergence
-from atmorep.formats.grib import DataError
+from atmorep.errors import DataError
 
 
 def _grid(res):

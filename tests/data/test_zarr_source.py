@@ -18,8 +18,8 @@ import zarr
 from atmorep.config import AcquireConfig, DataConfig, FieldSpec, FilesConfig, ZarrSourceConfig
 from atmorep.data.acquire import sources
 from atmorep.data.acquire.inspect import describe
+from atmorep.errors import DataError
 from atmorep.formats import grib
-from atmorep.formats.grib import DataError
 
 sys.path.append(str(Path(__file__).parent))  # appended: `from conftest import` must find tests/conftest.py
 from range_server import RangeServer  # noqa: E402

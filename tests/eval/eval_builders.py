@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from atmorep.config import EvaluateConfig, ModelConfig
+from atmorep.model.batch import Batch
 from atmorep.model.multiformer import FieldGeometry, Multiformer
 
 NUM_TOKENS = (3, 3, 6)
@@ -41,7 +42,6 @@ def trained_model(stores, steps: int = 60, seed: int = 0, start="2026-03-25T00",
 
     from atmorep.config import LossConfig, MaskingConfig
     from atmorep.data.dataset import WindowDataset
-    from atmorep.eval import inference
     from atmorep.model import masking
     from atmorep.train.losses import Loss
 
@@ -55,7 +55,7 @@ def trained_model(stores, steps: int = 60, seed: int = 0, start="2026-03-25T00",
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     for _ in range(steps):
-        batch = inference.collate([data[int(i)] for i in rng.choice(len(data), 4, replace=False)])
+        batch = Batch.collate([data[int(i)] for i in rng.choice(len(data), 4, replace=False)])
         masks = strategy(batch, gen)
         source = masking.apply(batch, masks)
         ens = model(source.tokens, source.info, masks)

@@ -10,9 +10,9 @@ from atmorep.model.attention import attention_weights
 
 @pytest.fixture(scope="module")
 def batch(dataset):
-    from atmorep.eval.inference import collate
+    from atmorep.model.batch import Batch
 
-    b = collate([dataset[0], dataset[7]])
+    b = Batch.collate([dataset[0], dataset[7]])
     return masking.apply(b, masking.ForecastMasking(1)(b))
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from atmorep.config import ModelConfig
-from atmorep.data.dataset import tokenize
+from atmorep.data.tokens import tokenize
 from atmorep.model.batch import Batch
 from atmorep.model.multiformer import FieldGeometry
 

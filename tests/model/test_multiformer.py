@@ -264,7 +264,8 @@ def test_finite_gradients_on_a_loader_batch(sample_products, make_config):
     from torch.utils.data import DataLoader
 
     from atmorep.config import LossConfig
-    from atmorep.data.dataset import TOKEN_INFO, WindowDataset
+    from atmorep.data.dataset import WindowDataset
+    from atmorep.data.tokens import TOKEN_INFO
     from atmorep.model.batch import Batch
     from atmorep.train.losses import Loss
 

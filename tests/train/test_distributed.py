@@ -396,7 +396,7 @@ def corrupt(sample_products, tmp_path, value: float) -> dict:
     """Shard stores whose t2m shard files hold ``value`` everywhere (indices intact)."""
     import numpy as np
 
-    from atmorep.formats.zarrio import DenseShards
+    from atmorep.formats.zarrv3 import DenseShards
 
     stores = {f: tmp_path / "shards" / f"{f}.zarr" for f in sample_products["shards"]}
     for f, s in stores.items():

@@ -2,7 +2,6 @@ import pytest
 
 from atmorep.config import TrainConfig
 from atmorep.train.engine import deepspeed_config, schedule
-from atmorep.train.loop import StepBatches
 
 
 @pytest.mark.parametrize("stage, world, gpu, accum", [(1, 2, False, 1), (2, 4, True, 3), (3, 1, False, 2)])
@@ -38,23 +37,6 @@ def test_schedule_is_atmoreps():
     assert lr[30] == pytest.approx(2e-5 / 1.025)  # first epoch after warm-up: one division
     assert lr[39] == lr[30] and lr[40] == pytest.approx(2e-5 / 1.025**2)  # constant within an epoch
     assert min(lr[30:]) == pytest.approx(1.5e-5) and lr[-1] == pytest.approx(1.5e-5)  # the floor
-
-
-def test_step_batches_are_disjoint_across_ranks_and_world_invariant(sample_products):
-    from atmorep.config import parse_time
-    from atmorep.data.dataset import WindowDataset
-
-    stores = {f: [p] for f, p in sample_products["shards"].items()}
-    dataset = WindowDataset(stores, (3, 3, 6), parse_time("2026-03-25T00"), parse_time("2026-03-30T05"))
-    plan = StepBatches(dataset, seed=5, global_batch=8, epoch_steps=12)
-    for step in (0, 3, 11, 12, 13):  # 12 steps per epoch: 12 and 13 are in the second epoch
-        two = [plan.indices(step, r, 2, 1)[0] for r in range(2)]
-        assert not set(two[0]) & set(two[1]) and len(two[0]) == 4
-        one = plan.indices(step, 0, 1, 2)  # one rank, two micro-steps: the same global batch
-        assert sorted(one[0] + one[1]) == sorted(two[0] + two[1])
-    epoch0 = [i for s in range(12) for r in range(2) for i in plan.indices(s, r, 2, 1)[0]]
-    assert len(set(epoch0)) == 96  # no window twice within an epoch
-    assert plan.indices(12, 0, 2, 1) != plan.indices(0, 0, 2, 1)  # each epoch draws anew
 
 
 def test_non_finite_step_is_skipped_and_leaves_weights_alone():

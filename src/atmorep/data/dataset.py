@@ -1,16 +1,16 @@
-"""Load: token-aligned windows of several fields from the shard stores, and the samplers that pick them.
+"""Load: token-aligned windows of several fields from the shard stores.
 
 A *window* is the space-time neighbourhood of one sample, the same for every field: ``num_tokens *
 token_size`` points in (time, lat, lon) of the field with the finest tokens, on every level; longitude
 wraps around on a global grid, and windows lie inside a regional one. A field with coarser tokens
 cuts the same neighbourhood into fewer tokens (AtmoRep: [12, 6, 12] x [3, 9, 9] and [12, 3, 6] x
 [3, 18, 18]). Window origins lie on the grid of every field's tokens, so a window reads whole
-chunks of the stores, through :class:`~atmorep.formats.zarrio.DenseShards` (strided copies out of
+chunks of the stores, through :class:`~atmorep.formats.zarrv3.DenseShards` (strided copies out of
 memory maps, no per-token work).
 
 Everything here is numpy; ``train/`` wraps it for torch. Training draws windows with
-:class:`SphereSampler` (area-weighted latitude, uniform time and longitude, distinct within an epoch,
-disjoint across ranks, resumable); evaluation indexes :class:`WindowDataset` deterministically.
+:mod:`atmorep.data.sampler` (area-weighted latitude, uniform time and longitude, distinct within an
+epoch, disjoint across ranks); evaluation indexes :class:`WindowDataset` deterministically.
 
 Legend: N windows, L levels, T/Y/X tokens in time/lat/lon, tt/ty/tx points per token,
 P = tt*ty*tx values per token, I = 8 token-info values.
@@ -27,17 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
-from atmorep.formats import zarrio
-from atmorep.formats.grib import DataError, periodic
+from atmorep.data.tokens import TOKEN_INFO, TOKEN_INFO_OFFSET, TOKEN_INFO_SCALE, tokenize
+from atmorep.errors import DataError
+from atmorep.formats import zarrv3
+from atmorep.formats.grib import periodic
 
 log = logging.getLogger(__name__)
-
-TOKEN_INFO = ("year", "day_of_year", "hour", "level", "colatitude", "longitude", "level_again", "resolution")
-#: the model's token info is ``raw * TOKEN_INFO_SCALE + TOKEN_INFO_OFFSET`` (O(1) values), ``raw`` as the
-#: original's sampler passes it (year, 0-based day of year, hour, level, colatitude and longitude in
-#: degrees of the token centre, level, resolution); importing its weights folds this map into them
-TOKEN_INFO_SCALE = np.array([1 / 100, 1 / 365, 1 / 24, 1 / 137, 1 / 180, 1 / 360, 1 / 137, 1.0])
-TOKEN_INFO_OFFSET = np.array([-20.0, 0, 0, 0, 0, 0, 0, 0])
 
 
 class FieldStore:
@@ -45,7 +40,7 @@ class FieldStore:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        ds = zarrio.open_dataset(self.path)
+        ds = zarrv3.open_dataset(self.path)
         self.field = ds.attrs["field"]
         self.token_size = tuple(ds.attrs["token_size"])
         self.normalization = ds.attrs["normalization"]
@@ -57,8 +52,8 @@ class FieldStore:
         self.months = ds["month"].values.astype("datetime64[M]")
         self.mean = ds["mean"].values
         self.std = ds["std"].values
-        self._data, self._pid = zarrio.open_array(self.path / "data"), os.getpid()
-        self.dense = zarrio.DenseShards.open(self.path / "data")
+        self._data, self._pid = zarrv3.open_array(self.path / "data"), os.getpid()
+        self.dense = zarrv3.DenseShards.open(self.path / "data")
         tt, ty, tx = self.token_size
         if self.dense is not None and (self.dense.chunk[0], self.dense.chunk[2], self.dense.chunk[3]) != (tt, ty, tx):
             log.warning(
@@ -75,7 +70,7 @@ class FieldStore:
                 "slow pipeline (rewrite it with `atmorep shard`)",
                 self.path,
             )
-            self._data, self._pid = zarrio.open_array(self.path / "data", forked=True), os.getpid()
+            self._data, self._pid = zarrv3.open_array(self.path / "data", forked=True), os.getpid()
         return self._data
 
     @property
@@ -110,7 +105,7 @@ class FieldStore:
                     (T, self.dense.grid[1], Y, X),
                     (False, False, False, self.periodic),
                 )
-            except zarrio.NotDense as exc:
+            except zarrv3.NotDense as exc:
                 log.warning("%s; reading through zarr", exc)
                 self.dense = None
             else:
@@ -131,22 +126,6 @@ class FieldStore:
             mean = self.mean[sel].transpose(1, 0, 2, 3)  # L T Y X
             std = self.std[sel].transpose(1, 0, 2, 3)
         return values_LTYX * std + mean
-
-
-def tokenize(values_LTYX: np.ndarray, token_size) -> np.ndarray:
-    """``(L, T*tt, Y*ty, X*tx)`` -> ``(L, T, Y, X, P)`` without Python loops."""
-    tt, ty, tx = token_size
-    L, nt, ny, nx = values_LTYX.shape
-    v = values_LTYX.reshape(L, nt // tt, tt, ny // ty, ty, nx // tx, tx)
-    return v.transpose(0, 1, 3, 5, 2, 4, 6).reshape(L, nt // tt, ny // ty, nx // tx, tt * ty * tx)
-
-
-def untokenize(tokens_LTYXP: np.ndarray, token_size) -> np.ndarray:
-    """Inverse of :func:`tokenize`."""
-    tt, ty, tx = token_size
-    L, T, Y, X, _ = tokens_LTYXP.shape
-    v = tokens_LTYXP.reshape(L, T, Y, X, tt, ty, tx).transpose(0, 1, 4, 2, 5, 3, 6)
-    return v.reshape(L, T * tt, Y * ty, X * tx)
 
 
 @dataclass(frozen=True)
@@ -329,78 +308,3 @@ class WindowDataset:
         info[..., 5] = lon[None, None, None, :]
         info[..., 7] = store.resolution
         return info * TOKEN_INFO_SCALE + TOKEN_INFO_OFFSET
-
-
-class SphereSampler:
-    """Training windows of one rank: per epoch ``samples`` distinct windows, drawn with the centre
-    uniform on the sphere (latitude origin with probability ``grid.weights``), time origin uniform
-    over the period (all stores) and longitude origin uniform.
-
-    The epoch's draw (:meth:`order`) depends only on ``(seed, epoch)``: every rank computes the same
-    one and takes every ``world``-th window, so ranks are disjoint and equally long; DataLoader
-    workers get disjoint batches of this rank's list. Draws repeat until ``samples`` distinct windows
-    are found (sequential sampling without replacement), so keep ``samples`` well below ``len(grid)``
-    or the weights flatten out.
-
-    Resume mid-epoch: the consumer counts what it used with :meth:`advance`; :meth:`state_dict` /
-    :meth:`load_state_dict` carry (epoch, position); iteration restarts at ``position``.
-    """
-
-    def __init__(self, grid: WindowGrid, samples: int, seed: int, rank: int = 0, world: int = 1):
-        if not world <= samples <= len(grid):
-            raise DataError(f"cannot draw {samples} distinct windows for {world} ranks from {len(grid)} windows")
-        self.grid, self.samples, self.seed, self.rank, self.world = grid, samples, seed, rank, world
-        self.epoch, self.position = 0, 0
-
-    def order(self, epoch: int) -> np.ndarray:
-        """The epoch's ``samples`` distinct window indices, in draw order (the same on every rank)."""
-        rng = np.random.default_rng([self.seed, epoch])
-        nt, ny, nx = self.grid.shape
-        chosen, count = [], 0
-        while count < self.samples:
-            k = 2 * (self.samples - count) + 64
-            flat = (rng.integers(nt, size=k) * ny + rng.choice(ny, size=k, p=self.grid.weights)) * nx + rng.integers(
-                nx, size=k
-            )
-            _, first = np.unique(flat, return_index=True)
-            flat = flat[np.sort(first)]  # first draws of each window, in draw order
-            if chosen:
-                flat = flat[~np.isin(flat, np.concatenate(chosen))]
-            chosen.append(flat[: self.samples - count])
-            count += len(chosen[-1])
-        return np.concatenate(chosen)
-
-    def indices(self, epoch: int | None = None) -> np.ndarray:
-        """This rank's windows of an epoch (default: the current one)."""
-        per_rank = self.samples // self.world
-        return self.order(self.epoch if epoch is None else epoch)[: per_rank * self.world][self.rank :: self.world]
-
-    def __len__(self) -> int:
-        return self.samples // self.world
-
-    def __iter__(self):
-        return iter(self.indices()[self.position :].tolist())
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch, self.position = epoch, 0
-
-    def advance(self, n: int) -> None:
-        """Record that the consumer used ``n`` more windows of this epoch."""
-        self.position = min(self.position + n, len(self))
-
-    def state_dict(self) -> dict:
-        return {
-            "seed": self.seed,
-            "samples": self.samples,
-            "world": self.world,
-            "rank": self.rank,
-            "epoch": self.epoch,
-            "position": self.position,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        mine = (self.seed, self.samples, self.world)
-        theirs = (state["seed"], state["samples"], state["world"])
-        if mine != theirs and state["position"]:
-            raise DataError(f"cannot resume mid-epoch: sampler (seed, samples, world) {theirs} saved, {mine} now")
-        self.epoch, self.position = state["epoch"], state["position"] if mine == theirs else 0

@@ -11,7 +11,7 @@ project's shared 2-core machine):
 - chunks are stored uncompressed: zstd saved 10% on normalized noise-like floats and made zarrs
   reads 30% slower; uncompressed chunks also allow the direct reader below;
 - every chunk of a shard file is present and in C order (written here, not by zarrs, which does
-  not keep that order for large shards), so :class:`~atmorep.formats.zarrio.DenseShards` reads a sample
+  not keep that order for large shards), so :class:`~atmorep.formats.zarrv3.DenseShards` reads a sample
   as strided slices of memory maps: 270-660 samples/s (2-5 GB/s) in one thread, vs 30-55 samples/s
   for the same store through zarrs and 0.5-0.7 samples/s for one zstd chunk per time step (which
   reads 166x the bytes used). Bytes taken from the files per byte used: 1.000 (shard indices are read
@@ -51,9 +51,10 @@ import xarray as xr
 from tqdm import tqdm
 
 from atmorep.config import DataConfig, ShardConfig
-from atmorep.formats import zarrio
-from atmorep.formats.atomic import Replacement
-from atmorep.formats.grib import DataError, periodic
+from atmorep.errors import DataError
+from atmorep.formats import zarrv3
+from atmorep.formats.atomic import Replacement, space_for
+from atmorep.formats.grib import periodic
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ class Months:
         if not inputs:
             raise DataError(f"no normalized input for field '{field}' in {year}")
         opened = sorted(
-            ((zarrio.open_dataset(p, threads=None), str(p)) for p in inputs), key=lambda mp: mp[0].attrs["month"]
+            ((zarrv3.open_dataset(p, threads=None), str(p)) for p in inputs), key=lambda mp: mp[0].attrs["month"]
         )
         self.months = [m for m, _ in opened]
         self.paths = [p for _, p in opened]
@@ -181,11 +182,11 @@ def shard(data: DataConfig, cfg: ShardConfig, field: str, year: str, inputs: lis
     rows, cols = crop(data, cfg, field, src["latitude"].values, src["longitude"].values)
     shape = (len(months.times), src.sizes["level"], rows.stop - rows.start, cols.stop - cols.start)
     chunk, shards = layout(cfg, token, shape)
-    with Replacement(out) as tmp, zarrio.space_for(out, 4 * math.prod(shape)):
+    with Replacement(out) as tmp, space_for(out, 4 * math.prod(shape)):
         _template(data, cfg, field, year, months, rows, cols, token).to_zarr(
             tmp, zarr_format=3, consolidated=False, mode="w"
         )
-        arr = zarrio.create_dense(
+        arr = zarrv3.create_dense(
             tmp, "data", shape, chunk, shards, DIMS, {"long_name": f"{field}, normalized per month", "units": "1"}
         )
         for t0, t1, y0, y1 in tqdm(
@@ -270,7 +271,7 @@ def _template(
 
 def recorded_inputs(store: str | Path) -> list[Path]:
     """The normalized monthly stores ``store`` was sharded from (as its provenance records them)."""
-    ds = zarrio.open_dataset(store, threads=None)
+    ds = zarrv3.open_dataset(store, threads=None)
     recorded = json.loads(ds.attrs["provenance"]).get("normalized")
     if not recorded:
         raise DataError(
@@ -302,7 +303,7 @@ def verify(
     size and latitude crop are the configured ones. Raises :class:`DataError` at the first difference;
     returns counts.
     """
-    ds = zarrio.open_dataset(store, threads=None)
+    ds = zarrv3.open_dataset(store, threads=None)
     year = ds.attrs["year"]
     field = field or ds.attrs["field"]
     months = Months(field, year, inputs if inputs else recorded_inputs(store))
@@ -349,15 +350,15 @@ def verify(
         for s in ("mean", "std"):
             want = m[s].isel(latitude=rows, longitude=cols).values if "latitude" in m[s].dims else m[s].values
             _equal(store, f"{s} of {m.attrs['month']}", ds[s].values[k], want)
-    arr = zarrio.open_array(Path(store) / "data")
+    arr = zarrv3.open_array(Path(store) / "data")
     shape = arr.shape
     chunk, shards = tuple(arr.chunks), tuple(arr.shards)
     if chunk != (token[0], shape[1], token[1], token[2]):
         raise DataError(f"{store}: inner chunks {chunk} are not one token position {token} of all {shape[1]} levels")
     try:
-        dense = zarrio.DenseShards(Path(store) / "data")
+        dense = zarrv3.DenseShards(Path(store) / "data")
         nshards = dense.check_all()
-    except zarrio.NotDense as exc:
+    except zarrv3.NotDense as exc:
         raise DataError(f"{store}: not a dense token store: {exc}") from None
     for t0, t1, y0, y1 in tqdm(
         list(_blocks(shape, shards)), desc=f"verify {Path(store).name}", disable=None, mininterval=5

@@ -25,12 +25,13 @@ import pandas as pd
 import torch
 import xarray as xr
 
-from atmorep.config import DataConfig, EvaluateConfig, parse_time
-from atmorep.data.dataset import WindowDataset, untokenize
+from atmorep.config import DataConfig, EvaluateConfig, parse_time, period
+from atmorep.data.dataset import WindowDataset
+from atmorep.data.tokens import untokenize
 from atmorep.eval import attention, climatology, inference, modes, outputs, plots, scores, spectra
 from atmorep.model import masking
+from atmorep.model.batch import Batch
 from atmorep.model.file import load_model
-from atmorep.train.loop import period
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ def attention_products(model, dataset: WindowDataset, cfg: EvaluateConfig, seed:
         raise ValueError(f"evaluate.attention.fields: {sorted(unknown)} are not fields of the model")
     mode = modes.get(cfg.mode)
     indices = [int(i) for i in mode.select(dataset, cfg, seed).indices[: a.samples]]
-    batch = inference.collate([dataset[i] for i in indices])
+    batch = Batch.collate([dataset[i] for i in indices])
     masks = mode.masking(cfg, dataset.token_sizes)(batch, torch.Generator().manual_seed(seed))
     source = masking.apply(batch, masks)
     heads = list(a.heads) or list(range(model.cfg.heads))

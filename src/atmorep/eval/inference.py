@@ -28,18 +28,13 @@ import torch
 import xarray as xr
 from tqdm import tqdm
 
-from atmorep.data.dataset import WindowDataset, untokenize
+from atmorep.data.dataset import WindowDataset
+from atmorep.data.tokens import untokenize
 from atmorep.eval import climatology as clim_
 from atmorep.eval.baselines import BASELINES, Context
 from atmorep.model import masking
 from atmorep.model.batch import Batch
 from atmorep.model.multiformer import Multiformer
-
-
-def collate(samples: list[dict]) -> Batch:
-    return Batch.from_numpy(
-        {f: (np.stack([s[f][0] for s in samples]), np.stack([s[f][1] for s in samples])) for f in samples[0]}
-    )
 
 
 @torch.no_grad()
@@ -63,7 +58,7 @@ def run(
     parts: dict[str, list[dict]] = {f: [] for f in model.predicted}  # inputs-only fields have no output
     for b0 in tqdm(range(0, len(indices), batch_size), desc="inference", mininterval=2, disable=None):
         idx = [int(i) for i in indices[b0 : b0 + batch_size]]
-        batch = collate([dataset[i] for i in idx])
+        batch = Batch.collate([dataset[i] for i in idx])
         gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, b0]).generate_state(1)[0]))
         masks = strategy(batch, gen)
         source = masking.apply(batch, masks)

@@ -1,4 +1,5 @@
-"""Atomic replacement of files and directories, and the lock of a training's output directory.
+"""Atomic replacement of files and directories, the lock of a training's output directory, and a full
+disk reported as one line (:class:`DiskFull`).
 
 A product is written into a hidden temporary sibling and renamed into place once complete, so a
 reader never sees half of it. The temporary's name carries the writer's pid and host
@@ -9,6 +10,8 @@ another host's, whose processes cannot be checked from here).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import re
@@ -172,3 +175,51 @@ class DirectoryLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+class DiskFull(OSError):
+    """No space (or quota) left while writing ``path``, which needs about ``needed`` bytes."""
+
+    def __init__(self, path: str | Path, needed: int | None, cause: OSError):
+        super().__init__(cause.errno, cause.strerror)
+        self.path, self.needed = Path(path), needed
+
+    def __str__(self) -> str:
+        return self.describe(self)
+
+    @staticmethod
+    def describe(exc: OSError) -> str:
+        """One line: the path, the bytes it needs, the bytes free, the next step."""
+        path = exc.path if isinstance(exc, DiskFull) else Path(exc.filename or ".")
+        needed = exc.needed if isinstance(exc, DiskFull) else None
+        where = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+        free = shutil.disk_usage(where).free
+        need = f"needs about {_mb(needed)}" if needed else "needs more space"
+        why = exc.strerror or f"errno {exc.errno}"
+        return (
+            f"{path}: no space left on device ({why}): writing it {need}, {_mb(free)} free on its file "
+            "system; free space there (or write elsewhere) and rerun"
+        )
+
+
+def _mb(n: int) -> str:
+    return f"{n} bytes" if n < 1 << 20 else f"{n / 2**20:.1f} MiB ({n} bytes)"
+
+
+@contextlib.contextmanager
+def space_for(path: str | Path, needed: int | None):
+    """Turn a full disk or quota (``OSError`` ENOSPC/EDQUOT, or torch's write failure on a file system
+    with less than ``needed`` bytes free) while writing ``path`` into :class:`DiskFull`."""
+    try:
+        yield
+    except DiskFull:
+        raise
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise DiskFull(path, needed, exc) from exc
+    except RuntimeError as exc:  # torch.save on a full disk: "unexpected pos …", "failed writing file …"
+        where = next((p for p in (Path(path), *Path(path).parents) if p.exists()), Path("."))
+        if shutil.disk_usage(where).free >= (needed or 1 << 20):
+            raise
+        raise DiskFull(path, needed, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))) from exc

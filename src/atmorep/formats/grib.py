@@ -27,11 +27,9 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from atmorep.errors import DataError
+
 log = logging.getLogger(__name__)
-
-
-class DataError(ValueError):
-    """Input data that cannot be used; the message names the file and what is wrong."""
 
 
 def periodic(lons) -> bool:

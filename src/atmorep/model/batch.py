@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -38,6 +39,13 @@ class Batch:
         """From a collated loader batch ``{field: (tokens, info)}``."""
         return cls(
             {f: torch.as_tensor(v[0]) for f, v in sample.items()}, {f: torch.as_tensor(v[1]) for f, v in sample.items()}
+        )
+
+    @classmethod
+    def collate(cls, samples: list[dict]) -> Batch:
+        """Stack loader samples ``{field: (tokens (L, T, Y, X, P), info (L, T, Y, X, I))}`` into a batch."""
+        return cls.from_numpy(
+            {f: (np.stack([s[f][0] for s in samples]), np.stack([s[f][1] for s in samples])) for f in samples[0]}
         )
 
     @property

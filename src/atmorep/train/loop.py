@@ -27,11 +27,12 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from atmorep.config import DataConfig, ModelConfig, TrainConfig, parse_time
-from atmorep.data.dataset import TOKEN_INFO, SphereSampler, WindowDataset
-from atmorep.formats import zarrio
-from atmorep.formats.atomic import DirectoryLock, Locked
-from atmorep.formats.grib import DataError
+from atmorep.config import DataConfig, ModelConfig, TrainConfig, period
+from atmorep.data.dataset import WindowDataset
+from atmorep.data.sampler import StepBatches
+from atmorep.data.tokens import TOKEN_INFO
+from atmorep.errors import DataError
+from atmorep.formats.atomic import DirectoryLock, Locked, space_for
 from atmorep.model import masking
 from atmorep.model.batch import Batch
 from atmorep.model.file import load_weights, save_model, versions
@@ -52,45 +53,8 @@ class TooManyBadSteps(ValueError):
     """``max_bad_steps`` steps in a row had a non-finite loss (the message names bad data when found)."""
 
 
-def period(cfg, data: DataConfig) -> tuple[np.datetime64, np.datetime64]:
-    """A stage's (start, end), defaulting to the campaign's."""
-    return parse_time(cfg.start or data.start), parse_time(cfg.end or data.end)
-
-
 def geometry(dataset: WindowDataset) -> dict[str, FieldGeometry]:
     return {f: FieldGeometry(len(s[0].levels), s[0].token_size) for f, s in dataset.stores.items()}
-
-
-class StepBatches:
-    """The windows of every (step, rank): a global batch per optimizer step, cut from each epoch's
-    draw of windows (centres uniform on the sphere, :class:`~atmorep.data.dataset.SphereSampler`);
-    rank r reads its own slice of each micro-step.
-
-    An epoch is ``epoch_steps`` optimizer steps (the schedule's epoch). The global batch
-    (batch_size x accumulation x world) and so the sequence of windows depend only on the seed and
-    the step, which makes resumption exact and world-size changes possible.
-    """
-
-    def __init__(self, dataset: WindowDataset, seed: int, global_batch: int, epoch_steps: int):
-        n = len(dataset.windows)
-        if n < global_batch:
-            raise ValueError(f"{n} training windows are fewer than one global batch of {global_batch}")
-        self.global_batch = global_batch
-        self.steps_per_epoch = min(epoch_steps, n // global_batch)
-        self.sampler = SphereSampler(dataset.grid, self.steps_per_epoch * global_batch, seed)
-        self._epoch, self._order = None, None
-
-    def order(self, epoch: int) -> np.ndarray:
-        """The epoch's draw, computed once per epoch (steps are asked for in order)."""
-        if epoch != self._epoch:
-            self._epoch, self._order = epoch, self.sampler.order(epoch)
-        return self._order
-
-    def indices(self, step: int, rank: int, world: int, micro_steps: int) -> list[list[int]]:
-        """Window indices of ``rank`` for ``step``: one list per micro-step."""
-        epoch, pos = divmod(step, self.steps_per_epoch)
-        glob = self.order(epoch)[pos * self.global_batch : (pos + 1) * self.global_batch]
-        return [part.tolist() for part in np.array_split(glob.reshape(world, -1)[rank], micro_steps)]
 
 
 class _Indexed:
@@ -109,11 +73,11 @@ class _Collate:
 
     def __call__(self, items: list[tuple[int, dict]]) -> Batch:
         samples = [s for _, s in items]
-        arrays = {f: (np.stack([s[f][0] for s in samples]), np.stack([s[f][1] for s in samples])) for f in samples[0]}
         try:
-            return Batch.from_numpy(arrays)
+            return Batch.collate(samples)
         except ValueError:  # Batch refuses non-finite tokens: say which store and window hold them
-            bad = bad_data(self.dataset, [i for i, _ in items], {f: a[0] for f, a in arrays.items()})
+            tokens = {f: np.stack([s[f][0] for s in samples]) for f in samples[0]}
+            bad = bad_data(self.dataset, [i for i, _ in items], tokens)
             if bad is None:
                 raise
             raise DataError(bad) from None
@@ -360,7 +324,7 @@ def _train(
     state = engine.consolidated_state_dict()
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
-        with zarrio.space_for(out_dir / "model.pt", _model_bytes(engine.module)):
+        with space_for(out_dir / "model.pt", _model_bytes(engine.module)):
             write_metrics(rows, out_dir / "metrics.csv")
             plot_loss(rows, out_dir / "loss.png")
             save_model(out_dir / "model.pt", engine.module, state, meta)
@@ -465,7 +429,7 @@ def _model_bytes(model) -> int:
 
 def _checkpoint(engine, ckpt_dir: Path, step: int, rows: list, world: int, meta: dict) -> None:
     tag = f"step{step:08d}"
-    with zarrio.space_for(ckpt_dir / tag, 3 * _model_bytes(engine.module)):  # weights and two Adam moments
+    with space_for(ckpt_dir / tag, 3 * _model_bytes(engine.module)):  # weights and two Adam moments
         engine.save(ckpt_dir, tag, {"step": step, "metrics": rows, "world": world, **meta})
     if dist.get_rank() == 0:
         (ckpt_dir / tag / "atmorep.json").write_text(json.dumps({"step": step, "world": world, **meta}, indent=1))

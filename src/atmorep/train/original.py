@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from atmorep.config import ModelConfig
-from atmorep.data.dataset import TOKEN_INFO_OFFSET, TOKEN_INFO_SCALE
+from atmorep.data.tokens import TOKEN_INFO_OFFSET, TOKEN_INFO_SCALE
 from atmorep.model.embedding import TOKEN_INFO_DIM
 from atmorep.model.multiformer import FieldGeometry, Multiformer
 

@@ -38,9 +38,9 @@ import numpy as np
 from atmorep.config import AcquireConfig, CdsConfig, DataConfig
 from atmorep.data import fields
 from atmorep.data.acquire.inventory import Expectation, check_headers
+from atmorep.errors import DataError
 from atmorep.formats import grib
 from atmorep.formats.atomic import Replacement
-from atmorep.formats.grib import DataError
 
 log = logging.getLogger(__name__)
 

@@ -46,9 +46,10 @@ from atmorep.data.acquire.inventory import (
     matches,
     why_twice,
 )
+from atmorep.errors import DataError
 from atmorep.formats import grib
 from atmorep.formats.atomic import Replacement
-from atmorep.formats.grib import DataError, Header
+from atmorep.formats.grib import Header
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ import xarray as xr
 
 from atmorep.data import fields
 from atmorep.data.acquire.inventory import Expectation, crop_indices, describe_missing
+from atmorep.errors import DataError
 from atmorep.formats import grib
-from atmorep.formats.grib import DataError
 
 # dimension name -> level kind ('pl' in hPa, 'ml' model level); None: read the units
 LEVEL_DIMS = {

@@ -16,8 +16,8 @@ import numpy as np
 import xarray as xr
 
 from atmorep.data.acquire.inventory import level_types
+from atmorep.errors import DataError
 from atmorep.formats import grib
-from atmorep.formats.grib import DataError
 
 _LEVEL_NAMES = (
     "level",

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from atmorep.config import DataConfig
-from atmorep.formats.grib import SURFACE_TYPES, DataError, Grid, Header, Level
+from atmorep.errors import DataError
+from atmorep.formats.grib import SURFACE_TYPES, Grid, Header, Level
 
 LEVEL_KINDS = {
     "ml": "model levels (hybrid)",

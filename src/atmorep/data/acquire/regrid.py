@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from atmorep.formats.grib import DataError, Grid
+from atmorep.errors import DataError
+from atmorep.formats.grib import Grid
 
 
 def target_grid(dlat: float, dlon: float) -> tuple[np.ndarray, np.ndarray]:

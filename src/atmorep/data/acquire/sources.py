@@ -23,9 +23,9 @@ import xarray as xr
 
 from atmorep.config import AcquireConfig, DataConfig
 from atmorep.data.acquire.inventory import Expectation, check_headers
+from atmorep.errors import DataError
 from atmorep.formats import grib
 from atmorep.formats.atomic import Replacement
-from atmorep.formats.grib import DataError
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from atmorep.formats.grib import DataError, periodic
+from atmorep.errors import DataError
+from atmorep.formats.grib import periodic
 
 EARTH_RADIUS = 6371229.0  # m, the radius of ECMWF's IFS
 

@@ -26,8 +26,8 @@ from atmorep.config import AcquireConfig, DataConfig
 from atmorep.data import fields
 from atmorep.data.acquire import gridded
 from atmorep.data.acquire.inventory import Expectation, crop_indices
+from atmorep.errors import DataError
 from atmorep.formats import grib
-from atmorep.formats.grib import DataError
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,8 @@ import numpy as np
 
 from atmorep.config import QCConfig
 from atmorep.data import fields
-from atmorep.formats.grib import DataError, Param
+from atmorep.errors import DataError
+from atmorep.formats.grib import Param
 
 log = logging.getLogger(__name__)
 

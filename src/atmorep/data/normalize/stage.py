@@ -1,0 +1,243 @@
+"""The normalize stage and its climatology option: ``normalize`` (decode, check, statistics, write),
+``moments`` (one month's moments) and ``climatology`` (moments merged over a training period), the
+three library functions behind ``atmorep normalize|moments|climatology``.
+
+Legend: T time steps, L levels, Y latitude rows, X longitude columns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+import zarr
+
+from atmorep.config import DataConfig, NormalizeConfig
+from atmorep.data.acquire.sources import read_provenance
+from atmorep.data.normalize.decode import Month, decode_month, moments_of
+from atmorep.data.normalize.statistics import Moments, Stats
+from atmorep.data.normalize.store import StoreWriter, grid_coords, put_array, put_coords
+from atmorep.errors import DataError
+from atmorep.formats.atomic import Replacement
+
+log = logging.getLogger(__name__)
+
+
+def _write_json(obj: dict, out: Path) -> None:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with Replacement(out) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1, default=str) + "\n")
+
+
+def _scratch(cfg: NormalizeConfig, out: Path) -> Path:
+    base = Path(cfg.scratch_dir) if cfg.scratch_dir else Path(out).parent
+    return base / f".{Path(out).name}.scratch{os.getpid()}"
+
+
+# --------------------------------------------------------------------------------------------
+# The stage
+
+
+def normalize(
+    data: DataConfig,
+    cfg: NormalizeConfig,
+    field: str,
+    month: str,
+    source: str | Path,
+    out: str | Path,
+    qc_out: str | Path | None = None,
+    climatology: str | Path | None = None,
+) -> Path:
+    """Decode ``source`` (GRIB of one field and month), check, normalize, write a zarr v3 store.
+
+    ``climatology`` (a store from :func:`climatology`) is required for fields listed in
+    ``normalize.climatology.fields`` and gives their statistics. ``qc_out`` receives the QC summary.
+    """
+    out = Path(out)
+    if field not in data.fields:
+        raise DataError(f"field '{field}' is not in data.fields ({', '.join(data.fields)})")
+    method, which = cfg.method_for(field), cfg.statistics_for(field)
+    if which == "climatology" and climatology is None:
+        raise DataError(
+            f"field '{field}' uses climatological statistics (normalize.climatology.fields): give the climatology store"
+        )
+    period = f"{cfg.climatology.start}..{cfg.climatology.end}" if which == "climatology" else month
+    writer = StoreWriter(out, cfg, method, f"normalized with {method} {which} statistics of {period}")
+    m = None
+    clock = [time.perf_counter()]
+    try:
+        m = decode_month(source, data, cfg, field, month, _scratch(cfg, out))
+        clock.append(time.perf_counter())
+        moments = moments_of(m, cfg)
+        clock.append(time.perf_counter())
+        clim = Climatology(climatology) if which == "climatology" else None
+        stats = clim.stats(month, method, m) if clim else moments.stats(method)
+        attrs = {
+            "field": field,
+            "month": month,
+            "normalization": method,
+            "statistics": which,
+            "statistics_period": clim.period if clim else period,
+            "source": str(source),
+            "source_sha256": m.sha256,
+            "units": m.param.units,
+            "provenance": json.dumps(
+                {
+                    "config": {"data": dataclasses.asdict(data), "normalize": dataclasses.asdict(cfg)},
+                    "acquire": read_provenance(source),
+                    "inputs": {"grib": m.sha256, "climatology": clim.digest if clim else None},
+                },
+                default=str,
+            ),
+        }
+        writer.finish(m, stats, attrs)
+        clock.append(time.perf_counter())
+    finally:
+        writer.close()
+        if m is not None:
+            m.slab.close()
+    summary = m.gate.summary(moments.level_summary(m.levels))
+    summary.update(month=month, sha256=m.sha256, grid=m.grid.describe(), normalization=method, statistics=which)
+    if qc_out is not None:
+        _write_json(summary, Path(qc_out))
+    log.info(
+        "normalized %s %s (%s, %s statistics of %s): %d x %d levels on %s -> %s",
+        field,
+        month,
+        method,
+        which,
+        period,
+        len(m.times),
+        len(m.levels),
+        m.grid.describe(),
+        out,
+    )
+    log.info("decode+QC %.1f s, statistics %.1f s, normalize+write %.1f s (%s)", *np.diff(clock), type(m.slab).__name__)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Climatology: moments per month, merged over a training period
+
+
+def moments(
+    data: DataConfig, cfg: NormalizeConfig, field: str, month: str, source: str | Path, out: str | Path
+) -> Path:
+    """Decode and check one (field, month); store its moments (count, mean, M2 per grid point)."""
+    out = Path(out)
+    m = decode_month(source, data, cfg, field, month, _scratch(cfg, out))
+    try:
+        acc = moments_of(m, cfg)
+    finally:
+        m.slab.close()
+    with Replacement(out) as tmp:
+        g = zarr.open_group(
+            tmp,
+            mode="w",
+            zarr_format=3,
+            attributes={"field": field, "month": month, "source_sha256": m.sha256, "units": m.param.units},
+        )
+        put_coords(g, grid_coords(m.levels, m.grid.lats, m.grid.lons))
+        put_array(g, "count", np.full(len(m.levels), acc.count, np.int64), ("level",))
+        put_array(g, "mean", acc.mean, ("level", "latitude", "longitude"), chunks=(1, *acc.mean.shape[1:]))
+        put_array(g, "m2", acc.m2, ("level", "latitude", "longitude"), chunks=(1, *acc.m2.shape[1:]))
+    log.info("moments of %s %s (%d time steps) -> %s", field, month, acc.count, out)
+    return out
+
+
+def climatology(data: DataConfig, cfg: NormalizeConfig, field: str, inputs: list[str | Path], out: str | Path) -> Path:
+    """Merge monthly moments of the training period into per-calendar-month (or overall) moments."""
+    out = Path(out)
+    clim = cfg.climatology
+    want = clim.months()
+    by_month: dict[str, Path] = {}
+    for p in inputs:
+        g = zarr.open_group(p, mode="r")
+        if g.attrs.get("field") != field:
+            raise DataError(f"{p}: moments of field '{g.attrs.get('field')}', expected '{field}'")
+        by_month[g.attrs["month"]] = Path(p)
+    if missing := [m for m in want if m not in by_month]:
+        raise DataError(f"climatology of '{field}' {clim.start} .. {clim.end}: no moments for {missing}")
+    groups = list(range(1, 13)) if clim.by_calendar_month else [0]
+    first = xr.open_zarr(by_month[want[0]], consolidated=False, chunks=None, zarr_format=3)
+    L, Y, X = first["mean"].shape
+    acc = {k: Moments.empty(L, Y, X) for k in groups}
+    sources = {}
+    for month in want:
+        ds = xr.open_zarr(by_month[month], consolidated=False, chunks=None, zarr_format=3)
+        if ds["mean"].shape != (L, Y, X) or not np.array_equal(ds["latitude"].values, first["latitude"].values):
+            raise DataError(f"{by_month[month]}: grid or levels differ from {by_month[want[0]]}")
+        key = int(month[5:7]) if clim.by_calendar_month else 0
+        acc[key].merge(Moments(int(ds["count"].values[0]), ds["mean"].values, ds["m2"].values))
+        sources[month] = ds.attrs["source_sha256"]
+    present = [k for k in groups if acc[k].count]
+    period = f"{clim.start}..{clim.end}"
+    digest = hashlib.sha256(json.dumps(sources, sort_keys=True).encode()).hexdigest()
+    with Replacement(out) as tmp:
+        g = zarr.open_group(
+            tmp,
+            mode="w",
+            zarr_format=3,
+            attributes={
+                "field": field,
+                "period": period,
+                "by_calendar_month": clim.by_calendar_month,
+                "months": want,
+                "inputs_sha256": digest,
+                "units": first.attrs.get("units", ""),
+            },
+        )
+        put_coords(
+            g,
+            {
+                "group": (np.asarray(present, np.int64), {"long_name": "calendar month (0: all months)"}),
+                **grid_coords(first["level"].values, first["latitude"].values, first["longitude"].values),
+            },
+        )
+        dims = ("group", "level", "latitude", "longitude")
+        put_array(g, "count", np.array([[acc[k].count] * L for k in present], np.int64), ("group", "level"))
+        put_array(g, "mean", np.stack([acc[k].mean for k in present]), dims, chunks=(1, 1, Y, X))
+        put_array(g, "m2", np.stack([acc[k].m2 for k in present]), dims, chunks=(1, 1, Y, X))
+    log.info(
+        "climatology of %s over %s (%s) -> %s",
+        field,
+        period,
+        "per calendar month" if clim.by_calendar_month else "one set",
+        out,
+    )
+    return out
+
+
+class Climatology:
+    """A climatology store: the statistics it gives a month."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise DataError(f"{self.path}: no such climatology store")
+        self.ds = xr.open_zarr(self.path, consolidated=False, chunks=None, zarr_format=3)
+        self.period = self.ds.attrs["period"]
+        self.digest = self.ds.attrs["inputs_sha256"]
+
+    def stats(self, month: str, method: str, m: Month | None = None) -> Stats:
+        key = int(month[5:7]) if self.ds.attrs["by_calendar_month"] else 0
+        if key not in self.ds["group"].values:
+            raise DataError(f"{self.path}: no statistics for calendar month {key} in {self.period}")
+        sel = self.ds.sel(group=key)
+        if m is not None:
+            if (
+                list(sel["level"].values) != list(m.levels)
+                or sel["mean"].shape[1:] != (m.grid.ny, m.grid.nx)
+                or not np.allclose(sel["latitude"].values, m.grid.lats)
+                or not np.allclose(sel["longitude"].values, m.grid.lons)
+            ):
+                raise DataError(f"{self.path}: levels or grid differ from {m.source}")
+        return Moments(int(sel["count"].values[0]), sel["mean"].values.copy(), sel["m2"].values.copy()).stats(method)

@@ -1,0 +1,115 @@
+"""AtmoRep's statistics of one (field, month): mean and std per level (*global*) or per grid point
+(*local*), accumulated in float64 with Chan's pairwise form of Welford's algorithm (:class:`Moments`),
+and their application ``x' = (x - mean) / std``.
+
+Legend: T time steps, L levels, Y latitude rows, X longitude columns.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import xarray as xr
+
+from atmorep.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Mean and std of one field and month: shape (L,) for global, (L, Y, X) for local."""
+
+    method: str
+    mean: np.ndarray
+    std: np.ndarray
+
+    def broadcast(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and std shaped to broadcast against (T, L, Y, X)."""
+        if self.method == "global":
+            return self.mean[None, :, None, None], self.std[None, :, None, None]
+        return self.mean[None], self.std[None]
+
+
+@dataclass
+class Moments:
+    """Count, mean and sum of squared deviations per level and grid point (float64), mergeable.
+
+    ``update`` folds in a block of time steps and ``merge`` another Moments with Chan et al.'s
+    pairwise formulas (the parallel form of Welford's algorithm): no sum of squares of raw values,
+    so no cancellation for fields like geopotential whose mean dwarfs their spread.
+    """
+
+    count: int
+    mean: np.ndarray  # L Y X
+    m2: np.ndarray  # L Y X
+
+    @classmethod
+    def empty(cls, L: int, Y: int, X: int) -> Moments:
+        return cls(0, np.zeros((L, Y, X)), np.zeros((L, Y, X)))
+
+    def update(self, block_TLYX: np.ndarray) -> None:
+        x = block_TLYX.astype(np.float64)
+        mean_b = x.mean(axis=0)
+        np.subtract(x, mean_b, out=x)
+        np.square(x, out=x)
+        self._merge(x.shape[0], mean_b, x.sum(axis=0))
+
+    def merge(self, other: Moments) -> None:
+        self._merge(other.count, other.mean, other.m2)
+
+    def _merge(self, n_b: int, mean_b: np.ndarray, m2_b: np.ndarray) -> None:
+        if n_b == 0:
+            return
+        n = self.count + n_b
+        delta = mean_b - self.mean
+        self.mean += delta * (n_b / n)
+        np.square(delta, out=delta)
+        self.m2 += m2_b + delta * (self.count * n_b / n)
+        self.count = n
+
+    def stats(self, method: str) -> Stats:
+        """AtmoRep statistics: population std, as numpy's ``std``; global over all points and times."""
+        if self.count == 0:
+            raise DataError("no data to compute statistics from")
+        if method == "global":
+            gmean = self.mean.mean(axis=(1, 2))
+            dev = self.mean - gmean[:, None, None]
+            var = (self.m2.sum(axis=(1, 2)) + self.count * (dev * dev).sum(axis=(1, 2))) / (
+                self.count * self.mean[0].size
+            )
+            return Stats("global", gmean.astype(np.float32), np.sqrt(var).astype(np.float32))
+        if method == "local":
+            std = np.sqrt(self.m2 / self.count)
+            # a grid point that never changes (e.g. no rain all month) would divide by zero
+            floor = 1e-3 * self.stats("global").std.astype(np.float64)[:, None, None]
+            return Stats("local", self.mean.astype(np.float32), np.maximum(std, floor).astype(np.float32))
+        raise ValueError(f"unknown normalization method {method!r}")
+
+    def level_summary(self, levels) -> dict:
+        g = self.stats("global")
+        return {int(lev): {"mean": float(g.mean[i]), "std": float(g.std[i])} for i, lev in enumerate(levels)}
+
+
+def statistics(values_TLYX: np.ndarray, method: str) -> Stats:
+    """AtmoRep statistics of one month held in memory, accumulated in float64."""
+    m = Moments.empty(*values_TLYX.shape[1:])
+    m.update(values_TLYX)
+    return m.stats(method)
+
+
+def apply(values_TLYX: np.ndarray, stats: Stats, out: np.ndarray | None = None) -> np.ndarray:
+    mean, std = stats.broadcast()
+    out = np.subtract(values_TLYX, mean, out=out, dtype=np.float32)
+    return np.divide(out, std, out=out)
+
+
+def invert(normalized_TLYX: np.ndarray, stats: Stats) -> np.ndarray:
+    mean, std = stats.broadcast()
+    return (normalized_TLYX * std + mean).astype(np.float32)
+
+
+def read_stats(ds: xr.Dataset) -> Stats:
+    return Stats(ds.attrs["normalization"], ds["mean"].values, ds["std"].values)

@@ -1,0 +1,80 @@
+"""Which windows training reads, and in which order: drawn uniformly on the sphere, the same on every
+rank, cut into global batches per optimizer step.
+
+Everything here depends only on the seed and the step (never on the world size or on what was read
+before), which makes resumption exact and world-size changes possible.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from atmorep.data.dataset import WindowDataset, WindowGrid
+from atmorep.errors import DataError
+
+
+class SphereSampler:
+    """Per epoch ``samples`` distinct windows, drawn with the centre uniform on the sphere (latitude
+    origin with probability ``grid.weights``), time origin uniform over the period (all stores) and
+    longitude origin uniform.
+
+    The epoch's draw (:meth:`order`) depends only on ``(seed, epoch)``, so every rank computes the
+    same one (:class:`StepBatches` cuts it into per-rank slices). Draws repeat until ``samples``
+    distinct windows are found (sequential sampling without replacement), so keep ``samples`` well
+    below ``len(grid)`` or the weights flatten out.
+    """
+
+    def __init__(self, grid: WindowGrid, samples: int, seed: int):
+        if not 1 <= samples <= len(grid):
+            raise DataError(f"cannot draw {samples} distinct windows from {len(grid)} windows")
+        self.grid, self.samples, self.seed = grid, samples, seed
+
+    def order(self, epoch: int) -> np.ndarray:
+        """The epoch's ``samples`` distinct window indices, in draw order (the same on every rank)."""
+        rng = np.random.default_rng([self.seed, epoch])
+        nt, ny, nx = self.grid.shape
+        chosen, count = [], 0
+        while count < self.samples:
+            k = 2 * (self.samples - count) + 64
+            flat = (rng.integers(nt, size=k) * ny + rng.choice(ny, size=k, p=self.grid.weights)) * nx + rng.integers(
+                nx, size=k
+            )
+            _, first = np.unique(flat, return_index=True)
+            flat = flat[np.sort(first)]  # first draws of each window, in draw order
+            if chosen:
+                flat = flat[~np.isin(flat, np.concatenate(chosen))]
+            chosen.append(flat[: self.samples - count])
+            count += len(chosen[-1])
+        return np.concatenate(chosen)
+
+
+class StepBatches:
+    """The windows of every (step, rank): a global batch per optimizer step, cut from each epoch's
+    draw of windows (centres uniform on the sphere, :class:`SphereSampler`);
+    rank r reads its own slice of each micro-step.
+
+    An epoch is ``epoch_steps`` optimizer steps (the schedule's epoch). The global batch
+    (batch_size x accumulation x world) and so the sequence of windows depend only on the seed and
+    the step, which makes resumption exact and world-size changes possible.
+    """
+
+    def __init__(self, dataset: WindowDataset, seed: int, global_batch: int, epoch_steps: int):
+        n = len(dataset.windows)
+        if n < global_batch:
+            raise ValueError(f"{n} training windows are fewer than one global batch of {global_batch}")
+        self.global_batch = global_batch
+        self.steps_per_epoch = min(epoch_steps, n // global_batch)
+        self.sampler = SphereSampler(dataset.grid, self.steps_per_epoch * global_batch, seed)
+        self._epoch, self._order = None, None
+
+    def order(self, epoch: int) -> np.ndarray:
+        """The epoch's draw, computed once per epoch (steps are asked for in order)."""
+        if epoch != self._epoch:
+            self._epoch, self._order = epoch, self.sampler.order(epoch)
+        return self._order
+
+    def indices(self, step: int, rank: int, world: int, micro_steps: int) -> list[list[int]]:
+        """Window indices of ``rank`` for ``step``: one list per micro-step."""
+        epoch, pos = divmod(step, self.steps_per_epoch)
+        glob = self.order(epoch)[pos * self.global_batch : (pos + 1) * self.global_batch]
+        return [part.tolist() for part in np.array_split(glob.reshape(world, -1)[rank], micro_steps)]
