@@ -10,8 +10,8 @@ key and cached; the grid is cached by ``md5GridSection``. Values come back in fi
 NaN where the bitmap says missing (a job reuses one buffer for them), and the message's
 :class:`~.grid.Grid` puts them in canonical order as float32.
 
-:func:`decode` reads a whole (small) file into one array, for tests and tools; the normalize stage
-streams with :class:`Decoder` instead.
+:func:`decode` reads a whole (small) file into one array, the reader the tests hold outputs against;
+the normalize stage streams with :class:`Decoder` instead.
 
 Legend: T time steps, L levels, Y latitude rows, X longitude columns.
 """
@@ -293,7 +293,7 @@ def check_file(path: str | Path) -> Path:
 
 
 # --------------------------------------------------------------------------------------------
-# Whole-file decoding (small files, tests, tools); the normalize stage streams instead
+# Whole-file decoding (small files: what the tests read outputs with); the normalize stage streams instead
 
 
 def decode(path: str | Path, name: str | None = None) -> xr.DataArray:

@@ -3,9 +3,9 @@
 The embedded sample, NetCDF and zarr stores, Gaussian grids regridded and vorticity derived from
 winds all end as GRIB of one (field, month), so that one validation (acquire's) and one decoder
 (normalize's) serve every source. Messages are ecCodes samples with their keys set, not encoded by
-hand: ecCodes knows the sections, and what it writes it reads back. The default is GRIB1 with 24-bit
-simple packing, what an ERA5 download delivers; ``ieee`` writes GRIB2 with IEEE floats instead, for
-values that are floats already and must come through bit-equal (packing would round them). Missing
+hand: ecCodes knows the sections, and what it writes it reads back. The default is GRIB1, as ERA5 is
+delivered, with 24-bit simple packing; ``ieee`` writes GRIB2 with IEEE floats instead, for values
+that are floats already and must come through bit-equal (packing would round them). Missing
 values (NaN) go into the GRIB bitmap, never into the values as a magic number the reader might take
 for data.
 """
