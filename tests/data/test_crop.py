@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from atmorep.data.acquire.inventory import crop_indices
+from atmorep.data.acquire.crop import crop_indices
 from atmorep.errors import DataError
 
 LATS = np.arange(90, -90.1, -0.25)

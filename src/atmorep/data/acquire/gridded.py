@@ -26,7 +26,8 @@ import numpy as np
 import xarray as xr
 
 from atmorep.data import fields
-from atmorep.data.acquire.inventory import Expectation, crop_indices, describe_missing
+from atmorep.data.acquire.crop import area_indices
+from atmorep.data.acquire.inventory import Expectation, describe_missing
 from atmorep.errors import DataError
 from atmorep.formats import grib
 
@@ -103,22 +104,28 @@ def _level_kind(ds: xr.Dataset, dim: str) -> tuple[str, float]:
     return kind, 1.0
 
 
-def probe(ds: xr.Dataset, var: str, where: str, field: str | None = None) -> Probe:
-    """What ``ds[var]`` holds, or :class:`DataError` naming the store, variable and key."""
-    da = ds[var]
-    wanted = field or fields.field_of(var)
+def catalogued(var: str, base: str, field: str | None, units, units_from: str, where: str) -> tuple[str, float]:
+    """(field, factor): the catalogue field variable ``var`` holds (``field`` when acquire.variables names
+    it, else the one its name ``base`` stands for) and the factor to the field's units, once ``units``
+    (read from ``units_from``) are checked; :class:`DataError` naming the variable otherwise."""
+    wanted = field or fields.field_of(base)
     if wanted is None:
         raise DataError(
             f"{where}: variable '{var}' is not in the field catalogue "
             "(src/atmorep/data/fields.py); map it to a field with acquire.variables"
         )
-    cands = fields.candidates(wanted)
-    factor, expected = cands.get(var, (1.0, fields.FIELDS[wanted].units))
-    units = da.attrs.get("units")
+    factor, expected = fields.candidates(wanted).get(base, (1.0, fields.FIELDS[wanted].units))
     if units is None:
-        raise DataError(f"{where}: variable '{var}' has no 'units' attribute; field '{wanted}' needs {expected}")
+        raise DataError(f"{where}: variable '{var}' has no {units_from}; field '{wanted}' needs {expected}")
     if not fields.same_units(str(units), expected):
         raise DataError(f"{where}: variable '{var}' is in '{units}'; field '{wanted}' needs '{expected}'")
+    return wanted, factor
+
+
+def probe(ds: xr.Dataset, var: str, where: str, field: str | None = None) -> Probe:
+    """What ``ds[var]`` holds, or :class:`DataError` naming the store, variable and key."""
+    da = ds[var]
+    wanted, factor = catalogued(var, var, field, da.attrs.get("units"), "'units' attribute", where)
     tdims = [d for d in da.dims if "time" in str(d) or d in ("month", "date", "dates")]
     if len(tdims) != 1:
         raise DataError(
@@ -224,10 +231,7 @@ def select(ds: xr.Dataset, p: Probe, exp: Expectation, where: str) -> Cut | None
     lons = np.asarray(ds[p.xdim].values, float)
     if lons[1] < lons[0]:  # GRIB grids run eastwards; a westward axis would be written mirrored
         raise DataError(f"{where}: variable '{p.var}': longitudes run westwards ({lons[0]:g}, {lons[1]:g}, ...)")
-    if exp.area is not None:
-        rows, cols = crop_indices(lats, lons, exp.area)
-    else:
-        rows, cols = np.arange(len(lats)), np.arange(len(lons))
+    rows, cols = area_indices(lats, lons, exp.area)
     out_lons = lons[cols]
     if len(cols) > 1:  # across the seam: continue eastwards from the first column
         step = abs(lons[1] - lons[0])

@@ -89,12 +89,12 @@ def describe(path: str | Path, regrid: str = "none", variables: dict[str, str] |
 
 
 def _describe_dir(path: Path, regrid: str, variables: dict[str, str] | None = None) -> str:
-    from atmorep.data.acquire.files import _is_netcdf, expand
+    from atmorep.data.acquire.mirror import expand, is_netcdf
 
     files = expand([str(path)])
     if not files:
         raise DataError(f"{path}: not a zarr store (no zarr.json or .zgroup) and holds no GRIB file")
-    netcdf = [f for f in files if _is_netcdf(f)]  # as the files source splits a mirror
+    netcdf = [f for f in files if is_netcdf(f)]  # as the files source splits a mirror
     files = [f for f in files if f not in netcdf]
     try:
         scanned = {f: grib.scan(f) for f in files}

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from atmorep.config import DataConfig
+from atmorep.data.acquire.crop import crop_indices
 from atmorep.errors import DataError
 from atmorep.formats.grib import SURFACE_TYPES, Grid, Header, Level
 
@@ -145,64 +146,6 @@ def check_grid(grid: Grid, exp: Expectation, where: str, crop: bool = False) -> 
             f"{where}: field '{exp.field}' covers lat {grid.lats[0]:g}..{grid.lats[-1]:g}, lon "
             f"{grid.file_lons[0]:g}..{grid.file_lons[1]:g}, not the whole globe (data.area is null)"
         )
-
-
-def crop_indices(lats, lons, area) -> tuple[np.ndarray, np.ndarray]:
-    """Rows and columns of a regular lat/lon grid that make up ``area`` = (north, west, south, east).
-
-    ``lats`` may run either way, ``lons`` may use 0..360 or -180..180 and be global or regional. The
-    returned indices order the cut north to south and west to east, contiguously across 0° or across
-    the file's own seam (a UK area -10..2°E from a global 0..360 grid takes columns 350..357.5 then
-    0..2). The area's edges must be grid points of the file; an area outside the file's extent is
-    refused naming both extents. Pure index arithmetic, shared by every source that crops.
-    """
-    lats, lons = np.asarray(lats, float), np.asarray(lons, float)
-    north, west, south, east = (float(v) for v in area)
-    eps = 1e-6
-    lon_ext = np.mod(lons, 360.0)
-    dlon = abs(float(lons[1] - lons[0])) if len(lons) > 1 else 0.0
-    closed = len(lons) > 1 and abs(len(lons) * dlon - 360.0) < eps
-    span = 360.0 - dlon if east - west >= 360.0 - eps else (east - west) % 360.0
-    if span > 360.0 - dlon + eps:  # e.g. -180..180 on a grid whose last column repeats the first
-        span = 360.0 - dlon
-    offset = np.mod(lon_ext - west + eps, 360.0) - eps  # east of the west edge, in [-eps, 360 - eps)
-    cols = np.flatnonzero(offset <= span + eps)
-    cols = cols[np.argsort(offset[cols], kind="stable")]
-    rows = np.flatnonzero((lats <= north + eps) & (lats >= south - eps))
-    rows = rows[np.argsort(-lats[rows], kind="stable")]
-    want_cols = int(round(span / dlon)) + 1 if dlon else 1
-    if (
-        south > north + eps
-        or not len(rows)
-        or not len(cols)
-        or lats.max() < north - eps
-        or lats.min() > south + eps
-        or (not closed and len(cols) < want_cols)
-    ):
-        raise DataError(
-            f"data.area lat {north:g}..{south:g}, lon {west:g}..{east:g} is not inside the files' "
-            f"extent lat {lats.max():g}..{lats.min():g}, lon {_lon_extent(lons, closed)}"
-        )
-    edges = {
-        "north": (north, lats[rows[0]]),
-        "south": (south, lats[rows[-1]]),
-        "west": (0.0, offset[cols[0]]),
-        "east": (span, offset[cols[-1]]),
-    }
-    for name, (want, got) in edges.items():
-        if abs(want - got) > eps:
-            step = abs(float(lats[1] - lats[0])) if name in ("north", "south") and len(lats) > 1 else dlon
-            raise DataError(
-                f"data.area {name} edge {area[('north', 'west', 'south', 'east').index(name)]:g} is "
-                f"not a grid point of the files' {step:g}° grid (choose area edges on the grid)"
-            )
-    return rows, cols
-
-
-def _lon_extent(lons: np.ndarray, closed: bool) -> str:
-    if closed:
-        return f"{lons.min():g}..{lons.max():g} (global)"
-    return f"{lons[0]:g}..{lons[-1]:g}"
 
 
 def _area_lons(west: float, east: float, dlon: float) -> np.ndarray:

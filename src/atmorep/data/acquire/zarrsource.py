@@ -25,7 +25,8 @@ import numpy as np
 from atmorep.config import AcquireConfig, DataConfig
 from atmorep.data import fields
 from atmorep.data.acquire import gridded
-from atmorep.data.acquire.inventory import Expectation, crop_indices
+from atmorep.data.acquire.crop import area_indices
+from atmorep.data.acquire.inventory import Expectation
 from atmorep.errors import DataError
 from atmorep.formats import grib
 
@@ -157,21 +158,10 @@ class Anemoi:
         """(field, kind, level, factor) of variable ``name``, or the line saying why it is unusable."""
         head, _, tail = name.rpartition("_")
         base, lev = (head, tail) if head and tail.isdigit() else (name, "")
-        wanted = field or fields.field_of(base)
-        if wanted is None:
-            raise DataError(
-                f"{self.where}: variable '{name}' is not in the field catalogue; map it to a "
-                "field with acquire.variables"
-            )
-        factor, expected = fields.candidates(wanted).get(base, (1.0, fields.FIELDS[wanted].units))
         meta = self.meta.get(name, {})
-        units = meta.get("units")
-        if units is None:
-            raise DataError(
-                f"{self.where}: variable '{name}' has no units in variables_metadata; field '{wanted}' needs {expected}"
-            )
-        if not fields.same_units(str(units), expected):
-            raise DataError(f"{self.where}: variable '{name}' is in '{units}'; field '{wanted}' needs '{expected}'")
+        wanted, factor = gridded.catalogued(
+            name, base, field, meta.get("units"), "units in variables_metadata", self.where
+        )
         levtype = (meta.get("mars") or {}).get("levtype") or ("sfc" if not lev else "pl")
         if levtype not in ("sfc", "pl", "ml"):
             raise DataError(f"{self.where}: variable '{name}' is on level type '{levtype}'")
@@ -236,10 +226,7 @@ class Anemoi:
                 f"{self.where}: the dataset marks {len(gone)} dates of {month} as missing "
                 f"(missing_dates: {str(gone[0])[:16]} ...)"
             )
-        if exp.area:
-            rows, cols = crop_indices(lats, lons, exp.area)
-        else:
-            rows, cols = np.arange(len(lats)), np.arange(len(lons))
+        rows, cols = area_indices(lats, lons, exp.area)
         out_lons = lons[cols][0] + abs(lons[1] - lons[0]) * np.arange(len(cols))
         if out_lons[-1] >= 360.0:
             out_lons -= 360.0

@@ -1,0 +1,137 @@
+"""Splitting a GRIB file into its messages, as bytes, hashing the file on the way.
+
+Written by hand rather than left to ecCodes' file reader (``codes_grib_new_from_file``, which cfgrib
+also uses) for what the stages need beside the handles: one large buffered read per block instead of a
+read per message; every byte fed to a hasher during the same pass, so normalize records the sha256 of
+its input without reading it twice; each message's offset, length and bytes, so that the files source
+can index a mirror and copy messages unchanged; and errors that name the message and byte where a file
+is truncated or corrupt. Decoding stays with ecCodes (:mod:`.decode`), one message at a time.
+
+A message's length is read from its indicator section (GRIB1: 3 bytes, GRIB2: 8 bytes), with ECMWF's
+convention for GRIB1 messages over 8 MB, whose 24-bit length counts 120-byte units.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from atmorep.errors import DataError
+
+_BLOCK = 16 << 20  # bytes per read while splitting a file
+
+
+@dataclass(frozen=True)
+class Raw:
+    """One GRIB message as bytes."""
+
+    index: int
+    offset: int
+    length: int
+    data: bytes
+
+
+def _length(head: bytes, path: Path, index: int, offset: int) -> int:
+    """Total length of the message starting with ``head`` (at least 16 bytes, or its start)."""
+    if len(head) < 16:
+        raise DataError(f"{path}: message {index + 1} is truncated (file ends at byte {offset + len(head)})")
+    edition = head[7]
+    if edition == 1:
+        return int.from_bytes(head[4:7], "big")
+    if edition == 2:
+        return int.from_bytes(head[8:16], "big")
+    raise DataError(f"{path}: message {index + 1} at byte {offset} has GRIB edition {edition} (only 1 and 2 exist)")
+
+
+def _grib1_large_length(msg_head: bytes, length: int) -> int:
+    """ECMWF's convention for GRIB1 messages over 8 MB: the 24-bit length counts 120-byte units."""
+    if not length & 0x800000:
+        return length
+    pds = int.from_bytes(msg_head[8:11], "big")
+    flags = msg_head[8 + 7]
+    pos = 8 + pds
+    if flags & 0x80:
+        pos += int.from_bytes(msg_head[pos : pos + 3], "big")
+    if flags & 0x40:
+        pos += int.from_bytes(msg_head[pos : pos + 3], "big")
+    sec4 = int.from_bytes(msg_head[pos : pos + 3], "big")
+    if sec4 < 120:
+        return (length & 0x7FFFFF) * 120 - sec4 + 4
+    return length
+
+
+class _Buffered:
+    """Sequential reads of a file in large blocks, hashing every byte read."""
+
+    def __init__(self, f, hasher):
+        self.f, self.hasher = f, hasher
+        self.buf = bytearray()
+        self.base = 0  # file offset of buf[0]
+        self.eof = False
+
+    def fill(self, upto: int) -> bool:
+        """Make buf hold file bytes up to absolute offset ``upto``; False at end of file."""
+        while self.base + len(self.buf) < upto and not self.eof:
+            chunk = self.f.read(max(_BLOCK, upto - self.base - len(self.buf)))
+            if not chunk:
+                self.eof = True
+                break
+            if self.hasher is not None:
+                self.hasher.update(chunk)
+            self.buf += chunk
+        return self.base + len(self.buf) >= upto
+
+    def find(self, start: int) -> int:
+        """Absolute offset of the next b'GRIB' at or after ``start``, or -1."""
+        while True:
+            i = self.buf.find(b"GRIB", start - self.base)
+            if i >= 0:
+                return self.base + i
+            if self.eof:
+                return -1
+            start = max(start, self.base + len(self.buf) - 3)
+            self.fill(self.base + len(self.buf) + 1)
+
+    def take(self, start: int, end: int) -> bytes:
+        return bytes(self.buf[start - self.base : end - self.base])
+
+    def drop(self, upto: int) -> None:
+        if upto - self.base > _BLOCK:
+            del self.buf[: upto - self.base]
+            self.base = upto
+
+
+def iter_raw(path: str | Path, hasher=None) -> Iterator[Raw]:
+    """Every message of ``path`` in file order; bytes between messages are skipped.
+
+    ``hasher`` (e.g. ``hashlib.sha256()``) sees every byte of the file once the iteration ends.
+    Raises :class:`DataError` naming the message for a truncated or corrupt one.
+    """
+    path = Path(path)
+    with open(path, "rb") as f:
+        r = _Buffered(f, hasher)
+        pos, index = 0, 0
+        while True:
+            start = r.find(pos)
+            if start < 0:
+                break
+            r.fill(start + 16)
+            length = _length(r.take(start, start + 16), path, index, start)
+            if r.buf[start - r.base + 7] == 1 and length & 0x800000:
+                r.fill(start + 4096)
+                length = _grib1_large_length(r.take(start, start + 4096), length)
+            if not r.fill(start + length):
+                raise DataError(
+                    f"{path}: message {index + 1} is truncated (needs {length} bytes from byte "
+                    f"{start}, the file ends at {r.base + len(r.buf)})"
+                )
+            data = r.take(start, start + length)
+            if data[-4:] != b"7777":
+                raise DataError(f"{path}: message {index + 1} is truncated or corrupt (no end marker 7777)")
+            yield Raw(index, start, length, data)
+            index += 1
+            pos = start + length
+            r.drop(pos)
+        if index == 0:
+            raise DataError(f"{path}: not a GRIB file (no GRIB message found)")
