@@ -4,7 +4,8 @@ import pytest
 from conftest import REPO
 
 from atmorep import config as C
-from atmorep.model.summary import from_run_config, parameter_count
+from atmorep.model.summary import parameter_count
+from atmorep.modelfile import from_run_config
 from atmorep.plan import GRIB1_HEADER, load_profile, plan
 
 CAMPAIGNS = sorted((REPO / "config" / "campaigns").glob("*.yaml"))
