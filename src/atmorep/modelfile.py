@@ -68,12 +68,6 @@ def from_config(cfg: Config, description: str = "") -> ModelFile:
     return ModelFile(cfg.model, fields, description=description)
 
 
-def from_run_config(path: str | Path) -> ModelFile:
-    """:func:`from_config` of the run configuration at ``path``."""
-    cfg = C.load(path)
-    return from_config(cfg, f"run '{cfg.run}' ({path})")
-
-
 def read(path: str | Path) -> tuple[ModelFile, Config | None]:
     """A model file, or a run configuration (recognised by its `run:` key) with the configuration."""
     raw = C.read_yaml(path)
@@ -103,7 +97,7 @@ def _model_file(raw: Any, path: Path) -> ModelFile:
 
 
 def _count_levels(fields: Any) -> Any:
-    """The ``fields`` entries with their list of levels replaced by its length, checked as before."""
+    """The ``fields`` entries with their list of level numbers (checked) replaced by its length."""
     if not isinstance(fields, dict):
         return fields  # build() names the problem
     out = {}
