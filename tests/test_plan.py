@@ -4,7 +4,8 @@ import pytest
 from conftest import REPO
 
 from atmorep import config as C
-from atmorep.model.summary import from_run_config, parameter_count
+from atmorep.model.summary import parameter_count
+from atmorep.modelfile import load_any
 from atmorep.plan import GRIB1_HEADER, load_profile, plan
 
 CAMPAIGNS = sorted((REPO / "config" / "campaigns").glob("*.yaml"))
@@ -29,7 +30,7 @@ def test_quickstart_arithmetic():
 
 
 def test_paper_campaign_is_the_published_multiformer():
-    m = from_run_config(REPO / "config" / "campaigns" / "paper.yaml")
+    m = load_any(REPO / "config" / "campaigns" / "paper.yaml")
     # wc5e2i3t: 741,136,272 logged by the original; ours drops its unused legacy token-info Linear (144);
     # temperature in [3,18,18] tokens (P 972 instead of 2187) shrinks its embedding Linear(P, D-16)
     # and its 16 tail heads Linear(D, P) by (2187 - 972) x (1008 + 16 x 1025)

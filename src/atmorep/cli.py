@@ -4,6 +4,11 @@ Each stage subcommand parses its arguments, loads its slice of the configuration
 whole YAML file, or ``--params`` the JSON slice Snakemake passes), and calls one library function.
 Every failure ends with one line on stderr naming what failed and the next step, exit status 1 (130
 on Ctrl-C, 75 for "checkpointed, requeue"); ``--debug`` or ``ATMOREP_DEBUG=1`` shows the traceback.
+
+Longer than our ~400 lines on purpose: :func:`parser` is the table of every subcommand, its arguments
+and their help, read as one (it is what ``atmorep --help`` shows); the ``cmd_*`` functions beside it
+are a few lines each (a rule -> its subcommand -> one library function), and splitting either from
+the other would only add an indirection.
 """
 
 from __future__ import annotations
@@ -145,12 +150,11 @@ def cmd_verify(args) -> None:
 
 def cmd_train(args) -> None:
     if args.dry_run:
-        from atmorep.model.summary import report
-
         if args.config is None:
             raise C.ConfigError("--dry-run needs --config FILE (a run configuration or config/models/*.yaml)")
-        print(report(args.config))
-        print(_dry_run_fit(args))
+        from atmorep.train.dry_run import dry_run
+
+        print(dry_run(args.config, args.device_memory, args.ranks))
         return
     if not args.shards or args.output_dir is None:
         raise C.ConfigError("train needs --shards and --output-dir (or --dry-run)")
@@ -166,29 +170,6 @@ def cmd_train(args) -> None:
         args.output_dir,
         fresh=args.fresh,
     )
-
-
-def _dry_run_fit(args) -> str:
-    """The fit planner's line of ``train --dry-run``: a run configuration's batch and ranks, or a model
-    file's at the defaults (train.batch_size 8, one rank unless --ranks)."""
-    import yaml
-
-    from atmorep.model.summary import load_any
-    from atmorep.train.memory import masked_fraction, parse_bytes, recommend
-
-    raw = yaml.safe_load(Path(args.config).read_text())
-    train = C.load(args.config).train if isinstance(raw, dict) and "run" in raw else C.TrainConfig(ranks=1)
-    spec = load_any(args.config)
-    ranks = args.ranks or train.ranks
-    fit = recommend(
-        spec.model,
-        spec.geometry(),
-        parse_bytes(args.device_memory),
-        ranks,
-        train.batch_size,
-        masked_fraction=masked_fraction(train.masking),
-    )
-    return f"fit on {ranks} GPU(s) of {args.device_memory}: {fit.text()}"
 
 
 def cmd_evaluate(args) -> None:

@@ -7,6 +7,12 @@ agreement (keys and defaults).
 
 Each stage sees only its *slice*: the sections it needs (see :data:`STAGE_SECTIONS`). Snakemake
 passes the slice to the CLI as JSON, so a change to one section reruns exactly the stages that read it.
+
+This module owns the configuration's files: reading YAML (:func:`read_yaml`), validating against the
+schema (:func:`validate_schema`, also one section of it, as model files do: :mod:`atmorep.modelfile`)
+and building the dataclasses (:func:`build`). It is longer than our ~400 lines on purpose: it is one
+frozen dataclass per schema section beside the loader that builds and checks them, the one place a
+reader holds against the schema; split in two, following one key would mean reading both halves.
 """
 
 from __future__ import annotations
@@ -365,8 +371,11 @@ def parse_time(text: str) -> np.datetime64:
     return np.datetime64(text, "s")
 
 
-def _convert(tp: Any, value: Any, where: str) -> Any:
-    """Convert a YAML value to the annotated type ``tp``; reject unknown keys of dataclasses."""
+def convert(tp: Any, value: Any, where: str) -> Any:
+    """Convert a YAML value to the annotated type ``tp``; reject unknown keys of dataclasses.
+
+    Errors name the key ``where`` (dotted, e.g. 'train.masking.rate').
+    """
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         return build(tp, value, where)
@@ -374,12 +383,12 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         if value is None:
             return None
         (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _convert(inner, value, where)
+        return convert(inner, value, where)
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         _, vtype = typing.get_args(tp)
-        return {str(k): _convert(vtype, v, _join(where, str(k))) for k, v in value.items()}
+        return {str(k): convert(vtype, v, _join(where, str(k))) for k, v in value.items()}
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
@@ -387,7 +396,7 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         inner = args[0]
         if args[-1] is not Ellipsis and len(args) != len(value):
             raise ConfigError(f"{where}: expected {len(args)} values, got {list(value)!r}")
-        return tuple(_convert(inner, v, where) for v in value)
+        return tuple(convert(inner, v, where) for v in value)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp in (int, float, str, bool) and not isinstance(value, tp):
@@ -413,7 +422,7 @@ def build(cls: type, raw: Any, where: str = ""):
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name in raw:
-            kwargs[f.name] = _convert(hints[f.name], raw[f.name], _join(where, f.name))
+            kwargs[f.name] = convert(hints[f.name], raw[f.name], _join(where, f.name))
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"missing config key '{_join(where, f.name)}'")
     return cls(**kwargs)
@@ -424,30 +433,38 @@ def schema_path() -> Path:
     return Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
 
-def validate_schema(raw: dict) -> None:
-    """Validate against the JSON schema when it is available (a repository checkout)."""
+def validate_schema(raw: Any, section: str | None = None) -> None:
+    """Validate against the JSON schema when it is available (a repository checkout): the whole run
+    configuration, or one ``section`` of it (e.g. a model file's ``model``)."""
     path = schema_path()
     if not path.exists():
         return
     import jsonschema
 
     schema = yaml.safe_load(path.read_text())
+    if section is not None:
+        schema = {**schema["properties"][section], "definitions": schema.get("definitions", {})}
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(raw), key=lambda e: list(e.path))
     if errors:
         err = errors[0]
-        where = ".".join(str(p) for p in err.path) or "config"
+        where = ".".join([*([section] if section else []), *map(str, err.path)]) or "config"
         raise ConfigError(f"{where}: {err.message}")
+
+
+def read_yaml(path: str | Path, what: str = "config file") -> Any:
+    """The YAML document at ``path``; a missing file or bad YAML is a :class:`ConfigError` naming it."""
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{what} not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
 
 
 def load(path: str | Path) -> Config:
     """Read, validate and build a whole run configuration from YAML."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    raw = read_yaml(path)
     validate_schema(raw)
     return build(Config, raw)
 
@@ -479,4 +496,4 @@ def section(raw: dict, name: str):
         raise ConfigError(f"missing config key '{name}'")
     if name == "seed":
         return int(raw.get("seed", 1))
-    return _convert(hints[name], raw.get(name, {}), name)
+    return convert(hints[name], raw.get(name, {}), name)

@@ -64,3 +64,26 @@ def test_climatology_is_a_circular_hour_of_day_mean_and_std_of_the_period():
     mean, std = climatology.at(clim, times[[6, 30]], np.array([1]), np.array([0, 2]))
     assert mean.shape == (1, 2, 1, 2)
     np.testing.assert_allclose(mean[0, 1], clim["mean"].sel(hour=6).values[0][[1]][:, [0, 2]])
+
+
+class LargeMeanStore(FakeStore):
+    """Geopotential-like values: mean 5e5, spread 10."""
+
+    field = "z"
+
+    def denormalize(self, v, t_idx, y_idx, x_idx):
+        return v * np.float32(10) + np.float32(5e5)
+
+
+def test_climatology_std_of_a_large_mean_field_is_exact_to_float32_rounding():
+    # E[x^2] - E[x]^2 in float64 cancels ~10 of its 16 digits here: several float32 ulps off
+    times = np.arange("2026-01-01T00", "2026-03-01T00", dtype="datetime64[h]")
+    hours = (times - times.astype("datetime64[D]")).astype(int)
+    values = np.random.default_rng(0).normal(size=(len(times), 1, 2, 3)).astype(np.float32)
+    store = LargeMeanStore(values, times)
+    clim = climatology.climatology([store], times[0], times[-1], window_hours=6)
+    phys = store.denormalize(values, None, None, None).astype(np.float64)
+    for h in range(24):
+        near = np.abs((hours - h + 12) % 24 - 12) <= 3
+        np.testing.assert_allclose(clim["std"].sel(hour=h).values, phys[near].std(0), rtol=np.finfo(np.float32).eps)
+        np.testing.assert_allclose(clim["mean"].sel(hour=h).values, phys[near].mean(0), rtol=np.finfo(np.float32).eps)

@@ -10,8 +10,7 @@ import sys
 import pytest
 from conftest import REPO
 
-from atmorep import cli
-from atmorep.model import summary
+from atmorep import cli, modelfile
 from atmorep.train import memory as M
 
 BIG = REPO / "config" / "models" / "wc5e2i3t.yaml"  # 741 M parameters, 5,664 tokens per sample
@@ -19,7 +18,7 @@ BIG = REPO / "config" / "models" / "wc5e2i3t.yaml"  # 741 M parameters, 5,664 to
 
 @pytest.fixture(scope="module")
 def big():
-    spec = summary.load_model_file(BIG)
+    spec = modelfile.load_model_file(BIG)
     return spec.model, spec.geometry(), M.parameter_sizes(spec.model, spec.geometry())
 
 

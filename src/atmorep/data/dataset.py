@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from atmorep.data.normalize.statistics import Stats
 from atmorep.data.tokens import TOKEN_INFO, TOKEN_INFO_OFFSET, TOKEN_INFO_SCALE, tokenize
 from atmorep.errors import DataError
 from atmorep.formats import zarrv3
@@ -119,13 +120,12 @@ class FieldStore:
         """Physical values from normalized ``(..., L, T, Y, X)`` at the given store indices."""
         month = np.searchsorted(self.months, self.times[t_idx].astype("datetime64[M]"))
         if self.normalization == "global":
-            mean = self.mean[month][:, :, None, None].transpose(1, 0, 2, 3)  # L T 1 1
-            std = self.std[month][:, :, None, None].transpose(1, 0, 2, 3)
+            mean, std = self.mean[month].T, self.std[month].T  # L T
         else:
             sel = np.ix_(month, np.arange(len(self.levels)), y_idx, x_idx)
             mean = self.mean[sel].transpose(1, 0, 2, 3)  # L T Y X
             std = self.std[sel].transpose(1, 0, 2, 3)
-        return values_LTYX * std + mean
+        return Stats(self.normalization, mean, std).invert(values_LTYX)
 
 
 @dataclass(frozen=True)

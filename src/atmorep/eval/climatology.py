@@ -17,6 +17,7 @@ import numpy as np
 import xarray as xr
 
 from atmorep.data.dataset import FieldStore
+from atmorep.data.normalize.statistics import Moments
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +32,15 @@ def hour_of_day(times: np.ndarray) -> np.ndarray:
 def climatology(
     stores: list[FieldStore], start: np.datetime64, end: np.datetime64, window_hours: int, block: int = 96
 ) -> xr.Dataset:
-    """``mean`` and ``std`` ``(hour, level, latitude, longitude)`` over ``start``..``end`` (inclusive)."""
+    """``mean`` and ``std`` ``(hour, level, latitude, longitude)`` over ``start``..``end`` (inclusive).
+
+    Accumulated as :class:`~atmorep.data.normalize.statistics.Moments` per hour of day, merged over
+    each hour's window: a variance from sums of squares would cancel for a field whose mean dwarfs
+    its spread (geopotential).
+    """
     first = stores[0]
     L, Y, X = len(first.levels), len(first.lats), len(first.lons)
-    count = np.zeros(24)
-    total = np.zeros((24, L, Y, X))
-    squares = np.zeros((24, L, Y, X))
+    by_hour = [Moments.empty(L, Y, X) for _ in HOURS]
     y_idx, x_idx = np.arange(Y), np.arange(X)
     for store in stores:
         t_idx = np.flatnonzero((store.times >= start) & (store.times <= end))
@@ -47,10 +51,8 @@ def climatology(
             )  # L T Y X
             hours = hour_of_day(store.times[t])
             for h in np.unique(hours):
-                v = values[:, hours == h].astype(np.float64)
-                count[h] += v.shape[1]
-                total[h] += v.sum(1)
-                squares[h] += (v * v).sum(1)
+                by_hour[h].update(values[:, hours == h].swapaxes(0, 1))
+    count = np.array([m.count for m in by_hour])
     if not count.sum():
         raise ValueError(f"no time step of field '{first.field}' lies in the climatology period {start} .. {end}")
     kernel = _circular_window(window_hours)  # H H: which hour bins feed each hour
@@ -63,16 +65,17 @@ def climatology(
             window_hours // 2,
         )
         kernel[n == 0] = 1.0
-        n = kernel @ count
-    mean = np.tensordot(kernel, total, axes=1) / n[:, None, None, None]
-    var = np.tensordot(kernel, squares, axes=1) / n[:, None, None, None] - mean**2
+    mean, std = np.empty((2, len(HOURS), L, Y, X), np.float32)
+    for h, row in enumerate(kernel):
+        m = _merged(by_hour, row, (L, Y, X))
+        mean[h], std[h] = m.mean, np.sqrt(m.m2 / m.count)
     coords = {"hour": HOURS, "level": first.levels, "latitude": first.lats, "longitude": first.lons}
     dims = ("hour", "level", "latitude", "longitude")
     return xr.Dataset(
         {
-            "mean": (dims, mean.astype(np.float32)),
-            "std": (dims, np.sqrt(np.maximum(var, 0)).astype(np.float32)),
-            "count": ("hour", n.astype(np.int64)),
+            "mean": (dims, mean),
+            "std": (dims, std),
+            "count": ("hour", (kernel @ count).astype(np.int64)),
         },
         coords=coords,
         attrs={
@@ -82,6 +85,14 @@ def climatology(
             "description": "mean and std per grid point and hour of day (circular window)",
         },
     )
+
+
+def _merged(by_hour: list[Moments], row: np.ndarray, shape: tuple[int, int, int]) -> Moments:
+    """The moments of the hour bins ``row`` selects."""
+    out = Moments.empty(*shape)
+    for h in np.flatnonzero(row):
+        out.merge(by_hour[h])
+    return out
 
 
 def _circular_window(window_hours: int) -> np.ndarray:

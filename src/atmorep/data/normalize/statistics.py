@@ -1,6 +1,6 @@
 """AtmoRep's statistics of one (field, month): mean and std per level (*global*) or per grid point
 (*local*), accumulated in float64 with Chan's pairwise form of Welford's algorithm (:class:`Moments`),
-and their application ``x' = (x - mean) / std``.
+their application ``x' = (x - mean) / std`` and its inverse.
 
 Legend: T time steps, L levels, Y latitude rows, X longitude columns.
 """
@@ -20,17 +20,30 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Stats:
-    """Mean and std of one field and month: shape (L,) for global, (L, Y, X) for local."""
+    """Mean and std of one field and month: shape (L,) for global, (L, Y, X) for local.
+
+    Also a stack of them, one per time step of a window (:meth:`FieldStore.denormalize
+    <atmorep.data.dataset.FieldStore.denormalize>`): (L, T) for global, (L, T, Y, X) for local.
+    """
 
     method: str
     mean: np.ndarray
     std: np.ndarray
 
     def broadcast(self) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and std shaped to broadcast against (T, L, Y, X)."""
-        if self.method == "global":
-            return self.mean[None, :, None, None], self.std[None, :, None, None]
-        return self.mean[None], self.std[None]
+        """Mean and std as 4-d arrays: against (T, L, Y, X) for one month's statistics, against
+        (..., L, T, Y, X) for a stack of them."""
+
+        def shape(a: np.ndarray) -> np.ndarray:
+            a = a[..., None, None] if self.method == "global" else a  # one value for the whole grid
+            return a.reshape((1,) * (4 - a.ndim) + a.shape)
+
+        return shape(self.mean), shape(self.std)
+
+    def invert(self, normalized: np.ndarray) -> np.ndarray:
+        """Physical values ``x' * std + mean``: the inverse of :func:`apply`, exact to float32 round-off."""
+        mean, std = self.broadcast()
+        return normalized * std + mean
 
 
 @dataclass
@@ -104,11 +117,6 @@ def apply(values_TLYX: np.ndarray, stats: Stats, out: np.ndarray | None = None) 
     mean, std = stats.broadcast()
     out = np.subtract(values_TLYX, mean, out=out, dtype=np.float32)
     return np.divide(out, std, out=out)
-
-
-def invert(normalized_TLYX: np.ndarray, stats: Stats) -> np.ndarray:
-    mean, std = stats.broadcast()
-    return (normalized_TLYX * std + mean).astype(np.float32)
 
 
 def read_stats(ds: xr.Dataset) -> Stats:
