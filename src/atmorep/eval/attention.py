@@ -11,7 +11,8 @@ and the time bounds, latitude/longitude centre and cell bounds. :func:`to_datase
 ``ds.attention.isel(query=q)`` is "what token q looks at" with a (time, level, lat, lon) per key.
 :func:`head_mean` and :func:`rollout` aggregate over heads and layers (pure xarray).
 
-Legend: B batch, H heads, N tokens of the field (L*T*Y*X, C order), Q/K query/key tokens.
+Legend: B batch, l captured layers, H heads, N tokens of the field (L*T*Y*X, C order), Q/K query/key
+tokens.
 """
 
 from __future__ import annotations

@@ -93,8 +93,11 @@ def _filled(tokens_BLTYXP, mask_BLTYX, ens_KEP, source_BLTYXP) -> dict[str, np.n
     # The model returns its K tokens in mask.nonzero() (C) order, the order boolean indexing fills.
     mean[mask_BLTYX] = ens_KEP.mean(1)
     E = ens_KEP.shape[1]
+    # Members first, so that one boolean index fills every member; back to B E ... below for slicing
+    # per sample.
     members = torch.full((E, *tokens_BLTYXP.shape), float("nan"))
     members[:, mask_BLTYX] = ens_KEP.transpose(0, 1)
+    # Per value, so that untokenize turns it into a mask per grid point.
     point_mask = mask_BLTYX[..., None].expand_as(tokens_BLTYXP)
     return {
         "truth": tokens_BLTYXP.numpy(),
@@ -167,6 +170,7 @@ def _stack(dataset: WindowDataset, f: str, indices, parts: list[dict], baselines
     ds = xr.Dataset(
         data,
         coords={
+            # The dataset's window indices: each sample can be found and read again.
             "sample": np.asarray(indices, np.int64),
             "level": levels,
             "lead": np.arange(1, time.shape[1] + 1),

@@ -29,6 +29,8 @@ def per_sample(ds: xr.Dataset, baselines: tuple[str, ...]) -> xr.Dataset:
     truth = ds["target"].where(ds["mask"])
     w = metrics.latitude_weights(ds["latitude"], "y")
     clim = ds["climatology_mean"]
+    # All NaN when evaluation starts with the campaign (no period left for a climatology): then no ACC
+    # and no climatology baseline, rather than NaN rows.
     has_clim = bool(np.isfinite(clim).any())
     parts = {"atmorep": _point(ds["prediction"], truth, clim if has_clim else None, w)}
     parts["atmorep"]["crps"] = metrics.crps_ensemble(ds["ensemble"], truth, w, SPACE)

@@ -6,7 +6,8 @@ The attention kernel is a plug-in (:data:`KERNELS`): ``sdpa`` is
 ``explicit`` the textbook ``softmax(q k^T / sqrt(dh)) v`` (reference path, and what V1 computed).
 Query/key normalisation is a plug-in too (:data:`QK_NORMS`).
 
-Legend: B batch, N query tokens, M key tokens, H heads, dh head width, D model width.
+Legend: B batch, N query tokens, M key tokens, H heads, dh head width, D model width, C = H*dh (a
+projection's width).
 """
 
 from __future__ import annotations

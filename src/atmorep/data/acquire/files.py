@@ -110,6 +110,7 @@ class FilesSource:
         times = sorted({loc.header.time for loc in chosen})
         levels = list(spec.levels)
         values = np.empty((1, len(levels), len(lats), len(lons)), np.float32)
+        # append=True from the first step on: ``out`` is the fresh temporary file acquire made.
         for t in times:  # one time step at a time keeps memory bounded
             for loc in (x for x in chosen if x.header.time == t):
                 values[0, levels.index(config_level(loc.header.level, spec.kind))] = regrid.gaussian_to_regular(
