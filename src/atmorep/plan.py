@@ -5,7 +5,7 @@ zarr bytes and inode count of the shard stores, core-hours per stage, GPU-hours 
 the model's FLOPs at a stated MFU, and the number of SLURM jobs the profile submits.
 
 Per-unit costs of the CPU stages are throughputs measured on our CI machine (2 cores, AMD EPYC
-Zen 3); they are stated in the output so a site can scale them.
+Zen 3): :data:`CORE_S_PER_GB` below, for a site to scale to its own machines.
 """
 
 from __future__ import annotations
@@ -70,11 +70,12 @@ def time_steps(cfg: Config, month: str) -> int:
 def grid(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
     """(latitudes, longitudes) of the grid the source delivers: global, or ``data.area``."""
     if cfg.acquire.source == "sample":
-        return np.linspace(90, -90, 181), np.arange(360.0)
-    dlat, dlon = cfg.data.grid or (0.25, 0.25)
+        return np.linspace(90, -90, 181), np.arange(360.0)  # the sample's global 1°
+    dlat, dlon = cfg.data.grid or (0.25, 0.25)  # what the cds source asks for without data.grid
     if cfg.data.area is None:
         return np.linspace(90, -90, int(round(180 / dlat)) + 1), np.arange(int(round(360 / dlon))) * dlon
     north, west, south, east = cfg.data.area
+    # Both edges are grid points (+1); % 360 for an area across 0°.
     nlat = int(round((north - south) / dlat)) + 1
     nlon = int(round(((east - west) % 360) / dlon)) + 1
     return np.linspace(north, south, nlat), west + dlon * np.arange(nlon)
@@ -90,11 +91,13 @@ def plan(cfg: Config, profile: dict | None = None, mfu: float = 0.45) -> Plan:
     months = cfg.data.months()
     steps = {m: time_steps(cfg, m) for m in months}
     bits = BITS.get(cfg.acquire.source, 16)
+    # One message per (time, level): its header plus the packed values.
     grib = sum(
         steps[m] * len(spec.levels) * (GRIB1_HEADER + math.ceil(nlat * nlon * bits / 8))
         for spec in cfg.data.fields.values()
         for m in months
     )
+    # The field only names errors: the crop keeps whole tokens of every field, so it is one for all.
     rows, cols = S.crop(cfg.data, cfg.shard, "", lats, lons)
     ny, nx = rows.stop - rows.start, cols.stop - cols.start
     zarr_bytes, inodes = 0, 0
@@ -105,11 +108,14 @@ def plan(cfg: Config, profile: dict | None = None, mfu: float = 0.45) -> Plan:
             shape = (T, L, ny, nx)
             _, shard_shape = S.layout(cfg.shard, cfg.shard.token_size_for(f), shape)
             n_months = sum(1 for m in months if m.startswith(year))
+            # mean and std per month and level; per grid point as well when normalized locally.
             stats = n_months * L * 2 * (ny * nx if cfg.normalize.method_for(f) == "local" else 1)
-            zarr_bytes += 4 * (math.prod(shape) + stats)
+            zarr_bytes += 4 * (math.prod(shape) + stats)  # float32
             inodes += math.prod(math.ceil(n / s) for n, s in zip(shape, shard_shape)) + STORE_FILES
+    # The rates are per GB of float32 values on the grid the source delivers (before the shard crop).
     data_gb = sum(steps[m] * len(s.levels) for s in cfg.data.fields.values() for m in months) * nlat * nlon * 4 / 1e9
     core_hours = {stage: data_gb * rate / 3600 for stage, rate in CORE_S_PER_GB.items()}
+    # batch_size is per rank and per micro-step.
     samples = cfg.train.steps * cfg.train.batch_size * cfg.train.gradient_accumulation * cfg.train.ranks
     train_flops = training_flops(cfg.model, model_geometry(cfg), masked_fraction(cfg.train.masking)) * samples
     return Plan(
@@ -162,6 +168,7 @@ def slurm_jobs(cfg: Config, profile: dict) -> dict[str, int]:
         "pretrain": 1,
         "evaluate": 1,
     }
+    # Snakemake submits a group of group-components jobs as one SLURM job.
     groups, sizes = profile.get("groups", {}), profile.get("group-components", {})
     return {rule: math.ceil(n / sizes.get(groups.get(rule), 1)) for rule, n in units.items()}
 
@@ -170,6 +177,7 @@ def load_profile(path: str | Path | None) -> dict:
     if path is None:
         return {}
     p = Path(path)
+    # A profile is a directory holding config.yaml (Snakemake's layout), or that file itself.
     return yaml.safe_load((p / "config.yaml" if p.is_dir() else p).read_text()) or {}
 
 

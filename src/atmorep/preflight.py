@@ -34,6 +34,7 @@ def problems(cfg: Config) -> list[str]:
     found = _unknown_fields(cfg)
     found += _periods(cfg)
     found += _climatology(cfg)
+    # Every check runs and all problems are reported at once, except those needing a window size.
     try:
         tokens_per_field(cfg)
     except ConfigError as exc:
@@ -91,7 +92,7 @@ def _periods(cfg: Config) -> list[str]:
         elif start > d1 or end < d0:
             out.append(f"{what} lies outside the campaign data.start .. data.end {_t(d0)} .. {_t(d1)}")
     (a0, a1, train), (b0, b1, evaluate) = spans["train"], spans["evaluate"]
-    if max(a0, b0) <= min(a1, b1):
+    if max(a0, b0) <= min(a1, b1):  # inclusive ends: sharing one instant is an overlap
         out.append(
             f"{train} and {evaluate} overlap ({_t(max(a0, b0))} .. {_t(min(a1, b1))}): evaluation would "
             "score the training period; make them disjoint"
@@ -116,6 +117,7 @@ def _climatology(cfg: Config) -> list[str]:
 
 def _extent(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
     """(window extent in points, finest token size) along (time, lat, lon)."""
+    # num_tokens counts tokens of the finest field; coarser fields have fewer tokens over the same extent.
     sizes = np.array([cfg.shard.token_size_for(f) for f in cfg.data.fields]).min(axis=0)
     return np.asarray(cfg.model.num_tokens) * sizes, sizes
 
@@ -125,6 +127,7 @@ def _valid_times(cfg: Config) -> tuple[np.ndarray, str] | None:
     if cfg.acquire.source == "sample":
         from atmorep.data.acquire.sources import SampleSource
 
+        # The sample's own steps (24 over a week, not a regular series), read from the installed wheel.
         t = SampleSource().open()["time"].values.astype("datetime64[s]")
         start, end = cfg.data.period
         return t[(t >= start) & (t <= end)], "of the embedded sample's time steps"
@@ -163,6 +166,7 @@ def _grid(cfg: Config) -> tuple[np.ndarray, np.ndarray, str] | None:
     dlat, dlon = cfg.data.grid or DEFAULT_GRID
     north, west, south, east = cfg.data.area or (90.0, 0.0, -90.0, 360.0 - dlon)
     lats = north - dlat * np.arange(int(round((north - south) / dlat)) + 1)
+    # A whole circle stays 360 - dlon; a smaller span % 360 (an area across 0°), as crop_indices reads it.
     span = east - west if east - west >= 360 - dlon - 1e-6 else (east - west) % 360.0
     return (
         lats,
@@ -183,11 +187,13 @@ def _window_on_grid(cfg: Config) -> list[str]:
     area = "[" + ", ".join(f"{v:g}" for v in cfg.data.area) + "]" if cfg.data.area else "null (global)"
     where = f"the grid of data.area {area} at {dlat:g}°x{dlon:g}° ({whose}) ({len(lats)} x {len(lons)} points)"
     try:
+        # The shard stage's own crop, so that the check and the stage cannot disagree.
         rows, cols = shards.crop(cfg.data, cfg.shard, next(iter(cfg.data.fields)), lats, lons)
     except DataError as exc:
         return [f"{where}: {exc}"]
     (_, ny, nx), sizes = _extent(cfg)
     kept_y, kept_x = rows.stop - rows.start, cols.stop - cols.start
+    # A global grid wraps, so a window may be wider than what is kept, but not than the whole circle.
     if kept_y < ny or (kept_x < nx and not periodic(lons)) or nx > len(lons):
         return [
             f"{where} keeps {kept_y} x {kept_x} points as whole tokens; one window needs "

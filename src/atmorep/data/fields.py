@@ -25,6 +25,8 @@ class FieldInfo:
         return (self.name, self.short_name) if self.short_name else (self.name,)
 
 
+# The bounds leave room for what real ERA5 holds: small negative q and tp (numerics, packing), r above
+# 100 % (supersaturation), z below 0 (1000 hPa lies below sea level under high pressure).
 _TABLE = (
     FieldInfo("vo", 138, "s**-1", (-0.1, 0.1), "vorticity"),
     FieldInfo("d", 155, "s**-1", (-0.1, 0.1), "divergence"),
@@ -57,7 +59,7 @@ def info(name: str) -> FieldInfo | None:
 # Names other tools give the fields in NetCDF and zarr (CMIP/CF short names, anemoi, ARCO-ERA5 and
 # WeatherBench 2 use the CDS long names above), with the factor that turns their values into ours:
 # gh (geopotential height, gpm) is z / g.
-G = 9.80665
+G = 9.80665  # standard gravity (WMO), the constant that defines geopotential height from z
 _ALIASES: dict[str, tuple[str, float, str]] = {  # name -> (field, factor, units of the named variable)
     "2m_temperature": ("t2m", 1.0, ""),
     "tas": ("t2m", 1.0, ""),
@@ -78,6 +80,7 @@ _ALIASES: dict[str, tuple[str, float, str]] = {  # name -> (field, factor, units
     "geopotential_height": ("z", G, "gpm"),
     "pr": ("tp", 1.0, ""),
 }
+# setdefault: an explicit alias above wins over a catalogue name.
 for _f in _TABLE:
     _ALIASES.setdefault(_f.cds_variable, (_f.name, 1.0, ""))
     for _n in _f.names:
@@ -115,7 +118,9 @@ def parse_units(text: str) -> dict[str, int] | None:
     """'m s**-1', 'm s-1', 'm/s', 'm.s-1' all -> {'m': 1, 's': -1}; None when it cannot be read."""
     import re
 
+    # "." and "*" separate factors (UDUNITS 'm.s-1'); "**" and "^" mark exponents, which follow anyway.
     text = text.strip().replace("**", "").replace("^", "").replace(".", " ").replace("*", " ")
+    # Spellings of "dimensionless": ecCodes writes '(0 - 1)' for fractions and '~' for none.
     if text in ("", "1", "-", "(0 - 1)", "~"):
         return {}
     out: dict[str, int] = {}
@@ -125,9 +130,9 @@ def parse_units(text: str) -> dict[str, int] | None:
             if m is None:
                 return None
             unit = _UNIT_WORDS.get(m.group(1).lower(), m.group(1))
-            exp = int(m.group(2) or 1) * (-1 if i else 1)
+            exp = int(m.group(2) or 1) * (-1 if i else 1)  # after a "/" every exponent is negated
             out[unit] = out.get(unit, 0) + exp
-    return {u: e for u, e in out.items() if e}
+    return {u: e for u, e in out.items() if e}  # 'm m-1' cancels to dimensionless
 
 
 def same_units(found: str, expected: str) -> bool:

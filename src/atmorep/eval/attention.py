@@ -11,7 +11,8 @@ and the time bounds, latitude/longitude centre and cell bounds. :func:`to_datase
 ``ds.attention.isel(query=q)`` is "what token q looks at" with a (time, level, lat, lon) per key.
 :func:`head_mean` and :func:`rollout` aggregate over heads and layers (pure xarray).
 
-Legend: B batch, H heads, N tokens of the field (L*T*Y*X, C order), Q/K query/key tokens.
+Legend: B batch, l captured layers, H heads, N tokens of the field (L*T*Y*X, C order), Q/K query/key
+tokens.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def capture(
 
     def hook_for(key):
         def hook(module, args):
-            inputs[key] = args[0]
+            inputs[key] = args[0]  # x, already normalised (MultiSourceAttention.forward's first argument)
+            # An exception is the one way out of a forward from a hook: later layers never run.
             if len(inputs) == len(wanted):
                 raise _Enough
 
@@ -61,6 +63,7 @@ def capture(
     except _Enough:
         pass
     finally:
+        # Removed on every path: a hook left behind would stop the next forward of this model.
         for h in handles:
             h.remove()
     out = {}
@@ -81,9 +84,11 @@ def georeference(dataset: WindowDataset, index: int, field: str) -> xr.Dataset:
     L = len(store.levels)
     times = store.times[t_idx].reshape(-1, tt)
     lats = store.lats[y_idx].reshape(-1, ty)
+    # Unwrapped so that a token astride 0°/360° has a continuous mean and bounds; wrapped back below.
     lons = np.rad2deg(np.unwrap(np.deg2rad(store.lons[x_idx]))).reshape(-1, tx)
     T, Y, X = len(times), len(lats), len(lons)
-    half = store.resolution / 2
+    half = store.resolution / 2  # cell bounds lie half a grid step beyond the outer points
+    # C order over (L, T, Y, X): the model's token order (flatten of the token grid).
     l, t, y, x = (a.ravel() for a in np.meshgrid(np.arange(L), np.arange(T), np.arange(Y), np.arange(X), indexing="ij"))
     lat_b = np.stack([lats.min(1) - half, lats.max(1) + half], -1)
     lon_b = np.stack([lons.min(1) - half, lons.max(1) + half], -1)
@@ -97,7 +102,7 @@ def georeference(dataset: WindowDataset, index: int, field: str) -> xr.Dataset:
             "time": ("token", times[t, -1].astype("datetime64[ns]")),
             "time_bnds": (("token", "bnds"), times[t][:, [0, -1]].astype("datetime64[ns]")),
             "latitude": ("token", lats.mean(1)[y]),
-            "latitude_bnds": (("token", "bnds"), np.clip(lat_b[y], -90, 90)),
+            "latitude_bnds": (("token", "bnds"), np.clip(lat_b[y], -90, 90)),  # half a cell past a pole
             "longitude": ("token", lons.mean(1)[x] % 360.0),
             "longitude_bnds": (("token", "bnds"), lon_b[x] % 360.0),
         },
@@ -115,9 +120,11 @@ def to_dataset(
     for side in ("query", "key"):
         for name in geo[0].coords:
             c = geo[0][name]
+            # Token indices and levels are the same in every window of a field; times and places are not.
             per_sample = not name.startswith("token_") and name != "level"
             values = np.stack([g[name].values for g in geo]) if per_sample else c.values
             dims = (("sample",) if per_sample else ()) + tuple(side if d == "token" else d for d in c.dims)
+            # Bounds go in as data variables, each named by its coordinate's ``bounds`` attribute (CF 7.1).
             (bounds if "bnds" in dims else coords)[f"{side}_{name}"] = (dims, values)
     da = xr.DataArray(
         maps_BlHNN.astype(np.float32),
@@ -155,7 +162,8 @@ def rollout(att: xr.DataArray) -> xr.DataArray:
     out = np.broadcast_to(eye, values.shape[:-3] + eye.shape).copy()
     for k in range(values.shape[-3]):
         step = 0.5 * values[..., k, :, :] + 0.5 * eye
+        # Rows renormalised as Abnar & Zuidema do (the float32 maps sum to 1 only up to rounding).
         step = step / step.sum(-1, keepdims=True)
-        out = step @ out
+        out = step @ out  # left-multiplied: the later layer acts on what the earlier ones mixed
     dims = tuple(d for d in a.dims if d != "layer")
     return xr.DataArray(out, dims=dims, coords={c: v for c, v in a.coords.items() if "layer" not in v.dims})

@@ -28,6 +28,7 @@ class Context:
 def persistence(ctx: Context) -> np.ndarray:
     """Each target step gets the last context (non-target) step before it."""
     out = np.full(ctx.truth.shape[:1] + (len(ctx.steps),) + ctx.truth.shape[2:], np.nan, ctx.truth.dtype)
+    # Only steps the model saw unmasked: a baseline must not read a target step's truth.
     context = np.setdiff1d(np.arange(len(ctx.times)), ctx.steps)
     for k, s in enumerate(ctx.steps):
         before = context[context < s]
@@ -40,6 +41,7 @@ def linear(ctx: Context) -> np.ndarray:
     """Linear interpolation in time between the context steps either side of each target step."""
     out = np.full(ctx.truth.shape[:1] + (len(ctx.steps),) + ctx.truth.shape[2:], np.nan, ctx.truth.dtype)
     context = np.setdiff1d(np.arange(len(ctx.times)), ctx.steps)
+    # Weights from valid times, not step indices: right also when the steps are unevenly spaced.
     t = (ctx.times - ctx.times[0]) / np.timedelta64(1, "s")
     for k, s in enumerate(ctx.steps):
         before, after = context[context < s], context[context > s]

@@ -16,11 +16,11 @@ STANDARD_NAMES: dict[str, tuple[str, str]] = {
     "v10": ("northward_wind", "10 metre northward wind"),
     "msl": ("air_pressure_at_mean_sea_level", "mean sea level pressure"),
     "sp": ("surface_air_pressure", "surface pressure"),
-    "tp": ("lwe_thickness_of_precipitation_amount", "total precipitation"),
+    "tp": ("lwe_thickness_of_precipitation_amount", "total precipitation"),  # ERA5 tp: metres of water
     "t": ("air_temperature", "temperature"),
     "u": ("eastward_wind", "eastward wind"),
     "v": ("northward_wind", "northward wind"),
-    "w": ("lagrangian_tendency_of_air_pressure", "vertical velocity"),
+    "w": ("lagrangian_tendency_of_air_pressure", "vertical velocity"),  # ERA5 w is omega, Pa s-1
     "z": ("geopotential", "geopotential"),
     "q": ("specific_humidity", "specific humidity"),
     "r": ("relative_humidity", "relative humidity"),
@@ -31,6 +31,7 @@ STANDARD_NAMES: dict[str, tuple[str, str]] = {
 COORDS = {
     "latitude": {"standard_name": "latitude", "long_name": "latitude", "units": "degrees_north", "axis": "Y"},
     "longitude": {"standard_name": "longitude", "long_name": "longitude", "units": "degrees_east", "axis": "X"},
+    # positive "down": model level numbers and pressures both grow towards the ground.
     "level": {"long_name": "vertical level (0: surface; model level number or hPa)", "positive": "down", "axis": "Z"},
     "time": {"standard_name": "time", "long_name": "valid time"},
     "init_time": {"standard_name": "forecast_reference_time", "long_name": "initialisation time (last context step)"},

@@ -51,9 +51,11 @@ def evaluate(
     missing = set(model.fields) - set(stores)
     if missing:
         raise ValueError(f"{model_path}: the model needs fields {sorted(missing)} that were not given")
+    # In the model's field order (the dataset yields fields in this order), extra stores left out.
     stores = {f: stores[f] for f in model.fields}
     dataset = WindowDataset(stores, model.cfg.num_tokens, *period(cfg, data))
     clims = climatologies(dataset, data, cfg)
+    # As climatology() made them, with their own attrs: annotate() knows the window layout's variables.
     outputs.write_groups(clims, out_dir / "climatology.zarr", annotate_cf=False)
     results = run_mode(model, dataset, cfg, seed, clims)
     write_products(results, cfg, out_dir)
@@ -104,6 +106,7 @@ def climatology_period(data: DataConfig, cfg: EvaluateConfig) -> tuple[np.dateti
     if cfg.climatology_end:
         return start, parse_time(cfg.climatology_end)
     eval_start = parse_time(cfg.start or data.start)
+    # Ends are inclusive: stop one second short so that no evaluated time enters its own climatology.
     return start, eval_start - np.timedelta64(1, "s")
 
 
@@ -123,6 +126,7 @@ def climatologies(dataset: WindowDataset, data: DataConfig, cfg: EvaluateConfig)
 
 
 def write_products(results: dict[str, xr.Dataset], cfg: EvaluateConfig, out_dir: Path) -> None:
+    # The ensemble is E times the prediction's size: opt-in. The scores were computed from it already.
     keep = {f: ds if cfg.write_ensemble else ds.drop_vars("ensemble") for f, ds in results.items()}
     outputs.write_groups(keep, out_dir / "windows.zarr")
     if cfg.mode == "global_forecast":
@@ -147,6 +151,7 @@ def attention_products(model, dataset: WindowDataset, cfg: EvaluateConfig, seed:
     if unknown:
         raise ValueError(f"evaluate.attention.fields: {sorted(unknown)} are not fields of the model")
     mode = modes.get(cfg.mode)
+    # The mode's own windows and masks: the maps show what the model attends to when doing that task.
     indices = [int(i) for i in mode.select(dataset, cfg, seed).indices[: a.samples]]
     batch = Batch.collate([dataset[i] for i in indices])
     masks = mode.masking(cfg, dataset.token_sizes)(batch, torch.Generator().manual_seed(seed))
@@ -175,6 +180,8 @@ def attention_figure(
     att = one.assign(attention=attention.head_mean(one["attention"]))
     L, T, Y, X = mask_LTYX.shape
     targets = np.argwhere(mask_LTYX)
+    # Nearest target (in token steps) to the first level, last slab, window centre: a forecast target
+    # with the most context around it; that point itself when nothing is masked.
     centre = np.array([0, T - 1, Y // 2, X // 2])
     q = tuple(targets[np.argmin(np.abs(targets - centre).sum(1))]) if len(targets) else (0, T - 1, Y // 2, X // 2)
     flat = int(np.ravel_multi_index(q, (L, T, Y, X)))
@@ -182,6 +189,7 @@ def attention_figure(
     store = dataset.stores[field][dataset.windows[index].store]
     truth = store.denormalize(untokenize(tokens_LTYXP, store.token_size), t_idx, y_idx, x_idx)[q[0]]
     tt = store.token_size[0]
+    # One map per slab, at its last step: the valid time a token carries (data/dataset.py's token info).
     truth_TYX = truth.reshape(T, tt, *truth.shape[1:])[:, -1]
     layer = int(ds["layer"][0])
     title = (

@@ -59,11 +59,14 @@ def run(
     for b0 in tqdm(range(0, len(indices), batch_size), desc="inference", mininterval=2, disable=None):
         idx = [int(i) for i in indices[b0 : b0 + batch_size]]
         batch = Batch.collate([dataset[i] for i in idx])
+        # One stream per (seed, first window of the batch), hashed: with seed + b0, runs with nearby
+        # seeds would share masks.
         gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, b0]).generate_state(1)[0]))
         masks = strategy(batch, gen)
         source = masking.apply(batch, masks)
         ens = model(source.tokens, source.info, masks)
         if inflation != 1.0:
+            # Members move about their mean: the mean (and its RMSE) stays, the spread scales.
             means = {f: e.mean(1, keepdim=True) for f, e in ens.items()}
             ens = {f: means[f] + inflation * (e - means[f]) for f, e in ens.items()}
         for f in parts:
@@ -85,11 +88,16 @@ def run(
 
 def _filled(tokens_BLTYXP, mask_BLTYX, ens_KEP, source_BLTYXP) -> dict[str, np.ndarray]:
     """Per sample token arrays: truth, input, ensemble mean and members (members ``B E L T Y X P``)."""
+    # NaN off the targets: no score can take an unmasked input for a prediction.
     mean = torch.full_like(tokens_BLTYXP, float("nan"))
+    # The model returns its K tokens in mask.nonzero() (C) order, the order boolean indexing fills.
     mean[mask_BLTYX] = ens_KEP.mean(1)
     E = ens_KEP.shape[1]
+    # Members first, so that one boolean index fills every member; back to B E ... below for slicing
+    # per sample.
     members = torch.full((E, *tokens_BLTYXP.shape), float("nan"))
     members[:, mask_BLTYX] = ens_KEP.transpose(0, 1)
+    # Per value, so that untokenize turns it into a mask per grid point.
     point_mask = mask_BLTYX[..., None].expand_as(tokens_BLTYXP)
     return {
         "truth": tokens_BLTYXP.numpy(),
@@ -110,6 +118,7 @@ def _window(dataset: WindowDataset, f: str, i: int, tok: dict, target_slabs, bas
         return store.denormalize(untokenize(tokens_LTYXP, size), t_idx, y_idx, x_idx).astype(np.float32)
 
     T = tok["truth"].shape[1]
+    # Token slab s holds time steps s*tt .. s*tt + tt - 1 of the window.
     steps = np.concatenate([np.arange(s * size[0], (s + 1) * size[0]) for s in sorted(target_slabs(T))])
     truth = phys(tok["truth"])
     times = store.times[t_idx]
@@ -120,6 +129,7 @@ def _window(dataset: WindowDataset, f: str, i: int, tok: dict, target_slabs, bas
     ctx = Context(truth, times, steps, c_mean, c_std)
     context_before = np.setdiff1d(np.arange(len(times)), steps)
     context_before = context_before[context_before < steps[0]]
+    # No context step before the first target (BERT keeps every step): the window's start stands in.
     init = times[context_before[-1]] if len(context_before) else times[0]
     return {
         "target": truth[:, steps],
@@ -160,6 +170,7 @@ def _stack(dataset: WindowDataset, f: str, indices, parts: list[dict], baselines
     ds = xr.Dataset(
         data,
         coords={
+            # The dataset's window indices: each sample can be found and read again.
             "sample": np.asarray(indices, np.int64),
             "level": levels,
             "lead": np.arange(1, time.shape[1] + 1),

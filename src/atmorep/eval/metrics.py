@@ -25,19 +25,21 @@ def latitude_weights(latitude: xr.DataArray, dim: str | None = None) -> xr.DataA
     """
     dim = dim or latitude.dims[-1]
     lat = np.deg2rad(latitude.transpose(..., dim).values)
-    if lat.shape[-1] == 1:
+    if lat.shape[-1] == 1:  # one row has no neighbours to place bounds at: weight 1
         return xr.ones_like(latitude, dtype=float)
     mid = (lat[..., 1:] + lat[..., :-1]) / 2
     first = 2 * lat[..., :1] - mid[..., :1]
     last = 2 * lat[..., -1:] - mid[..., -1:]
     bounds = np.clip(np.concatenate([first, mid, last], axis=-1), -np.pi / 2, np.pi / 2)
-    w = np.abs(np.sin(bounds[..., 1:]) - np.sin(bounds[..., :-1]))
+    w = np.abs(np.sin(bounds[..., 1:]) - np.sin(bounds[..., :-1]))  # abs: north-to-south rows too
     w = w / w.mean(axis=-1, keepdims=True)
     return xr.DataArray(w, dims=latitude.transpose(..., dim).dims, coords=latitude.coords).transpose(*latitude.dims)
 
 
 def weighted_mean(x: xr.DataArray, weights: xr.DataArray, dims) -> xr.DataArray:
     """Weighted mean over ``dims``, skipping NaN (the weights of missing points do not count)."""
+    # Masking the weights too keeps the denominator to the points present: a partly masked window is
+    # the mean of its targets, not shrunk towards 0.
     w = weights.broadcast_like(x).where(x.notnull())
     return (x * w).sum(dims, skipna=True) / w.sum(dims)
 
@@ -67,6 +69,7 @@ def acc(
 ) -> xr.DataArray:
     """Anomaly correlation coefficient (WB2's uncentred ACC) against ``climatology``."""
     fa, ta = forecast - climatology, truth - climatology
+    # The same points in all three means, else numerator and norms would not match (|ACC| could pass 1).
     valid = fa.notnull() & ta.notnull()
     fa, ta = fa.where(valid), ta.where(valid)
     return weighted_mean(fa * ta, weights, dims) / np.sqrt(
@@ -98,6 +101,8 @@ def crps_normal(
 ) -> xr.DataArray:
     """Area-weighted CRPS of Gaussian forecasts ``N(mean, std)`` (scoringrules' closed form)."""
     point = xr.apply_ufunc(
+        # A zero std (a point with a constant climatology) would divide by 0; at 1e-12 the closed form
+        # is the absolute error, its limit.
         lambda obs, mu, sigma: sr.crps_normal(obs, mu, np.maximum(sigma, 1e-12), backend="numpy"),
         truth,
         mean,
@@ -114,11 +119,13 @@ def spread(ensemble: xr.DataArray, weights: xr.DataArray, dims, member: str = "m
     """
     one = ensemble.sizes[member] == 1
     var = xr.zeros_like(ensemble.isel({member: 0})) if one else ensemble.var(member, ddof=1)
+    # Mean of variances, then sqrt (WB2): the mean of per-point stds would understate the spread.
     return np.sqrt(weighted_mean(var.where(ensemble.notnull().all(member)), weights, dims))
 
 
 def spread_skill_ratio(spread_: xr.DataArray, rmse_of_mean: xr.DataArray, members: int) -> xr.DataArray:
-    """``sqrt((M+1)/M) * spread / RMSE(ensemble mean)``: 1 for a perfectly calibrated M-member ensemble.
+    """``sqrt((M+1)/M) * spread / RMSE(ensemble mean)``: 1 for a perfectly calibrated M-member ensemble
+    (the finite-ensemble factor of Fortin et al. 2014, J. Hydrometeor.).
 
     Takes the (sample-averaged) spread and RMSE so the caller decides how to average them.
     """
@@ -137,9 +144,11 @@ def rank_histogram(
 
     def ranks(obs, fct):
         below = (fct < obs[..., None]).sum(-1)
+        # Ties (e.g. zero precipitation in truth and members) take a uniform rank among the tied
+        # positions; always counting them below would pile them into one end bin.
         ties = (fct == obs[..., None]).sum(-1)
         r = below + np.floor(rng.random(obs.shape) * (ties + 1)).astype(int)
-        return np.where(np.isnan(obs), -1, r)
+        return np.where(np.isnan(obs), -1, r)  # -1: in no bin below
 
     r = xr.apply_ufunc(ranks, truth, ensemble, input_core_dims=[[], [member]])
     hist = xr.concat([(r == k).sum(dims) for k in range(M + 1)], dim="rank")

@@ -39,6 +39,7 @@ class Mode:
     baselines: tuple[str, ...] = ()
 
     def masking(self, cfg: EvaluateConfig, token_sizes: dict) -> masking.Masking:
+        # Targets only zeroed: noise and coarsening are training augmentations, not part of the task.
         mc = MaskingConfig(
             strategy=self.name,
             forecast_tokens=cfg.forecast_tokens,
@@ -107,6 +108,7 @@ class GlobalForecast(Forecast):
                 f"{store.path} is regional"
             )
         positions = W.at_times(dataset, cfg.times)
+        # Every tile of every time would be hundreds of windows per time: without evaluate.times, one time.
         if not cfg.times:
             positions = positions[:1]
         tiles = {p.position: W.tiles(dataset, p, cfg.token_overlap) for p in positions}
@@ -132,6 +134,8 @@ def taper(n: int, ramp: int) -> np.ndarray:
     """Blending weights along one tile axis: 1 inside, a linear ramp over ``ramp`` points at each edge."""
     if ramp <= 0:
         return np.ones(n)
+    # Point centres (+0.5): symmetric, and no weight is 0, so a point that only a tile's edge covers
+    # (the rows at the poles) still gets a value.
     i = np.arange(n) + 0.5
     return np.clip(np.minimum(i, n - i) / ramp, 1e-3, 1.0)
 
@@ -146,7 +150,7 @@ def _keep_spread(
     var_den = np.zeros_like(var_num)
     w = w.squeeze(axis)
     for k, t in enumerate(ts):
-        var_k = np.var(values[k], axis=axis, ddof=1)
+        var_k = np.var(values[k], axis=axis, ddof=1)  # unbiased, as the tail's std (model/tail.py)
         known = np.isfinite(var_k)
         cols = (t.x0 + np.arange(nx)) % nlon
         var_num[t.y0 : t.y0 + ny, cols] += w * np.where(known, var_k, 0.0)
@@ -155,6 +159,7 @@ def _keep_spread(
     with np.errstate(invalid="ignore", divide="ignore"):
         now = np.var(stitched, axis=axis, ddof=1, keepdims=True)
         scale = np.sqrt(np.expand_dims(var_num / var_den, axis) / now)
+    # Zero spread (all members equal) cannot be scaled up: left as it is, NaN included.
     return mean + (stitched - mean) * np.where(now > 0, scale, 1.0)
 
 
@@ -181,21 +186,22 @@ def stitch(
         acc = {}
         for v in gridded:
             da = ds[v].isel(sample=rows).transpose("sample", "y", "x", ...)
-            values = da.values.astype(np.float64)
+            values = da.values.astype(np.float64)  # float64 sums: many overlapping float32 tiles
             num = np.zeros((nlat, nlon) + values.shape[3:])
             den = np.zeros_like(num)
-            w = w_YX.reshape(w_YX.shape + (1,) * (values.ndim - 3))
+            w = w_YX.reshape(w_YX.shape + (1,) * (values.ndim - 3))  # broadcast over lead, level, member
             for k, t in enumerate(ts):
-                cols = (t.x0 + np.arange(nx)) % nlon
+                cols = (t.x0 + np.arange(nx)) % nlon  # the last column of tiles wraps past 360°
                 known = np.isfinite(values[k])  # a missing value (no climatology) stays missing
                 num[t.y0 : t.y0 + ny, cols] += w * np.where(known, values[k], 0.0)
                 den[t.y0 : t.y0 + ny, cols] += w * known
             with np.errstate(invalid="ignore"):
                 stitched = num / den
             if v == "ensemble":
+                # values[k] and stitched lack da's sample dim: member's axis is one less.
                 stitched = _keep_spread(stitched, values, ts, w, da.dims.index("member") - 1, nlon, nx, ny)
             if v == "mask":
-                stitched = stitched > 0.5
+                stitched = stitched > 0.5  # the weighted majority of the tiles over the point
             acc[v] = (("y", "x", *da.dims[3:]), stitched.astype(ds[v].dtype))
         first = ds.isel(sample=rows[0])
         part = xr.Dataset(acc, coords={"latitude": ("y", store.lats), "longitude": ("x", store.lons % 360.0)})
@@ -206,7 +212,9 @@ def stitch(
             }
         )
         out.append(part)
+    # join="exact": every time's stitched grid must be the same; no silent alignment.
     merged = xr.concat(out, dim="sample", coords="minimal", compat="equals", join="exact")
+    # Points where tiles disagreed on being a target follow the stitched mask: NaN off it, as in run().
     merged["prediction"] = merged["prediction"].where(merged["mask"])
     merged["ensemble"] = merged["ensemble"].where(merged["mask"])
     return (

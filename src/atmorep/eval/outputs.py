@@ -58,11 +58,13 @@ def write_groups(datasets: dict[str, xr.Dataset], path: Path, annotate_cf: bool 
     import zarr
 
     path = Path(path)
+    # Removed first: mode="w" per group would keep the groups of an earlier run's other fields.
     shutil.rmtree(path, ignore_errors=True)
     zarr.open_group(str(path), mode="w", zarr_format=2)  # the root, even when there is nothing to write
     for f, ds in datasets.items():
         ds = annotate(ds, f) if annotate_cf else ds
         _encoded(ds).to_zarr(path, group=f, mode="w", zarr_format=2, consolidated=False)
+    # Once, at the root, after every group: one .zmetadata that covers them all.
     zarr.consolidate_metadata(str(path), zarr_format=2)
     return path
 
@@ -70,9 +72,13 @@ def write_groups(datasets: dict[str, xr.Dataset], path: Path, annotate_cf: bool 
 def _encoded(ds: xr.Dataset) -> xr.Dataset:
     """Per-variable encodings: CF time units, bools as int8."""
     for v in ds.variables:
+        # Encodings inherited from an opened store (chunks, compressor, units) may not fit what is written.
         ds[v].encoding = {}
+        # int8 with flag_values [0, 1] (annotate): CF flags are integers, and netCDF has no bool.
         if ds[v].dtype == bool:
             ds[v] = ds[v].astype(np.int8).assign_attrs(ds[v].attrs)
+    # Fixed units rather than xarray's choice per variable: every product encodes time alike; float64
+    # keeps sub-hourly steps.
     for c in ("time", "init_time", "window_time"):
         if c in ds.variables:
             ds[c].encoding = {
@@ -88,6 +94,7 @@ def _encoded(ds: xr.Dataset) -> xr.Dataset:
 def window(ds: xr.Dataset, sample: int) -> xr.Dataset:
     """One window of the window layout with (time, level, latitude, longitude[, member]) dimensions."""
     one = ds.isel(sample=sample)
+    # The source spans every window step, not the target steps: it has no place on the "time" dimension.
     return one.swap_dims(lead="time", y="latitude", x="longitude").drop_dims("window_step", errors="ignore")
 
 
@@ -98,10 +105,11 @@ def wb2(results: dict[str, xr.Dataset]) -> tuple[xr.Dataset, xr.Dataset, xr.Data
     lead = _prediction_timedelta(first)
     for f, ds in results.items():
         name = cf.wb2_name(f)
+        # Stitched results have one sample per init time, so init_time can be the dimension (WB2's "time").
         g = ds.swap_dims(sample="init_time", y="latitude", x="longitude").drop_vars(["sample", "time", "lead_time"])
         g = g.rename(init_time="time").assign_coords(lead=lead.values).rename(lead="prediction_timedelta")
-        g = g.sortby("latitude").sortby("longitude")
-        surface = list(ds["level"].values) == [0]
+        g = g.sortby("latitude").sortby("longitude")  # WB2: latitude increasing; our stores run north to south
+        surface = list(ds["level"].values) == [0]  # WB2 surface variables have no level dimension
         sel = (lambda da: da.squeeze("level", drop=True)) if surface else (lambda da: da)
         attrs = cf.attrs(f)
         mean[name] = sel(g["prediction"]).transpose("time", "prediction_timedelta", ...).assign_attrs(attrs)
@@ -111,6 +119,8 @@ def wb2(results: dict[str, xr.Dataset]) -> tuple[xr.Dataset, xr.Dataset, xr.Data
             .transpose("time", "number", "prediction_timedelta", ...)
             .assign_attrs(attrs)
         )
+        # Truth by valid time: (init, lead) flattened in C order, as ds["time"] (sample, lead) is; a time
+        # that two forecasts reach appears twice with the same truth, kept once.
         valid = ds["time"].values.reshape(-1)
         t = g["target"].stack(valid=("time", "prediction_timedelta")).transpose("valid", ...)
         t = t.drop_vars(["valid", "time", "prediction_timedelta"]).assign_coords(valid=valid).rename(valid="time")
@@ -127,6 +137,7 @@ def wb2(results: dict[str, xr.Dataset]) -> tuple[xr.Dataset, xr.Dataset, xr.Data
 
 
 def _prediction_timedelta(ds: xr.Dataset) -> xr.DataArray:
+    # WB2 has one prediction_timedelta axis for all init times; the first init time's leads are used.
     lt = ds["lead_time"]
     first = lt.isel(sample=0)
     if "sample" in lt.dims and not (lt == first).all():
@@ -145,7 +156,7 @@ def write_wb2(results: dict[str, xr.Dataset], out_dir: Path) -> list[Path]:
         shutil.rmtree(path, ignore_errors=True)
         for v in ds.variables:
             ds[v].encoding = {}
-        for v in ds.data_vars:  # one init (or valid) time per chunk, the whole globe in it
+        for v in ds.data_vars:  # one init (or valid) time per chunk, the whole globe in it: WB2 reads by time
             ds[v].encoding["chunks"] = tuple(1 if d == "time" else n for d, n in ds[v].sizes.items())
         ds.to_zarr(path, mode="w", zarr_format=2, consolidated=True)
         paths.append(path)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import matplotlib
 
+# Before pyplot is imported: figures are drawn in batch jobs without a display.
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
@@ -42,7 +43,9 @@ def forecast_map(
         ("error (mean - truth)", s["prediction"] - s["target"]),
         ("ensemble spread", s["ensemble"].std("member", ddof=1)),
     ]
+    # The truth's range for every value panel: one colour means one value across them.
     vmin, vmax = float(s["target"].min()), float(s["target"].max())
+    # Clamped: a thin strip of a window would otherwise give a figure of no height (or width).
     aspect = max(0.3, min(3.0, (lats.max() - lats.min() + 1) / (lons.max() - lons.min() + 1)))
     fig, axes = plt.subplots(
         1, len(panels), figsize=(3.6 * len(panels), 1.2 + 3.0 * aspect + 0.6), constrained_layout=True
@@ -67,9 +70,10 @@ def forecast_map(
 
 
 def _symmetric(values: np.ndarray) -> dict:
+    # Diverging colours centred on 0 for signed values (errors); 0..max for non-negative ones (spread).
     finite = values[np.isfinite(values)]
     v = float(np.max(np.abs(finite))) if finite.size else 1.0
-    v = v or 1.0
+    v = v or 1.0  # an all-zero panel still needs vmin < vmax
     return {"vmin": -v, "vmax": v} if finite.size and finite.min() < 0 else {"vmin": 0, "vmax": v}
 
 
@@ -147,11 +151,14 @@ def attention_map(
     of :func:`atmorep.eval.attention.to_dataset`; ``truth_TYX`` is the window's truth per slab.
     """
     row = att.isel(query=query)
+    # Keys at the query's level only: a panel is one map, and levels would overlap on it.
     level0 = row["key_token_level_index"].values == int(row["query_token_level_index"])
     keys = row.isel(key=np.flatnonzero(level0))
     T = int(keys["key_token_t"].max()) + 1
     vmax = float(keys["attention"].max())
     fig, axes = plt.subplots(1, T, figsize=(3.8 * T, 3.4), constrained_layout=True, squeeze=False)
+    # One grid step west of the window's first column: every box (bounds are in [0, 360)) is shifted
+    # into the window's continuous longitudes, also across 0°/360°.
     lon_ref = float(_continuous(lons_X)[0]) - abs(float(lons_X[1] - lons_X[0]))
     for t, ax in enumerate(axes[0]):
         sel = keys.isel(key=np.flatnonzero(keys["key_token_t"].values == t))
@@ -162,7 +169,7 @@ def attention_map(
             ax.add_patch(
                 plt.Rectangle(
                     (x0, lb[0]),
-                    (ob[1] - ob[0]) % 360 or 360,
+                    (ob[1] - ob[0]) % 360 or 360,  # % 360: a box astride 0°; "or 360": a whole circle
                     lb[1] - lb[0],
                     color=plt.cm.magma(w / vmax if vmax else 0),
                     alpha=0.85,
@@ -213,7 +220,7 @@ def scorecard(comparisons: pd.DataFrame, path: Path, metrics=("rmse", "crps"), a
         squeeze=False,
     )
     vmax = float(np.nanmax(np.abs(c.relative_difference))) * 100 if len(c) else 1.0
-    vmax = min(max(vmax, 1.0), 100.0)
+    vmax = min(max(vmax, 1.0), 100.0)  # one colour scale for all panels, between 1 % and 100 %
     norm = plt.Normalize(-vmax, vmax)
     for ax, (m, b) in zip(axes[0], panels):
         sub = c[(c.metric == m) & (c.baseline == b)]
@@ -228,7 +235,7 @@ def scorecard(comparisons: pd.DataFrame, path: Path, metrics=("rmse", "crps"), a
                 r = float(cell.relative_difference.iloc[0]) * 100
                 p = float(cell.p_value.iloc[0])
                 ax.add_patch(plt.Rectangle((j, i), 1, 1, color=plt.cm.RdBu_r(norm(r)), lw=0))
-                if not p < alpha:
+                if not p < alpha:  # "not <" so that a NaN p-value (too few init times) is hatched too
                     ax.add_patch(plt.Rectangle((j, i), 1, 1, fill=False, hatch="///", ec="0.35", lw=0))
                 ax.text(j + 0.5, i + 0.5, f"{r:+.0f}%", ha="center", va="center", fontsize=7)
         ax.set_xlim(0, max(len(leads), 1))
@@ -270,7 +277,7 @@ def spectra(spec: pd.DataFrame, path: Path) -> Path:
         s = s[s.lead == s.lead.max()].sort_values("wavelength_km")
         for name, style in (("truth", "k-"), ("ensemble_mean", "C0-"), ("member", "C1--")):
             ax.loglog(s.wavelength_km, s[name], style, label=name.replace("_", " "))
-        ax.invert_xaxis()
+        ax.invert_xaxis()  # large scales on the left, as spectra against wavenumber are read
         kind = s.kind.iloc[0]
         ax.set(
             title=f"{f}: {kind} spectrum, lead {int(s.lead.iloc[0])} ({int(s.samples.iloc[0])} samples)",

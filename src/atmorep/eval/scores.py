@@ -25,9 +25,12 @@ METRICS = ("rmse", "mse", "bias", "mae", "acc", "crps", "spread")
 
 def per_sample(ds: xr.Dataset, baselines: tuple[str, ...]) -> xr.Dataset:
     """Scores ``(forecast, sample, lead, level)`` for AtmoRep and each baseline."""
+    # Truth only at targets: every forecast is scored on the points the model had to predict.
     truth = ds["target"].where(ds["mask"])
     w = metrics.latitude_weights(ds["latitude"], "y")
     clim = ds["climatology_mean"]
+    # All NaN when evaluation starts with the campaign (no period left for a climatology): then no ACC
+    # and no climatology baseline, rather than NaN rows.
     has_clim = bool(np.isfinite(clim).any())
     parts = {"atmorep": _point(ds["prediction"], truth, clim if has_clim else None, w)}
     parts["atmorep"]["crps"] = metrics.crps_ensemble(ds["ensemble"], truth, w, SPACE)
@@ -36,10 +39,12 @@ def per_sample(ds: xr.Dataset, baselines: tuple[str, ...]) -> xr.Dataset:
         if b == "climatology" and not has_clim:
             continue
         forecast = ds[f"baseline_{b}"]
+        # The climatology's anomaly against itself is 0: its ACC is 0/0, left NaN.
         parts[b] = _point(forecast, truth, clim if has_clim and b != "climatology" else None, w)
         if b == "climatology":
             parts[b]["crps"] = metrics.crps_normal(clim, ds["climatology_std"], truth, w, SPACE)
             std = ds["climatology_std"].where(truth.notnull())  # the points RMSE and CRPS score
+            # As metrics.spread: the root of the mean variance.
             parts[b]["spread"] = np.sqrt(metrics.weighted_mean(std**2, w, SPACE))
         else:
             parts[b]["crps"] = parts[b]["mae"]
@@ -73,6 +78,7 @@ def aggregate(scores: xr.Dataset) -> xr.Dataset:
     """Mean over samples, plus ``ssr`` = corrected spread / RMSE of the ensemble mean."""
     mean = scores.mean("sample", skipna=True)
     mean["ssr"] = metrics.spread_skill_ratio(mean["spread"], mean["rmse"], scores.attrs["members"])
+    # The M-member correction fits AtmoRep's ensemble only: a baseline has no members.
     mean["ssr"] = mean["ssr"].where(mean["forecast"] == "atmorep")
     return mean
 
@@ -114,6 +120,7 @@ def table(per_field: dict[str, xr.Dataset], iterations: int = 1000, seed: int = 
 
 
 def _lead_hours(scores: xr.Dataset) -> np.ndarray:
+    # A mean over samples: with irregular time steps a lead index is not the same duration everywhere.
     hours = (
         (scores["lead_time"] / np.timedelta64(1, "h")).mean("sample").values
         if "lead_time" in scores.coords
@@ -132,6 +139,7 @@ def _intervals(scores: xr.Dataset, agg: xr.Dataset, iterations: int, seed: int) 
         nan = xr.full_like(agg, np.nan)
         return nan, nan
     boot = significance.resampled_means(sums, counts, iterations, seed)
+    # ssr is a ratio of means, not a mean: built from each resample's means, as aggregate() does.
     boot["ssr"] = metrics.spread_skill_ratio(boot["spread"], boot["rmse"], scores.attrs["members"]).where(
         boot["forecast"] == "atmorep"
     )
@@ -159,6 +167,7 @@ def comparisons(per_field: dict[str, xr.Dataset], iterations: int = 1000, seed: 
             parts = {}
             for m in PAIRED:
                 ours, ref = scores[m].sel(forecast="atmorep", drop=True), scores[m].sel(forecast=b, drop=True)
+                # Paired: a sample the baseline cannot score (persistence without context) counts for neither.
                 both = ours.notnull() & ref.notnull()
                 parts.update(
                     {f"{m}_ours": ours.where(both), f"{m}_ref": ref.where(both), f"{m}_diff": (ours - ref).where(both)}
@@ -174,6 +183,7 @@ def comparisons(per_field: dict[str, xr.Dataset], iterations: int = 1000, seed: 
                 else None
             )
             for m in PAIRED:
+                # 1 - ratio of the means, not a mean of per-sample ratios (one bad sample could dominate).
                 skill = 1 - mean[f"{m}_ours"] / mean[f"{m}_ref"]
                 if boot is not None:
                     lo, hi = significance.interval(
@@ -279,5 +289,6 @@ def ratio(
     if inits < significance.MIN_INITS or not iterations:
         return float(value), np.nan, np.nan
     boot = significance.resampled_means(sums, counts, iterations, seed)
+    # Numerator and denominator from the same resample: the interval keeps their correlation.
     lo, hi = significance.interval(statistic(boot), value, inits, boot.attrs["block_length"])
     return float(value), float(lo), float(hi)

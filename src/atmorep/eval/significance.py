@@ -32,8 +32,11 @@ MIN_INITS = 8
 
 def by_init(per: xr.Dataset) -> tuple[xr.Dataset, xr.Dataset]:
     """Per-init sums and counts of the finite per-sample scores (dimension ``init``, in time order)."""
+    # Without init times (modes that keep none) each sample is its own element.
     key = "init_time" if "init_time" in per.coords else "sample"
     keep = per.drop_vars([c for c in per.coords if c not in per.dims and c != key])
+    # Sums and counts, not means: a resample's sum / count is the table's mean over samples exactly,
+    # however many windows each init time holds.
     sums = keep.fillna(0).groupby(key).sum("sample")
     counts = keep.notnull().astype(float).groupby(key).sum("sample")
     return sums.rename({key: "init"}), counts.rename({key: "init"})
@@ -44,14 +47,15 @@ def block_length(series: xr.Dataset | xr.DataArray) -> int:
     autocorrelation pooled over every series: ``(3/2)^(1/3) (2 rho / (1 - rho^2))^(2/3) n^(1/3)``."""
     da = series.to_array() if isinstance(series, xr.Dataset) else series
     n = da.sizes["init"]
-    if n < 4:
+    if n < 4:  # too short to estimate a lag-1 correlation
         return 1
     x = da - da.mean("init")
     with np.errstate(invalid="ignore", divide="ignore"):
         r1 = ((x * x.shift(init=1)).sum("init") / (x**2).sum("init")).values
+    # Negative correlation needs no blocks (0: length 1); the 0.95 cap keeps 1 / (1 - rho^2) finite.
     rho = float(np.clip(np.nan_to_num(np.nanmean(r1)) if np.isfinite(r1).any() else 0.0, 0.0, 0.95))
     b = 1.5 ** (1 / 3) * (2 * rho / (1 - rho**2)) ** (2 / 3) * n ** (1 / 3)
-    return int(np.clip(np.ceil(b), 1, n // 2))
+    return int(np.clip(np.ceil(b), 1, n // 2))  # at least two blocks, or there is nothing to resample
 
 
 def resampled_means(
@@ -59,6 +63,7 @@ def resampled_means(
 ) -> xr.Dataset:
     """Means over samples of ``iterations`` circular block resamples of the init times (``iteration``)."""
     block = block or block_length(sums / counts.where(counts > 0))
+    # One dataset, so that sums and counts are resampled with the same blocks.
     both = xr.merge([sums, counts.rename({v: f"count_{v}" for v in counts.data_vars})])
     state = np.random.get_state()  # scores draws from numpy's global generator
     np.random.seed(seed)
@@ -78,10 +83,11 @@ def interval(
 ) -> tuple[xr.DataArray, xr.DataArray]:
     """Percentile interval over ``iteration``, widened about ``estimate`` by ``t_{k-1} / z`` for the
     ``k = inits / block`` blocks (the bootstrap's own variance is that of a few blocks: plain percentiles
-    cover 0.82-0.92 of AR(1) means (lag-1 correlation 0.2-0.8, 40-150 init times), these 0.88-0.93)."""
+    cover 0.82-0.92 of AR(1) means (lag-1 correlation 0.2-0.8, 40-150 init times), these 0.88-0.93;
+    ``tests/eval/test_significance.py`` checks the coverage on one such series)."""
     tail = (1 - confidence) / 2
     q = boot.quantile([tail, 1 - tail], "iteration", skipna=False)
-    k = max(inits // block, 2)
+    k = max(inits // block, 2)  # t needs at least one degree of freedom
     c = stats.t.ppf(1 - tail, k - 1) / stats.norm.ppf(1 - tail)
     lo, hi = q.isel(quantile=0, drop=True), q.isel(quantile=1, drop=True)
     return estimate - (estimate - lo) * c, estimate + (hi - estimate) * c
@@ -100,6 +106,7 @@ def paired_test(diffs: xr.DataArray, confidence: float = CONFIDENCE) -> xr.Datas
         d = flat.values[i][np.isfinite(flat.values[i])]
         if n[i] < MIN_INITS:
             continue
+        # Checked first: the test statistic divides by the differences' variance.
         if np.ptp(d) == 0:  # no variability: the difference is what it is
             out["p_value"][i] = 1.0 if d[0] == 0 else 0.0
             out["ci_low"][i] = out["ci_high"][i] = d[0]
@@ -111,6 +118,7 @@ def paired_test(diffs: xr.DataArray, confidence: float = CONFIDENCE) -> xr.Datas
                 one, "series", "h", method="HG", confidence_level=confidence, statistic_distribution="t"
             )
         t = float(dm["dm_test_stat"][0])
+        # Two-sided, from the statistic: scores reports only the one-sided confidence_gt_0.
         out["p_value"][i] = 2 * stats.t.sf(abs(t), len(d) - 1)
         out["ci_low"][i], out["ci_high"][i] = float(dm["ci_lower"][0]), float(dm["ci_upper"][0])
     ds = xr.Dataset({k: ("series", v) for k, v in out.items()}, coords={"series": flat["series"]})

@@ -33,7 +33,7 @@ def time_positions(dataset: WindowDataset) -> list[TimePosition]:
     out = []
     for s, origins in enumerate(grid.t_origins):
         times = dataset.stores[field][s].times
-        first = len(out)
+        first = len(out)  # positions count on across stores, as the dataset's window indices do
         out += [TimePosition(first + k, s, int(t0), times[int(t0) + nt - 1]) for k, t0 in enumerate(origins)]
     return out
 
@@ -42,6 +42,7 @@ def window_index(dataset: WindowDataset, position: int, y0: int, x0: int) -> int
     """Index of the window at time position ``position`` and grid origin (``y0``, ``x0``)."""
     grid = dataset.windows
     yi = np.flatnonzero(grid.y_origins == y0)
+    # Origins are kept in [0, nlon); a tile past the last column wraps.
     xi = np.flatnonzero(grid.x_origins == x0 % len(dataset.stores[dataset.fields[0]][0].lons))
     if not (len(yi) and len(xi)):
         raise ValueError(
@@ -49,6 +50,7 @@ def window_index(dataset: WindowDataset, position: int, y0: int, x0: int) -> int
             f"(origins step {dataset.step[1:]} points)"
         )
     index = int(np.ravel_multi_index((position, yi[0], xi[0]), grid.shape))
+    # The C-order assumption above, checked against the dataset itself.
     w = dataset.windows[index]
     assert (w.y0, w.x0 % len(dataset.stores[dataset.fields[0]][0].lons)) == (
         y0,
@@ -78,8 +80,10 @@ def at_times(dataset: WindowDataset, times: tuple[str, ...]) -> list[TimePositio
 def sample(dataset: WindowDataset, positions: list[TimePosition], samples: int, seed: int) -> np.ndarray:
     """``samples`` distinct windows (all if fewer) at the given time positions, seeded, sorted."""
     per_time = dataset.windows.shape[1] * dataset.windows.shape[2]
+    # Time is the slowest axis: the windows of position p are one contiguous run of indices.
     candidates = np.concatenate([np.arange(p.position * per_time, (p.position + 1) * per_time) for p in positions])
     rng = np.random.default_rng(seed)
+    # Sorted: the products list samples in index order, and reads go forward through the stores.
     return np.sort(rng.choice(candidates, size=min(samples, len(candidates)), replace=False))
 
 
@@ -105,14 +109,17 @@ def tiles(dataset: WindowDataset, position: TimePosition, overlap_tokens: tuple[
     nlon = len(dataset.stores[dataset.fields[0]][0].lons)
     field_ty, field_tx = dataset.token_sizes[dataset.fields[0]][1:]
     oy, ox = overlap_tokens[0] * field_ty, overlap_tokens[1] * field_tx
+    # Steps are multiples of the dataset's origin step: every tile must be an existing window.
     dy, dx = _step(ny - oy, sy), _step(nx - ox, sx)
     if dy <= 0 or dx <= 0:
         raise ValueError(
             f"evaluate.token_overlap {list(overlap_tokens)} leaves no step between tiles of {ny} x {nx} points"
         )
     rows, cols = [0], [0]
+    # Latitude ends at the poles: the last row is pulled back to touch the edge (more overlap there).
     while rows[-1] + ny < nlat:
         rows.append(min(rows[-1] + dy, nlat - ny))
+    # Longitude is periodic: no pulling back, the last column runs past 360° onto the first.
     while cols[-1] + nx < nlon:
         cols.append(cols[-1] + dx)
     return [Tile(window_index(dataset, position.position, y, x), position.position, y, x) for y in rows for x in cols]

@@ -6,7 +6,8 @@ The attention kernel is a plug-in (:data:`KERNELS`): ``sdpa`` is
 ``explicit`` the textbook ``softmax(q k^T / sqrt(dh)) v`` (reference path, and what V1 computed).
 Query/key normalisation is a plug-in too (:data:`QK_NORMS`).
 
-Legend: B batch, N query tokens, M key tokens, H heads, dh head width, D model width.
+Legend: B batch, N query tokens, M key tokens, H heads, dh head width, D model width, C = H*dh (a
+projection's width).
 """
 
 from __future__ import annotations
@@ -30,12 +31,15 @@ def attention_weights(q_BHNd: torch.Tensor, k_BHMd: torch.Tensor) -> torch.Tenso
 
 
 #: name -> ``kernel(q (B,H,N,dh), k (B,H,M,dh), v (B,H,M,dh)) -> (B,H,N,dh)``
+# sdpa's default scale is 1/sqrt(dh), the one explicit_attention uses: the kernels are interchangeable.
 KERNELS: dict[str, Callable[..., torch.Tensor]] = {
     "sdpa": F.scaled_dot_product_attention,
     "explicit": explicit_attention,
 }
 
 #: name -> factory of the per-head query/key LayerNorm over ``dh``
+# The original's encoders normalise q/k without affine ("plain", or "none" without with_qk_lnorm);
+# its decoders with affine (train/original.py maps the config).
 QK_NORMS: dict[str, Callable[[int], nn.Module]] = {
     "none": lambda dh: nn.Identity(),
     "plain": lambda dh: nn.LayerNorm(dh, elementwise_affine=False),
@@ -72,7 +76,10 @@ class MultiSourceAttention(nn.Module):
         self.dh, self.self_heads, self.hps = dh, self_heads, heads_per_source
         self.source_q_norm = source_q_norm
         self.kernel = KERNELS[kernel]
+        # Rows: all q, then all k, then all v (chunk(3) relies on it; the original's are per head, and
+        # train/original.py reorders them).
         self.qkv = nn.Linear(dim, 3 * self_heads * dh, bias=False)
+        # Queries come from x (width D), keys/values from the source (its own width D_s).
         self.q_src = nn.ModuleList(nn.Linear(dim, heads_per_source * dh, bias=False) for _ in source_dims)
         self.kv_src = nn.ModuleList(nn.Linear(d, 2 * heads_per_source * dh, bias=False) for d in source_dims)
         total = self_heads + heads_per_source * len(source_dims)
@@ -97,6 +104,7 @@ class MultiSourceAttention(nn.Module):
         """Attention output ``(B, N, D)`` for normalised ``x`` and normalised sources ``[(B, M_s, D_s)]``."""
         outs = [self.kernel(*self._self_qkv(x_BND))]
         outs += [self.kernel(*self._source_qkv(i, x_BND, s)) for i, s in enumerate(sources)]
+        # Heads in order self, source 0, source 1, ...: proj_out's input columns follow this order.
         o_BHNd = torch.cat(outs, dim=1)
         B, _, N, _ = o_BHNd.shape
         return self.drop(self.proj_out(o_BHNd.transpose(1, 2).reshape(B, N, -1)))

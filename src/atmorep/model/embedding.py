@@ -30,8 +30,8 @@ def harmonic_encoding(
     AtmoRep has ``s = 8``: its lat/lon frequencies are multiples of ``2*pi*16/D``, so the encoding
     repeats every ``D/16`` tokens. At AtmoRep's widths (D >= 1024) that is 64 tokens or more and ``s``
     is 8 here too; at the demo's D = 64 it would repeat every 4 tokens, so a token could not tell
-    its own column from the one 4 tokens away (measured: a D = 64 forecast stalled at 1.6x the
-    persistence error, and fell to 0.6x with ``s`` scaled). ``original_scale`` keeps ``s = 8`` at
+    its own column from the one 4 tokens away (a D = 64 forecast then stayed worse than persistence;
+    ``benchmarks/skill.py`` measures that ratio). ``original_scale`` keeps ``s = 8`` at
     every width. ``lat_quirk`` reproduces the original's latitude index ``(y*X + x) // Y`` (it
     divides by the wrong token count); the default is ``y``. ``float32`` computes as the original does
     (float32, its order of operations: bit for bit); the default computes in float64 and rounds once.
@@ -42,6 +42,8 @@ def harmonic_encoding(
     )
     if lat_quirk:
         lat = (lat * X + lon) // Y
+    # float64, rounded once by .float(): float32 arguments (index * s * w, many radians) carry their
+    # rounding error into sin/cos.
     dtype = torch.float32 if float32 else torch.float64
     lev, t, lat, lon = (v.reshape(-1, 1).to(dtype) for v in (lev, t, lat, lon))
     w = 2.0 * math.pi * torch.arange(0, dim, 2).to(dtype)[None] / dim
@@ -67,12 +69,15 @@ class FieldEmbedding(nn.Module):
         self.dim, self.compat = dim, compat
         self.values = nn.Linear(values_per_token, dim - TOKEN_INFO_DIM)
         self.info = nn.Linear(info_dim, TOKEN_INFO_DIM)
+        # Zero at start, as the original initialises it: token info enters only as training finds it useful.
         nn.init.zeros_(self.info.weight)
         nn.init.zeros_(self.info.bias)
+        # A dict, not a buffer: the encoding is a function of the grid, so it stays out of the state_dict.
         self._pe: dict[tuple, torch.Tensor] = {}
 
     def positional(self, grid_LTYX: tuple[int, int, int, int], like: torch.Tensor) -> torch.Tensor:
         """The cached encoding ``(N, D)`` for a token grid, on ``like``'s device and dtype."""
+        # Device and dtype in the key: a model moved or cast (.to, bf16) gets its own copy, never a stale one.
         key = (*grid_LTYX, like.device, like.dtype)
         if key not in self._pe:
             L, T, Y, X = grid_LTYX
@@ -89,6 +94,7 @@ class FieldEmbedding(nn.Module):
     def forward(self, tokens_BLTYXP: torch.Tensor, info_BLTYXI: torch.Tensor) -> torch.Tensor:
         """Embedded tokens ``(B, N, D)``; inputs are cast to the weights' dtype (e.g. a bf16 model)."""
         grid, dtype = tuple(tokens_BLTYXP.shape[1:5]), self.values.weight.dtype
+        # flatten(1, 4) is row-major over (L, T, Y, X), the order harmonic_encoding's rows are in.
         values = self.values(tokens_BLTYXP.flatten(1, 4).to(dtype))
         z_BND = torch.cat([values, self.info(info_BLTYXI.flatten(1, 4).to(dtype))], dim=-1)
         return z_BND + self.positional(grid, z_BND)

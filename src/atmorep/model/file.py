@@ -12,6 +12,7 @@ from atmorep import config as C
 from atmorep.formats.atomic import Replacement
 from atmorep.model.multiformer import FieldGeometry, Multiformer
 
+# Bumped when a key of the record changes meaning; _read refuses any other value.
 FORMAT = "atmorep-model/1"
 
 
@@ -38,9 +39,11 @@ def save_model(path: str | Path, model: Multiformer, state_dict: dict | None = N
     with Replacement(path) as tmp:
         torch.save(
             {
+                # extra first: its keys cannot shadow the format, architecture or weights.
                 **(extra or {}),
                 "format": FORMAT,
                 **_architecture(model),
+                # fp32 on CPU whatever the training dtype and device: the file loads anywhere, bit for bit.
                 "state_dict": {k: v.detach().float().cpu() for k, v in state.items()},
                 "versions": versions(),
             },
@@ -75,6 +78,7 @@ def load_weights(model: Multiformer, path: str | Path) -> None:
 
     def comparable(arch: dict) -> dict:
         model_cfg = {k: v for k, v in arch["model"].items() if k not in _NOT_ARCHITECTURE}
+        # Through JSON so that tuples (a live config) and lists (a saved one) compare equal.
         return json.loads(json.dumps({"model": model_cfg, "fields": arch["fields"]}))
 
     ours, theirs = comparable(_architecture(model)), comparable(record)

@@ -119,6 +119,8 @@ class BertMasking:
         self.cfg, self.token_sizes = cfg, dict(token_sizes or {})
 
     def __call__(self, batch: Batch, gen: torch.Generator | None = None) -> Masks:
+        # Every draw comes from gen in a fixed order (fields in batch order): reordering them changes the
+        # masks a seed gives.
         masks, corruptions = {}, {}
         factor = 1 + torch.rand((), generator=gen).item() * (self.cfg.coarsen_max - 1)
         for f, t in batch.tokens.items():
@@ -133,7 +135,10 @@ class BertMasking:
     def _targets(self, f: str, shape_BLTYX, gen) -> torch.Tensor:
         B, L, T, Y, X = shape_BLTYX
         n = T * Y * X
+        # At least one target per sample and level (the original may draw none for a level).
         count = torch.ceil(torch.rand(B, L, 1, generator=gen) * self._rates(f)[0] * n).clamp(min=1)
+        # argsort of uniform draws is a random permutation, argsort again its inverse: each token's rank,
+        # so rank < count picks count tokens without replacement, for all (B, L) at once.
         rank = torch.rand(B, L, n, generator=gen).argsort(dim=-1).argsort(dim=-1)
         return (rank < count).view(B, L, T, Y, X)
 
@@ -141,17 +146,21 @@ class BertMasking:
         cfg = self.cfg
 
         def draw(p: float) -> torch.Tensor:
+            # Drawn on the CPU generator, then moved: a seed gives the same masks on every device.
             return mask & (torch.rand(mask.shape, generator=gen) < p).to(mask.device)
 
         _, p_mask, p_noise, p_coarsen = self._rates(f)
         zero, noise, coarsen = draw(p_mask), draw(p_noise), draw(p_coarsen)
         k = int(noise.sum())
+        # The batch's own spread sets the noise scale (std of the unmasked input, per level and value).
         std_LP = level_std(t)
+        # nonzero() is in C order, the order t[noise] selects tokens in corrupt(); column 1 is the level.
         level_K = noise.nonzero()[:, 1]
         eps = torch.randn(k, t.shape[-1], generator=gen).to(t)
         size = self.token_sizes.get(f) or square_token_size(t.shape[-1])
         if math.prod(size) != t.shape[-1]:
             raise ValueError(f"field '{f}': token size {tuple(size)} does not hold {t.shape[-1]} values per token")
+        # Lat/lon only (size[1:]): time steps of a token are never averaged together.
         coarse = tuple(max(1, math.floor(s / factor)) for s in size[1:])
         return Corruption(
             zero,
@@ -167,6 +176,7 @@ class BertMasking:
 def level_std(tokens_BLTYXP: torch.Tensor) -> torch.Tensor:
     """Per level and value, the standard deviation over the batch's tokens ``(L, P)`` (0 if undefined)."""
     x = tokens_BLTYXP.transpose(0, 1).flatten(1, 4)  # L (B T Y X) P
+    # NaN when a level has a single token (unbiased std of one value): no noise rather than NaN input.
     return torch.nan_to_num(x.std(dim=1), nan=0.0)
 
 
@@ -179,13 +189,17 @@ def square_token_size(values_per_token: int) -> tuple[int, int, int]:
 def coarsen(tokens_KP: torch.Tensor, token_size: tuple[int, int, int], coarse_size: tuple[int, int]) -> torch.Tensor:
     """Tokens area-averaged to ``coarse_size`` in lat/lon and trilinearly interpolated back, ``(K, P)``."""
     tt, ty, tx = token_size
+    # P is row-major over (tt, ty, tx), as the tokens are cut; the 1 is the channel the pooling wants.
     x = tokens_KP.reshape(-1, 1, tt, ty, tx)
+    # adaptive pooling accepts sizes that do not divide (ty, tx): each output cell averages its share.
     low = F.adaptive_avg_pool3d(x, (tt, *coarse_size))
     return F.interpolate(low, size=(tt, ty, tx), mode="trilinear", align_corners=False).reshape(tokens_KP.shape)
 
 
 def corrupt(tokens_BLTYXP: torch.Tensor, c: Corruption) -> torch.Tensor:
     """The model input of one field: zero, then noise, then coarsen (a new tensor)."""
+    # masked_fill returns a copy: the in-place writes below never touch the caller's batch. Zeroing
+    # first makes a token both zeroed and noised pure noise.
     x = tokens_BLTYXP.masked_fill(c.zero[..., None], 0.0)
     if c.noise.any():
         x[c.noise] = (1 - c.noise_weight[:, None]) * x[c.noise] + c.noise_add
@@ -196,6 +210,7 @@ def corrupt(tokens_BLTYXP: torch.Tensor, c: Corruption) -> torch.Tensor:
 
 def apply(batch: Batch, masks: dict[str, torch.Tensor]) -> Batch:
     """The model input: masked tokens altered as ``masks.corruptions`` says, else set to zero."""
+    # A plain dict of masks (the signature allows one) has no corruptions: its masked tokens are zeroed.
     corruptions = getattr(masks, "corruptions", {})
     tokens = {
         f: corrupt(t, corruptions[f]) if f in corruptions else t.masked_fill(masks[f][..., None], 0.0)
@@ -221,7 +236,9 @@ class Unmasked:
         self.strategy, self.fields = strategy, set(fields)
 
     def __call__(self, batch: Batch, gen: torch.Generator | None = None) -> Masks:
+        # The strategy still draws for these fields, so other fields get the same masks as without them.
         masks = self.strategy(batch, gen)
+        # An all-False mask, not a missing key: batch, masks and loss keep naming the same fields.
         out = {f: torch.zeros_like(m) if f in self.fields else m for f, m in masks.items()}
         return Masks(out, {f: c for f, c in getattr(masks, "corruptions", {}).items() if f not in self.fields})
 

@@ -54,7 +54,8 @@ DATASETS = {
     "pl": "reanalysis-era5-pressure-levels",
     "sfc": "reanalysis-era5-single-levels",
 }
-DEFAULT_GRID = (0.25, 0.25)
+DEFAULT_GRID = (0.25, 0.25)  # always sent: without a grid, model-level fields come as spectral coefficients
+# Worth retrying: timeout, rate limit, server-side failures. 4xx otherwise means the request is wrong.
 _TRANSIENT_HTTP = {408, 429, 500, 502, 503, 504}
 
 
@@ -74,6 +75,8 @@ class Request:
 
     @property
     def key(self) -> str:
+        # What was asked, hashed: a download is resumed only for the very same request (a changed
+        # config is a new request).
         return hashlib.sha256(json.dumps([self.dataset, self.body], sort_keys=True).encode()).hexdigest()
 
     def to_json(self) -> dict:
@@ -96,6 +99,7 @@ def request_for(data: DataConfig, cfg: AcquireConfig, field_name: str, month: st
     if 24 % step:
         raise DataError(f"data.step_hours {step} does not divide a day")
     final = Expectation.for_month(data, field_name, month)
+    # Whole days (the CDS asks for days and times, not a time range); _keep_campaign trims the ends.
     days = np.arange(final.first.astype("datetime64[D]"), final.last.astype("datetime64[D]") + 1)
     hours = list(range(0, 24, step))
     dlat, dlon = data.grid or DEFAULT_GRID
@@ -127,12 +131,13 @@ def request_for(data: DataConfig, cfg: AcquireConfig, field_name: str, month: st
             "time": [f"{h:02d}:00" for h in hours],
             "grid": grid,
             "data_format": "grib",
-            "download_format": "unarchived",
+            "download_format": "unarchived",  # the GRIB itself, not a zip holding it
         }
         if kind == "pl":
             body["pressure_level"] = [str(lev) for lev in spec.levels]
         if area:
             body["area"] = area
+    # What must arrive is what was asked (every day x hour), checked before the trim to the campaign.
     times = (days.astype("datetime64[s]")[:, None] + np.array(hours) * np.timedelta64(3600, "s")).ravel()
     arrival = Expectation(
         field_name,
@@ -187,9 +192,10 @@ class _Scrub(logging.Filter):
         if self.secret:
             try:
                 text = record.getMessage()
-            except Exception:
+            except Exception:  # a record that cannot be formatted is the handler's to report, not ours
                 return True
             if self.secret in text:
+                # args cleared: the scrubbed text is final and must not be %-formatted again.
                 record.msg, record.args = text.replace(self.secret, "***"), None
         return True
 
@@ -198,6 +204,8 @@ class _Scrub(logging.Filter):
 def scrubbed(secret: str):
     """Scrub ``secret`` from everything logged through the root logger's handlers meanwhile."""
     f = _Scrub(secret)
+    # On the handlers, not a logger: a handler sees the records of every logger (cdsapi's,
+    # urllib3's), a logger's filter only its own.
     handlers = list(logging.getLogger().handlers)
     for h in handlers:
         h.addFilter(f)
@@ -221,6 +229,7 @@ def slot(directory: Path, n: int, poll_s: float = 1.0):
     """Hold one of ``n`` request slots (flock'ed files in ``directory``) while the block runs."""
     directory.mkdir(parents=True, exist_ok=True)
     waited = False
+    # flock, not a count in a file: the kernel releases a killed job's lock, so no slot leaks.
     while True:
         for i in range(n):
             fd = os.open(directory / f"slot-{i}.lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -245,6 +254,7 @@ def slot(directory: Path, n: int, poll_s: float = 1.0):
 
 def backoff(attempt: int, base: float, cap: float, jitter: float = 0.25, rng=random) -> float:
     """Seconds to wait before retry ``attempt`` (0-based): base * 2**attempt, capped, plus jitter."""
+    # Jitter: jobs that failed together do not all come back in the same second.
     return min(cap, base * 2.0**attempt) * (1.0 + jitter * rng.random())
 
 
@@ -262,7 +272,7 @@ def _is_transient(exc: BaseException) -> bool:
 
     if isinstance(exc, requests.HTTPError):
         code = exc.response.status_code if exc.response is not None else None
-        return code is None or code in _TRANSIENT_HTTP
+        return code is None or code in _TRANSIENT_HTTP  # no response at all: the network, worth a retry
     return isinstance(exc, (requests.RequestException, ProcessingFailedError, DownloadError, _Incomplete))
 
 
@@ -298,7 +308,7 @@ class CdsSource:
             sleep_max=cfg.poll_max_s,
             timeout=cfg.timeout_s,
             wait_until_complete=True,
-            delete=False,
+            delete=False,  # the result stays on the CDS: a killed job's download can resume
             info_callback=_relay(logging.INFO, key),
             warning_callback=_relay(logging.WARNING, key),
             error_callback=_relay(logging.ERROR, key),
@@ -312,6 +322,8 @@ class CdsSource:
     def fetch(self, data: DataConfig, cfg: AcquireConfig, field_name: str, month: str, out: Path) -> None:
         req = request_for(data, cfg, field_name, month)
         url, key = credentials()
+        # Beside the output (one filesystem: os.replace works), hidden, and named by the unit so that a
+        # rerun of the job finds them.
         part = out.parent / f".cds-{field_name}-{month}.part"
         state = out.parent / f".cds-{field_name}-{month}.json"
         c = cfg.cds
@@ -324,6 +336,7 @@ class CdsSource:
                 headers = grib.scan(part)
                 check_headers(headers, req.arrival, f"CDS {req.dataset} {field_name} {month}")
             except DataError as exc:
+                # Both gone: a retry asks again instead of resuming the rejected file.
                 part.unlink(missing_ok=True)
                 state.unlink(missing_ok=True)
                 raise DataError(f"rejected what the CDS delivered: {exc}") from None
@@ -350,6 +363,7 @@ class CdsSource:
                 with slot(slots, c.max_concurrent):
                     location, size = self._remembered(req, state)
                     if location is None:
+                        # Made only to submit: a resumed download needs no client.
                         client = client or self.client(c, url, key)
                         location, size = self._submit(client, req, state)
                     self._download(location, size, part, c)
@@ -388,6 +402,8 @@ class CdsSource:
         result = client.retrieve(req.dataset, req.body)
         location, size = result.location, int(result.content_length)
         log.info("CDS %s %s: ready after %.0f s (%.1f MB)", req.field, req.month, time.monotonic() - t0, size / 1e6)
+        # Recorded before the download starts: a job killed while downloading resumes instead of
+        # queueing the request again.
         with Replacement(state) as tmp:
             tmp.write_text(json.dumps({"key": req.key, "location": location, "size": size}))
         return location, size
@@ -398,7 +414,7 @@ class CdsSource:
         import requests
 
         have = part.stat().st_size if part.exists() else 0
-        if have > size:
+        if have > size:  # not a prefix of this result: start over
             part.unlink()
             have = 0
         if have == size:
@@ -424,7 +440,7 @@ class CdsSource:
         """Copy the messages inside the campaign (whole days were requested) to ``out``."""
         keep = [h for h in headers if final.first <= h.time <= final.last]
         if len(keep) == len(headers):
-            os.replace(part, out)
+            os.replace(part, out)  # nothing to trim: a rename, no copy
             return
         with open(part, "rb") as src, open(out, "wb") as dst:
             for h in keep:

@@ -28,15 +28,18 @@ def crop_indices(lats, lons, area) -> tuple[np.ndarray, np.ndarray]:
     """
     lats, lons = np.asarray(lats, float), np.asarray(lons, float)
     north, west, south, east = (float(v) for v in area)
-    eps = 1e-6
+    eps = 1e-6  # degrees: coordinates that went through float arithmetic compare equal within it
     lon_ext = np.mod(lons, 360.0)
     dlon = abs(float(lons[1] - lons[0])) if len(lons) > 1 else 0.0
     closed = len(lons) > 1 and abs(len(lons) * dlon - 360.0) < eps
+    # Degrees east of the west edge to the east edge; % 360 for an area across 0° (west 350, east 10).
     span = 360.0 - dlon if east - west >= 360.0 - eps else (east - west) % 360.0
     if span > 360.0 - dlon + eps:  # e.g. -180..180 on a grid whose last column repeats the first
         span = 360.0 - dlon
+    # The +eps/-eps keeps a column a hair west of the edge at offset ~0, not ~360.
     offset = np.mod(lon_ext - west + eps, 360.0) - eps  # east of the west edge, in [-eps, 360 - eps)
     cols = np.flatnonzero(offset <= span + eps)
+    # By offset, not by index: the cut runs west to east across 0° or the file's seam.
     cols = cols[np.argsort(offset[cols], kind="stable")]
     rows = np.flatnonzero((lats <= north + eps) & (lats >= south - eps))
     rows = rows[np.argsort(-lats[rows], kind="stable")]
@@ -47,6 +50,7 @@ def crop_indices(lats, lons, area) -> tuple[np.ndarray, np.ndarray]:
         or not len(cols)
         or lats.max() < north - eps
         or lats.min() > south + eps
+        # A regional file may lack columns of the area; a global one has every longitude.
         or (not closed and len(cols) < want_cols)
     ):
         raise DataError(
@@ -113,11 +117,13 @@ def crop_message(message: bytes, header: grib.Header, rows: np.ndarray, cols: np
 
     grid = header.grid
     with grib.handle(message) as gid:
+        # float32 (canonical) widened to float64 exactly; 32-bit IEEE below stores them back unchanged.
         values = grid.to_canonical(grib.values(gid, header))[np.ix_(rows, cols)].astype(np.float64)
         west = float(area[1])  # a grid point (crop_indices); the cut keeps the area's longitude convention
         east = west + grid.dlon * (len(cols) - 1)
         if header.edition == 2:  # GRIB2 longitudes are unsigned
             west, east = west % 360.0, east % 360.0
+        # The values are in canonical order now: north to south, west to east, rows consecutive.
         for key, value in (
             ("Ni", len(cols)),
             ("Nj", len(rows)),

@@ -48,6 +48,7 @@ class FilesSource:
             raise DataError("acquire.source is 'files' but acquire.files.paths is empty")
         if not paths:
             raise DataError(f"acquire.files.paths {list(cfg.files.paths)} matched no GRIB file")
+        # NetCDF first: it may hold the field (then the GRIB must not) or not (then GRIB is read below).
         netcdf = [p for p in paths if is_netcdf(p)]
         if netcdf:  # NetCDF is read through xarray (atmorep.data.acquire.gridded); GRIB below
             paths = [p for p in paths if p not in netcdf]
@@ -58,10 +59,12 @@ class FilesSource:
         index = Index(cfg.files.index_dir)
         mirror = [Located(p, h) for p in paths for h in index.headers(p)]
         chosen = select(mirror, exp, field, cfg.files.member)
+        # Derived only when the files lack the field: a vo or d the files hold is used as delivered.
         if not chosen and cfg.derive_vorticity and field in ("vo", "d"):
             return self.derive(mirror, exp, data, cfg, field, out)
         if not chosen:
             raise DataError(why_none(mirror, exp, field, month, len(paths)))
+        # The grid check first: its error names a file, and complete() reads message bytes.
         grid = one_grid(chosen, exp)
         chosen = complete(chosen, exp, cfg.files.same_valid_time)
         crop = self.write(chosen, grid, data, field, out)
@@ -85,6 +88,7 @@ class FilesSource:
             with open(out, "wb") as f:
                 for loc in chosen:
                     msg = read_message(loc)
+                    # Whole grid: the mirror's bytes unchanged (nothing decoded, nothing repacked).
                     f.write(msg if whole else crop_message(msg, loc.header, rows, cols, data.area))
             if whole:
                 return None
@@ -106,6 +110,7 @@ class FilesSource:
         times = sorted({loc.header.time for loc in chosen})
         levels = list(spec.levels)
         values = np.empty((1, len(levels), len(lats), len(lons)), np.float32)
+        # append=True from the first step on: ``out`` is the fresh temporary file acquire made.
         for t in times:  # one time step at a time keeps memory bounded
             for loc in (x for x in chosen if x.header.time == t):
                 values[0, levels.index(config_level(loc.header.level, spec.kind))] = regrid.gaussian_to_regular(
@@ -142,6 +147,7 @@ class FilesSource:
         levels = list(spec.levels)
         # derived on the whole grid (the differences need the neighbours), then cut to data.area
         rows, cols = area_indices(grid.lats, grid.lons, data.area)
+        # In the area's own longitude convention (west edge first), as crop_message writes a cut.
         lons = grid.lons if data.area is None else float(data.area[1]) + grid.dlon * np.arange(len(cols))
         for t in sorted({k[0] for k in winds["u"]}):
             values = np.empty((1, len(levels), len(rows), len(cols)), np.float32)
@@ -191,6 +197,7 @@ class FilesSource:
             if not any(gridded.find(ds, field, where, cfg.variables) for where, ds in opened):
                 if grib_paths:
                     return None
+                # No GRIB either: gridded.fetch below refuses, naming what the NetCDF holds.
             else:
                 index = Index(cfg.files.index_dir)
                 both = [p for p in grib_paths if any(matches(h, field) for h in index.headers(p))]

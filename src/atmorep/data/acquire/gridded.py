@@ -45,7 +45,7 @@ LEVEL_DIMS = {
 }
 MEMBER_DIMS = ("number", "member", "ensemble", "realization")
 LAT_NAMES, LON_NAMES = ("latitude", "lat"), ("longitude", "lon")
-#: read at most this many bytes per block (several time chunks of a store at once)
+#: read at most this many bytes per block (a block is at most one time chunk of the store)
 BLOCK_BYTES = 256 * 2**20
 
 
@@ -137,6 +137,7 @@ def probe(ds: xr.Dataset, var: str, where: str, field: str | None = None) -> Pro
     vt = da.coords.get("valid_time")
     if tdim != "valid_time" and vt is not None and vt.dims == (tdim,):  # a forecast: base time + step
         times = np.asarray(vt.values).astype("datetime64[s]")
+    # Repeated times would make two messages of one (time, level): refused here, naming the variable.
     if len(np.unique(times)) != len(times):
         raise DataError(f"{where}: variable '{var}' repeats time steps on '{tdim}'")
     ydim = next((d for d in LAT_NAMES if d in da.dims), None)
@@ -149,6 +150,7 @@ def probe(ds: xr.Dataset, var: str, where: str, field: str | None = None) -> Pro
     for d in (ydim, xdim):
         c = np.asarray(ds[d].values, float) if d in ds.coords else np.array([])
         step = np.diff(c)
+        # Evenly spaced within float32 rounding of the coordinates: GRIB stores a first point and a step.
         if len(c) < 2 or not np.allclose(step, step[0], atol=1e-6 * max(1.0, abs(step[0]))):
             raise DataError(
                 f"{where}: variable '{var}': coordinate '{d}' is not evenly spaced (not a regular lat/lon grid)"
@@ -157,6 +159,7 @@ def probe(ds: xr.Dataset, var: str, where: str, field: str | None = None) -> Pro
     squeeze = {}
     for d in da.dims:
         if d in MEMBER_DIMS:
+            # One member is one forecast; more would be several training sets in one unit.
             if da.sizes[d] > 1:
                 raise DataError(
                     f"{where}: variable '{var}' has {da.sizes[d]} ensemble members (dim '{d}'); "
@@ -172,6 +175,7 @@ def probe(ds: xr.Dataset, var: str, where: str, field: str | None = None) -> Pro
     kind, levels = "sfc", (0,)
     if ldim is not None:
         lkind, to_hpa = _level_kind(ds, ldim)
+        # Without coordinate values the levels are numbered from 0 (the store says nothing else).
         vals = np.asarray(ds[ldim].values, float) * to_hpa if ldim in ds.coords else np.arange(da.sizes[ldim])
         if wanted in fields.SURFACE_FIELDS and len(vals) == 1:
             squeeze[ldim], ldim = 0, None  # a surface field with a single height/level coordinate
@@ -185,6 +189,7 @@ def find(ds: xr.Dataset, field: str, where: str, variables: dict[str, str]) -> s
     if field in variables:
         var = variables[field]
         return var if var in ds.data_vars else None
+    # Several names for one field (t2m and 2t, say) is a choice for the user, never a first-come pick.
     hits = [n for n in fields.candidates(field) if n in ds.data_vars]
     if len(hits) > 1:
         raise DataError(
@@ -222,7 +227,7 @@ def select(ds: xr.Dataset, p: Probe, exp: Expectation, where: str) -> Cut | None
         )
     if missing := [lev for lev in exp.levels if lev not in p.levels]:
         raise DataError(f"{where}: variable '{p.var}' has no level {missing} (it has {list(p.levels)})")
-    lidx = [p.levels.index(lev) for lev in exp.levels]
+    lidx = [p.levels.index(lev) for lev in exp.levels]  # in the config's level order, whatever the store's
     t = p.times
     tidx = np.flatnonzero((t >= exp.first) & (t <= exp.last))
     if not len(tidx):
@@ -246,6 +251,7 @@ _KIND = {"sfc": "a surface", "pl": "pressure levels", "ml": "model levels"}
 
 def check_complete(times: np.ndarray, exp: Expectation, where: str) -> None:
     """Each time at most once (over all files), and every expected step present."""
+    # Over all files at once: a time in two files (overlapping downloads) would be two messages.
     uniq, counts = np.unique(times, return_counts=True)
     if (counts > 1).any():
         raise DataError(f"{where}: field '{exp.field}' time {str(uniq[counts > 1][0])[:16]} is in more than one file")
@@ -265,20 +271,23 @@ def check_complete(times: np.ndarray, exp: Expectation, where: str) -> None:
 
 
 def _block(c: Cut) -> int:
-    """Time steps read at once: whole time chunks of the store, within BLOCK_BYTES."""
+    """Time steps read at once: the store's time chunk (one step when it has none), fewer when that
+    would exceed BLOCK_BYTES."""
+    # zarr names it "chunks", netCDF4 "chunksizes".
     chunks = c.da.encoding.get("chunks") or c.da.encoding.get("chunksizes")
     tchunk = int(chunks[c.da.dims.index(c.probe.tdim)]) if chunks else 1
-    per_step = len(c.lidx) * len(c.rows) * len(c.cols) * 8
+    per_step = len(c.lidx) * len(c.rows) * len(c.cols) * 8  # 8: float64, the widest the values become
     return max(1, min(len(c.tidx), max(tchunk, 1), BLOCK_BYTES // max(per_step, 1)))
 
 
 def used_bytes(c: Cut) -> int:
-    dtype = np.dtype(c.da.encoding.get("dtype", c.da.dtype))
+    dtype = np.dtype(c.da.encoding.get("dtype", c.da.dtype))  # as stored (e.g. int16 packed), not as decoded
     return len(c.tidx) * len(c.lidx) * len(c.rows) * len(c.cols) * dtype.itemsize
 
 
 def write(cuts: list[Cut], field: str, exp: Expectation, out: Path) -> int:
     """Read the cuts (in time order) and write them as GRIB; returns the bytes used (store dtype)."""
+    # In time order across files, so the GRIB is too (check_complete made the times disjoint).
     cuts = sorted(cuts, key=lambda c: c.times[0])
     levels = list(exp.levels)
     levtype = None if exp.kind == "sfc" else exp.kind
@@ -298,6 +307,7 @@ def write(cuts: list[Cut], field: str, exp: Expectation, out: Path) -> int:
             if p.ldim is None:
                 values = values[:, None]
             if p.factor != 1.0:
+                # The factor in the values' own dtype: float32 stays float32 (no silent widening).
                 values = values * np.asarray(p.factor, values.dtype)
             if not np.issubdtype(values.dtype, np.floating):
                 values = values.astype(np.float64)
@@ -345,6 +355,7 @@ def fetch(datasets: list[tuple[str, xr.Dataset]], data, cfg, field: str, month: 
             f"({exp.window}); it covers {'; '.join(spans)}"
         )
     for c in cuts[1:]:
+        # Exactly equal: the unit's messages must share one grid, or normalize would mix them.
         if not (np.array_equal(c.lats, cuts[0].lats) and np.array_equal(c.lons, cuts[0].lons)):
             raise DataError(f"{source}: field '{field}' comes on different grids in different files")
     check_complete(np.concatenate([c.times for c in cuts]), exp, source)

@@ -35,18 +35,20 @@ _LEVEL_NAMES = (
 def kind(path: Path) -> str:
     """'zarr', 'grib', 'grib-dir' or 'netcdf' from the content (not the name)."""
     if path.is_dir():
+        # zarr v3 keeps zarr.json at the root, v2 .zgroup (a group) or .zarray (a bare array).
         if (path / "zarr.json").exists() or (path / ".zgroup").exists() or (path / ".zarray").exists():
             return "zarr"
         return "grib-dir"
     if not path.exists():
         raise DataError(f"{path}: no such file")
+    # By the first bytes, not the name: a misnamed file is described for what it is.
     with open(path, "rb") as f:
         head = f.read(8)
     if not head:
         raise DataError(f"{path}: empty file")
     if head.startswith(b"GRIB"):
         return "grib"
-    if head.startswith(b"CDF") or head.startswith(b"\x89HDF"):
+    if head.startswith(b"CDF") or head.startswith(b"\x89HDF"):  # netCDF3 classic, netCDF4 (HDF5)
         return "netcdf"
     raise DataError(f"{path}: not GRIB, NetCDF or zarr (starts with {head[:4]!r})")
 
@@ -64,6 +66,7 @@ def describe(path: str | Path, regrid: str = "none", variables: dict[str, str] |
     if k == "zarr":
         from atmorep.data.acquire.zarrsource import describe_store
 
+        # An anemoi dataset is one array of every variable: described by its own reader, else as xarray.
         anemoi = describe_store(str(path), variables)
         if anemoi is not None:
             return "\n".join([f"{path} (zarr, anemoi dataset)"] + [f"  {n}: {v}" for n, v in anemoi.items()])

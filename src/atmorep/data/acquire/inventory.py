@@ -34,6 +34,7 @@ def config_level(level: Level, kind: str) -> int | None:
     if kind in ("ml", "pl"):
         return level.level if level.kind == kind else None
     if kind == "sfc":
+        # Level 0 whatever the message says (surface, or heightAboveGround 2 for GRIB2's 2t).
         return 0 if level.kind == "sfc" else None
     return level.level if level.type_of_level == kind else None
 
@@ -48,6 +49,7 @@ def level_types(headers) -> str:
 
 def why_twice(headers) -> str:
     """What tells apart messages that claim the same (valid time, level), and the key that chooses."""
+    # In the order a user meets them: level types first, then members, then forecast runs.
     levels = {h.level for h in headers}
     if len(levels) > 1:
         return (
@@ -81,6 +83,7 @@ class Expectation:
         spec = data.fields[field]
         start, end = data.period
         m0 = np.datetime64(month, "M").astype("datetime64[s]")
+        # Inclusive bounds, as data.period's: the month's last second, not the next month's first.
         m1 = (np.datetime64(month, "M") + 1).astype("datetime64[s]") - np.timedelta64(1, "s")
         times = data.times(month) if data.step_hours else None
         return cls(
@@ -122,6 +125,7 @@ def check_grid(grid: Grid, exp: Expectation, where: str, crop: bool = False) -> 
             f"{where}: field '{exp.field}' is on a {grid.describe()} grid; data.grid expects "
             f"{exp.grid[0]:g}°x{exp.grid[1]:g}°"
         )
+    # With crop the file may be larger (it is cut later); without, it must be the area exactly.
     if exp.area is not None and crop:
         try:
             crop_indices(grid.lats, grid.lons, exp.area)
@@ -134,6 +138,7 @@ def check_grid(grid: Grid, exp: Expectation, where: str, crop: bool = False) -> 
             abs(grid.lats[0] - north) > 1e-6
             or abs(grid.lats[-1] - south) > 1e-6
             or len(want) != grid.nx
+            # Compared mod 360 and sorted: the config and the file may use different longitude conventions.
             or not np.allclose(np.sort(want), np.sort(np.mod(grid.lons, 360.0)), atol=1e-6)
         ):
             raise DataError(
@@ -149,6 +154,7 @@ def check_grid(grid: Grid, exp: Expectation, where: str, crop: bool = False) -> 
 
 
 def _area_lons(west: float, east: float, dlon: float) -> np.ndarray:
+    # % 360: an area across 0° (west 350, east 10) spans 20°, not -340°.
     n = int(round(((east - west) % 360) / dlon)) + 1 if dlon else 1
     return np.round(np.mod(west + dlon * np.arange(n), 360.0), 9)
 
@@ -168,6 +174,8 @@ def check_headers(headers: list[Header], exp: Expectation, where: str) -> None:
     """Validate what arrived: only the field, its levels and level type, its times, one grid."""
     if not headers:
         raise DataError(f"{where}: no GRIB message")
+    # Field, then level type, levels, times, grid, then completeness: a wrong file fails on its most
+    # basic mismatch, not on a consequence of it.
     others = sorted({f"{h.param.name} (paramId {h.param.param_id})" for h in headers if not matches(h, exp.field)})
     if others:
         raise DataError(f"{where}: holds {', '.join(others)}; expected only field '{exp.field}'")
@@ -197,6 +205,7 @@ def check_headers(headers: list[Header], exp: Expectation, where: str) -> None:
     axis = exp.time_index(times)
     filled = np.zeros((len(axis), len(exp.levels)), int)
     it = np.searchsorted(axis, times)
+    # np.minimum keeps the lookup in range; a time past the axis end is caught by the first term.
     off = (it >= len(axis)) | (axis[np.minimum(it, len(axis) - 1)] != times)
     if off.any():
         raise DataError(
@@ -204,6 +213,7 @@ def check_headers(headers: list[Header], exp: Expectation, where: str) -> None:
             f"{int((axis[1] - axis[0]) / np.timedelta64(1, 'h')) if len(axis) > 1 else '?'}-hourly steps"
         )
     il = np.array([exp.levels.index(lev) for lev in mine])
+    # add.at, not filled[it, il] += 1: repeated indices must each count, or duplicates would go unseen.
     np.add.at(filled, (it, il), 1)
     if (filled > 1).any():
         t, lv = np.argwhere(filled > 1)[0]

@@ -38,6 +38,8 @@ def expand(patterns) -> list[Path]:
     for pat in patterns:
         p = Path(os.path.expanduser(pat))
         if p.is_dir():
+            # Hidden files are skipped (partial downloads, editors' files); a file without a known suffix
+            # counts when it starts like GRIB (MARS output is often named without one).
             found.update(
                 q
                 for q in p.rglob("*")
@@ -98,8 +100,10 @@ class Index:
 
     def headers(self, path: Path) -> list[Header]:
         st = path.stat()
+        # A hash of the resolved path: one flat file per mirrored file, whatever its name or depth.
         key = hashlib.sha1(str(path.resolve()).encode()).hexdigest()
         cache = self.dir / f"{key}.json"
+        # Nanosecond mtime: a file rewritten within the same second still invalidates its entry.
         stamp = [st.st_size, st.st_mtime_ns, _INDEX_VERSION]
         if cache.exists():
             try:
@@ -109,10 +113,11 @@ class Index:
             except (ValueError, KeyError, OSError):
                 pass  # a stale or broken cache entry is rebuilt
         headers = grib.scan(path)
+        # Atomic: parallel jobs scanning the same file each write a whole entry, never a torn one.
         try:
             with Replacement(cache) as tmp:
                 tmp.write_text(json.dumps(_dump(headers, stamp)))
-        except OSError as exc:
+        except OSError as exc:  # a read-only cache only costs time: the headers are still right
             log.warning("cannot cache the inventory of %s in %s (%s)", path, self.dir, exc)
         return headers
 
@@ -126,6 +131,7 @@ def _dump(headers: list[Header], stamp) -> dict:
     for h in headers:
         p = params.setdefault(h.param, len(params))
         lv = levels.setdefault(h.level, len(levels))
+        # By identity: the Decoder makes one Grid object per distinct grid section (md5GridSection).
         g = grids.setdefault(id(h.grid), (len(grids), h.index))
         rows.append(
             [
@@ -139,7 +145,7 @@ def _dump(headers: list[Header], stamp) -> dict:
                 g[0],
                 int(h.bitmap),
                 int(h.number),
-                int(h.base.astype(np.int64)),
+                int(h.base.astype(np.int64)),  # set: scan() reads base times (members=True)
             ]
         )
     return {

@@ -18,6 +18,7 @@ from atmorep.formats.grib import Grid
 
 def target_grid(dlat: float, dlon: float) -> tuple[np.ndarray, np.ndarray]:
     """Latitudes 90 -> -90 and longitudes 0 -> 360-dlon of a global regular grid."""
+    # Both poles are rows (+1); 360° is not a column (it is 0° again).
     ny, nx = int(round(180 / dlat)) + 1, int(round(360 / dlon))
     return np.linspace(90.0, -90.0, ny), np.arange(nx) * dlon
 
@@ -35,6 +36,7 @@ def gaussian_to_regular(values: np.ndarray, grid: Grid, lats_out: np.ndarray, lo
             f"{grid.describe()}: {values.size} values for {pl.sum()} grid points "
             "(regional Gaussian grids are not supported)"
         )
+    # Row by row, with each row's own point count (pl): a reduced grid thins its rows towards the poles.
     rows_src = np.split(np.asarray(values, np.float64), np.cumsum(pl)[:-1])
     if grid.flip_rows:  # rows stored south to north
         rows_src = rows_src[::-1]
@@ -42,12 +44,13 @@ def gaussian_to_regular(values: np.ndarray, grid: Grid, lats_out: np.ndarray, lo
     lats = np.asarray(grid.lats, float)  # north -> south
     rows = np.empty((len(lats), len(lons_out)))
     for j, (row, n) in enumerate(zip(rows_src, pl)):
+        # A global Gaussian row starts at 0° with n equal steps; period: between the last point and 360°.
         rows[j] = np.interp(lons_out, 360.0 * np.arange(n) / n, row, period=360.0)
     # add the poles as rows holding the zonal mean of the outermost rows
     lat_ext = np.concatenate([[90.0], lats, [-90.0]])
     rows_ext = np.concatenate(
         [
-            rows[:1].mean(axis=1, keepdims=True) + 0 * rows[:1],
+            rows[:1].mean(axis=1, keepdims=True) + 0 * rows[:1],  # "+ 0 * row": the mean broadcast to a row
             rows,
             rows[-1:].mean(axis=1, keepdims=True) + 0 * rows[-1:],
         ]

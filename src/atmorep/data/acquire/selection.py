@@ -40,6 +40,7 @@ def select(mirror: list[Located], exp: Expectation, field: str, member: int | No
         and config_level(loc.header.level, exp.kind) in exp.levels
         and exp.first <= loc.header.time <= exp.last
     ]
+    # Members are chosen before anything is deduplicated: two members are two forecasts, never copies.
     members = sorted({loc.header.number for loc in chosen})
     if member is None and len(members) > 1:
         where = sorted({str(loc.path) for loc in chosen})
@@ -62,6 +63,7 @@ def select(mirror: list[Located], exp: Expectation, field: str, member: int | No
 
 def why_none(mirror: list[Located], exp: Expectation, field: str, month: str, nfiles: int) -> str:
     """Why :func:`select` found no message of ``field``: what the files hold instead."""
+    # From the broadest miss to the narrowest: no such field, not on that level type, not those levels/times.
     same = [loc for loc in mirror if matches(loc.header, field)]
     have = sorted({loc.header.param.name for loc in mirror})
     if not same:
@@ -83,6 +85,7 @@ def why_none(mirror: list[Located], exp: Expectation, field: str, month: str, nf
 
 def one_grid(chosen: list[Located], exp: Expectation) -> grib.Grid:
     """The grid of the chosen messages: one, usable, of data.grid's resolution and containing data.area."""
+    # By key, not by object: the same grid from two files (or editions) is one grid.
     grids: dict[tuple, list[Located]] = {}
     for loc in chosen:
         grids.setdefault(loc.header.grid.key, []).append(loc)
@@ -107,16 +110,20 @@ def complete(chosen: list[Located], exp: Expectation, same_valid_time: str) -> l
     by_key: dict[tuple, Located] = {}
     for key, locs in groups.items():
         distinct: dict[bytes, Located] = {}
+        # Copies are told by their bytes; the bytes are read only when a key has candidates to compare.
         for loc in locs:
             distinct.setdefault(read_message(loc) if len(locs) > 1 else b"", loc)
         locs = list(distinct.values())
         runs = {loc.header.base for loc in locs}
+        # same_valid_time only settles forecast steps: one message per run, on one level type and member.
+        # Anything else (two level types, members) stays ambiguous and is refused below.
         if (
             len(locs) > 1
             and same_valid_time != "refuse"
             and len(runs) == len(locs)
             and len({(loc.header.level, loc.header.number) for loc in locs}) == 1
         ):
+            # Shortest step: the latest run; longest: the earliest one.
             locs = sorted(locs, key=lambda x: x.header.step_hours)
             locs = [locs[0] if same_valid_time == "shortest_step" else locs[-1]]
         if len(locs) > 1:

@@ -74,6 +74,7 @@ class SampleSource:
         ds = self.open()
         start, end = data.period
         t = ds["time"].values
+        # The month's steps inside the campaign: a unit is one (field, month), cut to start..end.
         sel = (t >= start) & (t <= end) & (t.astype("datetime64[M]") == np.datetime64(month, "M"))
         if not sel.any():
             raise DataError(
@@ -85,6 +86,7 @@ class SampleSource:
         grib.write_grib(out, field, values, da["time"].values, levels, da["latitude"].values, da["longitude"].values)
 
 
+# Imported when chosen: normalize imports this module (read_provenance) and needs none of the sources.
 def _files_source():
     from atmorep.data.acquire.files import FilesSource
 
@@ -120,10 +122,11 @@ def acquire(data: DataConfig, cfg: AcquireConfig, field: str, month: str, out: s
     try:
         with Replacement(out) as tmp:
             prov = SOURCES[cfg.source]().fetch(data, cfg, field, month, tmp)
+            # Verified before the rename: a rejected file never appears at ``out``; errors name ``out``.
             verify(tmp, data, field, month, shown=out)
             if prov:  # beside the GRIB before the GRIB is renamed into place: a complete unit has both
                 prov_path.write_text(json.dumps(prov, sort_keys=True, indent=1, default=str))
-    except BaseException:
+    except BaseException:  # Ctrl-C and SIGTERM too: no record may outlive its GRIB
         prov_path.unlink(missing_ok=True)
         raise
     log.info("acquired %s %s -> %s", field, month, out)

@@ -32,6 +32,7 @@ def vorticity_divergence(
     u_YX: np.ndarray, v_YX: np.ndarray, lats: np.ndarray, lons: np.ndarray, radius: float = EARTH_RADIUS
 ) -> tuple[np.ndarray, np.ndarray]:
     """(vo, d) in s-1 on the grid of ``u``/``v`` (latitudes north to south, longitudes ascending)."""
+    # float64: differences of neighbouring winds lose most of float32's digits.
     u, v = np.asarray(u_YX, np.float64), np.asarray(v_YX, np.float64)
     lats, lons = np.asarray(lats, float), np.asarray(lons, float)
     if u.shape != v.shape or u.shape != (len(lats), len(lons)):
@@ -45,20 +46,22 @@ def vorticity_divergence(
     pole = np.abs(np.abs(lats) - 90.0) < 1e-9
 
     def d_dlambda(f):
-        if wraps:
+        if wraps:  # np.gradient does not wrap: centred differences across 0°/360° by hand
             return (np.roll(f, -1, axis=1) - np.roll(f, 1, axis=1)) / (2 * dlam)
         return np.gradient(f, lam, axis=1, edge_order=2)
 
     def d_dphi(f):
+        # With the coordinates, not a spacing: rows run north to south (phi decreasing), and the sign follows.
         return np.gradient(f, phi, axis=0, edge_order=2)
 
+    # cos phi is 0 on a pole row: inf/NaN there, replaced by the cap means below.
     with np.errstate(divide="ignore", invalid="ignore"):
         vo = (d_dlambda(v) - d_dphi(u * cos)) / (radius * cos)
         d = (d_dlambda(u) + d_dphi(v * cos)) / (radius * cos)
     for j in np.flatnonzero(pole):
         if not wraps:
             raise DataError("a grid that includes a pole must be global in longitude")
-        ring = j + 1 if lats[j] > 0 else j - 1
+        ring = j + 1 if lats[j] > 0 else j - 1  # the latitude ring next to the pole (rows north to south)
         c1, s1 = np.cos(phi[ring]), np.sin(phi[ring])
         if lats[j] > 0:
             scale = c1 / (radius * (1 - s1))

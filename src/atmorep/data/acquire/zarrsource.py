@@ -32,6 +32,8 @@ from atmorep.formats import grib
 
 log = logging.getLogger(__name__)
 
+# Anonymous by default: the public stores (ARCO-ERA5, WeatherBench 2) need no credentials;
+# acquire.zarr.storage_options overrides.
 _ANON = {"gs": {"token": "anon"}, "gcs": {"token": "anon"}, "s3": {"anon": "true"}}
 _EXTRA = {"http": "aiohttp", "https": "aiohttp", "gs": "gcsfs", "gcs": "gcsfs", "s3": "s3fs"}
 
@@ -47,6 +49,7 @@ def _counting_store_class():
             self.counter = counter if counter is not None else [0]
 
         def _with_store(self, store):
+            # zarr derives stores from this one (paths, modes): they share the counter, or reads go uncounted.
             return type(self)(store, self.counter)
 
         @property
@@ -81,6 +84,7 @@ def open_store(url: str, storage_options: dict | None = None):
         store = LocalStore(path, read_only=True)
     else:
         opts = {**_ANON.get(scheme, {}), **(storage_options or {})}
+        # s3fs wants a bool: 'true' (as _ANON and string-valued options give it) becomes one.
         if opts.get("anon") == "true":
             opts["anon"] = True
         try:
@@ -107,9 +111,11 @@ def open_layout(store, where: str):
             group = zarr.open_group(store, mode="r")
         except Exception as exc:
             raise DataError(f"{where}: not a zarr store ({type(exc).__name__}: {exc})") from None
+        # Anemoi first: its one 'data' array has no dimension names xarray could place.
         if _is_anemoi(group):
             return "anemoi", group
         try:
+            # consolidated=None: the consolidated metadata when the store has it (one read), else a listing.
             return "xarray", xr.open_zarr(store, consolidated=None, chunks=None)
         except Exception as exc:
             raise DataError(f"{where}: cannot open with xarray ({type(exc).__name__}: {exc})") from None
@@ -137,6 +143,7 @@ class Anemoi:
         lat = np.asarray(self.group["latitudes"][:], float)
         lon = np.asarray(self.group["longitudes"][:], float)
         shape = self.group.attrs.get("field_shape")
+        # Without field_shape, a regular grid has as many rows as distinct latitudes.
         ny = int(shape[0]) if shape and len(shape) == 2 else len(np.unique(lat))
         nx = len(lat) // ny if ny else 0
         bad = f"{self.where}: the anemoi grid ({len(lat)} cells, field_shape {shape}) is not a regular lat/lon grid"
@@ -156,6 +163,7 @@ class Anemoi:
 
     def probe(self, name: str, field: str | None = None) -> tuple[str, str, int, float]:
         """(field, kind, level, factor) of variable ``name``, or the line saying why it is unusable."""
+        # anemoi names a level variable <base>_<level> (t_850); a name without a numeric tail is single-level.
         head, _, tail = name.rpartition("_")
         base, lev = (head, tail) if head and tail.isdigit() else (name, "")
         meta = self.meta.get(name, {})
@@ -231,6 +239,7 @@ class Anemoi:
         if out_lons[-1] >= 360.0:
             out_lons -= 360.0
         ny, nx = len(lats), len(lons)
+        # Whole grids: a chunk of 'data' holds every cell, so the area is cut after reading.
         per_step = len(vidx) * ny * nx * self.data.dtype.itemsize
         block = max(1, min(len(tidx), gridded.BLOCK_BYTES // per_step))
         order = np.argsort(vidx)  # zarr's orthogonal selection wants increasing indices
@@ -239,7 +248,7 @@ class Anemoi:
             tsel = tidx[b : b + block]
             raw = self.data.get_orthogonal_selection((tsel, sorted_v, 0, slice(None)))  # T V cells
             values = np.empty_like(raw)
-            values[:, order] = raw
+            values[:, order] = raw  # back to the config's level order
             values = values.reshape(len(tsel), len(vidx), ny, nx)[:, :, rows][:, :, :, cols]
             if factor != 1.0:
                 values = values * np.asarray(factor, values.dtype)
@@ -280,6 +289,7 @@ class ZarrSource:
             prov = gridded.fetch([(where, obj)], data, cfg, field, month, out, where)
             used, variables = prov["bytes_used"], prov["variables"]
         read = store.bytes_read
+        # Compressed bytes read over raw bytes used: below 1 when compression beats the waste.
         ratio = read / used if used else float("nan")
         log.info(
             "zarr: %s %s from %s (%s layout): read %.1f MB for %.1f MB used (read amplification %.2f)",

@@ -56,6 +56,8 @@ class Level:
         return self.type_of_level if self.type_of_level == "surface" else f"{self.type_of_level} {self.level}"
 
 
+# Product templates 4.8-4.12 and 4.15 carry typeOfStatisticalProcessing: a maximum or an accumulation of
+# a parameter is another field than the parameter itself, so it joins the identity key below.
 _PDTN_STATISTICAL = (8, 9, 10, 11, 12, 15)
 
 
@@ -86,15 +88,16 @@ class Header:
 class _C:
     """Direct calls into the ecCodes C library through the cffi bindings that eccodes-python ships.
 
-    The hot loop reads ten keys per message; through the Python wrappers a key costs several
-    microseconds of argument handling, through ``lib`` about one. One instance per Decoder (the
-    output buffers are not shared between threads).
+    The hot loop reads ten keys per message; through the Python wrappers the argument handling of
+    each key dominates it, through ``lib`` it is gone (``benchmarks/ingest.py`` measures the stage
+    against bare ecCodes). One instance per Decoder (the output buffers are not shared between threads).
     """
 
     def __init__(self):
         from gribapi.bindings import ffi, lib
 
         self.ffi, self.lib = ffi, lib
+        # Out-parameters allocated once and reused by every call (hence one instance per thread).
         self.long_p = ffi.new("long*")
         self.size_p = ffi.new("size_t*")
 
@@ -113,6 +116,7 @@ class _C:
         n = self.size_p[0]
         if out.size != n:
             out = np.empty(n, np.float64)
+        # Straight into the numpy buffer: no intermediate array, and no allocation when the size repeats.
         err = self.lib.grib_get_double_array(h, b"values", self.ffi.cast("double*", out.ctypes.data), self.size_p)
         if err:
             raise DataError(f"cannot decode the values (ecCodes error {err})")
@@ -136,6 +140,8 @@ class Decoder:
         h = c.handle(gid)
         try:
             edition = c.long(h, b"edition")
+            # The integer keys that decide ecCodes' paramId and shortName concepts, per edition: equal
+            # keys, equal concepts, so the slow string lookups run once per key (_param, _level).
             if edition == 1:
                 raw_level = c.long(h, b"indicatorOfTypeOfLevel")
                 pkey = (
@@ -156,6 +162,7 @@ class Decoder:
                     c.long(h, b"parameterNumber"),
                     pdtn,
                     raw_level,
+                    # GRIB2's 2t is temperature at heightAboveGround 2: the height is part of the parameter.
                     c.long(h, b"scaledValueOfFirstFixedSurface"),
                     c.long(h, b"typeOfStatisticalProcessing") if pdtn in _PDTN_STATISTICAL else -1,
                 )
@@ -164,7 +171,9 @@ class Decoder:
             lkey = (edition, raw_level, level_value)
             level = self._levels.get(lkey) or self._level(gid, lkey, path, raw)
             time = _datetime(c.long(h, b"validityDate"), c.long(h, b"validityTime"))
+            # In/out: the buffer's size going in, the string's length coming back; reset every call.
             self._md5_len[0] = 64
+            # The grid section's hash: messages on one grid share one Grid, worked out once.
             c.lib.grib_get_string(h, b"md5GridSection", self._md5, self._md5_len)
             md5 = c.ffi.string(self._md5)
             grid = self._grids.get(md5)
@@ -188,6 +197,7 @@ class Decoder:
         if header.bitmap:
             import eccodes
 
+            # ecCodes fills the bitmap's missing points with missingValue; NaN is how the stages see them.
             v[v == eccodes.codes_get_double(gid, "missingValue")] = np.nan
         return v
 
@@ -214,6 +224,7 @@ class Decoder:
         elif tol == "isobaricInhPa":
             lev = Level(tol, "pl", int(value))
         elif tol == "isobaricInPa":
+            # Pressure levels are whole hPa everywhere downstream: a fraction of one cannot be named.
             if value % 100:
                 raise DataError(f"{path}: message {raw.index + 1} is on {value} Pa, not a whole hPa level")
             lev = Level(tol, "pl", int(value) // 100)
@@ -227,10 +238,12 @@ class Decoder:
         path = Path(path)
         ffi, lib = self._c.ffi, self._c.lib
         for raw in iter_raw(path, hasher):
+            # _copy: the handle owns its bytes, so its life is not tied to raw.data's.
             h = lib.grib_handle_new_from_message_copy(ffi.NULL, raw.data, len(raw.data))
             if h == ffi.NULL:
                 raise DataError(f"{path}: message {raw.index + 1} cannot be decoded by ecCodes")
             try:
+                # The pointer as an integer: the gid eccodes-python's functions take.
                 yield self.header(int(ffi.cast("size_t", h)), raw, path, members), int(ffi.cast("size_t", h))
             finally:
                 lib.grib_handle_delete(h)
@@ -272,6 +285,7 @@ def _datetime(date: int, hhmm: int) -> np.datetime64:
         day = _DAYS[date] = int(
             np.datetime64(f"{date // 10000:04d}-{date // 100 % 100:02d}-{date % 100:02d}", "s").astype(np.int64)
         )
+    # Integer seconds: no datetime parsing per message.
     return np.datetime64(day + (hhmm // 100) * 3600 + (hhmm % 100) * 60, "s")
 
 
@@ -324,6 +338,7 @@ def decode(path: str | Path, name: str | None = None) -> xr.DataArray:
 
     times = np.unique([h.time for h in mine])
     levels = sorted({level_of(h) for h in mine})
+    # NaN-filled: a (time, level) the file lacks stays visibly missing.
     out = np.full((len(times), len(levels), grid.ny, grid.nx), np.nan, np.float32)
     seen = np.zeros(out.shape[:2], bool)
     wanted = {h.index for h in mine}

@@ -27,9 +27,11 @@ from atmorep.errors import DataError
 
 def periodic(lons) -> bool:
     """True when equally spaced longitudes close the circle (a global grid): values wrap around."""
+    # nx * dlon == 360, not lons[-1] - lons[0]: the last column is one step short of the first + 360.
     return len(lons) > 1 and abs(len(lons) * abs(float(lons[1] - lons[0])) - 360.0) < 1e-6
 
 
+# eq=False: dataclass equality over array fields is ambiguous; grids are compared by ``key``.
 @dataclass(frozen=True, eq=False)
 class Grid:
     """A grid as a message stores it, and how its values map to canonical order.
@@ -53,7 +55,7 @@ class Grid:
     column_order: np.ndarray | None = None
     transpose: bool = False
     gaussian_n: int = 0
-    pl: np.ndarray | None = None  # points per row of a reduced Gaussian grid (north to south)
+    pl: np.ndarray | None = None  # points per row of a reduced Gaussian grid (in the file's row order)
     truncation: int = 0
 
     @property
@@ -65,6 +67,8 @@ class Grid:
         """Equal for grids whose canonical coordinates are equal."""
         if not self.regular:
             return (self.kind, self.ny, self.nx, self.gaussian_n, self.truncation)
+        # Corners rounded to 1e-6 degrees (GRIB2's unit; GRIB1's is 1e-3): decoding noise does not
+        # split one grid in two.
         return (
             self.kind,
             self.ny,
@@ -113,6 +117,7 @@ class Grid:
         """``(Y, X)`` float32 in canonical order from the message's value sequence."""
         if not self.regular:
             raise DataError(f"cannot decode values on {self.describe()} without regridding")
+        # jPointsAreConsecutive: the values run down columns, so they reshape as (X, Y).
         v = values.reshape((self.nx, self.ny) if self.transpose else (self.ny, self.nx))
         if self.transpose:
             v = v.T
@@ -123,6 +128,7 @@ class Grid:
         if self.column_order is None:
             out[...] = v
         elif self.roll:  # the usual case: a global -180..180 grid is a rotation
+            # Two slice copies instead of a gather: no index array, contiguous reads.
             k = self.roll
             out[:, : self.nx - k] = v[:, k:]
             out[:, self.nx - k :] = v[:, :k]
@@ -148,6 +154,7 @@ def grid_from_handle(gid) -> Grid:
         return _regular_ll(gid)
     if kind in ("reduced_gg", "regular_gg"):
         lats = np.sort(np.asarray(eccodes.codes_get_array(gid, "distinctLatitudes"), float))[::-1]  # N -> S
+        # Only described here: data/acquire/regrid.py interpolates these grids, nothing maps them.
         pl = eccodes.codes_get_array(gid, "pl", int) if kind == "reduced_gg" else None
         return Grid(
             kind,
@@ -175,12 +182,15 @@ def _regular_ll(gid) -> Grid:
     lon1, lon2 = get("longitudeOfFirstGridPointInDegrees"), get("longitudeOfLastGridPointInDegrees")
     i_neg = bool(eccodes.codes_get_long(gid, "iScansNegatively"))
     j_cons = bool(eccodes.codes_get_long(gid, "jPointsAreConsecutive"))
+    # From the corners and counts, not the stored increments: those are rounded (GRIB1 to 1e-3 degrees).
     file_lats = np.linspace(lat1, lat2, nj)
+    # Modulo 360: the last corner may be below the first (a global grid from 180° round to 179.75°).
     span = ((lon1 - lon2) if i_neg else (lon2 - lon1)) % 360.0
     if ni > 1 and span == 0:
         span = 360.0 - 360.0 / ni  # a global grid whose last longitude repeats the first modulo 360
     dlon = span / (ni - 1) if ni > 1 else 0.0
     file_lons = lon1 + (-1 if i_neg else 1) * dlon * np.arange(ni)
+    # Rounded to 1e-9: the arithmetic's last bits vanish, so equal grids give equal coordinates.
     if periodic(file_lons):  # global: canonical [0, 360)
         lons = np.round(np.mod(file_lons, 360.0), 9)
     else:  # regional: contiguous west to east, in [0, 360) unless it crosses 0° (then from a negative west)
@@ -189,7 +199,7 @@ def _regular_ll(gid) -> Grid:
             west -= 360.0
         lons = np.round(west + (file_lons - file_lons.min()), 9)
     order = np.argsort(lons, kind="stable")
-    flip = nj > 1 and file_lats[1] > file_lats[0]
+    flip = nj > 1 and file_lats[1] > file_lats[0]  # south to north in the file (jScansPositively)
     lats = file_lats[::-1] if flip else file_lats
     dlat = abs(lats[1] - lats[0]) if nj > 1 else 0.0
     return Grid(

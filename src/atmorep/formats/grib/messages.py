@@ -36,11 +36,11 @@ def _length(head: bytes, path: Path, index: int, offset: int) -> int:
     """Total length of the message starting with ``head`` (at least 16 bytes, or its start)."""
     if len(head) < 16:
         raise DataError(f"{path}: message {index + 1} is truncated (file ends at byte {offset + len(head)})")
-    edition = head[7]
+    edition = head[7]  # octet 8 of section 0 in both editions
     if edition == 1:
-        return int.from_bytes(head[4:7], "big")
+        return int.from_bytes(head[4:7], "big")  # octets 5-7
     if edition == 2:
-        return int.from_bytes(head[8:16], "big")
+        return int.from_bytes(head[8:16], "big")  # octets 9-16
     raise DataError(f"{path}: message {index + 1} at byte {offset} has GRIB edition {edition} (only 1 and 2 exist)")
 
 
@@ -48,14 +48,17 @@ def _grib1_large_length(msg_head: bytes, length: int) -> int:
     """ECMWF's convention for GRIB1 messages over 8 MB: the 24-bit length counts 120-byte units."""
     if not length & 0x800000:
         return length
+    # Walk sections 1-3 (each starts with its 3-byte length) to section 4, the data.
     pds = int.from_bytes(msg_head[8:11], "big")
-    flags = msg_head[8 + 7]
+    flags = msg_head[8 + 7]  # section 1 octet 8: 0x80 a grid section follows, 0x40 a bitmap section
     pos = 8 + pds
     if flags & 0x80:
         pos += int.from_bytes(msg_head[pos : pos + 3], "big")
     if flags & 0x40:
         pos += int.from_bytes(msg_head[pos : pos + 3], "big")
     sec4 = int.from_bytes(msg_head[pos : pos + 3], "big")
+    # A section-4 length under 120 marks the convention (a real one is longer): the true length is the
+    # units times 120, less that small value, plus the 4 bytes of the end section "7777".
     if sec4 < 120:
         return (length & 0x7FFFFF) * 120 - sec4 + 4
     return length
@@ -73,6 +76,7 @@ class _Buffered:
     def fill(self, upto: int) -> bool:
         """Make buf hold file bytes up to absolute offset ``upto``; False at end of file."""
         while self.base + len(self.buf) < upto and not self.eof:
+            # At least a block: one large read serves many messages; a larger message gets one read.
             chunk = self.f.read(max(_BLOCK, upto - self.base - len(self.buf)))
             if not chunk:
                 self.eof = True
@@ -90,6 +94,7 @@ class _Buffered:
                 return self.base + i
             if self.eof:
                 return -1
+            # Search on from 3 bytes back: a b'GRIB' split across two reads is still found.
             start = max(start, self.base + len(self.buf) - 3)
             self.fill(self.base + len(self.buf) + 1)
 
@@ -97,6 +102,7 @@ class _Buffered:
         return bytes(self.buf[start - self.base : end - self.base])
 
     def drop(self, upto: int) -> None:
+        # Only once a block is consumed: deleting from the front per message would copy the buffer each time.
         if upto - self.base > _BLOCK:
             del self.buf[: upto - self.base]
             self.base = upto
@@ -119,6 +125,8 @@ def iter_raw(path: str | Path, hasher=None) -> Iterator[Raw]:
             r.fill(start + 16)
             length = _length(r.take(start, start + 16), path, index, start)
             if r.buf[start - r.base + 7] == 1 and length & 0x800000:
+                # Sections 1-3 must lie in these 4096 bytes: true unless a large bitmap section precedes
+                # section 4.
                 r.fill(start + 4096)
                 length = _grib1_large_length(r.take(start, start + 4096), length)
             if not r.fill(start + length):
@@ -127,6 +135,7 @@ def iter_raw(path: str | Path, hasher=None) -> Iterator[Raw]:
                     f"{start}, the file ends at {r.base + len(r.buf)})"
                 )
             data = r.take(start, start + length)
+            # A wrong length (a corrupt indicator section) lands anywhere but on the end marker.
             if data[-4:] != b"7777":
                 raise DataError(f"{path}: message {index + 1} is truncated or corrupt (no end marker 7777)")
             yield Raw(index, start, length, data)

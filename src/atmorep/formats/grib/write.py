@@ -18,7 +18,7 @@ import numpy as np
 
 from atmorep.errors import DataError
 
-MISSING = 9999.0  # GRIB missingValue used with a bitmap for NaN points
+MISSING = 9999.0  # GRIB missingValue used with a bitmap for NaN points (ecCodes' default)
 _LEVEL_TYPE = {"ml": "hybrid", "pl": "isobaricInhPa"}
 
 
@@ -28,6 +28,8 @@ def set_values(gid, values: np.ndarray) -> None:
     import eccodes
 
     if np.isnan(values).any():
+        # missingValue and the bitmap before the values: ecCodes then leaves MISSING points out of the
+        # packing and marks them in the bitmap.
         eccodes.codes_set(gid, "missingValue", MISSING)
         eccodes.codes_set(gid, "bitmapPresent", 1)
         values = np.where(np.isnan(values), MISSING, values)
@@ -63,11 +65,12 @@ def write_grib(
     info = fields.info(name)
     if info is None:
         raise DataError(f"cannot write field '{name}': not in the field catalogue (src/atmorep/data/fields.py)")
-    kind = levtype or ("sfc" if list(levels) == [0] else "ml")
+    kind = levtype or ("sfc" if list(levels) == [0] else "ml")  # level 0 is how the stages name a single level
     lats, lons = np.asarray(lats, float), np.asarray(lons, float)
     dlat = abs(lats[1] - lats[0]) if len(lats) > 1 else 0.0
     dlon = lons[1] - lons[0] if len(lons) > 1 else 0.0
     sample = "regular_ll_sfc_grib1" if kind == "sfc" else "regular_ll_pl_grib1"
+    # Whole hours: dataTime is written as HH00, and minutes are dropped here.
     times = np.asarray(times, "datetime64[h]")
     with open(path, "ab" if append else "wb") as out:
         for it, t in enumerate(times):
@@ -78,17 +81,19 @@ def write_grib(
                 gid = eccodes.codes_grib_new_from_samples(sample)
                 try:
                     for key, value in (
+                        # In this order: ecCodes resolves paramId within the centre and table set before it.
                         ("centre", "ecmf"),
                         ("table2Version", 128),
                         ("paramId", info.param_id),
                         ("dataDate", date),
                         ("dataTime", hour * 100),
+                        # Step 0 in hours: an analysis, so the valid time is the data time (as ERA5's).
                         ("stepUnits", 1),
                         ("startStep", 0),
                         ("endStep", 0),
                     ):
                         eccodes.codes_set(gid, key, value)
-                    if kind != "sfc":
+                    if kind != "sfc":  # the sfc sample's level is the surface already
                         eccodes.codes_set(gid, "typeOfLevel", _LEVEL_TYPE.get(kind, kind))
                         eccodes.codes_set(gid, "level", int(lev))
                     for key, value in (
@@ -104,10 +109,12 @@ def write_grib(
                         ("bitsPerValue", bits_per_value),
                     ):
                         eccodes.codes_set(gid, key, value)
+                    # After the GRIB1 keys: ecCodes converts them on the edition change.
                     if edition == 2 or ieee:
                         eccodes.codes_set(gid, "edition", 2)
                     if ieee:
                         eccodes.codes_set(gid, "packingType", "grid_ieee")
+                        # precision 1: 32-bit floats, 2: 64-bit; the input's own width, so no rounding.
                         eccodes.codes_set(gid, "precision", 2 if data_TLYX.dtype == np.float64 else 1)
                     set_values(gid, np.ascontiguousarray(data_TLYX[it, il], dtype=float).ravel())
                     eccodes.codes_write(gid, out)
