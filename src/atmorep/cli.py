@@ -196,7 +196,7 @@ def cmd_launch(args) -> int:
 
 
 def cmd_plan(args) -> None:
-    from atmorep.plan import load_profile, plan
+    from atmorep.plan import load_profile, report
 
     if args.params is not None:  # the whole configuration as JSON (what `snakemake plan` passes)
         raw = C.from_slice(args.params)
@@ -206,13 +206,7 @@ def cmd_plan(args) -> None:
         cfg = C.load(args.config)
     else:
         raise C.ConfigError("plan needs --config FILE (a run configuration)")
-    from atmorep.plan import fit
-    from atmorep.train.memory import parse_bytes
-
-    text = plan(cfg, load_profile(args.profile), args.mfu).text(args.mfu)
-    ranks = args.ranks or cfg.train.ranks
-    text += f"\nfit on {ranks} GPU(s) of {args.device_memory}: "
-    text += fit(cfg, parse_bytes(args.device_memory), ranks).text()
+    text = report(cfg, load_profile(args.profile), args.mfu, args.device_memory, args.ranks)
     print(text)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from atmorep.config import Config, tokens_per_field
+from atmorep.config import Config
+from atmorep.modelfile import from_config
 from atmorep.train.throughput import table_peak
 
 #: GRIB1 bytes per message besides the packed values (sections 0, 1, 2, 4 header and 5), measured
@@ -117,7 +118,7 @@ def plan(cfg: Config, profile: dict | None = None, mfu: float = 0.45) -> Plan:
     core_hours = {stage: data_gb * rate / 3600 for stage, rate in CORE_S_PER_GB.items()}
     # batch_size is per rank and per micro-step.
     samples = cfg.train.steps * cfg.train.batch_size * cfg.train.gradient_accumulation * cfg.train.ranks
-    train_flops = training_flops(cfg.model, model_geometry(cfg), masked_fraction(cfg.train.masking)) * samples
+    train_flops = training_flops(cfg.model, from_config(cfg).fields, masked_fraction(cfg.train.masking)) * samples
     return Plan(
         grib,
         len(cfg.data.fields) * len(months),
@@ -130,12 +131,14 @@ def plan(cfg: Config, profile: dict | None = None, mfu: float = 0.45) -> Plan:
     )
 
 
-def model_geometry(cfg: Config) -> dict:
-    """The fields' geometry the model of ``cfg`` trains on (levels, token size, tokens per sample)."""
-    from atmorep.model.multiformer import FieldGeometry
+def report(cfg: Config, profile: dict | None, mfu: float, device_memory: str, ranks: int | None = None) -> str:
+    """What ``atmorep plan`` prints: the campaign's plan and the fit planner's line for GPUs of
+    ``device_memory`` (e.g. "80GiB") on ``ranks`` ranks (default ``train.ranks``)."""
+    from atmorep.train.memory import parse_bytes
 
-    tokens = tokens_per_field(cfg)
-    return {f: FieldGeometry(len(s.levels), cfg.shard.token_size_for(f), tokens[f]) for f, s in cfg.data.fields.items()}
+    ranks = ranks or cfg.train.ranks
+    recommendation = fit(cfg, parse_bytes(device_memory), ranks).text()
+    return f"{plan(cfg, profile, mfu).text(mfu)}\nfit on {ranks} GPU(s) of {device_memory}: {recommendation}"
 
 
 def fit(cfg: Config, device_bytes: float, ranks: int | None = None):
@@ -145,7 +148,7 @@ def fit(cfg: Config, device_bytes: float, ranks: int | None = None):
 
     return recommend(
         cfg.model,
-        model_geometry(cfg),
+        from_config(cfg).fields,
         device_bytes,
         ranks or cfg.train.ranks,
         cfg.train.batch_size,

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from atmorep import fields
 from atmorep.config import AcquireConfig, DataConfig, FieldSpec, FilesConfig
-from atmorep.data import fields
 from atmorep.data.acquire import sources
 from atmorep.errors import DataError
 from atmorep.formats import grib

@@ -2,12 +2,12 @@
 
 Standard names follow the CF standard-name table (lat-lon grids: ``eastward_wind``/``northward_wind``,
 not grid-relative ``x_wind``/``y_wind``; ``geopotential`` in m2 s-2, never geopotential height).
-WeatherBench 2 names are the CDS variable names of :mod:`atmorep.data.fields`.
+WeatherBench 2 names are the CDS variable names of :mod:`atmorep.fields`.
 """
 
 from __future__ import annotations
 
-from atmorep.data import fields as catalogue
+from atmorep import fields as catalogue
 
 #: field -> (CF standard_name, long_name)
 STANDARD_NAMES: dict[str, tuple[str, str]] = {

@@ -40,8 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
+from atmorep import fields
 from atmorep.config import AcquireConfig, CdsConfig, DataConfig
-from atmorep.data import fields
 from atmorep.data.acquire.inventory import Expectation, check_headers
 from atmorep.errors import DataError
 from atmorep.formats import grib
@@ -87,7 +87,7 @@ def request_for(data: DataConfig, cfg: AcquireConfig, field_name: str, month: st
     """The request for ``field_name`` in ``month``: whole days of the month inside the campaign."""
     info = fields.info(field_name)
     if info is None:
-        raise DataError(f"field '{field_name}' has no known ERA5 parameter (see src/atmorep/data/fields.py)")
+        raise DataError(f"field '{field_name}' has no known ERA5 parameter (see src/atmorep/fields.py)")
     spec = data.fields[field_name]
     kind = spec.kind
     if kind not in DATASETS:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from atmorep.data import fields
+from atmorep import fields
 from atmorep.data.acquire.crop import area_indices
 from atmorep.data.acquire.inventory import Expectation, describe_missing
 from atmorep.errors import DataError
@@ -112,7 +112,7 @@ def catalogued(var: str, base: str, field: str | None, units, units_from: str, w
     if wanted is None:
         raise DataError(
             f"{where}: variable '{var}' is not in the field catalogue "
-            "(src/atmorep/data/fields.py); map it to a field with acquire.variables"
+            "(src/atmorep/fields.py); map it to a field with acquire.variables"
         )
     factor, expected = fields.candidates(wanted).get(base, (1.0, fields.FIELDS[wanted].units))
     if units is None:

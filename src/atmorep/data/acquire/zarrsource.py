@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from atmorep import fields
 from atmorep.config import AcquireConfig, DataConfig
-from atmorep.data import fields
 from atmorep.data.acquire import gridded
 from atmorep.data.acquire.crop import area_indices
 from atmorep.data.acquire.inventory import Expectation

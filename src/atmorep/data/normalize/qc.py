@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from atmorep import fields
 from atmorep.config import QCConfig
-from atmorep.data import fields
 from atmorep.errors import DataError
 from atmorep.formats.grib import Param
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from atmorep import fields
 from atmorep.errors import DataError
 
 MISSING = 9999.0  # GRIB missingValue used with a bitmap for NaN points (ecCodes' default)
@@ -60,11 +61,9 @@ def write_grib(
     """
     import eccodes
 
-    from atmorep.data import fields
-
     info = fields.info(name)
     if info is None:
-        raise DataError(f"cannot write field '{name}': not in the field catalogue (src/atmorep/data/fields.py)")
+        raise DataError(f"cannot write field '{name}': not in the field catalogue (src/atmorep/fields.py)")
     kind = levtype or ("sfc" if list(levels) == [0] else "ml")  # level 0 is how the stages name a single level
     lats, lons = np.asarray(lats, float), np.asarray(lons, float)
     dlat = abs(lats[1] - lats[0]) if len(lats) > 1 else 0.0
