@@ -183,3 +183,33 @@ def test_grib1_message_over_8_mb_is_split_correctly(tmp_path):
     assert len(raws) == 2 and raws[0].length > 8 << 20 and sum(r.length for r in raws) == p.stat().st_size
     da = grib.decode(p)
     np.testing.assert_allclose(da.values[1, 0], x + 1, atol=1e-3)
+
+
+def test_times_off_the_hour_are_written_to_the_minute(tmp_path):
+    """Sub-hourly times (a NetCDF at HH:30) keep their minutes; the writer once dropped them silently."""
+    values, times, lat, lon = _field(T=2)
+    times = times + np.timedelta64(30, "m")
+    path = tmp_path / "t.grib"
+    grib.write_grib(path, "t", values, times, [96, 137], lat, lon)
+    np.testing.assert_array_equal(grib.decode(path, "t")["time"].values, times.astype("datetime64[ns]"))
+
+
+def test_times_with_seconds_are_refused(tmp_path):
+    values, times, lat, lon = _field(T=1)
+    with pytest.raises(DataError, match=r"t at 2021-03-01T00:00:20: GRIB holds times to the minute"):
+        grib.write_grib(tmp_path / "t.grib", "t", values, times + np.timedelta64(20, "s"), [96, 137], lat, lon)
+
+
+def test_grib1_message_over_8_mb_with_a_bitmap_is_split_correctly(tmp_path):
+    """ERA5-Land-like: missing points (sea) make a bitmap section of ~800 KB before the data; the
+    splitter once looked for section 4 in the first 4 KB only and refused the file as truncated."""
+    lat, lon = np.linspace(90, -90, 1801), np.arange(3600) * 0.1
+    x = (np.cos(np.deg2rad(lat))[:, None] * np.sin(np.deg2rad(lon))[None] * 10 + 280).astype(np.float32)
+    x[:600] = np.nan
+    p = tmp_path / "land.grib"
+    grib.write_grib(p, "t2m", x[None, None], np.array(["2021-01-01T00"], "datetime64[h]"), [0], lat, lon,
+                    bits_per_value=16)  # fmt: skip
+    raws = list(grib.iter_raw(p))
+    assert len(raws) == 1 and raws[0].length > 8 << 20 and raws[0].length == p.stat().st_size
+    got = grib.decode(p).values[0, 0]
+    assert np.isnan(got[:600]).all() and not np.isnan(got[600:]).any()

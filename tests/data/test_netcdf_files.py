@@ -206,3 +206,18 @@ def test_forecast_valid_time_and_a_mixed_mirror_agree_with_inspect(tmp_path, ifs
     got = grib.decode(out)
     assert list(got.time.values) == list(t.time.values)
     np.testing.assert_array_equal(got.values, t.sel(level=[500]).values)
+
+
+def test_integer_geopotential_height_is_converted_in_floating_point(tmp_path):
+    """gpm -> m² s⁻² multiplies by g = 9.80665; on an integer variable it was done in the integer
+    dtype (x 9), a silently wrong field."""
+    lat, lon = np.linspace(60, 30, 4), np.arange(0, 40, 10.0)
+    times = np.datetime64("2024-06-03T00", "ns") + np.arange(2) * np.timedelta64(6, "h")
+    gh = np.full((2, 1, 4, 4), 5500, np.int32)
+    ds = xr.Dataset(
+        {"gh": (("time", "plev", "lat", "lon"), gh, {"units": "gpm"})},
+        coords={"time": times, "plev": ("plev", [50000.0], {"units": "Pa"}), "lat": lat, "lon": lon},
+    )
+    ds.to_netcdf(tmp_path / "gh.nc")
+    out = acquire(tmp_path, "z", [500], "2024-06-03T00", "2024-06-03T06", [tmp_path / "gh.nc"], step_hours=6)
+    np.testing.assert_allclose(grib.decode(out).values, 5500 * fields.G, rtol=1e-6)

@@ -306,11 +306,12 @@ def write(cuts: list[Cut], field: str, exp: Expectation, out: Path) -> int:
             values = np.asarray(part.transpose(*order).values)
             if p.ldim is None:
                 values = values[:, None]
-            if p.factor != 1.0:
-                # The factor in the values' own dtype: float32 stays float32 (no silent widening).
-                values = values * np.asarray(p.factor, values.dtype)
+            # Integers become float64 before any unit factor (in an integer dtype g = 9.80665 would be 9);
+            # floats keep their precision: float32 stays float32 (no silent widening).
             if not np.issubdtype(values.dtype, np.floating):
                 values = values.astype(np.float64)
+            if p.factor != 1.0:
+                values = values * np.asarray(p.factor, values.dtype)
             grib.write_grib(
                 out, field, values, p.times[tsel], levels, c.lats, c.lons, levtype=levtype, append=not first, ieee=True
             )

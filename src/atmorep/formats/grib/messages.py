@@ -13,7 +13,7 @@ convention for GRIB1 messages over 8 MB, whose 24-bit length counts 120-byte uni
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,19 +44,26 @@ def _length(head: bytes, path: Path, index: int, offset: int) -> int:
     raise DataError(f"{path}: message {index + 1} at byte {offset} has GRIB edition {edition} (only 1 and 2 exist)")
 
 
-def _grib1_large_length(msg_head: bytes, length: int) -> int:
-    """ECMWF's convention for GRIB1 messages over 8 MB: the 24-bit length counts 120-byte units."""
+def _grib1_large_length(take: Callable[[int, int], bytes], length: int) -> int:
+    """ECMWF's convention for GRIB1 messages over 8 MB: the 24-bit length counts 120-byte units.
+
+    ``take(a, b)`` returns bytes ``a..b`` of the message: only the section headers on the way to
+    section 4 are read, however large a bitmap section before it is (ERA5-Land's sea points).
+    """
     if not length & 0x800000:
         return length
+
+    def u24(pos: int) -> int:
+        return int.from_bytes(take(pos, pos + 3), "big")
+
     # Walk sections 1-3 (each starts with its 3-byte length) to section 4, the data.
-    pds = int.from_bytes(msg_head[8:11], "big")
-    flags = msg_head[8 + 7]  # section 1 octet 8: 0x80 a grid section follows, 0x40 a bitmap section
-    pos = 8 + pds
+    flags = take(15, 16)[0]  # section 1 octet 8: 0x80 a grid section follows, 0x40 a bitmap section
+    pos = 8 + u24(8)
     if flags & 0x80:
-        pos += int.from_bytes(msg_head[pos : pos + 3], "big")
+        pos += u24(pos)
     if flags & 0x40:
-        pos += int.from_bytes(msg_head[pos : pos + 3], "big")
-    sec4 = int.from_bytes(msg_head[pos : pos + 3], "big")
+        pos += u24(pos)
+    sec4 = u24(pos)
     # A section-4 length under 120 marks the convention (a real one is longer): the true length is the
     # units times 120, less that small value, plus the 4 bytes of the end section "7777".
     if sec4 < 120:
@@ -108,6 +115,11 @@ class _Buffered:
             self.base = upto
 
 
+def _fill_take(r: _Buffered, a: int, b: int) -> bytes:
+    r.fill(b)
+    return r.take(a, b)
+
+
 def iter_raw(path: str | Path, hasher=None) -> Iterator[Raw]:
     """Every message of ``path`` in file order; bytes between messages are skipped.
 
@@ -125,10 +137,7 @@ def iter_raw(path: str | Path, hasher=None) -> Iterator[Raw]:
             r.fill(start + 16)
             length = _length(r.take(start, start + 16), path, index, start)
             if r.buf[start - r.base + 7] == 1 and length & 0x800000:
-                # Sections 1-3 must lie in these 4096 bytes: true unless a large bitmap section precedes
-                # section 4.
-                r.fill(start + 4096)
-                length = _grib1_large_length(r.take(start, start + 4096), length)
+                length = _grib1_large_length(lambda a, b, at=start: _fill_take(r, at + a, at + b), length)
             if not r.fill(start + length):
                 raise DataError(
                     f"{path}: message {index + 1} is truncated (needs {length} bytes from byte "

@@ -69,13 +69,19 @@ def write_grib(
     dlat = abs(lats[1] - lats[0]) if len(lats) > 1 else 0.0
     dlon = lons[1] - lons[0] if len(lons) > 1 else 0.0
     sample = "regular_ll_sfc_grib1" if kind == "sfc" else "regular_ll_pl_grib1"
-    # Whole hours: dataTime is written as HH00, and minutes are dropped here.
-    times = np.asarray(times, "datetime64[h]")
+    # dataTime is HHMM: minutes are kept, seconds cannot be written (refused rather than dropped).
+    exact = np.asarray(times, "datetime64[s]")
+    times = exact.astype("datetime64[m]")
+    if (off := exact != times).any():
+        raise DataError(
+            f"cannot write {name} at {exact[off][0]}: GRIB holds times to the minute; round the source's "
+            "times to whole minutes"
+        )
     with open(path, "ab" if append else "wb") as out:
         for it, t in enumerate(times):
             day = t.astype("datetime64[D]")
             date = int(str(day).replace("-", ""))
-            hour = int((t - day).astype(int))
+            minutes = int((t - day).astype(int))
             for il, lev in enumerate(levels):
                 gid = eccodes.codes_grib_new_from_samples(sample)
                 try:
@@ -85,7 +91,7 @@ def write_grib(
                         ("table2Version", 128),
                         ("paramId", info.param_id),
                         ("dataDate", date),
-                        ("dataTime", hour * 100),
+                        ("dataTime", minutes // 60 * 100 + minutes % 60),
                         # Step 0 in hours: an analysis, so the valid time is the data time (as ERA5's).
                         ("stepUnits", 1),
                         ("startStep", 0),
