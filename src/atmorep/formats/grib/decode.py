@@ -349,7 +349,7 @@ def decode(path: str | Path, name: str | None = None) -> xr.DataArray:
         if seen[it, il]:
             raise DataError(
                 f"{path}: field '{name}' level {level_of(h)} time {str(h.time)[:16]} appears twice"
-                + (" (ensemble members? expected one per time)" if h.number or len(mine) > seen.size else "")
+                + (" (ensemble members? expected one per time)" if len(mine) > seen.size else "")
             )
         seen[it, il] = True
         h.grid.to_canonical(values(gid, h), out[it, il])
