@@ -11,7 +11,7 @@ project's shared 2-core machine):
 - chunks are stored uncompressed: zstd saved 10% on normalized noise-like floats and made zarrs
   reads 30% slower; uncompressed chunks also allow the direct reader below;
 - every chunk of a shard file is present and in C order (zarr-python's own pipeline stores them in
-  Morton order; with zarrs it writes the same bytes, more slowly: ``benchmarks/zarr_write.py``), so
+  Morton order; with zarrs the order varies between writes: ``benchmarks/zarr_write.py``), so
   :class:`~atmorep.formats.zarrv3.DenseShards` writes them and reads a sample as strided slices of
   memory maps: 270-660 samples/s (2-5 GB/s) in one thread, vs 30-55 samples/s for the same store
   through zarrs and 0.5-0.7 samples/s for one zstd chunk per time step (which reads 166x the bytes

@@ -15,7 +15,8 @@ and zarr-python spends milliseconds of Python per array it creates; the shard wr
 exact layout (codecs, index location) of the files it writes, so writer and reader read one
 description; and the JSON is ~20 lines that tests hold against zarr-python (both pipelines) and
 tensorstore (``tests/formats/test_zarrv3.py``). Why our own dense shard writer rather than
-zarr-python's ``shards=``: zarr-python with zarrs writes the same bytes, but more slowly (see
+zarr-python's ``shards=``: with zarrs it writes the same files only in most writes (the order of a
+shard's chunks varies from write to write, and the mmap reader needs C order), and more slowly (see
 ``benchmarks/zarr_write.py``).
 
 Uncompressed throughout: normalized float32 compresses only ~1.1x (../shared/ENVIRONMENT.md), and
