@@ -129,14 +129,15 @@ def build(out: Path, steps: int, grid: float = 0.25) -> tuple[DataConfig, ShardC
         t2 = time.perf_counter()
         src = zarrv3.open_array(token[f] / "data")
         shutil.copytree(token[f], per_step[f], ignore=shutil.ignore_patterns("data"))
-        dst = zarr.create_array(
-            per_step[f] / "data",
-            shape=src.shape,
-            dtype="float32",
-            chunks=(1, *src.shape[1:]),
-            dimension_names=src.metadata.dimension_names,
-            fill_value=np.nan,
-        )  # zstd: zarr's default
+        with zarrv3.pipeline(None):
+            dst = zarr.create_array(
+                per_step[f] / "data",
+                shape=src.shape,
+                dtype="float32",
+                chunks=(1, *src.shape[1:]),
+                dimension_names=src.metadata.dimension_names,
+                fill_value=np.nan,
+            )  # zstd: zarr's default
         for s in range(0, src.shape[0], 6):
             dst[s : s + 6] = src[s : s + 6]
         print(
@@ -224,7 +225,8 @@ def direct(stores: dict, indices, seconds: float, limit: int | None = None) -> d
 
 def through_zarr(stores: dict, dataset: WindowDataset, indices, seconds: float, min_samples: int) -> dict:
     """The same windows read with zarr (zarrs pipeline, every core) and tokenized."""
-    arrays = {f: zarr.open_array(p / "data", mode="r") for f, p in stores.items()}
+    with zarrv3.pipeline(None):
+        arrays = {f: zarr.open_array(p / "data", mode="r") for f, p in stores.items()}
     nt, ny, nx = dataset.extent
     io0, used, n = proc_io(), 0, 0
     start = time.perf_counter()

@@ -26,6 +26,7 @@ SMALLEST = {
     "normalize_memory": (["--hours", "24", "--levels", "1"], None),
     "ingest": (["--repeats", "1"], "shared"),
     "loader": (["--quick"], None),
+    "zarr_write": (["--quick"], None),
     "skill": (["--quick"], "shared"),
     "train_throughput": (["--quick"], None),
     "gpu_mfu": (["--batch", "2", "--steps", "2", "--warmup", "1"], "gpu"),

@@ -10,13 +10,14 @@ project's shared 2-core machine):
   chunks read 32-48 windows/s vs 16-24 for one-level chunks;
 - chunks are stored uncompressed: zstd saved 10% on normalized noise-like floats and made zarrs
   reads 30% slower; uncompressed chunks also allow the direct reader below;
-- every chunk of a shard file is present and in C order (written here, not by zarrs, which does
-  not keep that order for large shards), so :class:`~atmorep.formats.zarrv3.DenseShards` reads a sample
-  as strided slices of memory maps: 270-660 samples/s (2-5 GB/s) in one thread, vs 30-55 samples/s
-  for the same store through zarrs and 0.5-0.7 samples/s for one zstd chunk per time step (which
-  reads 166x the bytes used). Bytes taken from the files per byte used: 1.000 (shard indices are read
-  once per process; 1.003 over the first 200 samples); from a cold page cache the kernel reads 1.3x
-  (whole pages and read-around);
+- every chunk of a shard file is present and in C order (zarr-python's own pipeline stores them in
+  Morton order; with zarrs the order varies between writes: ``benchmarks/zarr_write.py``), so
+  :class:`~atmorep.formats.zarrv3.DenseShards` writes them and reads a sample as strided slices of
+  memory maps: 270-660 samples/s (2-5 GB/s) in one thread, vs 30-55 samples/s for the same store
+  through zarrs and 0.5-0.7 samples/s for one zstd chunk per time step (which reads 166x the bytes
+  used). Bytes taken from the files per byte used: 1.000 (shard indices are read once per process;
+  1.003 over the first 200 samples); from a cold page cache the kernel reads 1.3x (whole pages and
+  read-around);
 - the sharding codec packs ``shard_tokens`` token positions into one file. Default (24, 16, 32): at
   0.25° with 5 levels, 60 MB files, ~3,050 per field and year (~0.9 M inodes for 7 fields x 43
   years); (12, 6, 12) gives 4 MB files and 48,000 per field-year; warm reads were fastest with big
@@ -53,7 +54,6 @@ from tqdm import tqdm
 from atmorep.config import DataConfig, ShardConfig
 from atmorep.errors import DataError
 from atmorep.formats import zarrv3
-from atmorep.formats.atomic import Replacement, space_for
 from atmorep.formats.grib import periodic
 
 log = logging.getLogger(__name__)
@@ -182,12 +182,12 @@ def shard(data: DataConfig, cfg: ShardConfig, field: str, year: str, inputs: lis
     rows, cols = crop(data, cfg, field, src["latitude"].values, src["longitude"].values)
     shape = (len(months.times), src.sizes["level"], rows.stop - rows.start, cols.stop - cols.start)
     chunk, shards = layout(cfg, token, shape)
-    with Replacement(out) as tmp, space_for(out, 4 * math.prod(shape)):
-        _template(data, cfg, field, year, months, rows, cols, token).to_zarr(
-            tmp, zarr_format=3, consolidated=False, mode="w"
-        )
-        arr = zarrv3.create_dense(
-            tmp, "data", shape, chunk, shards, DIMS, {"long_name": f"{field}, normalized per month", "units": "1"}
+    # The template (coordinates, monthly statistics, attributes) goes through xarray: its CF encoding
+    # of the time and month coordinates is what every reader decodes, and it is a few small arrays.
+    template = _template(data, cfg, field, year, months, rows, cols, token)
+    with zarrv3.writing(out, nbytes=4 * math.prod(shape), template=template) as store:
+        arr = store.create_sharded(
+            "data", shape, chunk, shards, DIMS, {"long_name": f"{field}, normalized per month", "units": "1"}
         )
         for t0, t1, y0, y1 in tqdm(
             list(_blocks(shape, shards)), desc=f"shard {field} {year}", disable=None, mininterval=5

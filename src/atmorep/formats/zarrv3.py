@@ -1,12 +1,33 @@
-"""Zarr v3, the one module that reads and writes it: the codec pipeline, xarray stores, a writer of
-regular uncompressed arrays, and the dense token shards of :mod:`atmorep.data.shards` (writer and
-memory-mapped reader).
+"""Zarr v3, the one module that writes and reads it (over 400 lines on purpose: the metadata, both
+writers and the reader describe one layout, and are checked together).
+
+- :func:`array_metadata` builds every ``zarr.json`` of an array atmorep writes: regular chunks, or
+  shards (``sharding_indexed``: inner chunks plain ``bytes``, index ``bytes`` + ``crc32c`` at the end).
+- :func:`writing` writes a store atomically through one writer, :class:`Store`: whole or row-block
+  regular arrays (normalize, moments, climatology) and dense sharded arrays (shard, with an xarray
+  template of coordinates and statistics).
+- :class:`DenseShards` writes dense shard files and reads boxes of chunks out of memory maps.
+- :func:`open_dataset`, :func:`open_array`, :func:`write_dataset`: zarr-python and xarray, with the
+  Rust ``zarrs`` codec pipeline chosen around this module's own calls only (:func:`pipeline`).
+
+Why hand-written metadata rather than zarr-python's: the normalize stage writes many small stores
+and zarr-python spends milliseconds of Python per array it creates; the shard writer must know the
+exact layout (codecs, index location) of the files it writes, so writer and reader read one
+description; and the JSON is ~20 lines that tests hold against zarr-python (both pipelines) and
+tensorstore (``tests/formats/test_zarrv3.py``). Why our own dense shard writer rather than
+zarr-python's ``shards=``: with zarrs it writes the same files only in most writes (the order of a
+shard's chunks varies from write to write, and the mmap reader needs C order), and more slowly (see
+``benchmarks/zarr_write.py``).
+
+Uncompressed throughout: normalized float32 compresses only ~1.1x (../shared/ENVIRONMENT.md), and
+uncompressed chunks are what lets :class:`DenseShards` read without decoding.
 
 Legend: C a chunk's shape, K chunks per shard along each dimension, V the in-bounds part of K.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -15,6 +36,7 @@ import mmap
 import os
 import warnings
 from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
 
 import google_crc32c
@@ -26,19 +48,28 @@ from atmorep.formats.atomic import Replacement, space_for
 
 log = logging.getLogger(__name__)
 
-# zarr-python's default codec pipeline costs ~0.5 ms per chunk: token-sized chunks would read at a
-# few MB/s. The Rust `zarrs` pipeline reads the same store 30-60x faster (../shared/ENVIRONMENT.md §7).
-zarr.config.set({"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"})
+#: zarr-python's own pipeline costs ~0.5 ms per chunk, so token-sized chunks would read at a few
+#: MB/s; the Rust ``zarrs`` pipeline reads them 30-60x faster (../shared/ENVIRONMENT.md §7).
+ZARRS = "zarrs.ZarrsCodecPipeline"
+PYTHON = "zarr.core.codec_pipeline.BatchedCodecPipeline"
 
 #: shard files kept memory-mapped per process (least recently used are unmapped)
 MAX_OPEN_SHARDS = 64
 
+EMPTY = np.iinfo(np.uint64).max  # index entry of a chunk that is not stored
 
-def write_dataset(ds: xr.Dataset, out: str | Path, encoding: dict | None = None) -> Path:
-    """Write ``ds`` as a zarr v3 store, atomically."""
-    with Replacement(out) as tmp, space_for(out, ds.nbytes):
-        ds.to_zarr(tmp, zarr_format=3, consolidated=False, encoding=encoding or {}, mode="w")
-    return Path(out)
+
+def pipeline(threads: int | None, path: str = ZARRS):
+    """zarr-python's configuration while this module (or a caller that asks for it) opens or writes
+    arrays, and nobody else's: ``with pipeline(None): zarr.open_array(...)``.
+
+    zarr 3.1 fixes an array's codec pipeline (and zarrs its thread count) when the array object is
+    created (``AsyncArray.__init__`` calls ``create_codec_pipeline``); xarray keeps the array objects
+    it opened. Setting the pipeline around the creation is therefore enough for every later read,
+    and importing atmorep leaves zarr's process-wide default alone. (Only zarr-python's own
+    pipeline looks the setting up again at each read, for the inner chunks of a shard.)
+    """
+    return zarr.config.set({"codec_pipeline.path": path, "threading.max_workers": threads})
 
 
 def open_dataset(path: str | Path, threads: int | None = 1) -> xr.Dataset:
@@ -48,7 +79,7 @@ def open_dataset(path: str | Path, threads: int | None = 1) -> xr.Dataset:
     pool does not survive ``fork``, and DataLoader workers are forked from the process that opened
     the stores. ``None`` uses every core (writers).
     """
-    with warnings.catch_warnings(), zarr.config.set({"threading.max_workers": threads}):
+    with warnings.catch_warnings(), pipeline(threads):
         # Snakemake leaves a .snakemake_timestamp in directory outputs
         warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr hierarchy")
         return xr.open_zarr(path, consolidated=False, chunks=None, zarr_format=3)
@@ -61,42 +92,149 @@ def open_array(path: str | Path, forked: bool = False) -> zarr.Array:
     (a DataLoader worker) whose parent used zarrs hangs in its first multi-chunk read. ``forked=True``
     opens the array with zarr-python's own pipeline instead (slow, but safe after fork).
     """
-    conf = {"threading.max_workers": 1}
-    if forked:
-        conf["codec_pipeline.path"] = "zarr.core.codec_pipeline.BatchedCodecPipeline"
-    with zarr.config.set(conf):
+    with pipeline(1, PYTHON if forked else ZARRS):
         return zarr.open_array(str(path), mode="r")
+
+
+def _to_zarr(ds: xr.Dataset, path: Path, encoding: dict | None = None) -> None:
+    with pipeline(None):
+        ds.to_zarr(path, zarr_format=3, consolidated=False, encoding=encoding or {}, mode="w")
+
+
+def write_dataset(ds: xr.Dataset, out: str | Path, encoding: dict | None = None) -> Path:
+    """Write ``ds`` through xarray (its CF encoding) as a zarr v3 store, atomically."""
+    with Replacement(out) as tmp, space_for(out, ds.nbytes):
+        _to_zarr(ds, tmp, encoding)
+    return Path(out)
+
+
+# -- metadata -----------------------------------------------------------------------------------------
+
+
+def array_metadata(shape, dtype, chunks, dims=(), attributes=None, fill=None, shards=None) -> dict:
+    """The ``zarr.json`` of an uncompressed, little-endian array with regular ``chunks``; with
+    ``shards``, of a regular grid of shards each holding whole ``chunks`` (index at the end).
+    ``fill`` defaults to NaN (floats) or 0."""
+    dtype, floats = np.dtype(dtype), np.dtype(dtype).kind == "f"
+    fill = (np.nan if floats else 0) if fill is None else fill
+    raw = [{"name": "bytes", "configuration": {"endian": "little"}}]
+    codecs, grid = raw, chunks
+    if shards is not None:
+        sharding = {"chunk_shape": [int(c) for c in chunks], "codecs": raw}
+        sharding.update(index_codecs=[*raw, {"name": "crc32c"}], index_location="end")
+        codecs, grid = [{"name": "sharding_indexed", "configuration": sharding}], shards
+    return {
+        "zarr_format": 3,
+        "node_type": "array",
+        "shape": [int(s) for s in shape],
+        "data_type": dtype.name,
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [int(c) for c in grid]}},
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        "fill_value": ("NaN" if np.isnan(fill) else float(fill)) if floats else int(fill),
+        "codecs": codecs,
+        "attributes": attributes or {},
+        "dimension_names": list(dims) if dims else None,
+        "storage_transformers": [],
+    }
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "zarr.json").write_text(json.dumps(obj, indent=1, default=str))
+
+
+# -- the writer -----------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def writing(
+    out: str | Path, attributes: dict | None = None, nbytes: int | None = None, template: xr.Dataset | None = None
+) -> Iterator[Store]:
+    """Write a store at ``out`` atomically: into a temporary sibling, renamed when the block ends
+    without an exception (a full disk is reported as :class:`~atmorep.formats.atomic.DiskFull`,
+    ``nbytes`` being what the store needs).
+
+    ``template``: an xarray dataset written first (coordinates, statistics, attributes) through
+    xarray, whose CF encoding of times is what readers decode; the arrays added to the store join it.
+    """
+    with Replacement(out) as tmp, space_for(out, nbytes):
+        if template is not None:
+            _to_zarr(template, tmp)
+        yield Store(tmp, attributes if template is None else None)
+
+
+class Store:
+    """A zarr v3 group being written at ``root``: uncompressed arrays directly below it."""
+
+    def __init__(self, root: str | Path, attributes: dict | None = None):
+        """``attributes`` None: the group's ``zarr.json`` exists already (an xarray template)."""
+        self.root = Path(root)
+        if attributes is not None or not (self.root / "zarr.json").exists():
+            _write_json(self.root, {"zarr_format": 3, "node_type": "group", "attributes": attributes or {}})
+
+    def create(self, name: str, shape, dtype, chunks=None, dims=(), attributes=None, fill=None) -> Array:
+        """An empty regular array (no chunk written: reads give ``fill``)."""
+        return Array(self.root / name, array_metadata(shape, dtype, chunks or shape, dims, attributes, fill))
+
+    def put(self, name: str, values, dims, attributes=None, chunks=None, fill=None) -> Array:
+        """A whole array (at least one dimension), as one chunk unless ``chunks``."""
+        values = np.asarray(values)
+        a = self.create(name, values.shape, values.dtype, chunks or values.shape, dims, attributes, fill)
+        a.write(0, values)
+        return a
+
+    def create_sharded(self, name: str, shape, chunks, shards, dims, attributes=None) -> DenseShards:
+        """An empty sharded float32 array (fill NaN), to be written shard by shard with :meth:`DenseShards.write`."""
+        _write_json(self.root / name, array_metadata(shape, np.float32, chunks, dims, attributes, shards=shards))
+        return DenseShards(self.root / name)
+
+
+class Array:
+    """A regular array of a :class:`Store`, written chunk by chunk (``c/i/j/...``, little-endian
+    bytes, edge chunks padded with the fill value)."""
+
+    def __init__(self, path: Path, meta: dict):
+        self.path, self.shape = path, tuple(meta["shape"])
+        self.dtype = np.dtype(meta["data_type"]).newbyteorder("<")
+        self.chunks = tuple(meta["chunk_grid"]["configuration"]["chunk_shape"])
+        fill = meta["fill_value"]
+        self.fill = float(fill) if isinstance(fill, str) else fill  # "NaN"
+        _write_json(path, meta)
+
+    def write_chunk(self, index: tuple[int, ...], values: np.ndarray) -> None:
+        """Chunk ``index``; ``values`` may be smaller than a chunk at the array's edge (padded with fill)."""
+        values = np.asarray(values, dtype=self.dtype)
+        if values.shape != self.chunks:
+            full = np.full(self.chunks, self.fill, self.dtype)
+            full[tuple(slice(0, n) for n in values.shape)] = values
+            values = full
+        key = self.path / "c" / Path(*map(str, index)) if index else self.path / "c"
+        key.parent.mkdir(parents=True, exist_ok=True)
+        with open(key, "wb") as f:
+            f.write(memoryview(np.ascontiguousarray(values)).cast("B"))
+
+    def write(self, start: int, values: np.ndarray) -> None:
+        """Rows ``start:start+len(values)`` along the first axis; ``start`` must be a chunk boundary
+        and the block whole chunks (or end at the array's end). Other axes are written whole."""
+        c0 = self.chunks[0]
+        if start % c0:
+            raise ValueError(f"{self.path.name}: block start {start} is not on a chunk boundary ({c0})")
+        n = values.shape[0]
+        if n % c0 and start + n != self.shape[0]:
+            raise ValueError(f"{self.path.name}: block of {n} rows is not whole chunks of {c0}")
+        rest = [range(math.ceil(s / c)) for s, c in zip(self.shape[1:], self.chunks[1:])]
+        for i in range(math.ceil(n / c0)):
+            rows = values[i * c0 : (i + 1) * c0]
+            for idx in itertools.product(*rest):
+                sl = tuple(slice(j * c, (j + 1) * c) for j, c in zip(idx, self.chunks[1:]))
+                self.write_chunk((start // c0 + i, *idx), rows[(slice(None), *sl)])
+
+
+# -- dense shards ---------------------------------------------------------------------------------------
 
 
 class NotDense(ValueError):
     """The array or one of its shard files is not laid out as :class:`DenseShards` requires."""
-
-
-EMPTY = np.iinfo(np.uint64).max  # index entry of a chunk that is not stored
-
-
-def create_dense(
-    group: str | Path,
-    name: str,
-    shape: tuple[int, ...],
-    chunks: tuple[int, ...],
-    shards: tuple[int, ...],
-    dims: tuple[str, ...],
-    attrs: dict,
-) -> DenseShards:
-    """Create an uncompressed, sharded float32 array (fill NaN) and return its writer/reader."""
-    zarr.open_group(str(group), mode="a", zarr_format=3).create_array(
-        name,
-        shape=shape,
-        dtype="float32",
-        chunks=chunks,
-        shards=shards,
-        compressors=None,
-        fill_value=np.float32("nan"),
-        dimension_names=dims,
-        attributes=attrs,
-    )
-    return DenseShards(Path(group) / name)
 
 
 class DenseShards:
@@ -106,9 +244,9 @@ class DenseShards:
     codec), and every in-bounds chunk of a shard file is present and stored in C order. A shard
     file then *is* a C-ordered array ``(V..., C...)`` followed (or preceded) by its index, so a box
     of chunks is a strided slice of a memory map: one ``numpy`` copy per shard touched, no per-chunk
-    work and no decoding. :meth:`write` produces such files (any zarr v3 reader reads them); zarrs
-    does not promise the order for large shards, so it is not used for them. Reads check each
-    shard's index once per process and raise :class:`NotDense` for a shard laid out otherwise.
+    work and no decoding. :meth:`write` produces such files (any zarr v3 reader reads them). Reads
+    check each shard's index once per process and raise :class:`NotDense` for a shard laid out
+    otherwise (zarr-python's own pipeline, for one, stores inner chunks in Morton order).
 
     ``bytes_read`` counts what :meth:`read` takes from the files: index bytes and chunk bytes.
     """
@@ -138,6 +276,7 @@ class DenseShards:
         self.chunk_bytes = math.prod(self.chunk) * self.dtype.itemsize
         self.index_bytes = 16 * math.prod(self.per_shard) + 4 * self.crc
         self.index_at_end = conf.get("index_location", "end") == "end"
+        self._body = 0 if self.index_at_end else self.index_bytes  # where the chunks start in a file
         enc = meta.get("chunk_key_encoding", {"name": "default"})
         sep = enc.get("configuration", {}).get("separator", "/" if enc["name"] == "default" else ".")
         self._prefix = ["c"] if enc["name"] == "default" else []
@@ -165,6 +304,16 @@ class DenseShards:
         """In-bounds chunks of shard ``key`` along each dimension (V)."""
         return tuple(min(k, g - i * k) for k, g, i in zip(self.per_shard, self.grid, key))
 
+    def _index(self, valid: tuple[int, ...]) -> np.ndarray:
+        """The index ``(K..., 2)`` (offset, length) of a dense shard with ``valid`` in-bounds chunks:
+        each ``chunk_bytes`` long, in C order; the chunks beyond the array's end are not stored."""
+        index = np.full((*self.per_shard, 2), EMPTY, "<u8")
+        box = tuple(slice(0, v) for v in valid)
+        rank = np.arange(math.prod(valid), dtype=np.uint64).reshape(valid)
+        index[box + (0,)] = self._body + rank * np.uint64(self.chunk_bytes)
+        index[box + (1,)] = self.chunk_bytes
+        return index
+
     # -- writing ------------------------------------------------------------------------------
 
     def write(self, origin: tuple[int, ...], values: np.ndarray) -> None:
@@ -190,13 +339,7 @@ class DenseShards:
         nd = len(valid)
         split = values.astype(self.dtype, copy=False).reshape([x for v, c in zip(valid, self.chunk) for x in (v, c)])
         body = np.ascontiguousarray(split.transpose([*range(0, 2 * nd, 2), *range(1, 2 * nd, 2)]))
-        index = np.full((*self.per_shard, 2), EMPTY, "<u8")
-        rank = np.arange(math.prod(valid), dtype=np.uint64).reshape(valid)
-        box = tuple(slice(0, v) for v in valid)
-        base = 0 if self.index_at_end else self.index_bytes
-        index[box + (0,)] = base + rank * np.uint64(self.chunk_bytes)
-        index[box + (1,)] = self.chunk_bytes
-        tail = index.tobytes()
+        tail = self._index(valid).tobytes()
         if self.crc:
             tail += np.array([google_crc32c.value(tail)], "<u4").tobytes()
         path = self.key_path(key)
@@ -249,40 +392,31 @@ class DenseShards:
         if view is not None:
             _MAPS.move_to_end((self.path, key))
             return view
-        path = self.key_path(key)
         valid = self._valid(key)
-        nbytes = math.prod(valid) * self.chunk_bytes
-        with open(path, "rb") as f:
+        with open(self.key_path(key), "rb") as f:
             if key not in self._checked:
-                self._check(f, key, valid, nbytes)
+                self._check(f, key)
             mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        base = 0 if self.index_at_end else self.index_bytes
-        view = np.frombuffer(mm, self.dtype, count=nbytes // self.dtype.itemsize, offset=base)
+        view = np.frombuffer(mm, self.dtype, count=math.prod(valid) * math.prod(self.chunk), offset=self._body)
         view = view.reshape(*valid, *self.chunk)
         _MAPS[(self.path, key)] = view
         while len(_MAPS) > MAX_OPEN_SHARDS:
             _MAPS.popitem(last=False)
         return view
 
-    def _check(self, f, key: tuple[int, ...], valid: tuple[int, ...], nbytes: int) -> None:
-        """The index must list exactly the in-bounds chunks, each ``chunk_bytes`` long, in C order."""
+    def _check(self, f, key: tuple[int, ...]) -> None:
+        """The index must be :meth:`_index`: exactly the in-bounds chunks, each ``chunk_bytes`` long, in C order."""
+        valid = self._valid(key)
+        nbytes = math.prod(valid) * self.chunk_bytes + self.index_bytes
         size = os.fstat(f.fileno()).st_size
-        if size != nbytes + self.index_bytes:
-            raise NotDense(f"{f.name}: {size} bytes, a dense shard has {nbytes + self.index_bytes}")
-        offset = size - self.index_bytes if self.index_at_end else 0
-        raw = os.pread(f.fileno(), self.index_bytes, offset)
+        if size != nbytes:
+            raise NotDense(f"{f.name}: {size} bytes, a dense shard has {nbytes}")
+        raw = os.pread(f.fileno(), self.index_bytes, size - self.index_bytes if self.index_at_end else 0)
         self.bytes_read += len(raw)
         n = 16 * math.prod(self.per_shard)
         if self.crc and np.frombuffer(raw[n:], "<u4")[0] != google_crc32c.value(raw[:n]):
             raise NotDense(f"{f.name}: shard index checksum mismatch")
-        index = np.frombuffer(raw[:n], "<u8").reshape(*self.per_shard, 2)
-        base = 0 if self.index_at_end else self.index_bytes
-        want = np.full((*self.per_shard, 2), EMPTY, np.uint64)
-        box = tuple(slice(0, v) for v in valid)
-        rank = np.arange(math.prod(valid), dtype=np.uint64).reshape(valid)
-        want[box + (0,)] = base + rank * np.uint64(self.chunk_bytes)
-        want[box + (1,)] = self.chunk_bytes
-        if not np.array_equal(index, want):
+        if not np.array_equal(np.frombuffer(raw[:n], "<u8").reshape(*self.per_shard, 2), self._index(valid)):
             raise NotDense(f"{f.name}: chunks missing or not in C order")
         self._checked.add(key)
 
@@ -290,113 +424,11 @@ class DenseShards:
         """Check every shard file's index and size (see :meth:`_check`); returns the number of shards."""
         keys = self.shard_keys()
         for key in keys:
-            valid = self._valid(key)
             with open(self.key_path(key), "rb") as f:
-                self._check(f, key, valid, math.prod(valid) * self.chunk_bytes)
+                self._check(f, key)
         return len(keys)
 
 
 #: (array path, shard key) -> memory-mapped shard view, least recently used first (per process;
 #: forked children inherit it)
 _MAPS: OrderedDict[tuple[Path, tuple[int, ...]], np.ndarray] = OrderedDict()
-
-
-# -- regular, uncompressed arrays written directly --------------------------------------------------
-#
-# A minimal writer of uncompressed zarr v3 stores (regular chunks, the ``bytes`` codec only).
-#
-# The normalize stage writes many small stores; zarr-python spends a few milliseconds of Python per
-# array creation, which for a month of a small domain costs as much as decoding it. Uncompressed
-# v3 is simple enough to write directly: a ``zarr.json`` per node and one file of little-endian
-# bytes per chunk (``c/i/j/...``), edge chunks padded with the fill value. Stores are read back with
-# zarr-python and xarray (``dimension_names`` name the dimensions); tests hold the two together.
-# Normalized float32 compresses only ~1.1x (../shared/ENVIRONMENT.md measures 1.09-1.27x), so no
-# codec is lost.
-
-
-def _fill_json(fill, dtype: np.dtype):
-    if dtype.kind == "f":
-        return "NaN" if np.isnan(fill) else float(fill)
-    return int(fill)
-
-
-class Store:
-    """A zarr v3 hierarchy under ``root``: one group, arrays directly below it."""
-
-    def __init__(self, root: str | Path, attributes: dict | None = None):
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.attributes = dict(attributes or {})
-        self.arrays: dict[str, Array] = {}
-        self._write_group()
-
-    def _write_group(self) -> None:
-        (self.root / "zarr.json").write_text(
-            json.dumps({"zarr_format": 3, "node_type": "group", "attributes": self.attributes}, indent=1, default=str)
-        )
-
-    def update_attributes(self, attrs: dict) -> None:
-        self.attributes.update(attrs)
-        self._write_group()
-
-    def create(self, name: str, shape, dtype, chunks=None, dims=(), attributes=None, fill=None) -> Array:
-        a = Array(self.root / name, shape, dtype, chunks or shape, dims, attributes or {}, fill)
-        self.arrays[name] = a
-        return a
-
-    def put(self, name: str, values: np.ndarray, dims, attributes=None, fill=None) -> Array:
-        """A whole array as one chunk."""
-        values = np.asarray(values)
-        a = self.create(name, values.shape, values.dtype, values.shape or (1,), dims, attributes, fill)
-        a.write_chunk((0,) * values.ndim, values)
-        return a
-
-
-class Array:
-    def __init__(self, path: Path, shape, dtype, chunks, dims, attributes: dict, fill=None):
-        self.path, self.shape, self.dtype = path, tuple(int(s) for s in shape), np.dtype(dtype)
-        self.chunks = tuple(int(c) for c in chunks)
-        self.fill = (np.nan if self.dtype.kind == "f" else 0) if fill is None else fill
-        path.mkdir(parents=True, exist_ok=True)
-        meta = {
-            "zarr_format": 3,
-            "node_type": "array",
-            "shape": list(self.shape),
-            "data_type": self.dtype.name,
-            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(self.chunks)}},
-            "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
-            "fill_value": _fill_json(self.fill, self.dtype),
-            "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}],
-            "attributes": attributes,
-            "dimension_names": list(dims) if dims else None,
-            "storage_transformers": [],
-        }
-        (path / "zarr.json").write_text(json.dumps(meta, indent=1, default=str))
-
-    def write_chunk(self, index: tuple[int, ...], values: np.ndarray) -> None:
-        """Chunk ``index``; ``values`` may be smaller than a chunk at the array's edge (padded with fill)."""
-        values = np.asarray(values, dtype=self.dtype.newbyteorder("<"))
-        if values.shape != self.chunks:
-            full = np.full(self.chunks, self.fill, self.dtype.newbyteorder("<"))
-            full[tuple(slice(0, n) for n in values.shape)] = values
-            values = full
-        key = self.path / "c" / Path(*map(str, index)) if index else self.path / "c"
-        key.parent.mkdir(parents=True, exist_ok=True)
-        with open(key, "wb") as f:
-            f.write(memoryview(np.ascontiguousarray(values)).cast("B"))
-
-    def write(self, start: int, values: np.ndarray) -> None:
-        """Rows ``start:start+len(values)`` along the first axis; ``start`` must be a chunk boundary
-        and the block whole chunks (or end at the array's end). Other axes are written whole."""
-        c0 = self.chunks[0]
-        if start % c0:
-            raise ValueError(f"{self.path.name}: block start {start} is not on a chunk boundary ({c0})")
-        n = values.shape[0]
-        if n % c0 and start + n != self.shape[0]:
-            raise ValueError(f"{self.path.name}: block of {n} rows is not whole chunks of {c0}")
-        rest = [range(math.ceil(s / c)) for s, c in zip(self.shape[1:], self.chunks[1:])]
-        for i in range(math.ceil(n / c0)):
-            rows = values[i * c0 : (i + 1) * c0]
-            for idx in itertools.product(*rest):
-                sl = tuple(slice(j * c, (j + 1) * c) for j, c in zip(idx, self.chunks[1:]))
-                self.write_chunk((start // c0 + i, *idx), rows[(slice(None), *sl)])

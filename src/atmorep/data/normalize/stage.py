@@ -16,15 +16,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-import xarray as xr
 import zarr
 
 from atmorep.config import DataConfig, NormalizeConfig
 from atmorep.data.acquire.sources import read_provenance
 from atmorep.data.normalize.decode import Month, decode_month, moments_of
 from atmorep.data.normalize.statistics import Moments, Stats
-from atmorep.data.normalize.store import StoreWriter, grid_coords, put_array, put_coords
+from atmorep.data.normalize.store import grid_coords, write
 from atmorep.errors import DataError
+from atmorep.formats import zarrv3
 from atmorep.formats.atomic import Replacement
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,11 @@ def _write_json(obj: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     with Replacement(out) as tmp:
         tmp.write_text(json.dumps(obj, indent=1, default=str) + "\n")
+
+
+def _put_coords(store: zarrv3.Store, coords: dict[str, tuple[np.ndarray, dict]]) -> None:
+    for name, (values, attrs) in coords.items():
+        store.put(name, values, (name,), attrs, fill=0)
 
 
 def _scratch(cfg: NormalizeConfig, out: Path) -> Path:
@@ -70,7 +75,6 @@ def normalize(
             f"field '{field}' uses climatological statistics (normalize.climatology.fields): give the climatology store"
         )
     period = f"{cfg.climatology.start}..{cfg.climatology.end}" if which == "climatology" else month
-    writer = StoreWriter(out, cfg, method, f"normalized with {method} {which} statistics of {period}")
     m = None
     clock = [time.perf_counter()]
     try:
@@ -98,10 +102,9 @@ def normalize(
                 default=str,
             ),
         }
-        writer.finish(m, stats, attrs)
+        write(m, stats, cfg, out, attrs, f"normalized with {method} {which} statistics of {period}")
         clock.append(time.perf_counter())
     finally:
-        writer.close()
         if m is not None:
             m.slab.close()
     summary = m.gate.summary(moments.level_summary(m.levels))
@@ -138,17 +141,12 @@ def moments(
         acc = moments_of(m, cfg)
     finally:
         m.slab.close()
-    with Replacement(out) as tmp:
-        g = zarr.open_group(
-            tmp,
-            mode="w",
-            zarr_format=3,
-            attributes={"field": field, "month": month, "source_sha256": m.sha256, "units": m.param.units},
-        )
-        put_coords(g, grid_coords(m.levels, m.grid.lats, m.grid.lons))
-        put_array(g, "count", np.full(len(m.levels), acc.count, np.int64), ("level",))
-        put_array(g, "mean", acc.mean, ("level", "latitude", "longitude"), chunks=(1, *acc.mean.shape[1:]))
-        put_array(g, "m2", acc.m2, ("level", "latitude", "longitude"), chunks=(1, *acc.m2.shape[1:]))
+    attrs = {"field": field, "month": month, "source_sha256": m.sha256, "units": m.param.units}
+    with zarrv3.writing(out, attrs) as store:
+        _put_coords(store, grid_coords(m.levels, m.grid.lats, m.grid.lons))
+        store.put("count", np.full(len(m.levels), acc.count, np.int64), ("level",))
+        store.put("mean", acc.mean, ("level", "latitude", "longitude"), chunks=(1, *acc.mean.shape[1:]))
+        store.put("m2", acc.m2, ("level", "latitude", "longitude"), chunks=(1, *acc.m2.shape[1:]))
     log.info("moments of %s %s (%d time steps) -> %s", field, month, acc.count, out)
     return out
 
@@ -167,12 +165,12 @@ def climatology(data: DataConfig, cfg: NormalizeConfig, field: str, inputs: list
     if missing := [m for m in want if m not in by_month]:
         raise DataError(f"climatology of '{field}' {clim.start} .. {clim.end}: no moments for {missing}")
     groups = list(range(1, 13)) if clim.by_calendar_month else [0]
-    first = xr.open_zarr(by_month[want[0]], consolidated=False, chunks=None, zarr_format=3)
+    first = zarrv3.open_dataset(by_month[want[0]], threads=None)
     L, Y, X = first["mean"].shape
     acc = {k: Moments.empty(L, Y, X) for k in groups}
     sources = {}
     for month in want:
-        ds = xr.open_zarr(by_month[month], consolidated=False, chunks=None, zarr_format=3)
+        ds = zarrv3.open_dataset(by_month[month], threads=None)
         if ds["mean"].shape != (L, Y, X) or not np.array_equal(ds["latitude"].values, first["latitude"].values):
             raise DataError(f"{by_month[month]}: grid or levels differ from {by_month[want[0]]}")
         key = int(month[5:7]) if clim.by_calendar_month else 0
@@ -181,31 +179,26 @@ def climatology(data: DataConfig, cfg: NormalizeConfig, field: str, inputs: list
     present = [k for k in groups if acc[k].count]
     period = f"{clim.start}..{clim.end}"
     digest = hashlib.sha256(json.dumps(sources, sort_keys=True).encode()).hexdigest()
-    with Replacement(out) as tmp:
-        g = zarr.open_group(
-            tmp,
-            mode="w",
-            zarr_format=3,
-            attributes={
-                "field": field,
-                "period": period,
-                "by_calendar_month": clim.by_calendar_month,
-                "months": want,
-                "inputs_sha256": digest,
-                "units": first.attrs.get("units", ""),
-            },
-        )
-        put_coords(
-            g,
+    attrs = {
+        "field": field,
+        "period": period,
+        "by_calendar_month": clim.by_calendar_month,
+        "months": want,
+        "inputs_sha256": digest,
+        "units": first.attrs.get("units", ""),
+    }
+    with zarrv3.writing(out, attrs) as store:
+        _put_coords(
+            store,
             {
                 "group": (np.asarray(present, np.int64), {"long_name": "calendar month (0: all months)"}),
                 **grid_coords(first["level"].values, first["latitude"].values, first["longitude"].values),
             },
         )
         dims = ("group", "level", "latitude", "longitude")
-        put_array(g, "count", np.array([[acc[k].count] * L for k in present], np.int64), ("group", "level"))
-        put_array(g, "mean", np.stack([acc[k].mean for k in present]), dims, chunks=(1, 1, Y, X))
-        put_array(g, "m2", np.stack([acc[k].m2 for k in present]), dims, chunks=(1, 1, Y, X))
+        store.put("count", np.array([[acc[k].count] * L for k in present], np.int64), ("group", "level"))
+        store.put("mean", np.stack([acc[k].mean for k in present]), dims, chunks=(1, 1, Y, X))
+        store.put("m2", np.stack([acc[k].m2 for k in present]), dims, chunks=(1, 1, Y, X))
     log.info(
         "climatology of %s over %s (%s) -> %s",
         field,
@@ -223,7 +216,7 @@ class Climatology:
         self.path = Path(path)
         if not self.path.exists():
             raise DataError(f"{self.path}: no such climatology store")
-        self.ds = xr.open_zarr(self.path, consolidated=False, chunks=None, zarr_format=3)
+        self.ds = zarrv3.open_dataset(self.path, threads=None)
         self.period = self.ds.attrs["period"]
         self.digest = self.ds.attrs["inputs_sha256"]
 

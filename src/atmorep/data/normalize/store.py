@@ -15,7 +15,6 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import zarr
 
 from atmorep.config import NormalizeConfig
 from atmorep.data.normalize.decode import Month
@@ -23,7 +22,6 @@ from atmorep.data.normalize.slabs import block_steps
 from atmorep.data.normalize.statistics import Stats, apply
 from atmorep.errors import DataError
 from atmorep.formats import zarrv3
-from atmorep.formats.atomic import Replacement, space_for
 
 log = logging.getLogger(__name__)
 
@@ -39,35 +37,6 @@ def _time_values(times: np.ndarray) -> tuple[np.ndarray, dict]:
     return t, {"units": "seconds since 1970-01-01 00:00:00", "calendar": "proleptic_gregorian", "standard_name": "time"}
 
 
-def put_coords(g: zarr.Group, coords: dict[str, tuple[np.ndarray, dict]]) -> None:
-    for name, (values, attrs) in coords.items():
-        a = g.create_array(
-            name,
-            shape=values.shape,
-            dtype=values.dtype,
-            chunks=values.shape or (1,),
-            dimension_names=(name,),
-            attributes=attrs,
-            compressors=None,
-        )
-        a[...] = values
-
-
-def put_array(g: zarr.Group, name: str, values: np.ndarray, dims, attrs=None, chunks=None) -> zarr.Array:
-    a = g.create_array(
-        name,
-        shape=values.shape,
-        dtype=values.dtype,
-        chunks=chunks or values.shape,
-        dimension_names=dims,
-        attributes=attrs or {},
-        compressors=None,
-        fill_value=np.nan if values.dtype.kind == "f" else 0,
-    )
-    a[...] = values
-    return a
-
-
 _LAT = {"units": "degrees_north", "standard_name": "latitude"}
 _LON = {"units": "degrees_east", "standard_name": "longitude"}
 _LEVEL = {"long_name": "level (model level number, hPa, or 0 at the surface)"}
@@ -81,30 +50,19 @@ def grid_coords(levels, lats, lons) -> dict:
     }
 
 
-class StoreWriter:
-    """The normalized store of one (field, month), written into a temporary directory and renamed.
-
-    Written with :mod:`atmorep.formats.zarrv3` (uncompressed zarr v3): zarr-python's per-array cost
-    would be as large as decoding a small month.
-    """
-
-    def __init__(self, out: Path, cfg: NormalizeConfig, method: str, describe: str):
-        self.out, self.cfg, self.method, self.describe = Path(out), cfg, method, describe
-        self._replacement = Replacement(self.out)
-        self.tmp = self._replacement.tmp
-
-    def finish(self, m: Month, stats: Stats, attrs: dict) -> Path:
-        """Coordinates, statistics, normalized data block by block (the slab is normalized in place)."""
-        T, L, Y, X = m.shape
-        nt, chunk_t = block_steps(self.cfg, m.shape)
-        store = zarrv3.Store(self.tmp, attrs)
+def write(m: Month, stats: Stats, cfg: NormalizeConfig, out: Path, attrs: dict, describe: str) -> Path:
+    """The normalized store of ``m`` at ``out``, atomically: coordinates, statistics, then the data
+    normalized block by block (the slab is normalized in place); ``describe`` ends the data's long name."""
+    T, L, Y, X = m.shape
+    nt, chunk_t = block_steps(cfg, m.shape)
+    with zarrv3.writing(out, attrs, nbytes=4 * T * L * Y * X) as store:
         for name, (values, cattrs) in {
             "time": _time_values(m.times),
             **grid_coords(m.levels, m.grid.lats, m.grid.lons),
         }.items():
             store.put(name, values, (name,), cattrs)
-        dims = ("level",) if self.method == "global" else ("level", "latitude", "longitude")
-        store.put("mean", stats.mean, dims, {"long_name": f"{m.field} mean ({self.method})", "units": m.param.units})
+        dims = ("level",) if stats.method == "global" else ("level", "latitude", "longitude")
+        store.put("mean", stats.mean, dims, {"long_name": f"{m.field} mean ({stats.method})", "units": m.param.units})
         store.put("std", stats.std, dims, {"long_name": f"{m.field} standard deviation", "units": m.param.units})
         data = store.create(
             "data",
@@ -112,35 +70,30 @@ class StoreWriter:
             np.float32,
             (chunk_t, 1, Y, X),
             ("time", "level", "latitude", "longitude"),
-            {"long_name": f"{m.field} {self.describe}", "units": "1"},
+            {"long_name": f"{m.field} {describe}", "units": "1"},
         )
-        with space_for(self.out, 4 * T * L * Y * X):
-            for t0 in range(0, T, nt):
-                block = m.slab.read(t0, min(T, t0 + nt))
-                block = apply(block, stats, out=block)
-                self._finite(block, t0, m, stats)
-                data.write(t0, block)
-            self._replacement.commit()
-        return self.out
+        for t0 in range(0, T, nt):
+            block = m.slab.read(t0, min(T, t0 + nt))
+            block = apply(block, stats, out=block)
+            _finite(out, block, t0, m, stats)
+            data.write(t0, block)
+    return Path(out)
 
-    def _finite(self, block: np.ndarray, t0: int, m: Month, stats: Stats) -> None:
-        """Refuse non-finite normalized values (e.g. a zero standard deviation): training cannot use them."""
-        bad = ~np.isfinite(block)
-        if not bad.any():
-            return
-        t, lev, y, x = (int(i) for i in np.argwhere(bad)[0])
-        std = stats.broadcast()[1]
-        std = float(std[0, lev, min(y, std.shape[2] - 1), min(x, std.shape[3] - 1)])
-        raise DataError(
-            f"{self.out}: field '{m.field}' normalizes to {int(bad.sum())} non-finite values "
-            f"(first at {np.datetime_as_string(m.times[t0 + t], 'h')}, level {m.levels[lev]}, "
-            f"lat {m.grid.lats[y]:g}, lon {m.grid.lons[x]:g}, std {std:g} there); check the source "
-            "and normalize.method / normalize.local; nothing was written"
-        )
 
-    def close(self) -> None:
-        """Remove whatever was not committed."""
-        self._replacement.close()
+def _finite(out: Path, block: np.ndarray, t0: int, m: Month, stats: Stats) -> None:
+    """Refuse non-finite normalized values (e.g. a zero standard deviation): training cannot use them."""
+    bad = ~np.isfinite(block)
+    if not bad.any():
+        return
+    t, lev, y, x = (int(i) for i in np.argwhere(bad)[0])
+    std = stats.broadcast()[1]
+    std = float(std[0, lev, min(y, std.shape[2] - 1), min(x, std.shape[3] - 1)])
+    raise DataError(
+        f"{out}: field '{m.field}' normalizes to {int(bad.sum())} non-finite values "
+        f"(first at {np.datetime_as_string(m.times[t0 + t], 'h')}, level {m.levels[lev]}, "
+        f"lat {m.grid.lats[y]:g}, lon {m.grid.lons[x]:g}, std {std:g} there); check the source "
+        "and normalize.method / normalize.local; nothing was written"
+    )
 
 
 def check(path: str | Path) -> dict:
@@ -179,13 +132,7 @@ def check(path: str | Path) -> dict:
 
 def write_normalized(m: Month, stats: Stats, cfg: NormalizeConfig, out: Path, attrs: dict) -> Path:
     """Pass 3 on its own: normalize the slab block by block into a zarr v3 store at ``out`` (atomically)."""
-    w = StoreWriter(
-        out,
-        cfg,
-        stats.method,
-        f"normalized with {attrs['normalization']} {attrs['statistics']} statistics of {attrs['statistics_period']}",
+    describe = (
+        f"normalized with {attrs['normalization']} {attrs['statistics']} statistics of {attrs['statistics_period']}"
     )
-    try:
-        return w.finish(m, stats, attrs)
-    finally:
-        w.close()
+    return write(m, stats, cfg, out, attrs, describe)
