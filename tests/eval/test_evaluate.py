@@ -189,3 +189,26 @@ def test_without_a_climatology_period_the_climatology_is_left_out(tmp_path, mode
     scores = pd.read_csv(tmp_path / "scores.csv")
     assert set(scores.forecast) == {"atmorep", "persistence"} and "acc" not in set(scores.metric)
     assert xr.open_zarr(tmp_path / "climatology.zarr") is not None
+
+
+def test_a_failed_evaluation_leaves_the_earlier_products_untouched(forecast, model_path, stores, tmp_path, monkeypatch):
+    """Killed or failed half-way (here: the last figure raises), evaluate leaves nothing that looks
+    complete: an earlier run's products stay as they were, no new table appears beside them."""
+    import shutil
+
+    from atmorep.eval import plots
+
+    out = tmp_path / "evaluate"
+    shutil.copytree(forecast, out)
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    scores = (out / "scores.csv").read_bytes()
+
+    def fail(*args, **kwargs):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(plots, "spectra", fail)
+    with pytest.raises(OSError, match="disk gone"):
+        evaluate(4, DATA, eval_config(mode="temporal_interpolation", samples=3), model_path, stores, out)
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    assert (out / "scores.csv").read_bytes() == scores
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temporary left behind

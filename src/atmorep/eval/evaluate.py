@@ -29,6 +29,7 @@ from atmorep.config import DataConfig, EvaluateConfig, parse_time, period
 from atmorep.data.dataset import WindowDataset
 from atmorep.data.tokens import untokenize
 from atmorep.eval import attention, climatology, inference, modes, outputs, plots, scores, spectra
+from atmorep.formats.atomic import Replacement
 from atmorep.model import masking
 from atmorep.model.batch import Batch
 from atmorep.model.file import load_model
@@ -44,9 +45,27 @@ def evaluate(
     stores: dict[str, list[str]],
     out_dir: str | Path,
 ) -> Path:
-    """Run ``cfg.mode`` on the held-out windows and write every product; returns ``scores.csv``."""
+    """Run ``cfg.mode`` on the held-out windows and write every product; returns ``scores.csv``.
+
+    The products are written into a temporary sibling of ``out_dir`` that replaces it once complete:
+    a run that fails or is killed half-way leaves an earlier run's products as they were.
+    """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with Replacement(out_dir) as tmp:
+        tmp.mkdir(parents=True)
+        _evaluate(seed, data, cfg, model_path, stores, tmp)
+    log.info("evaluate products in %s", out_dir)
+    return out_dir / "scores.csv"
+
+
+def _evaluate(
+    seed: int,
+    data: DataConfig,
+    cfg: EvaluateConfig,
+    model_path: str | Path,
+    stores: dict[str, list[str]],
+    out_dir: Path,
+) -> None:
     model, _ = load_model(model_path)
     missing = set(model.fields) - set(stores)
     if missing:
@@ -75,8 +94,7 @@ def evaluate(
     plots.scorecard(compared, out_dir / "scorecard.png")
     plots.spectra(spec, out_dir / "spectra.png")
     attention_products(model, dataset, cfg, seed, out_dir)
-    log.info("evaluated %s on %d sample(s): %s", cfg.mode, next(iter(results.values())).sizes["sample"], out_dir)
-    return out_dir / "scores.csv"
+    log.info("evaluated %s on %d sample(s)", cfg.mode, next(iter(results.values())).sizes["sample"])
 
 
 def run_mode(
