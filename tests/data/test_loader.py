@@ -80,18 +80,21 @@ def zstd_copy(src, dst):
 
     import zarr
 
+    from atmorep.formats import zarrv3
+
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("data"))
-    a = zarr.open_array(src / "data", mode="r")
-    b = zarr.create_array(
-        dst / "data",
-        shape=a.shape,
-        dtype=a.dtype,
-        chunks=a.chunks,
-        shards=a.shards,
-        dimension_names=a.metadata.dimension_names,
-        fill_value=np.nan,
-    )
-    b[:] = a[:]
+    with zarrv3.pipeline(None):  # zarrs and its thread pool, as the comment above says
+        a = zarr.open_array(src / "data", mode="r")
+        b = zarr.create_array(
+            dst / "data",
+            shape=a.shape,
+            dtype=a.dtype,
+            chunks=a.chunks,
+            shards=a.shards,
+            dimension_names=a.metadata.dimension_names,
+            fill_value=np.nan,
+        )
+        b[:] = a[:]
     return dst
 
 

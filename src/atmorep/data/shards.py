@@ -1,27 +1,20 @@
 """Shard: one zarr v3 store per (field, year) whose chunks coincide with the model's tokens.
 
-Layout, chosen by measurement (``benchmarks/loader.py``; 2.2 GB at 0.25°, 5 levels, AtmoRep's
-36 h x 54 x 108 samples of [3, 9, 9] and [3, 18, 18] tokens, 8.4 MB of tokens per sample, on this
-project's shared 2-core machine):
+Layout, chosen by measurement (``benchmarks/loader.py`` and ``benchmarks/zarr_write.py``; the figures
+are in the README, "The pipeline", shard):
 
 - an inner chunk is one token *position* of every level, ``(tt, L, ty, tx)``: a sample always reads
   all levels of a field, so this reads exactly the sample's bytes while cutting the number of chunks
-  (and the per-chunk cost) by ``L``; each level is still its own token. Through zarrs, all-level
-  chunks read 32-48 windows/s vs 16-24 for one-level chunks;
-- chunks are stored uncompressed: zstd saved 10% on normalized noise-like floats and made zarrs
-  reads 30% slower; uncompressed chunks also allow the direct reader below;
+  (and the per-chunk cost) by ``L``; each level is still its own token;
+- chunks are stored uncompressed: normalized values are noise-like floats that compress little, and
+  uncompressed chunks allow the direct reader below;
 - every chunk of a shard file is present and in C order (zarr-python's own pipeline stores them in
-  Morton order; with zarrs the order varies between writes: ``benchmarks/zarr_write.py``), so
+  Morton order; with zarrs the order varies between writes), so
   :class:`~atmorep.formats.zarrv3.DenseShards` writes them and reads a sample as strided slices of
-  memory maps: 270-660 samples/s (2-5 GB/s) in one thread, vs 30-55 samples/s for the same store
-  through zarrs and 0.5-0.7 samples/s for one zstd chunk per time step (which reads 166x the bytes
-  used). Bytes taken from the files per byte used: 1.000 (shard indices are read once per process;
-  1.003 over the first 200 samples); from a cold page cache the kernel reads 1.3x (whole pages and
-  read-around);
-- the sharding codec packs ``shard_tokens`` token positions into one file. Default (24, 16, 32): at
-  0.25° with 5 levels, 60 MB files, ~3,050 per field and year (~0.9 M inodes for 7 fields x 43
-  years); (12, 6, 12) gives 4 MB files and 48,000 per field-year; warm reads were fastest with big
-  shards (544 vs 271-307 samples/s for 2-3 MB shards: fewer pieces per sample, fewer maps).
+  memory maps, with no per-chunk work; shard indices are read once per process, so the bytes taken
+  from the files are the bytes used;
+- the sharding codec packs ``shard_tokens`` token positions into one file: few large files keep the
+  inode count of a campaign low on a cluster file system, and a sample touches fewer pieces and maps.
 
 Latitude is cropped symmetrically to a whole number of tokens, excluding both poles on a global grid
 (AtmoRep never samples them), using the least common multiple of every field's lat token size, so
