@@ -35,6 +35,7 @@ from atmorep.model.batch import Batch
 from atmorep.model.file import load_weights, save_model
 from atmorep.model.multiformer import FieldGeometry, Multiformer
 from atmorep.train import checkpoint, distributed, launch
+from atmorep.train.ac import apply_ac
 from atmorep.train.launch import EXIT_REQUEUE  # 75: "run me again, I will resume"
 from atmorep.train.losses import Loss
 from atmorep.train.metrics import MetricsLog
@@ -192,6 +193,8 @@ class Trainer:
         self.plan = StepBatches(self.dataset, seed, cfg.batch_size * cfg.gradient_accumulation * world, cfg.epoch_steps)
         torch.manual_seed(seed)
         self.model = Multiformer(model_cfg, geometry(self.dataset), info_dim=len(TOKEN_INFO))
+        if model_cfg.checkpointing:
+            apply_ac(self.model)  # before the engine takes the model (see train.ac)
         self.meta = checkpoint.identity(seed, data, model_cfg, cfg, stores)
         sizes = {f: g.token_size for f, g in self.model.fields.items()}
         self.strategy = masking.build(cfg.masking, sizes, self.model.predicted)
