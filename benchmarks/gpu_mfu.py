@@ -29,6 +29,7 @@ from atmorep.config import LossConfig, MaskingConfig
 from atmorep.model import masking, summary
 from atmorep.model.batch import Batch
 from atmorep.model.multiformer import Multiformer
+from atmorep.train.ac import apply_ac
 from atmorep.train.losses import Loss
 from atmorep.train.throughput import Throughput
 
@@ -81,6 +82,8 @@ def main() -> None:
     cfg = dataclasses.replace(spec.model, checkpointing=args.checkpointing, compat=False)
     geometry = spec.geometry()
     model = Multiformer(cfg, geometry).to(device).train()
+    if cfg.checkpointing:
+        apply_ac(model)
     step_model = torch.compile(model) if args.compile else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
     loss_fn = Loss(LossConfig())

@@ -79,6 +79,7 @@ def worker(name: str, steps: int, out: Path) -> None:
     from atmorep.model.batch import Batch
     from atmorep.model.multiformer import Multiformer
     from atmorep.train import distributed
+    from atmorep.train.ac import apply_ac
     from atmorep.train.engine import DeepSpeedEngine
     from atmorep.train.losses import Loss
 
@@ -107,6 +108,8 @@ def worker(name: str, steps: int, out: Path) -> None:
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         torch.manual_seed(0)
         model = Multiformer(cfg, geo)
+        if cfg.checkpointing:
+            apply_ac(model)  # as the trainer does
         marks["model"] = time.time_ns()
         engine = DeepSpeedEngine(model, tcfg, world)
         marks["engine"] = time.time_ns()

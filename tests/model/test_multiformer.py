@@ -118,19 +118,6 @@ def test_sdpa_matches_explicit_softmax(make_config, make_geometry, make_batch):
         torch.testing.assert_close(a[f], b[f], rtol=1e-4, atol=1e-5)
 
 
-def test_checkpointing_gives_the_same_gradients(make_config, make_geometry, make_batch):
-    geo, batch = make_geometry(), make_batch()
-    grads = []
-    for ckpt in (False, True):
-        model = _model(make_config(dropout=0.0, checkpointing=ckpt), geo).train()
-        masks = masking.build(PURE_MASK)(batch, torch.Generator().manual_seed(6))
-        out = model(**_inputs(batch, masks))
-        sum(o.square().mean() for o in out.values()).backward()
-        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
-    for n in grads[0]:
-        torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-5, atol=1e-6)
-
-
 def test_finite_gradients_for_all_parameters_on_real_data(make_config, make_geometry, real_batch):
     from atmorep.config import LossConfig
     from atmorep.train.losses import Loss

@@ -21,7 +21,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 BIN = Path(sys.executable).parent
 
 
-def params(sample_products, **train) -> str:
+def params(sample_products, model: dict | None = None, **train) -> str:
+    """The run's parameters: a tiny model (``model`` overrides its keys), ``train`` overrides."""
     data = sample_products["data"]
     return json.dumps(
         {
@@ -36,6 +37,7 @@ def params(sample_products, **train) -> str:
                 "coupling": {"t2m": ["u10"]},
                 "ensemble": 4,
                 "dropout": 0.1,
+                **(model or {}),
             },
             "train": {
                 "start": "2026-03-25T00",
@@ -116,6 +118,19 @@ def test_zero3_exports_the_same_kind_of_model(uninterrupted, tmp_path_factory):
     model, record = load_model(runs[0])
     assert all(torch.isfinite(p).all() and p.numel() > 0 for p in model.parameters())
     assert record["versions"]["deepspeed"] and record["train"]["zero_stage"] == 3
+
+
+def test_activation_checkpointing_trains_the_same_model_under_zero3(
+    uninterrupted, sample_products, tmp_path, tmp_path_factory
+):
+    """model.checkpointing (blocks wrapped by train.ac after construction) on 2 ZeRO-3 ranks: the same
+    losses bit for bit, dropout included, and an exported model.pt equal to the plain run's."""
+    m = launch(sample_products, tmp_path, zero_stage=3, model={"checkpointing": True})
+    assert (m["loss"].values == uninterrupted[3]["loss"].values).all(), (m["loss"].values, uninterrupted[3]["loss"])
+    plain = next(tmp_path_factory.getbasetemp().rglob("z3/model.pt"))
+    a, b = (torch.load(p, map_location="cpu", weights_only=False) for p in (plain, tmp_path / "model.pt"))
+    assert b["model"]["checkpointing"] and list(a["state_dict"]) == list(b["state_dict"])
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
 
 
 def test_signal_checkpoints_at_step_boundary_and_rerun_resumes(uninterrupted, sample_products, tmp_path):

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from atmorep.config import ModelConfig
 from atmorep.model.blocks import DecoderBlock, EncoderBlock
@@ -118,11 +117,6 @@ class Multiformer(nn.Module):
             self.legacy_token_info = nn.Linear(info_dim, TOKEN_INFO_DIM).requires_grad_(False)
             nn.init.zeros_(self.legacy_token_info.weight)
 
-    def _run(self, block: nn.Module, *args):
-        if self.cfg.checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(block, *args, use_reentrant=False)
-        return block(*args)
-
     def encode(self, tokens: dict[str, torch.Tensor], info: dict[str, torch.Tensor]) -> dict[str, list[torch.Tensor]]:
         """Per field the outputs of every encoder layer, ``[(B, N, D)] * layers``.
 
@@ -132,7 +126,7 @@ class Multiformer(nn.Module):
         z = {f: self.embed[f](tokens[f], info[f]) for f in self.fields}
         outs: dict[str, list[torch.Tensor]] = {f: [] for f in self.fields}
         for layer in range(self.cfg.encoder_layers):
-            z = {f: self._run(self.encoders[f][layer], z[f], [z[g] for g in self.coupling[f]]) for f in self.fields}
+            z = {f: self.encoders[f][layer](z[f], [z[g] for g in self.coupling[f]]) for f in self.fields}
             for f in self.fields:
                 outs[f].append(z[f])
         return outs
@@ -142,7 +136,7 @@ class Multiformer(nn.Module):
         input is the last encoder output."""
         y = enc_outs[-1]
         for block, enc in zip(self.decoders[field], enc_outs[::-1]):
-            y = self._run(block, y, enc)
+            y = block(y, enc)
         return y
 
     def forward(

@@ -6,15 +6,12 @@ dropout draws. A checkpoint therefore needs only the engine state and the step, 
 repeats an uninterrupted one bit for bit (same world size), or continues it on another world size.
 
 Products in the output directory (rank 0): ``model.pt`` (consolidated fp32 weights), ``metrics.csv``
-(one row per step), ``loss.png``, ``tensorboard/`` and ``checkpoints/`` (DeepSpeed or torch state,
-with the run's config and versions in every checkpoint).
+(one row per step), ``loss.png``, ``tensorboard/`` (:mod:`atmorep.train.metrics`) and ``checkpoints/``
+(DeepSpeed or torch state, with the run's identity in every checkpoint: :mod:`atmorep.train.checkpoint`).
 """
 
 from __future__ import annotations
 
-import csv
-import dataclasses
-import json
 import logging
 import signal
 import sys
@@ -35,11 +32,13 @@ from atmorep.errors import DataError
 from atmorep.formats.atomic import DirectoryLock, Locked, space_for
 from atmorep.model import masking
 from atmorep.model.batch import Batch
-from atmorep.model.file import load_weights, save_model, versions
+from atmorep.model.file import load_weights, save_model
 from atmorep.model.multiformer import FieldGeometry, Multiformer
-from atmorep.train import distributed, launch
+from atmorep.train import checkpoint, distributed, launch
+from atmorep.train.ac import apply_ac
 from atmorep.train.launch import EXIT_REQUEUE  # 75: "run me again, I will resume"
 from atmorep.train.losses import Loss
+from atmorep.train.metrics import MetricsLog
 from atmorep.train.throughput import Throughput, training_dtype
 
 log = logging.getLogger(__name__)
@@ -166,307 +165,240 @@ def train(
     if verdict[0] is not None:
         raise Locked(verdict[0])
     try:
-        return _train(rank, world, seed, data, model_cfg, cfg, stores, out_dir, fresh)
+        return _train(Trainer(rank, world, seed, data, model_cfg, cfg, stores, out_dir), fresh)
     finally:
         lock.release()
 
 
-def _train(
-    rank: int,
-    world: int,
-    seed: int,
-    data: DataConfig,
-    model_cfg: ModelConfig,
-    cfg: TrainConfig,
-    stores: dict[str, list[str]],
-    out_dir: str | Path,
-    fresh: bool,
-) -> Path:
-    out_dir = Path(out_dir)
-    ckpt_dir = out_dir / "checkpoints"
-    stop = StopSignal()  # after the process group: MPI's start-up may install its own handlers
-    dataset = WindowDataset(stores, model_cfg.num_tokens, *period(cfg, data))
-    global_batch = cfg.batch_size * cfg.gradient_accumulation * world
-    plan = StepBatches(dataset, seed, global_batch, cfg.epoch_steps)
-    torch.manual_seed(seed)
-    model = Multiformer(model_cfg, geometry(dataset), info_dim=len(TOKEN_INFO))
-    from atmorep.train.engine import ENGINES  # the only deepspeed import happens in there
+def _train(trainer: Trainer, fresh: bool) -> Path:
+    trainer.resume(fresh)
+    for step in trainer.steps():
+        trainer.log(step, trainer.train_step(step))
+        trainer.stop_if_signalled(step + 1)
+        trainer.checkpoint_if_due(step + 1)
+    return trainer.export()
 
-    meta = {
-        "train": dataclasses.asdict(cfg),
-        "model": dataclasses.asdict(model_cfg),
-        "data": dataclasses.asdict(data),
-        "seed": seed,
-        "versions": versions(),
-        "inputs": inputs(stores, cfg),
-    }
-    tag, universal = _latest(ckpt_dir, world, meta, cfg.steps) if not fresh else (None, False)
-    engine_cls = ENGINES[cfg.engine]
-    if tag is not None and universal:  # saved on another world size: DeepSpeed's universal format
-        if rank == 0:
-            engine_cls.convert_to_universal(ckpt_dir, tag)
-        dist.barrier()
-        tag = engine_cls.universal_tag(tag)
-    if tag is None and cfg.init_from:
+
+class Trainer:
+    """One rank's training run, in the order :func:`_train` calls its steps: :meth:`resume` (or
+    start), then per optimizer step :meth:`train_step`, :meth:`log`, :meth:`stop_if_signalled` and
+    :meth:`checkpoint_if_due`, and at the end :meth:`export`."""
+
+    def __init__(self, rank, world, seed, data: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig, stores, out_dir):
+        self.rank, self.world, self.seed, self.cfg = rank, world, seed, cfg
+        self.out_dir = Path(out_dir)
+        self.ckpt_dir = self.out_dir / "checkpoints"
+        self.stop = StopSignal()  # after the process group: MPI's start-up may install its own handlers
+        self.dataset = WindowDataset(stores, model_cfg.num_tokens, *period(cfg, data))
+        self.plan = StepBatches(self.dataset, seed, cfg.batch_size * cfg.gradient_accumulation * world, cfg.epoch_steps)
+        torch.manual_seed(seed)
+        self.model = Multiformer(model_cfg, geometry(self.dataset), info_dim=len(TOKEN_INFO))
+        if model_cfg.checkpointing:
+            apply_ac(self.model)  # before the engine takes the model (see train.ac)
+        self.meta = checkpoint.identity(seed, data, model_cfg, cfg, stores)
+        sizes = {f: g.token_size for f, g in self.model.fields.items()}
+        self.strategy = masking.build(cfg.masking, sizes, self.model.predicted)
+        self.loss_fn = Loss(cfg.loss)
+        self.bad = BadSteps(self.dataset, cfg.max_bad_steps, world)
+
+    def resume(self, fresh: bool) -> None:
+        """Build the engine, from the latest checkpoint of this run when there is one, else from
+        ``train.init_from``'s weights or from scratch; the metrics log starts with the history."""
+        from atmorep.train.engine import ENGINES  # the only deepspeed import happens in there
+
+        engine_cls = ENGINES[self.cfg.engine]
+        tag, universal = self._resumable(fresh, engine_cls)
+        if tag is None and self.cfg.init_from:
+            self._init_from(self.cfg.init_from)
+        self.engine = engine_cls(self.model, self.cfg, self.world, universal=universal)
+        self.start, rows = self._load(tag) if tag is not None else (0, [])
+        board = self.out_dir / "tensorboard" if self.rank == 0 and self.cfg.tensorboard else None
+        self.metrics = MetricsLog(rows, tensorboard=board)
+
+    def _resumable(self, fresh: bool, engine_cls) -> tuple[str | None, bool]:
+        """The checkpoint tag to resume (converted to DeepSpeed's universal format when saved on
+        another world size), and whether it was converted."""
+        if fresh:
+            return None, False
+        tag, universal = checkpoint.latest(self.ckpt_dir, self.world, self.meta, self.cfg.steps)
+        if tag is not None and universal:
+            if self.rank == 0:
+                engine_cls.convert_to_universal(self.ckpt_dir, tag)
+            dist.barrier()
+            tag = engine_cls.universal_tag(tag)
+        return tag, universal
+
+    def _init_from(self, path: str) -> None:
+        """Fine-tuning: start from a trained model's weights."""
         try:
-            load_weights(model, cfg.init_from)
+            load_weights(self.model, path)
         except (OSError, ValueError) as exc:
             raise type(exc)(f"train.init_from: {exc}") from None
-        if rank == 0:
-            log.info("fine-tuning: weights from %s", cfg.init_from)
-    engine = engine_cls(model, cfg, world, universal=universal)
-    start, rows = 0, []
-    if tag is not None:
-        client = engine.load(ckpt_dir, tag)
-        start, rows = client["step"], client["metrics"]
-        if rank == 0 and start == cfg.steps:
+        if self.rank == 0:
+            log.info("fine-tuning: weights from %s", path)
+
+    def _load(self, tag: str) -> tuple[int, list[dict]]:
+        """Engine state from checkpoint ``tag``; its step and metrics history."""
+        client = self.engine.load(self.ckpt_dir, tag)
+        start, steps = client["step"], self.cfg.steps
+        if self.rank == 0 and start == steps:
             log.info(
                 "%s already reached train.steps=%d on the same inputs: no step to train, model.pt "
                 "written from it (`atmorep train --fresh` trains again)",
-                ckpt_dir / tag,
+                self.ckpt_dir / tag,
                 start,
             )
-        elif rank == 0:
+        elif self.rank == 0:
             log.info(
                 "resumed from %s at step %d of %d (saved on %d ranks, now %d)",
                 tag,
                 start,
-                cfg.steps,
+                steps,
                 client["world"],
-                world,
+                self.world,
             )
-    strategy = masking.build(cfg.masking, {f: g.token_size for f, g in model.fields.items()}, model.predicted)
-    loss_fn = Loss(cfg.loss)
-    writer = _tensorboard(out_dir, cfg) if rank == 0 else None
-    meter = Throughput(model_cfg, model.fields, world, distributed.device(), training_dtype(cfg.engine))
-    micro_plan = [m for s in range(start, cfg.steps) for m in plan.indices(s, rank, world, cfg.gradient_accumulation)]
-    batches = iter(loader(dataset, micro_plan, cfg.workers))
-    bad, suspect, t_loop = 0, None, time.perf_counter()
-    bar = tqdm(
-        range(start, cfg.steps),
-        desc="train",
-        disable=rank != 0,
-        mininterval=5,
-        file=sys.stderr,
-        initial=start,
-        total=cfg.steps,
-    )
-    for step in bar:
+        return start, client["metrics"]
+
+    def steps(self):
+        """The steps left to train, with a progress bar on rank 0; starts the loader and the meter."""
+        cfg, model = self.cfg, self.model
+        self.meter = Throughput(model.cfg, model.fields, self.world, distributed.device(), training_dtype(cfg.engine))
+        self.micro_plan = [
+            m
+            for s in range(self.start, cfg.steps)
+            for m in self.plan.indices(s, self.rank, self.world, cfg.gradient_accumulation)
+        ]
+        self.batches = iter(loader(self.dataset, self.micro_plan, cfg.workers))
+        self.t_loop = time.perf_counter()
+        self.bar = tqdm(
+            range(self.start, cfg.steps),
+            desc="train",
+            disable=self.rank != 0,
+            mininterval=5,
+            file=sys.stderr,
+            initial=self.start,
+            total=cfg.steps,
+        )
+        return self.bar
+
+    def train_step(self, step: int) -> dict:
+        """One optimizer step over ``gradient_accumulation`` micro-batches; its metrics."""
         t0 = time.perf_counter()
         wait, losses, diags, seen = 0.0, [], {}, []
-        for micro in range(cfg.gradient_accumulation):
+        for micro in range(self.cfg.gradient_accumulation):
             tw = time.perf_counter()
-            batch = _next(batches)
-            seen.append((micro_plan[(step - start) * cfg.gradient_accumulation + micro], batch))
+            batch = _next(self.batches)
+            seen.append((self.micro_plan[(step - self.start) * self.cfg.gradient_accumulation + micro], batch))
             wait += time.perf_counter() - tw
-            micro_seed = _seed(seed, step, micro, rank, world)
-            gen = torch.Generator().manual_seed(micro_seed)
-            torch.manual_seed(micro_seed + 1)  # dropout
-            masks = strategy(batch, gen)
-            meter.add(batch.size, masks)
-            source = masking.apply(batch, masks)
-            ens = engine(source.tokens, source.info, masks)
-            loss, diags = loss_fn(ens, {f: batch.tokens[f][masks[f]] for f in ens})
-            applied = engine.step(loss)
+            loss, diags, applied = self._forward_backward(batch, step, micro)
             losses.append(loss.detach())
-        if not applied:
-            bad += 1
-            found = next(filter(None, (bad_data(dataset, ix, b.tokens) for ix, b in seen)), None)
-            if found:
-                log.warning("step %d: non-finite loss from bad data: %s", step, found)
-            suspect = found or suspect
-            if bad >= cfg.max_bad_steps:
-                named = [None] * world
-                dist.all_gather_object(named, suspect)  # every rank skipped this step: name what any one saw
-                why = next(filter(None, named), None) or (
-                    "the inputs were finite and plausible, so the run "
-                    "diverged: lower train.lr or raise train.max_bad_steps"
-                )
-                raise TooManyBadSteps(f"{bad} steps in a row had a non-finite loss (last at step {step}); {why}")
-        else:
-            bad = 0
+        self.bad.count(applied, step, seen)
         value = torch.stack(losses).mean()
         dist.all_reduce(value)
         dt = time.perf_counter() - t0
-        rows.append(
-            {
-                "step": step,
-                "loss": float(value) / world,
-                "lr": engine.lr,
-                "skipped": int(not applied),
-                **meter.step(dt),
-                "loader_wait": wait / dt,
-                **diags,
-            }
-        )
-        if writer:
-            for k, v in rows[-1].items():
-                if k != "step":
-                    writer.add_scalar(k, v, step)
-        bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}", refresh=False)  # the bar redraws every mininterval
-        done = step + 1
-        if stop.agreed():
-            _checkpoint(engine, ckpt_dir, done, rows, world, meta)
-            if rank == 0:
-                log.warning(
-                    "signal %d: checkpoint at step %d saved; exiting %d to be requeued",
-                    stop.received,
-                    done,
-                    EXIT_REQUEUE,
+        return {
+            "loss": float(value) / self.world,
+            "lr": self.engine.lr,
+            "skipped": int(not applied),
+            **self.meter.step(dt),
+            "loader_wait": wait / dt,
+            **diags,
+        }
+
+    def _forward_backward(self, batch: Batch, step: int, micro: int) -> tuple[torch.Tensor, dict, bool]:
+        micro_seed = _seed(self.seed, step, micro, self.rank, self.world)
+        gen = torch.Generator().manual_seed(micro_seed)
+        torch.manual_seed(micro_seed + 1)  # dropout
+        masks = self.strategy(batch, gen)
+        self.meter.add(batch.size, masks)
+        source = masking.apply(batch, masks)
+        ens = self.engine(source.tokens, source.info, masks)
+        loss, diags = self.loss_fn(ens, {f: batch.tokens[f][masks[f]] for f in ens})
+        return loss, diags, self.engine.step(loss)
+
+    def log(self, step: int, row: dict) -> None:
+        self.metrics.log(step, row)
+        self.bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)  # the bar redraws every mininterval
+
+    def stop_if_signalled(self, done: int) -> None:
+        """On a signal any rank received: checkpoint ``done`` steps and exit 75 (requeue me)."""
+        if not self.stop.agreed():
+            return
+        self._save(done)
+        if self.rank == 0:
+            log.warning(
+                "signal %d: checkpoint at step %d saved; exiting %d to be requeued",
+                self.stop.received,
+                done,
+                EXIT_REQUEUE,
+            )
+        distributed.finish()
+        name = signal.Signals(self.stop.received).name
+        launch.report(EXIT_REQUEUE, f"{name}: checkpoint at step {done} saved in {self.ckpt_dir}")
+        sys.exit(EXIT_REQUEUE)
+
+    def checkpoint_if_due(self, done: int) -> None:
+        """Every ``checkpoint_every`` steps, and at the last (the finished run's, which a rerun finds)."""
+        if done % self.cfg.checkpoint_every == 0 or done == self.cfg.steps:
+            self._save(done)
+
+    def _save(self, done: int) -> None:
+        checkpoint.save(self.engine, self.ckpt_dir, done, self.metrics.rows, self.world, self.meta)
+
+    def export(self) -> Path:
+        """``model.pt`` (consolidated fp32 weights), ``metrics.csv`` and ``loss.png`` on rank 0."""
+        state = self.engine.consolidated_state_dict()
+        rows, cfg, out_dir = self.metrics.rows, self.cfg, self.out_dir
+        if self.rank == 0:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            with space_for(out_dir / "model.pt", checkpoint.model_bytes(self.engine.module)):
+                self.metrics.write(out_dir)
+                save_model(out_dir / "model.pt", self.engine.module, state, self.meta)
+            self.metrics.close()
+            if cfg.steps > self.start:
+                log.info(
+                    "trained %d steps (%d -> %d) on %d ranks in %.0f s: loss %.4f -> %.4f",
+                    cfg.steps - self.start,
+                    self.start,
+                    cfg.steps,
+                    self.world,
+                    time.perf_counter() - self.t_loop,
+                    rows[self.start]["loss"],
+                    rows[-1]["loss"],
                 )
-            distributed.finish()
-            launch.report(
-                EXIT_REQUEUE, f"{signal.Signals(stop.received).name}: checkpoint at step {done} saved in {ckpt_dir}"
+                log.info("throughput: %s", self.meter.summary())
+        distributed.finish()
+        return out_dir / "model.pt"
+
+
+class BadSteps:
+    """Steps in a row whose loss was not finite (skipped by the engine on every rank), and the bad data
+    found in their batches: ``max_bad_steps`` of them stop the run, naming the data when any was bad."""
+
+    def __init__(self, dataset: WindowDataset, limit: int, world: int):
+        self.dataset, self.limit, self.world = dataset, limit, world
+        self.count_in_a_row, self.suspect = 0, None
+
+    def count(self, applied: bool, step: int, seen: list[tuple[list[int], Batch]]) -> None:
+        if applied:
+            self.count_in_a_row = 0
+            return
+        self.count_in_a_row += 1
+        found = next(filter(None, (bad_data(self.dataset, ix, b.tokens) for ix, b in seen)), None)
+        if found:
+            log.warning("step %d: non-finite loss from bad data: %s", step, found)
+        self.suspect = found or self.suspect
+        if self.count_in_a_row >= self.limit:
+            named = [None] * self.world
+            dist.all_gather_object(named, self.suspect)  # every rank skipped this step: name what any one saw
+            why = next(filter(None, named), None) or (
+                "the inputs were finite and plausible, so the run diverged: lower train.lr or raise train.max_bad_steps"
             )
-            sys.exit(EXIT_REQUEUE)
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            _checkpoint(engine, ckpt_dir, done, rows, world, meta)
-    state = engine.consolidated_state_dict()
-    if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with space_for(out_dir / "model.pt", _model_bytes(engine.module)):
-            write_metrics(rows, out_dir / "metrics.csv")
-            plot_loss(rows, out_dir / "loss.png")
-            save_model(out_dir / "model.pt", engine.module, state, meta)
-        if writer:
-            writer.close()
-        if cfg.steps > start:
-            log.info(
-                "trained %d steps (%d -> %d) on %d ranks in %.0f s: loss %.4f -> %.4f",
-                cfg.steps - start,
-                start,
-                cfg.steps,
-                world,
-                time.perf_counter() - t_loop,
-                rows[start]["loss"],
-                rows[-1]["loss"],
+            raise TooManyBadSteps(
+                f"{self.count_in_a_row} steps in a row had a non-finite loss (last at step {step}); {why}"
             )
-            log.info("throughput: %s", meter.summary())
-    distributed.finish()
-    return out_dir / "model.pt"
 
 
 def _seed(seed: int, step: int, micro: int, rank: int, world: int) -> int:
     """A distinct, reproducible seed per (run, step, micro-step, rank)."""
     return int(np.random.SeedSequence([seed, step, micro, rank, world]).generate_state(1)[0])
-
-
-#: keys that may change between a checkpoint and its resumption (``steps`` is the target: a checkpoint
-#: before it continues, one at it is the finished run, one past it is refused)
-_RESUMABLE_CHANGES = {"steps", "checkpoint_every", "tensorboard", "ranks", "batch_size", "gradient_accumulation"}
-
-
-def inputs(stores: dict[str, list[str]], cfg: TrainConfig) -> dict:
-    """The identity of what a run trains on: every shard store's (see :func:`shards.identity`) and
-    the starting model's (size and modification time)."""
-    from atmorep.data.shards import identity
-
-    out = {}
-    for paths in stores.values():
-        for p in paths:
-            i = identity(p)
-            out[f"{i['field']} {i['year']}"] = {"provenance": i["provenance"], "files": i["files"]}
-    if cfg.init_from and Path(cfg.init_from).is_file():  # a missing one is named when it is loaded
-        st = Path(cfg.init_from).stat()
-        out["init_from"] = [st.st_size, st.st_mtime_ns]
-    return out
-
-
-def _comparable(meta: dict) -> dict:
-    train = {k: v for k, v in meta["train"].items() if k not in _RESUMABLE_CHANGES}
-    return json.loads(json.dumps({**meta, "train": train, "versions": None, "inputs": None}))
-
-
-def _changed(saved: dict | None, now: dict) -> list[str]:
-    """What differs between a checkpoint's inputs and this run's, in words."""
-    if saved is None:
-        return ["the checkpoint does not record them"]
-    out = [
-        f"{k}: {'not in the checkpoint' if k not in saved else 'not given now'}" for k in sorted(set(saved) ^ set(now))
-    ]
-    for k in sorted(set(saved) & set(now)):
-        if k == "init_from" and saved[k] != now[k]:
-            out.append("init_from: another file")
-        elif k != "init_from" and saved[k] != now[k]:
-            out.append(
-                f"{k}: "
-                + ("another provenance" if saved[k]["provenance"] != now[k]["provenance"] else "store rewritten since")
-            )
-    return out
-
-
-def _latest(ckpt_dir: Path, world: int, meta: dict, steps: int) -> tuple[str | None, bool]:
-    """The newest checkpoint made with this configuration and these inputs, and whether it was saved
-    on another world size. A checkpoint of another configuration or other inputs is not resumed; one
-    past ``steps`` is refused (it belongs to a longer run)."""
-    latest = ckpt_dir / "latest"
-    if not latest.exists():
-        return None, False
-    tag = latest.read_text().strip()
-    try:
-        info = json.loads((ckpt_dir / tag / "atmorep.json").read_text())
-    except (OSError, ValueError):
-        log.warning("%s has no readable atmorep.json (killed while saving?): starting afresh", ckpt_dir / tag)
-        return None, False
-    if _comparable(info) != _comparable({**meta, "step": info["step"], "world": info["world"]}):
-        log.warning("%s was made with another configuration: starting afresh", ckpt_dir / tag)
-        return None, False
-    if changed := _changed(info.get("inputs"), meta["inputs"]):
-        log.warning("%s was trained on other inputs (%s): starting afresh", ckpt_dir / tag, "; ".join(changed))
-        return None, False
-    if info["step"] > steps:
-        raise ValueError(
-            f"{ckpt_dir / tag} is at step {info['step']}, past train.steps={steps}: it belongs "
-            f"to a longer run of these inputs. Raise train.steps to continue it, or start "
-            f"afresh with `atmorep train --fresh` (or remove {ckpt_dir})"
-        )
-    return tag, info["world"] != world
-
-
-def _model_bytes(model) -> int:
-    return sum(getattr(p, "ds_numel", p.numel()) * 4 for p in model.parameters())  # ZeRO-3: whole sizes
-
-
-def _checkpoint(engine, ckpt_dir: Path, step: int, rows: list, world: int, meta: dict) -> None:
-    tag = f"step{step:08d}"
-    with space_for(ckpt_dir / tag, 3 * _model_bytes(engine.module)):  # weights and two Adam moments
-        engine.save(ckpt_dir, tag, {"step": step, "metrics": rows, "world": world, **meta})
-    if dist.get_rank() == 0:
-        (ckpt_dir / tag / "atmorep.json").write_text(json.dumps({"step": step, "world": world, **meta}, indent=1))
-    dist.barrier()
-
-
-def _tensorboard(out_dir: Path, cfg: TrainConfig):
-    if not cfg.tensorboard:
-        return None
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter(str(out_dir / "tensorboard"))
-
-
-def write_metrics(rows: list[dict], path: Path) -> None:
-    fields = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
-
-
-def plot_loss(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = np.array([r["step"] for r in rows])
-    loss = np.array([r["loss"] for r in rows])
-    k = max(1, len(loss) // 20)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(steps, loss, lw=0.6, alpha=0.5, label="loss (mean over ranks)")
-    if len(loss) > k:
-        ax.plot(steps[k - 1 :], np.convolve(loss, np.ones(k) / k, mode="valid"), lw=1.5, label=f"running mean ({k})")
-    ax.set(xlabel="optimizer step", ylabel="loss", title="pretraining loss")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
