@@ -32,8 +32,8 @@ def deepspeed_config(cfg: TrainConfig, world: int, gpu: bool) -> dict:
     zero: dict = {"stage": cfg.zero_stage}
     if not gpu and cfg.zero_stage in (1, 2):
         # gloo has no native reduce-scatter: DeepSpeed emulates it with one reduce per rank and copies
-        # gradients into a contiguous buffer. One bucketed all-reduce, as DDP does, is faster on CPU:
-        # 104 vs 118 ms per demo step on 2 ranks (DDP: 105 ms; profiled, see benchmarks/train_throughput.py)
+        # gradients into a contiguous buffer. One bucketed all-reduce, as DDP does, is faster on CPU
+        # (profiled with benchmarks/train_throughput.py; the figures are in the README, Engines).
         zero.update(reduce_scatter=False, contiguous_gradients=False)
     if cfg.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": gpu}
