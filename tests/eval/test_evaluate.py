@@ -84,6 +84,9 @@ def test_products_are_cf_zarr_readable_by_plain_xarray(forecast):
     assert att["attention"].dims == ("sample", "layer", "head", "query", "key")
     assert {"query_latitude", "key_longitude", "query_time", "key_level"} <= set(att.coords)
     assert "query_latitude_bnds" in att
+    # layers captured from 0 on: the rollout over them is written beside the maps, row-stochastic
+    assert att["rollout"].dims == ("sample", "query", "key")
+    np.testing.assert_allclose(att["rollout"].sum("key").values, 1.0, rtol=1e-5)
 
 
 def test_figures_are_drawn(forecast):

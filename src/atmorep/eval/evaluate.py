@@ -177,6 +177,10 @@ def attention_products(model, dataset: WindowDataset, cfg: EvaluateConfig, seed:
     heads = list(a.heads) or list(range(model.cfg.heads))
     maps = attention.capture(model, source.tokens, source.info, {f: list(a.layers) for f in fields}, heads)
     sets = {f: attention.to_dataset(maps[f].numpy(), dataset, indices, f, list(a.layers), heads) for f in fields}
+    if sorted(a.layers) == list(range(len(a.layers))):  # rollout composes layers 0..n-1, so only from layer 0 on
+        for f, ds in sets.items():
+            roll = attention.rollout(ds["attention"]).astype(np.float32)
+            sets[f] = ds.assign(rollout=roll.assign_attrs(long_name="attention rollout over the captured layers"))
     outputs.write_groups(sets, out_dir / "attention.zarr", annotate_cf=False)
     for f, ds in sets.items():
         attention_figure(

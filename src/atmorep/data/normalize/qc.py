@@ -114,9 +114,6 @@ class Gate:
                 ]
                 self._add("constant", f"level {lev} is constant ({self.minimum[il]:g}) over the whole month")
 
-    def failed(self) -> bool:
-        return bool(self.issues)
-
     def error(self) -> DataError:
         order = {c: i for i, c in enumerate(CHECKS)}
         issues = sorted(self.issues, key=lambda i: order[i.check])
