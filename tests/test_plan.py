@@ -2,6 +2,7 @@
 
 import pytest
 from conftest import REPO
+from tests_helpers import atmorep
 
 from atmorep import config as C
 from atmorep.model.summary import parameter_count
@@ -41,25 +42,16 @@ def test_paper_campaign_is_the_published_multiformer():
 
 
 def test_cli_plan_prints_every_figure(tmp_path):
-    import subprocess
-    import sys
 
     out = tmp_path / "plan.txt"
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "atmorep",
-            "plan",
-            "--config",
-            str(REPO / "config" / "config.yaml"),
-            "--profile",
-            str(REPO / "profiles" / "slurm"),
-            "--output",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
+    r = atmorep(
+        "plan",
+        "--config",
+        str(REPO / "config" / "config.yaml"),
+        "--profile",
+        str(REPO / "profiles" / "slurm"),
+        "--output",
+        str(out),
     )
     assert r.returncode == 0, r.stderr
     for word in ("GRIB to download", "inodes", "core-hours", "GPU-hours", "SLURM jobs"):

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import xarray as xr
+from tests_helpers import atmorep
 
 from atmorep import fields
 from atmorep.config import AcquireConfig, DataConfig, FieldSpec, FilesConfig
@@ -156,23 +155,16 @@ def test_bad_netcdf_gets_one_line_naming_file_variable_and_key(tmp_path, ifs, sh
         f"end: '{end}'}}\n"
         f"acquire: {{source: files, files: {{paths: ['{tmp_path / 'degc.nc'}']}}}}\n"
     )
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "atmorep",
-            "acquire",
-            "--config",
-            str(cfg),
-            "--field",
-            "t",
-            "--month",
-            "2024-06",
-            "--output",
-            str(tmp_path / "cli" / "t.grib"),
-        ],
-        capture_output=True,
-        text=True,
+    r = atmorep(
+        "acquire",
+        "--config",
+        str(cfg),
+        "--field",
+        "t",
+        "--month",
+        "2024-06",
+        "--output",
+        str(tmp_path / "cli" / "t.grib"),
         timeout=300,
     )
     assert r.returncode == 1

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import xarray as xr
 from builders import IFS, NATL, UK, field_grib, hourly, messages
+from tests_helpers import atmorep
 
 from atmorep.config import ClimatologyConfig, DataConfig, FieldSpec, NormalizeConfig, QCConfig
 from atmorep.data import normalize
@@ -288,27 +289,20 @@ def test_cli_bad_input_is_one_line_and_leaves_no_output(tmp_path, shared_data):
     cut = tmp_path / "cut.grib"
     cut.write_bytes(shared_data.joinpath(*UK).read_bytes()[:50000])
     params = json.dumps({"data": {"fields": {"t2m": {}}, "start": "2019-03-01", "end": "2019-03-31T23"}})
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "atmorep",
-            "normalize",
-            "--params",
-            params,
-            "--field",
-            "t2m",
-            "--month",
-            "2019-03",
-            "--input",
-            str(cut),
-            "--output",
-            str(tmp_path / "o.zarr"),
-            "--qc",
-            str(tmp_path / "qc.json"),
-        ],
-        capture_output=True,
-        text=True,
+    r = atmorep(
+        "normalize",
+        "--params",
+        params,
+        "--field",
+        "t2m",
+        "--month",
+        "2019-03",
+        "--input",
+        str(cut),
+        "--output",
+        str(tmp_path / "o.zarr"),
+        "--qc",
+        str(tmp_path / "qc.json"),
     )
     assert r.returncode == 1 and "Traceback" not in r.stderr
     errors = [line for line in r.stderr.splitlines() if line.startswith("atmorep normalize: error:")]

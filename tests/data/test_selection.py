@@ -1,13 +1,12 @@
 """The files source selects explicitly: level type, ensemble member, forecast step; never silently."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import xarray as xr
 from builders import ENS, IFS, messages, relabel
+from tests_helpers import atmorep
 
 from atmorep.config import AcquireConfig, DataConfig, FieldSpec, FilesConfig
 from atmorep.data.acquire import inspect, sources
@@ -181,24 +180,8 @@ def test_the_cli_refuses_several_members_in_one_line(tmp_path, shared_data):
             }
         )
     )
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "atmorep",
-            "acquire",
-            "--config",
-            cfg,
-            "--field",
-            "t",
-            "--month",
-            "2017-01",
-            "--output",
-            tmp_path / "t.grib",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    r = atmorep(
+        "acquire", "--config", cfg, "--field", "t", "--month", "2017-01", "--output", tmp_path / "t.grib", timeout=120
     )
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
     assert "field 't' comes as 10 ensemble members" in r.stderr and "acquire.files.member" in r.stderr

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
+from tests_helpers import atmorep
 
 from atmorep.config import AcquireConfig, DataConfig, FieldSpec, FilesConfig, ZarrSourceConfig
 from atmorep.data.acquire import sources
@@ -274,23 +275,16 @@ def _cli_acquire(tmp_path, url, field="t2m", variables=None):
     }
     (tmp_path / "c.yaml").write_text(json.dumps(cfg))
     out = tmp_path / "out" / f"{field}.grib"
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "atmorep",
-            "acquire",
-            "--config",
-            str(tmp_path / "c.yaml"),
-            "--field",
-            field,
-            "--month",
-            "2026-03",
-            "--output",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
+    r = atmorep(
+        "acquire",
+        "--config",
+        str(tmp_path / "c.yaml"),
+        "--field",
+        field,
+        "--month",
+        "2026-03",
+        "--output",
+        str(out),
         timeout=300,
     )
     return r, out
