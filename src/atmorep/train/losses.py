@@ -56,8 +56,10 @@ def crps(ens_KEP: torch.Tensor, target_KP: torch.Tensor):
     if E < 2:
         raise ValueError("the fair ensemble CRPS needs at least 2 members")
     skill = (ens_KEP - target_KP[:, None]).abs().mean(1)
+    # sort is differentiable: the gradient reaches each member through the permutation.
     sorted_KEP = ens_KEP.sort(dim=1).values
     coeff_E = (2 * torch.arange(E, device=ens_KEP.device, dtype=ens_KEP.dtype) - E + 1)[None, :, None]
+    # sum_{e,e'} / (2 E (E-1)), the sorted form's factor 2 cancelled
     spread = (coeff_E * sorted_KEP).sum(1) / (E * (E - 1))
     return (skill - spread).mean(), {"skill": skill.mean(), "spread": spread.mean()}
 
@@ -99,6 +101,7 @@ class Loss:
         self.weights = dict(cfg.field_weights)
 
     def _weights(self, fields) -> dict[str, float]:
+        # Checked per call: the predicted fields are known from the model's output, not the config.
         unknown = set(self.weights) - set(fields)
         if unknown:
             raise ValueError(f"train.loss.field_weights names fields the model does not predict: {sorted(unknown)}")
