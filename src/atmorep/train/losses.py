@@ -40,6 +40,8 @@ def stats(ens_KEP: torch.Tensor, target_KP: torch.Tensor):
     and unbiased standard deviation sigma (the Gaussian is unnormalised: peak 1).
     """
     mu, sigma = mean_std(ens_KEP, _SIGMA_MIN)
+    # 0 for a target at the mean, 1 far outside the spread: bounded, so one outlier cannot dominate
+    # (unlike a Gaussian NLL); the sqrt(sigma) term keeps the spread from growing to cover everything.
     calibration = ((torch.exp(-0.5 * (target_KP - mu) ** 2 / sigma**2) - 1) ** 2).mean()
     spread = sigma.sqrt().mean()
     return calibration + spread, {"calibration": calibration, "sqrt_spread": spread}

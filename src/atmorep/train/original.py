@@ -280,7 +280,8 @@ def convert_state(sd: dict[str, torch.Tensor], model: Multiformer, extra: dict) 
                 for g in range(len(coupled)):
                     out[f"{dst}.q_src.{g}.weight"] = q[g * dh : (g + 1) * dh]
                     kv = take(f"{src}.proj_heads_other.{g + 1}.weight")
-                    out[f"{dst}.kv_src.{g}.weight"] = torch.cat(_per_head(kv, 1, 2))
+                    out[f"{dst}.kv_src.{g}.weight"] = torch.cat(_per_head(kv, 1, 2))  # one coupling head (checked)
+            # the original's MLP is Sequential(Linear, GELU, Dropout, Linear, GELU): Linears at 0 and 3
             for ours, theirs in (("fc1", 0), ("fc2", 3)):
                 for p in ("weight", "bias"):
                     mlp = f"encoders.{i}.mlps.{layer}.blocks.{theirs}.{p}"
@@ -291,6 +292,7 @@ def convert_state(sd: dict[str, torch.Tensor], model: Multiformer, extra: dict) 
         for layer in range(cfg.decoder_layers):
             src, dst = f"decoders.{j}.blocks.{2 * layer}", f"decoders.{f}.{layer}"
             out[f"{dst}.attn.qkv.weight"] = torch.cat(_per_head(take(f"{src}.proj_heads.weight"), self_heads, 3))
+            # cross-attention queries alone in their Linear: no per-head interleaving to undo
             out[f"{dst}.attn.q_src.0.weight"] = take(f"{src}.proj_heads_o_q.weight")
             kv = take(f"{src}.proj_heads_o_kv.weight")
             out[f"{dst}.attn.kv_src.0.weight"] = torch.cat(_per_head(kv, cross, 2))

@@ -111,7 +111,7 @@ def check(path: str | Path) -> dict:
                 f"{path}: field '{field}' {month}: its {name} is not finite and positive "
                 "everywhere; rebuild it (atmorep normalize)"
             )
-    data = ds["data"].transpose("time", "level", "latitude", "longitude")
+    data = ds["data"].transpose("time", "level", "latitude", "longitude")  # by name: no order assumed of the store
     T = data.shape[0]
     step = max(1, (64 << 20) // max(1, 4 * int(np.prod(data.shape[1:]))))  # ~64 MB a block: bounded memory
     for t0 in range(0, T, step):
