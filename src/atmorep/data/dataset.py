@@ -87,7 +87,7 @@ class FieldStore:
         """Values ``(L, nt, ny, nx)`` through zarr, any origin; longitude wraps on a global grid (at most
         two reads)."""
         nlon = len(self.lons)
-        x0 = x0 % nlon if self.periodic else x0  # a global origin may be given past 360° or below 0°
+        x0 = x0 % nlon if self.periodic else x0  # a global origin may lie past the last column, or below 0
         if x0 + nx <= nlon:
             return self.data[t0 : t0 + nt, :, y0 : y0 + ny, x0 : x0 + nx].transpose(1, 0, 2, 3)
         if not self.periodic or x0 < 0:

@@ -35,7 +35,7 @@ def _free_port() -> int:
 def _port_from(text: str) -> str:
     """A port in 20000..29999 that all ranks of one job derive alike (from the job id)."""
     # Ranks on several hosts cannot agree on a free port without talking first; below Linux's
-    # ephemeral range (32768+), so the kernel does not hand it to another socket meanwhile.
+    # ephemeral range (32768+ by default), so the kernel does not hand it to another socket meanwhile.
     return str(20000 + sum(map(ord, text)) * 7919 % 10000)
 
 

@@ -46,7 +46,7 @@ def deepspeed_config(cfg: TrainConfig, world: int, gpu: bool) -> dict:
         "gradient_accumulation_steps": cfg.gradient_accumulation,
         "train_batch_size": cfg.batch_size * cfg.gradient_accumulation * world,
         "zero_optimization": zero,
-        # A torch AdamW: DeepSpeed's own Adam is a C++ extension JIT-compiled at first use (minutes on CPU).
+        # A torch AdamW: DeepSpeed's own Adam is a C++ extension JIT-compiled at first use (a minute or more on CPU).
         "zero_allow_untested_optimizer": True,
         "bf16": {"enabled": gpu},
         "steps_per_print": 2**31 - 1,  # never: our metrics log reports every step
