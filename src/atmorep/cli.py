@@ -1,4 +1,5 @@
-"""atmorep command line: one subcommand per pipeline stage, plus ``inspect``.
+"""atmorep command line: one subcommand per pipeline stage (``moments`` and ``climatology`` included),
+plus the tools around them: ``launch``, ``verify``, ``plan``, ``check``, ``inspect``, ``import-original``.
 
 Each stage subcommand parses its arguments, loads its slice of the configuration (``--config`` a
 whole YAML file, or ``--params`` the JSON slice Snakemake passes), and calls one library function.
@@ -44,6 +45,7 @@ def _slice(args, stage: str) -> dict:
     C.load(args.config)  # validates the whole file
     import yaml
 
+    # The raw slice, as Snakemake would pass it: the command builds its sections as it would from --params.
     return C.stage_slice(yaml.safe_load(Path(args.config).read_text()), stage)
 
 
@@ -59,11 +61,14 @@ def _stores(paths: list[Path]) -> dict[str, list[str]]:
 
     out: dict[str, list[str]] = {}
     for p in paths:
-        field = zarrv3.open_dataset(p).attrs.get("field")
+        field = zarrv3.open_dataset(p).attrs.get("field")  # the store says what it holds, not its path
         if field is None:
             raise C.ConfigError(f"{p}: not an atmorep shard store (no 'field' attribute)")
         out.setdefault(field, []).append(str(p))
     return out
+
+
+# Each command imports its stage inside: `atmorep --help` and light commands pay for no torch or zarr.
 
 
 def cmd_acquire(args) -> None:
@@ -145,7 +150,7 @@ def cmd_verify(args) -> None:
             raise C.ConfigError(
                 f"{store}: neither a normalized nor a shard store of atmorep (attributes {sorted(attrs)})"
             )
-        print(json.dumps({"verified": summary}), flush=True)
+        print(json.dumps({"verified": summary}), flush=True)  # before a later store's error line on stderr
 
 
 def cmd_train(args) -> None:
@@ -189,7 +194,7 @@ def cmd_evaluate(args) -> None:
 def cmd_launch(args) -> int:
     from atmorep.train.launch import launch
 
-    rest = args.rest[1:] if args.rest[:1] == ["--"] else args.rest
+    rest = args.rest[1:] if args.rest[:1] == ["--"] else args.rest  # REMAINDER keeps the separator
     if not rest:
         raise C.ConfigError("nothing to launch: give the command after --, e.g. -- train --config FILE ...")
     return launch(args.launcher, args.ranks, rest, args.per_node)
@@ -231,7 +236,7 @@ def cmd_inspect(args) -> int:
 
     status = 0
     for path in args.paths:
-        try:
+        try:  # one unusable input is reported and the others are still described
             print(describe(path, regrid=args.regrid, variables=dict(v.split("=", 1) for v in args.variable)))
         except ValueError as exc:
             print(f"atmorep inspect: {exc}", file=sys.stderr)
@@ -511,8 +516,8 @@ def main(argv: list[str] | None = None) -> int:
     launch.watch_launcher()  # a rank started by `atmorep launch` dies with it
     try:
         return args.func(args) or 0
-    except BaseException as exc:
-        if isinstance(exc, SystemExit) or launch.debug():
+    except BaseException as exc:  # KeyboardInterrupt too: one line and 130, not a traceback
+        if isinstance(exc, SystemExit) or launch.debug():  # SystemExit: a chosen status (75: requeue)
             raise
         code, line = failure(args.command, exc)
         if not launch.report(code, line):  # a launched rank leaves its line to the launcher
@@ -528,11 +533,12 @@ def failure(command: str, exc: BaseException) -> tuple[int, str]:
 
     if isinstance(exc, KeyboardInterrupt):
         return EXIT_INTERRUPTED, f"atmorep {command}: interrupted; nothing unfinished is left looking complete"
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):  # before OSError below
         from atmorep.formats.atomic import DiskFull
 
         return 1, f"atmorep {command}: error: {DiskFull.describe(exc)}"
-    if isinstance(exc, (C.ConfigError, ValueError, OSError)):  # incl. DataError, TooManyBadSteps
+    # Errors the user can act on (incl. DataError, TooManyBadSteps, Locked); anything else is our bug.
+    if isinstance(exc, (C.ConfigError, ValueError, OSError)):
         return 1, f"atmorep {command}: error: {exc}"
     return 1, (
         f"atmorep {command}: internal error: {type(exc).__name__}: {exc} (rerun with --debug or "

@@ -88,7 +88,7 @@ class DataConfig:
         if step <= 0:
             raise ConfigError("data.step_hours is 0 (irregular): the expected time steps are unknown")
         first = np.datetime64(month, "M").astype("datetime64[s]")
-        after = (np.datetime64(month, "M") + 1).astype("datetime64[s]")
+        after = (np.datetime64(month, "M") + 1).astype("datetime64[s]")  # exclusive: the next month's start
         t = np.arange(first, after, np.timedelta64(step, "h"))
         start, end = self.period
         return t[(t >= start) & (t <= end)]
@@ -156,7 +156,7 @@ class ClimatologyConfig:
         first, last = np.datetime64(self.start, "M"), np.datetime64(self.end, "M")
         if last < first:
             raise ConfigError(f"normalize.climatology: end {self.end} is before start {self.start}")
-        return [str(m) for m in np.arange(first, last + 1)]
+        return [str(m) for m in np.arange(first, last + 1)]  # datetime64[M] steps: 'YYYY-MM' strings
 
 
 @dataclass(frozen=True)
@@ -189,9 +189,9 @@ class NormalizeConfig:
 class ShardConfig:
     """Token-aligned zarr v3 stores: one inner chunk per token position (all levels), many per file."""
 
-    token_size: tuple[int, int, int] = (3, 9, 9)
+    token_size: tuple[int, int, int] = (3, 9, 9)  # (time, lat, lon) points: AtmoRep's finer token
     field_token_size: dict[str, tuple[int, int, int]] = field(default_factory=dict)
-    shard_tokens: tuple[int, int, int] = (24, 16, 32)
+    shard_tokens: tuple[int, int, int] = (24, 16, 32)  # chosen with benchmarks/loader.py --sweep (README, shard)
 
     def token_size_for(self, field_name: str) -> tuple[int, int, int]:
         return self.field_token_size.get(field_name, self.token_size)
@@ -336,6 +336,7 @@ def tokens_per_field(cfg: Config) -> dict[str, tuple[int, int, int]]:
     """Tokens per sample and level of each field: ``model.num_tokens`` counts the finest tokens, and
     every field covers the same neighbourhood (as the loader, :class:`atmorep.data.dataset.WindowDataset`)."""
     sizes = np.array([cfg.shard.token_size_for(f) for f in cfg.data.fields])
+    # WindowDataset's arithmetic, here without data: preflight refuses a bad tiling before anything runs.
     extent = np.asarray(cfg.model.num_tokens) * sizes.min(axis=0)
     out = {}
     for f in cfg.data.fields:
@@ -355,7 +356,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "normalize": ("data", "normalize"),
     "shard": ("data", "shard"),
     "train": ("seed", "data", "model", "train"),
-    "evaluate": ("seed", "data", "evaluate"),
+    "evaluate": ("seed", "data", "evaluate"),  # no model section: evaluate reads it from model.pt
 }
 
 
@@ -379,9 +380,10 @@ def convert(tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         return build(tp, value, where)
-    if origin in (typing.Union, types.UnionType):
+    if origin in (typing.Union, types.UnionType):  # Optional[X] (typing) or X | None (types)
         if value is None:
             return None
+        # the dataclasses use unions only as X | None: exactly one other type
         (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
         return convert(inner, value, where)
     if origin is dict:
@@ -393,10 +395,11 @@ def convert(tp: Any, value: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         args = typing.get_args(tp)
-        inner = args[0]
+        inner = args[0]  # fixed-length tuples here are homogeneous (tuple[int, int, int])
         if args[-1] is not Ellipsis and len(args) != len(value):
             raise ConfigError(f"{where}: expected {len(args)} values, got {list(value)!r}")
         return tuple(convert(inner, v, where) for v in value)
+    # YAML reads `lr: 1` as an int; a bool is an int too in Python, and never a number here
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp in (int, float, str, bool) and not isinstance(value, tp):
@@ -414,7 +417,7 @@ def build(cls: type, raw: Any, where: str = ""):
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls)  # the annotations are strings (`from __future__ import annotations`)
     names = {f.name for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in names:
@@ -430,6 +433,7 @@ def build(cls: type, raw: Any, where: str = ""):
 
 def schema_path() -> Path:
     """The JSON schema shipped with the workflow (repository checkout)."""
+    # parents[2]: src/atmorep -> src -> the checkout's root (an installed package has no workflow/)
     return Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
 
@@ -442,8 +446,9 @@ def validate_schema(raw: Any, section: str | None = None) -> None:
     import jsonschema
 
     schema = yaml.safe_load(path.read_text())
-    if section is not None:
+    if section is not None:  # the section's own schema, with the definitions its $refs point to
         schema = {**schema["properties"][section], "definitions": schema.get("definitions", {})}
+    # sorted by path: the same first error every run, whatever order the validator finds them in
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(raw), key=lambda e: list(e.path))
     if errors:
         err = errors[0]
@@ -494,6 +499,6 @@ def section(raw: dict, name: str):
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     }:
         raise ConfigError(f"missing config key '{name}'")
-    if name == "seed":
+    if name == "seed":  # the one scalar section; 1 is Config's default
         return int(raw.get("seed", 1))
     return convert(hints[name], raw.get(name, {}), name)

@@ -86,9 +86,10 @@ def _model_file(raw: Any, path: Path) -> ModelFile:
     if not isinstance(raw, dict) or "model" not in raw or "fields" not in raw:
         raise C.ConfigError(f"{path}: a model file needs `model:` and `fields:` sections")
     try:
-        C.validate_schema(raw["model"], "model")
+        C.validate_schema(raw["model"], "model")  # the run configuration's schema: one definition of the keys
         spec = C.build(ModelFile, {**raw, "fields": _count_levels(raw["fields"])})
         for g in spec.fields.values():
+            # FieldGeometry checks nothing itself (the model builds it from data it trusts); a file is input
             if min(g.token_size) < 1 or (g.num_tokens is not None and min(g.num_tokens) < 1):
                 raise C.ConfigError(f"fields: token_size {list(g.token_size)} and num_tokens must be positive")
         return spec
@@ -106,6 +107,6 @@ def _count_levels(fields: Any) -> Any:
             levels = C.convert(tuple[int, ...], entry["levels"], f"fields.{name}.levels")
             if not levels:
                 raise C.ConfigError("fields: every field needs at least one level")
-            entry = {**entry, "levels": len(levels)}
+            entry = {**entry, "levels": len(levels)}  # the numbers document the file; the model needs the count
         out[name] = entry
     return out

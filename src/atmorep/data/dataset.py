@@ -51,10 +51,10 @@ class FieldStore:
         self.lons = ds["longitude"].values.astype(np.float64)
         self.periodic = periodic(self.lons)  # a global grid: windows wrap around in longitude
         self.months = ds["month"].values.astype("datetime64[M]")
-        self.mean = ds["mean"].values
+        self.mean = ds["mean"].values  # read once: denormalize indexes them per window
         self.std = ds["std"].values
         self._data, self._pid = zarrv3.open_array(self.path / "data"), os.getpid()
-        self.dense = zarrv3.DenseShards.open(self.path / "data")
+        self.dense = zarrv3.DenseShards.open(self.path / "data")  # None: read through zarr instead
         tt, ty, tx = self.token_size
         if self.dense is not None and (self.dense.chunk[0], self.dense.chunk[2], self.dense.chunk[3]) != (tt, ty, tx):
             log.warning(
@@ -76,7 +76,7 @@ class FieldStore:
 
     @property
     def resolution(self) -> float:
-        return float(abs(self.lats[1] - self.lats[0]))
+        return float(abs(self.lats[1] - self.lats[0]))  # degrees; the grids are regular
 
     @property
     def bytes_read(self) -> int:
@@ -87,7 +87,7 @@ class FieldStore:
         """Values ``(L, nt, ny, nx)`` through zarr, any origin; longitude wraps on a global grid (at most
         two reads)."""
         nlon = len(self.lons)
-        x0 = x0 % nlon if self.periodic else x0
+        x0 = x0 % nlon if self.periodic else x0  # a global origin may lie past the last column, or below 0
         if x0 + nx <= nlon:
             return self.data[t0 : t0 + nt, :, y0 : y0 + ny, x0 : x0 + nx].transpose(1, 0, 2, 3)
         if not self.periodic or x0 < 0:
@@ -99,18 +99,19 @@ class FieldStore:
     def read_tokens(self, t0: int, y0: int, x0: int, T: int, Y: int, X: int) -> np.ndarray:
         """Tokens ``(L, T, Y, X, P)`` of the window at a token-grid origin; longitude wraps on a global grid."""
         tt, ty, tx = self.token_size
-        if self.dense is not None and not (t0 % tt or y0 % ty or x0 % tx):
+        if self.dense is not None and not (t0 % tt or y0 % ty or x0 % tx):  # an origin on chunk boundaries
             try:  # chunks (T, Lc, Y, X, tt, cl, ty, tx): Lc chunks of cl levels each
                 blk = self.dense.read(
                     (t0 // tt, 0, y0 // ty, x0 // tx),
                     (T, self.dense.grid[1], Y, X),
-                    (False, False, False, self.periodic),
+                    (False, False, False, self.periodic),  # only longitude wraps
                 )
             except zarrv3.NotDense as exc:
                 log.warning("%s; reading through zarr", exc)
                 self.dense = None
             else:
                 L = len(self.levels)
+                # -> (Lc, cl, T, Y, X, tt, ty, tx); [:L] drops the padding of a last, partial level chunk
                 return blk.transpose(1, 5, 0, 2, 3, 4, 6, 7).reshape(-1, T, Y, X, tt * ty * tx)[:L]
         return tokenize(self.read(t0, T * tt, y0, Y * ty, x0, X * tx), self.token_size)
 
@@ -118,6 +119,7 @@ class FieldStore:
         self, values_LTYX: np.ndarray, t_idx: np.ndarray, y_idx: np.ndarray, x_idx: np.ndarray
     ) -> np.ndarray:
         """Physical values from normalized ``(..., L, T, Y, X)`` at the given store indices."""
+        # statistics are per month: each time step undone with its own month's
         month = np.searchsorted(self.months, self.times[t_idx].astype("datetime64[M]"))
         if self.normalization == "global":
             mean, std = self.mean[month].T, self.std[month].T  # L T
@@ -150,6 +152,7 @@ class WindowGrid(Sequence):
         self.t_origins = [np.asarray(t, np.int64) for t in t_origins]
         self.y_origins, self.x_origins = np.asarray(y_origins, np.int64), np.asarray(x_origins, np.int64)
         self.weights = np.asarray(weights, np.float64) / np.sum(weights)
+        # Time origins of all stores on one axis: a window index is (time across years, lat, lon).
         self._store = np.concatenate([np.full(len(t), s) for s, t in enumerate(self.t_origins)]).astype(np.int64)
         self._t = np.concatenate(self.t_origins) if self.t_origins else np.zeros(0, np.int64)
         self.shape = (len(self._t), len(self.y_origins), len(self.x_origins))  # (time across stores, lat, lon)
@@ -182,6 +185,7 @@ class WindowDataset:
 
     def __init__(self, stores: dict[str, list[str | Path]], num_tokens, start: np.datetime64, end: np.datetime64):
         self.fields = list(stores)
+        # Sorted paths: store k of every field is the same year (_check_grids holds them to it).
         self.stores = {f: [FieldStore(p) for p in sorted(map(str, paths))] for f, paths in stores.items()}
         self.num_tokens = tuple(num_tokens)
         self._check_grids()
@@ -227,8 +231,9 @@ class WindowDataset:
         st, sy, sx = self.step
         ref = self.stores[self.fields[0]]
         t_origins = []
-        for store in ref:
+        for store in ref:  # windows never span two stores (years)
             t = np.arange(0, len(store.times) - nt + 1, st)
+            # the whole window inside the period: its first and its last step
             t_origins.append(t[(store.times[t] >= start) & (store.times[t + nt - 1] <= end)])
         lats, nlon = ref[0].lats, len(ref[0].lons)
         if ref[0].periodic:
@@ -241,6 +246,8 @@ class WindowDataset:
         else:
             x = np.arange(0, nlon - nx + 1, sx)  # a regional grid: windows lie inside it
         y = np.arange(0, len(lats) - ny + 1, sy)
+        # Each lat origin stands for the band of sy rows around its window's centre; its area on the
+        # sphere is proportional to the difference of the sines (clipped at the poles).
         centre = np.deg2rad((lats[y] + lats[y + ny - 1]) / 2)
         half = np.deg2rad(sy * ref[0].resolution / 2)
         hi, lo = np.minimum(centre + half, np.pi / 2), np.maximum(centre - half, -np.pi / 2)
@@ -274,7 +281,7 @@ class WindowDataset:
         w = self.grid[int(i)]
         store = self.stores[field][w.store]
         nt, ny, nx = self.extent
-        lons = store.lons[(w.x0 + np.array([0, nx - 1])) % len(store.lons)]
+        lons = store.lons[(w.x0 + np.array([0, nx - 1])) % len(store.lons)]  # a window may wrap past 360°
         when = np.datetime_as_string(store.times[w.t0], "h")
         return str(store.path), (
             f"window {int(i)} at {when}, lat {store.lats[w.y0]:g}.."
@@ -296,7 +303,7 @@ class WindowDataset:
         year = last.astype("datetime64[Y]")
         doy = (last.astype("datetime64[D]") - year).astype(int)
         hour = (last.astype("datetime64[h]") - last.astype("datetime64[D]")).astype(int)
-        colat = 90.0 - store.lats[w.y0 + ty * np.arange(Y) + ty // 2]
+        colat = 90.0 - store.lats[w.y0 + ty * np.arange(Y) + ty // 2]  # the token's centre row and column
         lon = store.lons[(w.x0 + tx * np.arange(X) + tx // 2) % len(store.lons)]
         L = len(store.levels)
         info = np.zeros((L, T, Y, X, len(TOKEN_INFO)), np.float64)

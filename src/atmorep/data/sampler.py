@@ -1,8 +1,9 @@
 """Which windows training reads, and in which order: drawn uniformly on the sphere, the same on every
 rank, cut into global batches per optimizer step.
 
-Everything here depends only on the seed and the step (never on the world size or on what was read
-before), which makes resumption exact and world-size changes possible.
+Everything here depends only on the seed, the step and the global batch size (never on how ranks
+split the batch or on what was read before), which makes resumption exact and world-size changes
+possible.
 """
 
 from __future__ import annotations
@@ -35,13 +36,14 @@ class SphereSampler:
         nt, ny, nx = self.grid.shape
         chosen, count = [], 0
         while count < self.samples:
-            k = 2 * (self.samples - count) + 64
+            k = 2 * (self.samples - count) + 64  # drawn with room for duplicates: one round usually does
+            # (t, y, x) as one C-order index of the grid, as WindowGrid.locate reads it
             flat = (rng.integers(nt, size=k) * ny + rng.choice(ny, size=k, p=self.grid.weights)) * nx + rng.integers(
                 nx, size=k
             )
             _, first = np.unique(flat, return_index=True)
             flat = flat[np.sort(first)]  # first draws of each window, in draw order
-            if chosen:
+            if chosen:  # without replacement across rounds too
                 flat = flat[~np.isin(flat, np.concatenate(chosen))]
             chosen.append(flat[: self.samples - count])
             count += len(chosen[-1])
@@ -53,9 +55,10 @@ class StepBatches:
     draw of windows (centres uniform on the sphere, :class:`SphereSampler`);
     rank r reads its own slice of each micro-step.
 
-    An epoch is ``epoch_steps`` optimizer steps (the schedule's epoch). The global batch
-    (batch_size x accumulation x world) and so the sequence of windows depend only on the seed and
-    the step, which makes resumption exact and world-size changes possible.
+    An epoch is ``epoch_steps`` optimizer steps (the schedule's epoch). For a given global batch size
+    (batch_size x accumulation x world), the global batch and so the sequence of windows depend only
+    on the seed and the step: resumption is exact, and a resumed run on another world size with the
+    same global batch size reads the same windows.
     """
 
     def __init__(self, dataset: WindowDataset, seed: int, global_batch: int, epoch_steps: int):
@@ -63,7 +66,7 @@ class StepBatches:
         if n < global_batch:
             raise ValueError(f"{n} training windows are fewer than one global batch of {global_batch}")
         self.global_batch = global_batch
-        self.steps_per_epoch = min(epoch_steps, n // global_batch)
+        self.steps_per_epoch = min(epoch_steps, n // global_batch)  # an epoch draws distinct windows
         self.sampler = SphereSampler(dataset.grid, self.steps_per_epoch * global_batch, seed)
         self._epoch, self._order = None, None
 
@@ -77,4 +80,5 @@ class StepBatches:
         """Window indices of ``rank`` for ``step``: one list per micro-step."""
         epoch, pos = divmod(step, self.steps_per_epoch)
         glob = self.order(epoch)[pos * self.global_batch : (pos + 1) * self.global_batch]
+        # Rank-major, then micro-steps: one rank with k micro-steps reads what k ranks read in one.
         return [part.tolist() for part in np.array_split(glob.reshape(world, -1)[rank], micro_steps)]

@@ -67,7 +67,7 @@ def latitude_rows(nlat: int, token_lat: int, poles: bool = True) -> slice:
     keep = (usable // token_lat) * token_lat
     if keep == 0:
         raise DataError(f"grid of {nlat} latitudes is smaller than one token ({token_lat} rows)")
-    first = int(poles) + (usable - keep) // 2
+    first = int(poles) + (usable - keep) // 2  # an odd leftover row goes at the end (south: rows run N -> S)
     return slice(first, first + keep)
 
 
@@ -107,7 +107,8 @@ def layout(cfg: ShardConfig, token_size, shape: tuple[int, int, int, int]):
     """Inner chunk ``(tt, L, ty, tx)`` and shard shape (whole chunks, at most the array) of a store."""
     tt, ty, tx = token_size
     chunk = (tt, shape[1], ty, tx)
-    per_shard = (cfg.shard_tokens[0], 1, cfg.shard_tokens[1], cfg.shard_tokens[2])
+    per_shard = (cfg.shard_tokens[0], 1, cfg.shard_tokens[1], cfg.shard_tokens[2])  # a chunk has every level
+    # At most the array rounded up to whole chunks: a small store is not one mostly-empty shard.
     shards = tuple(c * min(k, -(-n // c)) for c, k, n in zip(chunk, per_shard, shape))
     return chunk, shards
 
@@ -118,7 +119,7 @@ class Months:
     def __init__(self, field: str, year: str, inputs: list[str | Path]):
         if not inputs:
             raise DataError(f"no normalized input for field '{field}' in {year}")
-        opened = sorted(
+        opened = sorted(  # by the month each store says it holds, not by path or argument order
             ((zarrv3.open_dataset(p, threads=None), str(p)) for p in inputs), key=lambda mp: mp[0].attrs["month"]
         )
         self.months = [m for m, _ in opened]
@@ -148,7 +149,7 @@ class Months:
                 da = m["data"].transpose(*DIMS).isel(time=slice(a - off, b - off), latitude=rows, longitude=cols)
                 parts.append(da.values)
                 _finite(path, m, parts[-1], a - off, rows, cols)
-        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]  # no copy inside one month
 
 
 def _finite(path: str, month: xr.Dataset, values: np.ndarray, t0: int, rows: slice, cols: slice) -> None:
@@ -182,7 +183,7 @@ def shard(data: DataConfig, cfg: ShardConfig, field: str, year: str, inputs: lis
         arr = store.create_sharded(
             "data", shape, chunk, shards, DIMS, {"long_name": f"{field}, normalized per month", "units": "1"}
         )
-        for t0, t1, y0, y1 in tqdm(
+        for t0, t1, y0, y1 in tqdm(  # disable=None: a bar on a terminal only, none in Snakemake's logs
             list(_blocks(shape, shards)), desc=f"shard {field} {year}", disable=None, mininterval=5
         ):
             values = months.block(t0, t1, slice(rows.start + y0, rows.start + y1), cols)
@@ -198,9 +199,9 @@ def identity(store: str | Path) -> dict:
     store = Path(store)
     attrs = json.loads((store / "zarr.json").read_text()).get("attributes", {})
     files = sorted(
-        (str(p.relative_to(store)), p.stat().st_size, p.stat().st_mtime_ns)
+        (str(p.relative_to(store)), p.stat().st_size, p.stat().st_mtime_ns)  # mtime: rewritten in place, same size
         for p in store.rglob("*")
-        if p.is_file() and not p.name.startswith(".")
+        if p.is_file() and not p.name.startswith(".")  # not Snakemake's timestamp or other dot files
     )
     return {
         "field": attrs.get("field"),
@@ -231,7 +232,7 @@ def _template(
     """Everything but ``data``: coordinates (CF), monthly statistics, attributes and provenance."""
     src = months.first.isel(latitude=rows, longitude=cols)
     stats = xr.concat([m[["mean", "std"]] for m in months.months], dim="month")
-    if "latitude" in stats.dims:
+    if "latitude" in stats.dims:  # local statistics are per grid point: cropped like the data
         stats = stats.isel(latitude=rows, longitude=cols)
     stats = stats.assign_coords(month=[np.datetime64(m.attrs["month"], "ns") for m in months.months])
     ds = stats.assign_coords(
@@ -313,6 +314,7 @@ def verify(
             f"{made_from}: these are not its sources; rebuild it (atmorep shard)"
         )
     first, stop, nlat = prov["latitude_rows"]
+    # a store without the key (sharded before regional grids) kept every column
     west, east, nlon = prov.get("longitude_columns", [0, src.sizes["longitude"], src.sizes["longitude"]])
     rows, cols = slice(first, stop), slice(west, east)
     token = tuple(ds.attrs["token_size"])
@@ -324,7 +326,7 @@ def verify(
                 "the configured ones"
             )
     poles = has_poles(lats)
-    if (
+    if (  # poles excluded; centred to within one row (an odd leftover); whole tokens
         (poles and (first < 1 or stop > nlat - 1))
         or abs(first - int(poles) - (nlat - int(poles) - stop)) > 1
         or (stop - first) % token[1]
@@ -333,6 +335,7 @@ def verify(
             f"{store}: latitude rows {first}..{stop} of {nlat} are not whole tokens, centred"
             + (", poles excluded" if poles else "")
         )
+    # whole tokens, and either every column (global) or centred to within one column (regional)
     if (east - west) % token[2] or (east - west != nlon and (not 0 <= west or abs(west - (nlon - east)) > 1)):
         raise DataError(f"{store}: longitude columns {west}..{east} of {nlon} are not whole tokens, centred")
     _equal(store, "time", ds["time"].values, months.times)
@@ -358,8 +361,9 @@ def verify(
     ):
         want = months.block(t0, t1, slice(first + y0, first + y1), cols)
         _equal(store, f"data[{t0}:{t1}, :, {y0}:{y1}] (zarr)", arr[t0:t1, :, y0:y1, :], want)
-        nt = -(-(t1 - t0) // chunk[0])
+        nt = -(-(t1 - t0) // chunk[0])  # the year's last chunk may reach past its end (NaN padding)
         blk = dense.read((t0 // chunk[0], 0, y0 // chunk[2], 0), (nt, 1, (y1 - y0) // chunk[2], dense.grid[3]))
+        # (nt, 1, Yc, Xc, tt, L, ty, tx) -> (1, L, nt, tt, Yc, ty, Xc, tx): chunk-grid and in-chunk axes interleaved
         direct = blk.transpose(1, 5, 0, 4, 2, 6, 3, 7).reshape(shape[1], nt * chunk[0], y1 - y0, shape[3])
         _equal(store, f"data[{t0}:{t1}, :, {y0}:{y1}] (direct)", direct.transpose(1, 0, 2, 3)[: t1 - t0], want)
     summary = {
@@ -385,7 +389,7 @@ def _equal(store, what: str, got: np.ndarray, want: np.ndarray) -> None:
     got, want = np.ascontiguousarray(got), np.ascontiguousarray(want)
     if got.shape != want.shape or got.dtype != want.dtype:
         raise DataError(f"{store}: {what} is {got.dtype}{list(got.shape)}, the source {want.dtype}{list(want.shape)}")
-    bits = f"u{got.dtype.itemsize}"
+    bits = f"u{got.dtype.itemsize}"  # as integers: NaN equals NaN, and -0.0 differs from 0.0
     a, b = got.view(bits), want.view(bits)
     if np.array_equal(a, b):
         return

@@ -22,6 +22,7 @@ def tokenize(values_LTYX: np.ndarray, token_size) -> np.ndarray:
     tt, ty, tx = token_size
     L, nt, ny, nx = values_LTYX.shape
     v = values_LTYX.reshape(L, nt // tt, tt, ny // ty, ty, nx // tx, tx)
+    # (L, T, tt, Y, ty, X, tx) -> (L, T, Y, X, tt, ty, tx): P holds a token's values in (t, lat, lon) C order
     return v.transpose(0, 1, 3, 5, 2, 4, 6).reshape(L, nt // tt, ny // ty, nx // tx, tt * ty * tx)
 
 

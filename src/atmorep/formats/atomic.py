@@ -35,7 +35,7 @@ def _job() -> str:
 def alive(pid: int) -> bool:
     """Whether a process ``pid`` exists on this host."""
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # signal 0: only the existence and permission checks
     except ProcessLookupError:
         return False
     except PermissionError:  # someone else's process
@@ -46,11 +46,12 @@ def alive(pid: int) -> bool:
 def _dead(owner: str) -> bool:
     """Whether ``PID@HOST`` names a process of this host that no longer exists."""
     pid, _, host = owner.partition("@")
+    # another host's pid says nothing here; our own is never dead
     return host == socket.gethostname() and pid.isdigit() and int(pid) != os.getpid() and not alive(int(pid))
 
 
 def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
+    if path.is_dir() and not path.is_symlink():  # a link to a directory goes, not what it points to
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
@@ -86,13 +87,15 @@ class Replacement:
         self.out = Path(out)
         self.out.parent.mkdir(parents=True, exist_ok=True)
         sweep(self.out.parent)
+        # A sibling: the same file system, so the final rename is atomic.
         self.tmp = self.out.with_name(f".{self.out.name}.part-{_me()}")
-        _remove(self.tmp)
+        _remove(self.tmp)  # a leftover under our name: an earlier attempt, or a dead process with our pid
 
     def commit(self) -> Path:
         if self.out.is_dir() and not self.out.is_symlink():  # rename() cannot replace a non-empty directory
             old = self.out.with_name(f".{self.out.name}.old-{_me()}")
             _remove(old)
+            # Two renames: between them `out` is briefly absent, never half old and half new.
             os.replace(self.out, old)
             os.replace(self.tmp, self.out)
             _remove(old)
@@ -130,14 +133,14 @@ class DirectoryLock:
     def acquire(self) -> DirectoryLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(3):
-            try:
+            try:  # O_EXCL: creating the file is the test-and-set; exactly one process succeeds
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 try:
                     holder, _, job = self.path.read_text().strip().partition("\n")
                 except FileNotFoundError:
                     continue  # released meanwhile
-                if holder == _me():
+                if holder == _me():  # ours already (a second acquire in the same process)
                     self.held = True
                     return self
                 requeued = bool(job) and job == _job()
@@ -154,7 +157,7 @@ class DirectoryLock:
                     f"an earlier run of {job}" if requeued else "which no longer exists",
                 )
                 self.path.unlink(missing_ok=True)
-                continue
+                continue  # and race for it with O_EXCL like anyone else
             with os.fdopen(fd, "w") as f:
                 f.write(f"{_me()}\n{_job()}\n")
             self.held = True
@@ -164,7 +167,7 @@ class DirectoryLock:
     def release(self) -> None:
         if self.held:
             try:
-                if self.path.read_text().split("\n")[0] == _me():
+                if self.path.read_text().split("\n")[0] == _me():  # not if it was taken over meanwhile
                     self.path.unlink()
             except FileNotFoundError:
                 pass
@@ -192,7 +195,7 @@ class DiskFull(OSError):
         """One line: the path, the bytes it needs, the bytes free, the next step."""
         path = exc.path if isinstance(exc, DiskFull) else Path(exc.filename or ".")
         needed = exc.needed if isinstance(exc, DiskFull) else None
-        where = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+        where = next((p for p in (path, *path.parents) if p.exists()), Path("."))  # path may not exist yet
         free = shutil.disk_usage(where).free
         need = f"needs about {_mb(needed)}" if needed else "needs more space"
         why = exc.strerror or f"errno {exc.errno}"
@@ -220,6 +223,7 @@ def space_for(path: str | Path, needed: int | None):
         raise DiskFull(path, needed, exc) from exc
     except RuntimeError as exc:  # torch.save on a full disk: "unexpected pos …", "failed writing file …"
         where = next((p for p in (Path(path), *Path(path).parents) if p.exists()), Path("."))
+        # torch gives no errno: a full disk is inferred from the free space, else the error is another
         if shutil.disk_usage(where).free >= (needed or 1 << 20):
             raise
         raise DiskFull(path, needed, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))) from exc

@@ -19,8 +19,9 @@ zarr-python's ``shards=``: with zarrs it writes the same files only in most writ
 shard's chunks varies from write to write, and the mmap reader needs C order), and more slowly (see
 ``benchmarks/zarr_write.py``).
 
-Uncompressed throughout: normalized float32 compresses only ~1.1x (../shared/ENVIRONMENT.md), and
-uncompressed chunks are what lets :class:`DenseShards` read without decoding.
+Uncompressed throughout: normalized float32 compresses little and compressed chunks read slower
+(``benchmarks/loader.py``; the figures are in the README, "The pipeline", shard), and uncompressed
+chunks are what lets :class:`DenseShards` read without decoding.
 
 Legend: C a chunk's shape, K chunks per shard along each dimension, V the in-bounds part of K.
 """
@@ -48,15 +49,16 @@ from atmorep.formats.atomic import Replacement, space_for
 
 log = logging.getLogger(__name__)
 
-#: zarr-python's own pipeline costs ~0.5 ms per chunk, so token-sized chunks would read at a few
-#: MB/s; the Rust ``zarrs`` pipeline reads them 30-60x faster (../shared/ENVIRONMENT.md §7).
+#: zarr-python's own pipeline pays a fixed Python cost per chunk, far too much for token-sized
+#: chunks; the Rust ``zarrs`` pipeline reads them many times faster (measured by
+#: ../shared/env-scripts/zarr_shard_bench.py; the figures are in ../shared/ENVIRONMENT.md §7).
 ZARRS = "zarrs.ZarrsCodecPipeline"
 PYTHON = "zarr.core.codec_pipeline.BatchedCodecPipeline"
 
 #: shard files kept memory-mapped per process (least recently used are unmapped)
 MAX_OPEN_SHARDS = 64
 
-EMPTY = np.iinfo(np.uint64).max  # index entry of a chunk that is not stored
+EMPTY = np.iinfo(np.uint64).max  # index entry of a chunk that is not stored (2^64 - 1, the v3 spec's)
 
 
 def pipeline(threads: int | None, path: str = ZARRS):
@@ -92,7 +94,7 @@ def open_array(path: str | Path, forked: bool = False) -> zarr.Array:
     (a DataLoader worker) whose parent used zarrs hangs in its first multi-chunk read. ``forked=True``
     opens the array with zarr-python's own pipeline instead (slow, but safe after fork).
     """
-    with pipeline(1, PYTHON if forked else ZARRS):
+    with pipeline(1, PYTHON if forked else ZARRS):  # 1 thread: a process may fork after opening
         return zarr.open_array(str(path), mode="r")
 
 
@@ -103,7 +105,7 @@ def _to_zarr(ds: xr.Dataset, path: Path, encoding: dict | None = None) -> None:
 
 def write_dataset(ds: xr.Dataset, out: str | Path, encoding: dict | None = None) -> Path:
     """Write ``ds`` through xarray (its CF encoding) as a zarr v3 store, atomically."""
-    with Replacement(out) as tmp, space_for(out, ds.nbytes):
+    with Replacement(out) as tmp, space_for(out, ds.nbytes):  # ds.nbytes: uncompressed, an upper bound
         _to_zarr(ds, tmp, encoding)
     return Path(out)
 
@@ -116,7 +118,7 @@ def array_metadata(shape, dtype, chunks, dims=(), attributes=None, fill=None, sh
     ``shards``, of a regular grid of shards each holding whole ``chunks`` (index at the end).
     ``fill`` defaults to NaN (floats) or 0."""
     dtype, floats = np.dtype(dtype), np.dtype(dtype).kind == "f"
-    fill = (np.nan if floats else 0) if fill is None else fill
+    fill = (np.nan if floats else 0) if fill is None else fill  # NaN: a chunk never written reads as missing
     raw = [{"name": "bytes", "configuration": {"endian": "little"}}]
     codecs, grid = raw, chunks
     if shards is not None:
@@ -130,6 +132,7 @@ def array_metadata(shape, dtype, chunks, dims=(), attributes=None, fill=None, sh
         "data_type": dtype.name,
         "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [int(c) for c in grid]}},
         "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        # NaN as the spec's string "NaN": JSON has no NaN
         "fill_value": ("NaN" if np.isnan(fill) else float(fill)) if floats else int(fill),
         "codecs": codecs,
         "attributes": attributes or {},
@@ -160,6 +163,7 @@ def writing(
     with Replacement(out) as tmp, space_for(out, nbytes):
         if template is not None:
             _to_zarr(template, tmp)
+        # with a template the group's zarr.json (and its attributes) is xarray's: kept as written
         yield Store(tmp, attributes if template is None else None)
 
 
@@ -203,11 +207,12 @@ class Array:
 
     def write_chunk(self, index: tuple[int, ...], values: np.ndarray) -> None:
         """Chunk ``index``; ``values`` may be smaller than a chunk at the array's edge (padded with fill)."""
-        values = np.asarray(values, dtype=self.dtype)
-        if values.shape != self.chunks:
+        values = np.asarray(values, dtype=self.dtype)  # little-endian, as the metadata's bytes codec says
+        if values.shape != self.chunks:  # v3 stores edge chunks whole
             full = np.full(self.chunks, self.fill, self.dtype)
             full[tuple(slice(0, n) for n in values.shape)] = values
             values = full
+        # default chunk keys: c/i/j/...; a 0-d array's one chunk is "c"
         key = self.path / "c" / Path(*map(str, index)) if index else self.path / "c"
         key.parent.mkdir(parents=True, exist_ok=True)
         with open(key, "wb") as f:
@@ -222,7 +227,7 @@ class Array:
         n = values.shape[0]
         if n % c0 and start + n != self.shape[0]:
             raise ValueError(f"{self.path.name}: block of {n} rows is not whole chunks of {c0}")
-        rest = [range(math.ceil(s / c)) for s, c in zip(self.shape[1:], self.chunks[1:])]
+        rest = [range(math.ceil(s / c)) for s, c in zip(self.shape[1:], self.chunks[1:])]  # chunks of the other axes
         for i in range(math.ceil(n / c0)):
             rows = values[i * c0 : (i + 1) * c0]
             for idx in itertools.product(*rest):
@@ -261,6 +266,7 @@ class DenseShards:
         inner = conf["codecs"]
         if len(inner) != 1 or inner[0]["name"] != "bytes":
             raise NotDense(f"{self.path}: inner chunks are encoded with {[c['name'] for c in inner]}, not plain bytes")
+        # Our writer's index codecs, or the bare form other writers may use; anything else is refused.
         self.crc = [c["name"] for c in conf["index_codecs"]] == ["bytes", "crc32c"]
         if not self.crc and [c["name"] for c in conf["index_codecs"]] != ["bytes"]:
             raise NotDense(f"{self.path}: unsupported shard index codecs")
@@ -274,15 +280,16 @@ class DenseShards:
         self.per_shard = tuple(s // c for s, c in zip(self.shard, self.chunk))  # K
         self.grid = tuple(-(-n // c) for n, c in zip(self.shape, self.chunk))  # chunks along each dim
         self.chunk_bytes = math.prod(self.chunk) * self.dtype.itemsize
-        self.index_bytes = 16 * math.prod(self.per_shard) + 4 * self.crc
+        self.index_bytes = 16 * math.prod(self.per_shard) + 4 * self.crc  # (offset, nbytes) uint64 per chunk
         self.index_at_end = conf.get("index_location", "end") == "end"
         self._body = 0 if self.index_at_end else self.index_bytes  # where the chunks start in a file
+        # The v3 spec's two encodings: "default" (c/0/1, "/" unless set) and "v2" (0.1, "." unless set).
         enc = meta.get("chunk_key_encoding", {"name": "default"})
         sep = enc.get("configuration", {}).get("separator", "/" if enc["name"] == "default" else ".")
         self._prefix = ["c"] if enc["name"] == "default" else []
         self._sep = sep
         self.bytes_read = 0
-        self._checked: set[tuple[int, ...]] = set()
+        self._checked: set[tuple[int, ...]] = set()  # shards whose index was held against _index
 
     @classmethod
     def open(cls, path: str | Path) -> DenseShards | None:
@@ -309,7 +316,7 @@ class DenseShards:
         each ``chunk_bytes`` long, in C order; the chunks beyond the array's end are not stored."""
         index = np.full((*self.per_shard, 2), EMPTY, "<u8")
         box = tuple(slice(0, v) for v in valid)
-        rank = np.arange(math.prod(valid), dtype=np.uint64).reshape(valid)
+        rank = np.arange(math.prod(valid), dtype=np.uint64).reshape(valid)  # each chunk's place in C order
         index[box + (0,)] = self._body + rank * np.uint64(self.chunk_bytes)
         index[box + (1,)] = self.chunk_bytes
         return index
@@ -319,7 +326,7 @@ class DenseShards:
     def write(self, origin: tuple[int, ...], values: np.ndarray) -> None:
         """Write ``values`` at ``origin`` (array indices): whole shards, or up to the array's end."""
         end = tuple(o + n for o, n in zip(origin, values.shape))
-        for o, e, s, n in zip(origin, end, self.shard, self.shape):
+        for o, e, s, n in zip(origin, end, self.shard, self.shape):  # a shard file is written whole, once
             if o % s or (e % s and e != n):
                 raise ValueError(f"{self.path}: region {origin}..{end} does not cover whole shards of {self.shard}")
         keys = itertools.product(*(range(o // s, -(-e // s)) for o, e, s in zip(origin, end, self.shard)))
@@ -337,10 +344,11 @@ class DenseShards:
             padded[tuple(slice(0, n) for n in values.shape)] = values
             values = padded
         nd = len(valid)
+        # (V0, C0, V1, C1, ...) -> (V..., C...): the chunks one after another in C order, each C-ordered
         split = values.astype(self.dtype, copy=False).reshape([x for v, c in zip(valid, self.chunk) for x in (v, c)])
         body = np.ascontiguousarray(split.transpose([*range(0, 2 * nd, 2), *range(1, 2 * nd, 2)]))
         tail = self._index(valid).tobytes()
-        if self.crc:
+        if self.crc:  # the checksum of the index itself, little-endian after it
             tail += np.array([google_crc32c.value(tail)], "<u4").tobytes()
         path = self.key_path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -362,7 +370,7 @@ class DenseShards:
         wrap = wrap or (False,) * len(self.shape)
         out = np.empty((*count, *self.chunk), self.dtype)
         runs = [self._runs(s, n, d, w) for d, (s, n, w) in enumerate(zip(start, count, wrap))]
-        for combo in itertools.product(*runs):
+        for combo in itertools.product(*runs):  # one strided copy per shard (and wrap piece) touched
             shard = self._shard(tuple(r[0] for r in combo))
             out[tuple(slice(r[3], r[3] + r[2]) for r in combo)] = shard[tuple(slice(r[1], r[1] + r[2]) for r in combo)]
         self.bytes_read += out.nbytes
@@ -374,14 +382,14 @@ class DenseShards:
         if wrap:
             if self.shape[dim] % self.chunk[dim] or n > grid:
                 raise ValueError(f"{self.path}: dimension {dim} cannot wrap ({self.shape[dim]} points, {n} chunks)")
-            start %= grid
+            start %= grid  # a window origin may be given past the end (a longitude past 360°)
         elif start < 0 or start + n > grid:
             raise IndexError(f"{self.path}: chunks {start}..{start + n} outside 0..{grid} along dimension {dim}")
         runs, done = [], 0
         while done < n:
             c = (start + done) % grid
             s, o = divmod(c, k)
-            length = min(k - o, n - done, grid - c)
+            length = min(k - o, n - done, grid - c)  # up to the shard's end, the request's, or the wrap
             runs.append((s, o, length, done))
             done += length
         return runs
@@ -396,11 +404,12 @@ class DenseShards:
         with open(self.key_path(key), "rb") as f:
             if key not in self._checked:
                 self._check(f, key)
-            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)  # keeps its own descriptor: `f` may close
+        # chunks are dense and in C order (_check): the body is one (V..., C...) array
         view = np.frombuffer(mm, self.dtype, count=math.prod(valid) * math.prod(self.chunk), offset=self._body)
         view = view.reshape(*valid, *self.chunk)
         _MAPS[(self.path, key)] = view
-        while len(_MAPS) > MAX_OPEN_SHARDS:
+        while len(_MAPS) > MAX_OPEN_SHARDS:  # bounded; an evicted map is unmapped once no view of it is left
             _MAPS.popitem(last=False)
         return view
 
@@ -409,7 +418,7 @@ class DenseShards:
         valid = self._valid(key)
         nbytes = math.prod(valid) * self.chunk_bytes + self.index_bytes
         size = os.fstat(f.fileno()).st_size
-        if size != nbytes:
+        if size != nbytes:  # the cheap test first: a stat, before reading the index
             raise NotDense(f"{f.name}: {size} bytes, a dense shard has {nbytes}")
         raw = os.pread(f.fileno(), self.index_bytes, size - self.index_bytes if self.index_at_end else 0)
         self.bytes_read += len(raw)

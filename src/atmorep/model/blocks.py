@@ -27,6 +27,7 @@ class MLP(nn.Module):
         self.out = nn.GELU() if gelu_out else nn.Identity()
 
     def forward(self, x_BND: torch.Tensor) -> torch.Tensor:
+        # the residual is inside the MLP: the blocks below call it on their attention's sum
         return x_BND + self.out(self.fc2(self.drop(self.act(self.fc1(self.ln(x_BND))))))
 
 
@@ -52,8 +53,9 @@ class EncoderBlock(nn.Module):
     ):
         super().__init__()
         self.ln = nn.LayerNorm(dim, elementwise_affine=False)
+        # each coupled field's stream has its own scale: normalised on its own, not with this field's
         self.ln_src = nn.ModuleList(nn.LayerNorm(d, elementwise_affine=False) for d in coupled_dims)
-        self.attn = MultiSourceAttention(
+        self.attn = MultiSourceAttention(  # every head dim // heads wide: coupling adds heads, not width
             dim, dim // heads, heads, coupled_dims, coupling_heads, qk_norm, dropout, kernel, source_q_norm=not compat
         )
         self.mlp = MLP(dim, dropout, gelu_out)
@@ -83,7 +85,8 @@ class DecoderBlock(nn.Module):
             raise ValueError(f"a decoder block needs at least 2 heads (self and cross), got {heads}")
         self.ln = nn.LayerNorm(dim, elementwise_affine=False)
         self.ln_enc = nn.LayerNorm(dim, elementwise_affine=False)
-        cross = heads // 2
+        cross = heads // 2  # an odd count gives the extra head to self-attention
+        # One attention over two sources: the decoder stream (self) and the encoder output (cross).
         self.attn = MultiSourceAttention(dim, dim // heads, heads - cross, [dim], cross, qk_norm, dropout, kernel)
         self.mlp = MLP(dim, dropout, gelu_out)
 

@@ -81,7 +81,7 @@ class Multiformer(nn.Module):
                 f"({cfg.encoder_layers}): each decoder layer pairs with one encoder output"
             )
         kw = dict(dropout=cfg.dropout, kernel=cfg.attention, gelu_out=cfg.compat)
-        enc_kw = dict(kw, compat=cfg.compat)
+        enc_kw = dict(kw, compat=cfg.compat)  # only the encoder has the coupling-query quirk
         self.embed = nn.ModuleDict(
             {f: FieldEmbedding(g.values_per_token, info_dim, self.dims[f], cfg.compat) for f, g in fields.items()}
         )
@@ -114,6 +114,7 @@ class Multiformer(nn.Module):
             {f: EnsembleTail(self.dims[f], fields[f].values_per_token, cfg.ensemble) for f in self.predicted}
         )
         if cfg.compat:  # the original's unused shared token-info Linear (weight 0): layout only
+            # frozen: no gradient, so training leaves the imported values as they were
             self.legacy_token_info = nn.Linear(info_dim, TOKEN_INFO_DIM).requires_grad_(False)
             nn.init.zeros_(self.legacy_token_info.weight)
 
@@ -126,6 +127,7 @@ class Multiformer(nn.Module):
         z = {f: self.embed[f](tokens[f], info[f]) for f in self.fields}
         outs: dict[str, list[torch.Tensor]] = {f: [] for f in self.fields}
         for layer in range(self.cfg.encoder_layers):
+            # a new dict: each field's block couples to the others' previous layer, never to an updated one
             z = {f: self.encoders[f][layer](z[f], [z[g] for g in self.coupling[f]]) for f in self.fields}
             for f in self.fields:
                 outs[f].append(z[f])
@@ -135,6 +137,7 @@ class Multiformer(nn.Module):
         """Decoder output ``(B, N, D)``: layer l cross-attends to encoder output ``L_enc-1-l``; the
         input is the last encoder output."""
         y = enc_outs[-1]
+        # zip stops at the decoder's depth: with fewer decoder layers the first encoder outputs go unused
         for block, enc in zip(self.decoders[field], enc_outs[::-1]):
             y = block(y, enc)
         return y
@@ -148,6 +151,7 @@ class Multiformer(nn.Module):
         out = {}
         for f in self.predicted:
             y_BND = self.decode(enc[f], f)
+            # (B, L, T, Y, X) -> (B, N) as the tokens were flattened; y[mask] is (K, D), row-major over (B, N)
             out[f] = self.tails[f](y_BND[mask[f].flatten(1)])
         return out
 
@@ -160,7 +164,7 @@ class Multiformer(nn.Module):
 
 def coupling_graph(cfg: ModelConfig, fields: list[str]) -> dict[str, tuple[str, ...]]:
     """Field -> the fields its encoder attends to; checks that every name is a model field."""
-    unknown = {g for f, gs in cfg.coupling.items() for g in (f, *gs)} - set(fields)
+    unknown = {g for f, gs in cfg.coupling.items() for g in (f, *gs)} - set(fields)  # targets and sources
     if unknown:
         raise ValueError(f"model.coupling names fields not in the data: {sorted(unknown)}")
     loops = sorted(f for f, gs in cfg.coupling.items() if f in gs)

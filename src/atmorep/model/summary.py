@@ -18,7 +18,7 @@ from atmorep.model.multiformer import FieldGeometry, Multiformer, coupling_graph
 
 def meta_model(cfg: ModelConfig, fields: dict[str, FieldGeometry]) -> Multiformer:
     """The model on the ``meta`` device: shapes only, no memory, no initialisation cost."""
-    with torch.device("meta"):
+    with torch.device("meta"):  # every tensor created inside, parameters included, is shape-only
         return Multiformer(cfg, fields)
 
 
@@ -45,6 +45,7 @@ def flop_terms(cfg: ModelConfig, fields: dict[str, FieldGeometry]) -> dict[str, 
         N, D, P = n[f], dims[f], g.values_per_token
         enc = 2 * N * D * 3 * D + 4 * N * N * D + 8 * N * D * D  # self qkv, scores+values, MLP
         c = cfg.coupling_heads * (D // cfg.heads)
+        # per coupled field h: queries of f, keys and values of h (M = n[h] tokens), scores and values
         enc += sum(2 * N * D * c + 2 * n[h] * dims[h] * 2 * c + 4 * N * n[h] * c for h in coupling[f])
         enc += 2 * N * (D + c * len(coupling[f])) * D  # proj_out
         dec = 2 * N * D * 3 * D + 2 * N * D * D + 4 * N * N * D + 8 * N * D * D  # q,kv (self+cross), proj, attn, MLP
@@ -53,7 +54,7 @@ def flop_terms(cfg: ModelConfig, fields: dict[str, FieldGeometry]) -> dict[str, 
         out[f] = (
             embed,
             cfg.encoder_layers * enc + predicted * cfg.decoder_layers * dec,
-            predicted * 2 * cfg.ensemble * D * P,
+            predicted * 2 * cfg.ensemble * D * P,  # E members' Linear(D -> P); their LayerNorm is not a matmul
         )
     return out
 

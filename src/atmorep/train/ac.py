@@ -26,5 +26,7 @@ def apply_ac(model: Multiformer) -> Multiformer:
     FSDP: the engine's own hooks (ZeRO-3's parameter gathering) then run within each block's
     checkpointed forward, and again in its recompute."""
     for block in blocks(model):
+        # The composable checkpoint is the non-reentrant kind: a block's parameters get gradients
+        # even when its inputs need none, and hooks of the engine inside it run as usual.
         checkpoint(block)
     return model

@@ -57,6 +57,8 @@ def inputs(stores: dict[str, list[str]], cfg: TrainConfig) -> dict:
 
 def _comparable(meta: dict) -> dict:
     train = {k: v for k, v in meta["train"].items() if k not in _RESUMABLE_CHANGES}
+    # Library versions may change under a resumed run; inputs are compared by _changed, which says
+    # what differs. The JSON round trip makes tuples lists, as in the saved atmorep.json.
     return json.loads(json.dumps({**meta, "train": train, "versions": None, "inputs": None}))
 
 
@@ -68,7 +70,7 @@ def _changed(saved: dict | None, now: dict) -> list[str]:
         f"{k}: {'not in the checkpoint' if k not in saved else 'not given now'}" for k in sorted(set(saved) ^ set(now))
     ]
     for k in sorted(set(saved) & set(now)):
-        if k == "init_from" and saved[k] != now[k]:
+        if k == "init_from" and saved[k] != now[k]:  # (size, mtime): cheap, and a rewrite changes it
             out.append("init_from: another file")
         elif k != "init_from" and saved[k] != now[k]:
             out.append(
@@ -91,6 +93,7 @@ def latest(ckpt_dir: Path, world: int, meta: dict, steps: int) -> tuple[str | No
     except (OSError, ValueError):
         log.warning("%s has no readable atmorep.json (killed while saving?): starting afresh", ckpt_dir / tag)
         return None, False
+    # step and world are the checkpoint's own, not part of the configuration (world changes are resumed)
     if _comparable(info) != _comparable({**meta, "step": info["step"], "world": info["world"]}):
         log.warning("%s was made with another configuration: starting afresh", ckpt_dir / tag)
         return None, False
@@ -116,6 +119,8 @@ def save(engine, ckpt_dir: Path, step: int, rows: list, world: int, meta: dict) 
     tag = f"step{step:08d}"
     with space_for(ckpt_dir / tag, 3 * model_bytes(engine.module)):  # weights and two Adam moments
         engine.save(ckpt_dir, tag, {"step": step, "metrics": rows, "world": world, **meta})
+    # Written after the engine's files: a tag without atmorep.json is a save that was killed, and
+    # latest() starts afresh rather than resuming half a checkpoint.
     if dist.get_rank() == 0:
         (ckpt_dir / tag / "atmorep.json").write_text(json.dumps({"step": step, "world": world, **meta}, indent=1))
-    dist.barrier()
+    dist.barrier()  # no rank moves on (or exits) before the checkpoint is complete

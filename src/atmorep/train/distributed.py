@@ -22,6 +22,7 @@ import torch.distributed as dist
 
 log = logging.getLogger(__name__)
 
+#: set by Open MPI, PMI/PMIx (MPICH, Intel MPI, srun --mpi=pmi2/pmix) and MPICH's hydra launcher
 _MPI_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMI_RANK", "PMIX_RANK", "MPI_LOCALNRANKS", "HYDI_CONTROL_FD")
 
 
@@ -33,6 +34,8 @@ def _free_port() -> int:
 
 def _port_from(text: str) -> str:
     """A port in 20000..29999 that all ranks of one job derive alike (from the job id)."""
+    # Ranks on several hosts cannot agree on a free port without talking first; below Linux's
+    # ephemeral range (32768+ by default), so the kernel does not hand it to another socket meanwhile.
     return str(20000 + sum(map(ord, text)) * 7919 % 10000)
 
 
@@ -41,12 +44,14 @@ def discover() -> str:
     env = os.environ
     if all(k in env for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")):
         return "torchrun"
+    # MPI before SLURM: srun --mpi=pmi2 sets both, and mpi4py's ranks are the ones MPI uses.
     if any(k in env for k in _MPI_VARS):
         from mpi4py import MPI
 
         comm = MPI.COMM_WORLD
         local = comm.Split_type(MPI.COMM_TYPE_SHARED)
         single_node = comm.allreduce(int(local.Get_size() == comm.Get_size()), op=MPI.MIN) == 1
+        # On one node, loopback: the host name may resolve to an interface the ranks cannot use.
         master = "127.0.0.1" if single_node else comm.bcast(socket.gethostname(), root=0)
         port = comm.bcast(env.get("MASTER_PORT") or str(_free_port()), root=0)
         # Rank 0 must not go on to wait for the others at the TCP store while its bcast has not left: an
@@ -61,6 +66,7 @@ def discover() -> str:
             MASTER_PORT=port,
         )
         return "mpi"
+    # SLURM_STEP_ID: only a task of an srun step is a rank, not any process inside a SLURM allocation.
     if "SLURM_PROCID" in env and "SLURM_NTASKS" in env and "SLURM_STEP_ID" in env:
         nodes = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST") or "localhost"
         try:
@@ -68,7 +74,7 @@ def discover() -> str:
                 ["scontrol", "show", "hostnames", nodes], capture_output=True, text=True, check=True
             ).stdout.split()[0]
         except (OSError, subprocess.CalledProcessError, IndexError):
-            master = "127.0.0.1"
+            master = "127.0.0.1"  # no scontrol (a test cluster, a container): right for one node
         if int(env.get("SLURM_NNODES", "1")) == 1:
             master = "127.0.0.1"
         env.update(
@@ -106,5 +112,5 @@ def device() -> torch.device:
 
 def finish() -> None:
     if dist.is_initialized():
-        dist.barrier()
+        dist.barrier()  # no rank tears the group down while another is still in a collective
         dist.destroy_process_group()

@@ -44,10 +44,11 @@ def report(spec: ModelFile, path: str | Path = "") -> str:
     count = parameter_count(cfg, geometry)
     n = tokens(cfg, geometry)
     dims = field_dims(cfg, list(geometry))
+    # The report is about the model, not a run: AtmoRep's BERT rate, bf16 as on GPUs.
     plain, ckpt, _ = activation_bytes(cfg, geometry, gpu=True, masked_fraction=0.5)
     lines = [f"model: {spec.description or path}" + (" [compat layout]" if cfg.compat else "")]
     for f, g in geometry.items():
-        T, Y, X = g.num_tokens or cfg.num_tokens
+        T, Y, X = g.num_tokens or cfg.num_tokens  # coarser tokens: fewer of them, over the same extent
         lines.append(
             f"  {f}: D {dims[f]}, {g.levels} levels x [{T},{Y},{X}] tokens of {list(g.token_size)} "
             f"(P {g.values_per_token}) = {n[f]:,} tokens"

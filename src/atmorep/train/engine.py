@@ -46,9 +46,10 @@ def deepspeed_config(cfg: TrainConfig, world: int, gpu: bool) -> dict:
         "gradient_accumulation_steps": cfg.gradient_accumulation,
         "train_batch_size": cfg.batch_size * cfg.gradient_accumulation * world,
         "zero_optimization": zero,
-        "zero_allow_untested_optimizer": True,  # a torch AdamW avoids JIT-compiling DeepSpeed's (+84 s on CPU)
+        # A torch AdamW: DeepSpeed's own Adam is a C++ extension JIT-compiled at first use (a minute or more on CPU).
+        "zero_allow_untested_optimizer": True,
         "bf16": {"enabled": gpu},
-        "steps_per_print": 2**31 - 1,
+        "steps_per_print": 2**31 - 1,  # never: our metrics log reports every step
         "wall_clock_breakdown": False,
     }
     if cfg.gradient_clipping > 0:
@@ -64,9 +65,11 @@ def schedule(cfg: TrainConfig):
     """
     warm = cfg.warmup_epochs * cfg.epoch_steps
 
+    # A factor, not a rate: LambdaLR multiplies the optimizer's lr (cfg.lr) by it.
     def factor(step: int) -> float:
         if step < warm:
             return (cfg.lr_start + (cfg.lr - cfg.lr_start) * step / warm) / cfg.lr
+        # +1: the epoch right after warm-up already runs at lr / lr_decay
         epochs_after = step // cfg.epoch_steps - cfg.warmup_epochs + 1
         return max(cfg.lr / cfg.lr_decay**epochs_after, cfg.lr_min) / cfg.lr
 
@@ -80,6 +83,7 @@ def _optimizer(model: torch.nn.Module, cfg: TrainConfig):
 
 def finite_everywhere(loss: torch.Tensor) -> bool:
     """True when the loss is finite on every rank (all ranks then take the same branch)."""
+    # On the loss's device: NCCL reduces only CUDA tensors.
     bad = torch.tensor([0.0 if torch.isfinite(loss).all() else 1.0], device=loss.device)
     if dist.is_initialized():
         dist.all_reduce(bad, op=dist.ReduceOp.MAX)
@@ -91,12 +95,13 @@ class DeepSpeedEngine:
 
     def __init__(self, model: torch.nn.Module, cfg: TrainConfig, world: int, universal: bool = False):
         gpu = torch.cuda.is_available()
+        # DeepSpeed picks its accelerator when imported: set it first (a user's setting wins).
         os.environ.setdefault("DS_ACCELERATOR", "cuda" if gpu else "cpu")
         import deepspeed
 
         optimizer, scheduler = _optimizer(model, cfg)
         ds_cfg = deepspeed_config(cfg, world, gpu)
-        if universal:
+        if universal:  # the checkpoint to resume was saved on another world size and converted
             ds_cfg["checkpoint"] = {"load_universal": True}
         self.cfg = cfg
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
@@ -111,6 +116,8 @@ class DeepSpeedEngine:
         return self.engine(*args, **kwargs)
 
     def step(self, loss: torch.Tensor) -> bool:
+        # Agreed before backward: a rank that skipped alone would leave the others waiting in the
+        # gradient all-reduce.
         if not finite_everywhere(loss):
             return False
         self.engine.backward(loss)
@@ -131,15 +138,18 @@ class DeepSpeedEngine:
         _, client = self.engine.load_checkpoint(
             str(directory), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
         )
-        if client is None:
+        if client is None:  # DeepSpeed warns and returns None for a missing tag instead of raising
             raise FileNotFoundError(f"{directory}/{tag}: no DeepSpeed checkpoint")
         return client
 
     def consolidated_state_dict(self) -> dict | None:
-        """Full fp32 weights on rank 0 (None elsewhere), gathering ZeRO-3 partitions."""
+        """The module's full weights as fp32 tensors on rank 0 (None elsewhere), gathering ZeRO-3
+        partitions. Under bf16 (GPUs) these are the module's bf16 values: the optimizer's fp32 master
+        copy is not what is gathered."""
         if self.cfg.zero_stage == 3:
             import deepspeed
 
+            # modifier_rank=None: read only. clone(): the gathered storage is freed again on exit.
             with deepspeed.zero.GatheredParameters(list(self.module.parameters()), modifier_rank=None):
                 state = {k: v.detach().float().cpu().clone() for k, v in self.module.state_dict().items()}
         else:
@@ -178,6 +188,7 @@ class TorchEngine:
     def __init__(self, model: torch.nn.Module, cfg: TrainConfig, world: int, universal: bool = False):
         self.cfg = cfg
         self.model = model
+        # One rank has no gradients to all-reduce: DDP would only add its buckets and hooks.
         self.ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
         self.optimizer, self.scheduler = _optimizer(model, cfg)
         self.micro = 0  # micro-steps accumulated towards the next optimizer step
@@ -193,6 +204,7 @@ class TorchEngine:
         if not finite_everywhere(loss):
             return False
         (loss / self.cfg.gradient_accumulation).backward()  # as DeepSpeed scales accumulated micro-steps
+        # A skipped micro-step (above) does not count towards the accumulation, as in DeepSpeed.
         self.micro += 1
         if self.micro < self.cfg.gradient_accumulation:
             return True
@@ -220,6 +232,7 @@ class TorchEngine:
                 },
                 directory / tag / "torch_state.pt",
             )
+            # After the state, as DeepSpeed writes its `latest`: it never names a half-written tag.
             (directory / "latest").write_text(tag)
         dist.barrier()
 

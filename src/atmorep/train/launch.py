@@ -45,8 +45,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 LAUNCHERS = ("torchrun", "srun", "mpirun", "none")
-EXIT_REQUEUE = 75
-EXIT_INTERRUPTED = 130
+EXIT_REQUEUE = 75  # EX_TEMPFAIL (sysexits.h): "try again later"
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 ROOM, LAUNCHER_PID, LAUNCHER_HOST = "ATMOREP_LAUNCH_DIR", "ATMOREP_LAUNCHER_PID", "ATMOREP_LAUNCHER_HOST"
 
 
@@ -80,7 +80,7 @@ def launch(launcher: str, ranks: int, args: list[str], per_node: int | None = No
         raise FileNotFoundError(f"launcher '{argv[0]}' is not on PATH")
     _sweep()
     with tempfile.TemporaryDirectory(prefix="atmorep-launch-") as room:
-        Path(room, "launcher").write_text(str(os.getpid()))
+        Path(room, "launcher").write_text(str(os.getpid()))  # for _sweep, if we die without cleaning up
         env = {
             **os.environ,
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),  # mpirun/srun don't set it
@@ -92,13 +92,14 @@ def launch(launcher: str, ranks: int, args: list[str], per_node: int | None = No
         reports = _reports(Path(room))
     errors = [r for r in reports if r["exit"] not in (0, EXIT_REQUEUE)]
     if errors:
+        # Ranks usually fail with the same line (bad data, a full disk): print each line once.
         for line in dict.fromkeys(r["message"] for r in errors if r.get("message")):
             print(line, file=sys.stderr)
         return max(r["exit"] for r in errors)
     requeue = [r for r in reports if r["exit"] == EXIT_REQUEUE]
     if requeue or status == EXIT_REQUEUE:
         what = requeue[0].get("message", "checkpoint saved") if requeue else "checkpoint saved"
-        if received == signal.SIGINT:
+        if received == signal.SIGINT:  # a person stopped it: no requeue, the command is theirs to rerun
             print(f"atmorep launch: interrupted: {what}; the same command resumes from it", file=sys.stderr)
             return EXIT_INTERRUPTED
         print(f"atmorep launch: {what}: checkpointed, requeue (exit {EXIT_REQUEUE})", file=sys.stderr)
@@ -113,7 +114,7 @@ def launch(launcher: str, ranks: int, args: list[str], per_node: int | None = No
             "are all there is (rerun with --debug for tracebacks)",
             file=sys.stderr,
         )
-        return 128 - status if status < 0 else status
+        return 128 - status if status < 0 else status  # killed by signal N: 128 + N, as a shell says
     return 0
 
 
@@ -129,7 +130,7 @@ class _Relay:
     def _on_signal(self, signum, frame):
         if signum == signal.SIGINT and self.received == signal.SIGINT:
             self.pending.append(signal.SIGKILL)  # a second Ctrl-C: stop now
-        else:
+        else:  # SIGINT goes on as SIGTERM: the ranks' handlers checkpoint on it, not mid-collective
             self.pending.append(signal.SIGTERM if signum == signal.SIGINT else signum)
         self.received = signum
 
@@ -137,6 +138,8 @@ class _Relay:
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
         try:
             self.child = subprocess.Popen(self.argv, env=self.env, start_new_session=True)
+            # Forwarded from this loop, not from the handler: a rank that registers after the signal
+            # came still gets it on a later pass (``sent`` remembers who has it).
             while True:
                 try:
                     status = self.child.wait(timeout=0.2)
@@ -158,6 +161,7 @@ class _Relay:
                 except ProcessLookupError:
                     pass
                 done.add(pid)
+            # Only when some ranks have no pid file here, i.e. run on other hosts; once.
             if self.launcher in ("srun", "mpirun") and pids and len(pids) < self.ranks and self.child.pid not in done:
                 self.child.send_signal(sig)  # ranks on other hosts: srun/mpiexec relay to every task
                 done.add(self.child.pid)
@@ -170,7 +174,7 @@ def _sweep() -> None:
             os.kill(int(mark.read_text()), 0)
         except ProcessLookupError:
             shutil.rmtree(mark.parent, ignore_errors=True)
-        except (OSError, ValueError):
+        except (OSError, ValueError):  # another user's launcher (EPERM), or a mark being written
             pass
 
 
@@ -190,6 +194,7 @@ def _reports(room: Path) -> list[dict]:
 def _room() -> Path | None:
     """The launcher's room when this process is a rank on the launcher's host."""
     room = os.environ.get(ROOM)
+    # The room is in the launcher's /tmp: on another host the same path is not it.
     if room and os.environ.get(LAUNCHER_HOST) == socket.gethostname() and os.path.isdir(room):
         return Path(room)
     return None
@@ -201,12 +206,13 @@ def watch_launcher() -> None:
         return
     try:
         fd = os.pidfd_open(int(os.environ[LAUNCHER_PID]))
-    except ProcessLookupError:
+    except ProcessLookupError:  # the launcher is gone already
         os.kill(os.getpid(), signal.SIGKILL)
         return
 
+    # SIGKILL, not an exit: an orphaned rank must not hang in a collective or an exit handler.
     def wait():
-        select.select([fd], [], [])
+        select.select([fd], [], [])  # a pidfd turns readable when its process ends
         os.kill(os.getpid(), signal.SIGKILL)
 
     threading.Thread(target=wait, name="launcher-watch", daemon=True).start()
@@ -225,7 +231,7 @@ def report(exit_code: int, message: str = "") -> bool:
     if room is None:
         return False
     rank = os.environ.get("RANK") or os.environ.get("PMI_RANK") or os.environ.get("SLURM_PROCID")
-    tmp = room / f".{os.getpid()}.status"
+    tmp = room / f".{os.getpid()}.status"  # then renamed: the launcher never reads a half-written line
     tmp.write_text(json.dumps({"exit": exit_code, "message": message, "rank": int(rank) if rank else None}))
     os.replace(tmp, room / f"{os.getpid()}.status")
     return True
@@ -253,6 +259,7 @@ def _torchrun(argv: list[str]) -> int:
         if debug():
             raise
         codes = [f.exitcode for f in exc.failures.values()]
+        # A negative code is a worker torchrun killed after the first failure; the positive one is why.
         return next((c for c in codes if c > 0), 1)
     return 0
 

@@ -1,9 +1,10 @@
 """Pretraining: the loop that ties loader, masking, model, loss and engine together.
 
-Everything a step needs is derived from ``(seed, step, rank)``: which windows it reads (a global
-batch cut from the epoch's window order, the same whatever the world size), the masks and the
-dropout draws. A checkpoint therefore needs only the engine state and the step, and a resumed run
-repeats an uninterrupted one bit for bit (same world size), or continues it on another world size.
+Everything a step needs is derived from the seed, the step, the rank and the world size: which
+windows it reads (a global batch cut from the epoch's window order, the same on any world size for
+one global batch size), the masks and the dropout draws. A checkpoint therefore needs only the
+engine state and the step, and a resumed run repeats an uninterrupted one bit for bit (same world
+size), or continues it on another world size.
 
 Products in the output directory (rank 0): ``model.pt`` (consolidated fp32 weights), ``metrics.csv``
 (one row per step), ``loss.png``, ``tensorboard/`` (:mod:`atmorep.train.metrics`) and ``checkpoints/``
@@ -115,8 +116,8 @@ def loader(dataset: WindowDataset, plan: list[list[int]], workers: int):
         batch_sampler=plan,
         collate_fn=_Collate(dataset),
         num_workers=workers,
-        prefetch_factor=4 if workers else None,
-        persistent_workers=False,
+        prefetch_factor=4 if workers else None,  # batches read ahead per worker: rides out slow reads
+        persistent_workers=False,  # one loader serves every step left (Trainer.steps): nothing to keep
         pin_memory=torch.cuda.is_available(),
     )
 
@@ -134,6 +135,7 @@ class StopSignal:
         self.received = signum
 
     def agreed(self) -> bool:
+        # One branch for all ranks: a signal may reach some of them only, and checkpointing is collective.
         flag = torch.tensor([1.0 if self.received else 0.0])
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
@@ -160,7 +162,7 @@ def train(
             lock.acquire()
         except Locked as exc:
             refused = str(exc)
-    verdict = [refused]
+    verdict = [refused]  # rank 0's answer for all: every rank refuses, none waits in a collective
     dist.broadcast_object_list(verdict, src=0)
     if verdict[0] is not None:
         raise Locked(verdict[0])
@@ -191,7 +193,7 @@ class Trainer:
         self.stop = StopSignal()  # after the process group: MPI's start-up may install its own handlers
         self.dataset = WindowDataset(stores, model_cfg.num_tokens, *period(cfg, data))
         self.plan = StepBatches(self.dataset, seed, cfg.batch_size * cfg.gradient_accumulation * world, cfg.epoch_steps)
-        torch.manual_seed(seed)
+        torch.manual_seed(seed)  # the same initial weights on every rank and in every rerun
         self.model = Multiformer(model_cfg, geometry(self.dataset), info_dim=len(TOKEN_INFO))
         if model_cfg.checkpointing:
             apply_ac(self.model)  # before the engine takes the model (see train.ac)
@@ -224,7 +226,7 @@ class Trainer:
         if tag is not None and universal:
             if self.rank == 0:
                 engine_cls.convert_to_universal(self.ckpt_dir, tag)
-            dist.barrier()
+            dist.barrier()  # the others load what rank 0 converted
             tag = engine_cls.universal_tag(tag)
         return tag, universal
 
@@ -263,6 +265,7 @@ class Trainer:
         """The steps left to train, with a progress bar on rank 0; starts the loader and the meter."""
         cfg, model = self.cfg, self.model
         self.meter = Throughput(model.cfg, model.fields, self.world, distributed.device(), training_dtype(cfg.engine))
+        # Every micro-step left in one plan: one loader reads ahead across step boundaries.
         self.micro_plan = [
             m
             for s in range(self.start, cfg.steps)
@@ -288,13 +291,14 @@ class Trainer:
         for micro in range(self.cfg.gradient_accumulation):
             tw = time.perf_counter()
             batch = _next(self.batches)
+            # kept (with the window indices) to name bad data if the step turns out non-finite
             seen.append((self.micro_plan[(step - self.start) * self.cfg.gradient_accumulation + micro], batch))
             wait += time.perf_counter() - tw
             loss, diags, applied = self._forward_backward(batch, step, micro)
             losses.append(loss.detach())
         self.bad.count(applied, step, seen)
         value = torch.stack(losses).mean()
-        dist.all_reduce(value)
+        dist.all_reduce(value)  # a sum: divided by the world size below, the mean over ranks
         dt = time.perf_counter() - t0
         return {
             "loss": float(value) / self.world,
@@ -307,12 +311,13 @@ class Trainer:
 
     def _forward_backward(self, batch: Batch, step: int, micro: int) -> tuple[torch.Tensor, dict, bool]:
         micro_seed = _seed(self.seed, step, micro, self.rank, self.world)
-        gen = torch.Generator().manual_seed(micro_seed)
+        gen = torch.Generator().manual_seed(micro_seed)  # masks: their own stream, unmoved by dropout
         torch.manual_seed(micro_seed + 1)  # dropout
         masks = self.strategy(batch, gen)
         self.meter.add(batch.size, masks)
         source = masking.apply(batch, masks)
         ens = self.engine(source.tokens, source.info, masks)
+        # Boolean indexing gives the targets in mask.nonzero() order, the order of the model's ensembles.
         loss, diags = self.loss_fn(ens, {f: batch.tokens[f][masks[f]] for f in ens})
         return loss, diags, self.engine.step(loss)
 
@@ -347,7 +352,7 @@ class Trainer:
 
     def export(self) -> Path:
         """``model.pt`` (consolidated fp32 weights), ``metrics.csv`` and ``loss.png`` on rank 0."""
-        state = self.engine.consolidated_state_dict()
+        state = self.engine.consolidated_state_dict()  # on every rank: ZeRO-3 gathers collectively
         rows, cfg, out_dir = self.metrics.rows, self.cfg, self.out_dir
         if self.rank == 0:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -388,6 +393,7 @@ class BadSteps:
         if found:
             log.warning("step %d: non-finite loss from bad data: %s", step, found)
         self.suspect = found or self.suspect
+        # Skips are agreed (finite_everywhere): every rank reaches the limit at this step and gathers.
         if self.count_in_a_row >= self.limit:
             named = [None] * self.world
             dist.all_gather_object(named, self.suspect)  # every rank skipped this step: name what any one saw
@@ -401,4 +407,5 @@ class BadSteps:
 
 def _seed(seed: int, step: int, micro: int, rank: int, world: int) -> int:
     """A distinct, reproducible seed per (run, step, micro-step, rank)."""
+    # SeedSequence hashes the tuple: neighbouring steps or ranks get unrelated streams (seed + step would not).
     return int(np.random.SeedSequence([seed, step, micro, rank, world]).generate_state(1)[0])

@@ -40,6 +40,8 @@ def stats(ens_KEP: torch.Tensor, target_KP: torch.Tensor):
     and unbiased standard deviation sigma (the Gaussian is unnormalised: peak 1).
     """
     mu, sigma = mean_std(ens_KEP, _SIGMA_MIN)
+    # 0 for a target at the mean, 1 far outside the spread: bounded, so one outlier cannot dominate
+    # (unlike a Gaussian NLL); the sqrt(sigma) term keeps the spread from growing to cover everything.
     calibration = ((torch.exp(-0.5 * (target_KP - mu) ** 2 / sigma**2) - 1) ** 2).mean()
     spread = sigma.sqrt().mean()
     return calibration + spread, {"calibration": calibration, "sqrt_spread": spread}
@@ -56,8 +58,10 @@ def crps(ens_KEP: torch.Tensor, target_KP: torch.Tensor):
     if E < 2:
         raise ValueError("the fair ensemble CRPS needs at least 2 members")
     skill = (ens_KEP - target_KP[:, None]).abs().mean(1)
+    # sort is differentiable: the gradient reaches each member through the permutation.
     sorted_KEP = ens_KEP.sort(dim=1).values
     coeff_E = (2 * torch.arange(E, device=ens_KEP.device, dtype=ens_KEP.dtype) - E + 1)[None, :, None]
+    # sum_{e,e'} / (2 E (E-1)), the sorted form's factor 2 cancelled
     spread = (coeff_E * sorted_KEP).sum(1) / (E * (E - 1))
     return (skill - spread).mean(), {"skill": skill.mean(), "spread": spread.mean()}
 
@@ -99,6 +103,7 @@ class Loss:
         self.weights = dict(cfg.field_weights)
 
     def _weights(self, fields) -> dict[str, float]:
+        # Checked per call: the predicted fields are known from the model's output, not the config.
         unknown = set(self.weights) - set(fields)
         if unknown:
             raise ValueError(f"train.loss.field_weights names fields the model does not predict: {sorted(unknown)}")

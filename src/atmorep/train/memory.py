@@ -103,20 +103,20 @@ def activation_bytes(
     cfg: ModelConfig, fields: dict[str, FieldGeometry], gpu: bool, masked_fraction: float
 ) -> tuple[float, float, float]:
     """Bytes kept for backward per sample: ``(without checkpointing, with it, the largest block's)``."""
-    w, mask = (2, 1) if gpu else (4, 4)
+    w, mask = (2, 1) if gpu else (4, 4)  # bytes per activation value and per dropout mask value
     dims, coupling = field_dims(cfg, list(fields)), coupling_graph(cfg, list(fields))
     n = {f: g.levels * math.prod(g.num_tokens or cfg.num_tokens) for f, g in fields.items()}
     drop = 3 * mask if cfg.dropout > 0 else 0
     blocks, inputs, largest = 0.0, 0.0, 0.0
     for f in fields:
         N, D = n[f], dims[f]
-        c = cfg.coupling_heads * (D // cfg.heads)
+        c = cfg.coupling_heads * (D // cfg.heads)  # width of this field's coupling heads per source
         enc = N * (15 * D * w + D * drop)
         enc += sum(4 * N * c * w + n[h] * (dims[h] + 3 * c) * w for h in coupling[f])
         dec = N * (16 * D * w + D * drop)
         blocks += cfg.encoder_layers * enc + cfg.decoder_layers * dec
-        inputs += (cfg.encoder_layers + cfg.decoder_layers) * N * D * w
-        largest = max(largest, enc, dec)
+        inputs += (cfg.encoder_layers + cfg.decoder_layers) * N * D * w  # what checkpointing keeps
+        largest = max(largest, enc, dec)  # one block recomputed at a time
     K = {f: n[f] * masked_fraction for f in fields}
     tail = sum(
         K[f] * (2 * dims[f] * w + 3 * cfg.ensemble * g.values_per_token * 4) + 2 * n[f] * g.values_per_token * 4
@@ -141,12 +141,13 @@ def estimate(
     if setup.offload_params and stage != 3:
         raise ValueError("train.offload_params needs train.zero_stage 3")
     part = P / N if stage >= 1 else P
-    master_and_moments = 0.0 if setup.offload_optimizer else 12 * part
+    master_and_moments = 0.0 if setup.offload_optimizer else 12 * part  # fp32 master 4 + Adam moments 8
     buffers = 0.0
     if stage == 3:
         persistent = sum(s for s in sizes if s <= PERSISTENCE_THRESHOLD)
         gathered = min(P - persistent, PREFETCH_BUCKET + max(sizes))  # non-persistent, live while in use
         weights = w * (persistent + gathered + (0 if setup.offload_params else P / N))
+        # persistent parameters keep whole gradients; the partition's are held in fp32 for the step
         gradients = w * persistent + (0 if setup.offload_optimizer else 4 * P / N)
         buffers = w * reduce_bucket
     else:
@@ -156,10 +157,10 @@ def estimate(
         else:
             gradients = w * P
     plain, ckpt, largest = activation_bytes(cfg, fields, gpu, masked_fraction)
-    acts = setup.micro_batch * (ckpt + largest if setup.checkpointing else plain)
+    acts = setup.micro_batch * (ckpt + largest if setup.checkpointing else plain)  # the `if` binds last
     states = weights + master_and_moments + buffers
     step = 0.0 if setup.offload_optimizer else 3 * 4 * part  # fp32 gradient partition, AdamW temporaries
-    peak = states + gradients + max(acts, step)
+    peak = states + gradients + max(acts, step)  # activations are freed before the optimizer step
     return Estimate(weights, gradients, master_and_moments, buffers, acts, peak)
 
 
@@ -214,7 +215,7 @@ def recommend(
         ]
         if not fits:
             continue
-        setup = Setup(micro_batch=fits[0], **option)
+        setup = Setup(micro_batch=fits[0], **option)  # halvings descend: the largest that fits
         if fits[0] == batch_size:
             return Fit(
                 setup,
@@ -222,7 +223,7 @@ def recommend(
                 1,
                 f"fits {_gib(budget)} ({HEADROOM:.0%} of {_gib(device_bytes)})",
             )
-        if best is None or fits[0] > best[0]:
+        if best is None or fits[0] > best[0]:  # ties: the earlier option, cheaper to run
             best = (fits[0], setup, estimate(cfg, fields, setup, world, gpu, masked_fraction, sizes))
     if best is None:
         last = estimate(cfg, fields, Setup(micro_batch=1, **OPTIONS[-1]), world, gpu, masked_fraction, sizes)
@@ -265,6 +266,7 @@ def parse_bytes(text: str) -> float:
     }
     t = text.strip().lower()
     try:
+        # In the dict's order: "b" last, or "80gib" would end in "b" and read as "80gi" bytes.
         for unit, scale in units.items():
             if t.endswith(unit):
                 return float(t[: -len(unit)]) * scale

@@ -14,10 +14,10 @@ class MetricsLog:
     """``log(step, row)`` per optimizer step; ``write(out_dir)`` once at the end; ``close()``."""
 
     def __init__(self, rows: list[dict], tensorboard: Path | None = None):
-        self.rows = rows
+        self.rows = rows  # a resumed run's history (from the checkpoint): extended, not restarted
         self.writer = None
         if tensorboard is not None:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # here: only rank 0 with tensorboard on needs it
 
             self.writer = SummaryWriter(str(tensorboard))
 
@@ -48,12 +48,12 @@ def write_csv(rows: list[dict], path: Path) -> None:
 def plot_loss(rows: list[dict], path: Path) -> None:
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # compute nodes have no display
     import matplotlib.pyplot as plt
 
     steps = np.array([r["step"] for r in rows])
     loss = np.array([r["loss"] for r in rows])
-    k = max(1, len(loss) // 20)
+    k = max(1, len(loss) // 20)  # running mean over a twentieth of the run: smooth at any length
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(steps, loss, lw=0.6, alpha=0.5, label="loss (mean over ranks)")
     if len(loss) > k:

@@ -142,10 +142,12 @@ def architecture(cf: dict, rename: dict[str, str] | None = None) -> tuple[ModelC
         if len(fi) > 6 and fi[6] != "global":  # the original's per-field normalization: 'local'
             extra.setdefault("local", []).append(f)
         extents[f] = tuple(int(n) * int(s) for n, s in zip(num_tokens, token_size))
+    # Our loader cuts one neighbourhood for every field: fields covering different ones cannot be reproduced.
     if len(set(extents.values())) != 1:
         raise OriginalFormatError(
             f"model_id json: 'fields' cover different neighbourhoods (num_tokens x token_size): {extents}"
         )
+    # model.num_tokens counts the finest tokens; coarser fields keep their own (FieldGeometry.num_tokens)
     finest = np.min([g.token_size for g in fields.values()], axis=0)
     num_tokens = tuple(int(e) for e in np.asarray(next(iter(extents.values()))) // finest)
     predicted = [names.get(p[0], p[0]) for p in cf.get("fields_prediction", [])]
@@ -157,7 +159,7 @@ def architecture(cf: dict, rename: dict[str, str] | None = None) -> tuple[ModelC
     extra["losses"] = list(cf.get("losses", ["mse_ensemble", "stats"]))
     extra["forecast_tokens"] = int(cf.get("forecast_num_tokens", 1))
     extra["wandb_id"] = cf.get("wandb_id")
-    common = Counter(dims.values()).most_common(1)[0][0]
+    common = Counter(dims.values()).most_common(1)[0][0]  # model.dim; the others become field_dims
     mcfg = ModelConfig(
         num_tokens=num_tokens,
         dim=common,
@@ -168,7 +170,7 @@ def architecture(cf: dict, rename: dict[str, str] | None = None) -> tuple[ModelC
         coupling_heads=1,
         coupling={f: g for f, g in coupling.items() if g},
         encoder_qk_norm="plain" if cf.get("with_qk_lnorm") else "none",
-        decoder_qk_norm="affine",
+        decoder_qk_norm="affine",  # the original's decoder blocks always have ln_q/ln_k, weight and bias
         ensemble=int(cf["net_tail_num_nets"]),
         dropout=float(cf.get("dropout_rate", 0.0)),
         checkpointing=bool(cf.get("grad_checkpointing", False)),
@@ -241,6 +243,8 @@ def convert_state(sd: dict[str, torch.Tensor], model: Multiformer, extra: dict) 
 
     cfg, fields = model.cfg, list(model.fields)
     out: dict[str, torch.Tensor] = {}
+    # The fold W / s, b - W' c in float64, rounded to float32 once: the converted embedding then
+    # matches the original's to float32 round-off.
     scale = torch.as_tensor(TOKEN_INFO_SCALE, dtype=torch.float64)
     offset = torch.as_tensor(TOKEN_INFO_OFFSET, dtype=torch.float64)
     legacy = [take(f"embed_token_info.{p}") for p in ("weight", "bias")]
@@ -255,6 +259,7 @@ def convert_state(sd: dict[str, torch.Tensor], model: Multiformer, extra: dict) 
             w, b = (take(f"embeds_token_info.{i}.{p}") for p in ("weight", "bias"))
         else:
             w, b = legacy
+            # all zero: ignored, as the original's loader ignores them
             used.update(k for k in sd if k.startswith("embeds_token_info."))
         w2 = w.double() / scale
         out[f"embed.{f}.info.weight"] = w2.float()
@@ -275,17 +280,19 @@ def convert_state(sd: dict[str, torch.Tensor], model: Multiformer, extra: dict) 
                 for g in range(len(coupled)):
                     out[f"{dst}.q_src.{g}.weight"] = q[g * dh : (g + 1) * dh]
                     kv = take(f"{src}.proj_heads_other.{g + 1}.weight")
-                    out[f"{dst}.kv_src.{g}.weight"] = torch.cat(_per_head(kv, 1, 2))
+                    out[f"{dst}.kv_src.{g}.weight"] = torch.cat(_per_head(kv, 1, 2))  # one coupling head (checked)
+            # the original's MLP is Sequential(Linear, GELU, Dropout, Linear, GELU): Linears at 0 and 3
             for ours, theirs in (("fc1", 0), ("fc2", 3)):
                 for p in ("weight", "bias"):
                     mlp = f"encoders.{i}.mlps.{layer}.blocks.{theirs}.{p}"
                     out[f"encoders.{f}.{layer}.mlp.{ours}.{p}"] = take(mlp)
     for j, f in enumerate(extra["predicted"]):
         dh = model.dims[f] // cfg.heads
-        self_heads, cross = cfg.heads - cfg.heads // 2, cfg.heads // 2
+        self_heads, cross = cfg.heads - cfg.heads // 2, cfg.heads // 2  # as DecoderBlock splits them
         for layer in range(cfg.decoder_layers):
             src, dst = f"decoders.{j}.blocks.{2 * layer}", f"decoders.{f}.{layer}"
             out[f"{dst}.attn.qkv.weight"] = torch.cat(_per_head(take(f"{src}.proj_heads.weight"), self_heads, 3))
+            # cross-attention queries alone in their Linear: no per-head interleaving to undo
             out[f"{dst}.attn.q_src.0.weight"] = take(f"{src}.proj_heads_o_q.weight")
             kv = take(f"{src}.proj_heads_o_kv.weight")
             out[f"{dst}.attn.kv_src.0.weight"] = torch.cat(_per_head(kv, cross, 2))
@@ -302,6 +309,7 @@ def convert_state(sd: dict[str, torch.Tensor], model: Multiformer, extra: dict) 
         out[f"tails.{f}.ln_bias"] = torch.stack([take(f"tails.{j}.tail_nets.{e}.0.bias") for e in members])
         out[f"tails.{f}.weight"] = torch.stack([take(f"tails.{j}.tail_nets.{e}.1.weight") for e in members])
         out[f"tails.{f}.bias"] = torch.stack([take(f"tails.{j}.tail_nets.{e}.1.bias") for e in members])
+    # Kept in the compat layout (frozen, unused): the parameter count then matches the original's log.
     out["legacy_token_info.weight"], out["legacy_token_info.bias"] = legacy
     left = sorted(set(sd) - used)
     if left:
@@ -309,6 +317,7 @@ def convert_state(sd: dict[str, torch.Tensor], model: Multiformer, extra: dict) 
             f"the weights have '{left[0]}' ({len(left)} key(s) in all) that the "
             "model_id json's architecture does not: config and weights do not match"
         )
+    # Checked here rather than left to load_state_dict: the message can say it is the JSON's fault.
     ours = model.state_dict()
     for k, v in out.items():
         if k not in ours:

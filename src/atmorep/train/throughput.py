@@ -45,16 +45,16 @@ def table_peak(name: str) -> float | None:
 def measured_peak(device: torch.device, dtype: torch.dtype, n: int = 1024, seconds: float = 0.25) -> float:
     """Best FLOP/s of repeated ``n x n`` matmuls within about ``seconds`` (after one warm-up)."""
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    a @ b
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)  # CUDA matmuls return at launch
+    a @ b  # warm-up: kernel selection and first-touch allocation are not the peak
     sync()
     best, end = float("inf"), time.perf_counter() + seconds
     while time.perf_counter() < end or best == float("inf"):
         t0 = time.perf_counter()
         a @ b
         sync()
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best
+        best = min(best, time.perf_counter() - t0)  # the best run: the device's peak, not its noise
+    return 2 * n**3 / best  # n^3 multiply-adds
 
 
 def device_peak(device: torch.device, dtype: torch.dtype) -> tuple[float, str]:
@@ -81,11 +81,13 @@ class Throughput:
     def __init__(
         self, model_cfg, fields: dict, world: int, device: torch.device, dtype: torch.dtype, peak: float | None = None
     ):
+        # A geometry without its own token grid has the model's (as the loader gives it).
         fields = {
             f: g if g.num_tokens else type(g)(g.levels, g.token_size, model_cfg.num_tokens) for f, g in fields.items()
         }
         self.n_tokens = summary.tokens(model_cfg, fields)
         terms = summary.flop_terms(model_cfg, fields)
+        # Forward + backward as summary.training_flops; the tail counted per masked token in add()
         self.sample_flops = sum(2 * e + 3 * b for e, b, _ in terms.values())
         self.tail_flops = {f: 3 * t for f, (_, _, t) in terms.items()}
         self.world, self.device = world, device
@@ -97,6 +99,7 @@ class Throughput:
             dist.all_reduce(t)
             peak = float(t) / world
         self.peak = peak * world
+        # float64: FLOP counts of a step pass 2^24, where float32 stops counting exactly
         self._local = torch.zeros(3, dtype=torch.float64)  # samples, tokens, FLOPs of this rank's step
         self._total = [0.0, 0.0, 0.0, 0.0]  # seconds, samples, tokens, FLOPs after the first step
         self._steps = 0
@@ -115,7 +118,7 @@ class Throughput:
         samples, tokens, flops = counts.tolist()
         self._local = torch.zeros(3, dtype=torch.float64)
         self._steps += 1
-        if self._steps == 1:
+        if self._steps == 1:  # kept apart: the summary uses it only when it is the only step
             self._first = [seconds, samples, tokens, flops]
         else:
             self._total = [a + b for a, b in zip(self._total, (seconds, samples, tokens, flops))]

@@ -55,10 +55,10 @@ def decode_month(
     if len(times) == 0:
         raise DataError(f"{source}: no time step of {month} inside the campaign {data.start} … {data.end}")
     gate = Gate(str(source), field, levels, times, cfg.qc)
-    filled = np.zeros((len(times), len(levels)), bool)
+    filled = np.zeros((len(times), len(levels)), bool)  # which (time, level) messages arrived
     t_index = {t: i for i, t in enumerate(times)}
     l_index = {lev: i for i, lev in enumerate(levels)}
-    hasher = hashlib.sha256()
+    hasher = hashlib.sha256()  # fed by the message reader in the same pass: the file is read once
     slab, grid, param = None, None, None
     others, bad_levels = set(), set()
     try:
@@ -73,29 +73,31 @@ def decode_month(
                     f"{source}: field '{field}' is on {h.level.describe()} levels; the config "
                     f"expects {describe_kind(exp.kind)} (data.fields.{field}.levtype)"
                 )
-            if lev not in l_index:
+            if lev not in l_index:  # collected: one error naming every unexpected level, after the loop
                 bad_levels.add(lev)
                 continue
             it = t_index.get(h.time)
             if it is None:
                 raise DataError(_off_axis(source, field, h, exp, month))
-            if grid is None:
+            if grid is None:  # the first message of the field: only now is the slab's (Y, X) known
                 check_grid(h.grid, exp, str(source))
                 grid, param = h.grid, h.param
                 shape = (len(times), len(levels), grid.ny, grid.nx)
                 slab = make_slab(shape, cfg, scratch)
                 gate.param(h.param)
-            elif h.grid is not grid and h.grid.key != grid.key:
+            elif h.grid is not grid and h.grid.key != grid.key:  # `is`: the decoder caches one Grid per grid
                 raise DataError(
                     f"{source}: field '{field}' mixes grids {grid.describe()} and {h.grid.describe()} "
                     f"(message {h.index + 1}, level {lev} time {str(h.time)[:16]})"
                 )
             il = l_index[lev]
-            if filled[it, il]:
+            if filled[it, il]:  # the first copy stays; the gate fails the month on the duplicate
                 gate.duplicate(il, h.time)
                 continue
             filled[it, il] = True
             target = slab.target(it, il)
+            # Decoded straight into the slab (in memory) or its one-message buffer (scratch file),
+            # checked in canonical order, then committed.
             h.grid.to_canonical(decoder.values(gid, h), out=target)
             gate.message(il, h.time, target)
             slab.commit(it, il, target)
@@ -114,7 +116,7 @@ def decode_month(
         gate.coverage(filled)
         gate.month()
         gate.raise_if_failed()
-    except BaseException:
+    except BaseException:  # Ctrl-C too: a scratch file of a month can be as large as the month
         if slab is not None:
             slab.close()
         raise
@@ -143,7 +145,7 @@ def _scan_times(source: Path, field: str, exp: Expectation) -> np.ndarray:
 def moments_of(m: Month, cfg: NormalizeConfig) -> Moments:
     """Pass 2: statistics over time blocks of the slab."""
     T, L, Y, X = m.shape
-    nt, _ = block_steps(cfg, m.shape)
+    nt, _ = block_steps(cfg, m.shape)  # a block's float64 copy fits normalize.block_mb
     acc = Moments.empty(L, Y, X)
     for t0 in range(0, T, nt):
         acc.update(m.slab.read(t0, min(T, t0 + nt)))

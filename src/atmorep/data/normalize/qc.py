@@ -49,7 +49,7 @@ class Gate:
         L = len(self.levels)
         self.minimum = [np.inf] * L
         self.maximum = [-np.inf] * L
-        self.constant_ok = self.info is not None and self.info.may_be_constant
+        self.constant_ok = self.info is not None and self.info.may_be_constant  # tp: 0 everywhere at some times
         self.units: str | None = None
         self.messages = 0
 
@@ -72,7 +72,7 @@ class Gate:
         if not (np.isfinite(lo) and np.isfinite(hi)):
             bad = int((~np.isfinite(values_YX)).sum())
             self._add("finite", f"{self._where(il, time)}: {bad} non-finite values (NaN/inf) of {values_YX.size}")
-            finite = values_YX[np.isfinite(values_YX)]
+            finite = values_YX[np.isfinite(values_YX)]  # the range and constancy checks on what is left
             if finite.size == 0:
                 return
             lo, hi = float(finite.min()), float(finite.max())
@@ -88,7 +88,7 @@ class Gate:
                 f"{self._where(il, time)}: {n} values outside the physical range [{rng[0]:g}, "
                 f"{rng[1]:g}] {self.units or ''} (min {lo:g}, max {hi:g})".replace("  ", " "),
             )
-        if lo == hi and not self.constant_ok:
+        if lo == hi and not self.constant_ok:  # weather is never one value over the grid: a broken message
             self._add("constant", f"{self._where(il, time)}: every value is {lo:g}")
 
     def _where(self, il: int, time) -> str:
@@ -109,6 +109,7 @@ class Gate:
         """A level that never changes over the month (after all messages)."""
         for il, lev in enumerate(self.levels):
             if self.minimum[il] == self.maximum[il] and not (self.info is not None and self.info.may_be_constant):
+                # One issue for the level instead of one per message of it.
                 self.issues = [
                     i for i in self.issues if not (i.check == "constant" and i.text.startswith(f"level {lev} time"))
                 ]
@@ -125,7 +126,7 @@ class Gate:
 
     def raise_if_failed(self) -> None:
         if self.issues:
-            for i in self.issues[:50]:
+            for i in self.issues[:50]:  # the log lists the first ones; the error names the most fundamental
                 log.error("QC %s: %s", i.check, i.text)
             raise self.error()
 

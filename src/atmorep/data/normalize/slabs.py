@@ -20,7 +20,11 @@ _CHUNK_BYTES = 16 << 20  # target size of one chunk of the normalized store
 
 
 class MemorySlab:
-    """The month as one float32 array ``(T, L, Y, X)``."""
+    """The month as one float32 array ``(T, L, Y, X)``.
+
+    The decoder writes each message into ``target(it, il)`` and then calls ``commit``: here the
+    target is the slab itself, so nothing is copied and ``commit`` has nothing to do.
+    """
 
     def __init__(self, shape):
         self.values = np.empty(shape, np.float32)
@@ -45,7 +49,8 @@ class FileSlab:
         self.shape, self.path = tuple(shape), Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-        self.frame = int(np.prod(self.shape[2:])) * 4
+        self.frame = int(np.prod(self.shape[2:])) * 4  # bytes of one (time, level) message
+        # Full size at once (sparse): messages arrive in any order and land at their own offset.
         os.ftruncate(self.fd, int(np.prod(self.shape)) * 4)
         self.buf = np.empty(self.shape[2:], np.float32)
 
@@ -59,6 +64,7 @@ class FileSlab:
         block = np.empty((t1 - t0, *self.shape[1:]), np.float32)
         view = memoryview(block).cast("B")
         offset, done = t0 * self.shape[1] * self.frame, 0
+        # A loop: Linux moves at most ~2 GiB per read call, and a block may be larger.
         while done < len(view):
             n = os.preadv(self.fd, [view[done:]], offset + done)
             if n <= 0:
@@ -72,7 +78,7 @@ class FileSlab:
 
 
 def _write_all(fd: int, view: memoryview, offset: int) -> None:
-    done = 0
+    done = 0  # pwrite may write less than asked (and at most ~2 GiB a call)
     while done < len(view):
         done += os.pwrite(fd, view[done:], offset + done)
 
@@ -89,6 +95,7 @@ def block_steps(cfg: NormalizeConfig, shape) -> tuple[int, int]:
     """(time steps per block, per chunk): a block's float64 copy fits ``block_mb``; blocks hold whole chunks."""
     T, L, Y, X = shape
     per_chunk = max(1, min(T, _CHUNK_BYTES // (Y * X * 4)))
-    per_block = max(1, min(T, (cfg.block_mb << 20) // (L * Y * X * 8)))
+    per_block = max(1, min(T, (cfg.block_mb << 20) // (L * Y * X * 8)))  # 8: Moments.update's float64 copy
     per_chunk = min(per_chunk, per_block)
+    # Whole chunks per block: each chunk of the store is written once, by one block.
     return (per_block // per_chunk) * per_chunk, per_chunk

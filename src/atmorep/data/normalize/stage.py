@@ -43,6 +43,8 @@ def _put_coords(store: zarrv3.Store, coords: dict[str, tuple[np.ndarray, dict]])
 
 
 def _scratch(cfg: NormalizeConfig, out: Path) -> Path:
+    # Beside the output unless normalize.scratch_dir says (node-local disk); the pid keeps two jobs
+    # writing the same output (a rerun beside a stale one) off each other's slab.
     base = Path(cfg.scratch_dir) if cfg.scratch_dir else Path(out).parent
     return base / f".{Path(out).name}.scratch{os.getpid()}"
 
@@ -80,6 +82,7 @@ def normalize(
     try:
         m = decode_month(source, data, cfg, field, month, _scratch(cfg, out))
         clock.append(time.perf_counter())
+        # The month's own moments even with a climatology: the QC summary reports them per level.
         moments = moments_of(m, cfg)
         clock.append(time.perf_counter())
         clim = Climatology(climatology) if which == "climatology" else None
@@ -97,6 +100,7 @@ def normalize(
                 {
                     "config": {"data": dataclasses.asdict(data), "normalize": dataclasses.asdict(cfg)},
                     "acquire": read_provenance(source),
+                    # what the store depends on beyond the config: a rebuilt climatology changes it
                     "inputs": {"grib": m.sha256, "climatology": clim.digest if clim else None},
                 },
                 default=str,
@@ -107,6 +111,7 @@ def normalize(
     finally:
         if m is not None:
             m.slab.close()
+    # Only now: a month that failed the gate or the write raised above, and gets no QC "pass".
     summary = m.gate.summary(moments.level_summary(m.levels))
     summary.update(month=month, sha256=m.sha256, grid=m.grid.describe(), normalization=method, statistics=which)
     if qc_out is not None:
@@ -144,7 +149,8 @@ def moments(
     attrs = {"field": field, "month": month, "source_sha256": m.sha256, "units": m.param.units}
     with zarrv3.writing(out, attrs) as store:
         _put_coords(store, grid_coords(m.levels, m.grid.lats, m.grid.lons))
-        store.put("count", np.full(len(m.levels), acc.count, np.int64), ("level",))
+        store.put("count", np.full(len(m.levels), acc.count, np.int64), ("level",))  # the same per level
+        # float64 as accumulated: merging months must not round their moments first
         store.put("mean", acc.mean, ("level", "latitude", "longitude"), chunks=(1, *acc.mean.shape[1:]))
         store.put("m2", acc.m2, ("level", "latitude", "longitude"), chunks=(1, *acc.m2.shape[1:]))
     log.info("moments of %s %s (%d time steps) -> %s", field, month, acc.count, out)
@@ -161,7 +167,7 @@ def climatology(data: DataConfig, cfg: NormalizeConfig, field: str, inputs: list
         g = zarr.open_group(p, mode="r")
         if g.attrs.get("field") != field:
             raise DataError(f"{p}: moments of field '{g.attrs.get('field')}', expected '{field}'")
-        by_month[g.attrs["month"]] = Path(p)
+        by_month[g.attrs["month"]] = Path(p)  # by its own attribute: file names and input order do not matter
     if missing := [m for m in want if m not in by_month]:
         raise DataError(f"climatology of '{field}' {clim.start} .. {clim.end}: no moments for {missing}")
     groups = list(range(1, 13)) if clim.by_calendar_month else [0]
@@ -173,11 +179,12 @@ def climatology(data: DataConfig, cfg: NormalizeConfig, field: str, inputs: list
         ds = zarrv3.open_dataset(by_month[month], threads=None)
         if ds["mean"].shape != (L, Y, X) or not np.array_equal(ds["latitude"].values, first["latitude"].values):
             raise DataError(f"{by_month[month]}: grid or levels differ from {by_month[want[0]]}")
-        key = int(month[5:7]) if clim.by_calendar_month else 0
+        key = int(month[5:7]) if clim.by_calendar_month else 0  # 'YYYY-MM' -> 1..12; 0: one set for all
         acc[key].merge(Moments(int(ds["count"].values[0]), ds["mean"].values, ds["m2"].values))
         sources[month] = ds.attrs["source_sha256"]
-    present = [k for k in groups if acc[k].count]
+    present = [k for k in groups if acc[k].count]  # a period shorter than a year lacks some calendar months
     period = f"{clim.start}..{clim.end}"
+    # The GRIB digests of every month merged: a normalized store records it, so a changed input shows.
     digest = hashlib.sha256(json.dumps(sources, sort_keys=True).encode()).hexdigest()
     attrs = {
         "field": field,
@@ -233,4 +240,5 @@ class Climatology:
                 or not np.allclose(sel["longitude"].values, m.grid.lons)
             ):
                 raise DataError(f"{self.path}: levels or grid differ from {m.source}")
+        # copies: a Moments owns its arrays (merge updates them in place)
         return Moments(int(sel["count"].values[0]), sel["mean"].values.copy(), sel["m2"].values.copy()).stats(method)

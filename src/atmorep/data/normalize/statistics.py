@@ -36,6 +36,7 @@ class Stats:
 
         def shape(a: np.ndarray) -> np.ndarray:
             a = a[..., None, None] if self.method == "global" else a  # one value for the whole grid
+            # Leading 1s only up to 4-d: a stack's extra axes are already in place.
             return a.reshape((1,) * (4 - a.ndim) + a.shape)
 
         return shape(self.mean), shape(self.std)
@@ -64,7 +65,7 @@ class Moments:
         return cls(0, np.zeros((L, Y, X)), np.zeros((L, Y, X)))
 
     def update(self, block_TLYX: np.ndarray) -> None:
-        x = block_TLYX.astype(np.float64)
+        x = block_TLYX.astype(np.float64)  # our own copy: worked on in place, no second block-sized array
         mean_b = x.mean(axis=0)
         np.subtract(x, mean_b, out=x)
         np.square(x, out=x)
@@ -76,11 +77,12 @@ class Moments:
     def _merge(self, n_b: int, mean_b: np.ndarray, m2_b: np.ndarray) -> None:
         if n_b == 0:
             return
+        # Chan, Golub & LeVeque (1979): mean += delta n_b / n; M2 += M2_b + delta^2 n_a n_b / n.
         n = self.count + n_b
         delta = mean_b - self.mean
         self.mean += delta * (n_b / n)
-        np.square(delta, out=delta)
-        self.m2 += m2_b + delta * (self.count * n_b / n)
+        np.square(delta, out=delta)  # squared in place only after the mean has used it
+        self.m2 += m2_b + delta * (self.count * n_b / n)  # self.count is still n_a here
         self.count = n
 
     def stats(self, method: str) -> Stats:
@@ -88,6 +90,8 @@ class Moments:
         if self.count == 0:
             raise DataError("no data to compute statistics from")
         if method == "global":
+            # Every point has the same count, so the mean of the means is the level's mean, and the
+            # level's M2 is the points' M2 plus their means' spread around it (law of total variance).
             gmean = self.mean.mean(axis=(1, 2))
             dev = self.mean - gmean[:, None, None]
             var = (self.m2.sum(axis=(1, 2)) + self.count * (dev * dev).sum(axis=(1, 2))) / (
@@ -97,7 +101,7 @@ class Moments:
         if method == "local":
             std = np.sqrt(self.m2 / self.count)
             # a grid point that never changes (e.g. no rain all month) would divide by zero
-            floor = 1e-3 * self.stats("global").std.astype(np.float64)[:, None, None]
+            floor = 1e-3 * self.stats("global").std.astype(np.float64)[:, None, None]  # per level, in its units
             return Stats("local", self.mean.astype(np.float32), np.maximum(std, floor).astype(np.float32))
         raise ValueError(f"unknown normalization method {method!r}")
 
@@ -115,6 +119,7 @@ def statistics(values_TLYX: np.ndarray, method: str) -> Stats:
 
 def apply(values_TLYX: np.ndarray, stats: Stats, out: np.ndarray | None = None) -> np.ndarray:
     mean, std = stats.broadcast()
+    # float32 throughout: the stored values are float32, and ``out`` may be the input block itself.
     out = np.subtract(values_TLYX, mean, out=out, dtype=np.float32)
     return np.divide(out, std, out=out)
 

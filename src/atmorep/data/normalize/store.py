@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 def _time_values(times: np.ndarray) -> tuple[np.ndarray, dict]:
     t = np.asarray(times, "datetime64[s]").astype(np.int64)
-    if (t % 3600 == 0).all():
+    if (t % 3600 == 0).all():  # hours when every step is on the hour (ERA5), as CF readers expect
         return t // 3600, {
             "units": "hours since 1970-01-01 00:00:00",
             "calendar": "proleptic_gregorian",
@@ -68,14 +68,14 @@ def write(m: Month, stats: Stats, cfg: NormalizeConfig, out: Path, attrs: dict, 
             "data",
             (T, L, Y, X),
             np.float32,
-            (chunk_t, 1, Y, X),
+            (chunk_t, 1, Y, X),  # one level's whole grid for chunk_t steps: up to 16 MiB (slabs._CHUNK_BYTES)
             ("time", "level", "latitude", "longitude"),
             {"long_name": f"{m.field} {describe}", "units": "1"},
         )
         for t0 in range(0, T, nt):
             block = m.slab.read(t0, min(T, t0 + nt))
             block = apply(block, stats, out=block)
-            _finite(out, block, t0, m, stats)
+            _finite(out, block, t0, m, stats)  # before the write: a refused month leaves no store
             data.write(t0, block)
     return Path(out)
 
@@ -87,6 +87,7 @@ def _finite(out: Path, block: np.ndarray, t0: int, m: Month, stats: Stats) -> No
         return
     t, lev, y, x = (int(i) for i in np.argwhere(bad)[0])
     std = stats.broadcast()[1]
+    # min(): a global std is (1, L, 1, 1), a local one (1, L, Y, X)
     std = float(std[0, lev, min(y, std.shape[2] - 1), min(x, std.shape[3] - 1)])
     raise DataError(
         f"{out}: field '{m.field}' normalizes to {int(bad.sum())} non-finite values "
@@ -110,9 +111,9 @@ def check(path: str | Path) -> dict:
                 f"{path}: field '{field}' {month}: its {name} is not finite and positive "
                 "everywhere; rebuild it (atmorep normalize)"
             )
-    data = ds["data"].transpose("time", "level", "latitude", "longitude")
+    data = ds["data"].transpose("time", "level", "latitude", "longitude")  # by name: no order assumed of the store
     T = data.shape[0]
-    step = max(1, (64 << 20) // max(1, 4 * int(np.prod(data.shape[1:]))))  # ~64 MB a block
+    step = max(1, (64 << 20) // max(1, 4 * int(np.prod(data.shape[1:]))))  # ~64 MB a block: bounded memory
     for t0 in range(0, T, step):
         block = data.isel(time=slice(t0, t0 + step)).values
         bad = ~np.isfinite(block)
