@@ -98,10 +98,10 @@ def discover() -> str:
 def init() -> tuple[int, int]:
     """Join (or create) the process group; returns (rank, world size)."""
     launcher = discover()
+    if torch.cuda.is_available():  # before the group: NCCL binds each rank's communicator to its GPU
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     log.debug("rank %d of %d via %s", dist.get_rank(), dist.get_world_size(), launcher)
     return dist.get_rank(), dist.get_world_size()
 

@@ -20,6 +20,7 @@ import torch.distributed as dist
 
 from atmorep.config import TrainConfig
 from atmorep.formats.atomic import Replacement
+from atmorep.train.distributed import device
 
 log = logging.getLogger(__name__)
 
@@ -187,9 +188,10 @@ class TorchEngine:
 
     def __init__(self, model: torch.nn.Module, cfg: TrainConfig, world: int, universal: bool = False):
         self.cfg = cfg
-        self.model = model
+        self.model = model.to(device())  # DeepSpeed moves its module itself; DDP does not
+        gpu = [device()] if device().type == "cuda" else None
         # One rank has no gradients to all-reduce: DDP would only add its buckets and hooks.
-        self.ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+        self.ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=gpu) if world > 1 else model
         self.optimizer, self.scheduler = _optimizer(model, cfg)
         self.micro = 0  # micro-steps accumulated towards the next optimizer step
 

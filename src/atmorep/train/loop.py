@@ -136,7 +136,8 @@ class StopSignal:
 
     def agreed(self) -> bool:
         # One branch for all ranks: a signal may reach some of them only, and checkpointing is collective.
-        flag = torch.tensor([1.0 if self.received else 0.0])
+        # On the rank's device: NCCL (the GPU backend) reduces only CUDA tensors.
+        flag = torch.tensor([1.0 if self.received else 0.0], device=distributed.device())
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
@@ -313,12 +314,14 @@ class Trainer:
         micro_seed = _seed(self.seed, step, micro, self.rank, self.world)
         gen = torch.Generator().manual_seed(micro_seed)  # masks: their own stream, unmoved by dropout
         torch.manual_seed(micro_seed + 1)  # dropout
-        masks = self.strategy(batch, gen)
+        masks = self.strategy(batch, gen)  # on the CPU, with its CPU generator: the same draws on any device
         self.meter.add(batch.size, masks)
-        source = masking.apply(batch, masks)
+        device = distributed.device()  # the model's (a GPU's); the CPU in the tests
+        source = masking.apply(batch, masks).to(device)
+        masks = {f: m.to(device) for f, m in masks.items()}
         ens = self.engine(source.tokens, source.info, masks)
         # Boolean indexing gives the targets in mask.nonzero() order, the order of the model's ensembles.
-        loss, diags = self.loss_fn(ens, {f: batch.tokens[f][masks[f]] for f in ens})
+        loss, diags = self.loss_fn(ens, {f: batch.tokens[f].to(device)[masks[f]] for f in ens})
         return loss, diags, self.engine.step(loss)
 
     def log(self, step: int, row: dict) -> None:

@@ -95,7 +95,7 @@ class Throughput:
             dist.barrier()  # ranks sharing cores measure together, as they will train
         peak, self.peak_source = (peak, "given") if peak else device_peak(device, dtype)
         if dist.is_initialized():  # one figure for the run: the mean over ranks
-            t = torch.tensor([peak], dtype=torch.float64)
+            t = torch.tensor([peak], dtype=torch.float64, device=device)  # NCCL reduces CUDA tensors only
             dist.all_reduce(t)
             peak = float(t) / world
         self.peak = peak * world
@@ -112,7 +112,7 @@ class Throughput:
         )
 
     def step(self, seconds: float) -> dict[str, float]:
-        counts = self._local
+        counts = self._local.to(self.device)  # kept on the CPU between steps; NCCL reduces CUDA tensors
         if dist.is_initialized():
             dist.all_reduce(counts)
         samples, tokens, flops = counts.tolist()
