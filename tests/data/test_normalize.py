@@ -160,6 +160,22 @@ def test_climatology_uses_the_training_period_not_the_month(tmp_path):
     assert float(ds["data"].mean()) > 1  # March is warmer than the training period: no leakage
 
 
+def test_climatology_refuses_months_on_other_longitudes(tmp_path):
+    """Moments of two months on grids that differ only in longitude are not merged (it once compared
+    the shape and the latitudes only)."""
+    lat = np.linspace(60, 40, 5)
+    data = DataConfig(fields={"t2m": FieldSpec()}, start="2021-01-01", end="2021-02-28T18", step_hours=6)
+    cfg = NormalizeConfig(climatology=ClimatologyConfig(("t2m",), "2021-01", "2021-02", by_calendar_month=False))
+    mom = []
+    for month, lon0 in (("2021-01", 0.0), ("2021-02", 10.0)):
+        t = data.times(month)
+        values = (270 + np.random.default_rng(0).normal(0, 1, (len(t), 1, 5, 8))).astype(np.float32)
+        g = field_grib(tmp_path / f"{month}.grib", "t2m", values, t, [0], lat, lon0 + np.arange(8) * 2.5)
+        mom.append(normalize.moments(data, cfg, "t2m", month, g, tmp_path / f"m{month}.zarr"))
+    with pytest.raises(DataError, match=r"m2021-02\.zarr: longitude differs from .*m2021-01\.zarr"):
+        normalize.climatology(data, cfg, "t2m", mom, tmp_path / "clim.zarr")
+
+
 def test_climatology_requires_its_store(tmp_path, shared_data):
     cfg = NormalizeConfig(climatology=ClimatologyConfig(("t2m",), "2019-03", "2019-03"))
     with pytest.raises(DataError, match="climatological statistics"):

@@ -177,8 +177,9 @@ def climatology(data: DataConfig, cfg: NormalizeConfig, field: str, inputs: list
     sources = {}
     for month in want:
         ds = zarrv3.open_dataset(by_month[month], threads=None)
-        if ds["mean"].shape != (L, Y, X) or not np.array_equal(ds["latitude"].values, first["latitude"].values):
-            raise DataError(f"{by_month[month]}: grid or levels differ from {by_month[want[0]]}")
+        for c in ("level", "latitude", "longitude"):  # the same points, not merely as many
+            if not np.array_equal(ds[c].values, first[c].values):
+                raise DataError(f"{by_month[month]}: {c} differs from {by_month[want[0]]}; moments of one grid only")
         key = int(month[5:7]) if clim.by_calendar_month else 0  # 'YYYY-MM' -> 1..12; 0: one set for all
         acc[key].merge(Moments(int(ds["count"].values[0]), ds["mean"].values, ds["m2"].values))
         sources[month] = ds.attrs["source_sha256"]
