@@ -21,7 +21,7 @@ Then measures, in one run, random samples in the paper's geometry (36 h x 54 x 1
   indices); zarr's reads are counted by ``/proc/self/io`` rchar; "cold" also reports read_bytes, the
   bytes the kernel fetched from the disk (page granularity and read-around included);
 - on the demo config (``config/config.yaml``, the embedded ERA5 sample): loader samples/s through
-  ``atmorep.train.loop.loader`` with the configured number of workers (``train.workers``) and with
+  ``atmorep.train.batches.loader`` with the configured number of workers (``train.workers``) and with
   2 workers, and training-step samples/s of the demo model on this machine's CPU (AdamW, no
   DeepSpeed), both with ``--threads`` torch threads in this process, alternating in rounds; the
   memory the loader adds (PSS of the main process and its workers: anonymous pages, and the shard
@@ -248,13 +248,14 @@ def through_zarr(stores: dict, dataset: WindowDataset, indices, seconds: float, 
 
 
 def through_loader(ds: WindowDataset, indices, workers: int, batch_size: int, seconds: float) -> dict:
+    from atmorep.train import batches
+
     """Samples/s through the training loop's DataLoader, and the memory it adds (PSS, main + workers)."""
-    from atmorep.train import loop
 
     plan = [indices[k : k + batch_size].tolist() for k in range(0, len(indices) - batch_size + 1, batch_size)]
     me = psutil.Process()
     base = memory([me.pid])
-    it = iter(loop.loader(ds, plan, workers))
+    it = iter(batches.loader(ds, plan, workers))
     next(it)  # workers started
     n, peak, start = 0, base, time.perf_counter()
     probe = start
@@ -281,7 +282,7 @@ def demo(out: Path, seconds: float, rounds: int) -> dict:
     from atmorep.data.acquire import sources
     from atmorep.data.tokens import TOKEN_INFO
     from atmorep.model import masking
-    from atmorep.train import loop
+    from atmorep.train import batches, loop
     from atmorep.train.losses import Loss
 
     cfg = load(REPO / "config" / "config.yaml")
@@ -299,7 +300,7 @@ def demo(out: Path, seconds: float, rounds: int) -> dict:
     model = loop.Multiformer(cfg.model, loop.geometry(ds), info_dim=len(TOKEN_INFO)).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     strategy, loss_fn = masking.build(cfg.train.masking, ds.token_sizes), Loss(cfg.train.loss)
-    batch = next(iter(loop.loader(ds, [list(range(B))], 0)))
+    batch = next(iter(batches.loader(ds, [list(range(B))], 0)))
     gen = torch.Generator().manual_seed(0)
 
     def step():
