@@ -244,10 +244,10 @@ class Trainer:
         self.meter.add(batch.size, masks)
         device = distributed.device()  # the model's (a GPU's); the CPU in the tests
         source = masking.apply(batch, masks).to(device)
-        masks = {f: m.to(device) for f, m in masks.items()}
-        ens = self.engine(source.tokens, source.info, masks)
-        # Boolean indexing gives the targets in mask.nonzero() order, the order of the model's ensembles.
-        loss, diags = self.loss_fn(ens, {f: batch.tokens[f].to(device)[masks[f]] for f in ens})
+        ens = self.engine(source.tokens, source.info, {f: m.to(device) for f, m in masks.items()})
+        # Boolean indexing gives the targets in mask.nonzero() order, the order of the model's ensembles;
+        # picked on the CPU, so only the masked tokens travel to the device.
+        loss, diags = self.loss_fn(ens, {f: batch.tokens[f][masks[f]].to(device) for f in ens})
         return loss, diags, self.engine.step(loss)
 
     def log(self, step: int, row: dict) -> None:

@@ -16,13 +16,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import zarr
+import xarray as xr
 
 from atmorep.config import DataConfig, NormalizeConfig
 from atmorep.data.acquire.sources import read_provenance
 from atmorep.data.normalize.decode import Month, decode_month, moments_of
 from atmorep.data.normalize.statistics import Moments, Stats
-from atmorep.data.normalize.store import grid_coords, write
+from atmorep.data.normalize.store import grid_coords, put_coords, write_normalized
 from atmorep.errors import DataError
 from atmorep.formats import zarrv3
 from atmorep.formats.atomic import Replacement
@@ -31,15 +31,8 @@ log = logging.getLogger(__name__)
 
 
 def _write_json(obj: dict, out: Path) -> None:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with Replacement(out) as tmp:
+    with Replacement(out) as tmp:  # creates the parent directory
         tmp.write_text(json.dumps(obj, indent=1, default=str) + "\n")
-
-
-def _put_coords(store: zarrv3.Store, coords: dict[str, tuple[np.ndarray, dict]]) -> None:
-    for name, (values, attrs) in coords.items():
-        store.put(name, values, (name,), attrs, fill=0)
 
 
 def _scratch(cfg: NormalizeConfig, out: Path) -> Path:
@@ -106,7 +99,7 @@ def normalize(
                 default=str,
             ),
         }
-        write(m, stats, cfg, out, attrs, f"normalized with {method} {which} statistics of {period}")
+        write_normalized(m, stats, cfg, out, attrs)
         clock.append(time.perf_counter())
     finally:
         if m is not None:
@@ -148,7 +141,7 @@ def moments(
         m.slab.close()
     attrs = {"field": field, "month": month, "source_sha256": m.sha256, "units": m.param.units}
     with zarrv3.writing(out, attrs) as store:
-        _put_coords(store, grid_coords(m.levels, m.grid.lats, m.grid.lons))
+        put_coords(store, grid_coords(m.levels, m.grid.lats, m.grid.lons))
         store.put("count", np.full(len(m.levels), acc.count, np.int64), ("level",))  # the same per level
         # float64 as accumulated: merging months must not round their moments first
         store.put("mean", acc.mean, ("level", "latitude", "longitude"), chunks=(1, *acc.mean.shape[1:]))
@@ -163,20 +156,22 @@ def climatology(data: DataConfig, cfg: NormalizeConfig, field: str, inputs: list
     clim = cfg.climatology
     want = clim.months()
     by_month: dict[str, Path] = {}
+    opened: dict[str, xr.Dataset] = {}
     for p in inputs:
-        g = zarr.open_group(p, mode="r")
-        if g.attrs.get("field") != field:
-            raise DataError(f"{p}: moments of field '{g.attrs.get('field')}', expected '{field}'")
-        by_month[g.attrs["month"]] = Path(p)  # by its own attribute: file names and input order do not matter
+        ds = zarrv3.open_dataset(p, threads=None)
+        if ds.attrs.get("field") != field:
+            raise DataError(f"{p}: moments of field '{ds.attrs.get('field')}', expected '{field}'")
+        # by its own attribute: file names and input order do not matter
+        by_month[ds.attrs["month"]], opened[ds.attrs["month"]] = Path(p), ds
     if missing := [m for m in want if m not in by_month]:
         raise DataError(f"climatology of '{field}' {clim.start} .. {clim.end}: no moments for {missing}")
     groups = list(range(1, 13)) if clim.by_calendar_month else [0]
-    first = zarrv3.open_dataset(by_month[want[0]], threads=None)
+    first = opened[want[0]]
     L, Y, X = first["mean"].shape
     acc = {k: Moments.empty(L, Y, X) for k in groups}
     sources = {}
     for month in want:
-        ds = zarrv3.open_dataset(by_month[month], threads=None)
+        ds = opened[month]
         for c in ("level", "latitude", "longitude"):  # the same points, not merely as many
             if not np.array_equal(ds[c].values, first[c].values):
                 raise DataError(f"{by_month[month]}: {c} differs from {by_month[want[0]]}; moments of one grid only")
@@ -196,7 +191,7 @@ def climatology(data: DataConfig, cfg: NormalizeConfig, field: str, inputs: list
         "units": first.attrs.get("units", ""),
     }
     with zarrv3.writing(out, attrs) as store:
-        _put_coords(
+        put_coords(
             store,
             {
                 "group": (np.asarray(present, np.int64), {"long_name": "calendar month (0: all months)"}),

@@ -50,17 +50,23 @@ def grid_coords(levels, lats, lons) -> dict:
     }
 
 
-def write(m: Month, stats: Stats, cfg: NormalizeConfig, out: Path, attrs: dict, describe: str) -> Path:
-    """The normalized store of ``m`` at ``out``, atomically: coordinates, statistics, then the data
-    normalized block by block (the slab is normalized in place); ``describe`` ends the data's long name."""
+def put_coords(store: zarrv3.Store, coords: dict[str, tuple[np.ndarray, dict]]) -> None:
+    """One-dimensional coordinate arrays ``name -> (values, attributes)``, each named after its dimension."""
+    for name, (values, attrs) in coords.items():
+        store.put(name, values, (name,), attrs)
+
+
+def write_normalized(m: Month, stats: Stats, cfg: NormalizeConfig, out: Path, attrs: dict) -> Path:
+    """Pass 3: the normalized store of ``m`` at ``out``, atomically: coordinates, statistics, then the
+    data normalized block by block (the slab is normalized in place). ``attrs`` are the store's (its
+    ``normalization``, ``statistics`` and ``statistics_period`` also name the data)."""
     T, L, Y, X = m.shape
     nt, chunk_t = block_steps(cfg, m.shape)
+    describe = (
+        f"normalized with {attrs['normalization']} {attrs['statistics']} statistics of {attrs['statistics_period']}"
+    )
     with zarrv3.writing(out, attrs, nbytes=4 * T * L * Y * X) as store:
-        for name, (values, cattrs) in {
-            "time": _time_values(m.times),
-            **grid_coords(m.levels, m.grid.lats, m.grid.lons),
-        }.items():
-            store.put(name, values, (name,), cattrs)
+        put_coords(store, {"time": _time_values(m.times), **grid_coords(m.levels, m.grid.lats, m.grid.lons)})
         dims = ("level",) if stats.method == "global" else ("level", "latitude", "longitude")
         store.put("mean", stats.mean, dims, {"long_name": f"{m.field} mean ({stats.method})", "units": m.param.units})
         store.put("std", stats.std, dims, {"long_name": f"{m.field} standard deviation", "units": m.param.units})
@@ -129,11 +135,3 @@ def check(path: str | Path) -> dict:
     summary = {"store": str(path), "field": field, "month": month, "values": int(np.prod(data.shape))}
     log.info("checked %s: %d normalized values, all finite", path, summary["values"])
     return summary
-
-
-def write_normalized(m: Month, stats: Stats, cfg: NormalizeConfig, out: Path, attrs: dict) -> Path:
-    """Pass 3 on its own: normalize the slab block by block into a zarr v3 store at ``out`` (atomically)."""
-    describe = (
-        f"normalized with {attrs['normalization']} {attrs['statistics']} statistics of {attrs['statistics_period']}"
-    )
-    return write(m, stats, cfg, out, attrs, describe)
