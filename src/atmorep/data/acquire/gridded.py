@@ -104,6 +104,16 @@ def _level_kind(ds: xr.Dataset, dim: str) -> tuple[str, float]:
     return kind, 1.0
 
 
+def in_units(values: np.ndarray, factor: float) -> np.ndarray:
+    """Values times the catalogue's unit ``factor`` (:func:`catalogued`), as floats to write.
+
+    Integers become float64 before the factor (in an integer dtype g = 9.80665 would be 9); floats
+    keep their precision: float32 stays float32 (no silent widening)."""
+    if not np.issubdtype(values.dtype, np.floating):
+        values = values.astype(np.float64)
+    return values * np.asarray(factor, values.dtype) if factor != 1.0 else values
+
+
 def catalogued(var: str, base: str, field: str | None, units, units_from: str, where: str) -> tuple[str, float]:
     """(field, factor): the catalogue field variable ``var`` holds (``field`` when acquire.variables names
     it, else the one its name ``base`` stands for) and the factor to the field's units, once ``units``
@@ -306,12 +316,7 @@ def write(cuts: list[Cut], field: str, exp: Expectation, out: Path) -> int:
             values = np.asarray(part.transpose(*order).values)
             if p.ldim is None:
                 values = values[:, None]
-            # Integers become float64 before any unit factor (in an integer dtype g = 9.80665 would be 9);
-            # floats keep their precision: float32 stays float32 (no silent widening).
-            if not np.issubdtype(values.dtype, np.floating):
-                values = values.astype(np.float64)
-            if p.factor != 1.0:
-                values = values * np.asarray(p.factor, values.dtype)
+            values = in_units(values, p.factor)
             grib.write_grib(
                 out, field, values, p.times[tsel], levels, c.lats, c.lons, levtype=levtype, append=not first, ieee=True
             )

@@ -250,10 +250,7 @@ class Anemoi:
             values = np.empty_like(raw)
             values[:, order] = raw  # back to the config's level order
             values = values.reshape(len(tsel), len(vidx), ny, nx)[:, :, rows][:, :, :, cols]
-            if not np.issubdtype(values.dtype, np.floating):  # as gridded: no unit factor in an integer dtype
-                values = values.astype(np.float64)
-            if factor != 1.0:
-                values = values * np.asarray(factor, values.dtype)
+            values = gridded.in_units(values, factor)
             grib.write_grib(
                 out,
                 field,
