@@ -12,7 +12,6 @@ WeatherBench 2 read them) with CF attributes, one group per field where a store 
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -54,12 +53,11 @@ def annotate(ds: xr.Dataset, field: str) -> xr.Dataset:
 
 
 def write_groups(datasets: dict[str, xr.Dataset], path: Path, annotate_cf: bool = True) -> Path:
-    """One group per field, written afresh; consolidated at the root."""
+    """One group per field, consolidated at the root; ``path`` is new (evaluate writes its products
+    into a fresh temporary directory, :func:`atmorep.eval.evaluate.evaluate`)."""
     import zarr
 
     path = Path(path)
-    # Removed first: mode="w" per group would keep the groups of an earlier run's other fields.
-    shutil.rmtree(path, ignore_errors=True)
     zarr.open_group(str(path), mode="w", zarr_format=2)  # the root, even when there is nothing to write
     for f, ds in datasets.items():
         ds = annotate(ds, f) if annotate_cf else ds
@@ -153,7 +151,6 @@ def write_wb2(results: dict[str, xr.Dataset], out_dir: Path) -> list[Path]:
     paths = []
     for name, ds in zip(("wb2_forecast", "wb2_ensemble", "wb2_truth"), wb2(results)):
         path = Path(out_dir) / f"{name}.zarr"
-        shutil.rmtree(path, ignore_errors=True)
         for v in ds.variables:
             ds[v].encoding = {}
         for v in ds.data_vars:  # one init (or valid) time per chunk, the whole globe in it: WB2 reads by time
