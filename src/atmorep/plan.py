@@ -134,26 +134,10 @@ def plan(cfg: Config, profile: dict | None = None, mfu: float = 0.45) -> Plan:
 def report(cfg: Config, profile: dict | None, mfu: float, device_memory: str, ranks: int | None = None) -> str:
     """What ``atmorep plan`` prints: the campaign's plan and the fit planner's line for GPUs of
     ``device_memory`` (e.g. "80GiB") on ``ranks`` ranks (default ``train.ranks``)."""
-    from atmorep.train.memory import parse_bytes
+    from atmorep.train.memory import fit_line
 
-    ranks = ranks or cfg.train.ranks
-    recommendation = fit(cfg, parse_bytes(device_memory), ranks).text()
-    return f"{plan(cfg, profile, mfu).text(mfu)}\nfit on {ranks} GPU(s) of {device_memory}: {recommendation}"
-
-
-def fit(cfg: Config, device_bytes: float, ranks: int | None = None):
-    """The fit planner's recommendation (:func:`atmorep.train.memory.recommend`) for GPUs of
-    ``device_bytes`` on ``ranks`` ranks (default ``train.ranks``), at ``train.batch_size`` per rank."""
-    from atmorep.train.memory import masked_fraction, recommend
-
-    return recommend(
-        cfg.model,
-        from_config(cfg).fields,
-        device_bytes,
-        ranks or cfg.train.ranks,
-        cfg.train.batch_size,
-        masked_fraction=masked_fraction(cfg.train.masking),
-    )
+    line = fit_line(cfg.model, from_config(cfg).fields, cfg.train, device_memory, ranks or cfg.train.ranks)
+    return f"{plan(cfg, profile, mfu).text(mfu)}\n{line}"
 
 
 #: files of a shard store besides the data shards, at most: zarr.json of the group and of 8 arrays,

@@ -15,7 +15,7 @@ from atmorep.config import TrainConfig
 from atmorep.model.multiformer import field_dims
 from atmorep.model.summary import forward_flops, parameter_count, tokens, training_flops
 from atmorep.modelfile import ModelFile, read
-from atmorep.train.memory import activation_bytes, masked_fraction, parse_bytes, recommend
+from atmorep.train.memory import activation_bytes, fit_line
 
 OPTIMIZER_BYTES_PER_PARAM = 16  # fp32 weights + fp32 gradients + AdamW's two fp32 moments
 
@@ -26,16 +26,7 @@ def dry_run(path: str | Path, device_memory: str = "80GiB", ranks: int | None = 
     model file's at the defaults: train.batch_size 8, one rank)."""
     spec, cfg = read(path)
     train = cfg.train if cfg is not None else TrainConfig(ranks=1)
-    ranks = ranks or train.ranks
-    fit = recommend(
-        spec.model,
-        spec.geometry(),
-        parse_bytes(device_memory),
-        ranks,
-        train.batch_size,
-        masked_fraction=masked_fraction(train.masking),
-    )
-    return f"{report(spec, path)}\nfit on {ranks} GPU(s) of {device_memory}: {fit.text()}"
+    return f"{report(spec, path)}\n{fit_line(spec.model, spec.geometry(), train, device_memory, ranks or train.ranks)}"
 
 
 def report(spec: ModelFile, path: str | Path = "") -> str:

@@ -33,7 +33,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from atmorep.config import ModelConfig
+from atmorep.config import ModelConfig, TrainConfig
 from atmorep.model.multiformer import FieldGeometry, coupling_graph, field_dims
 
 #: DeepSpeed ZeRO defaults we do not override (deepspeed/runtime/zero/config.py)
@@ -242,6 +242,22 @@ def recommend(
         math.ceil(batch_size / micro),
         f"micro-batch {batch_size} does not fit {_gib(budget)} ({HEADROOM:.0%} of {_gib(device_bytes)})",
     )
+
+
+def fit_line(
+    model: ModelConfig, fields: dict[str, FieldGeometry], train: TrainConfig, device_memory: str, ranks: int
+) -> str:
+    """The planner's line of ``atmorep plan`` and ``atmorep train --dry-run``: :func:`recommend` for
+    ``ranks`` GPUs of ``device_memory`` (e.g. "80GiB") at ``train.batch_size`` per rank."""
+    fit = recommend(
+        model,
+        fields,
+        parse_bytes(device_memory),
+        ranks,
+        train.batch_size,
+        masked_fraction=masked_fraction(train.masking),
+    )
+    return f"fit on {ranks} GPU(s) of {device_memory}: {fit.text()}"
 
 
 def _halvings(b: int) -> list[int]:
