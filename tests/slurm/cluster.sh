@@ -66,12 +66,15 @@ munge_up() {
 start() {
   install
   if status; then echo "slurm already up"; return 0; fi
+  # what a killed run left goes first (as in twonode.sh: recovered jobs would hold the node)
+  stop
+  rm -rf "$STATE/ctld" "$STATE/spool"
   configure
   munge_up
   /usr/sbin/slurmctld
   wait_for 20 sh -c 'scontrol ping | grep -q UP'
   /usr/sbin/slurmd
-  wait_for 30 node_idle || { echo "slurm node not idle:"; sinfo -N -l; exit 1; }
+  wait_for 30 node_idle || { echo "slurm node not idle:"; sinfo -N -l; squeue; exit 1; }
   echo "slurm up: $(sinfo -h -N -o '%N %t %c CPUs')"
 }
 

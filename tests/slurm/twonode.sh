@@ -106,6 +106,10 @@ both_idle() { [ "$(idle_nodes)" -eq ${#NODES[@]} ]; }
 start() {
   bash "$HERE/cluster.sh" install
   if status; then echo "two-node slurm already up"; return 0; fi
+  # What a killed run left (daemons, saved jobs) goes first: slurmctld would recover that run's jobs
+  # and run them again on the new nodes, which then never come up idle.
+  stop
+  rm -rf "$STATE/ctld" "$STATE/spool"
   ATMOREP_SLURM_STATE=$STATE bash "$HERE/cluster.sh" munge_up
   network
   configure
@@ -113,7 +117,7 @@ start() {
   wait_for 20 sh -c 'scontrol ping | grep -q UP' \
     || { echo "slurmctld not up:"; tail "$STATE/log/slurmctld.log"; exit 1; }
   for h in "${NODES[@]}"; do in_host "$h" /usr/sbin/slurmd -N "$h"; done
-  wait_for 30 both_idle || { echo "nodes not idle:"; sinfo -N -l; exit 1; }
+  wait_for 30 both_idle || { echo "nodes not idle:"; sinfo -N -l; squeue; exit 1; }
   echo "two-node slurm up: $(sinfo -h -N -o '%N(%t)' | tr '\n' ' ')SLURM_CONF=$SLURM_CONF"
 }
 
