@@ -131,7 +131,7 @@ def main() -> None:
     print(
         f"step: {seconds * 1e3:.1f} ms, {row['samples_per_s']:.1f} samples/s, "
         f"{row['tokens_per_s']:,.0f} tokens/s, "
-        f"{row['flop_per_s'] / 1e12:.1f} TFLOP/s of {meter.peak / 1e12:.1f} ({meter.peak_source}), "
+        f"{row['flop_per_s'] / 1e12:.3g} TFLOP/s of {meter.peak / 1e12:.3g} ({meter.peak_source}), "
         f"peak memory {memory / 2**30:.1f} GiB"
     )
     print(f"mfu={row['mfu']:.4f}")
