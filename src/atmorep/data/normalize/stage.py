@@ -69,7 +69,6 @@ def normalize(
         raise DataError(
             f"field '{field}' uses climatological statistics (normalize.climatology.fields): give the climatology store"
         )
-    period = f"{cfg.climatology.start}..{cfg.climatology.end}" if which == "climatology" else month
     m = None
     clock = [time.perf_counter()]
     try:
@@ -85,7 +84,7 @@ def normalize(
             "month": month,
             "normalization": method,
             "statistics": which,
-            "statistics_period": clim.period if clim else period,
+            "statistics_period": clim.period if clim else month,
             "source": str(source),
             "source_sha256": m.sha256,
             "units": m.param.units,
@@ -115,7 +114,7 @@ def normalize(
         month,
         method,
         which,
-        period,
+        attrs["statistics_period"],
         len(m.times),
         len(m.levels),
         m.grid.describe(),
