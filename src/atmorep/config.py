@@ -308,6 +308,21 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class EmbedConfig:
+    """The encoder's latents over a period and area, one vector per token (``atmorep embed``)."""
+
+    start: str | None = None
+    end: str | None = None
+    area: tuple[float, float, float, float] | None = None
+    fields: tuple[str, ...] = ()
+    layers: tuple[int, ...] = (-1,)
+    token_overlap: tuple[int, int, int] = (0, 0, 0)
+    pooling: tuple[str, ...] = ()
+    batch_size: int = 16
+    case_study: bool = False
+
+
+@dataclass(frozen=True)
 class SoftwareConfig:
     """Environment modules loaded before each group of rules under ``snakemake
     --software-deployment-method env-modules`` (Lmod/Environment Modules names, set by a site)."""
@@ -329,6 +344,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
     software: SoftwareConfig = field(default_factory=SoftwareConfig)
 
 
@@ -357,6 +373,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "shard": ("data", "shard"),
     "train": ("seed", "data", "model", "train"),
     "evaluate": ("seed", "data", "evaluate"),  # no model section: evaluate reads it from model.pt
+    "embed": ("data", "embed"),  # likewise; nothing random, so no seed
 }
 
 

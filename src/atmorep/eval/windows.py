@@ -115,14 +115,39 @@ def tiles(dataset: WindowDataset, position: TimePosition, overlap_tokens: tuple[
         raise ValueError(
             f"evaluate.token_overlap {list(overlap_tokens)} leaves no step between tiles of {ny} x {nx} points"
         )
-    rows, cols = [0], [0]
-    # Latitude ends at the poles: the last row is pulled back to touch the edge (more overlap there).
-    while rows[-1] + ny < nlat:
-        rows.append(min(rows[-1] + dy, nlat - ny))
-    # Longitude is periodic: no pulling back, the last column runs past 360° onto the first.
-    while cols[-1] + nx < nlon:
-        cols.append(cols[-1] + dx)
+    rows = cover(0, nlat, ny, dy, sy, nlat, periodic=False)
+    cols = cover(0, nlon, nx, dx, sx, nlon, periodic=True)
     return [Tile(window_index(dataset, position.position, y, x), position.position, y, x) for y in rows for x in cols]
+
+
+def cover(lo: int, hi: int, size: int, stride: int, step: int, length: int, periodic: bool) -> list[int]:
+    """Origins (points, multiples of ``step``) of windows of ``size`` points that cover points ``lo..hi-1``
+    of an axis of ``length`` points, ``stride`` apart (AtmoRep ``set_global``, for any range).
+
+    A range that fits in one window gets one window, as near centred on it as the origins allow. Else
+    origins start at or before ``lo`` and step by ``stride``; the last is pulled back so that its window
+    ends at ``hi`` (more overlap there), except around a whole periodic axis, where it runs on past the
+    end onto the first (origins are then taken modulo ``length`` by the reader). On a bounded axis
+    every window lies inside ``0..length``; a range no such window covers is refused.
+    """
+    stride = _step(stride, step)
+    if stride <= 0 or size <= 0:
+        raise ValueError(f"windows of {size} points {stride} points apart cover nothing")
+    whole = periodic and lo <= 0 and hi >= length
+    last = None if periodic else _step(length - size, step)  # the last origin inside the axis
+    if last is not None and (lo < 0 or last < 0 or hi > last + size):
+        raise ValueError(
+            f"points {lo}..{hi - 1} of an axis of {length} cannot be covered by windows of {size} points "
+            f"whose origins lie every {step} points inside it"
+        )
+    first = 0 if whole else (lo // step) * step
+    final = -(-(hi - size) // step) * step  # the first origin whose window reaches hi
+    if final <= first and not whole:  # one window: centred between the origins that cover the range
+        return [min(max(round((lo + hi - size) / 2 / step) * step, final), first)]
+    out = [first]
+    while out[-1] + size < hi:
+        out.append(out[-1] + stride if whole else min(out[-1] + stride, final))
+    return out
 
 
 def _step(points: int, step: int) -> int:

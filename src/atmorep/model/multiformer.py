@@ -118,15 +118,18 @@ class Multiformer(nn.Module):
             self.legacy_token_info = nn.Linear(info_dim, TOKEN_INFO_DIM).requires_grad_(False)
             nn.init.zeros_(self.legacy_token_info.weight)
 
-    def encode(self, tokens: dict[str, torch.Tensor], info: dict[str, torch.Tensor]) -> dict[str, list[torch.Tensor]]:
-        """Per field the outputs of every encoder layer, ``[(B, N, D)] * layers``.
+    def encode(
+        self, tokens: dict[str, torch.Tensor], info: dict[str, torch.Tensor], depth: int | None = None
+    ) -> dict[str, list[torch.Tensor]]:
+        """Per field the outputs of every encoder layer, ``[(B, N, D)] * layers``; with ``depth``, of the
+        first ``depth`` layers only (the later ones are not run: ``atmorep embed`` of an early layer).
 
         All fields advance one layer at a time from the same layer input, so the result does not
         depend on the order of the fields.
         """
         z = {f: self.embed[f](tokens[f], info[f]) for f in self.fields}
         outs: dict[str, list[torch.Tensor]] = {f: [] for f in self.fields}
-        for layer in range(self.cfg.encoder_layers):
+        for layer in range(self.cfg.encoder_layers if depth is None else depth):
             # a new dict: each field's block couples to the others' previous layer, never to an updated one
             z = {f: self.encoders[f][layer](z[f], [z[g] for g in self.coupling[f]]) for f in self.fields}
             for f in self.fields:
