@@ -1,4 +1,4 @@
-# atmorep: acquire -> normalize -> shard -> pretrain -> evaluate
+# atmorep: acquire -> normalize -> shard -> pretrain -> evaluate, embed
 # Run: snakemake --profile profiles/local   (or `make run`); dry run: snakemake -n
 import os
 
@@ -23,6 +23,7 @@ include: "workflow/rules/normalize.smk"
 include: "workflow/rules/shard.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/embed.smk"
 include: "workflow/rules/plan.smk"
 
 
@@ -30,6 +31,7 @@ rule all:
     default_target: True
     input:
         rules.evaluate.output,
+        rules.embed.output,
         # the model and the shards it was trained on are targets too: after a killed forced run deleted
         # them, a plain rerun rebuilds them (and what depends on them) instead of "Nothing to be done"
         rules.pretrain.output,

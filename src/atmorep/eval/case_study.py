@@ -62,8 +62,9 @@ def physical(plan, f: str) -> tuple[list[tuple[int, int]], callable]:
     return pairs, read
 
 
-def track(plan, criteria: cyclones.Criteria = cyclones.Criteria()) -> pd.DataFrame:
+def track(plan, criteria: cyclones.Criteria | None = None) -> pd.DataFrame:
     """Tropical cyclones over the embedded period (one time step in memory at a time)."""
+    criteria = criteria or cyclones.Criteria()
     missing = [f for f in NEEDS if f not in plan.dataset.fields]
     if missing:
         raise ValueError(f"embed.case_study tracks cyclones in msl and the 10 m wind: the model has no {missing}")
@@ -313,9 +314,9 @@ def figure(store, tc, peak, centre, maps, query, geo, sims, near, table, layers,
     ax.tick_params(axis="x", rotation=45, labelsize=7)
     for ax in axes[1, len(others) + 1 : ncol - 1]:
         ax.set_axis_off()
-    fig.suptitle(
-        f"Tropical cyclone {str(tc['time'].min())[:10]} .. {str(tc[tc['tropical']]['time'].max())[:10]}: track, attention, embedding similarity"
-    )
+    trop = tc[tc["tropical"]]
+    span = f"{str(trop['time'].min())[:10]} .. {str(trop['time'].max())[:10]}"
+    fig.suptitle(f"Tropical cyclone {span}: track, encoder attention, embedding similarity")
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return Path(path)
