@@ -30,6 +30,7 @@ SMALLEST = {
     "skill": (["--quick"], "shared"),
     "train_throughput": (["--quick"], None),
     "gpu_mfu": (["--batch", "2", "--steps", "2", "--warmup", "1"], "gpu"),
+    "embed": (["--quick"], None),
 }
 
 

@@ -30,14 +30,15 @@ builds). With no overlap a token lies in one window only, except where a last wi
 
 Attributes name the model file, its sha256, the layers, token size, window and overlap.
 
-**Memory.** Windows run one time origin and one row of latitude origins at a time; the slab of latents
-they own is written into the store before the next row starts. The working set beyond the loaded model
-is :func:`working_set` (slab, pooled vectors, one batch and its activations) plus the reader's memory
-maps of at most :data:`atmorep.formats.zarrv3.MAX_OPEN_SHARDS` shard files, whatever the period's length
+**Memory.** Windows run one time origin at a time; the slab of latents they own (their time tokens
+over the whole area) is written into the store, whole chunks in one write, before the next starts.
+The working set beyond the loaded model is :func:`working_set` (slab, pooled vectors, one batch and
+its activations) plus the reader's memory maps of at most
+:data:`atmorep.formats.zarrv3.MAX_OPEN_SHARDS` shard files, whatever the period's length
 (``benchmarks/embed.py`` measures it on a global month).
 
 Legend: B batch, L levels, T/Y/X tokens in time/lat/lon, N = L*T*Y*X tokens per window and field,
-D width, l chosen layers, Ta/Ya owned time tokens and latitude rows of a slab, Xa area columns.
+D width, l chosen layers, Ta owned time tokens of a slab, Ya/Xa the area's token rows and columns.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ from atmorep.model.multiformer import Multiformer
 log = logging.getLogger(__name__)
 
 STORE = "embeddings.zarr"
+CHUNK_BYTES = 16 << 20  # the latent array's chunks: one time token, up to this many bytes of rows
 POOLING = ("window", "area")
 ASSIGNMENT = "each token's latent is the encoder output of the window in which it is most central (first on a tie)"
 
@@ -127,6 +129,8 @@ def owners(
     ``extent`` points) in which each is most central, its nearer edge farthest from the token (the first
     on a tie), and the token's offset in it. ``period``: the axis is periodic with that many points (a
     window past the end holds the first tokens again)."""
+    if not len(start):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
     o = np.asarray(origins, np.int64)[None, :]
     best = np.full(len(start), -np.inf)
     owner = np.zeros(len(start), np.int64)
@@ -412,12 +416,15 @@ class Writer:
             g = zarr.open_group(str(self.path / f), mode="a", zarr_format=2)
             T, L, Y, X = (coords.sizes[d] for d in ("time", "level", "latitude", "longitude"))
             D = model.dims[f]
+            # one chunk: a time token, every layer and level, as many rows as fit in CHUNK_BYTES, every column
+            rows = max(1, min(Y, CHUNK_BYTES // max(1, len(layers) * L * X * D * 4)))
             latent = g.create_array(
                 "latent",
                 shape=(T, len(layers), L, Y, X, D),
-                chunks=(1, 1, L, 1, X, D),
+                chunks=(1, len(layers), L, rows, X, D),
                 dtype="float32",
                 fill_value=np.nan,
+                compressors=None,  # latents hardly compress; a compressor would cost more than the encoder
             )
             latent.attrs.update(
                 {
@@ -427,7 +434,9 @@ class Writer:
                     "coordinates": "time_bnds latitude_bnds longitude_bnds",
                 }
             )
-            window = g.create_array("source_window", shape=(T, Y, X), chunks=(1, Y, X), dtype="int64", fill_value=None)
+            window = g.create_array(
+                "source_window", shape=(T, Y, X), chunks=(1, Y, X), dtype="int64", fill_value=None, compressors=None
+            )
             window.attrs.update(
                 {"_ARRAY_DIMENSIONS": ["time", "latitude", "longitude"], "long_name": ASSIGNMENT, "units": "1"}
             )
@@ -450,9 +459,10 @@ class Writer:
                 )
                 self.arrays[f]["pooled_area"] = area
 
-    def slab(self, f: str, t: slice, y: slice, latent_TlLYXD: np.ndarray, window_TYX: np.ndarray) -> None:
-        self.arrays[f]["latent"][t, :, :, y] = latent_TlLYXD
-        self.arrays[f]["window"][t, y] = window_TYX
+    def slab(self, f: str, t: slice, latent_TlLYXD: np.ndarray, window_TYX: np.ndarray) -> None:
+        """The latents of time tokens ``t`` over the whole area: whole chunks, one write."""
+        self.arrays[f]["latent"][t] = latent_TlLYXD
+        self.arrays[f]["window"][t] = window_TYX
 
     def area(self, f: str, t: slice, pooled_TlLD: np.ndarray) -> None:
         self.arrays[f]["pooled_area"][t] = pooled_TlLD.astype(np.float32)
@@ -474,7 +484,8 @@ class Writer:
 def working_set(plan: Plan, model: Multiformer, layers: list[int], batch_size: int) -> int:
     """Bytes the embedding holds beyond the loaded model and the reader's memory maps: the largest slab
     of latents (and window indices), one batch of inputs, its encoder activations (an upper estimate:
-    twelve widths per token and field for attention and MLP temporaries), and the pooled windows."""
+    twelve widths per token and field for attention and MLP temporaries), and the pooled windows
+    (the one part that grows with the period: a vector per window, layer and level)."""
     ds = plan.dataset
     total = 0
     for f in plan.fields:
@@ -488,7 +499,8 @@ def working_set(plan: Plan, model: Multiformer, layers: list[int], batch_size: i
         P = math.prod(ds.token_sizes[f])
         total += batch_size * N * (P + 8) * 4 * 2  # numpy batch and its tensor
         total += batch_size * N * D * 4 * (len(layers) + 12)  # kept outputs + temporaries
-        total += plan.windows * len(layers) * L * D * 4  # pooled windows
+        # pooled windows: the vectors, their stacked copy and xarray's encoded copy while they are written
+        total += 3 * plan.windows * len(layers) * L * D * 4
     return total
 
 
@@ -507,16 +519,15 @@ def run(model: Multiformer, plan: Plan, layers: list[int], batch_size: int, writ
     lon_used = plan.used("lon")
     for slab in plan.slabs():
         own_t = {f: plan.time[f][slab.store].owned(slab.k) for f in plan.fields}
-        area: dict[str, list] = {f: [0.0, 0.0] for f in plan.fields}  # weighted sum, weight
+        buf, win = {}, {}
+        for f in plan.fields:  # the slab: the time tokens this origin owns, over the whole area
+            L, D = ds.stores[f][0].levels.size, model.dims[f]
+            Ta, Ya, Xa = len(own_t[f]), len(plan.lat[f].start), len(plan.lon[f].start)
+            buf[f] = np.full((Ta, len(layers), L, Ya, Xa, D), np.nan, np.float32)
+            win[f] = np.full((Ta, Ya, Xa), -1, np.int64)
         for yi in plan.used("lat"):
             y0 = plan.y_origins[yi]
             own_y = {f: plan.lat[f].owned(yi) for f in plan.fields}
-            buf, win = {}, {}
-            for f in plan.fields:
-                L, D = ds.stores[f][0].levels.size, model.dims[f]
-                Ta, Ya, Xa = len(own_t[f]), len(own_y[f]), len(plan.lon[f].start)
-                buf[f] = np.full((Ta, len(layers), L, Ya, Xa, D), np.nan, np.float32)
-                win[f] = np.full((Ta, Ya, Xa), -1, np.int64)
             for b0 in range(0, len(lon_used), batch_size):
                 part = lon_used[b0 : b0 + batch_size]
                 idx = [plan.window(slab, y0, plan.x_origins[xi]) for xi in part]
@@ -534,25 +545,22 @@ def run(model: Multiformer, plan: Plan, layers: list[int], batch_size: int, writ
                         cols = plan.lon[f].owned(xi)
                         lx = plan.lon[f].local[cols] // tx
                         # (l, L, T, Y, X, D) at the owned tokens -> (Ta, l, L, Ya, Xc, D)
-                        block = out[b][:, :, lt][:, :, :, ly][:, :, :, :, lx]
-                        buf[f][:, :, :, :, cols] = block.transpose(2, 0, 1, 3, 4, 5)
-                        win[f][:, :, cols] = i
+                        block = out[b][:, :, lt][:, :, :, ly][:, :, :, :, lx].transpose(2, 0, 1, 3, 4, 5)
+                        # adjacent index arrays keep their place: the target is (Ta, l, L, Ya, Xc, D) too
+                        buf[f][:, :, :, own_y[f][:, None], cols[None, :]] = block
+                        win[f][:, own_y[f][:, None], cols[None, :]] = i
                         if keep_pooled:
                             pooled[f][i] = out[b].mean(axis=(2, 3, 4))  # (l, L, D) over the window's tokens
                 bar.update(len(idx))
-            for f in plan.fields:
-                if not (len(own_t[f]) and len(own_y[f])):
-                    continue
-                t_sl = slice(t_done[f], t_done[f] + len(own_t[f]))
-                y_sl = slice(int(own_y[f][0]), int(own_y[f][-1]) + 1)
-                writer.slab(f, t_sl, y_sl, buf[f], win[f])
-                if "area" in writer.pooling:
-                    w = np.cos(np.deg2rad(writer.latitudes[f][y_sl]))
-                    area[f][0] = area[f][0] + np.einsum("tlLyxd,y->tlLd", buf[f], w, dtype=np.float64)
-                    area[f][1] += float(w.sum()) * buf[f].shape[4]
         for f in plan.fields:
-            if "area" in writer.pooling and len(own_t[f]):
-                writer.area(f, slice(t_done[f], t_done[f] + len(own_t[f])), area[f][0] / area[f][1])
+            if not len(own_t[f]):
+                continue
+            t_sl = slice(t_done[f], t_done[f] + len(own_t[f]))
+            writer.slab(f, t_sl, buf[f], win[f])
+            if "area" in writer.pooling:
+                w = np.cos(np.deg2rad(writer.latitudes[f]))
+                area = np.einsum("tlLyxd,y->tlLd", buf[f], w, dtype=np.float64) / (w.sum() * buf[f].shape[4])
+                writer.area(f, t_sl, area)
             t_done[f] += len(own_t[f])
     bar.close()
     return pooled
