@@ -134,6 +134,8 @@ def test_dag_produces_sane_products(run):
     store = xr.open_zarr(work / "resources" / "tiny" / "shards" / "u10" / "2026.zarr", consolidated=False)
     assert store["data"].shape == (24, 1, 171, 360) and np.isfinite(store["data"].values).all()
     assert '"verified"' in (work / "logs" / "tiny" / "shard" / "u10_2026.log").read_text()  # checked on disk
+    emb = xr.open_zarr(res / "embed" / "embeddings.zarr", group="u10")  # rule all's embed: the last layer
+    assert emb["latent"].sizes["layer"] == 1 and np.isfinite(emb["latent"].values).all()
 
 
 def test_two_rank_training_lowers_the_loss(run):
@@ -164,7 +166,7 @@ def test_training_logs_throughput_and_mfu(run):
 def test_every_rule_has_log_and_benchmark(run):
     work, _ = run
     logs = work / "logs" / "tiny"  # everything of a run lives under its name
-    for rule in ("acquire", "normalize", "shard", "pretrain", "evaluate"):
+    for rule in ("acquire", "normalize", "shard", "pretrain", "evaluate", "embed"):
         assert list(logs.glob(f"{rule}*.log")) + list(logs.glob(f"{rule}/*.log")), rule
         bench = list(logs.glob(f"{rule}*.benchmark.tsv")) + list(logs.glob(f"{rule}/*.benchmark.tsv"))
         assert bench and "max_rss" in bench[0].read_text(), rule
@@ -175,15 +177,25 @@ def test_reruns_are_exactly_the_changed_stage_and_descendants(run):
     r = snakemake(work, cfg, "-n")
     assert "Nothing to be done" in r.stdout + r.stderr
     r = snakemake(work, cfg, "-n", "--forcerun", "shard")
-    assert jobs(r.stdout) == {"shard", "pretrain", "evaluate", "all"}
+    assert jobs(r.stdout) == {"shard", "pretrain", "evaluate", "embed", "all"}
     changed = yaml.safe_load(cfg.read_text())
     changed["evaluate"]["samples"] = 5
     cfg2 = work / "changed.yaml"
     cfg2.write_text(yaml.safe_dump(changed))
     assert jobs(snakemake(work, cfg2, "-n").stdout) == {"evaluate", "all"}
+    changed["embed"] = {"layers": [0]}
+    cfg2.write_text(yaml.safe_dump(changed))
+    assert jobs(snakemake(work, cfg2, "-n").stdout) == {"evaluate", "embed", "all"}  # evaluate: samples above
     changed["normalize"]["local"] = []
     cfg2.write_text(yaml.safe_dump(changed))
-    assert jobs(snakemake(work, cfg2, "-n").stdout) == {"normalize", "shard", "pretrain", "evaluate", "all"}
+    assert jobs(snakemake(work, cfg2, "-n").stdout) == {
+        "normalize",
+        "shard",
+        "pretrain",
+        "evaluate",
+        "embed",
+        "all",
+    }
 
 
 def test_fine_tuning_reads_its_starting_model_as_an_input(run):
@@ -196,7 +208,7 @@ def test_fine_tuning_reads_its_starting_model_as_an_input(run):
     assert r.returncode != 0 and "pretrained.pt" in r.stdout + r.stderr  # a missing input, named
     shutil.copy(work / "results" / "tiny" / "train" / "model.pt", work / "pretrained.pt")
     cfg3.write_text(yaml.safe_dump(changed))
-    assert jobs(snakemake(work, cfg3, "-n").stdout) == {"pretrain", "evaluate", "all"}
+    assert jobs(snakemake(work, cfg3, "-n").stdout) == {"pretrain", "evaluate", "embed", "all"}
 
 
 def test_unknown_config_key_fails_fast_naming_it(tmp_path):
@@ -237,7 +249,7 @@ def test_another_run_name_shares_no_output(run):
     cfg2 = work / "other.yaml"
     cfg2.write_text(yaml.safe_dump(other))
     r = snakemake(work, cfg2, "-n")
-    assert jobs(r.stdout) == {"acquire", "normalize", "shard", "pretrain", "evaluate", "all"}
+    assert jobs(r.stdout) == {"acquire", "normalize", "shard", "pretrain", "evaluate", "embed", "all"}
     assert "resources/tiny-b/" in r.stdout and "resources/tiny/" not in r.stdout
 
 
@@ -294,4 +306,4 @@ def test_a_killed_forced_pretrain_is_rerun_with_what_depends_on_it(run, tmp_path
     assert (copy / "results" / "tiny" / "evaluate" / "scores.csv").exists()  # the old products remain
     r = snakemake(copy, copy / cfg.name, "-n")
     assert "Nothing to be done" not in r.stdout + r.stderr
-    assert jobs(r.stdout) == {"pretrain", "evaluate", "all"}
+    assert jobs(r.stdout) == {"pretrain", "evaluate", "embed", "all"}

@@ -22,6 +22,7 @@ Legend: T/Y/X tokens of the embedding store in time/lat/lon, D channels, P value
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
@@ -45,7 +46,7 @@ SEARCH = 15.0  # degrees around the track searched for nearest neighbours (and d
 POOL = 3  # tokens (lat, lon) averaged around a place
 
 
-def physical(plan, f: str) -> tuple[list[tuple[int, int]], callable]:
+def physical(plan, f: str) -> tuple[list[tuple[int, int]], Callable[[int, int], np.ndarray]]:
     """The embedded period's (store, step) pairs of field ``f`` and a reader of one step in physical units."""
     ds = plan.dataset
     pairs = []

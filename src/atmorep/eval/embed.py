@@ -155,7 +155,7 @@ def coverable(start: np.ndarray, size: int, length: int, extent: int, step: int)
     return start[(start >= 0) & (start + size <= last + extent)] if last >= 0 else start[:0]
 
 
-def _selected(centres: np.ndarray, lo: float, hi: float) -> np.ndarray:
+def _selected(centres: np.ndarray, lo, hi) -> np.ndarray:
     return np.flatnonzero((centres >= lo) & (centres <= hi))
 
 
@@ -537,8 +537,11 @@ def run(model: Multiformer, plan: Plan, layers: list[int], batch_size: int, writ
                     L, (T, Y, X) = ds.stores[f][0].levels.size, ds.tokens[f]
                     tt, ty, tx = ds.token_sizes[f]
                     # (B, N, D) per layer -> (B, l, L, T, Y, X, D): N in (level, time, lat, lon) order
-                    out = torch.stack([enc[f][k] for k in layers], 1).reshape(len(idx), len(layers), L, T, Y, X, -1)
-                    out = out.numpy()
+                    out = (
+                        torch.stack([enc[f][k] for k in layers], 1)
+                        .reshape(len(idx), len(layers), L, T, Y, X, -1)
+                        .numpy()
+                    )
                     lt = plan.time[f][slab.store].local[own_t[f]] // tt
                     ly = plan.lat[f].local[own_y[f]] // ty
                     for b, (xi, i) in enumerate(zip(part, idx)):
@@ -608,16 +611,16 @@ def pooled_windows(plan: Plan, f: str, vectors: dict[int, np.ndarray], layers: l
     return out
 
 
-def open_dataset(stores: dict[str, list[str]], model: Multiformer, model_path) -> WindowDataset:
+def open_dataset(stores: dict[str, list[str]], model: Multiformer, model_path: str | Path) -> WindowDataset:
     """The windows of the stores' whole period (windows may read context outside the embedded period)."""
     missing = sorted(set(model.fields) - set(stores))
     if missing:
         raise ValueError(f"{model_path}: the model needs fields {missing} whose shard stores were not given")
-    stores = {f: stores[f] for f in model.fields}
+    ordered: dict[str, list[str | Path]] = {f: list(stores[f]) for f in model.fields}
     from atmorep.data.dataset import FieldStore
 
-    times = [FieldStore(p).times for p in stores[next(iter(stores))]]
-    return WindowDataset(stores, model.cfg.num_tokens, min(t[0] for t in times), max(t[-1] for t in times))
+    times = [FieldStore(p).times for p in ordered[next(iter(ordered))]]
+    return WindowDataset(ordered, model.cfg.num_tokens, min(t[0] for t in times), max(t[-1] for t in times))
 
 
 def embed(

@@ -30,7 +30,7 @@ def time_positions(dataset: WindowDataset) -> list[TimePosition]:
     grid = dataset.windows
     field = dataset.fields[0]
     nt = dataset.extent[0]
-    out = []
+    out: list[TimePosition] = []
     for s, origins in enumerate(grid.t_origins):
         times = dataset.stores[field][s].times
         first = len(out)  # positions count on across stores, as the dataset's window indices do
