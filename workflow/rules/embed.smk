@@ -20,7 +20,7 @@ rule embed:
         ] if CFG.embed.case_study else [],
     params:
         cfg=stage_params("embed"),
-        outdir=EMBED,
+        outdir=lambda wildcards, output: os.path.dirname(output.store),
     log:
         f"{LOGS}/embed.log",
     benchmark:
