@@ -125,6 +125,11 @@ class ZarrSourceConfig:
 
     url: str = ""  # local path, https://, gs:// or s3:// (anonymous)
     storage_options: dict[str, str] = field(default_factory=dict)  # passed to fsspec (e.g. endpoint_url)
+    concurrency: int = 16  # requests in flight at once per job
+    readahead_mb: int = 1024  # memory for the blocks read ahead of the GRIB writer (the job's bound)
+    retries: int = 10  # retries of one request on HTTP 408/429/5xx, timeouts and connection resets
+    backoff_s: float = 0.1  # first wait before a retry; doubles per retry (jitter +25 %, at most 15 s)
+    timeout_s: float = 60.0  # seconds without a byte before an http(s) request counts as timed out
 
 
 @dataclass(frozen=True)

@@ -4,16 +4,34 @@
 (206 with Content-Range; also ``a-`` and ``-n``), 404 for missing keys, and HTML directory listings
 (what fsspec's HTTP filesystem lists a store with when it has no consolidated metadata). It counts
 the body bytes it sends and the requests, so a test can compare what a reader says it read.
+
+It can also behave like a distant, loaded object store:
+
+- ``rtt_s``: every answer waits one round trip before its first byte;
+- ``bandwidth``: bytes per second over all connections together (one link), paced in 256 KiB steps;
+- ``fail_fraction``: that fraction of GET requests (drawn with ``seed``) answers ``fail_status``
+  (503 Service Unavailable, as object stores do under load) instead of the data;
+- :meth:`storm`: the next ``n`` GET requests (of one path, or any) fail (an HTTP status, or
+  ``"reset"``: the connection is closed without an answer, as a reset or a dropped load balancer does);
+- ``deny``: paths (relative to ``root``) answered 403 Forbidden.
+
+It records the requests in flight at once (``max_in_flight``) and the paths asked for (``paths``).
 """
 
 from __future__ import annotations
 
 import os
+import random
 import re
+import socket
 import threading
+import time
+from collections import Counter
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+_STEP = 256 * 1024  # bytes sent between two pacing decisions
 
 
 class _Handler(SimpleHTTPRequestHandler):
@@ -60,9 +78,10 @@ class _Handler(SimpleHTTPRequestHandler):
     def copyfile(self, source, outputfile):
         left = self._range
         while left is None or left > 0:
-            buf = source.read(1 << 20 if left is None else min(1 << 20, left))
+            buf = source.read(_STEP if left is None else min(_STEP, left))
             if not buf:
                 break
+            self.server.pace(len(buf))
             outputfile.write(buf)
             with self.server.lock:
                 self.server.bytes_served += len(buf)
@@ -70,21 +89,90 @@ class _Handler(SimpleHTTPRequestHandler):
                 left -= len(buf)
 
     def do_GET(self):
-        with self.server.lock:
-            self.server.requests += 1
-        super().do_GET()
+        srv = self.server
+        rel = self.path.split("?", 1)[0].lstrip("/")
+        with srv.lock:
+            srv.requests += 1
+            srv.paths[rel] += 1
+            srv.in_flight += 1
+            srv.max_in_flight = max(srv.max_in_flight, srv.in_flight)
+            fault = srv.next_fault(rel)
+        try:
+            if srv.rtt_s:
+                time.sleep(srv.rtt_s)
+            if fault == "reset":
+                # SO_LINGER 0: close sends a TCP RST, the client sees a connection reset.
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                self.close_connection = True
+                self.connection.close()
+                return
+            if fault is not None:
+                self.send_error(fault)
+                return
+            super().do_GET()
+        finally:
+            with srv.lock:
+                srv.in_flight -= 1
 
 
 class RangeServer:
     """``with RangeServer(root) as srv: srv.url`` -> 'http://127.0.0.1:PORT'."""
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        rtt_s: float = 0.0,
+        bandwidth: float | None = None,
+        fail_fraction: float = 0.0,
+        fail_status: int = 503,
+        seed: int = 0,
+        deny: tuple[str, ...] = (),
+    ):
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Handler, directory=str(root)))
-        self.httpd.daemon_threads = True
-        self.httpd.lock = threading.Lock()
-        self.httpd.bytes_served = 0
-        self.httpd.requests = 0
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        h = self.httpd
+        h.daemon_threads = True
+        h.request_queue_size = 128
+        h.lock = threading.Lock()
+        h.rtt_s, h.bandwidth, h.fail_fraction, h.fail_status = rtt_s, bandwidth, fail_fraction, fail_status
+        h.rng = random.Random(seed)
+        h.deny = {d.lstrip("/") for d in deny}
+        h.storm: dict[str | None, list] = {}  # path (None: any) -> the faults of its next requests
+        h.free_at = 0.0  # when the link has sent what it was given (bandwidth pacing)
+        h.pace = self._pace
+        h.next_fault = self._next_fault
+        self.reset()
+        self.thread = threading.Thread(target=h.serve_forever, daemon=True)
+
+    def _next_fault(self, rel: str):
+        """The fault this request gets (called under the lock): None, an HTTP status or 'reset'."""
+        h = self.httpd
+        if rel in h.deny:
+            return 403
+        for key in (rel, None):
+            if h.storm.get(key):
+                return h.storm[key].pop(0)
+        if h.fail_fraction and h.rng.random() < h.fail_fraction:
+            h.failures += 1
+            return h.fail_status
+        return None
+
+    def _pace(self, nbytes: int) -> None:
+        """Wait until the link (shared by all connections) has room for ``nbytes`` more."""
+        h = self.httpd
+        if not h.bandwidth:
+            return
+        with h.lock:
+            now = time.perf_counter()
+            h.free_at = max(h.free_at, now) + nbytes / h.bandwidth
+            wait = h.free_at - now - nbytes / h.bandwidth  # send now if the link is idle, else queue
+        if wait > 0:
+            time.sleep(wait)
+
+    def storm(self, n: int, fault: int | str = 503, path: str | None = None) -> None:
+        """The next ``n`` GET requests (of ``path`` relative to the root, or of any path) fail with
+        ``fault`` (an HTTP status or 'reset')."""
+        with self.httpd.lock:
+            self.httpd.storm[path] = [fault] * n
 
     @property
     def url(self) -> str:
@@ -98,10 +186,24 @@ class RangeServer:
     def requests(self) -> int:
         return self.httpd.requests
 
+    @property
+    def failures(self) -> int:
+        """Requests answered ``fail_status`` by ``fail_fraction`` (not the storm's)."""
+        return self.httpd.failures
+
+    @property
+    def max_in_flight(self) -> int:
+        return self.httpd.max_in_flight
+
+    @property
+    def paths(self) -> Counter:
+        return self.httpd.paths
+
     def reset(self) -> None:
-        with self.httpd.lock:
-            self.httpd.bytes_served = 0
-            self.httpd.requests = 0
+        h = self.httpd
+        with h.lock:
+            h.bytes_served = h.requests = h.failures = h.in_flight = h.max_in_flight = 0
+            h.paths = Counter()
 
     def __enter__(self) -> RangeServer:
         self.thread.start()

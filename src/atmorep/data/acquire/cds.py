@@ -33,7 +33,6 @@ import hashlib
 import json
 import logging
 import os
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +42,7 @@ import numpy as np
 from atmorep import fields
 from atmorep.config import AcquireConfig, CdsConfig, DataConfig
 from atmorep.data.acquire.inventory import Expectation, check_headers
+from atmorep.data.acquire.retry import TRANSIENT_HTTP, backoff
 from atmorep.errors import DataError
 from atmorep.formats import grib
 from atmorep.formats.atomic import Replacement
@@ -55,8 +55,6 @@ DATASETS = {
     "sfc": "reanalysis-era5-single-levels",
 }
 DEFAULT_GRID = (0.25, 0.25)  # always sent: without a grid, model-level fields come as spectral coefficients
-# Worth retrying: timeout, rate limit, server-side failures. 4xx otherwise means the request is wrong.
-_TRANSIENT_HTTP = {408, 429, 500, 502, 503, 504}
 
 
 # --------------------------------------------------------------------------------------------
@@ -252,12 +250,6 @@ def slot(directory: Path, n: int, poll_s: float = 1.0):
         time.sleep(poll_s)
 
 
-def backoff(attempt: int, base: float, cap: float, jitter: float = 0.25, rng=random) -> float:
-    """Seconds to wait before retry ``attempt`` (0-based): base * 2**attempt, capped, plus jitter."""
-    # Jitter: jobs that failed together do not all come back in the same second.
-    return min(cap, base * 2.0**attempt) * (1.0 + jitter * rng.random())
-
-
 # --------------------------------------------------------------------------------------------
 # The source
 
@@ -272,7 +264,7 @@ def _is_transient(exc: BaseException) -> bool:
 
     if isinstance(exc, requests.HTTPError):
         code = exc.response.status_code if exc.response is not None else None
-        return code is None or code in _TRANSIENT_HTTP  # no response at all: the network, worth a retry
+        return code is None or code in TRANSIENT_HTTP  # no response at all: the network, worth a retry
     return isinstance(exc, (requests.RequestException, ProcessingFailedError, DownloadError, _Incomplete))
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from dataclasses import field as dc_field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ import xarray as xr
 from atmorep import fields
 from atmorep.data.acquire.crop import area_indices
 from atmorep.data.acquire.inventory import Expectation, describe_missing
+from atmorep.data.acquire.remote import Block, touched
 from atmorep.errors import DataError
 from atmorep.formats import grib
 
@@ -283,11 +285,15 @@ def check_complete(times: np.ndarray, exp: Expectation, where: str) -> None:
 def _block(c: Cut) -> int:
     """Time steps read at once: the store's time chunk (one step when it has none), fewer when that
     would exceed BLOCK_BYTES."""
-    # zarr names it "chunks", netCDF4 "chunksizes".
-    chunks = c.da.encoding.get("chunks") or c.da.encoding.get("chunksizes")
+    chunks = _chunks(c)
     tchunk = int(chunks[c.da.dims.index(c.probe.tdim)]) if chunks else 1
     per_step = len(c.lidx) * len(c.rows) * len(c.cols) * 8  # 8: float64, the widest the values become
     return max(1, min(len(c.tidx), max(tchunk, 1), BLOCK_BYTES // max(per_step, 1)))
+
+
+def _chunks(c: Cut) -> tuple[int, ...] | None:
+    # zarr names them "chunks", netCDF4 "chunksizes" (None: contiguous).
+    return c.da.encoding.get("chunks") or c.da.encoding.get("chunksizes")
 
 
 def used_bytes(c: Cut) -> int:
@@ -295,32 +301,63 @@ def used_bytes(c: Cut) -> int:
     return len(c.tidx) * len(c.lidx) * len(c.rows) * len(c.cols) * dtype.itemsize
 
 
-def write(cuts: list[Cut], field: str, exp: Expectation, out: Path) -> int:
-    """Read the cuts (in time order) and write them as GRIB; returns the bytes used (store dtype)."""
-    # In time order across files, so the GRIB is too (check_complete made the times disjoint).
-    cuts = sorted(cuts, key=lambda c: c.times[0])
-    levels = list(exp.levels)
-    levtype = None if exp.kind == "sfc" else exp.kind
-    first = True
-    for c in cuts:
+def blocks(cuts: list[Cut]) -> list[Block]:
+    """The cuts' values as time blocks (:func:`_block` steps each), in time order across files
+    (check_complete made the times disjoint); each block reads only its own values when asked."""
+    out = []
+    for c in sorted(cuts, key=lambda c: c.times[0]):
         p = c.probe
-        block = _block(c)
         da = c.da.isel(p.squeeze) if p.squeeze else c.da
-        for b in range(0, len(c.tidx), block):
-            tsel = c.tidx[b : b + block]
-            sel = {p.tdim: _as_index(tsel), p.ydim: _as_index(c.rows), p.xdim: _as_index(c.cols)}
-            if p.ldim is not None:
-                sel[p.ldim] = _as_index(np.array(c.lidx))
-            part = da.isel(sel)
-            order = (p.tdim, p.ldim, p.ydim, p.xdim) if p.ldim else (p.tdim, p.ydim, p.xdim)
-            values = np.asarray(part.transpose(*order).values)
-            if p.ldim is None:
-                values = values[:, None]
-            values = in_units(values, p.factor)
-            grib.write_grib(
-                out, field, values, p.times[tsel], levels, c.lats, c.lons, levtype=levtype, append=not first, ieee=True
+        step = _block(c)
+        stored = np.dtype(c.da.encoding.get("dtype", c.da.dtype))
+        # float32 stays float32; anything else becomes float64 (in_units); twice: the converted copy
+        width = 2 * (4 if da.dtype == np.float32 else 8)
+        chunks = _chunks(c)
+        for b in range(0, len(c.tidx), step):
+            tsel = c.tidx[b : b + step]
+            sel = {p.tdim: tsel, p.ydim: c.rows, p.xdim: c.cols, p.ldim: c.lidx, **p.squeeze}
+            nbytes, n = (
+                touched(chunks, stored.itemsize, [np.atleast_1d(sel[d]) for d in c.da.dims]) if chunks else (0, 1)
             )
-            first = False
+            values = len(tsel) * len(c.lidx) * len(c.rows) * len(c.cols) * width
+            out.append(Block(p.times[tsel], partial(_read, da, c, tsel), c.lats, c.lons, values, nbytes, n))
+    return out
+
+
+def _read(da: xr.DataArray, c: Cut, tsel: np.ndarray) -> np.ndarray:
+    """The values of time steps ``tsel`` of the cut: T L Y X in the field's units."""
+    p = c.probe
+    sel = {p.tdim: _as_index(tsel), p.ydim: _as_index(c.rows), p.xdim: _as_index(c.cols)}
+    if p.ldim is not None:
+        sel[p.ldim] = _as_index(np.array(c.lidx))
+    order = (p.tdim, p.ldim, p.ydim, p.xdim) if p.ldim else (p.tdim, p.ydim, p.xdim)
+    values = np.asarray(da.isel(sel).transpose(*order).values)
+    if p.ldim is None:
+        values = values[:, None]
+    return in_units(values, p.factor)
+
+
+def write_block(out: Path, field: str, exp: Expectation, block: Block, values: np.ndarray, append: bool) -> None:
+    """Append (or write) one block's values as GRIB2 with IEEE floats (bit-equal to the store's)."""
+    levtype = None if exp.kind == "sfc" else exp.kind
+    grib.write_grib(
+        out,
+        field,
+        values,
+        block.times,
+        list(exp.levels),
+        block.lats,
+        block.lons,
+        levtype=levtype,
+        append=append,
+        ieee=True,
+    )
+
+
+def write(cuts: list[Cut], field: str, exp: Expectation, out: Path) -> int:
+    """Read the cuts block by block and write them as GRIB; returns the bytes used (store dtype)."""
+    for i, block in enumerate(blocks(cuts)):
+        write_block(out, field, exp, block, block.read(), append=i > 0)
     return sum(used_bytes(c) for c in cuts)
 
 
@@ -332,8 +369,9 @@ def _as_index(idx: np.ndarray):
     return idx
 
 
-def fetch(datasets: list[tuple[str, xr.Dataset]], data, cfg, field: str, month: str, out: Path, source: str) -> dict:
-    """Write ``field`` for ``month`` from the datasets that hold it; returns provenance (bytes used)."""
+def cut(datasets: list[tuple[str, xr.Dataset]], data, cfg, field: str, month: str, source: str):
+    """(expectation, cuts, {where: variable}) of ``field`` in ``month`` over the datasets that hold it:
+    checked complete, on one grid, nothing read yet."""
     exp = Expectation.for_month(data, field, month)
     cuts, holders, names = [], {}, set()
     for where, ds in datasets:
@@ -365,6 +403,12 @@ def fetch(datasets: list[tuple[str, xr.Dataset]], data, cfg, field: str, month: 
         if not (np.array_equal(c.lats, cuts[0].lats) and np.array_equal(c.lons, cuts[0].lons)):
             raise DataError(f"{source}: field '{field}' comes on different grids in different files")
     check_complete(np.concatenate([c.times for c in cuts]), exp, source)
+    return exp, cuts, holders
+
+
+def fetch(datasets: list[tuple[str, xr.Dataset]], data, cfg, field: str, month: str, out: Path, source: str) -> dict:
+    """Write ``field`` for ``month`` from the datasets that hold it; returns provenance (bytes used)."""
+    exp, cuts, holders = cut(datasets, data, cfg, field, month, source)
     used = write(cuts, field, exp, out)
     return {"variables": holders, "bytes_used": used}
 

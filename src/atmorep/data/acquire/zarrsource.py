@@ -18,17 +18,17 @@ from __future__ import annotations
 
 import logging
 import warnings
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from atmorep import fields
-from atmorep.config import AcquireConfig, DataConfig
-from atmorep.data.acquire import gridded
+from atmorep.config import AcquireConfig, DataConfig, ZarrSourceConfig
+from atmorep.data.acquire import gridded, remote
 from atmorep.data.acquire.crop import area_indices
 from atmorep.data.acquire.inventory import Expectation
 from atmorep.errors import DataError
-from atmorep.formats import grib
 
 log = logging.getLogger(__name__)
 
@@ -38,42 +38,13 @@ _ANON = {"gs": {"token": "anon"}, "gcs": {"token": "anon"}, "s3": {"anon": "true
 _EXTRA = {"http": "aiohttp", "https": "aiohttp", "gs": "gcsfs", "gcs": "gcsfs", "s3": "s3fs"}
 
 
-def _counting_store_class():
-    from zarr.storage import WrapperStore
-
-    class CountingStore(WrapperStore):
-        """A read-only store that counts the bytes of every value (or byte range) it returns."""
-
-        def __init__(self, store, counter: list[int] | None = None):
-            super().__init__(store)
-            self.counter = counter if counter is not None else [0]
-
-        def _with_store(self, store):
-            # zarr derives stores from this one (paths, modes): they share the counter, or reads go uncounted.
-            return type(self)(store, self.counter)
-
-        @property
-        def bytes_read(self) -> int:
-            return self.counter[0]
-
-        async def get(self, key, prototype, byte_range=None):
-            buf = await self._store.get(key, prototype, byte_range)
-            if buf is not None:
-                self.counter[0] += len(buf)
-            return buf
-
-        async def get_partial_values(self, prototype, key_ranges):
-            bufs = await self._store.get_partial_values(prototype, key_ranges)
-            self.counter[0] += sum(len(b) for b in bufs if b is not None)
-            return bufs
-
-    return CountingStore
-
-
-def open_store(url: str, storage_options: dict | None = None):
-    """A counting, read-only zarr store for a local path or URL."""
+def open_store(url: str, cfg: ZarrSourceConfig | None = None, link: remote.Link | None = None):
+    """A read-only zarr store for a local path or URL whose requests go through ``link`` (counted,
+    limited to ``cfg.concurrency`` in flight, retried: :mod:`atmorep.data.acquire.remote`)."""
     from zarr.storage import FsspecStore, LocalStore
 
+    cfg = cfg or ZarrSourceConfig(url=url)
+    link = link or remote.Link(url, cfg)
     if not url:
         raise DataError("acquire.source is 'zarr' but acquire.zarr.url is empty")
     scheme = url.split("://", 1)[0].lower() if "://" in url else "file"
@@ -83,16 +54,22 @@ def open_store(url: str, storage_options: dict | None = None):
             raise DataError(f"acquire.zarr.url {url}: no such store")
         store = LocalStore(path, read_only=True)
     else:
-        opts = {**_ANON.get(scheme, {}), **(storage_options or {})}
+        opts: dict = {**_ANON.get(scheme, {}), **(cfg.storage_options or {})}
         # s3fs wants a bool: 'true' (as _ANON and string-valued options give it) becomes one.
         if opts.get("anon") == "true":
             opts["anon"] = True
+        if scheme in ("http", "https"):
+            import aiohttp
+
+            # A stalled connection (no byte for timeout_s) fails, and is retried; a slow one does not.
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=cfg.timeout_s, sock_read=cfg.timeout_s)
+            opts.setdefault("client_kwargs", {"timeout": timeout})
         try:
             store = FsspecStore.from_url(url, read_only=True, storage_options=opts)
         except (ImportError, ValueError) as exc:
             pkg = _EXTRA.get(scheme, "an fsspec filesystem")
             raise DataError(f"acquire.zarr.url {url}: cannot open {scheme}:// ({exc}); install {pkg}") from None
-    return _counting_store_class()(store)
+    return remote.wrap(store, link)
 
 
 def _is_anemoi(group) -> bool:
@@ -101,7 +78,8 @@ def _is_anemoi(group) -> bool:
 
 
 def open_layout(store, where: str):
-    """('anemoi', zarr group) or ('xarray', Dataset) for a store; one line when it is neither."""
+    """('anemoi', zarr group) or ('xarray', Dataset) for a store, and the zarr group; one line when it
+    is neither."""
     import xarray as xr
     import zarr
 
@@ -109,14 +87,24 @@ def open_layout(store, where: str):
         warnings.simplefilter("ignore")
         try:
             group = zarr.open_group(store, mode="r")
+        except DataError:
+            raise
         except Exception as exc:
+            missing = list(dict.fromkeys(getattr(store, "link", remote.Link(where)).missing))
+            if missing:  # nothing at the URL: name what was asked for
+                raise DataError(
+                    f"{where}: not a zarr store: {', '.join(missing[:4])} not found (HTTP 404 or no such "
+                    "file); check acquire.zarr.url"
+                ) from None
             raise DataError(f"{where}: not a zarr store ({type(exc).__name__}: {exc})") from None
         # Anemoi first: its one 'data' array has no dimension names xarray could place.
         if _is_anemoi(group):
-            return "anemoi", group
+            return "anemoi", group, group
         try:
             # consolidated=None: the consolidated metadata when the store has it (one read), else a listing.
-            return "xarray", xr.open_zarr(store, consolidated=None, chunks=None)
+            return "xarray", xr.open_zarr(store, consolidated=None, chunks=None), group
+        except DataError:
+            raise
         except Exception as exc:
             raise DataError(f"{where}: cannot open with xarray ({type(exc).__name__}: {exc})") from None
 
@@ -192,8 +180,9 @@ class Anemoi:
                 out[name] = f"not usable: {str(exc).removeprefix(self.where + ': ')}"
         return out
 
-    def fetch(self, data: DataConfig, cfg: AcquireConfig, field: str, month: str, out: Path) -> int:
-        exp = Expectation.for_month(data, field, month)
+    def blocks(self, exp: Expectation, cfg: AcquireConfig) -> tuple[list[remote.Block], int]:
+        """The unit's time blocks and the bytes used (the selected values at the store's dtype)."""
+        field, month = exp.field, str(exp.first)[:7]
         bases = [cfg.variables[field]] if field in cfg.variables else list(fields.candidates(field))
         want = [b if exp.kind == "sfc" else f"{b}_{lev}" for lev in exp.levels for b in bases]
         found = [n for n in want if n in self.names]
@@ -241,57 +230,88 @@ class Anemoi:
         ny, nx = len(lats), len(lons)
         # Whole grids: a chunk of 'data' holds every cell, so the area is cut after reading.
         per_step = len(vidx) * ny * nx * self.data.dtype.itemsize
-        block = max(1, min(len(tidx), gridded.BLOCK_BYTES // per_step))
+        step = max(1, min(len(tidx), gridded.BLOCK_BYTES // per_step))
         order = np.argsort(vidx)  # zarr's orthogonal selection wants increasing indices
         sorted_v = np.asarray(vidx)[order]
-        for b in range(0, len(tidx), block):
-            tsel = tidx[b : b + block]
+        cells = np.arange(ny * nx)
+        itemsize = self.data.dtype.itemsize
+
+        def read(tsel: np.ndarray) -> np.ndarray:
             raw = self.data.get_orthogonal_selection((tsel, sorted_v, 0, slice(None)))  # T V cells
             values = np.empty_like(raw)
             values[:, order] = raw  # back to the config's level order
             values = values.reshape(len(tsel), len(vidx), ny, nx)[:, :, rows][:, :, :, cols]
-            values = gridded.in_units(values, factor)
-            grib.write_grib(
-                out,
-                field,
-                values,
-                self.dates[tsel],
-                list(exp.levels),
-                lats[rows],
-                out_lons,
-                levtype=None if exp.kind == "sfc" else exp.kind,
-                append=b > 0,
-                ieee=True,
-            )
-        return len(tidx) * len(vidx) * len(rows) * len(cols) * self.data.dtype.itemsize
+            return gridded.in_units(values, factor)
+
+        out = []
+        for b in range(0, len(tidx), step):
+            tsel = tidx[b : b + step]
+            nbytes, n = remote.touched(self.data.chunks, itemsize, [tsel, sorted_v, [0], cells])
+            held = 3 * len(tsel) * len(vidx) * ny * nx * 8  # raw, reordered and converted, float64 at most
+            out.append(remote.Block(self.dates[tsel], partial(read, tsel), lats[rows], out_lons, held, nbytes, n))
+        return out, len(tidx) * len(vidx) * len(rows) * len(cols) * itemsize
 
 
 def describe_store(path: str, variables: dict[str, str] | None = None) -> dict[str, str] | None:
     """For inspect: per variable 'usable as field …' or why not; None when not an anemoi dataset."""
-    store = open_store(path)
-    layout, obj = open_layout(store, path)
+    layout, obj, _ = open_layout(open_store(path), path)
     if layout != "anemoi":
         return None
     return Anemoi(obj, path).describe(variables)
 
 
+def parts_dir(out: Path, field: str, month: str) -> Path:
+    """Where the blocks of a (field, month) grow until it is complete (:class:`remote.Journal`): beside
+    the output, under a name that no writer's temporary has (so cleaning those never removes it)."""
+    return out.parent / f".{field}-{month}.zarr-parts"
+
+
+def _metadata(group, name: str) -> dict:
+    try:
+        return group[name].metadata.to_dict()
+    except Exception:  # an xarray-readable store whose variable zarr cannot open alone: its attributes
+        return {}
+
+
 class ZarrSource:
     def fetch(self, data: DataConfig, cfg: AcquireConfig, field: str, month: str, out: Path) -> dict:
+        import atmorep
+
         url = cfg.zarr.url
-        store = open_store(url, cfg.zarr.storage_options)
+        link = remote.Link(url, cfg.zarr)
+        store = open_store(url, cfg.zarr, link)
         where = f"zarr store {url}"
-        layout, obj = open_layout(store, where)
+        layout, obj, group = open_layout(store, where)
+        exp = Expectation.for_month(data, field, month)
         if layout == "anemoi":
-            used = Anemoi(obj, where).fetch(data, cfg, field, month, out)
-            variables = {url: "data"}
+            blocks, used = Anemoi(obj, where).blocks(exp, cfg)
+            variables = ["data"]
         else:
-            prov = gridded.fetch([(where, obj)], data, cfg, field, month, out, where)
-            used, variables = prov["bytes_used"], prov["variables"]
-        read = store.bytes_read
+            exp, cuts, holders = gridded.cut([(where, obj)], data, cfg, field, month, where)
+            blocks, used, variables = gridded.blocks(cuts), sum(map(gridded.used_bytes, cuts)), list(holders.values())
+        # Everything that makes the bytes: a journal of another unit (or store, or writer) is not resumed.
+        key = {
+            "url": url,
+            "layout": layout,
+            "field": field,
+            "exp": [exp.kind, list(exp.levels), exp.area, str(exp.first), str(exp.last)],
+            "metadata": {v: _metadata(group, v) for v in variables},
+            "blocks": [[str(b.times[0]), len(b.times)] for b in blocks],
+            "grid": [blocks[0].lats.tolist(), blocks[0].lons.tolist()] if blocks else [],
+            "writer": atmorep.__version__,
+        }
+        journal = remote.Journal(parts_dir(out, field, month), key)
+
+        def write(path: Path, block: remote.Block, values: np.ndarray) -> None:
+            gridded.write_block(path, field, exp, block, values, append=True)
+
+        stats = remote.transfer(blocks, write, out, journal, link, f"{field} {month}")
+        read = stats["bytes_read"]
         # Compressed bytes read over raw bytes used: below 1 when compression beats the waste.
         ratio = read / used if used else float("nan")
         log.info(
-            "zarr: %s %s from %s (%s layout): read %.1f MB for %.1f MB used (read amplification %.2f)",
+            "zarr: %s %s from %s (%s layout): read %.1f MB for %.1f MB used (read amplification %.2f) in %.1f s "
+            "(%.1f MB/s), %d requests, %d retries, %d of %d blocks resumed",
             field,
             month,
             url,
@@ -299,13 +319,19 @@ class ZarrSource:
             read / 1e6,
             used / 1e6,
             ratio,
+            stats["seconds"],
+            read / 1e6 / max(stats["seconds"], 1e-9),
+            stats["requests"],
+            stats["retries"],
+            stats["blocks_resumed"],
+            stats["blocks"],
         )
         return {
             "source": "zarr",
             "url": url,
             "layout": layout,
-            "variables": list(variables.values()),
-            "bytes_read": read,
+            "variables": variables,
             "bytes_used": used,
             "read_amplification": ratio,
+            **stats,
         }
