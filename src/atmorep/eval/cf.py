@@ -58,4 +58,4 @@ def attrs(field: str, what: str = "") -> dict:
 def wb2_name(field: str) -> str:
     """The WeatherBench 2 variable name (e.g. ``2m_temperature``); the field name when unknown."""
     info = catalogue.info(field)
-    return info.cds_variable if info else field
+    return (info.cds_variable if info else None) or field

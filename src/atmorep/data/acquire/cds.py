@@ -120,6 +120,11 @@ def request_for(data: DataConfig, cfg: AcquireConfig, field_name: str, month: st
         if area:
             body["area"] = area
     else:
+        if info.cds_variable is None:
+            raise DataError(
+                f"field '{field_name}' ({info.long_name}, paramId {info.param_id}) has no CDS form name in "
+                "src/atmorep/fields.py (_OURS); add it there, or use levtype ml (requests by paramId)"
+            )
         body = {
             "product_type": ["reanalysis"],
             "variable": [info.cds_variable],

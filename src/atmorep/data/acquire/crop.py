@@ -26,33 +26,12 @@ def crop_indices(lats, lons, area) -> tuple[np.ndarray, np.ndarray]:
     0..2). The area's edges must be grid points of the file; an area outside the file's extent is
     refused naming both extents. Pure index arithmetic, shared by every source that crops.
     """
+    rows, cols, offset, span, dlon, inside = _cut(lats, lons, area)
     lats, lons = np.asarray(lats, float), np.asarray(lons, float)
     north, west, south, east = (float(v) for v in area)
-    eps = 1e-6  # degrees: coordinates that went through float arithmetic compare equal within it
-    lon_ext = np.mod(lons, 360.0)
-    dlon = abs(float(lons[1] - lons[0])) if len(lons) > 1 else 0.0
-    closed = len(lons) > 1 and abs(len(lons) * dlon - 360.0) < eps
-    # Degrees east of the west edge to the east edge; % 360 for an area across 0° (west 350, east 10).
-    span = 360.0 - dlon if east - west >= 360.0 - eps else (east - west) % 360.0
-    if span > 360.0 - dlon + eps:  # e.g. -180..180 on a grid whose last column repeats the first
-        span = 360.0 - dlon
-    # The +eps/-eps keeps a column a hair west of the edge at offset ~0, not ~360.
-    offset = np.mod(lon_ext - west + eps, 360.0) - eps  # east of the west edge, in [-eps, 360 - eps)
-    cols = np.flatnonzero(offset <= span + eps)
-    # By offset, not by index: the cut runs west to east across 0° or the file's seam.
-    cols = cols[np.argsort(offset[cols], kind="stable")]
-    rows = np.flatnonzero((lats <= north + eps) & (lats >= south - eps))
-    rows = rows[np.argsort(-lats[rows], kind="stable")]
-    want_cols = int(round(span / dlon)) + 1 if dlon else 1
-    if (
-        south > north + eps
-        or not len(rows)
-        or not len(cols)
-        or lats.max() < north - eps
-        or lats.min() > south + eps
-        # A regional file may lack columns of the area; a global one has every longitude.
-        or (not closed and len(cols) < want_cols)
-    ):
+    eps = 1e-6
+    if not inside:
+        closed = len(lons) > 1 and abs(len(lons) * dlon - 360.0) < eps
         raise DataError(
             f"data.area lat {north:g}..{south:g}, lon {west:g}..{east:g} is not inside the files' "
             f"extent lat {lats.max():g}..{lats.min():g}, lon {_lon_extent(lons, closed)}"
@@ -71,6 +50,44 @@ def crop_indices(lats, lons, area) -> tuple[np.ndarray, np.ndarray]:
                 f"not a grid point of the files' {step:g}° grid (choose area edges on the grid)"
             )
     return rows, cols
+
+
+def holds(lats, lons, area) -> bool:
+    """Whether a regular grid's extent holds ``area`` (its edges may still miss grid points)."""
+    return _cut(lats, lons, area)[-1]
+
+
+def _cut(lats, lons, area):
+    """rows, columns, columns' offsets east of the west edge, the area's width, the grid's step and
+    whether the grid's extent holds the area."""
+    lats, lons = np.asarray(lats, float), np.asarray(lons, float)
+    north, west, south, east = (float(v) for v in area)
+    eps = 1e-6  # degrees: coordinates that went through float arithmetic compare equal within it
+    lon_ext = np.mod(lons, 360.0)
+    dlon = abs(float(lons[1] - lons[0])) if len(lons) > 1 else 0.0
+    closed = len(lons) > 1 and abs(len(lons) * dlon - 360.0) < eps
+    # Degrees east of the west edge to the east edge; % 360 for an area across 0° (west 350, east 10).
+    span = 360.0 - dlon if east - west >= 360.0 - eps else (east - west) % 360.0
+    if span > 360.0 - dlon + eps:  # e.g. -180..180 on a grid whose last column repeats the first
+        span = 360.0 - dlon
+    # The +eps/-eps keeps a column a hair west of the edge at offset ~0, not ~360.
+    offset = np.mod(lon_ext - west + eps, 360.0) - eps  # east of the west edge, in [-eps, 360 - eps)
+    cols = np.flatnonzero(offset <= span + eps)
+    # By offset, not by index: the cut runs west to east across 0° or the file's seam.
+    cols = cols[np.argsort(offset[cols], kind="stable")]
+    rows = np.flatnonzero((lats <= north + eps) & (lats >= south - eps))
+    rows = rows[np.argsort(-lats[rows], kind="stable")]
+    want_cols = int(round(span / dlon)) + 1 if dlon else 1
+    inside = not (
+        south > north + eps
+        or not len(rows)
+        or not len(cols)
+        or lats.max() < north - eps
+        or lats.min() > south + eps
+        # A regional file may lack columns of the area; a global one has every longitude.
+        or (not closed and len(cols) < want_cols)
+    )
+    return rows, cols, offset, span, dlon, inside
 
 
 def _lon_extent(lons: np.ndarray, closed: bool) -> str:

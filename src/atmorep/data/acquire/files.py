@@ -34,7 +34,7 @@ from atmorep.data.acquire import regrid
 from atmorep.data.acquire.crop import area_indices, crop_message, describe_cut, is_whole
 from atmorep.data.acquire.inventory import Expectation, config_level, matches
 from atmorep.data.acquire.mirror import Index, Located, decode_located, expand, is_netcdf, read_message
-from atmorep.data.acquire.selection import complete, one_grid, select, why_none
+from atmorep.data.acquire.selection import complete, in_area, one_grid, select, why_none
 from atmorep.errors import DataError
 from atmorep.formats import grib
 
@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 
 class FilesSource:
+    skipped: list[str] = []  # NetCDF files of the field that hold nothing of the unit (fetch_netcdf)
+
     def fetch(self, data: DataConfig, cfg: AcquireConfig, field: str, month: str, out: Path) -> dict:
         paths = expand(cfg.files.paths)
         if not cfg.files.paths:
@@ -58,12 +60,16 @@ class FilesSource:
         exp = Expectation.for_month(data, field, month, cfg.regrid)
         index = Index(cfg.files.index_dir)
         mirror = [Located(p, h) for p in paths for h in index.headers(p)]
-        chosen = select(mirror, exp, field, cfg.files.member)
+        # Messages of other months are not selected, of other regions skipped: neither has its grid judged.
+        chosen = in_area(select(mirror, exp, field, cfg.files.member), exp)
         # Derived only when the files lack the field: a vo or d the files hold is used as delivered.
         if not chosen and cfg.derive_vorticity and field in ("vo", "d"):
             return self.derive(mirror, exp, data, cfg, field, out)
         if not chosen:
-            raise DataError(why_none(mirror, exp, field, month, len(paths)))
+            skipped = "; ".join(self.skipped[:3]) + (" ..." if len(self.skipped) > 3 else "")
+            raise DataError(
+                why_none(mirror, exp, field, month, len(paths)) + (f"; NetCDF skipped: {skipped}" * bool(skipped))
+            )
         # The grid check first: its error names a file, and complete() reads message bytes.
         grid = one_grid(chosen, exp)
         chosen = complete(chosen, exp, cfg.files.same_valid_time)
@@ -194,16 +200,24 @@ class FilesSource:
                     opened.append((str(p), xr.open_dataset(p)))
                 except Exception as exc:
                     raise DataError(f"{p}: cannot open as NetCDF ({type(exc).__name__}: {exc})") from None
-            if not any(gridded.find(ds, field, where, cfg.variables) for where, ds in opened):
+            exp = Expectation.for_month(data, field, month, cfg.regrid)
+            # Holding the field means holding some of this unit: files of other years and regions do not.
+            _, inside, self.skipped = gridded.holding(opened, field, exp, cfg.variables, "files")
+            holding = [where for where, _, _ in inside]
+            if not holding:
                 if grib_paths:
                     return None
                 # No GRIB either: gridded.fetch below refuses, naming what the NetCDF holds.
             else:
                 index = Index(cfg.files.index_dir)
-                both = [p for p in grib_paths if any(matches(h, field) for h in index.headers(p))]
+                both = [
+                    p
+                    for p in grib_paths
+                    if any(matches(h, field) and exp.first <= h.time <= exp.last for h in index.headers(p))
+                ]
                 if both:
                     raise DataError(
-                        f"files: field '{field}' is in NetCDF ({netcdf[0]}) and in GRIB "
+                        f"files: field '{field}' is in NetCDF ({holding[0]}) and in GRIB "
                         f"({both[0]}); keep one of them in acquire.files.paths"
                     )
             prov = gridded.fetch(opened, data, cfg, field, month, out, "files")

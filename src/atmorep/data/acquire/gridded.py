@@ -17,6 +17,7 @@ attribute (``time_units``, as the embedded sample) is decoded with those units.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from dataclasses import field as dc_field
@@ -27,11 +28,13 @@ import numpy as np
 import xarray as xr
 
 from atmorep import fields
-from atmorep.data.acquire.crop import area_indices
+from atmorep.data.acquire.crop import area_indices, holds
 from atmorep.data.acquire.inventory import Expectation, describe_missing
 from atmorep.data.acquire.remote import Block, touched
 from atmorep.errors import DataError
 from atmorep.formats import grib
+
+log = logging.getLogger(__name__)
 
 # dimension name -> level kind ('pl' in hPa, 'ml' model level); None: read the units
 LEVEL_DIMS = {
@@ -123,10 +126,14 @@ def catalogued(var: str, base: str, field: str | None, units, units_from: str, w
     wanted = field or fields.field_of(base)
     if wanted is None:
         raise DataError(
-            f"{where}: variable '{var}' is not in the field catalogue "
-            "(src/atmorep/fields.py); map it to a field with acquire.variables"
+            f"{where}: variable '{var}' is not in the field catalogue (ECMWF's parameter database in "
+            "ecCodes, names in src/atmorep/fields.py); map it to a field with acquire.variables"
         )
-    factor, expected = fields.candidates(wanted).get(base, (1.0, fields.FIELDS[wanted].units))
+    if (info := fields.info(wanted)) is None:
+        raise DataError(
+            f"{where}: field '{wanted}' is not in ECMWF's parameter database (ecCodes): its units are unknown"
+        )
+    factor, expected = fields.candidates(wanted).get(base, (1.0, info.units))
     if units is None:
         raise DataError(f"{where}: variable '{var}' has no {units_from}; field '{wanted}' needs {expected}")
     if not fields.same_units(str(units), expected):
@@ -134,11 +141,31 @@ def catalogued(var: str, base: str, field: str | None, units, units_from: str, w
     return wanted, factor
 
 
-def probe(ds: xr.Dataset, var: str, where: str, field: str | None = None) -> Probe:
-    """What ``ds[var]`` holds, or :class:`DataError` naming the store, variable and key."""
+def regular_axis(values) -> np.ndarray | None:
+    """The evenly spaced axis (float64) that coordinate ``values`` stand for, judged at their own
+    precision; None when they are not evenly spaced.
+
+    float32 coordinates (ECMWF's grib_to_netcdf writes them) hold 7 significant digits: on a 0.2° grid
+    their steps read 0.200001, 0.199999, 0.199997. Each float32 value is taken as the shortest decimal
+    that rounds to it (59.8, not 59.79999923706055), and the values must lie on the line from the
+    first to the last within a unit in their last place (or 1e-6 of a step, for float64)."""
+    c = np.asarray(values)
+    if c.ndim != 1 or len(c) < 2 or not np.issubdtype(c.dtype, np.number):
+        return None
+    short = np.issubdtype(c.dtype, np.floating) and c.dtype.itemsize < 8
+    x = c.astype(str).astype(float) if short else c.astype(float)  # str(): numpy's shortest round trip
+    step = (x[-1] - x[0]) / (len(x) - 1)
+    ulp = float(np.spacing(np.abs(c).max())) if short else 0.0
+    line = x[0] + step * np.arange(len(x))
+    if step == 0 or np.abs(x - line).max() > max(1e-6 * abs(step), ulp):
+        return None
+    return np.round(line, 9)  # the arithmetic's last bits vanish: equal grids, equal coordinates
+
+
+def times_of(ds: xr.Dataset, var: str, where: str) -> tuple[str, np.ndarray]:
+    """(time dimension, valid times) of ``ds[var]``, or :class:`DataError` naming what is wrong."""
     da = ds[var]
-    wanted, factor = catalogued(var, var, field, da.attrs.get("units"), "'units' attribute", where)
-    tdims = [d for d in da.dims if "time" in str(d) or d in ("month", "date", "dates")]
+    tdims = [str(d) for d in da.dims if "time" in str(d) or d in ("month", "date", "dates")]
     if len(tdims) != 1:
         raise DataError(
             f"{where}: variable '{var}' has {'no' if not tdims else 'several'} time axis "
@@ -149,21 +176,55 @@ def probe(ds: xr.Dataset, var: str, where: str, field: str | None = None) -> Pro
     vt = da.coords.get("valid_time")
     if tdim != "valid_time" and vt is not None and vt.dims == (tdim,):  # a forecast: base time + step
         times = np.asarray(vt.values).astype("datetime64[s]")
+    return tdim, times
+
+
+def outside(ds: xr.Dataset, var: str, exp: Expectation, where: str) -> str | None:
+    """Why ``ds[var]`` holds nothing of the unit (no time in it, or not ``data.area``), None when it may:
+    judged from the time axis and the coordinates' extent only, before the grid is (files of other
+    years and regions in a mirror are skipped, not refused for their grids)."""
+    _, t = times_of(ds, var, where)
+    if not ((t >= exp.first) & (t <= exp.last)).any():
+        span = f"{str(t.min())[:16]} .. {str(t.max())[:16]}" if len(t) else "no time"
+        return f"its times ({span}) are outside {exp.window}"
+    if exp.area is None:
+        return None
+    da = ds[var]
+    ydim = next((d for d in LAT_NAMES if d in da.dims and d in ds.coords), None)
+    xdim = next((d for d in LON_NAMES if d in da.dims and d in ds.coords), None)
+    if ydim is None or xdim is None:
+        return None  # probe names what is missing
+    # Snapped where evenly spaced (float32 coordinates are off in the 5th decimal), else as they are.
+    lat, lon = (regular_axis(ds[d].values) for d in (ydim, xdim))
+    lat = np.asarray(ds[ydim].values, float) if lat is None else lat
+    lon = np.asarray(ds[xdim].values, float) if lon is None else lon
+    if len(lat) < 2 or len(lon) < 2 or holds(lat, lon, exp.area):
+        return None
+    north, west, south, east = exp.area
+    return (
+        f"it covers lat {lat.min():g}..{lat.max():g}, lon {lon.min():g}..{lon.max():g}, not data.area "
+        f"lat {south:g}..{north:g}, lon {west:g}..{east:g}"
+    )
+
+
+def probe(ds: xr.Dataset, var: str, where: str, field: str | None = None) -> Probe:
+    """What ``ds[var]`` holds, or :class:`DataError` naming the store, variable and key."""
+    da = ds[var]
+    wanted, factor = catalogued(var, var, field, da.attrs.get("units"), "'units' attribute", where)
+    tdim, times = times_of(ds, var, where)
     # Repeated times would make two messages of one (time, level): refused here, naming the variable.
     if len(np.unique(times)) != len(times):
         raise DataError(f"{where}: variable '{var}' repeats time steps on '{tdim}'")
-    ydim = next((d for d in LAT_NAMES if d in da.dims), None)
-    xdim = next((d for d in LON_NAMES if d in da.dims), None)
+    ydim = next((str(d) for d in LAT_NAMES if d in da.dims), None)
+    xdim = next((str(d) for d in LON_NAMES if d in da.dims), None)
     if ydim is None or xdim is None:
         raise DataError(
             f"{where}: variable '{var}' has no latitude/longitude dimensions "
             f"(dims {list(da.dims)}); a regular lat/lon grid is needed"
         )
     for d in (ydim, xdim):
-        c = np.asarray(ds[d].values, float) if d in ds.coords else np.array([])
-        step = np.diff(c)
-        # Evenly spaced within float32 rounding of the coordinates: GRIB stores a first point and a step.
-        if len(c) < 2 or not np.allclose(step, step[0], atol=1e-6 * max(1.0, abs(step[0]))):
+        # GRIB stores a first point and a step: the coordinates must be evenly spaced (at their precision).
+        if regular_axis(ds[d].values if d in ds.coords else []) is None:
             raise DataError(
                 f"{where}: variable '{var}': coordinate '{d}' is not evenly spaced (not a regular lat/lon grid)"
             )
@@ -189,7 +250,7 @@ def probe(ds: xr.Dataset, var: str, where: str, field: str | None = None) -> Pro
         lkind, to_hpa = _level_kind(ds, ldim)
         # Without coordinate values the levels are numbered from 0 (the store says nothing else).
         vals = np.asarray(ds[ldim].values, float) * to_hpa if ldim in ds.coords else np.arange(da.sizes[ldim])
-        if wanted in fields.SURFACE_FIELDS and len(vals) == 1:
+        if fields.is_single_level(wanted) and len(vals) == 1:
             squeeze[ldim], ldim = 0, None  # a surface field with a single height/level coordinate
         else:
             kind, levels = lkind, tuple(int(round(v)) for v in vals)
@@ -244,8 +305,8 @@ def select(ds: xr.Dataset, p: Probe, exp: Expectation, where: str) -> Cut | None
     tidx = np.flatnonzero((t >= exp.first) & (t <= exp.last))
     if not len(tidx):
         return None
-    lats = np.asarray(ds[p.ydim].values, float)
-    lons = np.asarray(ds[p.xdim].values, float)
+    lats, lons = regular_axis(ds[p.ydim].values), regular_axis(ds[p.xdim].values)
+    assert lats is not None and lons is not None  # probe judged them
     if lons[1] < lons[0]:  # GRIB grids run eastwards; a westward axis would be written mirrored
         raise DataError(f"{where}: variable '{p.var}': longitudes run westwards ({lons[0]:g}, {lons[1]:g}, ...)")
     rows, cols = area_indices(lats, lons, exp.area)
@@ -369,19 +430,31 @@ def _as_index(idx: np.ndarray):
     return idx
 
 
+def holding(
+    datasets: list[tuple[str, xr.Dataset]], field: str, exp: Expectation, variables: dict[str, str], source: str
+):
+    """({where: variable} of the datasets holding ``field``, [(where, dataset, variable)] of those that
+    hold some of the unit, ['where: why'] of the others, each skip logged)."""
+    holders, inside, skipped = {}, [], []
+    for where, ds in datasets:
+        if (var := find(ds, field, where, variables)) is None:
+            continue
+        holders[where] = var
+        if (why := outside(ds, var, exp, where)) is None:
+            inside.append((where, ds, var))
+        else:
+            log.info("%s: skipped %s (variable '%s'): %s", source, where, var, why)
+            skipped.append(f"{where}: {why}")
+    return holders, inside, skipped
+
+
 def cut(datasets: list[tuple[str, xr.Dataset]], data, cfg, field: str, month: str, source: str):
     """(expectation, cuts, {where: variable}) of ``field`` in ``month`` over the datasets that hold it:
     checked complete, on one grid, nothing read yet."""
     exp = Expectation.for_month(data, field, month)
-    cuts, holders, names = [], {}, set()
-    for where, ds in datasets:
-        names.update(str(v) for v in ds.data_vars)
-        var = find(ds, field, where, cfg.variables)
-        if var is None:
-            continue
-        holders[where] = var
-        if (c := select(ds, probe(ds, var, where, field), exp, where)) is not None:
-            cuts.append(c)
+    holders, inside, skipped = holding(datasets, field, exp, cfg.variables, source)
+    names = {str(v) for _, ds in datasets for v in ds.data_vars}
+    cuts = [c for where, ds, var in inside if (c := select(ds, probe(ds, var, where, field), exp, where)) is not None]
     if not holders:
         mapped = (
             f"acquire.variables maps it to '{cfg.variables[field]}'"
@@ -390,13 +463,9 @@ def cut(datasets: list[tuple[str, xr.Dataset]], data, cfg, field: str, month: st
         )
         raise DataError(f"{source}: no variable for field '{field}' ({mapped}); it holds {sorted(names)}")
     if not cuts:
-        spans = [
-            f"{str(t.min())[:16]} .. {str(t.max())[:16]}"
-            for t in (probe(ds, holders[w], w, field).times for w, ds in datasets if w in holders)
-        ]
+        shown = "; ".join(skipped[:3]) + (f"; and {len(skipped) - 3} more" if len(skipped) > 3 else "")
         raise DataError(
-            f"{source}: field '{field}' has no time step in {month} ∩ the campaign "
-            f"({exp.window}); it covers {'; '.join(spans)}"
+            f"{source}: field '{field}' has no time step in {month} ∩ the campaign inside data.area: {shown}"
         )
     for c in cuts[1:]:
         # Exactly equal: the unit's messages must share one grid, or normalize would mix them.

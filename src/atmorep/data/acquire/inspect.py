@@ -185,6 +185,8 @@ def _describe_var(da: xr.DataArray) -> str:
 
 
 def _grid(da: xr.DataArray) -> str:
+    from atmorep.data.acquire import gridded
+
     lat = next((c for c in ("latitude", "lat") if c in da.coords), None)
     lon = next((c for c in ("longitude", "lon") if c in da.coords), None)
     if lat is None or lon is None:
@@ -192,6 +194,8 @@ def _grid(da: xr.DataArray) -> str:
     la, lo = da[lat].values, da[lon].values
     if la.ndim != 1 or lo.ndim != 1:
         raise DataError(f"field '{da.name}' has 2-D coordinates (a curvilinear grid); regrid it first")
+    # The steps at the coordinates' own precision (float32 0.2° reads 0.200001 step by step).
+    la, lo = (a if (r := gridded.regular_axis(a)) is None else r for a in (la, lo))
     res = f"{abs(la[1] - la[0]):g}°x{abs(lo[1] - lo[0]):g}°" if len(la) > 1 and len(lo) > 1 else "single point"
     return f"grid {len(la)}x{len(lo)} {res}, lat {la.max():g}..{la.min():g}, lon {lo.min():g}..{lo.max():g}"
 

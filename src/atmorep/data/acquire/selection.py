@@ -13,8 +13,11 @@ expected combination present.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
+from atmorep.data.acquire.crop import holds
 from atmorep.data.acquire.inventory import (
     Expectation,
     check_grid,
@@ -28,6 +31,8 @@ from atmorep.data.acquire.inventory import (
 from atmorep.data.acquire.mirror import Located, read_message
 from atmorep.errors import DataError
 from atmorep.formats import grib
+
+log = logging.getLogger(__name__)
 
 
 def select(mirror: list[Located], exp: Expectation, field: str, member: int | None) -> list[Located]:
@@ -81,6 +86,27 @@ def why_none(mirror: list[Located], exp: Expectation, field: str, month: str, nf
         f"∩ the campaign ({exp.window}); the files have it on {level_types(loc.header for loc in same)}, "
         f"{str(t.min())[:16]} .. {str(t.max())[:16]}"
     )
+
+
+def in_area(chosen: list[Located], exp: Expectation) -> list[Located]:
+    """The messages whose grid holds ``data.area`` (a mirror may hold other regions: their files are
+    skipped, and logged, before any grid is judged); all of them when no grid holds it, so that
+    :func:`one_grid` names why."""
+    if exp.area is None:
+        return chosen
+    by_grid: dict[tuple, list[Located]] = {}
+    for loc in chosen:
+        by_grid.setdefault(loc.header.grid.key, []).append(loc)
+    keep = []
+    for locs in by_grid.values():
+        g = locs[0].header.grid
+        if g.regular and not holds(g.lats, g.lons, exp.area):
+            files = sorted({str(loc.path) for loc in locs})
+            shown = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+            log.info("files: skipped %s: its %s grid does not hold data.area %s", shown, g.describe(), list(exp.area))
+            continue
+        keep += locs
+    return keep or chosen
 
 
 def one_grid(chosen: list[Located], exp: Expectation) -> grib.Grid:
