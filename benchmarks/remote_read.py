@@ -7,7 +7,7 @@ others are never read), then acquires one field over ``--hours`` of a month (the
 with ``acquire.source: zarr``:
 
 - **local**: from the store's path (the same reader: read-ahead, journal, GRIB writer);
-- **remote**: over HTTP from tests/data/range_server.py on 127.0.0.1, which waits ``--rtt-ms``
+- **remote**: over HTTP from tests/data/range_server.py (a process of its own) on 127.0.0.1, which waits ``--rtt-ms``
   before every answer, caps the link at ``--mb-s`` over all connections and answers a fraction
   ``--fail`` of the requests 503 (seeded).
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.append(str(REPO / "tests" / "data"))  # the RangeServer the tests use (appended: never shadows)
+SERVER = REPO / "tests" / "data" / "range_server.py"  # the server the tests use, run as a process of its own
 sys.path.append(str(Path(__file__).parent))
 
 LEVELS = (96, 105, 114, 123, 137)
@@ -157,7 +158,6 @@ def main(argv=None) -> int:
     zarr_kw = {k: v for k, v in (("concurrency", args.concurrency), ("readahead_mb", args.readahead_mb)) if v}
 
     from _checks import require
-    from range_server import RangeServer
 
     from atmorep.config import ZarrSourceConfig
 
@@ -172,16 +172,35 @@ def main(argv=None) -> int:
         )
         local, lprov, lblob = acquire(str(root / "arco.zarr"), root, "local", args.hours, **zarr_kw)
         print(f"local:  {local:.2f} s, {lprov['bytes_read'] / 1e6:.0f} MB read, {lprov['requests']} requests")
-        with RangeServer(root, rtt_s=args.rtt_ms / 1e3, bandwidth=cap, fail_fraction=args.fail, seed=0) as srv:
+        # The server runs in a process of its own: a remote store does not share the reader's interpreter.
+        server = subprocess.Popen(
+            [sys.executable, str(SERVER), str(root), "--rtt-ms", str(args.rtt_ms), "--mb-s", str(args.mb_s)]
+            + ["--fail", "0" if args.compare else str(args.fail)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            url = server.stdout.readline().strip()
+
+            def tell(cmd: str) -> None:
+                server.stdin.write(cmd + "\n")
+                server.stdin.flush()
+                server.stdout.readline()
+
             conc = zarr_kw.get("concurrency", ZarrSourceConfig.concurrency)
             if args.compare:  # without 503s: of these clients only the zarr source retries
-                srv.httpd.fail_fraction = 0.0
                 print(f"raw transfer of the {len(keys)} chunk files (no 503s):")
-                print("\n".join(compare_clients(f"{srv.url}/arco.zarr", keys, conc)))
-                srv.httpd.fail_fraction = args.fail
-                srv.reset()
-            remote, rprov, rblob = acquire(f"{srv.url}/arco.zarr", root, "remote", args.hours, **zarr_kw)
-            failures, most = srv.failures, srv.max_in_flight
+                print("\n".join(compare_clients(f"{url}/arco.zarr", keys, conc)))
+                tell(f"fail {args.fail}")
+                tell("reset")
+            remote, rprov, rblob = acquire(f"{url}/arco.zarr", root, "remote", args.hours, **zarr_kw)
+            server.stdin.close()
+            stats = json.loads(server.stdout.readline())
+        finally:
+            server.kill() if server.poll() is None else None
+            server.wait()
+        failures, most = stats["failures"], stats["max_in_flight"]
     read = rprov["bytes_read"]
     ideal = max(local, read / cap)
     print(

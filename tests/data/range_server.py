@@ -212,3 +212,37 @@ class RangeServer:
     def __exit__(self, *exc) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def main(argv=None) -> None:
+    """``python range_server.py ROOT [--rtt-ms ..]``: serve in a process of its own (a remote store
+    does not share the reader's interpreter); prints the URL, serves until stdin closes, then prints
+    its counters as JSON."""
+    import argparse
+    import json
+    import sys
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("root")
+    ap.add_argument("--rtt-ms", type=float, default=0.0)
+    ap.add_argument("--mb-s", type=float, default=0.0, help="link cap in MB/s (0: none)")
+    ap.add_argument("--fail", type=float, default=0.0, help="fraction of GET requests answered --status")
+    ap.add_argument("--status", type=int, default=503)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    kw = dict(rtt_s=args.rtt_ms / 1e3, bandwidth=args.mb_s * 1e6 or None, fail_status=args.status, seed=args.seed)
+    with RangeServer(args.root, fail_fraction=args.fail, **kw) as srv:
+        print(srv.url, flush=True)
+        for line in sys.stdin:  # "fail F" sets the fraction of failures; "reset" clears the counters
+            cmd, _, value = line.strip().partition(" ")
+            if cmd == "fail":
+                srv.httpd.fail_fraction = float(value)
+            elif cmd == "reset":
+                srv.reset()
+            print(json.dumps({"ok": cmd}), flush=True)
+        stats = {"requests": srv.requests, "bytes": srv.bytes_served, "failures": srv.failures}
+        print(json.dumps({**stats, "max_in_flight": srv.max_in_flight}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

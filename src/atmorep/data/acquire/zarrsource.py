@@ -9,9 +9,12 @@ fsspec filesystems ``aiohttp``, ``gcsfs``, ``s3fs`` are optional extras), zarr v
   ``variables_metadata`` in the attributes, ``latitudes``/``longitudes`` per cell): the cells are
   reshaped to their regular lat/lon grid (``field_shape``); an irregular grid is refused.
 
-Every byte the store hands out is counted (:class:`CountingStore`); the log line and the provenance
-(``OUTPUT.provenance.json``) give bytes read, bytes used (the selected values at the store's dtype)
-and their ratio, the read amplification of the store's chunking for this unit.
+Every request goes through :mod:`atmorep.data.acquire.remote` (``acquire.zarr.concurrency`` in flight,
+retried with back-off on 408/429/5xx, timeouts and resets, counted); the unit's time blocks are read
+ahead of the GRIB writer within ``acquire.zarr.readahead_mb`` and committed to a journal beside the
+output (:func:`parts_dir`), so a killed job resumes where it stopped. The log line and the provenance
+(``OUTPUT.provenance.json``) give requests, retries, bytes read, bytes used (the selected values at
+the store's dtype) and their ratio, the read amplification of the store's chunking for this unit.
 """
 
 from __future__ import annotations
