@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from dataclasses import field as dc_field
 from functools import partial
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import xarray as xr
@@ -228,9 +229,9 @@ def probe(ds: xr.Dataset, var: str, where: str, field: str | None = None) -> Pro
             raise DataError(
                 f"{where}: variable '{var}': coordinate '{d}' is not evenly spaced (not a regular lat/lon grid)"
             )
-    ldims = [d for d in da.dims if d in LEVEL_DIMS]
-    squeeze = {}
-    for d in da.dims:
+    ldims = [str(d) for d in da.dims if d in LEVEL_DIMS]
+    squeeze: dict[str, int] = {}
+    for d in map(str, da.dims):
         if d in MEMBER_DIMS:
             # One member is one forecast; more would be several training sets in one unit.
             if da.sizes[d] > 1:
@@ -245,7 +246,7 @@ def probe(ds: xr.Dataset, var: str, where: str, field: str | None = None) -> Pro
             f"{where}: variable '{var}' has dimensions {others or ldims} the source cannot place (dims {list(da.dims)})"
         )
     ldim = ldims[0] if ldims else None
-    kind, levels = "sfc", (0,)
+    kind, levels = "sfc", cast(tuple[int, ...], (0,))
     if ldim is not None:
         lkind, to_hpa = _level_kind(ds, ldim)
         # Without coordinate values the levels are numbered from 0 (the store says nothing else).
@@ -486,9 +487,10 @@ def describe_vars(ds: xr.Dataset, where: str, variables: dict[str, str] | None =
     """For inspect: each gridded variable -> 'usable as field …' or the reason it is not."""
     by_var = {v: f for f, v in (variables or {}).items()}
     out = {}
-    for var, da in ds.data_vars.items():
+    for name, da in ds.data_vars.items():
         if da.ndim < 2:
             continue
+        var = str(name)
         try:
             out[var] = probe(ds, var, where, by_var.get(var)).describe()
         except (DataError, ValueError, KeyError, TypeError) as exc:  # inspect describes, never crashes

@@ -44,6 +44,7 @@ _EXTRA = {"http": "aiohttp", "https": "aiohttp", "gs": "gcsfs", "gcs": "gcsfs", 
 def open_store(url: str, cfg: ZarrSourceConfig | None = None, link: remote.Link | None = None):
     """A read-only zarr store for a local path or URL whose requests go through ``link`` (counted,
     limited to ``cfg.concurrency`` in flight, retried: :mod:`atmorep.data.acquire.remote`)."""
+    from zarr.abc.store import Store
     from zarr.storage import FsspecStore, LocalStore
 
     cfg = cfg or ZarrSourceConfig(url=url)
@@ -55,7 +56,7 @@ def open_store(url: str, cfg: ZarrSourceConfig | None = None, link: remote.Link 
         path = Path(url.removeprefix("file://")).expanduser()
         if not path.exists():
             raise DataError(f"acquire.zarr.url {url}: no such store")
-        store = LocalStore(path, read_only=True)
+        store: Store = LocalStore(path, read_only=True)
     else:
         opts: dict = {**_ANON.get(scheme, {}), **(cfg.storage_options or {})}
         # s3fs wants a bool: 'true' (as _ANON and string-valued options give it) becomes one.
