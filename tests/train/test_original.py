@@ -167,7 +167,7 @@ def test_our_layout_helper_is_the_originals(tmp_path):
 
 def test_a_config_that_does_not_match_its_weights_is_refused(tmp_path, capsys):
     single, multi = oracle_case("single"), oracle_case("multi_qk")
-    out = tmp_path / "model.pt"
+    out = tmp_path / "model.safetensors"
     rc = cli.main(
         [
             "import-original",
@@ -265,7 +265,7 @@ def test_import_original_cli_writes_a_model_file_and_its_config(tmp_path, capsys
     cf["fields"][0][1][2] = ["u10"]
     cf["fields_prediction"] = [["temperature_2m", 1.0]]
     mod, js = write_original(tmp_path / "orig", cf, original_layout(cf))
-    out = tmp_path / "model.pt"
+    out = tmp_path / "model.safetensors"
     rc = cli.main(
         [
             "import-original",
@@ -312,14 +312,14 @@ def converted(tmp_path_factory):
                 "--config",
                 str(js),
                 "--output",
-                str(root / "model.pt"),
+                str(root / "model.safetensors"),
                 "--config-out",
                 str(root / "keys.yaml"),
             ]
         )
         == 0
     )
-    return root / "model.pt", yaml.safe_load((root / "keys.yaml").read_text())
+    return root / "model.safetensors", yaml.safe_load((root / "keys.yaml").read_text())
 
 
 @pytest.mark.slow
@@ -385,7 +385,7 @@ def test_train_init_from_fine_tunes_a_converted_model(converted, sample_products
     metrics = pd.read_csv(tmp_path / "metrics.csv")
     assert metrics["loss"].notna().all() and not any(c.startswith("u10/") for c in metrics.columns)
     base, _ = load_model(path)
-    tuned, _ = load_model(tmp_path / "model.pt")
+    tuned, _ = load_model(tmp_path / "model.safetensors")
     for (name, b), t in zip(base.state_dict().items(), tuned.state_dict().values()):
         torch.testing.assert_close(t, b, atol=1e-6, rtol=0, msg=name)
 
