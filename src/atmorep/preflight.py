@@ -12,7 +12,6 @@ the keys and the numbers:
   and so do the months of normalize.climatology;
 - each period holds one window of model.num_tokens[0] x shard.token_size[0] steps (when the config
   decides the steps: data.step_hours, or the embedded sample's own);
-- the run and field names are names (they name directories and the model's modules);
 - the model builds (on the meta device, :func:`atmorep.modelfile.problems`: its own checks of widths,
   heads, coupling, depths and the attention layers evaluation captures);
 - the token sizes tile the neighbourhood, and the grid after crop (data.area; when the config decides
@@ -21,8 +20,6 @@ the keys and the numbers:
 """
 
 from __future__ import annotations
-
-import re
 
 import numpy as np
 
@@ -36,7 +33,7 @@ def check(cfg: Config) -> None:
 
 
 def problems(cfg: Config) -> list[str]:
-    unknown = _unknown_fields(cfg) + _names(cfg)
+    unknown = _unknown_fields(cfg)
     found = list(unknown)
     found += _periods(cfg)
     found += _climatology(cfg)
@@ -46,32 +43,13 @@ def problems(cfg: Config) -> list[str]:
     except ConfigError as exc:
         found.append(str(exc))
         return found  # the window size below is undefined
-    if not unknown:  # the model refuses unknown fields too (and trips on bad names): said once, above
+    if not unknown:  # the model refuses unknown fields too: said once, above
         from atmorep import modelfile
 
         found += modelfile.problems(cfg)
     found += _windows_in_time(cfg)
     found += _window_on_grid(cfg)
     return found
-
-
-_RUN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-
-
-def _names(cfg: Config) -> list[str]:
-    out = []
-    if not _RUN.fullmatch(cfg.run):
-        out.append(
-            f"run {cfg.run!r} is not a name: it names directories (resources/{{run}}, results/{{run}}); use "
-            "letters, digits, '_', '-' and '.', starting with a letter or digit"
-        )
-    out += [
-        f"data.fields {f!r} is not an identifier: a field names directories and the model's modules; use "
-        "letters, digits and '_', not starting with a digit"
-        for f in cfg.data.fields
-        if not (f.isidentifier() and f.isascii())
-    ]
-    return out
 
 
 def _unknown_fields(cfg: Config) -> list[str]:

@@ -5,6 +5,7 @@ first-class model (evaluate, train.init_from)."""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -216,6 +217,44 @@ def test_a_file_that_would_run_pickled_code_is_refused(tmp_path):
     torch.save([torch.zeros(2)], mod)
     with pytest.raises(OriginalFormatError, match="not a state_dict"):
         convert(mod, js)
+
+
+def test_a_mod_file_with_a_payload_leaves_no_trace(tmp_path):
+    from tests_helpers import write_payload
+
+    cf = sample_config()
+    mod, js = write_original(tmp_path, cf, original_layout(cf))
+    write_payload(mod, tmp_path / "marker")
+    with pytest.raises(OriginalFormatError, match="refused.*pickled code") as err:
+        convert(mod, js)
+    assert "\n" not in str(err.value) and str(mod) in str(err.value) and not (tmp_path / "marker").exists()
+
+
+@pytest.mark.parametrize("case", ["single", "multi_qk"])
+def test_an_imported_model_loads_unchanged_with_a_card_from_the_json(case, tmp_path):
+    from atmorep.model.file import load_model, read_card
+
+    folder = oracle_case(case)
+    mod, js = folder / f"AtmoRep_id{case}.mod", folder / f"model_id{case}.json"
+    converted, _ = convert(mod, js)
+    out = tmp_path / "model.safetensors"
+    assert cli.main(["import-original", "--weights", str(mod), "--config", str(js), "--output", str(out)]) == 0
+    loaded, card = load_model(out)
+    ours, theirs = converted.state_dict(), loaded.state_dict()
+    assert list(ours) == list(theirs) and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert card == read_card(out) and card["original"]["json"] == read_config(js)
+    assert card["original"]["weights_sha256"] == hashlib.sha256(mod.read_bytes()).hexdigest()
+    assert set(card["normalization"]) == set(loaded.fields) and card["periods"] == {"train": None, "validation": None}
+    cf = read_config(REPO.parent / "shared" / "reference" / "original-oracle" / "model_idwc5e2i3t.json")
+    js2 = tmp_path / "with_years.json"
+    js2.write_text(json.dumps({**read_config(js), **{k: cf[k] for k in ("years_train", "years_val", "file_path")}}))
+    assert cli.main(["import-original", "--weights", str(mod), "--config", str(js2), "--output", str(out)]) == 0
+    card = read_card(out)
+    assert card["periods"] == {
+        "train": ["1979-01-01T00", "2020-12-31T23"],
+        "validation": ["2021-01-01T00", "2021-12-31T23"],
+    }
+    assert next(iter(card["normalization"].values()))["source"] == cf["file_path"]
 
 
 def test_v1_per_head_keys_convert_to_the_same_model(tmp_path):

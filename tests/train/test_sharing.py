@@ -80,7 +80,9 @@ def test_a_model_loads_bit_for_bit_and_its_digest_is_the_whole_files(tmp_path):
     assert hashlib.sha256(raw.replace(digest.encode(), b"0" * 64)).hexdigest() == digest
 
 
-@pytest.mark.parametrize("damage", ["truncated", "data byte", "header byte", "card byte", "appended"])
+@pytest.mark.parametrize(
+    "damage", ["truncated", "truncated header", "data byte", "header byte", "card byte", "appended"]
+)
 def test_a_damaged_file_is_refused_in_one_line(tmp_path, damage):
     path = tmp_path / "m.safetensors"
     F.save_model(path, tiny())
@@ -88,6 +90,8 @@ def test_a_damaged_file_is_refused_in_one_line(tmp_path, damage):
     n = int.from_bytes(raw[:8], "little")
     if damage == "truncated":
         raw = raw[: len(raw) // 2]
+    elif damage == "truncated header":
+        raw = raw[:100]
     elif damage == "data byte":
         raw[-100] ^= 0x01
     elif damage == "header byte":
@@ -156,7 +160,7 @@ def test_evaluate_refuses_a_payload_model_in_one_line(payload, sample_products, 
 
 
 def run_train(products, out: Path, ranks: int = 1, **train) -> subprocess.CompletedProcess:
-    """`atmorep launch --with torchrun -- train` as a user runs it (one error line from the launcher)."""
+    """`atmorep launch --with torchrun -- train` as a user runs it (the ranks' one error line, once)."""
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "ATMOREP_DEBUG"):
         env.pop(k, None)
@@ -181,7 +185,7 @@ def trained(sample_products, tmp_path_factory):
 def test_init_from_refuses_a_payload_in_one_line(payload, trained, sample_products, tmp_path):
     path, marker = payload
     r = run_train(sample_products, tmp_path / "out", init_from=str(path))
-    err = one_error(r.stdout + r.stderr, "launch")
+    err = one_error(r.stdout + r.stderr, "train")
     assert r.returncode == 1 and "train.init_from" in err and str(path) in err
     assert not marker.exists() and not (tmp_path / "out" / F.NAME).exists()
 
@@ -198,7 +202,7 @@ def test_resume_refuses_a_checkpoint_with_a_payload(trained, sample_products, tm
     write_payload(out / "checkpoints" / "step00000002" / victim, marker)
     train = {"engine": "deepspeed", "zero_stage": 3} if run == "z3" else {}
     r = run_train(sample_products, out, 2 if run == "z3" else 1, steps=3, **train)
-    err = one_error(r.stdout + r.stderr, "launch")
+    err = one_error(r.stdout + r.stderr, "train")
     assert r.returncode == 1 and f"step00000002/{victim}: refused: loading it would call" in err, err
     assert "system" in err  # the global it names (posix.system)
     assert "--fresh" in err and not marker.exists() and not (out / F.NAME).exists()

@@ -59,6 +59,14 @@ class ModelFileError(ValueError):
     """A file that is not an intact atmorep model file; the message names the file and what to do."""
 
 
+def unpickling_refused(exc: BaseException) -> str:
+    """What a refused ``weights_only`` load would have called, from torch's message (whose first lines
+    advise loading the file unsafely: not repeated)."""
+    lines = [line.strip() for line in str(exc).splitlines()]
+    found = [line for line in lines if "GLOBAL" in line or "Unsupported" in line or "WeightsUnpickler" in line]
+    return (found or [line for line in lines if line] or [type(exc).__name__])[0]
+
+
 def versions() -> dict[str, str]:
     """Versions of the packages that shape a trained model, saved with every checkpoint."""
     from importlib.metadata import PackageNotFoundError, version
@@ -141,11 +149,11 @@ def _header(path: Path) -> tuple[dict, int]:
         head = f.read(8)
         n = int.from_bytes(head, "little") if len(head) == 8 else -1
         raw = f.read(n) if 0 < n <= min(size - 8, _MAX_HEADER) else b""
-    if raw[:1] != b"{" and 0 < n <= _MAX_HEADER and n > size - 8 and head[:1] != b"\x80" and head[:2] != b"PK":
-        raise ModelFileError(f"{path}: truncated: {size} bytes, fewer than its header alone ({n} bytes): copy it again")
     if raw[:1] != b"{":
         if head[:4] == b"PK\x03\x04" or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
-            raise ModelFileError(f"{path}: refused: {_PICKLE_ADVICE}")
+            raise ModelFileError(f"{path}: refused: {_PICKLE_ADVICE}")  # torch's zip, or a bare pickle
+        if 0 < n <= _MAX_HEADER and n > size - 8:
+            raise ModelFileError(f"{path}: truncated: {size} bytes, fewer than its header's {n}: copy it again")
         raise ModelFileError(f"{path}: not an atmorep model file (not safetensors: {size} bytes, no JSON header)")
     try:
         header = json.loads(raw)
@@ -191,7 +199,7 @@ def _digest_at(path: Path, n: int, value: str) -> int:
 
 def _seal(path: Path) -> str:
     """Write the file's own digest in place of the placeholder (same length: nothing moves)."""
-    header, n = _header(path)
+    _, n = _header(path)
     at = _digest_at(path, n, _PLACEHOLDER)
     digest = _digest(path, n, at)
     with open(path, "r+b") as f:

@@ -32,6 +32,7 @@ import torch.distributed as dist
 
 from atmorep.config import TrainConfig
 from atmorep.formats.atomic import Replacement
+from atmorep.model.file import unpickling_refused
 from atmorep.train.distributed import device
 
 log = logging.getLogger(__name__)
@@ -150,7 +151,7 @@ def weights_only(allowed: list) -> Iterator[None]:
         with torch.serialization.safe_globals(allowed):
             yield
     except pickle.UnpicklingError as exc:  # past the scan: a file changed meanwhile, or a torch we do not know
-        raise CheckpointError(f"a checkpoint file was refused: {str(exc).splitlines()[0]}") from None
+        raise CheckpointError(f"a checkpoint file was refused: {unpickling_refused(exc)}") from None
     finally:
         if before is None:
             os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
@@ -323,9 +324,7 @@ class TorchEngine:
         try:
             state = torch.load(directory / tag / "torch_state.pt", map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
-            raise CheckpointError(
-                f"{directory / tag / 'torch_state.pt'}: refused: {str(exc).splitlines()[0]}"
-            ) from None
+            raise CheckpointError(f"{directory / tag / 'torch_state.pt'}: refused: {unpickling_refused(exc)}") from None
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

@@ -37,6 +37,7 @@ import torch
 from atmorep.config import ModelConfig
 from atmorep.data.tokens import TOKEN_INFO_OFFSET, TOKEN_INFO_SCALE
 from atmorep.model.embedding import TOKEN_INFO_DIM
+from atmorep.model.file import unpickling_refused
 from atmorep.model.multiformer import FieldGeometry, Multiformer
 
 #: the original's field names -> ours (cfgrib names, ``data.fields``); others are kept
@@ -79,7 +80,7 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     except pickle.UnpicklingError as exc:
         raise OriginalFormatError(
             f"{path}: refused: reading it needs more than tensors and plain containers (it would run "
-            f"pickled code; torch says: {str(exc).splitlines()[0]}). Re-save its state_dict with "
+            f"pickled code: {unpickling_refused(exc)}). Re-save its state_dict with "
             "torch.save(model.state_dict()) in a trusted environment"
         ) from None
     except Exception as exc:  # a truncated or foreign file
