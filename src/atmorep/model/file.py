@@ -142,6 +142,8 @@ def _plain(value: Any) -> Any:
 
 def _header(path: Path) -> tuple[dict, int]:
     """The parsed safetensors header and its length; refuses what is not an atmorep model file."""
+    if path.is_dir():
+        raise ModelFileError(f"{path}: a directory, not a model file (e.g. {path / NAME})")
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
     size = path.stat().st_size
