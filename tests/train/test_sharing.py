@@ -159,6 +159,18 @@ def test_evaluate_refuses_a_payload_model_in_one_line(payload, sample_products, 
     assert not marker.exists() and not (tmp_path / "ev").exists()
 
 
+@pytest.mark.slow
+def test_embed_refuses_a_payload_model_in_one_line(payload, sample_products, tmp_path):
+    path, marker = payload
+    data = sample_products["data"]
+    slice_ = {"data": {"fields": {f: {"levels": [0]} for f in data.fields}, "start": data.start, "end": data.end}}
+    shards = [str(p) for p in sample_products["shards"].values()]
+    out = tmp_path / "emb"
+    r = atmorep("embed", "--params", json.dumps(slice_), "--model", path, "--shards", *shards, "--output-dir", out)
+    assert r.returncode == 1 and str(path) in one_error(r.stderr, "embed")
+    assert not marker.exists() and not out.exists()
+
+
 def run_train(products, out: Path, ranks: int = 1, **train) -> subprocess.CompletedProcess:
     """`atmorep launch --with torchrun -- train` as a user runs it (the ranks' one error line, once)."""
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
