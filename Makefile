@@ -19,7 +19,7 @@ help:
 
 setup: $(VENV)/.installed
 
-# torch first: with no torch installed, pip would resolve 'torch>=2.3' to a multi-GB CUDA build.
+# torch first: with no torch installed, pip would resolve 'torch>=2.6' to a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip

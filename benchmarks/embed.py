@@ -129,8 +129,8 @@ def child_memory(work: Path) -> dict:
     stores = json.loads((work / "stores.json").read_text())
     data = _data(stores)
     cfg = EmbedConfig(layers=(0, 1), pooling=("window", "area"), batch_size=16)
-    model, _ = load_model(work / "model.pt")
-    dataset = embed.open_dataset(stores, model, work / "model.pt")
+    model, _ = load_model(work / "model.safetensors")
+    dataset = embed.open_dataset(stores, model, work / "model.safetensors")
     plan = embed.Plan(dataset, list(model.fields), cfg, data)
     # The baseline: this process after embedding the first window time (model loaded, stores and their
     # readers open, every library and kernel the embedding touches initialised); the month must not
@@ -139,12 +139,12 @@ def child_memory(work: Path) -> dict:
     first = EmbedConfig(
         **{**cfg.__dict__, "start": data.start, "end": str(np.datetime64(data.start) + np.timedelta64(nt - 1, "h"))}
     )
-    embed.embed(data, first, work / "model.pt", stores, work / "out-warm")
+    embed.embed(data, first, work / "model.safetensors", stores, work / "out-warm")
     shard_files = [p for f in stores for s in stores[f] for p in Path(s, "data", "c").rglob("*") if p.is_file()]
     maps = min(len(shard_files), zarrv3.MAX_OPEN_SHARDS) * max(p.stat().st_size for p in shard_files)
     before = _rss_mb()
     ws = embed.working_set(plan, model, [0, 1], cfg.batch_size)
-    embed.embed(data, cfg, work / "model.pt", stores, work / "out-memory")
+    embed.embed(data, cfg, work / "model.safetensors", stores, work / "out-memory")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "peak_rss_mb": peak,
@@ -170,8 +170,8 @@ def child_time(work: Path, hours: int, repeats: int) -> dict:
     data = _data(stores)
     start = np.datetime64(data.start)
     cfg = EmbedConfig(start=data.start, end=str(start + np.timedelta64(hours - 1, "h")), layers=(1,), batch_size=16)
-    model, _ = load_model(work / "model.pt")
-    dataset = embed.open_dataset(stores, model, work / "model.pt")
+    model, _ = load_model(work / "model.safetensors")
+    dataset = embed.open_dataset(stores, model, work / "model.safetensors")
     plan = embed.Plan(dataset, list(model.fields), cfg, data)
     indices = np.array(
         [
@@ -184,7 +184,7 @@ def child_time(work: Path, hours: int, repeats: int) -> dict:
     forecast = masking.ForecastMasking(1)
 
     def run_embed():
-        embed.embed(data, cfg, work / "model.pt", stores, work / "out-time")
+        embed.embed(data, cfg, work / "model.safetensors", stores, work / "out-time")
 
     def run_inference():
         inference.run(model, dataset, indices, forecast, lambda T: [T - 1], 16, 0)
@@ -234,7 +234,7 @@ def main() -> None:
         t0 = time.perf_counter()
         stores = build(work, hours)
         (work / "stores.json").write_text(json.dumps(stores))
-        model_file(work / "model.pt")
+        model_file(work / "model.safetensors")
         print(f"built {hours} h x 181 x 360 of {len(FIELDS)} fields in {time.perf_counter() - t0:.1f} s", flush=True)
         timing = _child("time", work, "--time-hours", str(time_hours), "--repeats", str(repeats))
         print(

@@ -126,7 +126,7 @@ def train_round(out: Path, stores: list[str], phase: str, steps: int) -> float:
         "checkpoint_every": steps,
         "masking": {**CONFIG["train"]["masking"], "strategy": strategy},
         "loss": {"terms": list(loss)},
-        "init_from": str(out / parent / "model.pt") if parent else None,
+        "init_from": str(out / parent / "model.safetensors") if parent else None,
     }
     env = {**os.environ, "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
     t0 = time.perf_counter()
@@ -353,7 +353,7 @@ def main() -> None:
             used += wall
             per_step = wall / target
             metrics = pd.read_csv(args.out / phase / "metrics.csv")
-            valid = score(args.out / phase / "model.pt", stores, VALID, args.samples, modes, "valid")
+            valid = score(args.out / phase / "model.safetensors", stores, VALID, args.samples, modes, "valid")
             row = {
                 "phase": phase,
                 "round": r,
@@ -376,12 +376,19 @@ def main() -> None:
     print(curve.to_string(index=False))
     # spread calibration (evaluate.spread_inflation), fitted on the validation period only
     inflation = 1 / curve[curve.phase == "forecast"]["valid_spread_skill"].iloc[-1]
-    pre = score(args.out / "pretrain" / "model.pt", stores, TEST, args.samples, PHASES["pretrain"][2], "test")
-    raw = score(args.out / "forecast" / "model.pt", stores, TEST, args.samples, ("forecast",), "test_raw")
+    pre = score(args.out / "pretrain" / "model.safetensors", stores, TEST, args.samples, PHASES["pretrain"][2], "test")
+    raw = score(args.out / "forecast" / "model.safetensors", stores, TEST, args.samples, ("forecast",), "test_raw")
     test = {
-        **score(args.out / "forecast" / "model.pt", stores, TEST, args.samples, ("forecast",), "test", inflation),
         **score(
-            args.out / "interpolation" / "model.pt", stores, TEST, args.samples, ("temporal_interpolation",), "test"
+            args.out / "forecast" / "model.safetensors", stores, TEST, args.samples, ("forecast",), "test", inflation
+        ),
+        **score(
+            args.out / "interpolation" / "model.safetensors",
+            stores,
+            TEST,
+            args.samples,
+            ("temporal_interpolation",),
+            "test",
         ),
     }
     print(

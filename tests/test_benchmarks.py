@@ -32,6 +32,7 @@ SMALLEST = {
     "train_throughput": (["--quick"], None),
     "gpu_mfu": (["--batch", "2", "--steps", "2", "--warmup", "1"], "gpu"),
     "embed": (["--quick"], None),
+    "model_file": (["--quick"], None),
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,8 +20,10 @@ from atmorep import preflight
 EXAMPLE = REPO / "config" / "campaigns" / "files-example.yaml"
 
 
-def _example(**changes) -> dict:
+def _example(rename: dict | None = None, **changes) -> dict:
     raw = yaml.safe_load(EXAMPLE.read_text())
+    for old, new in (rename or {}).items():  # a field under another name
+        raw["data"]["fields"][new] = raw["data"]["fields"].pop(old)
     for key, value in changes.items():
         node = raw
         *path, last = key.split(".")
@@ -125,6 +128,87 @@ def test_climatology_months_lie_in_the_campaign():
     ]
 
 
+#: model-level mistakes (issue 23): (changes, what the refusal says); the model itself decides (meta device)
+MODEL_MISTAKES = {
+    "heads": (
+        {"model.heads": 6},
+        "256} are not divisible by model.heads = 6",  # the widths per field, in the config file's order
+    ),
+    "self-coupling": (
+        {"model.coupling": {"t": ["t", "u"]}},
+        "model.coupling: fields cannot attend to themselves: ['t']",
+    ),
+    "attention layer": (
+        {"evaluate.attention": {"fields": ["u"], "layers": [0, 4]}},
+        "evaluate.attention: the model has no encoder layer 4 for field 'u'",
+    ),
+    "attention head": (
+        {"evaluate.attention": {"heads": [8]}},
+        "evaluate.attention.heads: the encoder has self heads 0 .. 7",
+    ),
+    "decoder depth": ({"model.decoder_layers": 5}, "model.decoder_layers (5) exceeds model.encoder_layers (4)"),
+}
+#: names that become paths and module names: the schema's patterns refuse them (config load, before preflight)
+NAME_MISTAKES = {
+    "field name": ({"rename": {"msl": "../msl"}, "model.coupling": {}}, "data.fields: '../msl' does not match"),
+    "run name": ({"run": "../elsewhere"}, "run: '../elsewhere' does not match"),
+    "run name dots": ({"run": ".."}, "run: '..' does not match"),
+}
+
+
+@pytest.mark.parametrize("case", list(NAME_MISTAKES))
+def test_field_and_run_names_are_names(case):
+    changes, message = NAME_MISTAKES[case]
+    with pytest.raises(C.ConfigError, match=re.escape(message)):
+        C.validate_schema(_example(**changes))
+
+
+@pytest.mark.parametrize("case", list(MODEL_MISTAKES))
+def test_what_the_model_would_refuse_is_refused_before_anything_runs(case):
+    changes, message = MODEL_MISTAKES[case]
+    found = _problems(_example(**changes))
+    assert len(found) == 1 and message in found[0], found
+
+
+def test_the_model_check_builds_the_model_and_repeats_none_of_its_rules(monkeypatch):
+    """The refusal is the model's own: a rule the model gains is refused at workflow start too."""
+    from atmorep.model import multiformer
+
+    assert _problems(_example()) == []
+
+    def pickier(cfg, fields):
+        raise ValueError(f"a new rule of the model for {sorted(fields)}")
+
+    monkeypatch.setattr(multiformer, "field_dims", pickier)
+    assert _problems(_example()) == ["a new rule of the model for ['msl', 't', 'u', 'v']"]
+
+
+def test_a_field_the_config_does_not_have_is_named_once():
+    found = _problems(_example(**{"model.coupling": {"t": ["q"]}}))
+    assert found == ["model.coupling names q, not in data.fields (t, u, v, msl)"]  # not again by the model
+
+
+@pytest.mark.slow
+def test_check_refuses_model_mistakes_in_seconds_writing_nothing(tmp_path):
+    for case, (changes, message) in {**MODEL_MISTAKES, **NAME_MISTAKES}.items():
+        bad = tmp_path / f"{case.replace(' ', '_')}.yaml"
+        bad.write_text(yaml.safe_dump(_example(**changes)))
+        before = sorted(tmp_path.rglob("*"))
+        t0 = time.perf_counter()
+        r = subprocess.run(
+            [sys.executable, "-m", "atmorep", "check", "--config", str(bad)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+        )
+        took = time.perf_counter() - t0
+        assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, (case, r.stderr)
+        where = f"{bad}: " if case in MODEL_MISTAKES else ""  # the schema's errors name the key alone
+        assert r.stderr.startswith(f"atmorep check: error: {where}") and message in r.stderr, (case, r.stderr)
+        assert took < 30 and sorted(tmp_path.rglob("*")) == before, (case, took)
+
+
 @pytest.mark.slow
 def test_check_on_the_command_line_is_one_line_and_exit_1(tmp_path):
     bad = tmp_path / "bad.yaml"
@@ -203,6 +287,8 @@ def test_workflow_start_refuses_in_seconds_writing_nothing(tmp_path):
             {"shard.field_token_size": {"msl": [3, 6, 6]}},
             "shard token size [3, 9, 9] of field 't' does not tile the neighbourhood [18, 24, 36]",
         ),
+        "heads": MODEL_MISTAKES["heads"],
+        "self-coupling": MODEL_MISTAKES["self-coupling"],
     }
     work = _checkout(tmp_path)
     for name, (changes, message) in cases.items():

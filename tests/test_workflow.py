@@ -201,12 +201,12 @@ def test_reruns_are_exactly_the_changed_stage_and_descendants(run):
 def test_fine_tuning_reads_its_starting_model_as_an_input(run):
     work, cfg = run
     changed = yaml.safe_load(cfg.read_text())
-    changed["train"]["init_from"] = str(work / "pretrained.pt")
+    changed["train"]["init_from"] = str(work / "pretrained.safetensors")
     cfg3 = work / "finetune.yaml"
     cfg3.write_text(yaml.safe_dump({**changed, "run": "tuned"}))
     r = snakemake(work, cfg3, "-n", timeout=120)
-    assert r.returncode != 0 and "pretrained.pt" in r.stdout + r.stderr  # a missing input, named
-    shutil.copy(work / "results" / "tiny" / "train" / "model.pt", work / "pretrained.pt")
+    assert r.returncode != 0 and "pretrained.safetensors" in r.stdout + r.stderr  # a missing input, named
+    shutil.copy(work / "results" / "tiny" / "train" / "model.safetensors", work / "pretrained.safetensors")
     cfg3.write_text(yaml.safe_dump(changed))
     assert jobs(snakemake(work, cfg3, "-n").stdout) == {"pretrain", "evaluate", "embed", "all"}
 
@@ -302,7 +302,7 @@ def test_a_killed_forced_pretrain_is_rerun_with_what_depends_on_it(run, tmp_path
     for p in ranks:
         os.kill(p.pid, signal.SIGKILL)
     assert forced.wait(timeout=300) != 0
-    assert not (copy / "results" / "tiny" / "train" / "model.pt").exists()
+    assert not (copy / "results" / "tiny" / "train" / "model.safetensors").exists()
     assert (copy / "results" / "tiny" / "evaluate" / "scores.csv").exists()  # the old products remain
     r = snakemake(copy, copy / cfg.name, "-n")
     assert "Nothing to be done" not in r.stdout + r.stderr

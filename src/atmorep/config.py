@@ -377,7 +377,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "normalize": ("data", "normalize"),
     "shard": ("data", "shard"),
     "train": ("seed", "data", "model", "train"),
-    "evaluate": ("seed", "data", "evaluate"),  # no model section: evaluate reads it from model.pt
+    "evaluate": ("seed", "data", "evaluate"),  # no model section: evaluate reads it from model.safetensors
     "embed": ("data", "embed"),  # likewise; nothing random, so no seed
 }
 

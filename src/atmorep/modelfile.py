@@ -68,6 +68,26 @@ def from_config(cfg: Config, description: str = "") -> ModelFile:
     return ModelFile(cfg.model, fields, description=description)
 
 
+def problems(cfg: Config) -> list[str]:
+    """What the model of ``cfg`` would refuse, found by building it on the ``meta`` device (shapes
+    only: no weights, no memory, well under a second at the paper's size), so the model's own checks
+    decide, not copies of them: widths and heads, coupling, depths, and the encoder layers and self
+    heads ``evaluate.attention`` captures. Needs a config whose token sizes tile (``tokens_per_field``)."""
+    from atmorep.model.summary import meta_model
+
+    spec = from_config(cfg)
+    try:
+        model = meta_model(spec.model, spec.geometry())
+        a = cfg.evaluate.attention
+        if a.layers and a.samples:  # as evaluate: capture is off without layers or samples
+            for f in a.fields or list(cfg.data.fields)[:1]:
+                for layer in a.layers:
+                    model.encoder_attention(f, layer, a.heads)
+    except ValueError as exc:
+        return [str(exc)]
+    return []
+
+
 def read(path: str | Path) -> tuple[ModelFile, Config | None]:
     """A model file, or a run configuration (recognised by its `run:` key) with the configuration."""
     raw = C.read_yaml(path)

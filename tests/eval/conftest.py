@@ -26,7 +26,7 @@ def stores(sample_products) -> dict[str, list[str]]:
 def model_path(tmp_path_factory):
     from atmorep.model.file import save_model
 
-    path = tmp_path_factory.mktemp("model") / "model.pt"
+    path = tmp_path_factory.mktemp("model") / "model.safetensors"
     save_model(path, tiny_model())
     return path
 

@@ -215,7 +215,7 @@ def regional_store(tmp_path_factory):
     mcfg = ModelConfig(
         num_tokens=(2, 2, 2), dim=32, heads=2, encoder_layers=2, decoder_layers=1, ensemble=2, dropout=0.0
     )
-    model = root / "model.pt"
+    model = root / "model.safetensors"
     save_model(model, Multiformer(mcfg, {"t": FieldGeometry(1, (2, 3, 3))}).eval())
     return {"t": [str(store)]}, model, data
 

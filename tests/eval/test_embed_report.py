@@ -35,7 +35,7 @@ configfile: "config.yaml"
 include: "{REPO}/workflow/rules/common.smk"
 
 rule pretrain:  # stands in for the real rule: the test provides its model
-    output: model=f"results/{{RUN}}/train/model.pt"
+    output: model=f"results/{{RUN}}/train/model.safetensors"
     shell: "exit 1"
 
 include: "{REPO}/workflow/rules/embed.smk"

@@ -149,8 +149,8 @@ def test_attention_maps_on_request(make_config, make_geometry, make_batch):
 def test_checkpoint_file_round_trip(tmp_path, make_config, make_geometry, make_batch):
     geo, batch = make_geometry(), make_batch()
     model = _model(make_config(compat=True), geo)
-    save_model(tmp_path / "model.pt", model)
-    loaded, _ = load_model(tmp_path / "model.pt")
+    save_model(tmp_path / "model.safetensors", model)
+    loaded, _ = load_model(tmp_path / "model.safetensors")
     masks = masking.build(PURE_MASK)(batch, torch.Generator().manual_seed(8))
     a, b = model(**_inputs(batch, masks)), loaded(**_inputs(batch, masks))
     for f in geo:

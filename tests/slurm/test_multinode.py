@@ -22,6 +22,8 @@ import pytest
 import torch
 import yaml
 
+from atmorep.model.file import load_state
+
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import REPO  # noqa: E402
 from test_profile import make_profile, slurm_jobs, snakemake  # noqa: E402
@@ -98,7 +100,7 @@ def test_ranks_meet_across_hosts(twonode, mpi, launcher):
 # TINY, shorter: two trainings run here
 MULTI = copy.deepcopy(TINY)
 MULTI["train"].update(steps=10, checkpoint_every=10)
-MODEL = "results/tiny/train/model.pt"
+MODEL = "results/tiny/train/model.safetensors"
 
 
 def two_node_profile(tmp_path: Path) -> Path:
@@ -138,6 +140,6 @@ def test_pretrain_on_two_nodes_equals_one_node_two_ranks(twonode, tmp_path):
     a = pd.read_csv(two / "results" / "tiny" / "train" / "metrics.csv")
     b = pd.read_csv(one / "results" / "tiny" / "train" / "metrics.csv")
     assert len(a) == MULTI["train"]["steps"] and (a["loss"].values == b["loss"].values).all()
-    wa = torch.load(two / MODEL, weights_only=False)["state_dict"]
-    wb = torch.load(one / MODEL, weights_only=False)["state_dict"]
+    wa = load_state(two / MODEL)[0]
+    wb = load_state(one / MODEL)[0]
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -144,7 +144,7 @@ def test_scancel_fails_the_workflow_and_a_rerun_finishes_what_is_missing(cluster
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode != 0
     assert "Error in rule pretrain" in out and job in out
-    assert not (work / "results" / "tiny" / "train" / "model.pt").exists()
+    assert not (work / "results" / "tiny" / "train" / "model.safetensors").exists()
     dry = snakemake(work, "--profile", str(prof), "-n")
     assert jobs(dry.stdout) == {"pretrain", "evaluate", "all"}
     r = snakemake(work, "--profile", str(prof))

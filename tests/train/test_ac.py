@@ -95,13 +95,13 @@ def test_names_and_model_files_are_those_of_the_plain_model(tmp_path):
     plain, ac = model(ac=False), model(ac=True, checkpointing=True)
     assert list(plain.state_dict()) == list(ac.state_dict())
     assert [n for n, _ in plain.named_parameters()] == [n for n, _ in ac.named_parameters()]
-    save_model(tmp_path / "ac.pt", ac)  # from a checkpointed run ...
-    loaded, record = load_model(tmp_path / "ac.pt")  # ... into the plain model of evaluation
+    save_model(tmp_path / "ac.safetensors", ac)  # from a checkpointed run ...
+    loaded, record = load_model(tmp_path / "ac.safetensors")  # ... into the plain model of evaluation
     assert record["model"]["checkpointing"] is True
     for k, v in ac.state_dict().items():
         assert torch.equal(loaded.state_dict()[k], v), k
-    save_model(tmp_path / "plain.pt", model(ac=False, seed=3))  # and a plain model into a checkpointed run
-    load_weights(ac, tmp_path / "plain.pt")  # (fine-tuning: init_from)
+    save_model(tmp_path / "plain.safetensors", model(ac=False, seed=3))  # and a plain model into a checkpointed run
+    load_weights(ac, tmp_path / "plain.safetensors")  # (fine-tuning: init_from)
     for k, v in model(ac=False, seed=3).state_dict().items():
         assert torch.equal(ac.state_dict()[k], v), k
 

@@ -114,7 +114,7 @@ def test_resume_is_bit_exact(uninterrupted, sample_products, tmp_path, stage):
 def test_zero3_exports_the_same_kind_of_model(uninterrupted, tmp_path_factory):
     from atmorep.model.file import load_model
 
-    runs = [p for p in tmp_path_factory.getbasetemp().rglob("z3/model.pt")]
+    runs = [p for p in tmp_path_factory.getbasetemp().rglob("z3/model.safetensors")]
     model, record = load_model(runs[0])
     assert all(torch.isfinite(p).all() and p.numel() > 0 for p in model.parameters())
     assert record["versions"]["deepspeed"] and record["train"]["zero_stage"] == 3
@@ -123,14 +123,16 @@ def test_zero3_exports_the_same_kind_of_model(uninterrupted, tmp_path_factory):
 def test_activation_checkpointing_trains_the_same_model_under_zero3(
     uninterrupted, sample_products, tmp_path, tmp_path_factory
 ):
+    from atmorep.model.file import load_state
+
     """model.checkpointing (blocks wrapped by train.ac after construction) on 2 ZeRO-3 ranks: the same
-    losses bit for bit, dropout included, and an exported model.pt equal to the plain run's."""
+    losses bit for bit, dropout included, and an exported model.safetensors equal to the plain run's."""
     m = launch(sample_products, tmp_path, zero_stage=3, model={"checkpointing": True})
     assert (m["loss"].values == uninterrupted[3]["loss"].values).all(), (m["loss"].values, uninterrupted[3]["loss"])
-    plain = next(tmp_path_factory.getbasetemp().rglob("z3/model.pt"))
-    a, b = (torch.load(p, map_location="cpu", weights_only=False) for p in (plain, tmp_path / "model.pt"))
-    assert b["model"]["checkpointing"] and list(a["state_dict"]) == list(b["state_dict"])
-    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    plain = next(tmp_path_factory.getbasetemp().rglob("z3/model.safetensors"))
+    (a, _), (b, card) = (load_state(p) for p in (plain, tmp_path / "model.safetensors"))
+    assert card["model"]["checkpointing"] and list(a) == list(b)
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_signal_checkpoints_at_step_boundary_and_rerun_resumes(uninterrupted, sample_products, tmp_path):
@@ -200,19 +202,19 @@ def test_fine_tuning_starts_from_a_trained_model(sample_products, tmp_path):
     from atmorep.model.file import load_model
 
     launch(sample_products, tmp_path / "base", ranks=1, engine="torch", steps=3)
-    base, _ = load_model(tmp_path / "base" / "model.pt")
+    base, _ = load_model(tmp_path / "base" / "model.safetensors")
     tiny = dict(lr_start=1e-12, lr=1e-12, lr_min=1e-12, steps=1, masking={"strategy": "forecast"})
     launch(
         sample_products,
         tmp_path / "tuned",
         ranks=1,
         engine="torch",
-        init_from=str(tmp_path / "base" / "model.pt"),
+        init_from=str(tmp_path / "base" / "model.safetensors"),
         **tiny,
     )
     launch(sample_products, tmp_path / "fresh", ranks=1, engine="torch", **tiny)
-    tuned, _ = load_model(tmp_path / "tuned" / "model.pt")
-    fresh, _ = load_model(tmp_path / "fresh" / "model.pt")
+    tuned, _ = load_model(tmp_path / "tuned" / "model.safetensors")
+    fresh, _ = load_model(tmp_path / "fresh" / "model.safetensors")
     for (name, b), t, _ in zip(base.state_dict().items(), tuned.state_dict().values(), fresh.state_dict().values()):
         torch.testing.assert_close(t, b, atol=1e-6, rtol=0, msg=name)  # the trained weights, barely moved
     assert any(not torch.allclose(f, b) for b, f in zip(base.state_dict().values(), fresh.state_dict().values()))
@@ -220,7 +222,9 @@ def test_fine_tuning_starts_from_a_trained_model(sample_products, tmp_path):
 
 def test_fine_tuning_refuses_another_architecture(sample_products, tmp_path):
     launch(sample_products, tmp_path / "base", ranks=1, engine="torch", steps=1)
-    p = json.loads(params(sample_products, engine="torch", steps=1, init_from=str(tmp_path / "base" / "model.pt")))
+    p = json.loads(
+        params(sample_products, engine="torch", steps=1, init_from=str(tmp_path / "base" / "model.safetensors"))
+    )
     p["model"]["dim"] = 48
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(
@@ -242,8 +246,8 @@ def test_fine_tuning_refuses_another_architecture(sample_products, tmp_path):
         timeout=300,
     )
     assert r.returncode != 0
-    assert "init_from" in r.stderr and "['dim']" in r.stderr and "model.pt" in r.stderr
-    assert not (tmp_path / "x" / "model.pt").exists()
+    assert "init_from" in r.stderr and "['dim']" in r.stderr and "model.safetensors" in r.stderr
+    assert not (tmp_path / "x" / "model.safetensors").exists()
 
 
 def test_metrics_have_throughput_and_mfu(uninterrupted, sample_products):
@@ -374,7 +378,7 @@ def test_sigusr1_to_the_launcher_checkpoints_the_ranks_and_exits_75(sample_produ
     assert "ChildFailedError" not in out and "FAILED" not in out
     ckpt = tmp_path / "checkpoints"
     step = json.loads((ckpt / (ckpt / "latest").read_text().strip() / "atmorep.json").read_text())["step"]
-    assert 0 < step < 400 and not (tmp_path / "model.pt").exists()
+    assert 0 < step < 400 and not (tmp_path / "model.safetensors").exists()
 
 
 def test_no_rank_outlives_a_killed_launcher(sample_products, tmp_path):
@@ -383,7 +387,7 @@ def test_no_rank_outlives_a_killed_launcher(sample_products, tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=60)
     assert gone(pids), f"ranks {pids} kept training after kill -9 of their launcher"
-    assert not (tmp_path / "model.pt").exists()
+    assert not (tmp_path / "model.safetensors").exists()
 
 
 def test_ctrl_c_of_the_launcher_checkpoints_and_says_so_in_one_line(sample_products, tmp_path):
@@ -458,7 +462,7 @@ def test_bad_training_data_is_named_by_field_store_and_window(sample_products, t
         assert "non-finite or implausible values" in errors[0]
     else:  # huge but finite: the loss overflows, the steps are skipped, then the run stops
         assert errors[0].startswith("atmorep train: error: 2 steps in a row had a non-finite loss"), errors
-    assert not (tmp_path / "out" / "model.pt").exists()
+    assert not (tmp_path / "out" / "model.safetensors").exists()
 
 
 def test_a_full_disk_during_training_is_one_line(sample_products, tmp_path):

@@ -5,6 +5,7 @@ first-class model (evaluate, train.init_from)."""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -167,7 +168,7 @@ def test_our_layout_helper_is_the_originals(tmp_path):
 
 def test_a_config_that_does_not_match_its_weights_is_refused(tmp_path, capsys):
     single, multi = oracle_case("single"), oracle_case("multi_qk")
-    out = tmp_path / "model.pt"
+    out = tmp_path / "model.safetensors"
     rc = cli.main(
         [
             "import-original",
@@ -218,6 +219,44 @@ def test_a_file_that_would_run_pickled_code_is_refused(tmp_path):
         convert(mod, js)
 
 
+def test_a_mod_file_with_a_payload_leaves_no_trace(tmp_path):
+    from tests_helpers import write_payload
+
+    cf = sample_config()
+    mod, js = write_original(tmp_path, cf, original_layout(cf))
+    write_payload(mod, tmp_path / "marker")
+    with pytest.raises(OriginalFormatError, match="refused.*pickled code") as err:
+        convert(mod, js)
+    assert "\n" not in str(err.value) and str(mod) in str(err.value) and not (tmp_path / "marker").exists()
+
+
+@pytest.mark.parametrize("case", ["single", "multi_qk"])
+def test_an_imported_model_loads_unchanged_with_a_card_from_the_json(case, tmp_path):
+    from atmorep.model.file import load_model, read_card
+
+    folder = oracle_case(case)
+    mod, js = folder / f"AtmoRep_id{case}.mod", folder / f"model_id{case}.json"
+    converted, _ = convert(mod, js)
+    out = tmp_path / "model.safetensors"
+    assert cli.main(["import-original", "--weights", str(mod), "--config", str(js), "--output", str(out)]) == 0
+    loaded, card = load_model(out)
+    ours, theirs = converted.state_dict(), loaded.state_dict()
+    assert list(ours) == list(theirs) and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert card == read_card(out) and card["original"]["json"] == read_config(js)
+    assert card["original"]["weights_sha256"] == hashlib.sha256(mod.read_bytes()).hexdigest()
+    assert set(card["normalization"]) == set(loaded.fields) and card["periods"] == {"train": None, "validation": None}
+    cf = read_config(REPO.parent / "shared" / "reference" / "original-oracle" / "model_idwc5e2i3t.json")
+    js2 = tmp_path / "with_years.json"
+    js2.write_text(json.dumps({**read_config(js), **{k: cf[k] for k in ("years_train", "years_val", "file_path")}}))
+    assert cli.main(["import-original", "--weights", str(mod), "--config", str(js2), "--output", str(out)]) == 0
+    card = read_card(out)
+    assert card["periods"] == {
+        "train": ["1979-01-01T00", "2020-12-31T23"],
+        "validation": ["2021-01-01T00", "2021-12-31T23"],
+    }
+    assert next(iter(card["normalization"].values()))["source"] == cf["file_path"]
+
+
 def test_v1_per_head_keys_convert_to_the_same_model(tmp_path):
     folder = oracle_case("single")
     cf = read_config(folder / "model_idsingle.json")
@@ -265,7 +304,7 @@ def test_import_original_cli_writes_a_model_file_and_its_config(tmp_path, capsys
     cf["fields"][0][1][2] = ["u10"]
     cf["fields_prediction"] = [["temperature_2m", 1.0]]
     mod, js = write_original(tmp_path / "orig", cf, original_layout(cf))
-    out = tmp_path / "model.pt"
+    out = tmp_path / "model.safetensors"
     rc = cli.main(
         [
             "import-original",
@@ -312,14 +351,14 @@ def converted(tmp_path_factory):
                 "--config",
                 str(js),
                 "--output",
-                str(root / "model.pt"),
+                str(root / "model.safetensors"),
                 "--config-out",
                 str(root / "keys.yaml"),
             ]
         )
         == 0
     )
-    return root / "model.pt", yaml.safe_load((root / "keys.yaml").read_text())
+    return root / "model.safetensors", yaml.safe_load((root / "keys.yaml").read_text())
 
 
 @pytest.mark.slow
@@ -385,7 +424,7 @@ def test_train_init_from_fine_tunes_a_converted_model(converted, sample_products
     metrics = pd.read_csv(tmp_path / "metrics.csv")
     assert metrics["loss"].notna().all() and not any(c.startswith("u10/") for c in metrics.columns)
     base, _ = load_model(path)
-    tuned, _ = load_model(tmp_path / "model.pt")
+    tuned, _ = load_model(tmp_path / "model.safetensors")
     for (name, b), t in zip(base.state_dict().items(), tuned.state_dict().values()):
         torch.testing.assert_close(t, b, atol=1e-6, rtol=0, msg=name)
 

@@ -42,7 +42,9 @@ def run(products: dict, out: Path, ranks=1, extra=(), **train) -> subprocess.Com
 
 
 def weights(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    from atmorep.model.file import load_state
+
+    return load_state(path)[0]
 
 
 def same(a: dict, b: dict) -> bool:
@@ -62,7 +64,7 @@ def test_rebuilt_shards_train_afresh(products, tmp_path):
 
     out = tmp_path / "train"
     ok(run(products, out, ranks=2))
-    old = weights(out / "model.pt")
+    old = weights(out / "model.safetensors")
     data = products["data"]
     n = normalize.normalize(
         data, NormalizeConfig(method="local"), "u10", "2026-03", products["grib"]["u10"], tmp_path / "norm" / "u10.zarr"
@@ -71,7 +73,7 @@ def test_rebuilt_shards_train_afresh(products, tmp_path):
     log = ok(run(products, out, ranks=2))
     assert "trained on other inputs (u10 2026: another provenance)" in log and "starting afresh" in log
     assert "resumed" not in log and "trained 2 steps (0 -> 2)" in log
-    assert not same(old, weights(out / "model.pt"))
+    assert not same(old, weights(out / "model.safetensors"))
 
 
 def test_corrupt_shards_fail_although_a_finished_checkpoint_exists(products, tmp_path):
@@ -92,16 +94,16 @@ def test_corrupt_shards_fail_although_a_finished_checkpoint_exists(products, tmp
 def test_lowered_steps_are_refused_and_fresh_trains_them(products, tmp_path):
     out = tmp_path / "train"
     ok(run(products, out, steps=4))
-    before = weights(out / "model.pt")
+    before = weights(out / "model.safetensors")
     r = run(products, out, steps=2)
     assert r.returncode != 0
     line = [x for x in r.stderr.splitlines() if "past train.steps=2" in x]
     assert line and "step00000004" in line[0] and "--fresh" in line[0], r.stderr[-3000:]
     assert "trained" not in r.stderr.replace("past train.steps", "")
-    assert same(before, weights(out / "model.pt"))  # the 4-step model, still consistent with its checkpoints
+    assert same(before, weights(out / "model.safetensors"))  # the 4-step model, still consistent with its checkpoints
     log = ok(run(products, out, steps=2, extra=["--fresh"]))
     assert "trained 2 steps (0 -> 2)" in log
-    assert not same(before, weights(out / "model.pt"))
+    assert not same(before, weights(out / "model.safetensors"))
 
 
 def test_rerun_of_a_finished_run_trains_nothing_and_says_so(products, tmp_path):
@@ -109,12 +111,12 @@ def test_rerun_of_a_finished_run_trains_nothing_and_says_so(products, tmp_path):
     model is the finished run's; more steps continue it."""
     out = tmp_path / "train"
     ok(run(products, out))
-    first = weights(out / "model.pt")
-    (out / "model.pt").unlink()  # Snakemake removes the outputs of a job it reruns
+    first = weights(out / "model.safetensors")
+    (out / "model.safetensors").unlink()  # Snakemake removes the outputs of a job it reruns
     log = ok(run(products, out))
     assert "already reached train.steps=2" in log and "no step to train" in log
     assert "trained 2 steps" not in log and "resumed" not in log
-    assert same(first, weights(out / "model.pt"))
+    assert same(first, weights(out / "model.safetensors"))
     log = ok(run(products, out, steps=3))
     assert "resumed from step00000002 at step 2 of 3" in log and "trained 1 steps (2 -> 3)" in log
     assert len((out / "metrics.csv").read_text().splitlines()) == 4  # header + 3 steps

@@ -10,7 +10,7 @@ rule pretrain:
         shards=shard_stores(),
         init=CFG.train.init_from or [],  # fine-tuning: a changed starting model reruns the training
     output:
-        model=f"results/{RUN}/train/model.pt",
+        model=f"results/{RUN}/train/model.safetensors",
         metrics=f"results/{RUN}/train/metrics.csv",
         loss=report(f"results/{RUN}/train/loss.png", caption="../report/loss.rst", category="Training",
                     labels={"figure": "loss"}),

@@ -10,7 +10,7 @@ from atmorep import config as C
 HELP = (
     "check a run configuration before anything runs (what the workflow checks at start): schema, field "
     "names, disjoint train/evaluate periods, one window in each period and on the grid after data.area, "
-    "token tiling"
+    "token tiling, and the model built on the meta device (widths, heads, coupling, depths, attention layers)"
 )
 
 

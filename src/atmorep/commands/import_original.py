@@ -8,8 +8,8 @@ from pathlib import Path
 from atmorep import config as C
 
 HELP = (
-    "convert a model of the original AtmoRep code (AtmoRep_id<id>.mod + model_id<id>.json) into a model.pt "
-    "that evaluate reads and train.init_from fine-tunes"
+    "convert a model of the original AtmoRep code (AtmoRep_id<id>.mod + model_id<id>.json) into a model file "
+    "(model.safetensors, with a card from the JSON) that evaluate reads and train.init_from fine-tunes"
 )
 DESCRIPTION = (
     "Read the original's state_dict without running pickled code (weights_only), map it into the compat "
@@ -21,7 +21,7 @@ DESCRIPTION = (
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", required=True, type=Path, help="AtmoRep_id<id>.mod (the original's torch.save)")
     p.add_argument("--config", required=True, type=Path, help="model_id<id>.json (the original's configuration)")
-    p.add_argument("--output", required=True, type=Path, help="model file to write (model.pt)")
+    p.add_argument("--output", required=True, type=Path, help="model file to write (model.safetensors)")
     p.add_argument(
         "--rename",
         action="append",

@@ -1,4 +1,4 @@
-"""atmorep inspect: what acquire would make of GRIB, NetCDF or zarr inputs."""
+"""atmorep inspect: what acquire would make of GRIB, NetCDF or zarr inputs, and what a model file is."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 HELP = (
-    "print fields, levels, grid and time steps of GRIB (files or directories), NetCDF or zarr inputs, or say "
-    "in one line why one is unusable"
+    "print fields, levels, grid and time steps of GRIB (files or directories), NetCDF or zarr inputs, or a "
+    "model file's verified card; or say in one line why one is unusable"
 )
 
 
@@ -31,10 +31,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from atmorep.data.acquire.inspect import describe
+    from atmorep.model import file
 
     status = 0
     for path in args.paths:
         try:  # one unusable input is reported and the others are still described
+            if file.is_model_file(path):  # by its first bytes: nothing is unpickled
+                print(file.describe(path))
+                continue
             print(describe(path, regrid=args.regrid, variables=dict(v.split("=", 1) for v in args.variable)))
         except ValueError as exc:
             print(f"atmorep inspect: {exc}", file=sys.stderr)

@@ -17,7 +17,9 @@ HELP = (
 def add_arguments(p: argparse.ArgumentParser) -> None:
     config_args(p)
     p.add_argument("--shards", nargs="+", type=Path, help="shard stores (all fields); required unless --dry-run")
-    p.add_argument("--output-dir", type=Path, help="writes model.pt, metrics.csv, loss.png; required unless --dry-run")
+    p.add_argument(
+        "--output-dir", type=Path, help="writes model.safetensors, metrics.csv, loss.png; required unless --dry-run"
+    )
     p.add_argument(
         "--fresh",
         action="store_true",

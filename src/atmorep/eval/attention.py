@@ -38,12 +38,7 @@ def capture(
     ``layers`` maps field -> encoder layer indices; ``heads`` selects self heads (None: all).
     """
     wanted = {(f, l) for f, ls in layers.items() for l in ls}
-    for f, l in wanted:
-        if f not in model.fields or not 0 <= l < len(model.encoders[f]):
-            raise ValueError(
-                f"attention: the model has no encoder layer {l} for field '{f}' "
-                f"(fields {list(model.fields)}, {model.cfg.encoder_layers} layers)"
-            )
+    attn = {key: model.encoder_attention(*key, heads or ()) for key in wanted}  # refuses what the model lacks
     inputs: dict[tuple[str, int], torch.Tensor] = {}
     handles = []
 
@@ -57,7 +52,7 @@ def capture(
         return hook
 
     for f, l in wanted:
-        handles.append(model.encoders[f][l].attn.register_forward_pre_hook(hook_for((f, l))))
+        handles.append(attn[(f, l)].register_forward_pre_hook(hook_for((f, l))))
     try:
         model.encode(tokens, info)
     except _Enough:
@@ -70,7 +65,7 @@ def capture(
     for f, ls in layers.items():
         maps = []
         for l in ls:
-            w = model.encoders[f][l].attn.self_attention_weights(inputs[(f, l)])  # B H N N
+            w = attn[(f, l)].self_attention_weights(inputs[(f, l)])  # B H N N
             maps.append(w[:, heads] if heads else w)
         out[f] = torch.stack(maps, dim=1)
     return out

@@ -26,11 +26,13 @@ P values per token, I token-info values, D width, K masked tokens (all samples),
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
 
 from atmorep.config import ModelConfig
+from atmorep.model.attention import MultiSourceAttention
 from atmorep.model.blocks import DecoderBlock, EncoderBlock
 from atmorep.model.embedding import TOKEN_INFO_DIM, FieldEmbedding
 from atmorep.model.tail import Ensemble, EnsembleTail
@@ -117,6 +119,24 @@ class Multiformer(nn.Module):
             # frozen: no gradient, so training leaves the imported values as they were
             self.legacy_token_info = nn.Linear(info_dim, TOKEN_INFO_DIM).requires_grad_(False)
             nn.init.zeros_(self.legacy_token_info.weight)
+
+    def encoder_attention(
+        self, field: str, layer: int, heads: tuple[int, ...] | list[int] = ()
+    ) -> MultiSourceAttention:
+        """The attention of ``field``'s encoder layer ``layer`` (what attention capture hooks); a field,
+        layer or self head the model does not have is refused, naming it."""
+        if field not in self.encoders or not 0 <= layer < len(self.encoders[field]):
+            raise ValueError(
+                f"evaluate.attention: the model has no encoder layer {layer} for field '{field}' (fields "
+                f"{list(self.fields)}, layers 0 .. {self.cfg.encoder_layers - 1} of model.encoder_layers)"
+            )
+        attn = cast(MultiSourceAttention, self.encoders[field][layer].attn)
+        if bad := sorted(h for h in heads if not 0 <= h < attn.self_heads):
+            raise ValueError(
+                f"evaluate.attention.heads: the encoder has self heads 0 .. {attn.self_heads - 1} (model.heads), "
+                f"not {bad}"
+            )
+        return attn
 
     def encode(
         self, tokens: dict[str, torch.Tensor], info: dict[str, torch.Tensor], depth: int | None = None

@@ -28,7 +28,7 @@ _RESUMABLE_CHANGES = {"steps", "checkpoint_every", "tensorboard", "ranks", "batc
 
 
 def identity(seed: int, data: DataConfig, model: ModelConfig, cfg: TrainConfig, stores: dict[str, list[str]]) -> dict:
-    """The run's record saved in every checkpoint and in ``model.pt``."""
+    """The run's record saved in every checkpoint and in ``model.safetensors``."""
     return {
         "train": dataclasses.asdict(cfg),
         "model": dataclasses.asdict(model),

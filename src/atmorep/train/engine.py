@@ -5,14 +5,26 @@ An engine wraps a plain ``nn.Module``: ``engine(*inputs)`` runs the forward, ``e
 does backward and update (or skips a non-finite step on every rank alike), ``save``/``load`` write
 and read a checkpoint directory, ``consolidated_state_dict()`` gathers full fp32 weights on rank 0.
 :func:`deepspeed_config` turns our config into DeepSpeed's: a pure function, no hand-edited JSON.
+
+Checkpoints are torch pickles (DeepSpeed's format), and resuming one runs no code either: before
+anything is loaded every ``*.pt`` file of the checkpoint is scanned for the globals its pickle would
+call (:func:`torch.serialization.get_unsafe_globals_in_checkpoint` reads the opcodes, it does not
+unpickle), and one that names anything beyond tensors, plain containers and the three DeepSpeed
+classes of :func:`checkpoint_globals` is refused naming the file; then DeepSpeed loads with
+``weights_only`` forced on (``TORCH_FORCE_WEIGHTS_ONLY_LOAD``: DeepSpeed 0.19 passes
+``weights_only=False`` itself) and only those classes allowed, and so does the conversion to the
+universal format.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import pickle
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -20,6 +32,7 @@ import torch.distributed as dist
 
 from atmorep.config import TrainConfig
 from atmorep.formats.atomic import Replacement
+from atmorep.model.file import unpickling_refused
 from atmorep.train.distributed import device
 
 log = logging.getLogger(__name__)
@@ -91,6 +104,74 @@ def finite_everywhere(loss: torch.Tensor) -> bool:
     return bool(bad.item() == 0)
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that needs more than tensors and plain data to load; the message names it."""
+
+
+def checkpoint_globals() -> list:
+    """The classes DeepSpeed pickles into its ZeRO checkpoints besides tensors and plain containers
+    (found with ``get_unsafe_globals_in_checkpoint`` on ZeRO-1/2/3 checkpoints and their universal
+    conversion, DeepSpeed 0.19): a loss scaler, an enum and a dataclass of two ints. Allowing them lets
+    a checkpoint build such objects, never call anything else."""
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, ZeroStageEnum, fragment_address]
+
+
+def refuse_pickled_code(directory: Path, allowed: list) -> None:
+    """Refuse, naming the file, a ``*.pt`` under ``directory`` whose pickle would call anything but
+    ``allowed`` and what ``weights_only`` allows itself; reads opcodes only, runs nothing."""
+    names = {f"{c.__module__}.{c.__qualname__}" for c in allowed}
+    for f in sorted(Path(directory).rglob("*.pt")):
+        try:
+            unsafe = set(torch.serialization.get_unsafe_globals_in_checkpoint(f)) - names
+        except Exception as exc:  # not a torch zip file: a legacy pickle, or something else
+            raise CheckpointError(
+                f"{f}: not a torch checkpoint file atmorep can read without unpickling it ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}); refused. Train afresh with `atmorep train "
+                f"--fresh` (or remove {directory})"
+            ) from None
+        if unsafe:
+            raise CheckpointError(
+                f"{f}: refused: loading it would call {', '.join(sorted(unsafe))} (pickled code, not a checkpoint "
+                f"atmorep wrote). Train afresh with `atmorep train --fresh` (or remove {directory})"
+            )
+
+
+@contextlib.contextmanager
+def weights_only(allowed: list) -> Iterator[None]:
+    """Every ``torch.load`` inside, whatever it asks for, with ``weights_only=True`` and only ``allowed``
+    classes beyond torch's own safe types."""
+    before = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        with torch.serialization.safe_globals(allowed):
+            yield
+    except pickle.UnpicklingError as exc:  # past the scan: a file changed meanwhile, or a torch we do not know
+        raise CheckpointError(f"a checkpoint file was refused: {unpickling_refused(exc)}") from None
+    finally:
+        if before is None:
+            os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = before
+
+
+def _to_universal(input_folder: str, output_folder: str) -> None:
+    """DeepSpeed's ds_to_universal, with pickles loaded as :meth:`DeepSpeedEngine.load` loads them (run in
+    a subprocess of its own: its worker processes are forked from it and inherit the allowlist)."""
+    allowed = checkpoint_globals()
+    refuse_pickled_code(Path(input_folder), allowed)
+    from deepspeed.checkpoint import ds_to_universal
+
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    torch.serialization.add_safe_globals(allowed)
+    sys.argv = ["ds_to_universal", "--input_folder", input_folder, "--output_folder", output_folder]
+    ds_to_universal.main(ds_to_universal.parse_arguments())
+
+
 class DeepSpeedEngine:
     """ZeRO data parallelism (stages 1-3, optional offload)."""
 
@@ -136,9 +217,12 @@ class DeepSpeedEngine:
         )
 
     def load(self, directory: Path, tag: str) -> dict:
-        _, client = self.engine.load_checkpoint(
-            str(directory), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
-        )
+        allowed = checkpoint_globals()
+        refuse_pickled_code(directory / tag, allowed)
+        with weights_only(allowed):
+            _, client = self.engine.load_checkpoint(
+                str(directory), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+            )
         if client is None:  # DeepSpeed warns and returns None for a missing tag instead of raising
             raise FileNotFoundError(f"{directory}/{tag}: no DeepSpeed checkpoint")
         return client
@@ -167,19 +251,16 @@ class DeepSpeedEngine:
         out = DeepSpeedEngine.universal_tag(tag)
         if not (directory / out).exists():
             with Replacement(directory / out) as tmp:
-                subprocess.run(
-                    [
-                        sys.executable,
-                        "-m",
-                        "deepspeed.checkpoint.ds_to_universal",
-                        "--input_folder",
-                        str(directory / tag),
-                        "--output_folder",
-                        str(tmp),
-                    ],
-                    check=True,
+                code = "import sys; from atmorep.train.engine import _to_universal; _to_universal(*sys.argv[1:])"
+                r = subprocess.run(
+                    [sys.executable, "-c", code, str(directory / tag), str(tmp)],
                     stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    text=True,
                 )
+                if r.returncode != 0:
+                    lines = r.stderr.strip().splitlines() or ["(no output)"]
+                    raise CheckpointError(f"{directory / tag}: conversion to the universal format failed: {lines[-1]}")
         return out
 
 
@@ -239,7 +320,11 @@ class TorchEngine:
         dist.barrier()
 
     def load(self, directory: Path, tag: str) -> dict:
-        state = torch.load(directory / tag / "torch_state.pt", map_location="cpu", weights_only=False)
+        refuse_pickled_code(directory / tag, [])
+        try:
+            state = torch.load(directory / tag / "torch_state.pt", map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise CheckpointError(f"{directory / tag / 'torch_state.pt'}: refused: {unpickling_refused(exc)}") from None
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

@@ -6,7 +6,8 @@ one global batch size), the masks and the dropout draws. A checkpoint therefore 
 engine state and the step, and a resumed run repeats an uninterrupted one bit for bit (same world
 size), or continues it on another world size.
 
-Products in the output directory (rank 0): ``model.pt`` (consolidated fp32 weights), ``metrics.csv``
+Products in the output directory (rank 0): ``model.safetensors`` (consolidated fp32 weights and the
+model's card: :mod:`atmorep.train.card`), ``metrics.csv``
 (one row per step), ``loss.png``, ``tensorboard/`` (:mod:`atmorep.train.metrics`) and ``checkpoints/``
 (DeepSpeed or torch state, with the run's identity in every checkpoint: :mod:`atmorep.train.checkpoint`).
 """
@@ -31,9 +32,9 @@ from atmorep.data.tokens import TOKEN_INFO
 from atmorep.formats.atomic import DirectoryLock, Locked, space_for
 from atmorep.model import masking
 from atmorep.model.batch import Batch
-from atmorep.model.file import load_weights, save_model
+from atmorep.model.file import NAME, load_weights, save_model
 from atmorep.model.multiformer import FieldGeometry, Multiformer
-from atmorep.train import checkpoint, distributed, launch
+from atmorep.train import card, checkpoint, distributed, launch
 from atmorep.train.ac import apply_ac
 from atmorep.train.batches import BadSteps, loader, next_batch
 from atmorep.train.launch import EXIT_REQUEUE  # 75: "run me again, I will resume"
@@ -114,7 +115,7 @@ class Trainer:
     :meth:`checkpoint_if_due`, and at the end :meth:`export`."""
 
     def __init__(self, rank, world, seed, data: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig, stores, out_dir):
-        self.rank, self.world, self.seed, self.cfg = rank, world, seed, cfg
+        self.rank, self.world, self.seed, self.cfg, self.data, self.stores = rank, world, seed, cfg, data, stores
         self.out_dir = Path(out_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.stop = StopSignal()  # after the process group: MPI's start-up may install its own handlers
@@ -172,10 +173,11 @@ class Trainer:
         start, steps = client["step"], self.cfg.steps
         if self.rank == 0 and start == steps:
             log.info(
-                "%s already reached train.steps=%d on the same inputs: no step to train, model.pt "
+                "%s already reached train.steps=%d on the same inputs: no step to train, %s "
                 "written from it (`atmorep train --fresh` trains again)",
                 self.ckpt_dir / tag,
                 start,
+                NAME,
             )
         elif self.rank == 0:
             log.info(
@@ -280,14 +282,16 @@ class Trainer:
         checkpoint.save(self.engine, self.ckpt_dir, done, self.metrics.rows, self.world, self.meta)
 
     def export(self) -> Path:
-        """``model.pt`` (consolidated fp32 weights), ``metrics.csv`` and ``loss.png`` on rank 0."""
+        """``model.safetensors`` (consolidated fp32 weights and the card), ``metrics.csv`` and ``loss.png``
+        on rank 0."""
         state = self.engine.consolidated_state_dict()  # on every rank: ZeRO-3 gathers collectively
         rows, cfg, out_dir = self.metrics.rows, self.cfg, self.out_dir
         if self.rank == 0:
             out_dir.mkdir(parents=True, exist_ok=True)
-            with space_for(out_dir / "model.pt", checkpoint.model_bytes(self.engine.module)):
+            about = card.card(self.meta, self.data, cfg, self.stores, rows, self.start, self.world)
+            with space_for(out_dir / NAME, checkpoint.model_bytes(self.engine.module)):
                 self.metrics.write(out_dir)
-                save_model(out_dir / "model.pt", self.engine.module, state, self.meta)
+                save_model(out_dir / NAME, self.engine.module, state, about)
             self.metrics.close()
             if cfg.steps > self.start:
                 log.info(
@@ -302,7 +306,7 @@ class Trainer:
                 )
                 log.info("throughput: %s", self.meter.summary())
         distributed.finish()
-        return out_dir / "model.pt"
+        return out_dir / NAME
 
 
 def _seed(seed: int, step: int, micro: int, rank: int, world: int) -> int:

@@ -37,6 +37,7 @@ import torch
 from atmorep.config import ModelConfig
 from atmorep.data.tokens import TOKEN_INFO_OFFSET, TOKEN_INFO_SCALE
 from atmorep.model.embedding import TOKEN_INFO_DIM
+from atmorep.model.file import unpickling_refused
 from atmorep.model.multiformer import FieldGeometry, Multiformer
 
 #: the original's field names -> ours (cfgrib names, ``data.fields``); others are kept
@@ -79,7 +80,7 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     except pickle.UnpicklingError as exc:
         raise OriginalFormatError(
             f"{path}: refused: reading it needs more than tensors and plain containers (it would run "
-            f"pickled code; torch says: {str(exc).splitlines()[0]}). Re-save its state_dict with "
+            f"pickled code: {unpickling_refused(exc)}). Re-save its state_dict with "
             "torch.save(model.state_dict()) in a trusted environment"
         ) from None
     except Exception as exc:  # a truncated or foreign file
@@ -362,6 +363,48 @@ def suggested_config(model: Multiformer, extra: dict) -> dict:
     return out
 
 
+def original_card(weights: str | Path, config: str | Path, extra: dict) -> dict:
+    """The card of an imported model, from the original's JSON: where it came from (both files'
+    sha256), its training and validation years, its normalization (the original keeps its statistics
+    beside its data, ``file_path``: named, not pinned by a digest) and its training settings."""
+    import hashlib
+
+    cf = read_config(config)
+
+    def sha256(path: str | Path) -> str:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while block := f.read(16 << 20):
+                h.update(block)
+        return h.hexdigest()
+
+    def years(key: str) -> list[str] | None:
+        ys = [int(y) for y in cf.get(key) or []]
+        return [f"{min(ys)}-01-01T00", f"{max(ys)}-12-31T23"] if ys else None
+
+    local = set(extra.get("local", []))
+    return {
+        "original": {
+            "weights": str(weights),
+            "weights_sha256": sha256(weights),
+            "config": str(config),
+            "config_sha256": sha256(config),
+            **extra,
+            "json": cf,
+        },
+        "periods": {"train": years("years_train"), "validation": years("years_val")},
+        "normalization": {
+            f: {"method": "local" if f in local else "global", "stores": {}, "source": cf.get("file_path")}
+            for f in extra["levels"]
+        },
+        "training": {
+            "steps": None,  # the original logs epochs of samples, not optimizer steps
+            **{k: cf.get(k) for k in ("num_epochs", "num_samples_per_epoch", "batch_size", "lr_max", "rng_seed")},
+            "final": {},
+        },
+    }
+
+
 def import_original(
     weights: str | Path,
     config: str | Path,
@@ -375,7 +418,7 @@ def import_original(
     from atmorep.model.file import save_model
 
     model, extra = convert(weights, config, rename)
-    save_model(output, model, extra={"original": {"weights": str(weights), "config": str(config), **extra}})
+    save_model(output, model, card=original_card(weights, config, extra))
     text = yaml.safe_dump(suggested_config(model, extra), sort_keys=False, default_flow_style=None)
     if config_out:
         Path(config_out).write_text(text)
