@@ -1,4 +1,4 @@
-# atmorep: acquire -> normalize -> shard -> pretrain -> evaluate, embed
+# atmorep: acquire -> normalize -> shard -> pretrain -> evaluate, embed, finetune
 # Run: snakemake --profile profiles/local   (or `make run`); dry run: snakemake -n
 import os
 
@@ -24,6 +24,7 @@ include: "workflow/rules/shard.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/embed.smk"
+include: "workflow/rules/finetune.smk"
 include: "workflow/rules/plan.smk"
 
 
@@ -32,6 +33,8 @@ rule all:
     input:
         rules.evaluate.output,
         rules.embed.output,
+        expand(rules.finetune.output.scores, task=FINETUNE_TASKS),
+        expand(rules.finetune.output.head, task=FINETUNE_TASKS),
         # the model and the shards it was trained on are targets too: after a killed forced run deleted
         # them, a plain rerun rebuilds them (and what depends on them) instead of "Nothing to be done"
         rules.pretrain.output,

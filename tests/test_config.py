@@ -10,7 +10,18 @@ from atmorep import config as C
 REPO_CONFIG = C.schema_path().parents[2] / "config" / "config.yaml"
 
 
-def _check_agreement(cls, node, where):
+def _resolve(node, root):
+    """A schema node with its local ``$ref`` (``#/a/b``) followed."""
+    if "$ref" in node and "properties" not in node:
+        for key in node["$ref"].removeprefix("#/").split("/"):
+            root = root[key]
+        return root
+    return node
+
+
+def _check_agreement(cls, node, where, root=None):
+    root = root or node
+    node = _resolve(node, root)
     props = node["properties"]
     names = {f.name for f in dataclasses.fields(cls)}
     assert set(props) == names, f"{where}: schema {sorted(props)} vs dataclass {sorted(names)}"
@@ -20,8 +31,11 @@ def _check_agreement(cls, node, where):
         prop = props[f.name]
         assert prop.get("description") or "$ref" in prop, f"{where}.{f.name} has no description"
         if dataclasses.is_dataclass(hints[f.name]):
-            _check_agreement(hints[f.name], prop, f"{where}.{f.name}")
+            _check_agreement(hints[f.name], prop, f"{where}.{f.name}", root)
             continue
+        args = typing.get_args(hints[f.name])
+        if typing.get_origin(hints[f.name]) is dict and args and dataclasses.is_dataclass(args[1]):
+            _check_agreement(args[1], prop["additionalProperties"], f"{where}.{f.name}.*", root)
         if f.default is not dataclasses.MISSING:
             default = f.default
         elif f.default_factory is not dataclasses.MISSING:

@@ -222,6 +222,15 @@ class ModelConfig:
     checkpointing: bool = False
     compat: bool = False
     inputs_only: tuple[str, ...] = ()
+    fields: tuple[str, ...] = ()  # the data fields the model reads; () = all of data.fields
+
+
+def model_fields(data: DataConfig, model: ModelConfig) -> tuple[str, ...]:
+    """The fields the model reads: ``model.fields``, by default every field of ``data.fields``."""
+    unknown = sorted(set(model.fields) - set(data.fields))
+    if unknown:
+        raise ConfigError(f"model.fields names {', '.join(unknown)}, not in data.fields ({', '.join(data.fields)})")
+    return tuple(model.fields) or tuple(data.fields)
 
 
 @dataclass(frozen=True)
@@ -328,6 +337,74 @@ class EmbedConfig:
 
 
 @dataclass(frozen=True)
+class LoraConfig:
+    """Low-rank adapters on a frozen backbone's encoder projections (``backbone: lora``)."""
+
+    rank: int = 4
+    alpha: float = 4.0  # the update is scaled by alpha / rank
+
+
+@dataclass(frozen=True)
+class FinetuneTaskConfig:
+    """One downstream task: a head on a pretrained backbone for a target it never predicted."""
+
+    target: str
+    head: str = "mlp"
+    backbone: str = "frozen"
+    layers: tuple[int, ...] = (-1,)
+    inputs: tuple[str, ...] = ()
+    trainable_layers: int = 1
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    target_shards: tuple[str, ...] = ()
+    hidden: int = 128
+    depth: int = 2
+    latents: int = 16
+    heads: int = 4
+    ensemble: int = 1
+    loss: tuple[str, ...] = ("mse",)
+    dropout: float = 0.0
+
+    def check(self, name: str) -> None:
+        """What the task's settings alone decide (at workflow start and when it trains)."""
+        where = f"finetune.tasks.{name}"
+        if self.ensemble < 2 and (bad := [t for t in self.loss if t in ("stats", "crps", "gaussian_crps")]):
+            raise ConfigError(f"{where}.loss {bad} needs an ensemble: set {where}.ensemble to 2 or more")
+        if self.head == "perceiver" and self.hidden % self.heads:
+            raise ConfigError(f"{where}.hidden {self.hidden} is not divisible by {where}.heads {self.heads}")
+
+
+@dataclass(frozen=True)
+class FinetuneEvaluateConfig:
+    """The held-out period a task's head is scored on, against climatology and a linear model."""
+
+    start: str | None = None
+    end: str | None = None
+    samples: int = 64
+    batch_size: int = 16
+    bootstrap_iterations: int = 1000
+    climatology_window_hours: int = 6
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Heads for new targets on a pretrained backbone (``atmorep finetune``), trained on the same engine."""
+
+    backbone: str | None = None
+    tasks: dict[str, FinetuneTaskConfig] = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: FinetuneEvaluateConfig = field(default_factory=FinetuneEvaluateConfig)
+
+    def check_train(self) -> None:
+        """finetune.train's keys that belong to pretraining only must stay unset."""
+        unused = [k for k in ("masking", "loss", "init_from") if getattr(self.train, k) != getattr(TrainConfig(), k)]
+        if unused:
+            raise ConfigError(
+                f"finetune.train.{', finetune.train.'.join(unused)} do not apply to fine-tuning (a head reads every "
+                "token; its loss is finetune.tasks.*.loss; its start is finetune.backbone): remove them"
+            )
+
+
+@dataclass(frozen=True)
 class SoftwareConfig:
     """Environment modules loaded before each group of rules under ``snakemake
     --software-deployment-method env-modules`` (Lmod/Environment Modules names, set by a site)."""
@@ -350,6 +427,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     software: SoftwareConfig = field(default_factory=SoftwareConfig)
 
 
@@ -379,6 +457,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "train": ("seed", "data", "model", "train"),
     "evaluate": ("seed", "data", "evaluate"),  # no model section: evaluate reads it from model.safetensors
     "embed": ("data", "embed"),  # likewise; nothing random, so no seed
+    "finetune": ("seed", "data", "finetune"),  # the backbone's architecture comes from its model file
 }
 
 

@@ -60,10 +60,12 @@ def load_model_file(path: str | Path) -> ModelFile:
 
 
 def from_config(cfg: Config, description: str = "") -> ModelFile:
-    """The model and geometry a run configuration trains (levels from data, token size from shard)."""
+    """The model and geometry a run configuration trains (its ``model.fields``; levels from data, token
+    size from shard)."""
     tokens = C.tokens_per_field(cfg)
     fields = {
-        f: FieldGeometry(len(s.levels), cfg.shard.token_size_for(f), tokens[f]) for f, s in cfg.data.fields.items()
+        f: FieldGeometry(len(cfg.data.fields[f].levels), cfg.shard.token_size_for(f), tokens[f])
+        for f in C.model_fields(cfg.data, cfg.model)
     }
     return ModelFile(cfg.model, fields, description=description)
 

@@ -16,14 +16,22 @@ the keys and the numbers:
   heads, coupling, depths and the attention layers evaluation captures);
 - the token sizes tile the neighbourhood, and the grid after crop (data.area; when the config decides
   it: data.grid, the cds default, the sample's) keeps whole tokens of every field (as the shard stage
-  crops it) and holds one window.
+  crops it) and holds one window;
+- model.fields are data fields, and the model's coupling, widths and inputs-only fields are among them;
+- finetune: every task's target has shards (a data field, or target_shards that exist, hold it and
+  nest in the backbone's tokens when the grid is known), is not a field the backbone reads on the same
+  grid, its inputs and layers exist (a backbone trained here), its loss fits its ensemble; the
+  fine-tuning train and test periods lie in the campaign, are disjoint (the test period also from
+  pretraining's) and hold a window; finetune.train sets no pretraining-only key.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-from atmorep.config import Config, ConfigError, parse_time, tokens_per_field
+from atmorep.config import Config, ConfigError, model_fields, parse_time, tokens_per_field
 
 
 def check(cfg: Config) -> None:
@@ -49,6 +57,7 @@ def problems(cfg: Config) -> list[str]:
         found += modelfile.problems(cfg)
     found += _windows_in_time(cfg)
     found += _window_on_grid(cfg)
+    found += _finetune(cfg)
     return found
 
 
@@ -73,11 +82,26 @@ def _unknown_fields(cfg: Config) -> list[str]:
     for key, names in named.items():
         if unknown := sorted(set(names) - fields):
             out.append(f"{key} names {', '.join(unknown)}, not in data.fields ({', '.join(cfg.data.fields)})")
+    try:
+        read = set(model_fields(cfg.data, cfg.model))
+    except ConfigError as exc:
+        return [*out, str(exc)]
+    model_named = {
+        "model.coupling": [*cfg.model.coupling, *(f for v in cfg.model.coupling.values() for f in v)],
+        "model.field_dims": list(cfg.model.field_dims),
+        "model.inputs_only": list(cfg.model.inputs_only),
+    }
+    for key, names in model_named.items():
+        if unknown := sorted((set(names) & fields) - read):
+            out.append(f"{key} names {', '.join(unknown)}, not in model.fields ({', '.join(sorted(read))})")
     return out
 
 
 def _period(cfg: Config, stage: str) -> tuple[np.datetime64, np.datetime64, str]:
-    sec = getattr(cfg, stage)
+    """(start, end, words) of the section at the dotted path ``stage`` (e.g. finetune.train)."""
+    sec: Any = cfg
+    for part in stage.split("."):
+        sec = getattr(sec, part)
     start, end = parse_time(sec.start or cfg.data.start), parse_time(sec.end or cfg.data.end)
     keys = f"{stage}.start .. {stage}.end" + (" (default: the campaign)" if not (sec.start or sec.end) else "")
     return start, end, f"{keys} {_t(start)} .. {_t(end)}"
@@ -89,21 +113,27 @@ def _t(t: np.datetime64) -> str:
 
 def _periods(cfg: Config) -> list[str]:
     d0, d1 = cfg.data.period
-    out = []
     if d1 < d0:
         return [f"data.end {_t(d1)} is before data.start {_t(d0)}"]
-    spans = {s: _period(cfg, s) for s in ("train", "evaluate")}
-    for start, end, what in spans.values():
+    pairs = [("train", "evaluate")]
+    if cfg.finetune.tasks:
+        pairs.append(("finetune.train", "finetune.evaluate"))
+        if cfg.finetune.backbone is None:  # trained here: the test period is held out from pretraining too
+            pairs.append(("train", "finetune.evaluate"))
+    out: list[str] = []
+    for stage in dict.fromkeys(s for pair in pairs for s in pair):
+        start, end, what = _period(cfg, stage)
         if end < start:
             out.append(f"{what}: the end is before the start")
         elif start > d1 or end < d0:
             out.append(f"{what} lies outside the campaign data.start .. data.end {_t(d0)} .. {_t(d1)}")
-    (a0, a1, train), (b0, b1, evaluate) = spans["train"], spans["evaluate"]
-    if max(a0, b0) <= min(a1, b1):  # inclusive ends: sharing one instant is an overlap
-        out.append(
-            f"{train} and {evaluate} overlap ({_t(max(a0, b0))} .. {_t(min(a1, b1))}): evaluation would "
-            "score the training period; make them disjoint"
-        )
+    for first, second in pairs:
+        (a0, a1, train), (b0, b1, evaluate) = _period(cfg, first), _period(cfg, second)
+        if max(a0, b0) <= min(a1, b1):  # inclusive ends: sharing one instant is an overlap
+            out.append(
+                f"{train} and {evaluate} overlap ({_t(max(a0, b0))} .. {_t(min(a1, b1))}): evaluation would "
+                "score the training period; make them disjoint"
+            )
     return out
 
 
@@ -150,7 +180,8 @@ def _windows_in_time(cfg: Config) -> list[str]:
     times, what_steps = known
     (nt, _, _), sizes = _extent(cfg)
     out = []
-    for stage in ("train", "evaluate"):
+    stages = ("train", "evaluate") + (("finetune.train", "finetune.evaluate") if cfg.finetune.tasks else ())
+    for stage in stages:
         start, end, what = _period(cfg, stage)
         n = int(((times >= start) & (times <= end)).sum())
         if n < nt:
@@ -208,3 +239,73 @@ def _window_on_grid(cfg: Config) -> list[str]:
             f"{cfg.model.num_tokens[2]} x {sizes[2]} = {ny} x {nx} points"
         ]
     return []
+
+
+def _finetune(cfg: Config) -> list[str]:
+    """The finetune tasks' targets, inputs, layers and losses, as far as the configuration decides them."""
+    if not cfg.finetune.tasks:
+        return []
+    out = []
+    try:
+        cfg.finetune.check_train()
+    except ConfigError as exc:
+        out.append(str(exc))
+    here = cfg.finetune.backbone is None  # the backbone is this run's: its fields and layers are known
+    read = model_fields(cfg.data, cfg.model) if not set(cfg.model.fields) - set(cfg.data.fields) else ()
+    for name, task in cfg.finetune.tasks.items():
+        where = f"finetune.tasks.{name}"
+        try:
+            task.check(name)
+        except ConfigError as exc:
+            out.append(str(exc))
+        if task.target_shards:
+            out += _target_shards(cfg, name, task)
+        elif task.target not in cfg.data.fields:
+            out.append(
+                f"{where}.target '{task.target}' is not in data.fields ({', '.join(cfg.data.fields)}): it would have "
+                f"no shards; add it to data.fields (and keep it out of model.fields) or name {where}.target_shards"
+            )
+        elif here and task.target in read:
+            out.append(
+                f"{where}.target '{task.target}' is a field the backbone reads (model.fields) on the same grid: the "
+                "head would see its own target; leave it out of model.fields, or use a finer grid (target_shards)"
+            )
+        if not here:
+            continue
+        if unknown := sorted(set(task.inputs) - set(read)):
+            out.append(f"{where}.inputs names {', '.join(unknown)}, not in model.fields ({', '.join(read)})")
+        n = cfg.model.encoder_layers
+        if bad := [layer for layer in task.layers if not -n <= layer < n]:
+            out.append(f"{where}.layers {bad}: model.encoder_layers is {n} (layers 0..{n - 1}, or -{n}..-1)")
+    return out
+
+
+def _target_shards(cfg: Config, name: str, task) -> list[str]:
+    """Target stores on another grid: present, of the target field, nesting in the backbone's tokens."""
+    from atmorep.data import shards
+    from atmorep.data.targets import nesting
+    from atmorep.errors import DataError
+    from atmorep.formats import zarrv3
+
+    where = f"finetune.tasks.{name}.target_shards"
+    out = []
+    for p in task.target_shards:
+        try:
+            ds = zarrv3.open_dataset(p)
+        except (OSError, ValueError, KeyError):
+            out.append(f"{where}: {p} is not a shard store (missing or unreadable); build it first (atmorep shard)")
+            continue
+        if ds.attrs.get("field") != task.target:
+            out.append(f"{where}: {p} holds field '{ds.attrs.get('field')}', not the target '{task.target}'")
+            continue
+        grid = _grid(cfg)
+        if grid is None:
+            continue  # the backbone's grid comes with its files: the finetune stage checks the nesting
+        lats, lons, _ = grid
+        field = next(iter(model_fields(cfg.data, cfg.model)))
+        try:
+            rows, cols = shards.crop(cfg.data, cfg.shard, field, lats, lons)
+            nesting(lats[rows], lons[cols], ds["latitude"].values, ds["longitude"].values, str(p))
+        except DataError as exc:
+            out.append(f"{where}: {exc}")
+    return out

@@ -79,7 +79,11 @@ def test_dry_run_of_the_demo_run_configuration(capsys):
     assert cli.main(["train", "--dry-run", "--config", str(demo)]) == 0
     out = capsys.readouterr().out
     cfg = C.load(demo)
-    geo = {f: FieldGeometry(len(s.levels), cfg.shard.token_size) for f, s in cfg.data.fields.items()}
+    # the fields the model reads (model.fields; the demo keeps tp, a finetune target, out of it)
+    geo = {
+        f: FieldGeometry(len(cfg.data.fields[f].levels), cfg.shard.token_size)
+        for f in C.model_fields(cfg.data, cfg.model)
+    }
     assert f"parameters: {sum(p.numel() for p in Multiformer(cfg.model, geo).parameters()):,}" in out
 
 

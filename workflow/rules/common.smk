@@ -38,6 +38,7 @@ RUN = CFG.run
 RES = f"resources/{RUN}"
 LOGS = f"logs/{RUN}"
 FIELDS = list(CFG.data.fields)
+MODEL_FIELDS = list(atmorep_config.model_fields(CFG.data, CFG.model))  # what the backbone reads (model.fields)
 MONTHS = CFG.data.months()
 YEARS = CFG.data.years()
 
@@ -51,8 +52,14 @@ def months_of(year):
     return [m for m in MONTHS if m.startswith(f"{year}-")]
 
 
-def shard_stores(wildcards=None):
-    return expand(f"{RES}/shards/{{field}}/{{year}}.zarr", field=FIELDS, year=YEARS)
+def shard_stores(wildcards=None, fields=None):
+    return expand(f"{RES}/shards/{{field}}/{{year}}.zarr", field=fields or FIELDS, year=YEARS)
+
+
+def model_stores(wildcards=None):
+    """The shard stores of the model's fields: a field kept out of the backbone (a finetune target) is not
+    an input of pretraining or evaluation."""
+    return shard_stores(fields=MODEL_FIELDS)
 
 
 # --- acquire / normalize helpers --------------------------------------------------------------
@@ -94,3 +101,31 @@ def evaluate_figure(name, caption, subcategory, field=None):
     labels = {"figure": subcategory, **({"field": field} if field else {})}
     return report(f"results/{RUN}/evaluate/{name}.png", caption=f"../report/{caption}.rst",
                   category="Evaluation", subcategory=subcategory, labels=labels)
+
+
+# --- finetune helpers -------------------------------------------------------------------------
+
+FINETUNE = f"results/{RUN}/finetune"
+FINETUNE_TASKS = list(CFG.finetune.tasks)
+
+
+def finetune_params(wildcards):
+    """The task's own slice (seed, data, finetune with only this task): a change to one task reruns it alone."""
+    raw = atmorep_config.stage_slice(config, "finetune")
+    section = dict(raw.get("finetune") or {})
+    section["tasks"] = {wildcards.task: section["tasks"][wildcards.task]}
+    return json.dumps({**raw, "finetune": section}, sort_keys=True)
+
+
+def finetune_shards(wildcards):
+    """The backbone's shard stores (this run's model fields; every field for another backbone) and the
+    target's when it is a field of this run (not target_shards)."""
+    task = CFG.finetune.tasks[wildcards.task]
+    fields = MODEL_FIELDS if CFG.finetune.backbone is None else FIELDS
+    target = [] if task.target_shards or task.target in fields else [task.target]
+    return shard_stores(fields=fields + target)
+
+
+def finetune_figure(name, caption, subcategory):
+    return report(f"{FINETUNE}/{{task}}/{name}", caption=f"../report/{caption}.rst", category="Fine-tuning",
+                  subcategory=subcategory, labels={"task": "{task}", "figure": subcategory})

@@ -8,7 +8,7 @@ rule embed:
     where it is most central, written slab by slab into embeddings.zarr (atmorep.eval.embed)."""
     input:
         model=rules.pretrain.output.model,
-        shards=shard_stores(),
+        shards=model_stores(),  # the model's fields (a finetune target, e.g. tp, is no input)
     output:
         store=directory(f"{EMBED}/embeddings.zarr"),
         case_study=[

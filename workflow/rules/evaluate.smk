@@ -3,7 +3,7 @@
 # report() so that `snakemake --report report.html` gathers them with the captions in workflow/report/.
 EVAL = f"results/{RUN}/evaluate"
 ATTENTION_FIELDS = (
-    (list(CFG.evaluate.attention.fields) or FIELDS[:1])
+    (list(CFG.evaluate.attention.fields) or MODEL_FIELDS[:1])
     if CFG.evaluate.attention.layers and CFG.evaluate.attention.samples
     else []
 )
@@ -14,7 +14,7 @@ rule evaluate:
     """Run evaluate.mode on held-out windows; scores vs persistence/climatology/linear, products, figures."""
     input:
         model=rules.pretrain.output.model,
-        shards=shard_stores(),
+        shards=model_stores(),
     output:
         scores=report(f"{EVAL}/scores.csv", caption="../report/scores.rst", category="Evaluation",
                       subcategory="Tables", labels={"table": "scores"}),
@@ -28,9 +28,9 @@ rule evaluate:
         sample_scores=directory(f"{EVAL}/sample_scores.zarr"),
         climatology=directory(f"{EVAL}/climatology.zarr"),
         wb2=[directory(f"{EVAL}/{name}.zarr") for name in WB2],
-        maps=[evaluate_figure(f"forecast_{f}", "forecast_map", "Maps", f) for f in FIELDS],
-        leads=[evaluate_figure(f"scores_{f}", "scores_vs_lead", "Scores against lead", f) for f in FIELDS],
-        ranks=[evaluate_figure(f"rank_histogram_{f}", "rank_histogram", "Rank histograms", f) for f in FIELDS],
+        maps=[evaluate_figure(f"forecast_{f}", "forecast_map", "Maps", f) for f in MODEL_FIELDS],
+        leads=[evaluate_figure(f"scores_{f}", "scores_vs_lead", "Scores against lead", f) for f in MODEL_FIELDS],
+        ranks=[evaluate_figure(f"rank_histogram_{f}", "rank_histogram", "Rank histograms", f) for f in MODEL_FIELDS],
         skill=evaluate_figure("skill", "skill", "Skill against baselines"),
         scorecard=evaluate_figure("scorecard", "scorecard", "Skill against baselines"),
         power_spectra=evaluate_figure("spectra", "spectra", "Spectra"),

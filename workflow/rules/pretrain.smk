@@ -7,7 +7,7 @@ rule pretrain:
     results/{run}/train/checkpoints. With train.init_from (fine-tuning) that model file is an input.
     """
     input:
-        shards=shard_stores(),
+        shards=model_stores(),
         init=CFG.train.init_from or [],  # fine-tuning: a changed starting model reruns the training
     output:
         model=f"results/{RUN}/train/model.safetensors",

@@ -25,14 +25,21 @@ class SphereSampler:
     below ``len(grid)`` or the weights flatten out.
     """
 
-    def __init__(self, grid: WindowGrid, samples: int, seed: int):
-        if not 1 <= samples <= len(grid):
-            raise DataError(f"cannot draw {samples} distinct windows from {len(grid)} windows")
+    def __init__(self, grid: WindowGrid, samples: int, seed: int, candidates: np.ndarray | None = None):
+        n = len(grid) if candidates is None else len(candidates)
+        if not 1 <= samples <= n:
+            raise DataError(f"cannot draw {samples} distinct windows from {n} windows")
         self.grid, self.samples, self.seed = grid, samples, seed
+        self.candidates = None if candidates is None else np.asarray(candidates, np.int64)
 
     def order(self, epoch: int) -> np.ndarray:
         """The epoch's ``samples`` distinct window indices, in draw order (the same on every rank)."""
         rng = np.random.default_rng([self.seed, epoch])
+        if self.candidates is not None:
+            # A subset of the grid (windows a task can use, a label budget): the same area weights, one draw.
+            _, yi, _ = np.unravel_index(self.candidates, self.grid.shape)
+            p = self.grid.weights[yi] / self.grid.weights[yi].sum()
+            return rng.choice(self.candidates, size=self.samples, replace=False, p=p)
         nt, ny, nx = self.grid.shape
         chosen, count = [], 0
         while count < self.samples:
@@ -61,13 +68,21 @@ class StepBatches:
     same global batch size reads the same windows.
     """
 
-    def __init__(self, dataset: WindowDataset, seed: int, global_batch: int, epoch_steps: int):
-        n = len(dataset.windows)
+    def __init__(
+        self,
+        dataset: WindowDataset,
+        seed: int,
+        global_batch: int,
+        epoch_steps: int,
+        candidates: np.ndarray | None = None,
+    ):
+        """``candidates``: the window indices to draw from (default every window of the dataset)."""
+        n = len(dataset.windows) if candidates is None else len(candidates)
         if n < global_batch:
             raise ValueError(f"{n} training windows are fewer than one global batch of {global_batch}")
         self.global_batch = global_batch
         self.steps_per_epoch = min(epoch_steps, n // global_batch)  # an epoch draws distinct windows
-        self.sampler = SphereSampler(dataset.grid, self.steps_per_epoch * global_batch, seed)
+        self.sampler = SphereSampler(dataset.grid, self.steps_per_epoch * global_batch, seed, candidates)
         self._epoch, self._order = None, None
 
     def order(self, epoch: int) -> np.ndarray:
@@ -76,9 +91,13 @@ class StepBatches:
             self._epoch, self._order = epoch, self.sampler.order(epoch)
         return self._order
 
+    def global_batch_of(self, step: int) -> np.ndarray:
+        """Every window index of ``step`` (all ranks and micro-steps)."""
+        epoch, pos = divmod(step, self.steps_per_epoch)
+        return self.order(epoch)[pos * self.global_batch : (pos + 1) * self.global_batch]
+
     def indices(self, step: int, rank: int, world: int, micro_steps: int) -> list[list[int]]:
         """Window indices of ``rank`` for ``step``: one list per micro-step."""
-        epoch, pos = divmod(step, self.steps_per_epoch)
-        glob = self.order(epoch)[pos * self.global_batch : (pos + 1) * self.global_batch]
+        glob = self.global_batch_of(step)
         # Rank-major, then micro-steps: one rank with k micro-steps reads what k ranks read in one.
         return [part.tolist() for part in np.array_split(glob.reshape(world, -1)[rank], micro_steps)]

@@ -35,22 +35,23 @@ def identity(seed: int, data: DataConfig, model: ModelConfig, cfg: TrainConfig, 
         "data": dataclasses.asdict(data),
         "seed": seed,
         "versions": versions(),
-        "inputs": inputs(stores, cfg),
+        "inputs": inputs(stores, cfg.init_from),
     }
 
 
-def inputs(stores: dict[str, list[str]], cfg: TrainConfig) -> dict:
-    """The identity of what a run trains on: every shard store's (see :func:`shards.identity`) and
-    the starting model's (size and modification time)."""
+def inputs(stores: dict[str, list[str]], start_model: str | None = None, prefix: str = "") -> dict:
+    """The identity of what a run trains on: every shard store's (see :func:`shards.identity`), keyed
+    ``{prefix}{field} {year}``, and the starting model's (``init_from`` or a fine-tune's backbone: size
+    and modification time)."""
     from atmorep.data import shards
 
     out = {}
     for paths in stores.values():
         for p in paths:
             i = shards.identity(p)
-            out[f"{i['field']} {i['year']}"] = {"provenance": i["provenance"], "files": i["files"]}
-    if cfg.init_from and Path(cfg.init_from).is_file():  # a missing one is named when it is loaded
-        st = Path(cfg.init_from).stat()
+            out[f"{prefix}{i['field']} {i['year']}"] = {"provenance": i["provenance"], "files": i["files"]}
+    if start_model and Path(start_model).is_file():  # a missing one is named when it is loaded
+        st = Path(start_model).stat()
         out["init_from"] = [st.st_size, st.st_mtime_ns]
     return out
 

@@ -91,7 +91,10 @@ def schedule(cfg: TrainConfig):
 
 
 def _optimizer(model: torch.nn.Module, cfg: TrainConfig):
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # Only what trains: a frozen backbone's weights get no optimizer state (and, under ZeRO, no flat
+    # fp32 copy), so they stay as loaded, bit for bit.
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(cfg))
 
 

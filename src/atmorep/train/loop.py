@@ -1,4 +1,6 @@
-"""Pretraining: the loop that ties loader, masking, model, loss and engine together.
+"""The training loop that ties loader, model, loss and engine together, for any :class:`Task`:
+:class:`Pretraining` (masking, the multiformer, AtmoRep's loss) and the heads of
+:mod:`atmorep.train.finetune` run on the same engine, checkpoints, signals, metrics and lock.
 
 Everything a step needs is derived from the seed, the step, the rank and the world size: which
 windows it reads (a global batch cut from the epoch's window order, the same on any world size for
@@ -6,26 +8,29 @@ one global batch size), the masks and the dropout draws. A checkpoint therefore 
 engine state and the step, and a resumed run repeats an uninterrupted one bit for bit (same world
 size), or continues it on another world size.
 
-Products in the output directory (rank 0): ``model.safetensors`` (consolidated fp32 weights and the
-model's card: :mod:`atmorep.train.card`), ``metrics.csv``
+Products in the output directory (rank 0): the task's product (pretraining: ``model.safetensors``,
+consolidated fp32 weights and the model's card: :mod:`atmorep.train.card`), ``metrics.csv``
 (one row per step), ``loss.png``, ``tensorboard/`` (:mod:`atmorep.train.metrics`) and ``checkpoints/``
 (DeepSpeed or torch state, with the run's identity in every checkpoint: :mod:`atmorep.train.checkpoint`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from atmorep.config import DataConfig, ModelConfig, TrainConfig, period
+from atmorep.config import DataConfig, ModelConfig, TrainConfig, model_fields, period
 from atmorep.data.dataset import WindowDataset
 from atmorep.data.sampler import StepBatches
 from atmorep.data.tokens import TOKEN_INFO
@@ -78,7 +83,22 @@ def train(
     out_dir: str | Path,
     fresh: bool = False,
 ) -> Path:
-    """Train on the launched ranks; resume from ``out_dir/checkpoints`` unless ``fresh``.
+    """Pretrain on the launched ranks; resume from ``out_dir/checkpoints`` unless ``fresh``.
+
+    Only the stores of ``model.fields`` (default: every field of ``data.fields``) are read; the model
+    file records the fields. ``out_dir`` is locked while the run lasts (see :func:`run`)."""
+    fields = model_fields(data, model_cfg)
+    missing = [f for f in fields if f not in stores]
+    if missing:
+        raise ValueError(f"no shard stores of the model's field(s) {', '.join(missing)} were given (--shards)")
+    model_cfg = dataclasses.replace(model_cfg, fields=fields)  # the file says which fields, never "all"
+    stores = {f: stores[f] for f in fields}
+    return run(lambda: Pretraining(seed, data, model_cfg, cfg, stores), seed, cfg, out_dir, fresh)
+
+
+def run(build: Callable[[], Task], seed: int, cfg: TrainConfig, out_dir: str | Path, fresh: bool = False) -> Path:
+    """Train the task ``build()`` makes on the launched ranks (one process without a launcher);
+    resume from ``out_dir/checkpoints`` unless ``fresh``; returns the product's path.
 
     ``out_dir`` is locked while the run lasts (rank 0 holds ``out_dir/.lock``): a second training into
     it is refused on every rank, naming the holder; the lock of a killed run is taken over."""
@@ -95,7 +115,7 @@ def train(
     if verdict[0] is not None:
         raise Locked(verdict[0])
     try:
-        return _train(Trainer(rank, world, seed, data, model_cfg, cfg, stores, out_dir), fresh)
+        return _train(Trainer(rank, world, seed, cfg, build, out_dir), fresh)
     finally:
         lock.release()
 
@@ -109,18 +129,54 @@ def _train(trainer: Trainer, fresh: bool) -> Path:
     return trainer.export()
 
 
-class Trainer:
-    """One rank's training run, in the order :func:`_train` calls its steps: :meth:`resume` (or
-    start), then per optimizer step :meth:`train_step`, :meth:`log`, :meth:`stop_if_signalled` and
-    :meth:`checkpoint_if_due`, and at the end :meth:`export`."""
+class Task(Protocol):
+    """What a training run trains: its windows, model, loss and product; the :class:`Trainer` supplies
+    the engine, the step plan, checkpoints, signals, metrics and throughput around it."""
 
-    def __init__(self, rank, world, seed, data: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig, stores, out_dir):
-        self.rank, self.world, self.seed, self.cfg, self.data, self.stores = rank, world, seed, cfg, data, stores
-        self.out_dir = Path(out_dir)
-        self.ckpt_dir = self.out_dir / "checkpoints"
-        self.stop = StopSignal()  # after the process group: MPI's start-up may install its own handlers
+    @property
+    def dataset(self) -> WindowDataset:
+        """The windows (the step plan draws from :attr:`candidates`, every window when None)."""
+
+    @property
+    def candidates(self) -> np.ndarray | None: ...
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """What the engine wraps."""
+
+    @property
+    def meta(self) -> dict:
+        """The run's identity (:mod:`atmorep.train.checkpoint`): a checkpoint of another one is not resumed."""
+
+    @property
+    def product(self) -> str:
+        """The file :meth:`save` writes into the output directory."""
+
+    def start(self, rank: int) -> None:
+        """Set up the weights when no checkpoint is resumed (before the engine takes the model)."""
+
+    def meter(self, world: int, device: torch.device, dtype: torch.dtype) -> Throughput:
+        """The throughput meter with this task's model FLOPs."""
+
+    def loss(self, engine, batch: Batch, gen: torch.Generator, meter: Throughput) -> tuple[torch.Tensor, dict]:
+        """One micro-batch's loss (and diagnostics) through ``engine``; ``gen`` for its random draws."""
+
+    def save(
+        self, module: torch.nn.Module, state: dict, out_dir: Path, rows: list[dict], start: int, world: int
+    ) -> Path:
+        """Write the product from the consolidated ``state`` (rank 0); ``rows`` the metrics of every step,
+        ``start`` the step this run started from, ``world`` its ranks."""
+
+
+class Pretraining:
+    """AtmoRep's pretraining: masked tokens of every field through the multiformer, its loss, the model file."""
+
+    product: str = NAME
+    candidates: np.ndarray | None = None
+
+    def __init__(self, seed, data: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig, stores):
+        self.cfg, self.data, self.stores = cfg, data, stores
         self.dataset = WindowDataset(stores, model_cfg.num_tokens, *period(cfg, data))
-        self.plan = StepBatches(self.dataset, seed, cfg.batch_size * cfg.gradient_accumulation * world, cfg.epoch_steps)
         torch.manual_seed(seed)  # the same initial weights on every rank and in every rerun
         self.model = Multiformer(model_cfg, geometry(self.dataset), info_dim=len(TOKEN_INFO))
         if model_cfg.checkpointing:
@@ -129,6 +185,56 @@ class Trainer:
         sizes = {f: g.token_size for f, g in self.model.fields.items()}
         self.strategy = masking.build(cfg.masking, sizes, self.model.predicted)
         self.loss_fn = Loss(cfg.loss)
+
+    def start(self, rank: int) -> None:
+        """Fine-tuning (``train.init_from``): start from a trained model's weights."""
+        if not self.cfg.init_from:
+            return
+        try:
+            load_weights(self.model, self.cfg.init_from)
+        except (OSError, ValueError) as exc:
+            raise type(exc)(f"train.init_from: {exc}") from None
+        if rank == 0:
+            log.info("fine-tuning: weights from %s", self.cfg.init_from)
+
+    def meter(self, world: int, device: torch.device, dtype: torch.dtype) -> Throughput:
+        return Throughput(self.model.cfg, self.model.fields, world, device, dtype)
+
+    def loss(self, engine, batch: Batch, gen: torch.Generator, meter: Throughput) -> tuple[torch.Tensor, dict]:
+        masks = self.strategy(batch, gen)  # on the CPU, with its CPU generator: the same draws on any device
+        meter.add(batch.size, masks)
+        device = distributed.device()  # the model's (a GPU's); the CPU in the tests
+        source = masking.apply(batch, masks).to(device)
+        ens = engine(source.tokens, source.info, {f: m.to(device) for f, m in masks.items()})
+        # Boolean indexing gives the targets in mask.nonzero() order, the order of the model's ensembles;
+        # picked on the CPU, so only the masked tokens travel to the device.
+        return self.loss_fn(ens, {f: batch.tokens[f][masks[f]].to(device) for f in ens})
+
+    def save(
+        self, module: torch.nn.Module, state: dict, out_dir: Path, rows: list[dict], start: int, world: int
+    ) -> Path:
+        path = out_dir / self.product
+        assert isinstance(module, Multiformer)
+        about = card.card(self.meta, self.data, self.cfg, self.stores, rows, start, world)
+        with space_for(path, checkpoint.model_bytes(module)):
+            save_model(path, module, state, about)
+        return path
+
+
+class Trainer:
+    """One rank's training run of a :class:`Task`, in the order :func:`_train` calls its steps:
+    :meth:`resume` (or start), then per optimizer step :meth:`train_step`, :meth:`log`,
+    :meth:`stop_if_signalled` and :meth:`checkpoint_if_due`, and at the end :meth:`export`."""
+
+    def __init__(self, rank, world, seed, cfg: TrainConfig, build: Callable[[], Task], out_dir):
+        self.rank, self.world, self.seed, self.cfg = rank, world, seed, cfg
+        self.out_dir = Path(out_dir)
+        self.ckpt_dir = self.out_dir / "checkpoints"
+        self.stop = StopSignal()  # after the process group: MPI's start-up may install its own handlers
+        self.task = build()
+        self.dataset, self.model, self.meta = self.task.dataset, self.task.model, self.task.meta
+        global_batch = cfg.batch_size * cfg.gradient_accumulation * world
+        self.plan = StepBatches(self.dataset, seed, global_batch, cfg.epoch_steps, self.task.candidates)
         self.bad = BadSteps(self.dataset, cfg.max_bad_steps, world)
 
     def resume(self, fresh: bool) -> None:
@@ -138,8 +244,8 @@ class Trainer:
 
         engine_cls = ENGINES[self.cfg.engine]
         tag, universal = self._resumable(fresh, engine_cls)
-        if tag is None and self.cfg.init_from:
-            self._init_from(self.cfg.init_from)
+        if tag is None:
+            self.task.start(self.rank)
         self.engine = engine_cls(self.model, self.cfg, self.world, universal=universal)
         self.start, rows = self._load(tag) if tag is not None else (0, [])
         board = self.out_dir / "tensorboard" if self.rank == 0 and self.cfg.tensorboard else None
@@ -157,15 +263,6 @@ class Trainer:
             dist.barrier()  # the others load what rank 0 converted
             tag = engine_cls.universal_tag(tag)
         return tag, universal
-
-    def _init_from(self, path: str) -> None:
-        """Fine-tuning: start from a trained model's weights."""
-        try:
-            load_weights(self.model, path)
-        except (OSError, ValueError) as exc:
-            raise type(exc)(f"train.init_from: {exc}") from None
-        if self.rank == 0:
-            log.info("fine-tuning: weights from %s", path)
 
     def _load(self, tag: str) -> tuple[int, list[dict]]:
         """Engine state from checkpoint ``tag``; its step and metrics history."""
@@ -192,8 +289,8 @@ class Trainer:
 
     def steps(self):
         """The steps left to train, with a progress bar on rank 0; starts the loader and the meter."""
-        cfg, model = self.cfg, self.model
-        self.meter = Throughput(model.cfg, model.fields, self.world, distributed.device(), training_dtype(cfg.engine))
+        cfg = self.cfg
+        self.meter = self.task.meter(self.world, distributed.device(), training_dtype(cfg.engine))
         # Every micro-step left in one plan: one loader reads ahead across step boundaries.
         self.micro_plan = [
             m
@@ -242,14 +339,7 @@ class Trainer:
         micro_seed = _seed(self.seed, step, micro, self.rank, self.world)
         gen = torch.Generator().manual_seed(micro_seed)  # masks: their own stream, unmoved by dropout
         torch.manual_seed(micro_seed + 1)  # dropout
-        masks = self.strategy(batch, gen)  # on the CPU, with its CPU generator: the same draws on any device
-        self.meter.add(batch.size, masks)
-        device = distributed.device()  # the model's (a GPU's); the CPU in the tests
-        source = masking.apply(batch, masks).to(device)
-        ens = self.engine(source.tokens, source.info, {f: m.to(device) for f, m in masks.items()})
-        # Boolean indexing gives the targets in mask.nonzero() order, the order of the model's ensembles;
-        # picked on the CPU, so only the masked tokens travel to the device.
-        loss, diags = self.loss_fn(ens, {f: batch.tokens[f][masks[f]].to(device) for f in ens})
+        loss, diags = self.task.loss(self.engine, batch, gen, self.meter)
         return loss, diags, self.engine.step(loss)
 
     def log(self, step: int, row: dict) -> None:
@@ -282,16 +372,15 @@ class Trainer:
         checkpoint.save(self.engine, self.ckpt_dir, done, self.metrics.rows, self.world, self.meta)
 
     def export(self) -> Path:
-        """``model.safetensors`` (consolidated fp32 weights and the card), ``metrics.csv`` and ``loss.png``
-        on rank 0."""
+        """The task's product (pretraining: ``model.safetensors``, consolidated fp32 weights and the card),
+        ``metrics.csv`` and ``loss.png`` on rank 0; the product's path on every rank."""
         state = self.engine.consolidated_state_dict()  # on every rank: ZeRO-3 gathers collectively
         rows, cfg, out_dir = self.metrics.rows, self.cfg, self.out_dir
+        path = out_dir / self.task.product
         if self.rank == 0:
             out_dir.mkdir(parents=True, exist_ok=True)
-            about = card.card(self.meta, self.data, cfg, self.stores, rows, self.start, self.world)
-            with space_for(out_dir / NAME, checkpoint.model_bytes(self.engine.module)):
-                self.metrics.write(out_dir)
-                save_model(out_dir / NAME, self.engine.module, state, about)
+            self.metrics.write(out_dir)
+            path = self.task.save(self.engine.module, state, out_dir, rows, self.start, self.world)
             self.metrics.close()
             if cfg.steps > self.start:
                 log.info(
@@ -306,7 +395,7 @@ class Trainer:
                 )
                 log.info("throughput: %s", self.meter.summary())
         distributed.finish()
-        return out_dir / NAME
+        return path
 
 
 def _seed(seed: int, step: int, micro: int, rank: int, world: int) -> int:

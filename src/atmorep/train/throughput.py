@@ -91,11 +91,29 @@ class Throughput:
         fields = {
             f: g if g.num_tokens else type(g)(g.levels, g.token_size, model_cfg.num_tokens) for f, g in fields.items()
         }
-        self.n_tokens = summary.tokens(model_cfg, fields)
         terms = summary.flop_terms(model_cfg, fields)
         # Forward + backward as summary.training_flops; the tail counted per masked token in add()
-        self.sample_flops = sum(2 * e + 3 * b for e, b, _ in terms.values())
-        self.tail_flops = {f: 3 * t for f, (_, _, t) in terms.items()}
+        self._start(
+            sum(summary.tokens(model_cfg, fields).values()),
+            sum(2 * e + 3 * b for e, b, _ in terms.values()),
+            {f: 3 * t for f, (_, _, t) in terms.items()},
+            world,
+            device,
+            dtype,
+            peak,
+        )
+
+    @classmethod
+    def counted(
+        cls, tokens: int, sample_flops: float, world: int, device: torch.device, dtype, peak: float | None = None
+    ) -> Throughput:
+        """A meter for another model: ``tokens`` and training ``sample_flops`` per sample, counted by the caller."""
+        meter = cls.__new__(cls)
+        meter._start(tokens, sample_flops, {}, world, device, dtype, peak)
+        return meter
+
+    def _start(self, tokens: int, sample_flops: float, tail_flops: dict, world, device, dtype, peak) -> None:
+        self.n_tokens, self.sample_flops, self.tail_flops = tokens, sample_flops, tail_flops
         self.world, self.device = world, device
         if dist.is_initialized():
             dist.barrier()  # ranks sharing cores measure together, as they will train
@@ -113,7 +131,7 @@ class Throughput:
     def add(self, batch_size: int, masks: dict[str, torch.Tensor]) -> None:
         tail = sum(self.tail_flops[f] * int(m.sum()) for f, m in masks.items())
         self._local += torch.tensor(
-            [batch_size, batch_size * sum(self.n_tokens.values()), batch_size * self.sample_flops + tail],
+            [batch_size, batch_size * self.n_tokens, batch_size * self.sample_flops + tail],
             dtype=torch.float64,
         )
 
