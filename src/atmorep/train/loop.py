@@ -23,7 +23,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 import numpy as np
 import torch
@@ -46,6 +46,9 @@ from atmorep.train.launch import EXIT_REQUEUE  # 75: "run me again, I will resum
 from atmorep.train.losses import Loss
 from atmorep.train.metrics import MetricsLog
 from atmorep.train.throughput import Throughput, training_dtype
+
+if TYPE_CHECKING:  # the engines' module is imported when training starts (it loads deepspeed)
+    from atmorep.train.engine import DeepSpeedEngine, TorchEngine
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +249,8 @@ class Trainer:
         tag, universal = self._resumable(fresh, engine_cls)
         if tag is None:
             self.task.start(self.rank)
-        self.engine = engine_cls(self.model, self.cfg, self.world, universal=universal)
+        engine = engine_cls(self.model, self.cfg, self.world, universal=universal)
+        self.engine = cast("DeepSpeedEngine | TorchEngine", engine)
         self.start, rows = self._load(tag) if tag is not None else (0, [])
         board = self.out_dir / "tensorboard" if self.rank == 0 and self.cfg.tensorboard else None
         self.metrics = MetricsLog(rows, tensorboard=board)
@@ -313,7 +317,8 @@ class Trainer:
     def train_step(self, step: int) -> dict:
         """One optimizer step over ``gradient_accumulation`` micro-batches; its metrics."""
         t0 = time.perf_counter()
-        wait, losses, diags, seen = 0.0, [], {}, []
+        wait, losses, seen = 0.0, [], []
+        diags: dict = {}
         for micro in range(self.cfg.gradient_accumulation):
             tw = time.perf_counter()
             batch = next_batch(self.batches)
@@ -380,6 +385,7 @@ class Trainer:
         if self.rank == 0:
             out_dir.mkdir(parents=True, exist_ok=True)
             self.metrics.write(out_dir)
+            assert state is not None  # rank 0 holds the consolidated weights
             path = self.task.save(self.engine.module, state, out_dir, rows, self.start, self.world)
             self.metrics.close()
             if cfg.steps > self.start:
