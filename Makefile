@@ -9,12 +9,13 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: setup run test format clean help
+.PHONY: setup run test format schema clean help
 
 help:
 	@echo "make run    set up .venv and run the whole pipeline on the embedded ERA5 sample (results/demo/)"
 	@echo "make test   set up .venv and run the test suite"
-	@echo "make format ruff: fix what it can, format the tree"
+	@echo "make format ruff and snakefmt: fix what they can, format the tree and the workflow files"
+	@echo "make schema write workflow/schemas/config.schema.yaml from src/atmorep/config.py (generated, never edited)"
 	@echo "make clean  remove outputs (resources/, results/, logs/, .snakemake/)"
 
 setup: $(VENV)/.installed
@@ -30,16 +31,26 @@ $(VENV)/.installed: pyproject.toml
 run: setup
 	snakemake --profile profiles/local
 
-# lint and format check first (seconds), then the suite
+# the workflow files snakefmt formats (rules and the Snakefile)
+WORKFLOW_FILES := Snakefile $(wildcard workflow/rules/*.smk)
+
+# lint, format, types and workflow format first (seconds), then the suite
 test: setup
 	ruff check .
 	ruff format --check .
+	mypy
+	snakefmt --check $(WORKFLOW_FILES)
 	@pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure here"; fi; exit $$rc
 
 format: setup
 	ruff check --fix .
 	ruff format .
+	snakefmt $(WORKFLOW_FILES)
+
+# the JSON schema Snakemake validates with, generated from the configuration's one declaration
+schema: setup
+	$(BIN)/python -m atmorep.schema --write
 
 clean:
 	rm -rf resources results logs .snakemake

@@ -24,7 +24,7 @@ import time
 import torch
 from _checks import require
 
-from atmorep import modelfile
+from atmorep import architectures
 from atmorep.config import LossConfig, MaskingConfig
 from atmorep.model import masking, summary
 from atmorep.model.batch import Batch
@@ -34,7 +34,7 @@ from atmorep.train.losses import Loss
 from atmorep.train.throughput import Throughput
 
 
-def select(spec: modelfile.ModelFile, fields: str) -> modelfile.ModelFile:
+def select(spec: architectures.ModelFile, fields: str) -> architectures.ModelFile:
     """The model file restricted to ``fields`` (comma-separated, or 'all'), coupling pruned to them."""
     if fields == "all":
         return spec
@@ -49,7 +49,7 @@ def select(spec: modelfile.ModelFile, fields: str) -> modelfile.ModelFile:
     return dataclasses.replace(spec, model=model, fields={f: spec.fields[f] for f in keep})
 
 
-def random_batch(spec: modelfile.ModelFile, batch_size: int, device) -> Batch:
+def random_batch(spec: architectures.ModelFile, batch_size: int, device) -> Batch:
     tokens, info = {}, {}
     for f, g in spec.geometry().items():
         shape = (batch_size, g.levels, *(g.num_tokens or spec.model.num_tokens))
@@ -78,7 +78,7 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = True
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
-    spec = select(modelfile.load_any(args.config), args.fields)
+    spec = select(architectures.load_any(args.config), args.fields)
     cfg = dataclasses.replace(spec.model, checkpointing=args.checkpointing, compat=False)
     geometry = spec.geometry()
     model = Multiformer(cfg, geometry).to(device).train()

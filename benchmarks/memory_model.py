@@ -58,11 +58,11 @@ QUICK = ("demo zero2",)
 
 
 def model_and_geometry(name: str):
-    from atmorep import modelfile
+    from atmorep import architectures
     from atmorep.model.multiformer import FieldGeometry
 
     overrides, fields, _ = CONFIGS[name]
-    spec = modelfile.load_any(REPO / "config" / "config.yaml")
+    spec = architectures.load_any(REPO / "config" / "config.yaml")
     cfg = dataclasses.replace(spec.model, **overrides)
     if fields is None:
         return cfg, spec.geometry()

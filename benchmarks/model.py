@@ -19,7 +19,7 @@ import time
 import torch
 from _checks import require
 
-from atmorep import modelfile
+from atmorep import architectures
 from atmorep.config import LossConfig, MaskingConfig
 from atmorep.model import masking, summary
 from atmorep.model.batch import Batch
@@ -27,7 +27,7 @@ from atmorep.model.multiformer import Multiformer
 from atmorep.train.losses import Loss
 
 
-def random_batch(spec: modelfile.ModelFile, batch_size: int, gen: torch.Generator) -> Batch:
+def random_batch(spec: architectures.ModelFile, batch_size: int, gen: torch.Generator) -> Batch:
     """Normal token values and uniform token info in each field's window shape."""
     tokens, info = {}, {}
     for f, g in spec.geometry().items():
@@ -59,7 +59,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    spec = modelfile.load_any(args.config)
+    spec = architectures.load_any(args.config)
     cfg = dataclasses.replace(spec.model, dropout=0.0, checkpointing=False)
     geometry = spec.geometry()
     torch.manual_seed(0)

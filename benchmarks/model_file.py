@@ -31,7 +31,7 @@ import torch
 from _checks import require
 from safetensors.torch import load_file
 
-from atmorep import modelfile
+from atmorep import architectures
 from atmorep.model import file as F
 from atmorep.model.multiformer import Multiformer
 
@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="the demo's small model, one repeat")
     args = ap.parse_args(argv)
     path, repeats = (REPO / "config" / "config.yaml", 1) if args.quick else (args.model, args.repeats)
-    spec = modelfile.load_any(path)
+    spec = architectures.load_any(path)
     torch.manual_seed(0)
     model = Multiformer(spec.model, spec.geometry())
     state = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}

@@ -97,7 +97,13 @@ def test_moments_and_climatology_are_subcommands_equal_to_the_library(sample_pro
         {
             "data": {"fields": {"t2m": {"levels": [0]}}, "start": data.start, "end": data.end},
             "normalize": {
-                "climatology": {"fields": ["t2m"], "start": data.start, "end": data.end, "by_calendar_month": True}
+                # months, YYYY-MM (the schema's pattern, which --params is held to as well)
+                "climatology": {
+                    "fields": ["t2m"],
+                    "start": data.start[:7],
+                    "end": data.end[:7],
+                    "by_calendar_month": True,
+                }
             },
         }
     )

@@ -5,8 +5,8 @@ from conftest import REPO
 from tests_helpers import atmorep
 
 from atmorep import config as C
+from atmorep.architectures import load_any
 from atmorep.model.summary import parameter_count
-from atmorep.modelfile import load_any
 from atmorep.plan import GRIB1_HEADER, load_profile, plan
 
 CAMPAIGNS = sorted((REPO / "config" / "campaigns").glob("*.yaml"))

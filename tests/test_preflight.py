@@ -118,7 +118,7 @@ def test_token_sizes_must_tile_and_named_fields_must_exist():
 
 
 def test_climatology_months_lie_in_the_campaign():
-    clim = {"fields": ["t"], "start": "2020-12-01", "end": "2021-01-31"}
+    clim = {"fields": ["t"], "start": "2020-12", "end": "2021-01"}  # months: YYYY-MM (the schema)
     assert _problems(_example(**{"normalize.climatology": clim})) == [
         "normalize.climatology months 2020-12 .. 2020-12 lie outside the campaign data.start .. data.end "
         "2021-01-01T00 .. 2021-01-31T23"
@@ -160,7 +160,7 @@ NAME_MISTAKES = {
 def test_field_and_run_names_are_names(case):
     changes, message = NAME_MISTAKES[case]
     with pytest.raises(C.ConfigError, match=re.escape(message)):
-        C.validate_schema(_example(**changes))
+        C.build(C.Config, _example(**changes))  # the declaration's patterns (the schema is generated from them)
 
 
 @pytest.mark.parametrize("case", list(MODEL_MISTAKES))
@@ -300,3 +300,6 @@ def test_workflow_start_refuses_in_seconds_writing_nothing(tmp_path):
         assert f"invalid configuration ({cfg}):" in r.stdout + r.stderr  # where the keys came from
         assert time.perf_counter() - t0 < 60
         assert not (work / "resources").exists() and not (work / "results").exists()
+    # --config on top of a config file: both are named (`A or B + C` used to drop "--config" here)
+    r = _snakemake(work, "--configfile", str(cfg), "--config", "seed=2", timeout=120)
+    assert r.returncode != 0 and f"invalid configuration ({cfg} + --config):" in r.stdout + r.stderr

@@ -2,11 +2,12 @@
 
 import yaml
 
-from atmorep import config as C
-
 
 def schema() -> dict:
-    return yaml.safe_load(C.schema_path().read_text())
+    """The committed (generated) JSON schema, workflow/schemas/config.schema.yaml."""
+    from atmorep.schema import path
+
+    return yaml.safe_load(path().read_text())
 
 
 def atmorep(*args, timeout: float = 300, env: dict | None = None):

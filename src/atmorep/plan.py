@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from atmorep.architectures import from_config
 from atmorep.config import Config
-from atmorep.modelfile import from_config
 from atmorep.train.throughput import table_peak
 
 #: GRIB1 bytes per message besides the packed values (sections 0, 1, 2, 4 header and 5), measured

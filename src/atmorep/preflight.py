@@ -12,7 +12,7 @@ the keys and the numbers:
   and so do the months of normalize.climatology;
 - each period holds one window of model.num_tokens[0] x shard.token_size[0] steps (when the config
   decides the steps: data.step_hours, or the embedded sample's own);
-- the model builds (on the meta device, :func:`atmorep.modelfile.problems`: its own checks of widths,
+- the model builds (on the meta device, :func:`atmorep.architectures.problems`: its own checks of widths,
   heads, coupling, depths and the attention layers evaluation captures);
 - the token sizes tile the neighbourhood, and the grid after crop (data.area; when the config decides
   it: data.grid, the cds default, the sample's) keeps whole tokens of every field (as the shard stage
@@ -52,9 +52,9 @@ def problems(cfg: Config) -> list[str]:
         found.append(str(exc))
         return found  # the window size below is undefined
     if not unknown:  # the model refuses unknown fields too: said once, above
-        from atmorep import modelfile
+        from atmorep import architectures
 
-        found += modelfile.problems(cfg)
+        found += architectures.problems(cfg)
     found += _windows_in_time(cfg)
     found += _window_on_grid(cfg)
     found += _finetune(cfg)

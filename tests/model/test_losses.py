@@ -12,7 +12,8 @@ import pytest
 import torch
 import yaml
 
-from atmorep.config import LossConfig, schema_path
+from atmorep.config import LossConfig
+from atmorep.schema import path as schema_path
 from atmorep.train import losses
 
 scoringrules = pytest.importorskip("scoringrules")

@@ -9,9 +9,10 @@ import pytest
 import torch
 import yaml
 
-from atmorep.config import MaskingConfig, schema_path
+from atmorep.config import MaskingConfig
 from atmorep.model import masking
 from atmorep.model.batch import Batch
+from atmorep.schema import path as schema_path
 
 
 def _batch(B=64, L=3, T=4, Y=3, X=6, P=2 * 4 * 4, seed=0) -> Batch:

@@ -15,7 +15,7 @@ import torch
 import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
-from atmorep import cli, modelfile
+from atmorep import architectures, cli, schema
 from atmorep import config as C
 from atmorep.model import summary
 from atmorep.model.multiformer import FieldGeometry, Multiformer
@@ -24,7 +24,7 @@ MODELS = Path(__file__).resolve().parents[2] / "config" / "models"
 LOGGED = {"velocity_u_2024.yaml": 117_656_336, "wc5e2i3t.yaml": 741_136_272}
 
 
-def spec_formula(spec: modelfile.ModelFile) -> int:
+def spec_formula(spec: architectures.ModelFile) -> int:
     """AtmoRep spec §4.6, written out independently of the module definitions."""
     cfg, total = spec.model, 0
     dims = {f: cfg.field_dims.get(f, cfg.dim) for f in spec.fields}
@@ -43,7 +43,7 @@ def spec_formula(spec: modelfile.ModelFile) -> int:
 
 @pytest.mark.parametrize("name", sorted(p.name for p in MODELS.glob("*.yaml")))
 def test_published_architectures(name):
-    spec = modelfile.load_model_file(MODELS / name)
+    spec = architectures.load_model_file(MODELS / name)
     count = summary.parameter_count(spec.model, spec.geometry())
     assert count == spec_formula(spec)
     if name in LOGGED:
@@ -61,7 +61,7 @@ def test_published_sizes_match_the_spec_table():
         "vorticity_multiformer_v1.yaml": 3.20e9,
     }
     for name, expected in approx.items():
-        spec = modelfile.load_model_file(MODELS / name)
+        spec = architectures.load_model_file(MODELS / name)
         assert summary.parameter_count(spec.model, spec.geometry()) == pytest.approx(expected, rel=3e-3), name
 
 
@@ -92,13 +92,13 @@ def test_model_files_reject_unknown_and_invalid_keys(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({**raw, "extra": 1}))
     with pytest.raises(C.ConfigError, match="extra"):
-        modelfile.load_model_file(bad)
+        architectures.load_model_file(bad)
     bad.write_text(yaml.safe_dump({**raw, "model": {**raw["model"], "encoder_qk_norm": "sometimes"}}))
     with pytest.raises(C.ConfigError, match="encoder_qk_norm"):
-        modelfile.load_model_file(bad)
+        architectures.load_model_file(bad)
     bad.write_text(yaml.safe_dump({**raw, "fields": {"u": {"levels": [1], "tokensize": [1, 1, 1]}}}))
     with pytest.raises(C.ConfigError, match="tokensize"):
-        modelfile.load_model_file(bad)
+        architectures.load_model_file(bad)
     assert cli.main(["train", "--dry-run", "--config", str(bad)]) == 1
     assert "tokensize" in capsys.readouterr().err
 
@@ -116,7 +116,7 @@ def test_forward_flop_formula_matches_torch_flop_counter(make_config, make_geome
 
 
 def _schema_section(*path):
-    node = yaml.safe_load(C.schema_path().read_text())
+    node = yaml.safe_load(schema.path().read_text())
     for key in path:
         node = node["properties"][key]
     return node

@@ -10,7 +10,7 @@ import sys
 import pytest
 from conftest import REPO
 
-from atmorep import cli, modelfile
+from atmorep import architectures, cli
 from atmorep.train import memory as M
 
 BIG = REPO / "config" / "models" / "wc5e2i3t.yaml"  # 741 M parameters, 5,664 tokens per sample
@@ -18,7 +18,7 @@ BIG = REPO / "config" / "models" / "wc5e2i3t.yaml"  # 741 M parameters, 5,664 to
 
 @pytest.fixture(scope="module")
 def big():
-    spec = modelfile.load_model_file(BIG)
+    spec = architectures.load_model_file(BIG)
     return spec.model, spec.geometry(), M.parameter_sizes(spec.model, spec.geometry())
 
 

@@ -10,14 +10,14 @@ import torch
 from conftest import REPO
 from torch.utils.flop_counter import FlopCounterMode
 
-from atmorep import modelfile
+from atmorep import architectures
 from atmorep.model import summary
 from atmorep.model.multiformer import Multiformer
 from atmorep.train import throughput as T
 
 
 def _demo(**overrides):
-    spec = modelfile.load_any(REPO / "config" / "config.yaml")
+    spec = architectures.load_any(REPO / "config" / "config.yaml")
     return dataclasses.replace(spec.model, **overrides), spec.geometry()
 
 

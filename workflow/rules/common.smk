@@ -12,20 +12,27 @@ from atmorep import config as atmorep_config
 from atmorep import preflight
 
 # where the keys came from, for every message about them
-CONFIG_FROM = " + ".join([str(p) for p in workflow.overwrite_configfiles] or ["config/config.yaml (the default)"]
-                         + (["--config"] if workflow.config_settings.config else []))
+CONFIG_FROM = " + ".join(
+    ([str(p) for p in workflow.overwrite_configfiles] or ["config/config.yaml (the default)"])
+    + (["--config"] if workflow.config_settings.config else [])
+)
 
 try:
-    # the dataclasses name the first unknown or missing key precisely ("unknown config key 'normalize.lokal'")
+    # one declaration (atmorep.config) names the first unknown, missing or wrong-typed key precisely
+    # ("unknown config key 'normalize.lokal' (allowed: ...)") and fills in every default
     CFG = atmorep_config.build(atmorep_config.Config, config)
 except atmorep_config.ConfigError as exc:
     raise WorkflowError(f"invalid configuration ({CONFIG_FROM}): {exc}")
-validate(config, workflow.source_path("../schemas/config.schema.yaml"))  # also fills in defaults
+# the schema generated from that declaration (make schema), with the registries' names (sources, losses, ...)
+validate(config, workflow.source_path("../schemas/config.schema.yaml"), set_default=False)
 try:
     # everything knowable before the first job: periods, windows, grid, tokens, field names
     preflight.check(CFG)
 except atmorep_config.ConfigError as exc:
     raise WorkflowError(f"invalid configuration ({CONFIG_FROM}): {exc}")
+# What the jobs receive: every key with its value, so a job's --params rebuilds exactly CFG (a default
+# that changes reruns the stages that read it, as an edited key does).
+PARAMS = atmorep_config.as_dict(CFG)
 
 # Software: the project's venv by default. With --software-deployment-method conda or env-modules
 # the jobs' Python comes from workflow/envs/*.yaml or the site's modules (software.modules), and the
@@ -45,7 +52,7 @@ YEARS = CFG.data.years()
 
 def stage_params(stage):
     """The config slice a stage reads, as JSON: a change reruns that stage and what follows."""
-    return json.dumps(atmorep_config.stage_slice(config, stage), sort_keys=True)
+    return json.dumps(atmorep_config.stage_slice(PARAMS, stage), sort_keys=True)
 
 
 def months_of(year):
@@ -68,9 +75,8 @@ def model_stores(wildcards=None):
 def normalize_params(*keys):
     """The data section plus only ``keys`` of the normalize section, as JSON (for the moments and
     climatology rules: a change of e.g. normalize.local does not recompute them)."""
-    raw = atmorep_config.stage_slice(config, "normalize")
-    norm = raw.get("normalize", {}) or {}
-    return json.dumps({"data": raw["data"], "normalize": {k: norm[k] for k in keys if k in norm}}, sort_keys=True)
+    norm = PARAMS["normalize"]
+    return json.dumps({"data": PARAMS["data"], "normalize": {k: norm[k] for k in keys}}, sort_keys=True)
 
 
 def climatology_months():

@@ -3,7 +3,7 @@ rule plan:
     output:
         f"results/{RUN}/plan.txt",
     params:
-        cfg=json.dumps(config, sort_keys=True),
+        cfg=json.dumps(PARAMS, sort_keys=True),
         profile=workflow.source_path("../../profiles/slurm/config.yaml"),
     log:
         f"{LOGS}/plan.log",

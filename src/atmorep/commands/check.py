@@ -20,9 +20,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from atmorep import preflight
+    from atmorep.schema import check_names
 
     cfg = C.load(args.config)
     try:
+        check_names(cfg)
         preflight.check(cfg)
     except C.ConfigError as exc:
         raise C.ConfigError(f"{args.config}: {exc}") from None

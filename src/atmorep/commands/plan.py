@@ -30,15 +30,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     from atmorep.formats.atomic import Replacement
     from atmorep.plan import load_profile, report
+    from atmorep.schema import check_names
 
     if args.params is not None:  # the whole configuration, not a stage's slice
-        raw = C.from_slice(args.params)
-        C.validate_schema(raw)
-        cfg = C.build(C.Config, raw)
+        cfg = C.build(C.Config, C.from_slice(args.params))
     elif args.config is not None:
         cfg = C.load(args.config)
     else:
         raise C.ConfigError("plan needs --config FILE (a run configuration)")
+    check_names(cfg)
     text = report(cfg, load_profile(args.profile), args.mfu, args.device_memory, args.ranks)
     print(text)
     if args.output:

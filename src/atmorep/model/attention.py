@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from atmorep.config import ConfigError, ModelConfig
+
 
 def explicit_attention(q_BHNd: torch.Tensor, k_BHMd: torch.Tensor, v_BHMd: torch.Tensor) -> torch.Tensor:
     """``softmax(q k^T / sqrt(dh)) v`` with the weights materialised, ``(B, H, N, dh)``."""
@@ -45,6 +47,13 @@ QK_NORMS: dict[str, Callable[[int], nn.Module]] = {
     "plain": lambda dh: nn.LayerNorm(dh, elementwise_affine=False),
     "affine": lambda dh: nn.LayerNorm(dh),
 }
+
+
+def check_names(cfg: ModelConfig) -> None:
+    """Refuse a model section that names an unknown kernel or q/k norm, naming the key and the choices."""
+    for key, names in (("attention", KERNELS), ("encoder_qk_norm", QK_NORMS), ("decoder_qk_norm", QK_NORMS)):
+        if (value := getattr(cfg, key)) not in names:
+            raise ConfigError(f"model.{key}: '{value}' is not one of {', '.join(names)}")
 
 
 class MultiSourceAttention(nn.Module):

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from atmorep.config import ModelConfig
+from atmorep.model import attention
 from atmorep.model.attention import MultiSourceAttention
 from atmorep.model.blocks import DecoderBlock, EncoderBlock
 from atmorep.model.embedding import TOKEN_INFO_DIM, FieldEmbedding
@@ -67,6 +68,7 @@ class Multiformer(nn.Module):
 
     def __init__(self, cfg: ModelConfig, fields: dict[str, FieldGeometry], info_dim: int = 8):
         super().__init__()
+        attention.check_names(cfg)
         self.cfg, self.fields = cfg, dict(fields)
         self.coupling = coupling_graph(cfg, list(fields))
         self.dims = field_dims(cfg, list(fields))

@@ -1,7 +1,7 @@
 """The model's size without building it for real: parameters (on the ``meta`` device), tokens per
 sample and matmul FLOPs; what the dry run (:mod:`atmorep.train.dry_run`), the throughput meter and
 the planners compute with. Arithmetic on a :class:`~atmorep.config.ModelConfig` and the fields'
-:class:`~atmorep.model.multiformer.FieldGeometry` only: reading model files is :mod:`atmorep.modelfile`'s.
+:class:`~atmorep.model.multiformer.FieldGeometry` only: reading model files is :mod:`atmorep.architectures`'s.
 
 Legend: N tokens of a field per sample, M tokens of a coupled field, D / D_g widths, P values per
 token, E members, K masked tokens.

@@ -11,10 +11,10 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from atmorep.architectures import ModelFile, read
 from atmorep.config import TrainConfig
 from atmorep.model.multiformer import field_dims
 from atmorep.model.summary import forward_flops, parameter_count, tokens, training_flops
-from atmorep.modelfile import ModelFile, read
 from atmorep.train.memory import activation_bytes, fit_line
 
 OPTIMIZER_BYTES_PER_PARAM = 16  # fp32 weights + fp32 gradients + AdamW's two fp32 moments

@@ -1,6 +1,7 @@
-"""The model-file format of ``config/models/*.yaml``, and the model a run configuration trains.
+"""The architecture files of ``config/models/*.yaml``, and the architecture a run configuration trains.
 
-A *model file* describes a published architecture::
+(The weights of a trained model, ``model.safetensors``, are :mod:`atmorep.model.file`'s.) An architecture
+file (a *model file*) describes a published architecture::
 
     description: V2 single-field velocity_u (j8dwr5qj)
     reference: spec §4.4, §4.6
@@ -10,13 +11,14 @@ A *model file* describes a published architecture::
       velocity_u: {levels: [96, 105, 114, 123, 137], token_size: [3, 18, 18], num_tokens: [12, 3, 6]}
     model: {dim: 1024, ...}             # the `model` section of a run configuration
 
-Unknown keys are rejected; the ``model`` section is validated against the run-configuration schema.
+Unknown keys are rejected; the ``model`` section is built by :class:`~atmorep.config.ModelConfig`, the
+run configuration's own declaration.
 A field's entry becomes the model's own :class:`~atmorep.model.multiformer.FieldGeometry` (the model
 needs how many levels a field has, not which). ``atmorep train --dry-run`` reads a model file or a
 whole run configuration (geometry then from ``data.fields``, ``shard.token_size`` and
 ``model.num_tokens``): :func:`read`.
 
-Files and schema are :mod:`atmorep.config`'s; this module is its sibling rather than part of it
+Reading and building are :mod:`atmorep.config`'s; this module is its sibling rather than part of it
 because the geometry type lives with the model, which imports the configuration.
 """
 
@@ -27,14 +29,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ConfigDict
+
 from atmorep import config as C
 from atmorep.config import Config, ModelConfig
+from atmorep.model.attention import check_names
 from atmorep.model.multiformer import FieldGeometry
 
 
 @dataclass(frozen=True)
 class ModelFile:
     """A published architecture: the ``model`` section plus the geometry of its fields."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")  # C.build names an unknown key
 
     model: ModelConfig
     fields: dict[str, FieldGeometry]
@@ -108,8 +115,8 @@ def _model_file(raw: Any, path: Path) -> ModelFile:
     if not isinstance(raw, dict) or "model" not in raw or "fields" not in raw:
         raise C.ConfigError(f"{path}: a model file needs `model:` and `fields:` sections")
     try:
-        C.validate_schema(raw["model"], "model")  # the run configuration's schema: one definition of the keys
         spec = C.build(ModelFile, {**raw, "fields": _count_levels(raw["fields"])})
+        check_names(spec.model)
         for g in spec.fields.values():
             # FieldGeometry checks nothing itself (the model builds it from data it trusts); a file is input
             if min(g.token_size) < 1 or (g.num_tokens is not None and min(g.num_tokens) < 1):
@@ -126,7 +133,7 @@ def _count_levels(fields: Any) -> Any:
     out = {}
     for name, entry in fields.items():
         if isinstance(entry, dict) and "levels" in entry:
-            levels = C.convert(tuple[int, ...], entry["levels"], f"fields.{name}.levels")
+            levels = C.build(tuple[int, ...], entry["levels"], f"fields.{name}.levels")
             if not levels:
                 raise C.ConfigError("fields: every field needs at least one level")
             entry = {**entry, "levels": len(levels)}  # the numbers document the file; the model needs the count
