@@ -16,6 +16,7 @@ import numpy as np
 import xarray as xr
 
 from atmorep.data.acquire.inventory import level_types
+from atmorep.data.acquire.mirror import expand, is_netcdf, kind
 from atmorep.errors import DataError
 from atmorep.formats import grib
 
@@ -30,27 +31,6 @@ _LEVEL_NAMES = (
     "plev",
     "model_level",
 )
-
-
-def kind(path: Path) -> str:
-    """'zarr', 'grib', 'grib-dir' or 'netcdf' from the content (not the name)."""
-    if path.is_dir():
-        # zarr v3 keeps zarr.json at the root, v2 .zgroup (a group) or .zarray (a bare array).
-        if (path / "zarr.json").exists() or (path / ".zgroup").exists() or (path / ".zarray").exists():
-            return "zarr"
-        return "grib-dir"
-    if not path.exists():
-        raise DataError(f"{path}: no such file")
-    # By the first bytes, not the name: a misnamed file is described for what it is.
-    with open(path, "rb") as f:
-        head = f.read(8)
-    if not head:
-        raise DataError(f"{path}: empty file")
-    if head.startswith(b"GRIB"):
-        return "grib"
-    if head.startswith(b"CDF") or head.startswith(b"\x89HDF"):  # netCDF3 classic, netCDF4 (HDF5)
-        return "netcdf"
-    raise DataError(f"{path}: not GRIB, NetCDF or zarr (starts with {head[:4]!r})")
 
 
 def describe(path: str | Path, regrid: str = "none", variables: dict[str, str] | None = None) -> str:
@@ -92,8 +72,6 @@ def describe(path: str | Path, regrid: str = "none", variables: dict[str, str] |
 
 
 def _describe_dir(path: Path, regrid: str, variables: dict[str, str] | None = None) -> str:
-    from atmorep.data.acquire.mirror import expand, is_netcdf
-
     files = expand([str(path)])
     if not files:
         raise DataError(f"{path}: not a zarr store (no zarr.json or .zgroup) and holds no GRIB file")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from atmorep.errors import DataError
 from atmorep.formats import grib
 from atmorep.formats.atomic import Replacement
 from atmorep.formats.grib import Header
@@ -53,9 +54,28 @@ def expand(patterns) -> list[Path]:
 
 
 def is_netcdf(path: Path) -> bool:
-    from atmorep.data.acquire.inspect import kind
-
     return path.suffix.lower() in NETCDF_SUFFIXES or kind(path) == "netcdf"
+
+
+def kind(path: Path) -> str:
+    """'zarr', 'grib', 'grib-dir' or 'netcdf' from the content (not the name)."""
+    if path.is_dir():
+        # zarr v3 keeps zarr.json at the root, v2 .zgroup (a group) or .zarray (a bare array).
+        if (path / "zarr.json").exists() or (path / ".zgroup").exists() or (path / ".zarray").exists():
+            return "zarr"
+        return "grib-dir"
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    # By the first bytes, not the name: a misnamed file is described for what it is.
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if not head:
+        raise DataError(f"{path}: empty file")
+    if head.startswith(b"GRIB"):
+        return "grib"
+    if head.startswith(b"CDF") or head.startswith(b"\x89HDF"):  # netCDF3 classic, netCDF4 (HDF5)
+        return "netcdf"
+    raise DataError(f"{path}: not GRIB, NetCDF or zarr (starts with {head[:4]!r})")
 
 
 def _looks_like_grib(path: Path) -> bool:
