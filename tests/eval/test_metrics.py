@@ -113,3 +113,14 @@ def test_a_one_member_ensemble_is_a_point_forecast():
         metrics.crps_ensemble(one, truth, w, DIMS).values, metrics.mae(fc, truth, w, DIMS).values, rtol=1e-6
     )
     np.testing.assert_array_equal(metrics.spread(one, w, DIMS).values, 0.0)
+
+
+def test_spread_of_float32_members_is_computed_in_float64():
+    # 280 K members 0.005 K apart: float32 variances were off by ~4e-6 relative; WB2 computes in float64
+    rng = np.random.default_rng(0)
+    ens = (280.0 + 0.005 * rng.standard_normal((8, 16, 32))).astype(np.float32)
+    da = xr.DataArray(ens, dims=("member", *DIMS))
+    exact = np.sqrt(np.var(ens.astype(np.float64), axis=0, ddof=1).mean())
+    spread = metrics.spread(da, xr.DataArray(np.ones(16), dims="y"), DIMS)
+    assert spread.dtype == np.float64
+    assert float(spread) == pytest.approx(exact, rel=1e-12)

@@ -150,14 +150,14 @@ def _keep_spread(
     var_den = np.zeros_like(var_num)
     w = w.squeeze(axis)
     for k, t in enumerate(ts):
-        var_k = np.var(values[k], axis=axis, ddof=1)  # unbiased, as the tail's std (model/tail.py)
+        var_k = np.var(values[k], axis=axis, ddof=1, dtype=np.float64)  # unbiased, as the tail's std (model/tail.py)
         known = np.isfinite(var_k)
         cols = (t.x0 + np.arange(nx)) % nlon
         var_num[t.y0 : t.y0 + ny, cols] += w * np.where(known, var_k, 0.0)
         var_den[t.y0 : t.y0 + ny, cols] += w * known
     mean = np.mean(stitched, axis=axis, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
-        now = np.var(stitched, axis=axis, ddof=1, keepdims=True)
+        now = np.var(stitched, axis=axis, ddof=1, keepdims=True, dtype=np.float64)
         scale = np.sqrt(np.expand_dims(var_num / var_den, axis) / now)
     # Zero spread (all members equal) cannot be scaled up: left as it is, NaN included.
     return mean + (stitched - mean) * np.where(now > 0, scale, 1.0)
