@@ -143,3 +143,22 @@ def test_moments_and_climatology_are_subcommands_equal_to_the_library(sample_pro
     for name in cli.array_keys():
         np.testing.assert_array_equal(cli[name][...], lib[name][...])
     assert run("normalize", "--help").stdout.count("--moments") == 0
+
+
+def test_a_requeue_exits_75_with_one_line_also_under_debug(monkeypatch, capsys):
+    """The library raises Requeue (Trainer.stop_if_signalled); only the CLI turns it into exit 75."""
+    from atmorep import cli
+    from atmorep.commands import COMMANDS
+    from atmorep.train.launch import ROOM, Requeue
+
+    def checkpointed(args):
+        raise Requeue("SIGUSR1: checkpoint at step 3 saved in out/checkpoints")
+
+    monkeypatch.setattr(COMMANDS["check"], "run", checkpointed)
+    monkeypatch.delenv(ROOM, raising=False)  # not launched: the rank prints its own line
+    monkeypatch.setenv("ATMOREP_DEBUG", "")  # restored afterwards (--debug sets it)
+    for argv in (["check", "--config", "x.yaml"], ["--debug", "check", "--config", "x.yaml"]):
+        assert cli.main(argv) == 75
+        assert capsys.readouterr().err.splitlines() == [
+            "atmorep check: SIGUSR1: checkpoint at step 3 saved in out/checkpoints: checkpointed, requeue (exit 75)"
+        ]

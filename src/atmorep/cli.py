@@ -66,10 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args) or 0
     except BaseException as exc:  # KeyboardInterrupt too: one line and 130, not a traceback
-        if isinstance(exc, SystemExit) or launch.debug():  # SystemExit: a chosen status (75: requeue)
+        if isinstance(exc, SystemExit) or (launch.debug() and not isinstance(exc, launch.Requeue)):
             raise
         code, line = failure(args.command, exc)
         if not launch.report(code, line):  # a launched rank leaves its line to the launcher
+            if code == launch.EXIT_REQUEUE:  # as `atmorep launch` says it for its ranks
+                line = f"atmorep {args.command}: {line}: checkpointed, requeue (exit {code})"
             print(line, file=sys.stderr)
         return code
 
@@ -78,8 +80,10 @@ def failure(command: str, exc: BaseException) -> tuple[int, str]:
     """Exit status and the one line that names what failed and what to do next."""
     import errno
 
-    from atmorep.train.launch import EXIT_INTERRUPTED
+    from atmorep.train.launch import EXIT_INTERRUPTED, EXIT_REQUEUE, Requeue
 
+    if isinstance(exc, Requeue):  # not a failure: checkpointed on a signal; `launch` words it for every rank
+        return EXIT_REQUEUE, str(exc)
     if isinstance(exc, KeyboardInterrupt):
         return EXIT_INTERRUPTED, f"atmorep {command}: interrupted; nothing unfinished is left looking complete"
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):  # before OSError below

@@ -47,6 +47,13 @@ log = logging.getLogger(__name__)
 LAUNCHERS = ("torchrun", "srun", "mpirun", "none")
 EXIT_REQUEUE = 75  # EX_TEMPFAIL (sysexits.h): "try again later"
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
+
+
+class Requeue(Exception):
+    """A run saved its checkpoint on a signal and asks to be run again: the CLI exits
+    :data:`EXIT_REQUEUE` with this message (the library raises, only the CLI exits)."""
+
+
 ROOM, LAUNCHER_PID, LAUNCHER_HOST = "ATMOREP_LAUNCH_DIR", "ATMOREP_LAUNCHER_PID", "ATMOREP_LAUNCHER_HOST"
 
 

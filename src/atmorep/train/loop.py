@@ -42,7 +42,7 @@ from atmorep.model.multiformer import FieldGeometry, Multiformer
 from atmorep.train import card, checkpoint, distributed, launch
 from atmorep.train.ac import apply_ac
 from atmorep.train.batches import BadSteps, loader, next_batch
-from atmorep.train.launch import EXIT_REQUEUE  # 75: "run me again, I will resume"
+from atmorep.train.launch import EXIT_REQUEUE, Requeue  # 75: "run me again, I will resume"
 from atmorep.train.losses import Loss
 from atmorep.train.metrics import MetricsLog
 from atmorep.train.throughput import Throughput, training_dtype
@@ -299,7 +299,7 @@ class Trainer:
         self.micro_plan = [
             m
             for s in range(self.start, cfg.steps)
-            for m in self.plan.indices(s, self.rank, self.world, cfg.gradient_accumulation)
+            for m in self.plan.indices(s, rank=self.rank, world=self.world, micro_steps=cfg.gradient_accumulation)
         ]
         self.batches = iter(loader(self.dataset, self.micro_plan, cfg.workers))
         self.t_loop = time.perf_counter()
@@ -341,7 +341,7 @@ class Trainer:
         }
 
     def _forward_backward(self, batch: Batch, step: int, micro: int) -> tuple[torch.Tensor, dict, bool]:
-        micro_seed = _seed(self.seed, step, micro, self.rank, self.world)
+        micro_seed = _seed(self.seed, step=step, micro=micro, rank=self.rank, world=self.world)
         gen = torch.Generator().manual_seed(micro_seed)  # masks: their own stream, unmoved by dropout
         torch.manual_seed(micro_seed + 1)  # dropout
         loss, diags = self.task.loss(self.engine, batch, gen, self.meter)
@@ -352,7 +352,8 @@ class Trainer:
         self.bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)  # the bar redraws every mininterval
 
     def stop_if_signalled(self, done: int) -> None:
-        """On a signal any rank received: checkpoint ``done`` steps and exit 75 (requeue me)."""
+        """On a signal any rank received: checkpoint ``done`` steps and raise :class:`Requeue` (the CLI
+        exits 75: requeue me)."""
         if not self.stop.agreed():
             return
         self._save(done)
@@ -365,8 +366,7 @@ class Trainer:
             )
         distributed.finish()
         name = signal.Signals(self.stop.received).name
-        launch.report(EXIT_REQUEUE, f"{name}: checkpoint at step {done} saved in {self.ckpt_dir}")
-        sys.exit(EXIT_REQUEUE)
+        raise Requeue(f"{name}: checkpoint at step {done} saved in {self.ckpt_dir}")
 
     def checkpoint_if_due(self, done: int) -> None:
         """Every ``checkpoint_every`` steps, and at the last (the finished run's, which a rerun finds)."""
@@ -404,7 +404,7 @@ class Trainer:
         return path
 
 
-def _seed(seed: int, step: int, micro: int, rank: int, world: int) -> int:
+def _seed(seed: int, *, step: int, micro: int, rank: int, world: int) -> int:
     """A distinct, reproducible seed per (run, step, micro-step, rank)."""
     # SeedSequence hashes the tuple: neighbouring steps or ranks get unrelated streams (seed + step would not).
     return int(np.random.SeedSequence([seed, step, micro, rank, world]).generate_state(1)[0])
