@@ -64,13 +64,15 @@ def test_step_batches_are_disjoint_across_ranks_and_world_invariant(sample_produ
     dataset = WindowDataset(stores, (3, 3, 6), parse_time("2026-03-25T00"), parse_time("2026-03-30T05"))
     plan = StepBatches(dataset, seed=5, global_batch=8, epoch_steps=12)
     for step in (0, 3, 11, 12, 13):  # 12 steps per epoch: 12 and 13 are in the second epoch
-        two = [plan.indices(step, r, 2, 1)[0] for r in range(2)]
+        two = [plan.indices(step, rank=r, world=2, micro_steps=1)[0] for r in range(2)]
         assert not set(two[0]) & set(two[1]) and len(two[0]) == 4
-        one = plan.indices(step, 0, 1, 2)  # one rank, two micro-steps: the same global batch
+        one = plan.indices(step, rank=0, world=1, micro_steps=2)  # one rank, two micro-steps: the same global batch
         assert sorted(one[0] + one[1]) == sorted(two[0] + two[1])
-    epoch0 = [i for s in range(12) for r in range(2) for i in plan.indices(s, r, 2, 1)[0]]
+    epoch0 = [i for s in range(12) for r in range(2) for i in plan.indices(s, rank=r, world=2, micro_steps=1)[0]]
     assert len(set(epoch0)) == 96  # no window twice within an epoch
-    assert plan.indices(12, 0, 2, 1) != plan.indices(0, 0, 2, 1)  # each epoch draws anew
+    assert plan.indices(12, rank=0, world=2, micro_steps=1) != plan.indices(
+        0, rank=0, world=2, micro_steps=1
+    )  # each epoch draws anew
 
 
 def zstd_copy(src, dst):

@@ -124,7 +124,7 @@ def test_windows_are_drawn_across_every_time_position(stores):
     ds = WindowDataset(stores, (3, 3, 6), np.datetime64("2026-03-25T00"), np.datetime64("2026-03-31T23"))
     positions = windows.time_positions(ds)
     assert [p.position for p in positions] == list(range(len(positions))) and len(positions) > 2
-    chosen = windows.sample(ds, positions, 40, seed=0)
+    chosen = windows.sample(ds, positions, samples=40, seed=0)
     assert len(set(chosen)) == 40
     t0 = {ds.windows[int(i)].t0 for i in chosen}
     assert len(t0) > 2  # not every window at the first time
@@ -156,10 +156,10 @@ def test_stitching_overlapping_tiles_keeps_the_ensemble_spread(trained, dataset)
         dataset,
         sel.indices,
         mode.masking(cfg, dataset.token_sizes),
-        mode.target_slabs(cfg),
-        8,
-        0,
-        mode.baselines,
+        target_slabs=mode.target_slabs(cfg),
+        batch_size=8,
+        seed=0,
+        baselines=mode.baselines,
     )
     stitched = mode.finish(dataset, sel, tiles, cfg)
     for f in ("t2m", "u10"):

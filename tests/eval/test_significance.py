@@ -30,13 +30,13 @@ def test_block_bootstrap_interval_covers_the_true_mean_at_the_nominal_rate():
     mu, reps = 2.0, 200
     x = mu + ar1(rng, reps, 150, 0.5)
     sums, counts = xr.Dataset({"rmse": x}), xr.Dataset({"rmse": xr.ones_like(x)})
-    boot = S.resampled_means(sums, counts, 500, seed=0)
-    lo, hi = S.interval(boot["rmse"], x.mean("init"), 150, boot.attrs["block_length"])
+    boot = S.resampled_means(sums, counts, iterations=500, seed=0)
+    lo, hi = S.interval(boot["rmse"], x.mean("init"), inits=150, block=boot.attrs["block_length"])
     coverage = float(((lo <= mu) & (mu <= hi)).mean())
     assert 0.90 <= coverage <= 0.98, coverage
     # i.i.d. resampling (blocks of 1) ignores the autocorrelation and covers far too rarely
-    iid = S.resampled_means(sums, counts, 500, seed=0, block=1)["rmse"]
-    lo1, hi1 = S.interval(iid, x.mean("init"), 150, 1)
+    iid = S.resampled_means(sums, counts, iterations=500, seed=0, block=1)["rmse"]
+    lo1, hi1 = S.interval(iid, x.mean("init"), inits=150, block=1)
     assert float(((lo1 <= mu) & (mu <= hi1)).mean()) < 0.85
 
 

@@ -49,25 +49,25 @@ def test_what_does_not_fit_at_stage_1_gets_stage_3_or_offload(big):
     device, world = 3 * 2**30, 8
     stage1 = M.estimate(cfg, geo, M.Setup(zero_stage=1, micro_batch=1), world, sizes=sizes)
     assert stage1.peak > M.HEADROOM * device
-    fit = M.recommend(cfg, geo, device, world, batch_size=1)
+    fit = M.recommend(cfg, geo, device, world=world, batch_size=1)
     assert fit.setup.zero_stage == 3 or fit.setup.offload_optimizer
     assert fit.estimate.peak <= M.HEADROOM * device
     assert fit.setup.checkpointing  # tried before offload, and not enough alone
     # with room to spare the cheapest option is taken
-    roomy = M.recommend(cfg, geo, 141e9, world, batch_size=1)
+    roomy = M.recommend(cfg, geo, 141e9, world=world, batch_size=1)
     assert roomy.setup == M.Setup(zero_stage=1, micro_batch=1) and roomy.gradient_accumulation == 1
 
 
 def test_a_batch_that_does_not_fit_is_split_into_micro_batches(big):
     cfg, geo, sizes = big
-    fit = M.recommend(cfg, geo, 80 * 2**30, 8, batch_size=512)
+    fit = M.recommend(cfg, geo, 80 * 2**30, world=8, batch_size=512)
     assert fit.setup.micro_batch < 512 and fit.gradient_accumulation * fit.setup.micro_batch >= 512
     assert "micro-batch 512 does not fit" in fit.reason
 
 
 def test_nothing_fits_says_so_and_what_to_change(big):
     cfg, geo, _ = big
-    fit = M.recommend(cfg, geo, 256 * 2**20, 1, batch_size=8)
+    fit = M.recommend(cfg, geo, 256 * 2**20, world=1, batch_size=8)
     assert fit.setup is None and "does not fit" in fit.text() and "more ranks" in fit.text()
 
 

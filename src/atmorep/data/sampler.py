@@ -71,6 +71,7 @@ class StepBatches:
     def __init__(
         self,
         dataset: WindowDataset,
+        *,
         seed: int,
         global_batch: int,
         epoch_steps: int,
@@ -96,7 +97,7 @@ class StepBatches:
         epoch, pos = divmod(step, self.steps_per_epoch)
         return self.order(epoch)[pos * self.global_batch : (pos + 1) * self.global_batch]
 
-    def indices(self, step: int, rank: int, world: int, micro_steps: int) -> list[list[int]]:
+    def indices(self, step: int, *, rank: int, world: int, micro_steps: int) -> list[list[int]]:
         """Window indices of ``rank`` for ``step``: one list per micro-step."""
         glob = self.global_batch_of(step)
         # Rank-major, then micro-steps: one rank with k micro-steps reads what k ranks read in one.

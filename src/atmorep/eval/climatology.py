@@ -30,7 +30,7 @@ def hour_of_day(times: np.ndarray) -> np.ndarray:
 
 
 def climatology(
-    stores: list[FieldStore], start: np.datetime64, end: np.datetime64, window_hours: int, block: int = 96
+    stores: list[FieldStore], start: np.datetime64, end: np.datetime64, *, window_hours: int, block: int = 96
 ) -> xr.Dataset:
     """``mean`` and ``std`` ``(hour, level, latitude, longitude)`` over ``start``..``end`` (inclusive).
 

@@ -108,12 +108,12 @@ def run_mode(
         dataset,
         selection.indices,
         mode.masking(cfg, dataset.token_sizes),
-        mode.target_slabs(cfg),
-        cfg.batch_size,
-        seed,
-        mode.baselines,
-        clims,
-        cfg.spread_inflation,
+        target_slabs=mode.target_slabs(cfg),
+        batch_size=cfg.batch_size,
+        seed=seed,
+        baselines=mode.baselines,
+        climatologies=clims,
+        inflation=cfg.spread_inflation,
     )
     return mode.finish(dataset, selection, results, cfg)
 
@@ -139,7 +139,8 @@ def climatologies(dataset: WindowDataset, data: DataConfig, cfg: EvaluateConfig)
         )
         return {}
     return {
-        f: climatology.climatology(dataset.stores[f], start, end, cfg.climatology_window_hours) for f in dataset.fields
+        f: climatology.climatology(dataset.stores[f], start, end, window_hours=cfg.climatology_window_hours)
+        for f in dataset.fields
     }
 
 

@@ -212,7 +212,7 @@ def score(
     model, _ = heads.load_head(head, None if task.backbone == "raw" else model_bb)
     linear = fit_linear(train_ds, np.asarray(card["windows"], np.int64), model.inputs)
     start, end = period(cfg.train, data)
-    clim = clim_.climatology(test_ds.targets, start, end, cfg.evaluate.climatology_window_hours)
+    clim = clim_.climatology(test_ds.targets, start, end, window_hours=cfg.evaluate.climatology_window_hours)
     indices = select(test_ds, cfg.evaluate.samples, seed)
     source = task.target if task.target in model_bb.fields else None
     ds = predict(model, test_ds, indices, cfg.evaluate.batch_size, linear, clim, source)

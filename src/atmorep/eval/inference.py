@@ -43,6 +43,7 @@ def run(
     dataset: WindowDataset,
     indices: np.ndarray,
     strategy: masking.Masking,
+    *,
     target_slabs: Callable[[int], list[int]],
     batch_size: int,
     seed: int,

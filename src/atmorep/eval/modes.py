@@ -57,7 +57,7 @@ class Mode:
 
     def select(self, dataset: WindowDataset, cfg: EvaluateConfig, seed: int) -> Selection:
         positions = W.at_times(dataset, cfg.times)
-        return Selection(W.sample(dataset, positions, cfg.samples, seed))
+        return Selection(W.sample(dataset, positions, samples=cfg.samples, seed=seed))
 
     def finish(
         self, dataset: WindowDataset, selection: Selection, results: dict[str, xr.Dataset], cfg: EvaluateConfig

@@ -92,7 +92,7 @@ def table(per_field: dict[str, xr.Dataset], iterations: int = 1000, seed: int = 
     rows = []
     for f, scores in per_field.items():
         agg = aggregate(scores)
-        lo, hi = _intervals(scores, agg, iterations, seed)
+        lo, hi = _intervals(scores, agg, iterations=iterations, seed=seed)
         hours = _lead_hours(scores)
         for metric in (*METRICS, "ssr"):
             da = agg[metric].transpose("forecast", "level", "lead")
@@ -131,20 +131,20 @@ def _lead_hours(scores: xr.Dataset) -> np.ndarray:
     return hours
 
 
-def _intervals(scores: xr.Dataset, agg: xr.Dataset, iterations: int, seed: int) -> tuple[xr.Dataset, xr.Dataset]:
+def _intervals(scores: xr.Dataset, agg: xr.Dataset, *, iterations: int, seed: int) -> tuple[xr.Dataset, xr.Dataset]:
     """Bootstrap intervals of every aggregated score (``ssr`` recomputed per resample)."""
     sums, counts = significance.by_init(scores[list(METRICS)])
     inits = sums.sizes["init"]
     if inits < significance.MIN_INITS or not iterations:
         nan = xr.full_like(agg, np.nan)
         return nan, nan
-    boot = significance.resampled_means(sums, counts, iterations, seed)
+    boot = significance.resampled_means(sums, counts, iterations=iterations, seed=seed)
     # ssr is a ratio of means, not a mean: built from each resample's means, as aggregate() does.
     boot["ssr"] = metrics.spread_skill_ratio(boot["spread"], boot["rmse"], scores.attrs["members"]).where(
         boot["forecast"] == "atmorep"
     )
     block = boot.attrs["block_length"]
-    bounds = {m: significance.interval(boot[m], agg[m], inits, block) for m in agg.data_vars}
+    bounds = {m: significance.interval(boot[m], agg[m], inits=inits, block=block) for m in agg.data_vars}
     return xr.Dataset({m: b[0] for m, b in bounds.items()}), xr.Dataset({m: b[1] for m, b in bounds.items()})
 
 
@@ -178,7 +178,7 @@ def comparisons(per_field: dict[str, xr.Dataset], iterations: int = 1000, seed: 
                 series = sums / counts.where(counts > 0)
             inits = sums.sizes["init"]
             boot = (
-                significance.resampled_means(sums, counts, iterations, seed)
+                significance.resampled_means(sums, counts, iterations=iterations, seed=seed)
                 if inits >= significance.MIN_INITS and iterations
                 else None
             )
@@ -187,7 +187,7 @@ def comparisons(per_field: dict[str, xr.Dataset], iterations: int = 1000, seed: 
                 skill = 1 - mean[f"{m}_ours"] / mean[f"{m}_ref"]
                 if boot is not None:
                     lo, hi = significance.interval(
-                        1 - boot[f"{m}_ours"] / boot[f"{m}_ref"], skill, inits, boot.attrs["block_length"]
+                        1 - boot[f"{m}_ours"] / boot[f"{m}_ref"], skill, inits=inits, block=boot.attrs["block_length"]
                     )
                 else:
                     lo = hi = xr.full_like(skill, np.nan)
@@ -261,7 +261,7 @@ def rank_histograms(results: dict[str, xr.Dataset], seed: int) -> pd.DataFrame:
 
 
 def ratio(
-    scores: xr.Dataset, metric: str, baseline: str | None = None, iterations: int = 1000, seed: int = 0
+    scores: xr.Dataset, metric: str, baseline: str | None = None, *, iterations: int = 1000, seed: int = 0
 ) -> tuple[float, float, float]:
     """A headline ratio with its 95 % bootstrap interval: AtmoRep's ``metric`` over ``baseline``'s (each
     the mean over leads and levels of the sample means, on the samples both scored), or without a
@@ -288,7 +288,7 @@ def ratio(
     inits = sums.sizes["init"]
     if inits < significance.MIN_INITS or not iterations:
         return float(value), np.nan, np.nan
-    boot = significance.resampled_means(sums, counts, iterations, seed)
+    boot = significance.resampled_means(sums, counts, iterations=iterations, seed=seed)
     # Numerator and denominator from the same resample: the interval keeps their correlation.
-    lo, hi = significance.interval(statistic(boot), value, inits, boot.attrs["block_length"])
+    lo, hi = significance.interval(statistic(boot), value, inits=inits, block=boot.attrs["block_length"])
     return float(value), float(lo), float(hi)

@@ -59,7 +59,7 @@ def block_length(series: xr.Dataset | xr.DataArray) -> int:
 
 
 def resampled_means(
-    sums: xr.Dataset, counts: xr.Dataset, iterations: int, seed: int, block: int | None = None
+    sums: xr.Dataset, counts: xr.Dataset, *, iterations: int, seed: int, block: int | None = None
 ) -> xr.Dataset:
     """Means over samples of ``iterations`` circular block resamples of the init times (``iteration``)."""
     block = block or block_length(sums / counts.where(counts > 0))
@@ -79,7 +79,7 @@ def resampled_means(
 
 
 def interval(
-    boot: xr.DataArray, estimate: xr.DataArray, inits: int, block: int, confidence: float = CONFIDENCE
+    boot: xr.DataArray, estimate: xr.DataArray, *, inits: int, block: int, confidence: float = CONFIDENCE
 ) -> tuple[xr.DataArray, xr.DataArray]:
     """Percentile interval over ``iteration``, widened about ``estimate`` by ``t_{k-1} / z`` for the
     ``k = inits / block`` blocks (the bootstrap's own variance is that of a few blocks: plain percentiles

@@ -77,7 +77,7 @@ def at_times(dataset: WindowDataset, times: tuple[str, ...]) -> list[TimePositio
     return chosen
 
 
-def sample(dataset: WindowDataset, positions: list[TimePosition], samples: int, seed: int) -> np.ndarray:
+def sample(dataset: WindowDataset, positions: list[TimePosition], *, samples: int, seed: int) -> np.ndarray:
     """``samples`` distinct windows (all if fewer) at the given time positions, seeded, sorted."""
     per_time = dataset.windows.shape[1] * dataset.windows.shape[2]
     # Time is the slowest axis: the windows of position p are one contiguous run of indices.

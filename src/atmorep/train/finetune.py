@@ -187,10 +187,10 @@ class HeadTask:
         world = dist.get_world_size() if dist.is_initialized() else 1
         plan = StepBatches(
             self.dataset,
-            self.seed,
-            train.batch_size * train.gradient_accumulation * world,
-            train.epoch_steps,
-            self.candidates,
+            seed=self.seed,
+            global_batch=train.batch_size * train.gradient_accumulation * world,
+            epoch_steps=train.epoch_steps,
+            candidates=self.candidates,
         )
         return sorted({int(i) for s in range(train.steps) for i in plan.global_batch_of(s)})
 

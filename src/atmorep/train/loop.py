@@ -237,7 +237,13 @@ class Trainer:
         self.task = build()
         self.dataset, self.model, self.meta = self.task.dataset, self.task.model, self.task.meta
         global_batch = cfg.batch_size * cfg.gradient_accumulation * world
-        self.plan = StepBatches(self.dataset, seed, global_batch, cfg.epoch_steps, self.task.candidates)
+        self.plan = StepBatches(
+            self.dataset,
+            seed=seed,
+            global_batch=global_batch,
+            epoch_steps=cfg.epoch_steps,
+            candidates=self.task.candidates,
+        )
         self.bad = BadSteps(self.dataset, cfg.max_bad_steps, world)
 
     def resume(self, fresh: bool) -> None:

@@ -196,6 +196,7 @@ def recommend(
     cfg: ModelConfig,
     fields: dict[str, FieldGeometry],
     device_bytes: float,
+    *,
     world: int,
     batch_size: int,
     gpu: bool = True,
@@ -253,8 +254,8 @@ def fit_line(
         model,
         fields,
         parse_bytes(device_memory),
-        ranks,
-        train.batch_size,
+        world=ranks,
+        batch_size=train.batch_size,
         masked_fraction=masked_fraction(train.masking),
     )
     return f"fit on {ranks} GPU(s) of {device_memory}: {fit.text()}"

@@ -45,6 +45,7 @@ def write_grib(
     levels,
     lats,
     lons,
+    *,
     bits_per_value: int = 24,
     levtype: str | None = None,
     edition: int = 1,
