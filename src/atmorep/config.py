@@ -817,7 +817,9 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
 }
 
 
-def period(cfg: TrainConfig | EvaluateConfig, data: DataConfig) -> tuple[np.datetime64, np.datetime64]:
+def period(
+    cfg: TrainConfig | EvaluateConfig | EmbedConfig | FinetuneEvaluateConfig, data: DataConfig
+) -> tuple[np.datetime64, np.datetime64]:
     """A stage's (start, end), defaulting to the campaign's."""
     return parse_time(cfg.start or data.start), parse_time(cfg.end or data.end)
 
@@ -937,7 +939,8 @@ def _type_at(tp: Any, loc: list) -> Any:
 
 def as_dict(cfg: Any) -> Any:
     """A configuration (or a section) as plain YAML/JSON values, every key with its value."""
-    return _adapter(type(cfg)).dump_python(cfg, mode="json")
+    tp: Any = type(cfg)
+    return _adapter(tp).dump_python(cfg, mode="json")
 
 
 # --- files and slices ----------------------------------------------------------------------------------

@@ -27,8 +27,16 @@ GRIB1_HEADER = 108
 BITS = {"sample": 24, "cds": 16, "files": 16}
 #: core-seconds per GB of float32 data, measured on 2-core CI machines (logs/*/*.benchmark.tsv)
 CORE_S_PER_GB = {"acquire": 25.0, "normalize": 30.0, "shard": 12.0, "evaluate": 60.0}
+
+
+def _peak(name: str) -> float:
+    if (peak := table_peak(name)) is None:  # the throughput table renamed it: GPU-hours would be None x float
+        raise LookupError(f"train.throughput has no peak FLOP/s for '{name}'")
+    return peak
+
+
 #: peak dense bf16 FLOP/s of one GPU (H100 SXM) used for GPU-hours
-GPU_PEAK_FLOPS = table_peak("NVIDIA H100 80GB HBM3")
+GPU_PEAK_FLOPS = _peak("NVIDIA H100 80GB HBM3")
 
 
 @dataclass(frozen=True)

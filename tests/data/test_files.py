@@ -159,3 +159,7 @@ def test_vorticity_and_divergence_derived_from_real_winds(tmp_path, shared_data)
     for x in (vo, d):
         assert 1e-7 < float(np.abs(x).mean()) < 1e-4 and float(np.abs(x).max()) < 1e-3
     assert float(vo.sel(latitude=slice(70, 40)).mean()) > float(vo.sel(latitude=slice(-40, -70)).mean())
+    # a derived unit records where it came from, as every other unit of the files source does (it had none)
+    prov = sources.read_provenance(tmp_path / "vo.grib")
+    assert prov["derived_from"] == ["u", "v"] and prov["files"] == [str(root / "pl.grib")]
+    assert prov["field"] == "vo" and prov["month"] == "2024-06" and prov["crop"] is None

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,7 +183,9 @@ class WindowDataset:
     (``tokens[field]``).
     """
 
-    def __init__(self, stores: dict[str, list[str | Path]], num_tokens, start: np.datetime64, end: np.datetime64):
+    def __init__(
+        self, stores: Mapping[str, Sequence[str | Path]], num_tokens, start: np.datetime64, end: np.datetime64
+    ):
         self.fields = list(stores)
         # Sorted paths: store k of every field is the same year (_check_grids holds them to it).
         self.stores = {f: [FieldStore(p) for p in sorted(map(str, paths))] for f, paths in stores.items()}

@@ -41,7 +41,8 @@ class SphereSampler:
             p = self.grid.weights[yi] / self.grid.weights[yi].sum()
             return rng.choice(self.candidates, size=self.samples, replace=False, p=p)
         nt, ny, nx = self.grid.shape
-        chosen, count = [], 0
+        chosen: list[np.ndarray] = []
+        count = 0
         while count < self.samples:
             k = 2 * (self.samples - count) + 64  # drawn with room for duplicates: one round usually does
             # (t, y, x) as one C-order index of the grid, as WindowGrid.locate reads it
@@ -84,7 +85,8 @@ class StepBatches:
         self.global_batch = global_batch
         self.steps_per_epoch = min(epoch_steps, n // global_batch)  # an epoch draws distinct windows
         self.sampler = SphereSampler(dataset.grid, self.steps_per_epoch * global_batch, seed, candidates)
-        self._epoch, self._order = None, None
+        self._epoch: int | None = None
+        self._order = np.empty(0, np.int64)
 
     def order(self, epoch: int) -> np.ndarray:
         """The epoch's draw, computed once per epoch (steps are asked for in order)."""

@@ -38,6 +38,7 @@ import hashlib
 import json
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -116,7 +117,7 @@ def layout(cfg: ShardConfig, token_size, shape: tuple[int, int, int, int]):
 class Months:
     """The normalized monthly stores of one field, opened lazily, as one time axis."""
 
-    def __init__(self, field: str, year: str, inputs: list[str | Path]):
+    def __init__(self, field: str, year: str, inputs: Sequence[str | Path]):
         if not inputs:
             raise DataError(f"no normalized input for field '{field}' in {year}")
         opened = sorted(  # by the month each store says it holds, not by path or argument order
@@ -165,7 +166,9 @@ def _finite(path: str, month: xr.Dataset, values: np.ndarray, t0: int, rows: sli
         )
 
 
-def shard(data: DataConfig, cfg: ShardConfig, field: str, year: str, inputs: list[str | Path], out: str | Path) -> Path:
+def shard(
+    data: DataConfig, cfg: ShardConfig, field: str, year: str, inputs: Sequence[str | Path], out: str | Path
+) -> Path:
     """Write the normalized months of ``field`` in ``year`` as a token-aligned store, block by block.
 
     Memory: one row of shards, ``shard_tokens[0]*tt`` steps x L x ``shard_tokens[1]*ty`` rows x X.
@@ -283,7 +286,7 @@ def recorded_inputs(store: str | Path) -> list[Path]:
 def verify(
     store: str | Path,
     field: str | None = None,
-    inputs: list[str | Path] | None = None,
+    inputs: Sequence[str | Path] | None = None,
     data: DataConfig | None = None,
     cfg: ShardConfig | None = None,
 ) -> dict:
@@ -348,6 +351,8 @@ def verify(
             _equal(store, f"{s} of {m.attrs['month']}", ds[s].values[k], want)
     arr = zarrv3.open_array(Path(store) / "data")
     shape = arr.shape
+    if arr.shards is None:
+        raise DataError(f"{store}: not a sharded token store (its data array has no shards)")
     chunk, shards = tuple(arr.chunks), tuple(arr.shards)
     if chunk != (token[0], shape[1], token[1], token[2]):
         raise DataError(f"{store}: inner chunks {chunk} are not one token position {token} of all {shape[1]} levels")
@@ -360,7 +365,7 @@ def verify(
         list(_blocks(shape, shards)), desc=f"verify {Path(store).name}", disable=None, mininterval=5
     ):
         want = months.block(t0, t1, slice(first + y0, first + y1), cols)
-        _equal(store, f"data[{t0}:{t1}, :, {y0}:{y1}] (zarr)", arr[t0:t1, :, y0:y1, :], want)
+        _equal(store, f"data[{t0}:{t1}, :, {y0}:{y1}] (zarr)", np.asarray(arr[t0:t1, :, y0:y1, :]), want)
         nt = -(-(t1 - t0) // chunk[0])  # the year's last chunk may reach past its end (NaN padding)
         blk = dense.read((t0 // chunk[0], 0, y0 // chunk[2], 0), (nt, 1, (y1 - y0) // chunk[2], dense.grid[3]))
         # (nt, 1, Yc, Xc, tt, L, ty, tx) -> (1, L, nt, tt, Yc, ty, Xc, tx): chunk-grid and in-chunk axes interleaved

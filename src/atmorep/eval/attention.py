@@ -17,6 +17,8 @@ tokens.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 import xarray as xr
@@ -110,10 +112,10 @@ def to_dataset(
 ) -> xr.Dataset:
     """Attention maps of one field with the footprint of each query and key token as coordinates."""
     geo = [georeference(dataset, i, field) for i in indices]
-    coords = {"sample": np.asarray(indices), "layer": np.asarray(layers), "head": np.asarray(heads)}
-    bounds = {}
+    coords: dict[str, Any] = {"sample": np.asarray(indices), "layer": np.asarray(layers), "head": np.asarray(heads)}
+    bounds: dict[str, Any] = {}
     for side in ("query", "key"):
-        for name in geo[0].coords:
+        for name in map(str, geo[0].coords):
             c = geo[0][name]
             # Token indices and levels are the same in every window of a field; times and places are not.
             per_sample = not name.startswith("token_") and name != "level"
@@ -132,8 +134,8 @@ def to_dataset(
         },
     )
     for side in ("query", "key"):
-        for c in ("time", "latitude", "longitude"):
-            da[f"{side}_{c}"].attrs["bounds"] = f"{side}_{c}_bnds"
+        for coord in ("time", "latitude", "longitude"):
+            da[f"{side}_{coord}"].attrs["bounds"] = f"{side}_{coord}_bnds"
     return xr.Dataset(
         {"attention": da, **bounds},
         attrs={**geo[0].attrs, "field": field, "description": "encoder self-attention, rows (query) sum to 1"},

@@ -153,7 +153,7 @@ def _stack(dataset: WindowDataset, f: str, indices, parts: list[dict], baselines
     levels = dataset.stores[f][0].levels
     arrays = {k: np.stack([p[k] for p in parts]) for k in parts[0]}
     grid = ("sample", "level", "lead", "y", "x")
-    data = {
+    data: dict[str, tuple] = {
         k: (grid, arrays[k])
         for k in (
             "target",

@@ -11,6 +11,8 @@ fair estimator, equal to WB2's probability-weighted-moment CRPS); nothing here h
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import scoringrules as sr
 import xarray as xr
@@ -23,7 +25,7 @@ def latitude_weights(latitude: xr.DataArray, dim: str | None = None) -> xr.DataA
     between neighbouring latitudes (the outer ones mirrored, clipped to the poles). Works for either
     latitude order and for a per-sample latitude ``(sample, y)``.
     """
-    dim = dim or latitude.dims[-1]
+    dim = dim or str(latitude.dims[-1])
     lat = np.deg2rad(latitude.transpose(..., dim).values)
     if lat.shape[-1] == 1:  # one row has no neighbours to place bounds at: weight 1
         return xr.ones_like(latitude, dtype=float)
@@ -51,7 +53,7 @@ def mse(forecast: xr.DataArray, truth: xr.DataArray, weights: xr.DataArray, dims
 
 def rmse(forecast: xr.DataArray, truth: xr.DataArray, weights: xr.DataArray, dims) -> xr.DataArray:
     """Area-weighted root-mean-square error (of one sample: average the result over samples)."""
-    return np.sqrt(mse(forecast, truth, weights, dims))
+    return cast(xr.DataArray, np.sqrt(mse(forecast, truth, weights, dims)))
 
 
 def bias(forecast: xr.DataArray, truth: xr.DataArray, weights: xr.DataArray, dims) -> xr.DataArray:
@@ -121,7 +123,7 @@ def spread(ensemble: xr.DataArray, weights: xr.DataArray, dims, member: str = "m
     # float64: in float32 a 0.005 K spread of 280 K members is off by ~4e-6 relative (WB2 computes in float64)
     var = xr.zeros_like(ensemble.isel({member: 0})) if one else ensemble.astype(np.float64).var(member, ddof=1)
     # Mean of variances, then sqrt (WB2): the mean of per-point stds would understate the spread.
-    return np.sqrt(weighted_mean(var.where(ensemble.notnull().all(member)), weights, dims))
+    return cast(xr.DataArray, np.sqrt(weighted_mean(var.where(ensemble.notnull().all(member)), weights, dims)))
 
 
 def spread_skill_ratio(spread_: xr.DataArray, rmse_of_mean: xr.DataArray, members: int) -> xr.DataArray:

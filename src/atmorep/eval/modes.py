@@ -200,9 +200,9 @@ def stitch(
             if v == "ensemble":
                 # values[k] and stitched lack da's sample dim: member's axis is one less.
                 stitched = _keep_spread(stitched, values, ts, w, da.dims.index("member") - 1, nlon, nx, ny)
-            if v == "mask":
-                stitched = stitched > 0.5  # the weighted majority of the tiles over the point
-            acc[v] = (("y", "x", *da.dims[3:]), stitched.astype(ds[v].dtype))
+            # the mask: the weighted majority of the tiles over the point
+            value = stitched > 0.5 if v == "mask" else stitched
+            acc[v] = (("y", "x", *da.dims[3:]), value.astype(ds[v].dtype))
         first = ds.isel(sample=rows[0])
         part = xr.Dataset(acc, coords={"latitude": ("y", store.lats), "longitude": ("x", store.lons % 360.0)})
         part = part.expand_dims(sample=[position]).assign_coords(

@@ -35,7 +35,7 @@ WHAT = {
 def annotate(ds: xr.Dataset, field: str) -> xr.Dataset:
     """CF attributes on every variable and coordinate of a dataset of ``field``."""
     ds = ds.copy()
-    for v in ds.data_vars:
+    for v in map(str, ds.data_vars):
         if v == "mask":
             ds[v].attrs = {
                 "long_name": "target point (masked token)",
@@ -131,7 +131,7 @@ def wb2(results: dict[str, xr.Dataset]) -> tuple[xr.Dataset, xr.Dataset, xr.Data
             if c in x.coords:
                 x[c].attrs = cf.COORDS[c] if c != "level" else {"long_name": "level", "units": "hPa or model level"}
         out.append(x.assign_attrs(CONVENTIONS))
-    return tuple(out)
+    return out[0], out[1], out[2]
 
 
 def _prediction_timedelta(ds: xr.Dataset) -> xr.DataArray:

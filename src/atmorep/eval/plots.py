@@ -35,7 +35,7 @@ def forecast_map(
     """Truth, ensemble mean, a baseline, error and ensemble spread of one sample at one lead."""
     s = ds.isel(sample=sample, level=level).sel(lead=lead)
     lats, lons = _coord(ds, "latitude", sample), _continuous(_coord(ds, "longitude", sample))
-    baseline = baseline or next((v[9:] for v in ds.data_vars if v.startswith("baseline_")), None)
+    baseline = baseline or next((v[9:] for v in map(str, ds.data_vars) if v.startswith("baseline_")), None)
     panels = [("truth", s["target"]), ("AtmoRep ensemble mean", s["prediction"])]
     if baseline:
         panels.append((baseline, s[f"baseline_{baseline}"]))

@@ -199,7 +199,7 @@ def comparisons(per_field: dict[str, xr.Dataset], iterations: int = 1000, seed: 
                         if not n:
                             continue
                         diff = float(mean[f"{m}_diff"].sel(at))
-                        ref = float(mean[f"{m}_ref"].sel(at))
+                        ref_value = float(mean[f"{m}_ref"].sel(at))
                         rows.append(
                             {
                                 "field": f,
@@ -210,11 +210,11 @@ def comparisons(per_field: dict[str, xr.Dataset], iterations: int = 1000, seed: 
                                 "forecast": "atmorep",
                                 "baseline": b,
                                 "value": float(mean[f"{m}_ours"].sel(at)),
-                                "baseline_value": ref,
+                                "baseline_value": ref_value,
                                 "difference": diff,
                                 "difference_ci_low": float(test["ci_low"].sel(at)),
                                 "difference_ci_high": float(test["ci_high"].sel(at)),
-                                "relative_difference": diff / ref if ref else np.nan,
+                                "relative_difference": diff / ref_value if ref_value else np.nan,
                                 "skill_score": float(skill.sel(at)),
                                 "skill_ci_low": float(lo.sel(at)),
                                 "skill_ci_high": float(hi.sel(at)),
@@ -269,8 +269,8 @@ def ratio(
     if baseline is None:
         if metric != "ssr":
             raise ValueError(f"ratio: {metric} needs a baseline (only ssr is a ratio by itself)")
-        ours = scores.sel(forecast="atmorep", drop=True)
-        parts = xr.Dataset({"num": ours["spread"], "den": ours["rmse"]})
+        atmorep = scores.sel(forecast="atmorep", drop=True)
+        parts = xr.Dataset({"num": atmorep["spread"], "den": atmorep["rmse"]})
     else:
         ours = scores[metric].sel(forecast="atmorep", drop=True)
         ref = scores[metric].sel(forecast=baseline, drop=True)

@@ -62,7 +62,7 @@ def spectra(ds: xr.Dataset, field: str) -> pd.DataFrame:
     truth = ds["target"].where(ds["mask"]).transpose(*order).values.astype(np.float64)
     mean = ds["prediction"].transpose(*order).values.astype(np.float64)
     ens = ds["ensemble"].transpose("member", *order).values.astype(np.float64)
-    complete = np.isfinite(truth).all((-2, -1)) & np.isfinite(mean).all((-2, -1))  # S L V
+    complete = np.asarray(np.isfinite(truth).all((-2, -1)) & np.isfinite(mean).all((-2, -1)))  # S L V
     # The first sample's coordinates set the km grid of every sample: exact when the windows share
     # a latitude band, an approximation otherwise (dx shrinks poleward).
     lat = ds["latitude"].values if ds["latitude"].ndim == 1 else ds["latitude"].values[0]

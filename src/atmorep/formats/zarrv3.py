@@ -216,7 +216,7 @@ class Array:
         key = self.path / "c" / Path(*map(str, index)) if index else self.path / "c"
         key.parent.mkdir(parents=True, exist_ok=True)
         with open(key, "wb") as f:
-            f.write(memoryview(np.ascontiguousarray(values)).cast("B"))
+            f.write(np.ascontiguousarray(values).data.cast("B"))
 
     def write(self, start: int, values: np.ndarray) -> None:
         """Rows ``start:start+len(values)`` along the first axis; ``start`` must be a chunk boundary
@@ -355,7 +355,7 @@ class DenseShards:
         with open(path, "wb") as f:
             if not self.index_at_end:
                 f.write(tail)
-            f.write(memoryview(body).cast("B"))
+            f.write(body.data.cast("B"))
             if self.index_at_end:
                 f.write(tail)
 

@@ -93,7 +93,8 @@ class FieldEmbedding(nn.Module):
 
     def forward(self, tokens_BLTYXP: torch.Tensor, info_BLTYXI: torch.Tensor) -> torch.Tensor:
         """Embedded tokens ``(B, N, D)``; inputs are cast to the weights' dtype (e.g. a bf16 model)."""
-        grid, dtype = tuple(tokens_BLTYXP.shape[1:5]), self.values.weight.dtype
+        _, L, T, Y, X, _ = tokens_BLTYXP.shape
+        grid, dtype = (L, T, Y, X), self.values.weight.dtype
         # flatten(1, 4) is row-major over (L, T, Y, X), the order harmonic_encoding's rows are in.
         values = self.values(tokens_BLTYXP.flatten(1, 4).to(dtype))
         z_BND = torch.cat([values, self.info(info_BLTYXI.flatten(1, 4).to(dtype))], dim=-1)

@@ -130,7 +130,8 @@ class BertMasking:
 
     def _rates(self, f: str) -> tuple[float, float, float, float]:
         cfg = self.cfg
-        return tuple(cfg.field_rates.get(f, (cfg.rate, cfg.p_mask, cfg.p_noise, cfg.p_coarsen)))
+        rate, p_mask, p_noise, p_coarsen = cfg.field_rates.get(f, (cfg.rate, cfg.p_mask, cfg.p_noise, cfg.p_coarsen))
+        return rate, p_mask, p_noise, p_coarsen
 
     def _targets(self, f: str, shape_BLTYX, gen) -> torch.Tensor:
         B, L, T, Y, X = shape_BLTYX
@@ -161,15 +162,15 @@ class BertMasking:
         if math.prod(size) != t.shape[-1]:
             raise ValueError(f"field '{f}': token size {tuple(size)} does not hold {t.shape[-1]} values per token")
         # Lat/lon only (size[1:]): time steps of a token are never averaged together.
-        coarse = tuple(max(1, math.floor(s / factor)) for s in size[1:])
+        cy, cx = (max(1, math.floor(s / factor)) for s in size[1:])
         return Corruption(
             zero,
             noise,
             torch.rand(k, generator=gen).to(t),
             cfg.noise_scale * std_LP[level_K] * eps,
             coarsen,
-            tuple(size),
-            coarse,
+            (size[0], size[1], size[2]),
+            (cy, cx),
         )
 
 

@@ -26,7 +26,7 @@ P values per token, I token-info values, D width, K masked tokens (all samples),
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -84,7 +84,7 @@ class Multiformer(nn.Module):
                 f"model.decoder_layers ({cfg.decoder_layers}) exceeds model.encoder_layers "
                 f"({cfg.encoder_layers}): each decoder layer pairs with one encoder output"
             )
-        kw = dict(dropout=cfg.dropout, kernel=cfg.attention, gelu_out=cfg.compat)
+        kw: dict[str, Any] = dict(dropout=cfg.dropout, kernel=cfg.attention, gelu_out=cfg.compat)
         enc_kw = dict(kw, compat=cfg.compat)  # only the encoder has the coupling-query quirk
         self.embed = nn.ModuleDict(
             {f: FieldEmbedding(g.values_per_token, info_dim, self.dims[f], cfg.compat) for f, g in fields.items()}
@@ -127,12 +127,12 @@ class Multiformer(nn.Module):
     ) -> MultiSourceAttention:
         """The attention of ``field``'s encoder layer ``layer`` (what attention capture hooks); a field,
         layer or self head the model does not have is refused, naming it."""
-        if field not in self.encoders or not 0 <= layer < len(self.encoders[field]):
+        if field not in self.encoders or not 0 <= layer < len(self.encoder_blocks(field)):
             raise ValueError(
                 f"evaluate.attention: the model has no encoder layer {layer} for field '{field}' (fields "
                 f"{list(self.fields)}, layers 0 .. {self.cfg.encoder_layers - 1} of model.encoder_layers)"
             )
-        attn = cast(MultiSourceAttention, self.encoders[field][layer].attn)
+        attn = self.encoder_blocks(field)[layer].attn
         if bad := sorted(h for h in heads if not 0 <= h < attn.self_heads):
             raise ValueError(
                 f"evaluate.attention.heads: the encoder has self heads 0 .. {attn.self_heads - 1} (model.heads), "
@@ -153,17 +153,25 @@ class Multiformer(nn.Module):
         outs: dict[str, list[torch.Tensor]] = {f: [] for f in self.fields}
         for layer in range(self.cfg.encoder_layers if depth is None else depth):
             # a new dict: each field's block couples to the others' previous layer, never to an updated one
-            z = {f: self.encoders[f][layer](z[f], [z[g] for g in self.coupling[f]]) for f in self.fields}
+            z = {f: self.encoder_blocks(f)[layer](z[f], [z[g] for g in self.coupling[f]]) for f in self.fields}
             for f in self.fields:
                 outs[f].append(z[f])
         return outs
+
+    def encoder_blocks(self, field: str) -> list[EncoderBlock]:
+        """``field``'s encoder blocks, first to last."""
+        return cast(list[EncoderBlock], list(cast(nn.ModuleList, self.encoders[field])))
+
+    def decoder_blocks(self, field: str) -> list[DecoderBlock]:
+        """``field``'s decoder blocks, first to last (predicted fields only)."""
+        return cast(list[DecoderBlock], list(cast(nn.ModuleList, self.decoders[field])))
 
     def decode(self, enc_outs: list[torch.Tensor], field: str) -> torch.Tensor:
         """Decoder output ``(B, N, D)``: layer l cross-attends to encoder output ``L_enc-1-l``; the
         input is the last encoder output."""
         y = enc_outs[-1]
         # zip stops at the decoder's depth: with fewer decoder layers the first encoder outputs go unused
-        for block, enc in zip(self.decoders[field], enc_outs[::-1]):
+        for block, enc in zip(self.decoder_blocks(field), enc_outs[::-1]):
             y = block(y, enc)
         return y
 

@@ -40,7 +40,7 @@ def flop_terms(cfg: ModelConfig, fields: dict[str, FieldGeometry]) -> dict[str, 
     """Per field the forward matmul FLOPs (2 per multiply-add), attention scores and values included:
     ``(embedding per sample, encoder + decoder per sample, tail per masked token)``."""
     n, dims, coupling = tokens(cfg, fields), field_dims(cfg, list(fields)), coupling_graph(cfg, list(fields))
-    out = {}
+    out: dict[str, tuple[float, float, float]] = {}
     for f, g in fields.items():
         N, D, P = n[f], dims[f], g.values_per_token
         enc = 2 * N * D * 3 * D + 4 * N * N * D + 8 * N * D * D  # self qkv, scores+values, MLP

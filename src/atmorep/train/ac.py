@@ -17,7 +17,10 @@ from atmorep.model.multiformer import Multiformer
 
 def blocks(model: Multiformer) -> list[nn.Module]:
     """The encoder and decoder blocks of every field, the unit of recomputation."""
-    return [b for stack in (*model.encoders.values(), *model.decoders.values()) for b in stack]
+    return [
+        *(b for f in model.encoders for b in model.encoder_blocks(f)),
+        *(b for f in model.decoders for b in model.decoder_blocks(f)),
+    ]
 
 
 def apply_ac(model: Multiformer) -> Multiformer:

@@ -12,7 +12,7 @@ import logging
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from atmorep.data.dataset import WindowDataset
 from atmorep.errors import DataError
@@ -29,7 +29,7 @@ class TooManyBadSteps(ValueError):
     """``max_bad_steps`` steps in a row had a non-finite loss (the message names bad data when found)."""
 
 
-class _Indexed:
+class _Indexed(Dataset):
     """The dataset's samples with their window index, so a bad one can be named."""
 
     def __init__(self, dataset: WindowDataset):
@@ -100,7 +100,8 @@ class BadSteps:
 
     def __init__(self, dataset: WindowDataset, limit: int, world: int):
         self.dataset, self.limit, self.world = dataset, limit, world
-        self.count_in_a_row, self.suspect = 0, None
+        self.count_in_a_row = 0
+        self.suspect: str | None = None
 
     def count(self, applied: bool, step: int, seen: list[tuple[list[int], Batch]]) -> None:
         if applied:
@@ -113,7 +114,7 @@ class BadSteps:
         self.suspect = found or self.suspect
         # Skips are agreed (finite_everywhere): every rank reaches the limit at this step and gathers.
         if self.count_in_a_row >= self.limit:
-            named = [None] * self.world
+            named: list[str | None] = [None] * self.world
             dist.all_gather_object(named, self.suspect)  # every rank skipped this step: name what any one saw
             why = next(filter(None, named), None) or (
                 "the inputs were finite and plausible, so the run diverged: lower train.lr or raise train.max_bad_steps"

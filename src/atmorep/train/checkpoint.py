@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch.distributed as dist
 
@@ -45,7 +46,7 @@ def inputs(stores: dict[str, list[str]], start_model: str | None = None, prefix:
     and modification time)."""
     from atmorep.data import shards
 
-    out = {}
+    out: dict[str, Any] = {}
     for paths in stores.values():
         for p in paths:
             i = shards.identity(p)

@@ -26,6 +26,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
@@ -173,6 +174,35 @@ def _to_universal(input_folder: str, output_folder: str) -> None:
     torch.serialization.add_safe_globals(allowed)
     sys.argv = ["ds_to_universal", "--input_folder", input_folder, "--output_folder", output_folder]
     ds_to_universal.main(ds_to_universal.parse_arguments())
+
+
+class Engine(Protocol):
+    """What the Trainer asks of an engine (:data:`ENGINES`): the model behind it, a forward, a step that
+    says whether it was taken, the learning rate, checkpoints and the consolidated weights."""
+
+    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, world: int, universal: bool = False) -> None: ...
+
+    @property
+    def module(self) -> torch.nn.Module: ...
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def step(self, loss: torch.Tensor) -> bool: ...
+
+    @property
+    def lr(self) -> float: ...
+
+    def save(self, directory: Path, tag: str, client_state: dict) -> None: ...
+
+    def load(self, directory: Path, tag: str) -> dict: ...
+
+    def consolidated_state_dict(self) -> dict | None: ...
+
+    @staticmethod
+    def universal_tag(tag: str) -> str: ...
+
+    @staticmethod
+    def convert_to_universal(directory: Path, tag: str) -> str: ...
 
 
 class DeepSpeedEngine:
@@ -347,7 +377,7 @@ class TorchEngine:
         return tag
 
 
-ENGINES = {"deepspeed": DeepSpeedEngine, "torch": TorchEngine}
+ENGINES: dict[str, type[Engine]] = {"deepspeed": DeepSpeedEngine, "torch": TorchEngine}
 
 
 def optimizer_state_elements(engine) -> int:

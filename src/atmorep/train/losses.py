@@ -114,7 +114,8 @@ class Loss:
 
     def __call__(self, ens: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]):
         weights = self._weights(list(ens))
-        total, diag = 0.0, {}
+        total: torch.Tensor | float = 0.0
+        diag: dict[str, float] = {}
         for f, w in weights.items():
             for name, term in self.terms.items():
                 value, extras = term(ens[f], targets[f])

@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from atmorep.config import ModelConfig, TrainConfig
 from atmorep.model.multiformer import FieldGeometry, coupling_graph, field_dims
@@ -165,7 +166,7 @@ def estimate(
 
 
 #: the options in the order the planner tries them: cheapest in communication and speed first
-OPTIONS = (
+OPTIONS: tuple[dict[str, Any], ...] = (
     dict(zero_stage=1),
     dict(zero_stage=2),
     dict(zero_stage=2, checkpointing=True),
@@ -184,7 +185,7 @@ class Fit:
     reason: str
 
     def text(self) -> str:
-        if self.setup is None:
+        if self.setup is None or self.estimate is None:  # nothing fits: both are None
             return self.reason
         return (
             f"{self.setup.text()}, gradient accumulation {self.gradient_accumulation}: "

@@ -30,6 +30,7 @@ import pickle
 import re
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -122,8 +123,11 @@ def architecture(cf: dict, rename: dict[str, str] | None = None) -> tuple[ModelC
     _need(cf, "decoder_cross_att_ratio", lambda v: int(heads * v) == heads // 2, "half the heads cross-attend")
     if cf.get("with_cls"):
         raise OriginalFormatError("model_id json: 'with_cls' = true is not supported (class token)")
-    fields, dims, coupling, extra = {}, {}, {}, {"levels": {}, "masking": {}, "static": [], "names": {}}
-    extents = {}
+    fields: dict[str, FieldGeometry] = {}
+    dims: dict[str, int] = {}
+    coupling: dict[str, tuple[str, ...]] = {}
+    extra: dict[str, Any] = {"levels": {}, "masking": {}, "static": [], "names": {}}
+    extents: dict[str, tuple[int, ...]] = {}
     for i, fi in enumerate(cf["fields"]):
         try:
             name, (dynamic, dim, coupled, *_), levels, num_tokens, token_size, rates = fi[:6]
@@ -319,14 +323,14 @@ def convert_state(sd: dict[str, torch.Tensor], model: Multiformer, extra: dict) 
             "model_id json's architecture does not: config and weights do not match"
         )
     # Checked here rather than left to load_state_dict: the message can say it is the JSON's fault.
-    ours = model.state_dict()
+    expected = model.state_dict()
     for k, v in out.items():
-        if k not in ours:
+        if k not in expected:
             raise OriginalFormatError(f"internal: no parameter '{k}' in the converted model")
-        if tuple(v.shape) != tuple(ours[k].shape):
+        if tuple(v.shape) != tuple(expected[k].shape):
             raise OriginalFormatError(
                 f"shape {tuple(v.shape)} of the original's tensor for '{k}' does not "
-                f"match {tuple(ours[k].shape)} that the model_id json implies: config "
+                f"match {tuple(expected[k].shape)} that the model_id json implies: config "
                 "and weights do not match"
             )
     return out

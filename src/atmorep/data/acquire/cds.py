@@ -27,6 +27,7 @@ same exchange with the CDS and exist for no other source.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import hashlib
@@ -34,8 +35,9 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -69,7 +71,7 @@ class Request:
     month: str
     dataset: str
     body: dict
-    arrival: Expectation = field(compare=False)  # every requested day, time and level
+    arrival: Expectation = dataclasses.field(compare=False)  # every requested day, time and level
 
     @property
     def key(self) -> str:
@@ -103,6 +105,7 @@ def request_for(data: DataConfig, cfg: AcquireConfig, field_name: str, month: st
     dlat, dlon = data.grid or DEFAULT_GRID
     grid = f"{dlat:g}/{dlon:g}"
     area = "/".join(f"{a:g}" for a in data.area) if data.area else None
+    body: dict[str, Any]
     if kind == "ml":
         body = {
             "class": "ea",
@@ -150,7 +153,7 @@ def request_for(data: DataConfig, cfg: AcquireConfig, field_name: str, month: st
         times[-1],
         times,
         (dlat, dlon),
-        tuple(data.area) if data.area else None,
+        data.area,
     )
     return Request(field_name, month, DATASETS[kind], body, arrival)
 
@@ -342,7 +345,8 @@ class CdsSource:
             state.unlink(missing_ok=True)
 
     def _retrieve(self, req: Request, c: CdsConfig, url: str, key: str, part: Path, state: Path, slots: Path):
-        client, last = None, None
+        client = None
+        last: Exception = RuntimeError("no attempt ran")  # each failed attempt replaces it
         for attempt in range(c.attempts):
             if attempt:
                 wait = backoff(attempt - 1, c.backoff_s, c.backoff_max_s)

@@ -64,7 +64,7 @@ class FilesSource:
         chosen = in_area(select(mirror, exp, field, cfg.files.member), exp)
         # Derived only when the files lack the field: a vo or d the files hold is used as delivered.
         if not chosen and cfg.derive_vorticity and field in ("vo", "d"):
-            return self.derive(mirror, exp, data, cfg, field, out)
+            return self.derive(mirror, exp, data, cfg, field=field, month=month, out=out)
         if not chosen:
             skipped = "; ".join(self.skipped[:3]) + (" ..." if len(self.skipped) > 3 else "")
             raise DataError(
@@ -101,7 +101,7 @@ class FilesSource:
             log.info(
                 "files: cut %s %s out of %s (rows %d..%d, columns %d..%d)",
                 field,
-                list(data.area),
+                data.area,
                 grid.describe(),
                 rows[0],
                 rows[-1],
@@ -119,7 +119,9 @@ class FilesSource:
         # append=True from the first step on: ``out`` is the fresh temporary file acquire made.
         for t in times:  # one time step at a time keeps memory bounded
             for loc in (x for x in chosen if x.header.time == t):
-                values[0, levels.index(config_level(loc.header.level, spec.kind))] = regrid.gaussian_to_regular(
+                lev = config_level(loc.header.level, spec.kind)
+                assert lev is not None  # select() kept only messages on the field's level type
+                values[0, levels.index(lev)] = regrid.gaussian_to_regular(
                     decode_located(loc), loc.header.grid, lats, lons
                 )
             grib.write_grib(
@@ -129,9 +131,17 @@ class FilesSource:
         return None
 
     def derive(
-        self, mirror: list[Located], exp: Expectation, data: DataConfig, cfg: AcquireConfig, field: str, out: Path
-    ) -> None:
-        """vo or d from u and v (see :mod:`atmorep.data.acquire.vorticity`)."""
+        self,
+        mirror: list[Located],
+        exp: Expectation,
+        data: DataConfig,
+        cfg: AcquireConfig,
+        *,
+        field: str,
+        month: str,
+        out: Path,
+    ) -> dict:
+        """vo or d from u and v (see :mod:`atmorep.data.acquire.vorticity`); the unit's provenance."""
         from atmorep.data.acquire.vorticity import vorticity_divergence
 
         winds = {}
@@ -176,6 +186,17 @@ class FilesSource:
                 append=True,
             )
         log.info("files: derived %s from u and v on %s", field, grid.describe())
+        return {
+            "source": "files",
+            "field": field,
+            "month": month,
+            "levtype": exp.kind,
+            "member": cfg.files.member,
+            "same_valid_time": cfg.files.same_valid_time,
+            "derived_from": ["u", "v"],
+            "files": sorted({str(loc.path) for w in winds.values() for loc in w.values()}),
+            "crop": None if is_whole(grid, rows, cols) else describe_cut(grid, data.area, rows, cols),
+        }
 
     def fetch_netcdf(
         self,

@@ -65,7 +65,7 @@ def describe(path: str | Path, regrid: str = "none", variables: dict[str, str] |
     for name, da in ds.data_vars.items():
         if da.ndim < 2:
             continue
-        lines.append(f"  {name}: {_describe_var(da)}; {verdicts[name]}")
+        lines.append(f"  {name}: {_describe_var(da)}; {verdicts[str(name)]}")
     if len(lines) == 1:
         raise DataError(f"{path}: no gridded field found")
     return "\n".join(lines)
@@ -140,7 +140,7 @@ def _grib_line(headers: list[grib.Header], regrid: str) -> str:
 
 def _times_of(t: np.ndarray) -> str:
     t = np.unique(t)
-    steps = np.unique(np.diff(t).astype("timedelta64[h]").astype(int)) if len(t) > 1 else []
+    steps = np.unique(np.diff(t).astype("timedelta64[h]").astype(int)) if len(t) > 1 else np.array([], int)
     step = "" if not len(steps) else f", step {'/'.join(map(str, steps[:4]))} h"
     return f"{len(t)} time steps {str(t[0])[:16]} .. {str(t[-1])[:16]}{step}"
 

@@ -93,8 +93,8 @@ class Expectation:
             max(start, m0),
             min(end, m1),
             times,
-            tuple(data.grid) if data.grid else None,
-            tuple(data.area) if data.area else None,
+            data.grid,
+            data.area,
             regrid,
         )
 
@@ -184,7 +184,7 @@ def check_headers(headers: list[Header], exp: Expectation, where: str) -> None:
             f"{where}: field '{exp.field}' is on {level_types(foreign)} levels; the config expects "
             f"{describe_kind(exp.kind)} (data.fields.{exp.field}.levtype)"
         )
-    mine = [config_level(h.level, exp.kind) for h in headers]
+    mine = [lev for h in headers if (lev := config_level(h.level, exp.kind)) is not None]  # all: none is foreign
     levels = sorted(set(mine))
     if extra := [lev for lev in levels if lev not in exp.levels]:
         raise DataError(

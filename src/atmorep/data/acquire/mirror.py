@@ -146,9 +146,12 @@ _INDEX_VERSION = 2  # 2: level values of every level type, base times
 
 
 def _dump(headers: list[Header], stamp) -> dict:
-    params, levels, grids = {}, {}, {}
+    params: dict[grib.Param, int] = {}
+    levels: dict[grib.Level, int] = {}
+    grids: dict[int, tuple[int, int]] = {}
     rows = []
     for h in headers:
+        assert h.base is not None  # scan() reads base times (members=True) for the index
         p = params.setdefault(h.param, len(params))
         lv = levels.setdefault(h.level, len(levels))
         # By identity: the Decoder makes one Grid object per distinct grid section (md5GridSection).
@@ -165,7 +168,7 @@ def _dump(headers: list[Header], stamp) -> dict:
                 g[0],
                 int(h.bitmap),
                 int(h.number),
-                int(h.base.astype(np.int64)),  # set: scan() reads base times (members=True)
+                int(h.base.astype(np.int64)),
             ]
         )
     return {

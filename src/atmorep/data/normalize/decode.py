@@ -95,6 +95,7 @@ def decode_month(
                 gate.duplicate(il, h.time)
                 continue
             filled[it, il] = True
+            assert slab is not None  # made with the field's first message, above
             target = slab.target(it, il)
             # Decoded straight into the slab (in memory) or its one-message buffer (scratch file),
             # checked in canonical order, then committed.
@@ -113,6 +114,7 @@ def decode_month(
                 f"{source}: also holds fields {sorted(others)} the config does not expect here "
                 f"(one field per file, '{field}')"
             )
+        assert grid is not None and param is not None  # set with the slab
         gate.coverage(filled)
         gate.month()
         gate.raise_if_failed()

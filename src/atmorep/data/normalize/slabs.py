@@ -39,7 +39,7 @@ class MemorySlab:
         return self.values[t0:t1]
 
     def close(self) -> None:
-        self.values = None
+        self.values = np.empty((0,) * self.values.ndim, np.float32)  # the month's memory goes back
 
 
 class FileSlab:
@@ -58,11 +58,11 @@ class FileSlab:
         return self.buf
 
     def commit(self, it: int, il: int, values_YX: np.ndarray) -> None:
-        _write_all(self.fd, memoryview(values_YX).cast("B"), (it * self.shape[1] + il) * self.frame)
+        _write_all(self.fd, values_YX.data.cast("B"), (it * self.shape[1] + il) * self.frame)
 
     def read(self, t0: int, t1: int) -> np.ndarray:
         block = np.empty((t1 - t0, *self.shape[1:]), np.float32)
-        view = memoryview(block).cast("B")
+        view = block.data.cast("B")
         offset, done = t0 * self.shape[1] * self.frame, 0
         # A loop: Linux moves at most ~2 GiB per read call, and a block may be larger.
         while done < len(view):

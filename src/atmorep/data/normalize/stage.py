@@ -65,6 +65,7 @@ def normalize(
     if field not in data.fields:
         raise DataError(f"field '{field}' is not in data.fields ({', '.join(data.fields)})")
     method, which = cfg.method_for(field), cfg.statistics_for(field)
+    climatology = climatology if which == "climatology" else None  # a climatology of another field's choice: unread
     if which == "climatology" and climatology is None:
         raise DataError(
             f"field '{field}' uses climatological statistics (normalize.climatology.fields): give the climatology store"
@@ -77,7 +78,7 @@ def normalize(
         # The month's own moments even with a climatology: the QC summary reports them per level.
         moments = moments_of(m, cfg)
         clock.append(time.perf_counter())
-        clim = Climatology(climatology) if which == "climatology" else None
+        clim = Climatology(climatology) if climatology is not None else None
         stats = clim.stats(month, method, m) if clim else moments.stats(method)
         attrs = {
             "field": field,

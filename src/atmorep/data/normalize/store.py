@@ -92,9 +92,9 @@ def _finite(out: Path, block: np.ndarray, t0: int, m: Month, stats: Stats) -> No
     if not bad.any():
         return
     t, lev, y, x = (int(i) for i in np.argwhere(bad)[0])
-    std = stats.broadcast()[1]
+    std_ = stats.broadcast()[1]
     # min(): a global std is (1, L, 1, 1), a local one (1, L, Y, X)
-    std = float(std[0, lev, min(y, std.shape[2] - 1), min(x, std.shape[3] - 1)])
+    std = float(std_[0, lev, min(y, std_.shape[2] - 1), min(x, std_.shape[3] - 1)])
     raise DataError(
         f"{out}: field '{m.field}' normalizes to {int(bad.sum())} non-finite values "
         f"(first at {np.datetime_as_string(m.times[t0 + t], 'h')}, level {m.levels[lev]}, "

@@ -142,6 +142,7 @@ class Decoder:
             edition = c.long(h, b"edition")
             # The integer keys that decide ecCodes' paramId and shortName concepts, per edition: equal
             # keys, equal concepts, so the slow string lookups run once per key (_param, _level).
+            pkey: tuple[int, ...]
             if edition == 1:
                 raw_level = c.long(h, b"indicatorOfTypeOfLevel")
                 pkey = (

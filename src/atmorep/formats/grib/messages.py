@@ -115,6 +115,11 @@ class _Buffered:
             self.base = upto
 
 
+def _taker(r: _Buffered, at: int) -> Callable[[int, int], bytes]:
+    """Bytes ``a..b`` of the message at byte ``at``."""
+    return lambda a, b: _fill_take(r, at + a, at + b)
+
+
 def _fill_take(r: _Buffered, a: int, b: int) -> bytes:
     r.fill(b)
     return r.take(a, b)
@@ -137,7 +142,7 @@ def iter_raw(path: str | Path, hasher=None) -> Iterator[Raw]:
             r.fill(start + 16)
             length = _length(r.take(start, start + 16), path, index, start)
             if r.buf[start - r.base + 7] == 1 and length & 0x800000:
-                length = _grib1_large_length(lambda a, b, at=start: _fill_take(r, at + a, at + b), length)
+                length = _grib1_large_length(_taker(r, start), length)
             if not r.fill(start + length):
                 raise DataError(
                     f"{path}: message {index + 1} is truncated (needs {length} bytes from byte "

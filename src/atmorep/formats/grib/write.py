@@ -102,7 +102,7 @@ def write_grib(
                     if kind != "sfc":  # the sfc sample's level is the surface already
                         eccodes.codes_set(gid, "typeOfLevel", _LEVEL_TYPE.get(kind, kind))
                         eccodes.codes_set(gid, "level", int(lev))
-                    for key, value in (
+                    grid_keys: tuple[tuple[str, float], ...] = (
                         ("Ni", len(lons)),
                         ("Nj", len(lats)),
                         ("latitudeOfFirstGridPointInDegrees", lats[0]),
@@ -113,8 +113,9 @@ def write_grib(
                         ("jDirectionIncrementInDegrees", dlat),
                         ("jScansPositively", int(len(lats) > 1 and lats[1] > lats[0])),
                         ("bitsPerValue", bits_per_value),
-                    ):
-                        eccodes.codes_set(gid, key, value)
+                    )
+                    for grid_key, number in grid_keys:
+                        eccodes.codes_set(gid, grid_key, number)
                     # After the GRIB1 keys: ecCodes converts them on the edition change.
                     if edition == 2 or ieee:
                         eccodes.codes_set(gid, "edition", 2)
