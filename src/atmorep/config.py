@@ -613,9 +613,10 @@ class EmbedConfig:
     token_overlap: tuple[NonNegative, NonNegative, NonNegative] = (0, 0, 0)
     """Tokens (time, lat, lon) by which neighbouring windows overlap; more overlap puts every token
     nearer its window's centre and costs more windows."""
-    pooling: tuple[Literal["window", "area"], ...] = ()
+    pooling: tuple[str, ...] = ()
     """Pooled vectors besides the per-token ones: window (mean over each window's tokens: pooled_window)
-    and area (cos-latitude weighted mean over the area per time token: pooled_area)."""
+    and area (cos-latitude weighted mean over the area per time token: pooled_area); the names of
+    atmorep.eval.embed.POOLING."""
     batch_size: Positive = 16
     """Windows per encoder batch."""
     case_study: bool = False

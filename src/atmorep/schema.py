@@ -29,6 +29,7 @@ from pydantic_core import core_schema
 
 from atmorep import config as C
 from atmorep.data.acquire.sources import SOURCES
+from atmorep.eval.embed import POOLING
 from atmorep.eval.modes import MODES
 from atmorep.model.attention import KERNELS, QK_NORMS
 from atmorep.model.heads import BACKBONE_MODES, HEADS
@@ -46,6 +47,7 @@ REGISTRIES: dict[str, Iterable[str]] = {
     "train.loss.terms[]": TERMS,
     "train.engine": ENGINES,
     "evaluate.mode": MODES,
+    "embed.pooling[]": POOLING,
     "finetune.tasks.*.head": HEADS,
     "finetune.tasks.*.backbone": BACKBONE_MODES,
     "finetune.tasks.*.loss[]": TERMS,
