@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 import xarray as xr
+from conftest import REPO
 
 from atmorep import config as C
 from atmorep.errors import DataError
@@ -249,7 +250,7 @@ def test_bad_tasks_are_refused_naming_the_key(stores, backbone):
 def test_preflight_refuses_bad_finetune_settings(tmp_path):
     from atmorep import preflight
 
-    raw = C.read_yaml(C.schema_path().parents[2] / "config" / "config.yaml")
+    raw = C.read_yaml(REPO / "config" / "config.yaml")
     assert not preflight.problems(C.build(C.Config, raw))  # the demo is consistent
 
     def problems(**patch) -> str:

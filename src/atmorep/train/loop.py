@@ -118,7 +118,7 @@ def run(build: Callable[[], Task], seed: int, cfg: TrainConfig, out_dir: str | P
     if verdict[0] is not None:
         raise Locked(verdict[0])
     try:
-        return _train(Trainer(rank, world, seed, cfg, build, out_dir), fresh)
+        return _train(Trainer(rank=rank, world=world, seed=seed, cfg=cfg, build=build, out_dir=out_dir), fresh)
     finally:
         lock.release()
 
@@ -229,7 +229,9 @@ class Trainer:
     :meth:`resume` (or start), then per optimizer step :meth:`train_step`, :meth:`log`,
     :meth:`stop_if_signalled` and :meth:`checkpoint_if_due`, and at the end :meth:`export`."""
 
-    def __init__(self, rank, world, seed, cfg: TrainConfig, build: Callable[[], Task], out_dir):
+    def __init__(
+        self, *, rank: int, world: int, seed: int, cfg: TrainConfig, build: Callable[[], Task], out_dir: str | Path
+    ):
         self.rank, self.world, self.seed, self.cfg = rank, world, seed, cfg
         self.out_dir = Path(out_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
