@@ -117,8 +117,8 @@ FINETUNE_TASKS = list(CFG.finetune.tasks)
 
 def finetune_params(wildcards):
     """The task's own slice (seed, data, finetune with only this task): a change to one task reruns it alone."""
-    raw = atmorep_config.stage_slice(config, "finetune")
-    section = dict(raw.get("finetune") or {})
+    raw = atmorep_config.stage_slice(PARAMS, "finetune")
+    section = dict(raw["finetune"])
     section["tasks"] = {wildcards.task: section["tasks"][wildcards.task]}
     return json.dumps({**raw, "finetune": section}, sort_keys=True)
 
