@@ -105,8 +105,13 @@ def normalize_mem_mb():
 def evaluate_figure(name, caption, subcategory, field=None):
     """A figure of the evaluation in the Snakemake report (captions in workflow/report/)."""
     labels = {"figure": subcategory, **({"field": field} if field else {})}
-    return report(f"results/{RUN}/evaluate/{name}.png", caption=f"../report/{caption}.rst",
-                  category="Evaluation", subcategory=subcategory, labels=labels)
+    return report(
+        f"results/{RUN}/evaluate/{name}.png",
+        caption=f"../report/{caption}.rst",
+        category="Evaluation",
+        subcategory=subcategory,
+        labels=labels,
+    )
 
 
 # --- finetune helpers -------------------------------------------------------------------------
@@ -133,5 +138,10 @@ def finetune_shards(wildcards):
 
 
 def finetune_figure(name, caption, subcategory):
-    return report(f"{FINETUNE}/{{task}}/{name}", caption=f"../report/{caption}.rst", category="Fine-tuning",
-                  subcategory=subcategory, labels={"task": "{task}", "figure": subcategory})
+    return report(
+        f"{FINETUNE}/{{task}}/{name}",
+        caption=f"../report/{caption}.rst",
+        category="Fine-tuning",
+        subcategory=subcategory,
+        labels={"task": "{task}", "figure": subcategory},
+    )

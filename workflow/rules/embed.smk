@@ -11,16 +11,27 @@ rule embed:
         shards=model_stores(),  # the model's fields (a finetune target, e.g. tp, is no input)
     output:
         store=directory(f"{EMBED}/embeddings.zarr"),
-        case_study=[
-            report(f"{EMBED}/cyclone.png", caption="../report/cyclone.rst", category="Representation",
-                   subcategory="Case study", labels={"figure": "tropical cyclone"}),
-            report(f"{EMBED}/cyclone_track.csv", caption="../report/cyclone_track.rst", category="Representation",
-                   subcategory="Case study", labels={"table": "cyclone track"}),
-            f"{EMBED}/cyclone_similarity.csv",
-        ] if CFG.embed.case_study else [],
-    params:
-        cfg=stage_params("embed"),
-        outdir=lambda wildcards, output: os.path.dirname(output.store),
+        case_study=(
+            [
+                report(
+                    f"{EMBED}/cyclone.png",
+                    caption="../report/cyclone.rst",
+                    category="Representation",
+                    subcategory="Case study",
+                    labels={"figure": "tropical cyclone"},
+                ),
+                report(
+                    f"{EMBED}/cyclone_track.csv",
+                    caption="../report/cyclone_track.rst",
+                    category="Representation",
+                    subcategory="Case study",
+                    labels={"table": "cyclone track"},
+                ),
+                f"{EMBED}/cyclone_similarity.csv",
+            ]
+            if CFG.embed.case_study
+            else []
+        ),
     log:
         f"{LOGS}/embed.log",
     benchmark:
@@ -31,6 +42,9 @@ rule embed:
         *CFG.software.modules_for("evaluate"),
     resources:
         mem_mb=3000,
+    params:
+        cfg=stage_params("embed"),
+        outdir=lambda wildcards, output: os.path.dirname(output.store),
     shell:
         "atmorep embed --params {params.cfg:q} --model {input.model} --shards {input.shards}"
         " --output-dir {params.outdir} > {log} 2>&1"

@@ -16,12 +16,22 @@ rule evaluate:
         model=rules.pretrain.output.model,
         shards=model_stores(),
     output:
-        scores=report(f"{EVAL}/scores.csv", caption="../report/scores.rst", category="Evaluation",
-                      subcategory="Tables", labels={"table": "scores"}),
+        scores=report(
+            f"{EVAL}/scores.csv",
+            caption="../report/scores.rst",
+            category="Evaluation",
+            subcategory="Tables",
+            labels={"table": "scores"},
+        ),
         scores_parquet=f"{EVAL}/scores.parquet",
         rank_histograms=f"{EVAL}/rank_histogram.csv",
-        comparisons=report(f"{EVAL}/comparisons.csv", caption="../report/comparisons.rst",
-                           category="Evaluation", subcategory="Tables", labels={"table": "comparisons"}),
+        comparisons=report(
+            f"{EVAL}/comparisons.csv",
+            caption="../report/comparisons.rst",
+            category="Evaluation",
+            subcategory="Tables",
+            labels={"table": "comparisons"},
+        ),
         comparisons_parquet=f"{EVAL}/comparisons.parquet",
         spectra=f"{EVAL}/spectra.csv",
         windows=directory(f"{EVAL}/windows.zarr"),
@@ -36,9 +46,6 @@ rule evaluate:
         power_spectra=evaluate_figure("spectra", "spectra", "Spectra"),
         attention=[evaluate_figure(f"attention_{f}", "attention", "Attention", f) for f in ATTENTION_FIELDS],
         attention_maps=[directory(f"{EVAL}/attention.zarr")] if ATTENTION_FIELDS else [],
-    params:
-        cfg=stage_params("evaluate"),
-        outdir=lambda wildcards, output: os.path.dirname(output.scores),
     log:
         f"{LOGS}/evaluate.log",
     benchmark:
@@ -49,6 +56,9 @@ rule evaluate:
         *CFG.software.modules_for("evaluate"),
     resources:
         mem_mb=3000,
+    params:
+        cfg=stage_params("evaluate"),
+        outdir=lambda wildcards, output: os.path.dirname(output.scores),
     shell:
         "atmorep evaluate --params {params.cfg:q} --model {input.model} --shards {input.shards}"
         " --output-dir {params.outdir} > {log} 2>&1"

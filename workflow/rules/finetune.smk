@@ -13,23 +13,30 @@ rule finetune:
         loss=finetune_figure("loss.png", "loss", "Training loss"),
         windows=directory(f"{FINETUNE}/{{task}}/windows.zarr"),
         sample_scores=directory(f"{FINETUNE}/{{task}}/sample_scores.zarr"),
-        scores=report(f"{FINETUNE}/{{task}}/scores.csv", caption="../report/scores.rst", category="Fine-tuning",
-                      subcategory="Tables", labels={"task": "{task}", "table": "scores"}),
+        scores=report(
+            f"{FINETUNE}/{{task}}/scores.csv",
+            caption="../report/scores.rst",
+            category="Fine-tuning",
+            subcategory="Tables",
+            labels={"task": "{task}", "table": "scores"},
+        ),
         scores_parquet=f"{FINETUNE}/{{task}}/scores.parquet",
-        comparisons=report(f"{FINETUNE}/{{task}}/comparisons.csv", caption="../report/comparisons.rst",
-                           category="Fine-tuning", subcategory="Tables", labels={"task": "{task}", "table": "comparisons"}),
+        comparisons=report(
+            f"{FINETUNE}/{{task}}/comparisons.csv",
+            caption="../report/comparisons.rst",
+            category="Fine-tuning",
+            subcategory="Tables",
+            labels={"task": "{task}", "table": "comparisons"},
+        ),
         comparisons_parquet=f"{FINETUNE}/{{task}}/comparisons.parquet",
         forecast=finetune_figure("forecast.png", "forecast_map", "Maps"),
         scorecard=finetune_figure("scorecard.png", "scorecard", "Skill against baselines"),
-    wildcard_constraints:
-        task="|".join(FINETUNE_TASKS) or "no-task",
-    params:
-        cfg=finetune_params,
-        outdir=lambda wildcards, output: os.path.dirname(output.head),
     log:
         f"{LOGS}/finetune/{{task}}.log",
     benchmark:
         f"{LOGS}/finetune/{{task}}.benchmark.tsv"
+    wildcard_constraints:
+        task="|".join(FINETUNE_TASKS) or "no-task",
     conda:
         "../envs/train.yaml"
     envmodules:
@@ -39,6 +46,9 @@ rule finetune:
         tasks=CFG.finetune.train.ranks,
         mpi="torchrun",
         mem_mb_per_cpu=2000,
+    params:
+        cfg=finetune_params,
+        outdir=lambda wildcards, output: os.path.dirname(output.head),
     shell:
         "atmorep launch --with {resources.mpi} --ranks {resources.tasks} -- finetune --params {params.cfg:q}"
         " --task {wildcards.task} --backbone {input.backbone} --shards {input.shards} {input.target}"

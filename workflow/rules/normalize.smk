@@ -6,9 +6,6 @@ rule normalize:
     output:
         data=directory(f"{RES}/normalized/{{field}}/{{month}}.zarr"),
         qc=f"{RES}/qc/{{field}}/{{month}}.json",
-    params:
-        cfg=stage_params("normalize"),
-        climatology=lambda wildcards, input: f"--climatology {input.climatology}" if input.climatology else "",
     log:
         f"{LOGS}/normalize/{{field}}_{{month}}.log",
     benchmark:
@@ -19,6 +16,9 @@ rule normalize:
         *CFG.software.modules_for("data"),
     resources:
         mem_mb=normalize_mem_mb(),
+    params:
+        cfg=stage_params("normalize"),
+        climatology=lambda wildcards, input: f"--climatology {input.climatology}" if input.climatology else "",
     shell:
         "atmorep normalize --params {params.cfg:q} --field {wildcards.field} --month {wildcards.month}"
         " --input {input.grib} --output {output.data} --qc {output.qc} {params.climatology} > {log} 2>&1"
@@ -30,8 +30,6 @@ rule moments:
         f"{RES}/grib/{{field}}/{{month}}.grib",
     output:
         directory(f"{RES}/moments/{{field}}/{{month}}.zarr"),
-    params:
-        cfg=normalize_params("qc", "memory_mb", "block_mb", "scratch_dir"),
     log:
         f"{LOGS}/moments/{{field}}_{{month}}.log",
     benchmark:
@@ -42,6 +40,8 @@ rule moments:
         *CFG.software.modules_for("data"),
     resources:
         mem_mb=normalize_mem_mb(),
+    params:
+        cfg=normalize_params("qc", "memory_mb", "block_mb", "scratch_dir"),
     shell:
         "atmorep moments --params {params.cfg:q} --field {wildcards.field} --month {wildcards.month}"
         " --input {input} --output {output} > {log} 2>&1"
@@ -50,12 +50,11 @@ rule moments:
 rule climatology:
     """Statistics of a field over the climatology period (per calendar month or overall)."""
     input:
-        lambda wildcards: expand(f"{RES}/moments/{{field}}/{{month}}.zarr", field=wildcards.field,
-                                 month=CLIMATOLOGY_MONTHS),
+        lambda wildcards: expand(
+            f"{RES}/moments/{{field}}/{{month}}.zarr", field=wildcards.field, month=CLIMATOLOGY_MONTHS
+        ),
     output:
         directory(f"{RES}/climatology/{{field}}.zarr"),
-    params:
-        cfg=normalize_params("climatology"),
     log:
         f"{LOGS}/climatology/{{field}}.log",
     benchmark:
@@ -66,6 +65,8 @@ rule climatology:
         *CFG.software.modules_for("data"),
     resources:
         mem_mb=2000,
+    params:
+        cfg=normalize_params("climatology"),
     shell:
         "atmorep climatology --params {params.cfg:q} --field {wildcards.field} --inputs {input}"
         " --output {output} > {log} 2>&1"

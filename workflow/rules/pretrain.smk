@@ -12,11 +12,12 @@ rule pretrain:
     output:
         model=f"results/{RUN}/train/model.safetensors",
         metrics=f"results/{RUN}/train/metrics.csv",
-        loss=report(f"results/{RUN}/train/loss.png", caption="../report/loss.rst", category="Training",
-                    labels={"figure": "loss"}),
-    params:
-        cfg=stage_params("train"),
-        outdir=lambda wildcards, output: os.path.dirname(output.model),
+        loss=report(
+            f"results/{RUN}/train/loss.png",
+            caption="../report/loss.rst",
+            category="Training",
+            labels={"figure": "loss"},
+        ),
     log:
         f"{LOGS}/pretrain.log",
     benchmark:
@@ -30,6 +31,9 @@ rule pretrain:
         tasks=CFG.train.ranks,
         mpi="torchrun",
         mem_mb_per_cpu=2000,
+    params:
+        cfg=stage_params("train"),
+        outdir=lambda wildcards, output: os.path.dirname(output.model),
     shell:
         "atmorep launch --with {resources.mpi} --ranks {resources.tasks} -- train --params {params.cfg:q}"
         " --shards {input.shards} --output-dir {params.outdir} > {log} 2>&1"

@@ -5,8 +5,6 @@ rule shard:
         lambda wc: expand(f"{RES}/normalized/{{field}}/{{month}}.zarr", field=wc.field, month=months_of(wc.year)),
     output:
         directory(f"{RES}/shards/{{field}}/{{year}}.zarr"),
-    params:
-        cfg=stage_params("shard"),
     log:
         f"{LOGS}/shard/{{field}}_{{year}}.log",
     benchmark:
@@ -17,6 +15,8 @@ rule shard:
         *CFG.software.modules_for("data"),
     resources:
         mem_mb=2000,
+    params:
+        cfg=stage_params("shard"),
     shell:
         "atmorep shard --params {params.cfg:q} --field {wildcards.field} --year {wildcards.year}"
         " --inputs {input} --output {output} > {log} 2>&1"
