@@ -431,24 +431,6 @@ class Config:
     software: SoftwareConfig = field(default_factory=SoftwareConfig)
 
 
-def tokens_per_field(cfg: Config) -> dict[str, tuple[int, int, int]]:
-    """Tokens per sample and level of each field: ``model.num_tokens`` counts the finest tokens, and
-    every field covers the same neighbourhood (as the loader, :class:`atmorep.data.dataset.WindowDataset`)."""
-    sizes = np.array([cfg.shard.token_size_for(f) for f in cfg.data.fields])
-    # WindowDataset's arithmetic, here without data: preflight refuses a bad tiling before anything runs.
-    extent = np.asarray(cfg.model.num_tokens) * sizes.min(axis=0)
-    out = {}
-    for f in cfg.data.fields:
-        size = np.asarray(cfg.shard.token_size_for(f))
-        if np.any(extent % size):
-            raise ConfigError(
-                f"shard token size {size.tolist()} of field '{f}' does not tile the neighbourhood "
-                f"{extent.tolist()} (model.num_tokens x the finest token size)"
-            )
-        out[f] = tuple(int(v) for v in extent // size)
-    return out
-
-
 #: The sections each stage reads; the CLI and Snakemake pass exactly these.
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "acquire": ("data", "acquire"),

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from atmorep import config as C
+from atmorep import geometry
 from atmorep.config import Config, ModelConfig
 from atmorep.model.multiformer import FieldGeometry
 
@@ -62,7 +63,7 @@ def load_model_file(path: str | Path) -> ModelFile:
 def from_config(cfg: Config, description: str = "") -> ModelFile:
     """The model and geometry a run configuration trains (its ``model.fields``; levels from data, token
     size from shard)."""
-    tokens = C.tokens_per_field(cfg)
+    tokens = geometry.tokens_per_field(cfg)
     fields = {
         f: FieldGeometry(len(cfg.data.fields[f].levels), cfg.shard.token_size_for(f), tokens[f])
         for f in C.model_fields(cfg.data, cfg.model)

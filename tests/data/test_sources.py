@@ -71,3 +71,31 @@ def test_verify_checks_completeness_with_a_time_step(tmp_path, shared_data):
         r"2019-03-30T04:00",
     ):
         sources.verify(cut, data, "t2m", "2019-03")
+
+
+def test_the_sample_delivers_the_area_the_check_accepts(tmp_path):
+    """With the embedded sample any data.area passed `check` and `plan`, then acquire refused it
+    ("covers lat 90..-90; data.area expects ...") after the workflow started. The sample now cuts the
+    area (across 0° too), and the plan's volume is what arrives."""
+    import yaml
+    from conftest import REPO
+
+    from atmorep import config as C
+    from atmorep import plan, preflight
+
+    raw = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    raw["data"]["area"] = [60, -30, 30, 30]
+    raw["model"]["num_tokens"] = [3, 3, 3]  # a window of 27 x 27 points fits the 27 x 54 kept
+    cfg = C.build(C.Config, raw)
+    assert preflight.problems(cfg) == []
+    out = sources.acquire(cfg.data, cfg.acquire, "t2m", "2026-03", tmp_path / "t2m.grib")
+    da = grib.decode(out)
+    assert da.shape == (24, 1, 31, 61)
+    np.testing.assert_array_equal(da["latitude"].values, np.arange(60, 29, -1))
+    np.testing.assert_array_equal(np.mod(da["longitude"].values, 360), np.mod(np.arange(-30, 31), 360))
+    store = sources.SampleSource().open()["t2m"]
+    want = store.sel(latitude=slice(60, 30)).isel(longitude=np.r_[330:360, 0:31]).values
+    np.testing.assert_allclose(da.values[:, 0], want, atol=1e-3)
+    assert plan.plan(cfg).grib_bytes == len(cfg.data.fields) * out.stat().st_size
+    lats, lons = sources.SampleSource().grid(cfg.data)
+    assert (len(lats), len(lons)) == (31, 61)
