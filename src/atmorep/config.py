@@ -315,7 +315,6 @@ class EvaluateConfig:
     climatology_start: str | None = None
     climatology_end: str | None = None
     climatology_window_hours: int = 6
-    write_ensemble: bool = True
     spread_inflation: float = 1.0
     bootstrap_iterations: int = 1000
     attention: AttentionCaptureConfig = field(default_factory=AttentionCaptureConfig)
@@ -440,7 +439,13 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "evaluate": ("seed", "data", "evaluate"),  # no model section: evaluate reads it from model.safetensors
     "embed": ("data", "embed"),  # likewise; nothing random, so no seed
     "finetune": ("seed", "data", "finetune"),  # the backbone's architecture comes from its model file
+    "infer": ("seed", "data", "evaluate"),  # without SCORING_KEYS (stage_slice)
+    "score": ("seed", "data", "evaluate"),
 }
+
+#: The evaluate keys that only the score stage reads: the infer stage's slice leaves them out, so that
+#: changing one reruns the scoring and never the inference (the GPU part).
+SCORING_KEYS = ("climatology_start", "climatology_end", "climatology_window_hours", "bootstrap_iterations")
 
 
 def period(cfg, data: DataConfig) -> tuple[np.datetime64, np.datetime64]:
@@ -558,8 +563,12 @@ def load(path: str | Path) -> Config:
 
 
 def stage_slice(raw: dict, stage: str) -> dict:
-    """The part of a raw config dict that ``stage`` reads (see :data:`STAGE_SECTIONS`)."""
-    return {k: raw[k] for k in STAGE_SECTIONS[stage] if k in raw}
+    """The part of a raw config dict that ``stage`` reads (see :data:`STAGE_SECTIONS`; the infer stage's
+    evaluate section without :data:`SCORING_KEYS`)."""
+    out = {k: raw[k] for k in STAGE_SECTIONS[stage] if k in raw}
+    if stage == "infer" and isinstance(out.get("evaluate"), dict):
+        out["evaluate"] = {k: v for k, v in out["evaluate"].items() if k not in SCORING_KEYS}
+    return out
 
 
 def from_slice(text: str) -> dict:

@@ -34,7 +34,8 @@ def message_bytes(points: int, bits: int) -> int:
     return GRIB1_HEADER - 1 + values + (11 + values) % 2
 
 
-#: core-seconds per GB of float32 data, measured on 2-core CI machines (logs/*/*.benchmark.tsv)
+#: core-seconds per GB of float32 data, measured on 2-core CI machines (logs/*/*.benchmark.tsv);
+#: "evaluate" is the infer and score rules together
 CORE_S_PER_GB = {"acquire": 25.0, "normalize": 30.0, "shard": 12.0, "evaluate": 60.0}
 #: peak dense bf16 FLOP/s of one GPU (H100 SXM) used for GPU-hours
 GPU_PEAK_FLOPS = table_peak("NVIDIA H100 80GB HBM3")
@@ -156,7 +157,8 @@ def slurm_jobs(cfg: Config, profile: dict) -> dict[str, int]:
         "normalize": len(cfg.data.fields) * len(cfg.data.months()),
         "shard": len(cfg.data.fields) * len(cfg.data.years()),
         "pretrain": 1,
-        "evaluate": 1,
+        "infer": 1,
+        "score": 1,
     }
     # Snakemake submits a group of group-components jobs as one SLURM job.
     groups, sizes = profile.get("groups", {}), profile.get("group-components", {})

@@ -67,7 +67,11 @@ def test_comparisons_and_spectra_are_written(forecast):
 
 def test_products_are_cf_zarr_readable_by_plain_xarray(forecast):
     ds = xr.open_zarr(forecast / "windows.zarr", group="t2m")
-    assert {"source", "target", "prediction", "ensemble", "mask", "baseline_persistence"} <= set(ds.data_vars)
+    assert {"source", "target", "prediction", "ensemble", "mask"} <= set(ds.data_vars)
+    # the baselines are the score stage's: beside the scores, in the same layout
+    refs = xr.open_zarr(forecast / "baselines.zarr", group="t2m")
+    assert {"baseline_persistence", "baseline_climatology", "climatology_mean"} <= set(refs.data_vars)
+    assert refs["baseline_persistence"].attrs["units"] == "K" and refs.sizes["sample"] == ds.sizes["sample"]
     assert ds.attrs["Conventions"].startswith("CF")
     assert ds["prediction"].attrs["standard_name"] == "air_temperature" and ds["prediction"].attrs["units"] == "K"
     assert ds["latitude"].attrs["units"] == "degrees_north" and ds["init_time"].dtype.kind == "M"

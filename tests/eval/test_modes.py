@@ -155,11 +155,10 @@ def test_stitching_overlapping_tiles_keeps_the_ensemble_spread(trained, dataset)
         trained,
         dataset,
         sel.indices,
-        mode.masking(cfg, dataset.token_sizes),
-        mode.target_slabs(cfg),
-        8,
-        0,
-        mode.baselines,
+        strategy=mode.masking(cfg, dataset.token_sizes),
+        target_slabs=mode.target_slabs(cfg),
+        batch_size=8,
+        seed=0,
     )
     stitched = mode.finish(dataset, sel, tiles, cfg)
     for f in ("t2m", "u10"):

@@ -1,7 +1,7 @@
 """`snakemake --report` gathers the evaluation figures with their captions, and the report renders in a
 headless Chromium (screenshot not blank, figures present, no console errors).
 
-The evaluate rule runs on its own: a Snakefile that includes only ``common.smk`` and ``evaluate.smk``
+The infer and score rules run on their own: a Snakefile that includes only ``common.smk`` and ``evaluate.smk``
 finds ready shard stores (from the embedded sample) and a small untrained model where the earlier
 stages would have put them.
 """
@@ -51,7 +51,7 @@ include: "{REPO}/workflow/rules/evaluate.smk"
 report: "{REPO}/workflow/report/workflow.rst"
 
 rule all:
-    input: rules.evaluate.output
+    input: rules.score.output
 
 with open("inputs.json", "w") as f:  # where the rule expects the earlier stages' products
     json.dump({{"shards": shard_stores(), "model": rules.pretrain.output.model}}, f)

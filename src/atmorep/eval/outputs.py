@@ -67,6 +67,26 @@ def write_groups(datasets: dict[str, xr.Dataset], path: Path, annotate_cf: bool 
     return path
 
 
+def read_groups(path: str | Path) -> dict[str, xr.Dataset]:
+    """The groups :func:`write_groups` wrote, by field, loaded; CF flags (``mask``) back to bools.
+    ``windows.zarr`` read so is the window layout :func:`atmorep.eval.evaluate.score` scores."""
+    import zarr
+
+    path = Path(path)
+    try:
+        names = sorted(zarr.open_group(str(path), mode="r").group_keys())
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+        raise ValueError(f"{path}: no zarr store of forecasts (one group per field)") from None
+    out = {}
+    for f in names:
+        ds = xr.open_zarr(path, group=f).load()
+        for v in ds.data_vars:
+            if ds[v].attrs.get("flag_values") == [0, 1]:
+                ds[v] = ds[v].astype(bool).assign_attrs(ds[v].attrs)
+        out[f] = ds
+    return out
+
+
 def _encoded(ds: xr.Dataset) -> xr.Dataset:
     """Per-variable encodings: CF time units, bools as int8."""
     for v in ds.variables:
