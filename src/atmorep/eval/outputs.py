@@ -58,7 +58,8 @@ def write_groups(datasets: dict[str, xr.Dataset], path: Path, annotate_cf: bool 
     import zarr
 
     path = Path(path)
-    zarr.open_group(str(path), mode="w", zarr_format=2)  # the root, even when there is nothing to write
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)  # the root, even when there is nothing to write
+    root.attrs["fields"] = list(datasets)  # the groups in the model's field order (read_groups keeps it)
     for f, ds in datasets.items():
         ds = annotate(ds, f) if annotate_cf else ds
         _encoded(ds).to_zarr(path, group=f, mode="w", zarr_format=2, consolidated=False)
@@ -74,7 +75,8 @@ def read_groups(path: str | Path) -> dict[str, xr.Dataset]:
 
     path = Path(path)
     try:
-        names = sorted(zarr.open_group(str(path), mode="r").group_keys())
+        root = zarr.open_group(str(path), mode="r")
+        names = list(root.attrs.get("fields") or sorted(root.group_keys()))
     except (FileNotFoundError, zarr.errors.GroupNotFoundError):
         raise ValueError(f"{path}: no zarr store of forecasts (one group per field)") from None
     out = {}
