@@ -208,7 +208,7 @@ def references(
 
 def _references_of(ds: xr.Dataset) -> xr.Dataset:
     """The baselines' forecasts and the climatology at the targets, without the forecast itself."""
-    keep = [v for v in ds.data_vars if v.startswith(("baseline_", "climatology_"))]
+    keep = [v for v in ds.data_vars if str(v).startswith(("baseline_", "climatology_"))]
     return ds[keep].assign_attrs(ds.attrs)  # the coordinates of the target points only
 
 

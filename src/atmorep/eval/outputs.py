@@ -76,10 +76,11 @@ def read_groups(path: str | Path) -> dict[str, xr.Dataset]:
     path = Path(path)
     try:
         root = zarr.open_group(str(path), mode="r")
-        names = list(root.attrs.get("fields") or sorted(root.group_keys()))
+        order = root.attrs.get("fields")
+        names = [str(f) for f in order] if isinstance(order, list) else sorted(root.group_keys())
     except (FileNotFoundError, zarr.errors.GroupNotFoundError):
         raise ValueError(f"{path}: no zarr store of forecasts (one group per field)") from None
-    out = {}
+    out: dict[str, xr.Dataset] = {}
     for f in names:
         ds = xr.open_zarr(path, group=f).load()
         for v in ds.data_vars:

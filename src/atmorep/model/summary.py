@@ -75,7 +75,7 @@ def blocks(cfg: ModelConfig, fields: dict[str, FieldGeometry]) -> dict[str, Bloc
 def flop_terms(cfg: ModelConfig, fields: dict[str, FieldGeometry]) -> dict[str, tuple[float, float, float]]:
     """Per field the forward matmul FLOPs (2 per multiply-add), attention scores and values included:
     ``(embedding per sample, encoder + decoder per sample, tail per masked token)``."""
-    out = {}
+    out: dict[str, tuple[float, float, float]] = {}
     for f, b in blocks(cfg, fields).items():
         N, D, P, c = b.tokens, b.dim, b.values, b.coupling_width
         enc = 2 * N * D * 3 * D + 4 * N * N * D + 8 * N * D * D  # self qkv, scores+values, MLP

@@ -56,7 +56,11 @@ SETTINGS: dict[str, Callable[[DataConfig, AcquireConfig], object]] = {
 }
 
 
-def unhonoured(source: Source, data: DataConfig, cfg: AcquireConfig) -> list[str]:
+class _Honours(Protocol):
+    honours: frozenset[str]
+
+
+def unhonoured(source: _Honours, data: DataConfig, cfg: AcquireConfig) -> list[str]:
     """One message per setting of :data:`SETTINGS` that is set and that ``source`` does not act on."""
     out = []
     for key, value in SETTINGS.items():
