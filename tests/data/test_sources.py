@@ -99,3 +99,19 @@ def test_the_sample_delivers_the_area_the_check_accepts(tmp_path):
     assert plan.plan(cfg).grib_bytes == len(cfg.data.fields) * out.stat().st_size
     lats, lons = sources.SampleSource().grid(cfg.data)
     assert (len(lats), len(lons)) == (31, 61)
+
+
+def test_every_source_says_its_grid_times_and_volume():
+    """The protocol's answers that plan and check use, per source (no data read for cds, files, zarr)."""
+    from atmorep.config import DataConfig, FieldSpec
+
+    data = DataConfig(fields={"t": FieldSpec((850,), "pl")}, start="2021-01-01T00", end="2021-01-31T23")
+    cds, files, zarr = (sources.source(AcquireConfig(source=s)) for s in ("cds", "files", "zarr"))
+    assert len(cds.times(data, "2021-01")) == 744  # hourly, as its requests ask without data.step_hours
+    assert files.times(data, "2021-01") is None and zarr.times(data, "2021-01") is None  # the data decide
+    assert [len(a) for a in cds.grid(data)] == [721, 1440] and files.grid(data) is None
+    area = DataConfig(data.fields, data.start, data.end, step_hours=6, grid=(0.5, 0.5), area=(58, -10, 50, 2))
+    for s in (cds, files, zarr):
+        assert [len(a) for a in s.grid(area)] == [17, 25] and len(s.times(area, "2021-01")) == 124
+    assert (cds.bits(data), files.bits(data), files.bits(area), zarr.bits(data)) == (16, 16, 32, 32)
+    assert sources.SampleSource().bits(data) == 24

@@ -296,6 +296,9 @@ class CdsSource(ConfiguredGrid):
     name = "the Copernicus CDS"
     default_grid = DEFAULT_GRID  # ERA5 as the CDS packs it: 16 bits per value
 
+    def times(self, data: DataConfig, month: str) -> np.ndarray:
+        return data.times(month, data.step_hours or 1)  # hourly without data.step_hours, as request_for asks
+
     @staticmethod
     def client(cfg: CdsConfig, url: str, key: str):
         import cdsapi
