@@ -348,8 +348,10 @@ def test_the_check_counts_training_windows_as_the_loader_does(sample_products):
         assert n == len(loader) > 0
 
 
-def test_the_embedded_sample_refuses_what_it_cannot_deliver():
-    """What `check` accepts, acquire delivers: settings the sample cannot honour are refused up front."""
+def test_each_source_refuses_what_it_cannot_deliver():
+    """What `check` accepts, acquire delivers: what a source cannot honour (the sample: an area off its
+    grid, data.step_hours, another grid, other fields; files without paths; cds: acquire.variables) is
+    refused up front, not by acquire after the workflow started."""
     assert _problems(_demo(**{"data.area": [60.5, -30, 30, 30]})) == [
         "data.area [60.5, -30, 30, 30] and the embedded sample's global 1° grid: data.area north edge 60.5 is "
         "not a grid point of the files' 1° grid (choose area edges on the grid)"
@@ -362,6 +364,9 @@ def test_the_embedded_sample_refuses_what_it_cannot_deliver():
         "data.fields.t: not in the embedded sample (it has t2m, u10, v10, msl, tp)",
         "data.grid [0.25, 0.25]: the embedded sample is on its own 1°x1° grid (set it null)",
     }
+    assert _problems(_example(**{"acquire.files.paths": []})) == [
+        "acquire.source is 'files' but acquire.files.paths is empty"
+    ]
     cds = _example(**{"acquire.source": "cds", "acquire.variables": {"t": "ta"}})
     assert _problems(cds) == [
         "acquire.variables {'t': 'ta'} is set, but acquire.source cds does not use it (it uses data.area, "

@@ -53,6 +53,10 @@ class FilesSource(ConfiguredGrid):
     def bits(self, data: DataConfig) -> int:
         return 32 if data.area else 16
 
+    def problems(self, data: DataConfig, cfg: AcquireConfig) -> list[str]:
+        empty = [] if cfg.files.paths else ["acquire.source is 'files' but acquire.files.paths is empty"]
+        return super().problems(data, cfg) + empty
+
     def fetch(self, data: DataConfig, cfg: AcquireConfig, field: str, month: str, out: Path) -> dict:
         paths = expand(cfg.files.paths)
         if not cfg.files.paths:

@@ -284,6 +284,10 @@ class ZarrSource(ConfiguredGrid):
     honours = ConfiguredGrid.honours | {"acquire.variables"}
     bits_per_value = 32
 
+    def problems(self, data: DataConfig, cfg: AcquireConfig) -> list[str]:
+        empty = [] if cfg.zarr.url else ["acquire.source is 'zarr' but acquire.zarr.url is empty"]
+        return super().problems(data, cfg) + empty
+
     def fetch(self, data: DataConfig, cfg: AcquireConfig, field: str, month: str, out: Path) -> dict:
         import atmorep
 
