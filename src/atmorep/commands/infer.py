@@ -17,7 +17,9 @@ HELP = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     config_args(p)
-    p.add_argument("--model", required=True, type=Path, help="model.pt from train")
+    p.add_argument(
+        "--model", required=True, type=Path, help="model file (model.safetensors) from train or import-original"
+    )
     p.add_argument("--shards", required=True, nargs="+", type=Path, help="shard stores (all fields of the model)")
     p.add_argument(
         "--output-dir",
