@@ -1,4 +1,4 @@
-# atmorep: acquire -> normalize -> shard -> pretrain -> evaluate, embed, finetune
+# atmorep: acquire -> normalize -> shard -> pretrain -> infer -> score, embed, finetune
 # Run: snakemake --profile profiles/local   (or `make run`); dry run: snakemake -n
 import os
 
@@ -31,7 +31,7 @@ include: "workflow/rules/plan.smk"
 rule all:
     default_target: True
     input:
-        rules.evaluate.output,
+        rules.score.output,
         rules.embed.output,
         expand(rules.finetune.output.scores, task=FINETUNE_TASKS),
         expand(rules.finetune.output.head, task=FINETUNE_TASKS),

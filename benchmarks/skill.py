@@ -178,7 +178,7 @@ def score(
         climatology_window_hours=1,
         spread_inflation=inflation,
     )
-    clims = E.climatologies(dataset, data, base)
+    clims = E.climatologies(dataset.stores, data, base)
     per = {}
     for mode in modes:
         results = E.run_mode(model, dataset, dataclasses.replace(base, mode=mode), 1, clims)

@@ -12,7 +12,7 @@ def run(*args, **kwargs):
 
 def test_help_lists_every_stage():
     out = run("--help").stdout
-    for cmd in ("acquire", "normalize", "shard", "train", "evaluate", "inspect"):
+    for cmd in ("acquire", "normalize", "shard", "train", "infer", "score", "evaluate", "inspect"):
         assert cmd in out
 
 

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from conftest import REPO
@@ -303,3 +304,95 @@ def test_workflow_start_refuses_in_seconds_writing_nothing(tmp_path):
     # --config on top of a config file: both are named (`A or B + C` used to drop "--config" here)
     r = _snakemake(work, "--configfile", str(cfg), "--config", "seed=2", timeout=120)
     assert r.returncode != 0 and f"invalid configuration ({cfg} + --config):" in r.stdout + r.stderr
+
+
+def _demo(**changes) -> dict:
+    raw = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    for key, value in changes.items():
+        node = raw
+        *path, last = key.split(".")
+        for k in path:
+            node = node[k]
+        node[last] = value
+    return raw
+
+
+def test_the_check_counts_training_windows_as_the_loader_does(sample_products):
+    """`check` used to ask for one window per period while `train` needs a global batch of windows: a
+    small campaign passed the check and was refused by train after acquire, normalize and shard ran
+    ("1 training windows are fewer than one global batch of 8"). Both count with atmorep.geometry."""
+    from atmorep import geometry
+    from atmorep.data.dataset import WindowDataset
+
+    # a regional box of 27 x 54 points at 1°: exactly one window position on the grid
+    raw = _demo(**{"data.area": [60, 0, 34, 53], "train.batch_size": 4, "train.ranks": 2})
+    found = _problems(raw)
+    assert len(found) == 1 and found[0].startswith(
+        "train.start .. train.end 2026-03-25T00:00 .. 2026-03-30T05:00 holds "
+    )
+    assert "complete window(s) of 6x27x54 points" in found[0] and "1 position(s) on the grid" in found[0]
+    assert found[0].endswith(
+        "training needs one global batch of train.batch_size x train.gradient_accumulation x train.ranks "
+        "= 4 x 1 x 2 = 8"
+    )
+    windows = int(found[0].split(" holds ")[1].split()[0])
+    assert 1 <= windows < 8
+    assert _problems(_demo(**{"data.area": [60, 0, 34, 53], "train.batch_size": 2, "train.ranks": 2})) == []
+    # the count is the loader's: the same campaign's shard stores (t2m, u10 of the sample, global)
+    cfg = C.build(C.Config, _demo(**{"data.fields": {"t2m": {"levels": [0]}, "u10": {"levels": [0]}}}))
+    stores = {f: [str(p)] for f, p in sample_products["shards"].items()}
+    for start, end in (("2026-03-25T00", "2026-03-30T05"), ("2026-03-30T06", "2026-03-31T23")):
+        loader = WindowDataset(stores, cfg.model.num_tokens, np.datetime64(start), np.datetime64(end))
+        times, _ = preflight._valid_times(cfg)
+        _, kept = preflight._window_on_grid(cfg)
+        n = geometry.count_windows(
+            times, geometry.config_window(cfg), kept.shape, kept.periodic, np.datetime64(start), np.datetime64(end)
+        )
+        assert n == len(loader) > 0
+
+
+def test_each_source_refuses_what_it_cannot_deliver():
+    """What `check` accepts, acquire delivers: what a source cannot honour (the sample: an area off its
+    grid, data.step_hours, another grid, other fields; files without paths; cds: acquire.variables) is
+    refused up front, not by acquire after the workflow started."""
+    assert _problems(_demo(**{"data.area": [60.5, -30, 30, 30]})) == [
+        "data.area [60.5, -30, 30, 30] and the embedded sample's global 1° grid: data.area north edge 60.5 is "
+        "not a grid point of the files' 1° grid (choose area edges on the grid)"
+    ]
+    found = _problems(
+        _demo(**{"data.step_hours": 6, "data.grid": [0.25, 0.25], "data.fields": {"t": {"levels": [850]}}})
+    )
+    assert set(found) >= {
+        "data.step_hours 6 is set, but acquire.source sample does not use it (it uses data.area, data.grid): remove it",
+        "data.fields.t: not in the embedded sample (it has t2m, u10, v10, msl, tp)",
+        "data.grid [0.25, 0.25]: the embedded sample is on its own 1°x1° grid (set it null)",
+    }
+    assert _problems(_example(**{"acquire.files.paths": []})) == [
+        "acquire.source is 'files' but acquire.files.paths is empty"
+    ]
+    cds = _example(**{"acquire.source": "cds", "acquire.variables": {"t": "ta"}})
+    assert _problems(cds) == [
+        "acquire.variables {'t': 'ta'} is set, but acquire.source cds does not use it (it uses data.area, "
+        "data.grid, data.step_hours): remove it"
+    ]
+
+
+def test_an_area_around_the_globe_is_the_whole_circle_for_plan_check_and_acquire():
+    """data.area [60, -180, 30, 180] at 1°: plan.grid gave 31 x 1 points ("narrower than one token"),
+    preflight 31 x 361 (a repeated seam column), acquire's grid check expected 1 longitude. One
+    function now: 31 x 360, periodic."""
+    from atmorep import geometry, plan
+    from atmorep.data.acquire.inventory import _area_lons
+
+    lats, lons = geometry.regular_grid((1.0, 1.0), (60, -180, 30, 180))
+    assert (len(lats), len(lons)) == (31, 360) and lons[0] == -180 and lons[-1] == 179
+    raw = yaml.safe_load((REPO / "config" / "campaigns" / "quickstart.yaml").read_text())
+    raw["data"].update(grid=[1.0, 1.0], area=[80, -180, 20, 180])
+    cfg = C.build(C.Config, raw)
+    p_lats, p_lons = plan.grid(cfg)
+    c_lats, c_lons, _ = preflight._grid(cfg)
+    np.testing.assert_array_equal(p_lats, c_lats)
+    np.testing.assert_array_equal(p_lons, c_lons)
+    assert len(_area_lons(-180, 180, 1.0)) == 360
+    assert plan.plan(cfg).grib_bytes == 744 * (plan.GRIB1_HEADER + 61 * 360 * 2)
+    assert preflight.problems(cfg) == []

@@ -166,7 +166,7 @@ def test_training_logs_throughput_and_mfu(run):
 def test_every_rule_has_log_and_benchmark(run):
     work, _ = run
     logs = work / "logs" / "tiny"  # everything of a run lives under its name
-    for rule in ("acquire", "normalize", "shard", "pretrain", "evaluate", "embed"):
+    for rule in ("acquire", "normalize", "shard", "pretrain", "infer", "score", "embed"):
         assert list(logs.glob(f"{rule}*.log")) + list(logs.glob(f"{rule}/*.log")), rule
         bench = list(logs.glob(f"{rule}*.benchmark.tsv")) + list(logs.glob(f"{rule}/*.benchmark.tsv"))
         assert bench and "max_rss" in bench[0].read_text(), rule
@@ -177,22 +177,27 @@ def test_reruns_are_exactly_the_changed_stage_and_descendants(run):
     r = snakemake(work, cfg, "-n")
     assert "Nothing to be done" in r.stdout + r.stderr
     r = snakemake(work, cfg, "-n", "--forcerun", "shard")
-    assert jobs(r.stdout) == {"shard", "pretrain", "evaluate", "embed", "all"}
+    assert jobs(r.stdout) == {"shard", "pretrain", "infer", "score", "embed", "all"}
     changed = yaml.safe_load(cfg.read_text())
-    changed["evaluate"]["samples"] = 5
+    changed["evaluate"]["bootstrap_iterations"] = 200  # a scoring key: the stored forecasts stay
     cfg2 = work / "changed.yaml"
     cfg2.write_text(yaml.safe_dump(changed))
-    assert jobs(snakemake(work, cfg2, "-n").stdout) == {"evaluate", "all"}
+    assert jobs(snakemake(work, cfg2, "-n").stdout) == {"score", "all"}
+    changed["evaluate"]["samples"] = 5
+    cfg2.write_text(yaml.safe_dump(changed))
+    assert jobs(snakemake(work, cfg2, "-n").stdout) == {"infer", "score", "all"}
     changed["embed"] = {"layers": [0]}
     cfg2.write_text(yaml.safe_dump(changed))
-    assert jobs(snakemake(work, cfg2, "-n").stdout) == {"evaluate", "embed", "all"}  # evaluate: samples above
+    # infer and score: evaluate.samples above
+    assert jobs(snakemake(work, cfg2, "-n").stdout) == {"infer", "score", "embed", "all"}
     changed["normalize"]["local"] = []
     cfg2.write_text(yaml.safe_dump(changed))
     assert jobs(snakemake(work, cfg2, "-n").stdout) == {
         "normalize",
         "shard",
         "pretrain",
-        "evaluate",
+        "infer",
+        "score",
         "embed",
         "all",
     }
@@ -208,7 +213,7 @@ def test_fine_tuning_reads_its_starting_model_as_an_input(run):
     assert r.returncode != 0 and "pretrained.safetensors" in r.stdout + r.stderr  # a missing input, named
     shutil.copy(work / "results" / "tiny" / "train" / "model.safetensors", work / "pretrained.safetensors")
     cfg3.write_text(yaml.safe_dump(changed))
-    assert jobs(snakemake(work, cfg3, "-n").stdout) == {"pretrain", "evaluate", "embed", "all"}
+    assert jobs(snakemake(work, cfg3, "-n").stdout) == {"pretrain", "infer", "score", "embed", "all"}
 
 
 def test_unknown_config_key_fails_fast_naming_it(tmp_path):
@@ -238,7 +243,7 @@ def test_capacity_plan_matches_what_the_run_produced(run):
     assert len(shard_files) == p.zarr_inodes - STORE_FILES * len(stores)
     data_bytes = sum(f.stat().st_size for s in stores for f in (s / "data").rglob("*") if f.is_file())
     assert abs(p.zarr_bytes - data_bytes) / data_bytes < 0.05
-    assert p.slurm_jobs == {"acquire": 1, "normalize": 1, "shard": 2, "pretrain": 1, "evaluate": 1}
+    assert p.slurm_jobs == {"acquire": 1, "normalize": 1, "shard": 2, "pretrain": 1, "infer": 1, "score": 1}
     assert p.gpu_hours > 0 and all(v > 0 for v in p.core_hours.values())
 
 
@@ -249,13 +254,13 @@ def test_another_run_name_shares_no_output(run):
     cfg2 = work / "other.yaml"
     cfg2.write_text(yaml.safe_dump(other))
     r = snakemake(work, cfg2, "-n")
-    assert jobs(r.stdout) == {"acquire", "normalize", "shard", "pretrain", "evaluate", "embed", "all"}
+    assert jobs(r.stdout) == {"acquire", "normalize", "shard", "pretrain", "infer", "score", "embed", "all"}
     assert "resources/tiny-b/" in r.stdout and "resources/tiny/" not in r.stdout
 
 
 def test_a_killed_forced_pretrain_is_rerun_with_what_depends_on_it(run, tmp_path):
     """kill -9 of a forced pretrain deletes its outputs and leaves the old evaluate products: a plain
-    rerun must plan pretrain and evaluate again, not report "Nothing to be done"."""
+    rerun must plan pretrain, infer and score again, not report "Nothing to be done"."""
     import psutil
 
     work, cfg = run
@@ -306,4 +311,4 @@ def test_a_killed_forced_pretrain_is_rerun_with_what_depends_on_it(run, tmp_path
     assert (copy / "results" / "tiny" / "evaluate" / "scores.csv").exists()  # the old products remain
     r = snakemake(copy, copy / cfg.name, "-n")
     assert "Nothing to be done" not in r.stdout + r.stderr
-    assert jobs(r.stdout) == {"pretrain", "evaluate", "embed", "all"}
+    assert jobs(r.stdout) == {"pretrain", "infer", "score", "embed", "all"}

@@ -32,6 +32,7 @@ from typing import Any
 from pydantic import ConfigDict
 
 from atmorep import config as C
+from atmorep import geometry
 from atmorep.config import Config, ModelConfig
 from atmorep.model.attention import check_names
 from atmorep.model.multiformer import FieldGeometry
@@ -69,7 +70,7 @@ def load_model_file(path: str | Path) -> ModelFile:
 def from_config(cfg: Config, description: str = "") -> ModelFile:
     """The model and geometry a run configuration trains (its ``model.fields``; levels from data, token
     size from shard)."""
-    tokens = C.tokens_per_field(cfg)
+    tokens = geometry.tokens_per_field(cfg)
     fields = {
         f: FieldGeometry(len(cfg.data.fields[f].levels), cfg.shard.token_size_for(f), tokens[f])
         for f in C.model_fields(cfg.data, cfg.model)

@@ -22,7 +22,7 @@ log = logging.getLogger("atmorep")
 
 EPILOG = """\
 The stages run in this order; Snakemake (`snakemake --cores 2`) chains them from config/config.yaml:
-  acquire -> normalize -> shard -> train -> evaluate
+  acquire -> normalize -> shard -> train -> infer -> score   (evaluate = infer + score by hand)
 Every stage can also run on its own, e.g.
   atmorep acquire --config config/config.yaml --field t2m --month 2026-03 --output t2m.grib
   atmorep inspect t2m.grib

@@ -575,8 +575,6 @@ class EvaluateConfig:
     climatology_window_hours: Annotated[int, Field(ge=1, le=24)] = 6
     """Climatology per grid point and hour of day: mean and std of the times within +- half this window
     of the hour (circular); 24 = one set for all hours."""
-    write_ensemble: bool = True
-    """Also write every ensemble member (the largest output)."""
     spread_inflation: Annotated[float, Field(gt=0)] = 1.0
     """Scale every member's distance from the ensemble mean by this factor (the mean is unchanged):
     spread calibration as in ensemble post-processing. Fit it on a validation period (e.g. 1 / its
@@ -787,25 +785,6 @@ class Config:
     software: SoftwareConfig = field(default_factory=SoftwareConfig)
 
 
-def tokens_per_field(cfg: Config) -> dict[str, tuple[int, int, int]]:
-    """Tokens per sample and level of each field: ``model.num_tokens`` counts the finest tokens, and
-    every field covers the same neighbourhood (as the loader, :class:`atmorep.data.dataset.WindowDataset`)."""
-    sizes = np.array([cfg.shard.token_size_for(f) for f in cfg.data.fields])
-    # WindowDataset's arithmetic, here without data: preflight refuses a bad tiling before anything runs.
-    extent = np.asarray(cfg.model.num_tokens) * sizes.min(axis=0)
-    out = {}
-    for f in cfg.data.fields:
-        size = np.asarray(cfg.shard.token_size_for(f))
-        if np.any(extent % size):
-            raise ConfigError(
-                f"shard token size {size.tolist()} of field '{f}' does not tile the neighbourhood "
-                f"{extent.tolist()} (model.num_tokens x the finest token size)"
-            )
-        t, y, x = (int(v) for v in extent // size)
-        out[f] = (t, y, x)
-    return out
-
-
 #: The sections each stage reads; the CLI and Snakemake pass exactly these.
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "acquire": ("data", "acquire"),
@@ -815,7 +794,13 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "evaluate": ("seed", "data", "evaluate"),  # no model section: evaluate reads it from model.safetensors
     "embed": ("data", "embed"),  # likewise; nothing random, so no seed
     "finetune": ("seed", "data", "finetune"),  # the backbone's architecture comes from its model file
+    "infer": ("seed", "data", "evaluate"),  # without SCORING_KEYS (stage_slice)
+    "score": ("seed", "data", "evaluate"),
 }
+
+#: The evaluate keys that only the score stage reads: the infer stage's slice leaves them out, so that
+#: changing one reruns the scoring and never the inference (the GPU part).
+SCORING_KEYS = ("climatology_start", "climatology_end", "climatology_window_hours", "bootstrap_iterations")
 
 
 def period(
@@ -964,8 +949,12 @@ def load(path: str | Path) -> Config:
 
 
 def stage_slice(raw: dict, stage: str) -> dict:
-    """The part of a raw config dict that ``stage`` reads (see :data:`STAGE_SECTIONS`)."""
-    return {k: raw[k] for k in STAGE_SECTIONS[stage] if k in raw}
+    """The part of a raw config dict that ``stage`` reads (see :data:`STAGE_SECTIONS`; the infer stage's
+    evaluate section without :data:`SCORING_KEYS`)."""
+    out = {k: raw[k] for k in STAGE_SECTIONS[stage] if k in raw}
+    if stage == "infer" and isinstance(out.get("evaluate"), dict):
+        out["evaluate"] = {k: v for k, v in out["evaluate"].items() if k not in SCORING_KEYS}
+    return out
 
 
 def from_slice(text: str) -> dict:

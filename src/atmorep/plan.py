@@ -18,14 +18,24 @@ import numpy as np
 import yaml
 
 from atmorep.architectures import from_config
-from atmorep.config import Config
+from atmorep.config import Config, ConfigError
+from atmorep.data.acquire.sources import source
 from atmorep.train.throughput import table_peak
 
-#: GRIB1 bytes per message besides the packed values (sections 0, 1, 2, 4 header and 5), measured
+#: GRIB1 bytes per message besides the packed values (sections 0, 1, 2, 5, section 4's header and its
+#: pad byte), measured
 GRIB1_HEADER = 108
-#: ERA5 as the CDS delivers it packs 16 bits per value; our sample writer 24
-BITS = {"sample": 24, "cds": 16, "files": 16}
-#: core-seconds per GB of float32 data, measured on 2-core CI machines (logs/*/*.benchmark.tsv)
+
+
+def message_bytes(points: int, bits: int) -> int:
+    """Bytes of one GRIB1 message of ``points`` values at ``bits`` each: section 4 (11 header bytes and
+    the values) is padded to an even length, so the pad byte is there only when it would be odd."""
+    values = math.ceil(points * bits / 8)
+    return GRIB1_HEADER - 1 + values + (11 + values) % 2
+
+
+#: core-seconds per GB of float32 data, measured on 2-core CI machines (logs/*/*.benchmark.tsv);
+#: "evaluate" is the infer and score rules together
 CORE_S_PER_GB = {"acquire": 25.0, "normalize": 30.0, "shard": 12.0, "evaluate": 60.0}
 
 
@@ -65,29 +75,23 @@ class Plan:
         return "\n".join(rows)
 
 
-def time_steps(cfg: Config, month: str) -> int:
-    """Valid times of ``month`` the campaign holds (from the sample itself for the embedded source)."""
-    if cfg.acquire.source == "sample":
-        from atmorep.data.acquire.sources import SampleSource
-
-        t = SampleSource().open()["time"].values
-        start, end = cfg.data.period
-        return int(((t >= start) & (t <= end) & (t.astype("datetime64[M]") == np.datetime64(month, "M"))).sum())
-    return len(cfg.data.times(month))
-
-
 def grid(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
-    """(latitudes, longitudes) of the grid the source delivers: global, or ``data.area``."""
-    if cfg.acquire.source == "sample":
-        return np.linspace(90, -90, 181), np.arange(360.0)  # the sample's global 1°
-    dlat, dlon = cfg.data.grid or (0.25, 0.25)  # what the cds source asks for without data.grid
-    if cfg.data.area is None:
-        return np.linspace(90, -90, int(round(180 / dlat)) + 1), np.arange(int(round(360 / dlon))) * dlon
-    north, west, south, east = cfg.data.area
-    # Both edges are grid points (+1); % 360 for an area across 0°.
-    nlat = int(round((north - south) / dlat)) + 1
-    nlon = int(round(((east - west) % 360) / dlon)) + 1
-    return np.linspace(north, south, nlat), west + dlon * np.arange(nlon)
+    """(latitudes, longitudes) of the grid the source delivers after ``data.area``."""
+    if (g := source(cfg.acquire).grid(cfg.data)) is None:
+        raise ConfigError(
+            f"acquire.source {cfg.acquire.source}: the grid comes with the data; set data.grid to plan the campaign"
+        )
+    return g
+
+
+def time_steps(cfg: Config, month: str) -> int:
+    """Valid times of ``month`` the source delivers inside the campaign."""
+    if (t := source(cfg.acquire).times(cfg.data, month)) is None:
+        raise ConfigError(
+            f"acquire.source {cfg.acquire.source}: the time steps come with the data; set data.step_hours to "
+            "plan the campaign"
+        )
+    return len(t)
 
 
 def plan(cfg: Config, profile: dict | None = None, mfu: float = 0.45) -> Plan:
@@ -99,10 +103,10 @@ def plan(cfg: Config, profile: dict | None = None, mfu: float = 0.45) -> Plan:
     nlat, nlon = len(lats), len(lons)
     months = cfg.data.months()
     steps = {m: time_steps(cfg, m) for m in months}
-    bits = BITS.get(cfg.acquire.source, 16)
+    bits = source(cfg.acquire).bits(cfg.data)
     # One message per (time, level): its header plus the packed values.
     grib = sum(
-        steps[m] * len(spec.levels) * (GRIB1_HEADER + math.ceil(nlat * nlon * bits / 8))
+        steps[m] * len(spec.levels) * message_bytes(nlat * nlon, bits)
         for spec in cfg.data.fields.values()
         for m in months
     )
@@ -161,7 +165,8 @@ def slurm_jobs(cfg: Config, profile: dict) -> dict[str, int]:
         "normalize": len(cfg.data.fields) * len(cfg.data.months()),
         "shard": len(cfg.data.fields) * len(cfg.data.years()),
         "pretrain": 1,
-        "evaluate": 1,
+        "infer": 1,
+        "score": 1,
     }
     # Snakemake submits a group of group-components jobs as one SLURM job.
     groups, sizes = profile.get("groups", {}), profile.get("group-components", {})

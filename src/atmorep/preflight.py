@@ -10,11 +10,13 @@ the keys and the numbers:
   and evaluate.attention exist in data.fields;
 - train and evaluation periods lie in the campaign and are disjoint (no run scores its own training time),
   and so do the months of normalize.climatology;
-- each period holds one window of model.num_tokens[0] x shard.token_size[0] steps (when the config
+- the source can deliver the configuration (its ``problems``: settings it does not use, fields it
+  lacks, an area off its grid);
+- each period holds one window of model.num_tokens[0] x shard.token_size[0] steps (when the source
   decides the steps: data.step_hours, or the embedded sample's own);
 - the model builds (on the meta device, :func:`atmorep.architectures.problems`: its own checks of widths,
   heads, coupling, depths and the attention layers evaluation captures);
-- the token sizes tile the neighbourhood, and the grid after crop (data.area; when the config decides
+- the token sizes tile the neighbourhood, and the grid after crop (data.area; when the source decides
   it: data.grid, the cds default, the sample's) keeps whole tokens of every field (as the shard stage
   crops it) and holds one window;
 - model.fields are data fields, and the model's coupling, widths and inputs-only fields are among them;
@@ -23,15 +25,20 @@ the keys and the numbers:
   grid, its inputs and layers exist (a backbone trained here), its loss fits its ensemble; the
   fine-tuning train and test periods lie in the campaign, are disjoint (the test period also from
   pretraining's) and hold a window; finetune.train sets no pretraining-only key.
+- with both known, the training period holds one global batch of windows (train.batch_size x
+  train.gradient_accumulation x train.ranks) and the evaluation period one window, counted as the
+  loader counts them (:func:`atmorep.geometry.count_windows`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from atmorep.config import Config, ConfigError, model_fields, parse_time, tokens_per_field
+from atmorep import geometry
+from atmorep.config import Config, ConfigError, model_fields, parse_time
 
 
 def check(cfg: Config) -> None:
@@ -43,11 +50,12 @@ def check(cfg: Config) -> None:
 def problems(cfg: Config) -> list[str]:
     unknown = _unknown_fields(cfg)
     found = list(unknown)
+    found += _source(cfg).problems(cfg.data, cfg.acquire)  # what the source cannot deliver
     found += _periods(cfg)
     found += _climatology(cfg)
     # Every check runs and all problems are reported at once, except those needing a window size.
     try:
-        tokens_per_field(cfg)
+        geometry.tokens_per_field(cfg)
     except ConfigError as exc:
         found.append(str(exc))
         return found  # the window size below is undefined
@@ -55,8 +63,9 @@ def problems(cfg: Config) -> list[str]:
         from atmorep import architectures
 
         found += architectures.problems(cfg)
-    found += _windows_in_time(cfg)
-    found += _window_on_grid(cfg)
+    on_grid, kept = _window_on_grid(cfg)
+    found += _windows_in_time(cfg, kept)  # with the grid: windows counted as the loader counts them
+    found += on_grid
     found += _finetune(cfg)
     return found
 
@@ -152,70 +161,93 @@ def _climatology(cfg: Config) -> list[str]:
     return []
 
 
-def _extent(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
-    """(window extent in points, finest token size) along (time, lat, lon)."""
-    # num_tokens counts tokens of the finest field; coarser fields have fewer tokens over the same extent.
-    sizes = np.array([cfg.shard.token_size_for(f) for f in cfg.data.fields]).min(axis=0)
-    return np.asarray(cfg.model.num_tokens) * sizes, sizes
+def _source(cfg: Config):
+    from atmorep.data.acquire.sources import source
+
+    return source(cfg.acquire)
 
 
-def _valid_times(cfg: Config) -> tuple[np.ndarray, str] | None:
-    """The campaign's valid times when the config decides them (data.step_hours, or the embedded sample)."""
-    if cfg.acquire.source == "sample":
-        from atmorep.data.acquire.sources import SampleSource
-
-        # The sample's own steps (24 over a week, not a regular series), read from the installed wheel.
-        t = SampleSource().open()["time"].values.astype("datetime64[s]")
-        start, end = cfg.data.period
-        return t[(t >= start) & (t <= end)], "of the embedded sample's time steps"
-    if cfg.data.step_hours > 0:
-        times = np.concatenate([cfg.data.times(m) for m in cfg.data.months()])
-        return times, f"time steps of data.step_hours {cfg.data.step_hours}"
-    return None  # irregular steps of files: the data decides (the train stage checks)
+def _valid_times(cfg: Config) -> tuple[list[np.ndarray], str] | None:
+    """The campaign's valid times per year (one shard store each) when the source decides them, else None."""
+    src = _source(cfg)
+    by_month = {m: src.times(cfg.data, m) for m in cfg.data.months()}
+    if any(t is None for t in by_month.values()):
+        return None  # irregular steps of files: the data decide (the train stage checks)
+    years = [np.concatenate([by_month[m] for m in by_month if m.startswith(y)]) for y in cfg.data.years()]
+    what = (
+        f"time steps of data.step_hours {cfg.data.step_hours}" if cfg.data.step_hours else f"of {src.name}'s time steps"
+    )
+    return [t.astype("datetime64[s]") for t in years], what
 
 
-def _windows_in_time(cfg: Config) -> list[str]:
+def _windows_in_time(cfg: Config, grid: _Kept | None) -> list[str]:
     if (known := _valid_times(cfg)) is None:
         return []
     times, what_steps = known
-    (nt, _, _), sizes = _extent(cfg)
+    window = geometry.config_window(cfg)
+    nt, size = window.extent[0], window.finest[0]
     out = []
     stages = ("train", "evaluate") + (("finetune.train", "finetune.evaluate") if cfg.finetune.tasks else ())
     for stage in stages:
         start, end, what = _period(cfg, stage)
-        n = int(((times >= start) & (times <= end)).sum())
+        n = int(sum(((t >= start) & (t <= end)).sum() for t in times))
         if n < nt:
             out.append(
                 f"{what} holds {n} {what_steps}; one window needs "
-                f"model.num_tokens[0] x shard.token_size[0] = {cfg.model.num_tokens[0]} x {sizes[0]} = {nt}"
+                f"model.num_tokens[0] x shard.token_size[0] = {cfg.model.num_tokens[0]} x {size} = {nt}"
+            )
+            continue
+        if grid is None:
+            continue  # the grid comes with the data: windows are counted by the stage
+        windows = geometry.count_windows(times, window, grid.shape, grid.periodic, start, end)
+        need = 1
+        if stage == "train":
+            t = cfg.train
+            need = geometry.global_batch(t.batch_size, t.gradient_accumulation, t.ranks)
+        if windows < need:
+            out.append(
+                f"{what} holds {windows} complete window(s) of {'x'.join(map(str, window.extent))} points "
+                f"({what_steps}, origins every {window.step[0]} steps, windows never span two years; "
+                f"{grid.positions(window)} position(s) on the grid); "
+                + (
+                    "training needs one global batch of train.batch_size x train.gradient_accumulation x "
+                    f"train.ranks = {t.batch_size} x {t.gradient_accumulation} x {t.ranks} = {need}"
+                    if stage == "train"
+                    else "evaluation needs one"
+                )
             )
     return out
 
 
+@dataclass(frozen=True)
+class _Kept:
+    """The grid a shard store keeps (after data.area and the crop to whole tokens)."""
+
+    shape: tuple[int, int]
+    periodic: bool
+
+    def positions(self, window: geometry.WindowShape) -> int:
+        y, x = geometry.space_origins(self.shape, window.extent[1:], window.step[1:], self.periodic)
+        return len(y) * len(x)
+
+
 def _grid(cfg: Config) -> tuple[np.ndarray, np.ndarray, str] | None:
-    """(lats, lons, whose grid) of the campaign after data.area when the config decides it, else None."""
-    from atmorep import plan
-    from atmorep.data.acquire.cds import DEFAULT_GRID
+    """(lats, lons, whose grid) of the campaign after data.area when the source decides it, else None."""
+    from atmorep.errors import DataError
 
-    if cfg.acquire.source == "sample":
-        return (*plan.grid(cfg), "the embedded sample")  # its own global 1° grid
-    if cfg.data.grid is None and cfg.acquire.source != "cds":
+    src = _source(cfg)
+    try:
+        grid = src.grid(cfg.data)
+    except DataError:
+        return None  # an area the source cannot cut: its problems() named it
+    if grid is None:
         return None  # the grid comes with the files
-    dlat, dlon = cfg.data.grid or DEFAULT_GRID
-    north, west, south, east = cfg.data.area or (90.0, 0.0, -90.0, 360.0 - dlon)
-    lats = north - dlat * np.arange(int(round((north - south) / dlat)) + 1)
-    # A whole circle stays 360 - dlon; a smaller span % 360 (an area across 0°), as crop_indices reads it.
-    span = east - west if east - west >= 360 - dlon - 1e-6 else (east - west) % 360.0
-    return (
-        lats,
-        west + dlon * np.arange(int(round(span / dlon)) + 1),
-        "data.grid" if cfg.data.grid else "the cds default grid",
-    )
+    return (*grid, "data.grid" if cfg.data.grid else src.name)
 
 
-def _window_on_grid(cfg: Config) -> list[str]:
+def _window_on_grid(cfg: Config) -> tuple[list[str], _Kept | None]:
     if (grid := _grid(cfg)) is None:
-        return []
+        return [], None
     from atmorep.data import shards
     from atmorep.errors import DataError
     from atmorep.formats.grib import periodic
@@ -228,17 +260,21 @@ def _window_on_grid(cfg: Config) -> list[str]:
         # The shard stage's own crop, so that the check and the stage cannot disagree.
         rows, cols = shards.crop(cfg.data, cfg.shard, next(iter(cfg.data.fields)), lats, lons)
     except DataError as exc:
-        return [f"{where}: {exc}"]
-    (_, ny, nx), sizes = _extent(cfg)
+        return [f"{where}: {exc}"], None
+    window = geometry.config_window(cfg)
+    (_, ny, nx), sizes = window.extent, window.finest
     kept_y, kept_x = rows.stop - rows.start, cols.stop - cols.start
+    wraps = periodic(lons[cols])
     # A global grid wraps, so a window may be wider than what is kept, but not than the whole circle.
-    if kept_y < ny or (kept_x < nx and not periodic(lons)) or nx > len(lons):
+    if kept_y < ny or (kept_x < nx and not wraps) or nx > len(lons):
         return [
             f"{where} keeps {kept_y} x {kept_x} points as whole tokens; one window needs "
             f"model.num_tokens[1:] x shard.token_size[1:] = {cfg.model.num_tokens[1]} x {sizes[1]} by "
             f"{cfg.model.num_tokens[2]} x {sizes[2]} = {ny} x {nx} points"
-        ]
-    return []
+        ], None
+    if wraps and kept_x % window.step[2]:
+        return [], None  # the loader refuses it naming the lcm of the lon token sizes
+    return [], _Kept((kept_y, kept_x), wraps)
 
 
 def _finetune(cfg: Config) -> list[str]:

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-from eval_builders import eval_config
+from eval_builders import EVAL, eval_config
 
 from atmorep import cli
 from atmorep.config import AttentionCaptureConfig, DataConfig, FieldSpec
@@ -67,7 +67,11 @@ def test_comparisons_and_spectra_are_written(forecast):
 
 def test_products_are_cf_zarr_readable_by_plain_xarray(forecast):
     ds = xr.open_zarr(forecast / "windows.zarr", group="t2m")
-    assert {"source", "target", "prediction", "ensemble", "mask", "baseline_persistence"} <= set(ds.data_vars)
+    assert {"source", "target", "prediction", "ensemble", "mask"} <= set(ds.data_vars)
+    # the baselines are the score stage's: beside the scores, in the same layout
+    refs = xr.open_zarr(forecast / "baselines.zarr", group="t2m")
+    assert {"baseline_persistence", "baseline_climatology", "climatology_mean"} <= set(refs.data_vars)
+    assert refs["baseline_persistence"].attrs["units"] == "K" and refs.sizes["sample"] == ds.sizes["sample"]
     assert ds.attrs["Conventions"].startswith("CF")
     assert ds["prediction"].attrs["standard_name"] == "air_temperature" and ds["prediction"].attrs["units"] == "K"
     assert ds["latitude"].attrs["units"] == "degrees_north" and ds["init_time"].dtype.kind == "M"
@@ -215,3 +219,81 @@ def test_a_failed_evaluation_leaves_the_earlier_products_untouched(forecast, mod
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
     assert (out / "scores.csv").read_bytes() == scores
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temporary left behind
+
+
+def _cli(*argv) -> int:
+    return cli.main([str(a) for a in argv])
+
+
+def test_infer_then_score_on_the_command_line_is_evaluate(forecast, model_path, stores, tmp_path):
+    """The two stages the workflow runs as rules give exactly what `evaluate` gives: score reads the
+    stored forecasts (windows.zarr), never the model."""
+    params = json.dumps(
+        {
+            "seed": 3,
+            "data": {"fields": {"t2m": {"levels": [0]}, "u10": {"levels": [0]}}, "start": DATA.start, "end": DATA.end},
+            "evaluate": {"start": EVAL[0], "end": EVAL[1], "batch_size": 4, "mode": "forecast", "samples": 5},
+        }
+    )
+    shards = [s for v in stores.values() for s in v]
+    infer_dir, score_dir = tmp_path / "infer", tmp_path / "score"
+    assert _cli("infer", "--params", params, "--model", model_path, "--shards", *shards, "--output-dir", infer_dir) == 0
+    assert {p.name for p in infer_dir.iterdir()} == {"windows.zarr", "attention.zarr"}
+    argv = ["score", "--params", params, "--forecasts", infer_dir / "windows.zarr"]
+    argv += ["--attention", infer_dir / "attention.zarr", "--shards", *shards, "--output-dir", score_dir]
+    assert _cli(*argv) == 0
+    for table in ("scores.csv", "comparisons.csv", "rank_histogram.csv", "spectra.csv"):
+        pd.testing.assert_frame_equal(pd.read_csv(score_dir / table), pd.read_csv(forecast / table), obj=table)
+    assert {p.name for p in score_dir.glob("*.png")} == {p.name for p in forecast.glob("*.png")}
+    assert not (score_dir / "windows.zarr").exists()
+
+
+def test_scoring_keys_are_left_out_of_inference_and_read_by_scoring(model_path, stores, tmp_path):
+    """config.SCORING_KEYS, the one declaration: the infer stage's slice lacks them, inference does not
+    depend on them (the workflow reruns only `score` when one changes), scoring does."""
+    import dataclasses
+
+    from atmorep import config as C
+    from atmorep.eval.evaluate import infer, score
+
+    raw = {"seed": 1, "data": {}, "evaluate": {"bootstrap_iterations": 10, "mode": "bert", "climatology_end": "x"}}
+    assert C.stage_slice(raw, "infer")["evaluate"] == {"mode": "bert"}
+    assert C.stage_slice(raw, "score") == raw
+    assert set(C.SCORING_KEYS) <= {f.name for f in dataclasses.fields(C.EvaluateConfig)}
+    base = eval_config(mode="forecast", samples=3, attention=AttentionCaptureConfig(layers=()))
+    other = dataclasses.replace(
+        base,
+        bootstrap_iterations=7,
+        climatology_start="2026-03-26T00",
+        climatology_end="2026-03-28T00",
+        climatology_window_hours=24,
+    )
+    a = infer(3, DATA, base, model_path, stores, tmp_path / "a")
+    b = infer(3, DATA, other, model_path, stores, tmp_path / "b")
+    for f in DATA.fields:
+        xr.testing.assert_identical(xr.open_zarr(a, group=f).load(), xr.open_zarr(b, group=f).load())
+    sa = pd.read_csv(score(3, DATA, base, a, stores, tmp_path / "sa"))
+    sb = pd.read_csv(score(3, DATA, other, a, stores, tmp_path / "sb"))
+    acc = (sa.metric == "acc") & (sa.forecast == "atmorep")
+    assert not np.allclose(sa[acc].value, sb[acc].value)  # another climatology period: another ACC
+
+
+def test_score_takes_any_forecast_in_the_windows_schema(forecast, stores, tmp_path):
+    """A deterministic forecast (no ensemble, e.g. a fine-tuned head's) is scored as one member: CRPS
+    equals MAE; its ensemble scores are those of its prediction."""
+    from atmorep.eval.evaluate import score
+
+    stored = outputs.read_groups(forecast / "windows.zarr")
+    point = {f: ds.drop_vars("ensemble").drop_dims("member") for f, ds in stored.items()}
+    outputs.write_groups(point, tmp_path / "point.zarr")
+    table = pd.read_csv(
+        score(3, DATA, eval_config(mode="forecast", samples=5), tmp_path / "point.zarr", stores, tmp_path / "s")
+    )
+    mine = table[table.forecast == "atmorep"].pivot_table(index=["field", "lead"], columns="metric", values="value")
+    np.testing.assert_allclose(mine["crps"], mine["mae"], rtol=1e-6)
+    assert (mine["spread"] == 0).all()
+    full = pd.read_csv(forecast / "scores.csv")
+    rmse = lambda t: t[(t.forecast == "atmorep") & (t.metric == "rmse")].value.values  # noqa: E731
+    np.testing.assert_allclose(rmse(table), rmse(full))
+    with pytest.raises(ValueError, match="holds forecast forecasts; evaluate.mode is bert"):
+        score(3, DATA, eval_config(mode="bert"), forecast / "windows.zarr", stores, tmp_path / "bert")

@@ -155,11 +155,10 @@ def test_stitching_overlapping_tiles_keeps_the_ensemble_spread(trained, dataset)
         trained,
         dataset,
         sel.indices,
-        mode.masking(cfg, dataset.token_sizes),
+        strategy=mode.masking(cfg, dataset.token_sizes),
         target_slabs=mode.target_slabs(cfg),
         batch_size=8,
         seed=0,
-        baselines=mode.baselines,
     )
     stitched = mode.finish(dataset, sel, tiles, cfg)
     for f in ("t2m", "u10"):

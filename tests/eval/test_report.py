@@ -1,7 +1,7 @@
 """`snakemake --report` gathers the evaluation figures with their captions, and the report renders in a
 headless Chromium (screenshot not blank, figures present, no console errors).
 
-The evaluate rule runs on its own: a Snakefile that includes only ``common.smk`` and ``evaluate.smk``
+The infer and score rules run on their own: a Snakefile that includes only ``common.smk`` and ``evaluate.smk``
 finds ready shard stores (from the embedded sample) and a small untrained model where the earlier
 stages would have put them.
 """
@@ -51,7 +51,7 @@ include: "{REPO}/workflow/rules/evaluate.smk"
 report: "{REPO}/workflow/report/workflow.rst"
 
 rule all:
-    input: rules.evaluate.output
+    input: rules.score.output
 
 with open("inputs.json", "w") as f:  # where the rule expects the earlier stages' products
     json.dump({{"shards": shard_stores(), "model": rules.pretrain.output.model}}, f)
@@ -112,6 +112,28 @@ def test_report_holds_every_figure_and_caption(report):
     assert "Rank of the truth among the ensemble members" in html  # a caption
     assert "hatched" in html.lower() and "radially averaged" in html  # the scorecard's and spectra's
     assert "AtmoRep (Lessig et al. 2023) as a reproducible pipeline" in html  # the workflow description
+
+
+def _jobs(out: str) -> set[str]:
+    table = out.split("Job stats:")[1].split("\n\n")[0].splitlines()[3:]
+    return {line.split()[0] for line in table if line.split() and line.split()[0] != "total"}
+
+
+def test_a_scoring_setting_reruns_score_and_nothing_upstream(report):
+    """evaluate.bootstrap_iterations is a scoring key (config.SCORING_KEYS): the infer rule's params lack
+    it, so the stored forecasts stay and only `score` reruns; an inference key reruns both."""
+    r = _snakemake(report, "-n", "all")
+    assert "Nothing to be done" in r.stdout + r.stderr, (r.stdout + r.stderr)[-3000:]
+    for change, expected in (
+        ({"bootstrap_iterations": 200}, {"score", "all"}),
+        ({"climatology_window_hours": 24}, {"score", "all"}),
+        ({"samples": 3}, {"infer", "score", "all"}),
+    ):
+        cfg = {**CONFIG, "evaluate": {**CONFIG["evaluate"], **change}}
+        (report / "changed.yaml").write_text(yaml.safe_dump(cfg))
+        r = _snakemake(report, "-n", "all", "--configfile", "changed.yaml")
+        assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+        assert _jobs(r.stdout) == expected, change
 
 
 #: clicks through the report as a person would: Results > Evaluation > Maps > the eye of the first entry

@@ -3,6 +3,7 @@ that checks the model against real 2-rank DeepSpeed steps (quick setting)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -103,3 +104,28 @@ def test_memory_model_benchmark_quick():
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
     last = r.stdout.strip().splitlines()[-1]
     assert last.startswith("memory_model_max_error=") and float(last.split("=")[1]) <= 0.25
+
+
+def test_an_inputs_only_field_keeps_no_decoder_or_tail_activations():
+    """The memory model reads the FLOP count's block table: an inputs-only field has no decoder and no
+    ensemble tail, so its activations are those of its encoder (and its input batch) only."""
+    from atmorep.config import ModelConfig
+    from atmorep.model import summary
+    from atmorep.model.multiformer import FieldGeometry
+
+    geo = {f: FieldGeometry(1, (2, 9, 9)) for f in ("t2m", "u10")}
+    both = ModelConfig(
+        num_tokens=(3, 3, 6), dim=64, heads=4, encoder_layers=2, decoder_layers=2, ensemble=8, dropout=0.0
+    )
+    one = dataclasses.replace(both, inputs_only=("u10",))
+    plain_both, ckpt_both, _ = M.activation_bytes(both, geo, gpu=True, masked_fraction=0.5)
+    plain_one, ckpt_one, _ = M.activation_bytes(one, geo, gpu=True, masked_fraction=0.5)
+    N, D, P = 3 * 3 * 6, 64, 2 * 9 * 9
+    # u10's decoder (2 layers x 16 D bf16 values per token) and its tail (2 D bf16 + 3 fp32 ensembles
+    # of E x P per masked token) are gone; its encoder and its input batch stay
+    decoder, tail = 2 * N * 16 * D * 2, 0.5 * N * (2 * D * 2 + 3 * 8 * P * 4)
+    assert plain_both - plain_one == pytest.approx(decoder + tail)
+    assert ckpt_both - ckpt_one == pytest.approx(2 * N * D * 2 + tail)  # checkpointing kept u10's decoder inputs
+    # the FLOP count drops the same blocks
+    assert summary.training_flops(one, geo, 0.5) < summary.training_flops(both, geo, 0.5)
+    assert summary.blocks(one, geo)["u10"].decoder_layers == 0 and not summary.blocks(one, geo)["u10"].tail

@@ -99,7 +99,7 @@ def normalize_mem_mb():
     return CFG.normalize.memory_mb + 3 * CFG.normalize.block_mb + 512
 
 
-# --- evaluate helpers -------------------------------------------------------------------------
+# --- infer / score helpers -------------------------------------------------------------------------
 
 
 def evaluate_figure(name, caption, subcategory, field=None):

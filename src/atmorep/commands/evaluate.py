@@ -1,4 +1,4 @@
-"""atmorep evaluate: one inference mode on the held-out period, scores, products, figures."""
+"""atmorep evaluate: `atmorep infer` then `atmorep score` into one directory (for runs by hand)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from atmorep.commands._common import config_args, stage_slice, stores
 
 HELP = (
     "run evaluate.mode (forecast, temporal_interpolation, bert, global_forecast) on the held-out period; "
-    "WeatherBench 2 scores vs baselines, CF zarr products, figures, attention"
+    "WeatherBench 2 scores vs baselines, CF zarr products, figures, attention (infer, then score, into one "
+    "directory; the workflow runs them as two rules)"
 )
 
 

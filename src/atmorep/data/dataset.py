@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from atmorep import geometry
 from atmorep.data.normalize.statistics import Stats
 from atmorep.data.tokens import TOKEN_INFO, TOKEN_INFO_OFFSET, TOKEN_INFO_SCALE, tokenize
 from atmorep.errors import DataError
@@ -191,17 +192,15 @@ class WindowDataset:
         self.stores = {f: [FieldStore(p) for p in sorted(map(str, paths))] for f, paths in stores.items()}
         self.num_tokens = tuple(num_tokens)
         self._check_grids()
-        sizes = np.array([self.stores[f][0].token_size for f in self.fields])
-        self.extent = tuple(int(v) for v in np.asarray(self.num_tokens) * sizes.min(axis=0))
-        self.tokens = {}
-        for f, size in zip(self.fields, sizes):
-            if any(e % s for e, s in zip(self.extent, size)):
-                raise DataError(
-                    f"field '{f}': tokens {tuple(size)} do not tile the neighbourhood {self.extent} "
-                    f"(num_tokens {self.num_tokens} of the finest tokens {tuple(sizes.min(axis=0))})"
-                )
-            self.tokens[f] = tuple(int(e // s) for e, s in zip(self.extent, size))
-        self.step = tuple(int(v) for v in np.lcm.reduce(sizes, axis=0))  # origins on every field's token grid
+        shape = geometry.window_shape({f: self.stores[f][0].token_size for f in self.fields}, self.num_tokens)
+        self.extent = shape.extent
+        for f, size in shape.untiled.items():
+            raise DataError(
+                f"field '{f}': tokens {size} do not tile the neighbourhood {self.extent} "
+                f"(num_tokens {self.num_tokens} of the finest tokens {shape.finest})"
+            )
+        self.tokens = shape.tokens
+        self.step = shape.step  # origins on every field's token grid
         self.grid = self._grid(start, end)
         self.windows = self.grid
         if not len(self.grid):
@@ -232,22 +231,15 @@ class WindowDataset:
         nt, ny, nx = self.extent
         st, sy, sx = self.step
         ref = self.stores[self.fields[0]]
-        t_origins = []
-        for store in ref:  # windows never span two stores (years)
-            t = np.arange(0, len(store.times) - nt + 1, st)
-            # the whole window inside the period: its first and its last step
-            t_origins.append(t[(store.times[t] >= start) & (store.times[t + nt - 1] <= end)])
+        # windows never span two stores (years); the whole window inside the period
+        t_origins = [geometry.time_origins(store.times, nt, st, start, end) for store in ref]
         lats, nlon = ref[0].lats, len(ref[0].lons)
-        if ref[0].periodic:
-            if nlon % sx:
-                raise DataError(
-                    f"{nlon} longitudes are not a whole number of {sx}-point window steps (lcm of the "
-                    "fields' lon token sizes); longitude is periodic"
-                )
-            x = np.arange(0, nlon, sx)  # windows wrap around
-        else:
-            x = np.arange(0, nlon - nx + 1, sx)  # a regional grid: windows lie inside it
-        y = np.arange(0, len(lats) - ny + 1, sy)
+        if ref[0].periodic and nlon % sx:
+            raise DataError(
+                f"{nlon} longitudes are not a whole number of {sx}-point window steps (lcm of the "
+                "fields' lon token sizes); longitude is periodic"
+            )
+        y, x = geometry.space_origins((len(lats), nlon), (ny, nx), (sy, sx), ref[0].periodic)
         # Each lat origin stands for the band of sy rows around its window's centre; its area on the
         # sphere is proportional to the difference of the sines (clipped at the poles).
         centre = np.deg2rad((lats[y] + lats[y + ny - 1]) / 2)

@@ -81,7 +81,11 @@ class StepBatches:
         """``candidates``: the window indices to draw from (default every window of the dataset)."""
         n = len(dataset.windows) if candidates is None else len(candidates)
         if n < global_batch:
-            raise ValueError(f"{n} training windows are fewer than one global batch of {global_batch}")
+            raise ValueError(
+                f"{n} training windows are fewer than one global batch of {global_batch} (train.batch_size x "
+                "train.gradient_accumulation x ranks): lengthen train.start .. train.end, enlarge data.area or "
+                "lower train.batch_size (`atmorep check` counts the windows before anything runs)"
+            )
         self.global_batch = global_batch
         self.steps_per_epoch = min(epoch_steps, n // global_batch)  # an epoch draws distinct windows
         self.sampler = SphereSampler(dataset.grid, self.steps_per_epoch * global_batch, seed, candidates)

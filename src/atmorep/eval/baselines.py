@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import xarray as xr
 
 
 @dataclass(frozen=True)
@@ -63,3 +64,30 @@ BASELINES: dict[str, Callable[[Context], np.ndarray]] = {
     "linear": linear,
     "climatology": climatology,
 }
+
+
+def add(ds: xr.Dataset, names: tuple[str, ...]) -> xr.Dataset:
+    """``baseline_<name>`` for each of ``names`` on a forecast in the window layout
+    (:mod:`atmorep.eval.inference`), computed as the model saw the window: from ``source`` (its input,
+    equal to the truth at every context step) at the valid times ``window_time``, and from the
+    ``climatology_mean``/``climatology_std`` at the target points (:func:`atmorep.eval.climatology.add`)."""
+    if not names:
+        return ds
+    if missing := {"source", "window_time", "climatology_mean", "climatology_std"} - set(ds.variables):
+        raise ValueError(
+            f"field '{ds.attrs.get('field', '')}': the baselines {list(names)} need {sorted(missing)} of the "
+            "window layout"
+        )
+    dims = ("sample", "level", "lead", "y", "x")
+    source = ds["source"].transpose("sample", "level", "window_step", "y", "x").values
+    clim_mean = ds["climatology_mean"].transpose(*dims).values
+    clim_std = ds["climatology_std"].transpose(*dims).values
+    window_time, time = ds["window_time"].values, ds["time"].values
+    out = {b: np.empty(clim_mean.shape, np.float32) for b in names}
+    for s in range(ds.sizes["sample"]):
+        # The target steps: where the leads' valid times lie in the window.
+        steps = np.searchsorted(window_time[s], time[s])
+        ctx = Context(source[s], window_time[s], steps, clim_mean[s], clim_std[s])
+        for b in names:
+            out[b][s] = BASELINES[b](ctx)
+    return ds.assign({f"baseline_{b}": (dims, v) for b, v in out.items()})

@@ -107,3 +107,30 @@ def at(clim: xr.Dataset, times: np.ndarray, y_idx: np.ndarray, x_idx: np.ndarray
     mean = clim["mean"].values[h][:, :, y_idx][:, :, :, x_idx]
     std = clim["std"].values[h][:, :, y_idx][:, :, :, x_idx]
     return mean.transpose(1, 0, 2, 3), std.transpose(1, 0, 2, 3)
+
+
+def add(ds: xr.Dataset, clim: xr.Dataset | None) -> xr.Dataset:
+    """``climatology_mean`` and ``climatology_std`` ``(sample, level, lead, y, x)`` of a forecast in the
+    window layout: ``clim`` at each target's valid time and point (found by its latitude and longitude
+    on the climatology's grid), NaN without a climatology."""
+    dims = ("sample", "level", "lead", "y", "x")
+    shape = tuple(ds.sizes[d] for d in dims)
+    if clim is None:
+        nan = np.full(shape, np.nan, np.float32)
+        return ds.assign(climatology_mean=(dims, nan), climatology_std=(dims, nan.copy()))
+    mean, std = np.empty((2, *shape), np.float32)
+    lat_grid, lon_grid = clim["latitude"].values, clim["longitude"].values % 360.0
+    for s in range(ds.sizes["sample"]):
+        y_idx = _points(lat_grid, ds["latitude"].values[s] if ds["latitude"].ndim == 2 else ds["latitude"].values)
+        lons = ds["longitude"].values[s] if ds["longitude"].ndim == 2 else ds["longitude"].values
+        x_idx = _points(lon_grid, lons % 360.0)
+        mean[s], std[s] = at(clim, ds["time"].values[s], y_idx, x_idx)
+    return ds.assign(climatology_mean=(dims, mean), climatology_std=(dims, std))
+
+
+def _points(grid: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Indices of ``values`` on the coordinate ``grid``; a value off the grid is an error."""
+    idx = np.abs(grid[None, :] - values[:, None]).argmin(1)
+    if (off := np.abs(grid[idx] - values) > 1e-6).any():
+        raise ValueError(f"coordinate {values[off][0]:g} is not on the climatology's grid")
+    return idx

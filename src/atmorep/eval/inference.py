@@ -6,8 +6,9 @@ For every field, :func:`run` returns one :class:`xarray.Dataset` in the *window 
   ``window_step`` (every step of the window);
 - ``target`` (truth), ``prediction`` (ensemble mean, NaN off the masked tokens), ``ensemble``
   (members, last dim), ``mask`` (which points were targets), ``source`` (the model input over the whole
-  window, masked tokens at the climatological 0 -> the month's mean), ``baseline_<name>`` for each
-  baseline, ``climatology_mean``/``climatology_std``;
+  window, masked tokens at the climatological 0 -> the month's mean: what the baselines read);
+  scoring adds ``climatology_mean``/``climatology_std`` and ``baseline_<name>`` for each baseline
+  (:func:`atmorep.eval.climatology.add`, :func:`atmorep.eval.baselines.add`);
 - coordinates ``time (sample, lead)`` valid time, ``init_time (sample)`` the last context step before
   the first target step, ``lead_time (sample, lead)``, ``latitude (sample, y)``, ``longitude (sample, x)``
   in [0, 360), ``window_time (sample, window_step)``, ``level``, ``member``.
@@ -30,8 +31,6 @@ from tqdm import tqdm
 
 from atmorep.data.dataset import WindowDataset
 from atmorep.data.tokens import untokenize
-from atmorep.eval import climatology as clim_
-from atmorep.eval.baselines import BASELINES, Context
 from atmorep.model import masking
 from atmorep.model.batch import Batch
 from atmorep.model.multiformer import Multiformer
@@ -42,13 +41,11 @@ def run(
     model: Multiformer,
     dataset: WindowDataset,
     indices: np.ndarray,
-    strategy: masking.Masking,
     *,
+    strategy: masking.Masking,
     target_slabs: Callable[[int], list[int]],
     batch_size: int,
     seed: int,
-    baselines: tuple[str, ...] = (),
-    climatologies: dict[str, xr.Dataset] | None = None,
     inflation: float = 1.0,
 ) -> dict[str, xr.Dataset]:
     """Mask, predict and denormalize every window of ``indices``; see the module docstring.
@@ -73,18 +70,8 @@ def run(
         for f in parts:
             tokens = _filled(batch.tokens[f], masks[f], ens[f], source.tokens[f])
             for b, i in enumerate(idx):
-                parts[f].append(
-                    _window(
-                        dataset,
-                        f,
-                        i,
-                        {k: v[b] for k, v in tokens.items()},
-                        target_slabs,
-                        baselines,
-                        (climatologies or {}).get(f),
-                    )
-                )
-    return {f: _stack(dataset, f, indices, parts[f], baselines) for f in parts}
+                parts[f].append(_window(dataset, f, i, {k: v[b] for k, v in tokens.items()}, target_slabs))
+    return {f: _stack(dataset, f, indices, parts[f]) for f in parts}
 
 
 def _filled(tokens_BLTYXP, mask_BLTYX, ens_KEP, source_BLTYXP) -> dict[str, np.ndarray]:
@@ -109,7 +96,7 @@ def _filled(tokens_BLTYXP, mask_BLTYX, ens_KEP, source_BLTYXP) -> dict[str, np.n
     }
 
 
-def _window(dataset: WindowDataset, f: str, i: int, tok: dict, target_slabs, baselines, clim) -> dict:
+def _window(dataset: WindowDataset, f: str, i: int, tok: dict, target_slabs) -> dict:
     """One window of one field in physical units, cut to its target steps."""
     t_idx, y_idx, x_idx = dataset.indices(i, f)
     store = dataset.stores[f][dataset.windows[i].store]
@@ -123,11 +110,6 @@ def _window(dataset: WindowDataset, f: str, i: int, tok: dict, target_slabs, bas
     steps = np.concatenate([np.arange(s * size[0], (s + 1) * size[0]) for s in sorted(target_slabs(T))])
     truth = phys(tok["truth"])
     times = store.times[t_idx]
-    if clim is not None:
-        c_mean, c_std = clim_.at(clim, times[steps], y_idx, x_idx)
-    else:
-        c_mean = c_std = np.full(truth[:, steps].shape, np.nan, np.float32)
-    ctx = Context(truth, times, steps, c_mean, c_std)
     context_before = np.setdiff1d(np.arange(len(times)), steps)
     context_before = context_before[context_before < steps[0]]
     # No context step before the first target (BERT keeps every step): the window's start stands in.
@@ -138,9 +120,6 @@ def _window(dataset: WindowDataset, f: str, i: int, tok: dict, target_slabs, bas
         "prediction": phys(tok["mean"])[:, steps],
         "ensemble": np.stack([phys(m)[:, steps] for m in tok["members"]], axis=-1),
         "mask": untokenize(tok["mask"], size)[:, steps],
-        "climatology_mean": c_mean.astype(np.float32),
-        "climatology_std": c_std.astype(np.float32),
-        **{f"baseline_{b}": BASELINES[b](ctx).astype(np.float32) for b in baselines},
         "time": times[steps],
         "window_time": times,
         "init_time": init,
@@ -149,21 +128,11 @@ def _window(dataset: WindowDataset, f: str, i: int, tok: dict, target_slabs, bas
     }
 
 
-def _stack(dataset: WindowDataset, f: str, indices, parts: list[dict], baselines) -> xr.Dataset:
+def _stack(dataset: WindowDataset, f: str, indices, parts: list[dict]) -> xr.Dataset:
     levels = dataset.stores[f][0].levels
     arrays = {k: np.stack([p[k] for p in parts]) for k in parts[0]}
     grid = ("sample", "level", "lead", "y", "x")
-    data: dict[str, tuple] = {
-        k: (grid, arrays[k])
-        for k in (
-            "target",
-            "prediction",
-            "mask",
-            "climatology_mean",
-            "climatology_std",
-            *(f"baseline_{b}" for b in baselines),
-        )
-    }
+    data: dict[str, tuple] = {k: (grid, arrays[k]) for k in ("target", "prediction", "mask")}
     data["ensemble"] = ((*grid, "member"), arrays["ensemble"])
     data["source"] = (("sample", "level", "window_step", "y", "x"), arrays["source"])
     init = arrays["init_time"].astype("datetime64[ns]")

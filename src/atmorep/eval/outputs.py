@@ -58,13 +58,36 @@ def write_groups(datasets: dict[str, xr.Dataset], path: Path, annotate_cf: bool 
     import zarr
 
     path = Path(path)
-    zarr.open_group(str(path), mode="w", zarr_format=2)  # the root, even when there is nothing to write
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)  # the root, even when there is nothing to write
+    root.attrs["fields"] = list(datasets)  # the groups in the model's field order (read_groups keeps it)
     for f, ds in datasets.items():
         ds = annotate(ds, f) if annotate_cf else ds
         _encoded(ds).to_zarr(path, group=f, mode="w", zarr_format=2, consolidated=False)
     # Once, at the root, after every group: one .zmetadata that covers them all.
     zarr.consolidate_metadata(str(path), zarr_format=2)
     return path
+
+
+def read_groups(path: str | Path) -> dict[str, xr.Dataset]:
+    """The groups :func:`write_groups` wrote, by field, loaded; CF flags (``mask``) back to bools.
+    ``windows.zarr`` read so is the window layout :func:`atmorep.eval.evaluate.score` scores."""
+    import zarr
+
+    path = Path(path)
+    try:
+        root = zarr.open_group(str(path), mode="r")
+        order = root.attrs.get("fields")
+        names = [str(f) for f in order] if isinstance(order, list) else sorted(root.group_keys())
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+        raise ValueError(f"{path}: no zarr store of forecasts (one group per field)") from None
+    out: dict[str, xr.Dataset] = {}
+    for f in names:
+        ds = xr.open_zarr(path, group=f).load()
+        for v in ds.data_vars:
+            if ds[v].attrs.get("flag_values") == [0, 1]:
+                ds[v] = ds[v].astype(bool).assign_attrs(ds[v].attrs)
+        out[f] = ds
+    return out
 
 
 def _encoded(ds: xr.Dataset) -> xr.Dataset:

@@ -9,6 +9,8 @@ token, E members, K masked tokens.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from atmorep.config import ModelConfig
@@ -36,25 +38,56 @@ def tokens(cfg: ModelConfig, fields: dict[str, FieldGeometry]) -> dict[str, int]
     return out
 
 
+@dataclass(frozen=True)
+class Blocks:
+    """One field's part of the multiformer as the estimates count it: the FLOP count (:func:`flop_terms`)
+    and the memory model (:func:`atmorep.train.memory.activation_bytes`) both read this table."""
+
+    tokens: int  # N per sample, L * T * Y * X
+    dim: int  # D
+    values: int  # P per token
+    coupling_width: int  # c: the coupling heads' width per coupled field
+    coupled: tuple[tuple[int, int], ...]  # (M tokens, D_g width) of each field its encoder cross-attends to
+    encoder_layers: int
+    decoder_layers: int  # 0 for an inputs-only field (model.inputs_only): no decoder
+    tail: bool  # the ensemble tail and the loss: predicted fields only
+
+
+def blocks(cfg: ModelConfig, fields: dict[str, FieldGeometry]) -> dict[str, Blocks]:
+    """Per field the blocks the model builds for it (see :class:`Blocks`)."""
+    n, dims, coupling = tokens(cfg, fields), field_dims(cfg, list(fields)), coupling_graph(cfg, list(fields))
+    out: dict[str, Blocks] = {}
+    for f, g in fields.items():
+        predicted = f not in cfg.inputs_only  # inputs-only fields have no decoder and no tail
+        out[f] = Blocks(
+            tokens=n[f],
+            dim=dims[f],
+            values=g.values_per_token,
+            coupling_width=cfg.coupling_heads * (dims[f] // cfg.heads),
+            coupled=tuple((n[h], dims[h]) for h in coupling[f]),
+            encoder_layers=cfg.encoder_layers,
+            decoder_layers=cfg.decoder_layers if predicted else 0,
+            tail=predicted,
+        )
+    return out
+
+
 def flop_terms(cfg: ModelConfig, fields: dict[str, FieldGeometry]) -> dict[str, tuple[float, float, float]]:
     """Per field the forward matmul FLOPs (2 per multiply-add), attention scores and values included:
     ``(embedding per sample, encoder + decoder per sample, tail per masked token)``."""
-    n, dims, coupling = tokens(cfg, fields), field_dims(cfg, list(fields)), coupling_graph(cfg, list(fields))
     out: dict[str, tuple[float, float, float]] = {}
-    for f, g in fields.items():
-        N, D, P = n[f], dims[f], g.values_per_token
+    for f, b in blocks(cfg, fields).items():
+        N, D, P, c = b.tokens, b.dim, b.values, b.coupling_width
         enc = 2 * N * D * 3 * D + 4 * N * N * D + 8 * N * D * D  # self qkv, scores+values, MLP
-        c = cfg.coupling_heads * (D // cfg.heads)
-        # per coupled field h: queries of f, keys and values of h (M = n[h] tokens), scores and values
-        enc += sum(2 * N * D * c + 2 * n[h] * dims[h] * 2 * c + 4 * N * n[h] * c for h in coupling[f])
-        enc += 2 * N * (D + c * len(coupling[f])) * D  # proj_out
+        # per coupled field (M tokens of width D_g): queries of f, keys and values of it, scores and values
+        enc += sum(2 * N * D * c + 2 * M * Dg * 2 * c + 4 * N * M * c for M, Dg in b.coupled)
+        enc += 2 * N * (D + c * len(b.coupled)) * D  # proj_out
         dec = 2 * N * D * 3 * D + 2 * N * D * D + 4 * N * N * D + 8 * N * D * D  # q,kv (self+cross), proj, attn, MLP
-        predicted = f not in cfg.inputs_only  # inputs-only fields have no decoder and no tail
         embed = 2 * N * (P * (D - TOKEN_INFO_DIM) + 8 * TOKEN_INFO_DIM)  # values and token info
         out[f] = (
             embed,
-            cfg.encoder_layers * enc + predicted * cfg.decoder_layers * dec,
-            predicted * 2 * cfg.ensemble * D * P,  # E members' Linear(D -> P); their LayerNorm is not a matmul
+            b.encoder_layers * enc + b.decoder_layers * dec,
+            b.tail * 2 * cfg.ensemble * D * P,  # E members' Linear(D -> P); their LayerNorm is not a matmul
         )
     return out
 

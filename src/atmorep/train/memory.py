@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from atmorep.config import ModelConfig, TrainConfig
-from atmorep.model.multiformer import FieldGeometry, coupling_graph, field_dims
+from atmorep.model import summary
+from atmorep.model.multiformer import FieldGeometry
 
 #: DeepSpeed ZeRO defaults we do not override (deepspeed/runtime/zero/config.py)
 REDUCE_BUCKET = 500_000_000
@@ -105,24 +106,20 @@ def activation_bytes(
 ) -> tuple[float, float, float]:
     """Bytes kept for backward per sample: ``(without checkpointing, with it, the largest block's)``."""
     w, mask = (2, 1) if gpu else (4, 4)  # bytes per activation value and per dropout mask value
-    dims, coupling = field_dims(cfg, list(fields)), coupling_graph(cfg, list(fields))
-    n = {f: g.levels * math.prod(g.num_tokens or cfg.num_tokens) for f, g in fields.items()}
     drop = 3 * mask if cfg.dropout > 0 else 0
-    blocks, inputs, largest = 0.0, 0.0, 0.0
-    for f in fields:
-        N, D = n[f], dims[f]
-        c = cfg.coupling_heads * (D // cfg.heads)  # width of this field's coupling heads per source
+    blocks, inputs, largest, tail = 0.0, 0.0, 0.0, 0.0
+    # The FLOP count's table: an inputs-only field has no decoder and no tail here either.
+    for b in summary.blocks(cfg, fields).values():
+        N, D, c = b.tokens, b.dim, b.coupling_width
         enc = N * (15 * D * w + D * drop)
-        enc += sum(4 * N * c * w + n[h] * (dims[h] + 3 * c) * w for h in coupling[f])
-        dec = N * (16 * D * w + D * drop)
-        blocks += cfg.encoder_layers * enc + cfg.decoder_layers * dec
-        inputs += (cfg.encoder_layers + cfg.decoder_layers) * N * D * w  # what checkpointing keeps
+        enc += sum(4 * N * c * w + M * (Dg + 3 * c) * w for M, Dg in b.coupled)
+        dec = N * (16 * D * w + D * drop) if b.decoder_layers else 0.0
+        blocks += b.encoder_layers * enc + b.decoder_layers * dec
+        inputs += (b.encoder_layers + b.decoder_layers) * N * D * w  # what checkpointing keeps
         largest = max(largest, enc, dec)  # one block recomputed at a time
-    K = {f: n[f] * masked_fraction for f in fields}
-    tail = sum(
-        K[f] * (2 * dims[f] * w + 3 * cfg.ensemble * g.values_per_token * 4) + 2 * n[f] * g.values_per_token * 4
-        for f, g in fields.items()
-    )
+        K = N * masked_fraction
+        tail += b.tail * K * (2 * D * w + 3 * cfg.ensemble * b.values * 4)  # the tail's and the loss's tensors
+        tail += 2 * N * b.values * 4  # the input batch and its masked copy, fp32, of every field
     return blocks + tail, inputs + tail, largest
 
 

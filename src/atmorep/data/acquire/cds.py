@@ -44,6 +44,7 @@ import numpy as np
 from atmorep import fields
 from atmorep.config import AcquireConfig, CdsConfig, DataConfig
 from atmorep.data.acquire.inventory import Expectation, check_headers
+from atmorep.data.acquire.protocol import ConfiguredGrid
 from atmorep.data.acquire.retry import TRANSIENT_HTTP, backoff
 from atmorep.errors import DataError
 from atmorep.formats import grib
@@ -292,8 +293,14 @@ def _describe(exc: BaseException, secret: str) -> str:
     return text.replace(secret, "***") if secret else text
 
 
-class CdsSource:
+class CdsSource(ConfiguredGrid):
     """Fetches one (field, month) through cdsapi, resumably and politely."""
+
+    name = "the Copernicus CDS"
+    default_grid = DEFAULT_GRID  # ERA5 as the CDS packs it: 16 bits per value
+
+    def times(self, data: DataConfig, month: str) -> np.ndarray:
+        return data.times(month, data.step_hours or 1)  # hourly without data.step_hours, as request_for asks
 
     @staticmethod
     def client(cfg: CdsConfig, url: str, key: str):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from atmorep import geometry
 from atmorep.errors import DataError
 from atmorep.formats import grib
 
@@ -66,10 +67,8 @@ def _cut(lats, lons, area):
     lon_ext = np.mod(lons, 360.0)
     dlon = abs(float(lons[1] - lons[0])) if len(lons) > 1 else 0.0
     closed = len(lons) > 1 and abs(len(lons) * dlon - 360.0) < eps
-    # Degrees east of the west edge to the east edge; % 360 for an area across 0° (west 350, east 10).
-    span = 360.0 - dlon if east - west >= 360.0 - eps else (east - west) % 360.0
-    if span > 360.0 - dlon + eps:  # e.g. -180..180 on a grid whose last column repeats the first
-        span = 360.0 - dlon
+    # Degrees east of the west edge to the east edge (% 360 across 0°; -180..180 is the whole circle).
+    span = geometry.lon_span(west, east, dlon)
     # The +eps/-eps keeps a column a hair west of the edge at offset ~0, not ~360.
     offset = np.mod(lon_ext - west + eps, 360.0) - eps  # east of the west edge, in [-eps, 360 - eps)
     cols = np.flatnonzero(offset <= span + eps)

@@ -34,6 +34,7 @@ from atmorep.data.acquire import regrid
 from atmorep.data.acquire.crop import area_indices, crop_message, describe_cut, is_whole
 from atmorep.data.acquire.inventory import Expectation, config_level, matches
 from atmorep.data.acquire.mirror import Index, Located, decode_located, expand, is_netcdf, read_message
+from atmorep.data.acquire.protocol import ConfiguredGrid
 from atmorep.data.acquire.selection import complete, in_area, one_grid, select, why_none
 from atmorep.errors import DataError
 from atmorep.formats import grib
@@ -41,8 +42,20 @@ from atmorep.formats import grib
 log = logging.getLogger(__name__)
 
 
-class FilesSource:
+class FilesSource(ConfiguredGrid):
+    # the files' grid without data.grid; GRIB messages as mirrored (ERA5: 16 bits), cut ones and NetCDF
+    # values as 32-bit IEEE (bits)
+    name = "the files"
+    honours = ConfiguredGrid.honours | {"acquire.regrid", "acquire.variables", "acquire.derive_vorticity"}
+
     skipped: list[str] = []  # NetCDF files of the field that hold nothing of the unit (fetch_netcdf)
+
+    def bits(self, data: DataConfig) -> int:
+        return 32 if data.area else 16
+
+    def problems(self, data: DataConfig, cfg: AcquireConfig) -> list[str]:
+        empty = [] if cfg.files.paths else ["acquire.source is 'files' but acquire.files.paths is empty"]
+        return super().problems(data, cfg) + empty
 
     def fetch(self, data: DataConfig, cfg: AcquireConfig, field: str, month: str, out: Path) -> dict:
         paths = expand(cfg.files.paths)

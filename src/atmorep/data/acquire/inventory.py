@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from atmorep import geometry
 from atmorep.config import DataConfig
 from atmorep.data.acquire.crop import crop_indices
 from atmorep.errors import DataError
@@ -154,8 +155,8 @@ def check_grid(grid: Grid, exp: Expectation, where: str, crop: bool = False) -> 
 
 
 def _area_lons(west: float, east: float, dlon: float) -> np.ndarray:
-    # % 360: an area across 0° (west 350, east 10) spans 20°, not -340°.
-    n = int(round(((east - west) % 360) / dlon)) + 1 if dlon else 1
+    # An area across 0° (west 350, east 10) spans 20°, not -340°; -180..180 is the whole circle.
+    n = int(round(geometry.lon_span(west, east, dlon) / dlon)) + 1 if dlon else 1
     return np.round(np.mod(west + dlon * np.arange(n), 360.0), 9)
 
 

@@ -31,6 +31,7 @@ from atmorep.config import AcquireConfig, DataConfig, ZarrSourceConfig
 from atmorep.data.acquire import gridded, remote
 from atmorep.data.acquire.crop import area_indices
 from atmorep.data.acquire.inventory import Expectation
+from atmorep.data.acquire.protocol import ConfiguredGrid
 from atmorep.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -277,7 +278,16 @@ def _metadata(group, name: str) -> dict:
         return {}
 
 
-class ZarrSource:
+class ZarrSource(ConfiguredGrid):
+    # the store's grid without data.grid; values written as GRIB2 with 32-bit IEEE floats
+    name = "the zarr store"
+    honours = ConfiguredGrid.honours | {"acquire.variables"}
+    bits_per_value = 32
+
+    def problems(self, data: DataConfig, cfg: AcquireConfig) -> list[str]:
+        empty = [] if cfg.zarr.url else ["acquire.source is 'zarr' but acquire.zarr.url is empty"]
+        return super().problems(data, cfg) + empty
+
     def fetch(self, data: DataConfig, cfg: AcquireConfig, field: str, month: str, out: Path) -> dict:
         import atmorep
 
