@@ -251,8 +251,9 @@ def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     return state, card
 
 
-#: model settings that say how to train or compute, not what the weights are
-_NOT_ARCHITECTURE = {"dropout", "checkpointing", "attention"}
+#: model settings that say how to train or compute, not what the weights are; ``fields`` selects the
+#: data fields a run trains on, which the file's field geometry (compared whole) already says
+_NOT_ARCHITECTURE = {"dropout", "checkpointing", "attention", "fields"}
 
 
 def load_weights(model: Multiformer, path: str | Path) -> dict:
