@@ -8,9 +8,11 @@ the surface, mean sea level: GRIB2 pins its level) and whether it is accumulated
 ECMWF's table 128, so a short name is looked up in GRIB1 first and in GRIB2 for parameters GRIB1
 lacks (``sst`` is paramId 34 in table 128, 151159 in GRIB2's local table).
 
-By hand (:data:`_OURS`): the quality gate's physical ranges (generous bounds: a value outside them
-means broken data or wrong units, not weather; ``normalize.qc.ranges`` overrides them) and the CDS
-form names (single- and pressure-level datasets); by hand too, in :data:`_ALIASES`, the names other
+ecCodes also gives the CF standard name (``cfName``) of most parameters; by hand (:data:`_CF_NAMES`)
+only those it lacks (2 m and 10 m fields, total precipitation). By hand (:data:`_OURS`): the quality
+gate's physical ranges (generous bounds: a value outside them means broken data or wrong units, not
+weather; ``normalize.qc.ranges`` overrides them) and the CDS form names (single- and pressure-level
+datasets); by hand too, in :data:`_ALIASES`, the names other
 tools give fields in NetCDF and zarr (CF/CMIP short names; geopotential height in gpm as z / g). A
 field the database knows but this table does not (``skt``, ``tcwv``) is known, with no range check.
 """
@@ -36,6 +38,7 @@ class FieldInfo:
     may_be_constant: bool = False  # an accumulation can be zero everywhere at one time
     long_name: str = ""
     single_level: bool = False  # defined at one level (2 m, 10 m, surface, mean sea level, ...)
+    standard_name: str | None = None  # CF standard name (ecCodes' cfName, else by hand); None: none known
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -65,6 +68,17 @@ _OURS: dict[str, tuple[tuple[float, float], str]] = {
 }
 
 
+# cfVarName -> CF standard name, where ecCodes' cfName says "unknown" (on lat-lon grids winds are
+# eastward/northward, not grid-relative x_wind/y_wind; ERA5 tp is metres of water equivalent).
+_CF_NAMES: dict[str, str] = {
+    "t2m": "air_temperature",
+    "d2m": "dew_point_temperature",
+    "u10": "eastward_wind",
+    "v10": "northward_wind",
+    "tp": "lwe_thickness_of_precipitation_amount",
+}
+
+
 @contextlib.contextmanager
 def _quiet():
     """ecCodes prints every failed concept lookup to stderr; a name it does not know is an answer here."""
@@ -83,7 +97,8 @@ def _keys(eccodes, sample: str, key: str, value) -> dict[str, str] | None:
     gid = eccodes.codes_grib_new_from_samples(sample)
     try:
         eccodes.codes_set(gid, key, value)
-        return {k: eccodes.codes_get_string(gid, k) for k in ("paramId", "shortName", "cfVarName", "name", "units")}
+        keys = ("paramId", "shortName", "cfVarName", "cfName", "name", "units")
+        return {k: eccodes.codes_get_string(gid, k) for k in keys}
     except eccodes.GribInternalError:
         return None
     finally:
@@ -132,6 +147,7 @@ def _lookup(name: str) -> FieldInfo | None:
                         may_be_constant=accum,
                         long_name=keys["name"],
                         single_level=single,
+                        standard_name=_CF_NAMES.get(cf) or (keys["cfName"] if keys["cfName"] != "unknown" else None),
                     )
     return None
 

@@ -1,32 +1,13 @@
-"""CF metadata and WeatherBench 2 names of the exported variables, driven by one mapping table.
+"""CF metadata and WeatherBench 2 names of the exported variables, from the field catalogue.
 
-Standard names follow the CF standard-name table (lat-lon grids: ``eastward_wind``/``northward_wind``,
-not grid-relative ``x_wind``/``y_wind``; ``geopotential`` in m2 s-2, never geopotential height).
-WeatherBench 2 names are the CDS variable names of :mod:`atmorep.fields`.
+Standard names, long names and units are :mod:`atmorep.fields`' (ecCodes' parameter database: CF
+``standard_name`` from its ``cfName``, e.g. ``geopotential`` in m2 s-2, never geopotential height);
+WeatherBench 2 names are the catalogue's CDS variable names.
 """
 
 from __future__ import annotations
 
 from atmorep import fields as catalogue
-
-#: field -> (CF standard_name, long_name)
-STANDARD_NAMES: dict[str, tuple[str, str]] = {
-    "t2m": ("air_temperature", "2 metre temperature"),
-    "u10": ("eastward_wind", "10 metre eastward wind"),
-    "v10": ("northward_wind", "10 metre northward wind"),
-    "msl": ("air_pressure_at_mean_sea_level", "mean sea level pressure"),
-    "sp": ("surface_air_pressure", "surface pressure"),
-    "tp": ("lwe_thickness_of_precipitation_amount", "total precipitation"),  # ERA5 tp: metres of water
-    "t": ("air_temperature", "temperature"),
-    "u": ("eastward_wind", "eastward wind"),
-    "v": ("northward_wind", "northward wind"),
-    "w": ("lagrangian_tendency_of_air_pressure", "vertical velocity"),  # ERA5 w is omega, Pa s-1
-    "z": ("geopotential", "geopotential"),
-    "q": ("specific_humidity", "specific humidity"),
-    "r": ("relative_humidity", "relative humidity"),
-    "vo": ("atmosphere_relative_vorticity", "relative vorticity"),
-    "d": ("divergence_of_wind", "divergence"),
-}
 
 COORDS = {
     "latitude": {"standard_name": "latitude", "long_name": "latitude", "units": "degrees_north", "axis": "Y"},
@@ -48,10 +29,11 @@ def units(field: str) -> str:
 
 def attrs(field: str, what: str = "") -> dict:
     """CF attributes of a variable holding ``field`` (in physical units); ``what`` prefixes the long name."""
-    standard, long = STANDARD_NAMES.get(field, (None, field))
+    info = catalogue.info(field)
+    long = info.long_name if info and info.long_name else field
     out = {"long_name": f"{what} {long}".strip(), "units": units(field), "field": field}
-    if standard:
-        out["standard_name"] = standard
+    if info and info.standard_name:
+        out["standard_name"] = info.standard_name
     return out
 
 
