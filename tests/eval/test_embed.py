@@ -19,7 +19,7 @@ from eval_builders import tiny_model
 from atmorep.config import DataConfig, EmbedConfig, FieldSpec, ModelConfig, ShardConfig
 from atmorep.eval import attention, embed, windows
 from atmorep.model.batch import Batch
-from atmorep.model.file import save_model
+from atmorep.model.file import read_card, save_model
 from atmorep.model.multiformer import FieldGeometry, Multiformer
 
 DATA = DataConfig(fields={"t2m": FieldSpec(), "u10": FieldSpec()}, start="2026-03-25T00", end="2026-03-31T23")
@@ -237,7 +237,7 @@ def test_the_store_opens_with_xarray_with_cf_attributes(regional_run, model_path
     groups, tmp = regional_run
     g = xr.open_zarr(tmp / "embed" / "embeddings.zarr", group="t2m", decode_cf=True)
     assert g.attrs["Conventions"].startswith("CF-")
-    assert g.attrs["model_sha256"] == embed.sha256(model_path) and g.attrs["layers"] == [0, 1]
+    assert g.attrs["model_sha256"] == read_card(model_path)["sha256"] and g.attrs["layers"] == [0, 1]
     assert g.attrs["model"] == str(model_path) and g.attrs["field"] == "t2m"
     assert g["latitude"].attrs["units"] == "degrees_north" and g["latitude"].attrs["standard_name"] == "latitude"
     assert g["longitude"].attrs["units"] == "degrees_east" and g["longitude"].attrs["bounds"] == "longitude_bnds"

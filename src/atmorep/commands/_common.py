@@ -23,6 +23,14 @@ def unit_args(p: argparse.ArgumentParser, *, output: str) -> None:
     p.add_argument("--output", required=True, type=Path, help=output)
 
 
+def model_args(p: argparse.ArgumentParser) -> None:
+    """``--model`` (a model file) and ``--shards`` (the stores of its fields): infer, evaluate, embed."""
+    p.add_argument(
+        "--model", required=True, type=Path, help="model file (model.safetensors) from train or import-original"
+    )
+    p.add_argument("--shards", required=True, nargs="+", type=Path, help="shard stores (all fields of the model)")
+
+
 def fit_args(p: argparse.ArgumentParser) -> None:
     """The fit planner's device memory and ranks (``train --dry-run`` and ``plan``)."""
     p.add_argument(

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from atmorep import config as C
-from atmorep.commands._common import config_args, stage_slice, stores
+from atmorep.commands._common import config_args, model_args, stage_slice, stores
 
 HELP = "write the encoder's latents (one vector per token, field, level and layer) over embed.start..end and embed.area"
 DESCRIPTION = (
@@ -22,10 +22,7 @@ DESCRIPTION = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     config_args(p)
-    p.add_argument(
-        "--model", required=True, type=Path, help="model file (model.safetensors) from train (or from import-original)"
-    )
-    p.add_argument("--shards", required=True, nargs="+", type=Path, help="shard stores (all fields of the model)")
+    model_args(p)
     p.add_argument(
         "--output-dir",
         required=True,

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from atmorep import config as C
-from atmorep.commands._common import config_args, stage_slice, stores
+from atmorep.commands._common import config_args, model_args, stage_slice, stores
 
 HELP = (
     "run evaluate.mode (forecast, temporal_interpolation, bert, global_forecast) on the held-out period; "
@@ -17,10 +17,7 @@ HELP = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     config_args(p)
-    p.add_argument(
-        "--model", required=True, type=Path, help="model file (model.safetensors) from train or import-original"
-    )
-    p.add_argument("--shards", required=True, nargs="+", type=Path, help="shard stores (all fields of the model)")
+    model_args(p)
     p.add_argument(
         "--output-dir",
         required=True,

@@ -43,7 +43,6 @@ D width, l chosen layers, Ta owned time tokens of a slab, Ya/Xa the area's token
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from dataclasses import dataclass
@@ -69,15 +68,6 @@ STORE = "embeddings.zarr"
 CHUNK_BYTES = 16 << 20  # the latent array's chunks: one time token, up to this many bytes of rows
 POOLING = ("window", "area")
 ASSIGNMENT = "each token's latent is the encoder output of the window in which it is most central (first on a tie)"
-
-
-def sha256(path: str | Path) -> str:
-    """Digest of the model file (issue 23's model card will carry its own)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def resolve_layers(layers: tuple[int, ...], model: Multiformer, model_path: str | Path) -> list[int]:
@@ -629,7 +619,7 @@ def embed(
     """Write ``out_dir/embeddings.zarr`` (and, with ``cfg.case_study``, the cyclone case study); the
     directory is replaced atomically once complete. Returns the store's path."""
     out_dir = Path(out_dir)
-    model, _ = load_model(model_path)
+    model, card = load_model(model_path)  # verified: card['sha256'] is the file's own digest
     layers = resolve_layers(cfg.layers, model, model_path)
     fields = list(cfg.fields) or list(model.fields)
     unknown = sorted(set(fields) - set(model.fields))
@@ -652,7 +642,7 @@ def embed(
     )
     attrs = {
         "model": str(model_path),
-        "model_sha256": sha256(model_path),
+        "model_sha256": card["sha256"],  # as `atmorep inspect` prints it
         "layers": layers,
         "encoder_layers": model.cfg.encoder_layers,
         "window_tokens": list(model.cfg.num_tokens),

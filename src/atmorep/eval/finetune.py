@@ -200,8 +200,8 @@ def score(
     card = record["card"]
     task = cfg.tasks[name]
     path = Path(backbone or card["backbone"]["path"])
-    model_bb, _ = load_model(path)
-    if heads.file_digest(path) != card["backbone"]["sha256"]:
+    model_bb, backbone_card = load_model(path)  # verified: its sha256 is the file's own
+    if backbone_card["sha256"] != card["backbone"]["sha256"]:
         raise ValueError(
             f"{head} was trained on a backbone with sha256 {card['backbone']['sha256'][:12]}…; {path} is another "
             "file now: fine-tune again (atmorep finetune --fresh)"

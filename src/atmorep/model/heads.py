@@ -301,15 +301,6 @@ def trainable_names(model: nn.Module) -> list[str]:
 HEAD_FORMAT = "atmorep-head/1"
 
 
-def file_digest(path: str | Path) -> str:
-    """sha256 of a file (the backbone a head was trained on)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def state_digest(state: dict[str, torch.Tensor]) -> str:
     """sha256 of a state dict's names and fp32 values (bit-identity of weights, wherever they were held)."""
     h = hashlib.sha256()

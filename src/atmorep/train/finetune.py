@@ -93,9 +93,10 @@ class HeadTask:
         self.task = task = cfg.tasks[name]
         self.backbone_path = Path(backbone)
         try:
-            model, _ = load_model(self.backbone_path)
+            model, backbone_card = load_model(self.backbone_path)
         except (OSError, ValueError) as exc:
             raise type(exc)(f"the backbone: {exc}") from None
+        self.backbone_sha256: str = backbone_card["sha256"]
         target = T.target_stores(task, stores)
         self.dataset = T.task_dataset(model, backbone, task, name, stores, target, *period(cfg.train, data))
         self.candidates = self.dataset.candidates
@@ -218,7 +219,7 @@ class HeadTask:
             "seed": self.seed,
             "backbone": {
                 "path": str(self.backbone_path.resolve()),
-                "sha256": heads.file_digest(self.backbone_path),
+                "sha256": self.backbone_sha256,  # the file's own digest, verified when it was loaded
                 "fields": list(self.backbone_fields),
                 "mode": self.task.backbone,
                 "weights_sha256_before": self.start_digest,

@@ -376,11 +376,8 @@ def original_card(weights: str | Path, config: str | Path, extra: dict) -> dict:
     cf = read_config(config)
 
     def sha256(path: str | Path) -> str:
-        h = hashlib.sha256()
         with open(path, "rb") as f:
-            while block := f.read(16 << 20):
-                h.update(block)
-        return h.hexdigest()
+            return hashlib.file_digest(f, "sha256").hexdigest()
 
     def years(key: str) -> list[str] | None:
         ys = [int(y) for y in cf.get(key) or []]
