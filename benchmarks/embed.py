@@ -187,7 +187,7 @@ def child_time(work: Path, hours: int, repeats: int) -> dict:
         embed.embed(data, cfg, work / "model.safetensors", stores, work / "out-time")
 
     def run_inference():
-        inference.run(model, dataset, indices, forecast, lambda T: [T - 1], 16, 0)
+        inference.run(model, dataset, indices, strategy=forecast, target_slabs=lambda T: [T - 1], batch_size=16, seed=0)
 
     times = {}
     for name, fn in (("embed", run_embed), ("inference", run_inference)):

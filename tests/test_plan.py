@@ -27,7 +27,9 @@ def test_quickstart_arithmetic():
     assert p.grib_bytes == 744 * (GRIB1_HEADER + 721 * 1440 * 2) and p.grib_files == 1
     # latitude cropped to 711 rows (whole 9-point tokens, poles out), float32
     assert p.zarr_bytes == 4 * (744 * 1 * 711 * 1440 + 1 * 1 * 2 * 711 * 1440)
-    assert p.slurm_jobs == {"acquire": 1, "normalize": 1, "shard": 1, "pretrain": 1, "infer": 1, "score": 1}
+    assert p.slurm_jobs == {"acquire": 1, "normalize": 1, "shard": 1, "pretrain": 1, "infer": 1, "score": 1, "embed": 1}
+    demo = plan(C.load(REPO / "config" / "config.yaml"), load_profile(REPO / "profiles" / "slurm")).slurm_jobs
+    assert demo["finetune"] == 1 and demo["embed"] == 1  # the demo's tp head: one job per finetune task
 
 
 def test_paper_campaign_is_the_published_multiformer():

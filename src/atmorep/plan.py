@@ -167,10 +167,12 @@ def slurm_jobs(cfg: Config, profile: dict) -> dict[str, int]:
         "pretrain": 1,
         "infer": 1,
         "score": 1,
+        "embed": 1,  # rule all always asks for the model's embeddings
+        "finetune": len(cfg.finetune.tasks),  # one job per task
     }
     # Snakemake submits a group of group-components jobs as one SLURM job.
     groups, sizes = profile.get("groups", {}), profile.get("group-components", {})
-    return {rule: math.ceil(n / sizes.get(groups.get(rule), 1)) for rule, n in units.items()}
+    return {rule: math.ceil(n / sizes.get(groups.get(rule), 1)) for rule, n in units.items() if n}
 
 
 def load_profile(path: str | Path | None) -> dict:
