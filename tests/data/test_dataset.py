@@ -154,3 +154,49 @@ def test_windows_of_several_stores_never_cross_a_store(synthetic, tmp_path):
         untokenize(ds[per_store + 5]["u"][0], (3, 4, 4)), FieldStore(parts[1]).read(w.t0, 6, w.y0, 16, w.x0, 16)
     )
     assert ds.stores["u"][1].times[t[0]] >= np.datetime64("2026-02-01T00")
+
+
+def test_a_tiling_of_windows_never_overlaps_and_leaves_no_room(dataset):
+    """sampler.tiling: the windows a label budget counts in share no point, and no other window of the
+    grid fits beside them (each overlaps one); around the periodic longitude none wraps onto the first."""
+    from atmorep.data.sampler import tiling
+
+    tiles = tiling(dataset)
+    # time origins 0, 6, 12 of steps 0..12 (windows of 6 steps); latitude 6 windows of 27 rows in 171;
+    # longitude 6 of 54 columns in 360 (a seventh would wrap onto the first)
+    assert len(tiles) == 3 * 6 * 6
+    points = [np.stack(np.meshgrid(*dataset.indices(i, "t2m"), indexing="ij"), -1).reshape(-1, 3) for i in tiles]
+    cells = np.concatenate(points)
+    assert len(np.unique(cells, axis=0)) == len(cells)  # no point in two windows
+    occupied = {tuple(p) for p in cells}
+    for i in range(0, len(dataset), 97):  # any window of the grid meets the tiling
+        t, y, x = dataset.indices(i, "t2m")
+        assert any((a, b, c) in occupied for a in t for b in y for c in x), i
+    some = np.flatnonzero(dataset.grid.locate(np.arange(len(dataset)))[2] >= 18)  # windows from row 18 on
+    sub = tiling(dataset, some)
+    assert set(sub) <= set(some) and dataset.grid.locate(sub)[2].min() == 18  # counted from the first candidate
+
+
+def test_label_budgets_are_nested_and_contiguous_in_time(dataset):
+    from atmorep.data.sampler import nested_budgets, tiling
+
+    fractions = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
+    budgets = nested_budgets(dataset, fractions, seed=3)
+    tiles = tiling(dataset)
+    assert [len(budgets[f]) for f in fractions] == [max(1, round(f * len(tiles))) for f in fractions]
+    assert set(budgets[1.0]) == set(tiles)
+    slab_of = dict(zip(tiles, np.unravel_index(tiles, dataset.grid.shape)[0]))
+    slabs = sorted(set(slab_of.values()))
+    per_slab = len(tiles) // len(slabs)
+    for small, large in zip(fractions, fractions[1:]):
+        assert set(budgets[small]) <= set(budgets[large])  # nested
+    for f in fractions:
+        used = [slab_of[i] for i in budgets[f]]
+        runs = sorted(set(used))
+        assert runs == slabs[slabs.index(runs[0]) : slabs.index(runs[0]) + len(runs)]  # consecutive slabs
+        assert sum(used.count(s) < per_slab for s in runs) <= 1  # at most one slab partly used
+    again, other = nested_budgets(dataset, fractions, seed=3), nested_budgets(dataset, fractions, seed=4)
+    assert all(np.array_equal(again[f], budgets[f]) for f in fractions)  # drawn once per seed
+    assert not all(np.array_equal(other[f], budgets[f]) for f in fractions[:-1])
+    with pytest.raises(ValueError, match=r"label budgets \[0\.0, 1\.5\] are not fractions"):
+        nested_budgets(dataset, (0.0, 0.5, 1.5), seed=3)

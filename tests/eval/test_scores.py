@@ -125,3 +125,22 @@ def test_headline_ratios_come_with_an_interval():
     ssr, lo, hi = scores.ratio(per, "ssr", iterations=200)
     assert ssr == pytest.approx(table[table.metric == "ssr"]["value"].mean()) and lo < ssr < hi
     assert np.isnan(scores.ratio(scores.per_sample(layout(S=4), ()), "ssr")[1])
+
+
+def test_one_forecasts_headline_score_is_the_tables_mean_with_an_interval():
+    """scores.headline: the mean over leads of the table's score, inside its interval; the interval
+    narrows with more init times and is NaN with fewer than MIN_INITS."""
+    ds = layout(S=40)
+    ds["baseline_persistence"] = ds["target"] + 2.0 + np.random.default_rng(1).normal(size=ds["target"].shape)
+    per = scores.per_sample(ds, ("persistence",))
+    table = scores.table({"t2m": per}, iterations=0)
+    for forecast in ("atmorep", "persistence"):
+        value, lo, hi = scores.headline(per, "rmse", forecast, iterations=200)
+        expect = table[(table.metric == "rmse") & (table.forecast == forecast)]["value"].mean()
+        assert value == pytest.approx(expect) and lo < value < hi
+    crps = scores.headline(per, "crps", iterations=200)[0]
+    assert crps == pytest.approx(table[(table.metric == "crps") & (table.forecast == "atmorep")]["value"].mean())
+    _, lo, hi = scores.headline(per, "rmse", iterations=200)
+    _, few_lo, few_hi = scores.headline(scores.per_sample(layout(S=10), ()), "rmse", iterations=200)
+    assert few_hi - few_lo > hi - lo  # fewer init times: a wider interval
+    assert np.isnan(scores.headline(scores.per_sample(layout(S=4), ()), "rmse")[1])

@@ -196,6 +196,27 @@ def test_products_are_evaluates_window_layout_in_physical_units(stores, backbone
     assert (tmp_path / "forecast.png").stat().st_size and (tmp_path / "scorecard.png").stat().st_size
 
 
+@pytest.mark.slow
+def test_two_heads_predict_the_same_test_windows_for_paired_scores(stores, backbone, tmp_path):
+    """eval.finetune.predictions: what score writes (sample_scores.zarr is its per_sample), nothing written
+    itself, the same windows for every head of a task (the label-efficiency benchmark pairs them)."""
+    from atmorep.eval import scores
+    from atmorep.eval.finetune import BASELINES, predictions, score
+
+    probe = train(stores, backbone, tmp_path / "frozen", head="linear", backbone="frozen")
+    raw = train(stores, backbone, tmp_path / "raw", head="linear", backbone="raw")
+    cfg = finetune_config(head="linear", backbone="frozen")
+    a = predictions(5, data_config(), cfg, "tp", probe, stores, backbone)
+    b = predictions(5, data_config(), finetune_config(head="linear", backbone="raw"), "tp", raw, stores, backbone)
+    assert not (tmp_path / "frozen" / "windows.zarr").exists()  # predictions writes nothing
+    np.testing.assert_array_equal(a["sample"].values, b["sample"].values)
+    np.testing.assert_array_equal(a["target"].values, b["target"].values)
+    assert not np.allclose(a["prediction"].values, b["prediction"].values)  # two heads, two forecasts
+    score(5, data_config(), cfg, "tp", probe, stores, tmp_path / "frozen", backbone)
+    written = xr.open_zarr(tmp_path / "frozen" / "sample_scores.zarr", group="tp")
+    np.testing.assert_allclose(scores.per_sample(a, BASELINES)["rmse"].values, written["rmse"].values, rtol=1e-6)
+
+
 def test_linear_baseline_is_least_squares_on_the_raw_tokens(stores, backbone):
     """fit_linear solves the normal equations: its residual is orthogonal to every input feature."""
     import torch

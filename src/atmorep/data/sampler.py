@@ -108,3 +108,52 @@ class StepBatches:
         glob = self.global_batch_of(step)
         # Rank-major, then micro-steps: one rank with k micro-steps reads what k ranks read in one.
         return [part.tolist() for part in np.array_split(glob.reshape(world, -1)[rank], micro_steps)]
+
+
+def tiling(dataset: WindowDataset, candidates: np.ndarray | None = None) -> np.ndarray:
+    """Windows that tile the dataset without overlapping: origins a whole window apart along each axis,
+    counted from the first origin of ``candidates`` (default every window) along time (per store),
+    latitude and longitude; around a periodic longitude none runs past 360° onto the first. Sorted
+    window indices, all of ``candidates``.
+
+    Label budgets are counted in these: overlapping windows share tokens, so a fraction of them would
+    label more than that fraction of the target's points."""
+    grid = dataset.grid
+    pool = np.arange(len(grid)) if candidates is None else np.unique(np.asarray(candidates, np.int64))
+    if not len(pool):
+        return pool
+    store, t0, y0, x0 = grid.locate(pool)
+    nt, ny, nx = dataset.extent
+    keep = ((y0 - y0.min()) % ny == 0) & ((x0 - x0.min()) % nx == 0)
+    for s in np.unique(store):  # windows never span two stores: each store's time origins count from its own first
+        inside = store == s
+        keep[inside] &= (t0[inside] - t0[inside].min()) % nt == 0
+    ref = dataset.stores[dataset.fields[0]][0]
+    if ref.periodic:
+        keep &= x0 - x0.min() + nx <= len(ref.lons)
+    return pool[keep]
+
+
+def nested_budgets(
+    dataset: WindowDataset, fractions, seed: int, candidates: np.ndarray | None = None
+) -> dict[float, np.ndarray]:
+    """Label budgets: for each fraction ``f`` of the ``n`` windows of :func:`tiling`, ``max(1, round(f n))``
+    of them, nested (a budget holds every smaller one) and contiguous in time.
+
+    The tiling's time slabs (its windows at one time origin) are taken in the order ``s, s+1, …, last,
+    s-1, …, first`` from a slab ``s`` drawn from ``seed``, so that every budget is a run of consecutive
+    slabs (and at most one partly used), as labels of a campaign come; within a slab the windows come in
+    an order drawn from ``seed`` (scattered over the area). Returns fraction -> sorted window indices."""
+    tiles = tiling(dataset, candidates)
+    if not len(tiles):
+        raise DataError("no window tiles the period: nothing to draw a label budget from")
+    bad = [f for f in fractions if not 0 < f <= 1]
+    if bad:
+        raise ValueError(f"label budgets {bad} are not fractions in (0, 1]")
+    rng = np.random.default_rng(seed)
+    ti = np.unravel_index(tiles, dataset.grid.shape)[0]  # the time origin across stores, in time order
+    slab = np.unique(ti)
+    start = int(rng.integers(len(slab)))
+    slabs = [*slab[start:], *slab[:start][::-1]]
+    order = np.concatenate([rng.permutation(tiles[ti == t]) for t in slabs])
+    return {f: np.sort(order[: max(1, round(f * len(order)))]) for f in fractions}

@@ -196,6 +196,25 @@ def score(
     write the products into ``out_dir`` (each atomically); returns ``scores.csv``.
 
     ``backbone``: the backbone's file (default the one the head's card names; its sha256 must match)."""
+    ds = predictions(seed, data, cfg, name, head, stores, backbone)
+    return write(ds, cfg.tasks[name].target, cfg, seed, Path(out_dir))
+
+
+def predictions(
+    seed: int,
+    data: DataConfig,
+    cfg: FinetuneConfig,
+    name: str,
+    head: str | Path,
+    stores: dict[str, list[str]],
+    backbone: str | Path | None = None,
+) -> xr.Dataset:
+    """The window layout (module docstring) of ``cfg.evaluate.samples`` windows of ``finetune.evaluate``'s
+    period (drawn by :func:`select` from ``seed``: the same windows for every head of the task), predicted
+    by the head ``head`` and both baselines, in physical units; nothing written.
+
+    :func:`atmorep.eval.scores.per_sample` of it (``BASELINES``) gives the per-window scores that
+    :func:`score` writes, and that two heads' paired comparisons start from."""
     record = heads.read_head(head)
     card = record["card"]
     task = cfg.tasks[name]
@@ -215,8 +234,7 @@ def score(
     clim = clim_.climatology(test_ds.targets, start, end, window_hours=cfg.evaluate.climatology_window_hours)
     indices = select(test_ds, cfg.evaluate.samples, seed)
     source = task.target if task.target in model_bb.fields else None
-    ds = predict(model, test_ds, indices, cfg.evaluate.batch_size, linear, clim, source)
-    return write(ds, task.target, cfg, seed, Path(out_dir))
+    return predict(model, test_ds, indices, cfg.evaluate.batch_size, linear, clim, source)
 
 
 def write(ds: xr.Dataset, field: str, cfg: FinetuneConfig, seed: int, out_dir: Path) -> Path:

@@ -283,12 +283,27 @@ def ratio(
             return metrics.spread_skill_ratio(means["num"], means["den"], members).mean(("lead", "level"))
         return means["num"].mean(("lead", "level")) / means["den"].mean(("lead", "level"))
 
+    return _bootstrapped(parts, statistic, iterations, seed)
+
+
+def headline(
+    scores: xr.Dataset, metric: str, forecast: str = "atmorep", iterations: int = 1000, seed: int = 0
+) -> tuple[float, float, float]:
+    """One forecast's ``metric`` as one figure with its 95 % bootstrap interval: the mean over leads and
+    levels of the sample means (as :func:`ratio` averages; for ``rmse`` WB2's root before the mean over
+    samples). Returns (value, low, high); the interval is NaN with fewer than ``MIN_INITS`` init times."""
+    parts = xr.Dataset({"num": scores[metric].sel(forecast=forecast, drop=True)})
+    return _bootstrapped(parts, lambda means: means["num"].mean(("lead", "level")), iterations, seed)
+
+
+def _bootstrapped(parts: xr.Dataset, statistic, iterations: int, seed: int) -> tuple[float, float, float]:
+    """``statistic`` of the per-sample ``parts``' means, and its interval from block resamples of the init times."""
     sums, counts = significance.by_init(parts)
     value = statistic(sums.sum("init") / counts.sum("init"))
     inits = sums.sizes["init"]
     if inits < significance.MIN_INITS or not iterations:
         return float(value), np.nan, np.nan
     boot = significance.resampled_means(sums, counts, iterations=iterations, seed=seed)
-    # Numerator and denominator from the same resample: the interval keeps their correlation.
+    # Every part from the same resample: a ratio's interval keeps the correlation of its terms.
     lo, hi = significance.interval(statistic(boot), value, inits=inits, block=boot.attrs["block_length"])
     return float(value), float(lo), float(hi)
