@@ -33,6 +33,7 @@ SMALLEST = {
     "gpu_mfu": (["--batch", "2", "--steps", "2", "--warmup", "1"], "gpu"),
     "embed": (["--quick"], None),
     "model_file": (["--quick"], None),
+    "label_efficiency": (["--quick"], "shared"),  # the sample and ../shared/data/era5-sfc-natl-hourly
 }
 
 
