@@ -420,7 +420,7 @@ def paired(per: dict, fraction: float, ours: str, ref: str, iterations: int, see
         coords="minimal",
         compat="override",
     )
-    return scores.ratio(both, metric, "reference", iterations, seed)
+    return scores.ratio(both, metric, "reference", iterations=iterations, seed=seed)
 
 
 def tables(results: dict, iterations: int, seed: int, ensemble: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -441,13 +441,13 @@ def tables(results: dict, iterations: int, seed: int, ensemble: int) -> tuple[pd
                     "method": method,
                     "units": unit,
                 }
-                v, lo, hi = scores.headline(per, "rmse", forecast, iterations, seed)
+                v, lo, hi = scores.headline(per, "rmse", forecast, iterations=iterations, seed=seed)
                 row.update(rmse=v * scale, rmse_ci_low=lo * scale, rmse_ci_high=hi * scale)
                 # the last 50 steps' training loss (MSE of the normalized target) and the steps' seconds
                 row.update(train_mse=r["train_loss"].get((fraction, method), np.nan))
                 row.update(train_s=r["train_seconds"].get((fraction, method), np.nan))
                 if ensemble > 1 and method in METHODS:
-                    v, lo, hi = scores.headline(per, "crps", forecast, iterations, seed)
+                    v, lo, hi = scores.headline(per, "crps", forecast, iterations=iterations, seed=seed)
                     row.update(crps=v * scale, crps_ci_low=lo * scale, crps_ci_high=hi * scale)
                 rows.append(row)
             for k, (ours, ref) in {**RATIOS, **MORE_RATIOS}.items():

@@ -287,7 +287,7 @@ def ratio(
 
 
 def headline(
-    scores: xr.Dataset, metric: str, forecast: str = "atmorep", iterations: int = 1000, seed: int = 0
+    scores: xr.Dataset, metric: str, forecast: str = "atmorep", *, iterations: int = 1000, seed: int = 0
 ) -> tuple[float, float, float]:
     """One forecast's ``metric`` as one figure with its 95 % bootstrap interval: the mean over leads and
     levels of the sample means (as :func:`ratio` averages; for ``rmse`` WB2's root before the mean over
