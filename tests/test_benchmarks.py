@@ -37,15 +37,9 @@ SMALLEST = {
 }
 
 
-#: what atmorep.train.distributed.discover() leaves in os.environ after an in-process run of an earlier test
-#: (its one-rank process group's port among them): a benchmark inherits none of it, or its own training
-#: would join that rendezvous (EADDRINUSE on the port the test process still holds)
-LAUNCH_STATE = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-
-
 def run(name: str, args: list[str], timeout=300) -> subprocess.CompletedProcess:
     env = {
-        **{k: v for k, v in os.environ.items() if k not in LAUNCH_STATE},
+        **os.environ,
         "OMP_NUM_THREADS": "1",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",

@@ -74,3 +74,30 @@ def test_torch_engine_accumulates_micro_steps_like_one_big_batch():
     one.step(((one(x) - y) ** 2).mean())
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q)
+
+
+def test_a_single_process_run_leaves_no_launcher_variables_behind():
+    """In-process training (the label-efficiency benchmark, a notebook) sets RANK, MASTER_PORT, ... for
+    itself; they used to stay in os.environ, so a second run or a subprocess took them for a launcher's
+    (a benchmark started after test_finetune failed with EADDRINUSE). finish() removes what init() set."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import json, os\n"
+        "from atmorep.train import distributed\n"
+        "before = dict(os.environ)\n"
+        "for _ in range(2):\n"
+        "    assert distributed.init() == (0, 1)\n"
+        "    inside = os.environ['MASTER_PORT']\n"
+        "    distributed.finish()\n"
+        "print(json.dumps({'same': dict(os.environ) == before, 'port': inside}))\n"
+    )
+    launcher = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    env = {k: v for k, v in os.environ.items() if k not in launcher and not k.startswith(("PMI_", "SLURM_"))}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["same"] and out["port"].isdigit()

@@ -39,6 +39,10 @@ def _port_from(text: str) -> str:
     return str(20000 + sum(map(ord, text)) * 7919 % 10000)
 
 
+#: the launcher variables a single-process run set itself (removed again by :func:`finish`)
+_SET_HERE: set[str] = set()
+
+
 def discover() -> str:
     """Fill RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT; returns the launcher found."""
     env = os.environ
@@ -85,13 +89,12 @@ def discover() -> str:
             MASTER_PORT=env.get("MASTER_PORT", _port_from(env.get("SLURM_JOB_ID", "0") + env["SLURM_STEP_ID"])),
         )
         return "srun"
-    env.update(
-        RANK="0",
-        WORLD_SIZE="1",
-        LOCAL_RANK="0",
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=env.get("MASTER_PORT", str(_free_port())),
-    )
+    single = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}
+    single["MASTER_PORT"] = env.get("MASTER_PORT", str(_free_port()))
+    # What this process set for itself goes again at finish(): a later run in the same process (a
+    # notebook, a benchmark's next budget) or a subprocess it starts must not take them for a launcher's.
+    _SET_HERE.update(k for k in single if k not in env)
+    env.update(single)
     return "single"
 
 
@@ -114,3 +117,6 @@ def finish() -> None:
     if dist.is_initialized():
         dist.barrier()  # no rank tears the group down while another is still in a collective
         dist.destroy_process_group()
+    for k in _SET_HERE:
+        os.environ.pop(k, None)
+    _SET_HERE.clear()
