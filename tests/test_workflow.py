@@ -243,7 +243,7 @@ def test_capacity_plan_matches_what_the_run_produced(run):
     assert len(shard_files) == p.zarr_inodes - STORE_FILES * len(stores)
     data_bytes = sum(f.stat().st_size for s in stores for f in (s / "data").rglob("*") if f.is_file())
     assert abs(p.zarr_bytes - data_bytes) / data_bytes < 0.05
-    assert p.slurm_jobs == {"acquire": 1, "normalize": 1, "shard": 2, "pretrain": 1, "infer": 1, "score": 1}
+    assert p.slurm_jobs == {"acquire": 1, "normalize": 1, "shard": 2, "pretrain": 1, "infer": 1, "score": 1, "embed": 1}
     assert p.gpu_hours > 0 and all(v > 0 for v in p.core_hours.values())
 
 
