@@ -38,37 +38,14 @@ REPO = Path(__file__).resolve().parents[1]
 SERVER = REPO / "tests" / "data" / "range_server.py"  # the server the tests use, run as a process of its own
 sys.path.append(str(Path(__file__).parent))
 
-LEVELS = (96, 105, 114, 123, 137)
-NLEV, LEVEL_CHUNK = 137, 18
+from _arco import LEVEL_CHUNK, LEVELS, NLEV, arco_layout  # noqa: E402 (beside this script)
 
 
 def build_store(path: Path, ny: int, nx: int, hours: int) -> list[str]:
     """The ARCO layout with the level chunks LEVELS touch; returns the keys of those chunks."""
     import zarr
 
-    lats = np.linspace(90.0, -90.0, ny)
-    lons = np.arange(nx) * (360.0 / nx)
-    g = zarr.open_group(path, mode="w", zarr_format=2)
-    for name, values, attrs in (
-        ("time", np.arange(hours, dtype="i8"), {"units": "hours since 2021-01-01 00:00:00", "calendar": "standard"}),
-        ("hybrid", np.arange(1, NLEV + 1, dtype="f8"), {"long_name": "model level"}),
-        ("latitude", lats, {"units": "degrees_north"}),
-        ("longitude", lons, {"units": "degrees_east"}),
-    ):
-        arr = g.create_array(name, shape=values.shape, dtype=values.dtype, chunks=values.shape, fill_value=None)
-        arr[:] = values
-        arr.attrs.update({"_ARRAY_DIMENSIONS": [name], **attrs})
-    t = g.create_array(
-        "temperature",
-        shape=(hours, NLEV, ny, nx),
-        chunks=(1, LEVEL_CHUNK, ny, nx),
-        dtype="f4",
-        compressors=None,
-        fill_value=float("nan"),
-    )
-    t.attrs.update(
-        {"_ARRAY_DIMENSIONS": ["time", "hybrid", "latitude", "longitude"], "units": "K", "long_name": "Temperature"}
-    )
+    t, lats, _ = arco_layout(path, ny, nx, hours)
     first = (min(LEVELS) - 1) // LEVEL_CHUNK * LEVEL_CHUNK  # level index where the touched chunks begin
     rng = np.random.default_rng(0)
     noise = rng.standard_normal((NLEV - first, ny, nx), dtype=np.float32)

@@ -34,38 +34,14 @@ sys.path.append(
     str(REPO / "tests" / "data")
 )  # the RangeServer the tests use (appended: never shadows tests/conftest.py)
 
-LEVELS = (96, 105, 114, 123, 137)
-NLEV, LEVEL_CHUNK = 137, 18
+from _arco import LEVEL_CHUNK, LEVELS, NLEV, arco_layout  # noqa: E402 (beside this script)
 
 
 def build_arco_store(path: Path, ny: int, nx: int, hours: int, start: str = "2021-01-01T00") -> None:
     """An ARCO-ERA5 model-level store: 'temperature' on hybrid 1..137, chunks (1, 18, ny, nx)."""
     import zarr
 
-    times = np.arange(hours, dtype="i8")
-    lats = np.linspace(90.0, -90.0, ny)
-    lons = np.arange(nx) * (360.0 / nx)
-    g = zarr.open_group(path, mode="w", zarr_format=2)
-    for name, values, attrs in (
-        ("time", times, {"units": f"hours since {start.replace('T', ' ')}:00", "calendar": "proleptic_gregorian"}),
-        ("hybrid", np.arange(1, NLEV + 1, dtype="f8"), {"long_name": "model level"}),
-        ("latitude", lats, {"units": "degrees_north"}),
-        ("longitude", lons, {"units": "degrees_east"}),
-    ):
-        arr = g.create_array(name, shape=values.shape, dtype=values.dtype, chunks=values.shape, fill_value=None)
-        arr[:] = values
-        arr.attrs.update({"_ARRAY_DIMENSIONS": [name], **attrs})
-    t = g.create_array(
-        "temperature",
-        shape=(hours, NLEV, ny, nx),
-        chunks=(1, LEVEL_CHUNK, ny, nx),
-        dtype="f4",
-        compressors=None,
-        fill_value=float("nan"),
-    )
-    t.attrs.update(
-        {"_ARRAY_DIMENSIONS": ["time", "hybrid", "latitude", "longitude"], "units": "K", "long_name": "Temperature"}
-    )
+    t, lats, lons = arco_layout(path, ny, nx, hours, start)
     profile = (200.0 + 60.0 * np.cos(np.deg2rad(lats)))[:, None] + 0.001 * lons[None, :]
     for it in range(hours):  # one hour at a time: 137 levels at 0.25° are 569 MB
         t[it] = (profile[None] + 0.2 * np.arange(NLEV)[:, None, None] + it).astype("f4")
